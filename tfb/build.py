@@ -1,0 +1,266 @@
+"""Spec + config -> module tree; tensor templates + GGUF file -> weights in that tree.
+
+The builder reads only the spec and the config; the loader only fills slots the spec asks for, through
+one table that maps each tensor slot to the module that takes it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from tfb.config import ModelConfig
+from tfb.errors import InputError, WeightError
+from tfb.gguf.ggml_types import GGMLType
+from tfb.gguf.hparams import build_config
+from tfb.gguf.reader import GGUFFile, TensorInfo
+from tfb.nn.attention import Attention, AttentionOptions, AttentionShape
+from tfb.nn.block import Block
+from tfb.nn.linear import Weight
+from tfb.nn.mlp import MLP
+from tfb.nn.model import Transformer
+from tfb.nn.moe import Experts
+from tfb.nn.norm import Norm
+from tfb.nn.rotary import RopeParams, Rotary
+from tfb.quant import PackedTensor
+from tfb.spec.match import SpecRef, spec_for_file
+from tfb.spec.schema import LayerPattern, Spec
+from tfb.spec.slots import FileFacts, global_slots, layer_slots
+
+Progress = Callable[[int, int], None]
+DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+_NATIVE = {"F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16}
+
+
+# ----------------------------------------------------------------------------------------------- modules
+
+
+def in_pattern(pattern: LayerPattern, layer: int) -> bool:
+    if pattern == "all":
+        return True
+    if pattern == "none":
+        return False
+    return bool(pattern[layer % len(pattern)])
+
+
+def _norm(spec: Spec, config: ModelConfig, dim: int) -> Norm:
+    return Norm(spec.norm.kind, dim, config.norm_eps, spec.norm.weight_offset)
+
+
+def build_block(spec: Spec, c: ModelConfig, layer: int) -> Block:
+    att = spec.attention
+    shape = AttentionShape(c.hidden_size, c.n_heads, c.n_kv_heads, c.head_dim, c.value_dim)
+    opts = AttentionOptions(
+        fused_qkv=c.fused_qkv,
+        qk_norm=att.qk_norm.kind if att.qk_norm else None,
+        qk_norm_over=att.qk_norm.over if att.qk_norm else "head",
+        norm_eps=c.norm_eps,
+        scale=c.attention_scale,
+        softcap=c.attn_softcap,
+        clamp=c.clamp_qkv,
+        window=c.sliding_window if in_pattern(att.sliding_window, layer) else 0,
+        use_rope=in_pattern(att.rope.layers, layer),
+        sinks=att.sinks,
+        temperature_scale=c.attn_temperature_scale,
+        temperature_length=c.attn_temperature_length,
+    )
+    ffn = spec.ffn
+    mlp: MLP | Experts
+    if c.has_experts and ffn.experts is not None:
+        mlp = Experts(c.hidden_size, c.expert_intermediate_size, n_experts=c.expert_count,
+                      top_k=c.expert_used_count, gating=ffn.experts.gating, gated=ffn.gated,
+                      fused_gate_up=ffn.experts.gate_up == "fused", activation=ffn.activation,
+                      normalize=c.expert_weights_norm, scale=c.expert_weights_scale, limit=c.swiglu_limit)
+    else:
+        mlp = MLP(c.hidden_size, c.intermediate_size, gated=ffn.gated, fused_gate_up=ffn.gate_up == "fused",
+                  activation=ffn.activation, limit=c.swiglu_limit)
+    b = spec.block
+    return Block(
+        Attention(shape, opts, spec.norm.kind), mlp,
+        norm=_norm(spec, c, c.hidden_size) if b.pre_norm else None,
+        ffn_norm=_norm(spec, c, c.hidden_size) if b.pre_norm and b.residual == "sequential" else None,
+        post_attn_norm=_norm(spec, c, c.hidden_size) if b.post_norm else None,
+        post_ffn_norm=_norm(spec, c, c.hidden_size) if b.post_norm else None,
+        parallel=b.residual == "parallel",
+        residual_scale=c.residual_scale,
+    )
+
+
+def build_modules(spec: Spec, config: ModelConfig, dtype: torch.dtype = torch.float32) -> Transformer:
+    rotary = Rotary(RopeParams.from_config(config, spec.attention.rope.pairing))
+    blocks = [build_block(spec, config, i) for i in range(config.n_layers)]
+    return Transformer(config, blocks, rotary,
+                       final_norm=_norm(spec, config, config.hidden_size) if spec.output.norm else None,
+                       learned_positions=spec.embedding.positions == "learned", dtype=dtype,
+                       spec_name=spec.name)
+
+
+# ----------------------------------------------------------------------------------------------- weights
+
+# slot -> (module path under the model or under one block, method that takes the tensor)
+GLOBAL_TARGETS: dict[str, tuple[str, str]] = {
+    "token_embd": ("token_embd", "set_weight"),
+    "position_embd": ("position_embd", "set_weight"),
+    "output_norm": ("output_norm", "set_weight"),
+    "output_norm_bias": ("output_norm", "set_bias"),
+    "output": ("output", "set_weight"),
+    "output_bias": ("output", "set_bias"),
+}
+LAYER_TARGETS: dict[str, tuple[str, str]] = {
+    "attn_norm": ("attn_norm", "set_weight"), "attn_norm_bias": ("attn_norm", "set_bias"),
+    "attn_q": ("attn.q", "set_weight"), "attn_q_bias": ("attn.q", "set_bias"),
+    "attn_k": ("attn.k", "set_weight"), "attn_k_bias": ("attn.k", "set_bias"),
+    "attn_v": ("attn.v", "set_weight"), "attn_v_bias": ("attn.v", "set_bias"),
+    "attn_qkv": ("attn.qkv", "set_weight"), "attn_qkv_bias": ("attn.qkv", "set_bias"),
+    "attn_output": ("attn.o", "set_weight"), "attn_output_bias": ("attn.o", "set_bias"),
+    "attn_q_norm": ("attn.q_norm", "set_weight"), "attn_q_norm_bias": ("attn.q_norm", "set_bias"),
+    "attn_k_norm": ("attn.k_norm", "set_weight"), "attn_k_norm_bias": ("attn.k_norm", "set_bias"),
+    "attn_sinks": ("attn", "set_sinks"),
+    "post_attention_norm": ("post_attention_norm", "set_weight"),
+    "post_attention_norm_bias": ("post_attention_norm", "set_bias"),
+    "ffn_norm": ("ffn_norm", "set_weight"), "ffn_norm_bias": ("ffn_norm", "set_bias"),
+    "post_ffw_norm": ("post_ffw_norm", "set_weight"), "post_ffw_norm_bias": ("post_ffw_norm", "set_bias"),
+    "ffn_gate": ("ffn.gate", "set_weight"), "ffn_gate_bias": ("ffn.gate", "set_bias"),
+    "ffn_up": ("ffn.up", "set_weight"), "ffn_up_bias": ("ffn.up", "set_bias"),
+    "ffn_down": ("ffn.down", "set_weight"), "ffn_down_bias": ("ffn.down", "set_bias"),
+    "ffn_gate_inp": ("ffn.router", "set_weight"), "ffn_gate_inp_bias": ("ffn.router", "set_bias"),
+    "exp_probs_b": ("ffn", "set_selection_bias"),
+    "ffn_gate_exps": ("ffn.gate", "set_weight"), "ffn_gate_exps_bias": ("ffn.gate", "set_bias"),
+    "ffn_up_exps": ("ffn.up", "set_weight"), "ffn_up_exps_bias": ("ffn.up", "set_bias"),
+    "ffn_gate_up_exps": ("ffn.up", "set_weight"), "ffn_gate_up_exps_bias": ("ffn.up", "set_bias"),
+    "ffn_down_exps": ("ffn.down", "set_weight"), "ffn_down_exps_bias": ("ffn.down", "set_bias"),
+}
+# slots whose tensors are matrices kept in their storage type; everything else is expanded to float
+MATRIX_SLOTS = {"token_embd", "position_embd", "output", "attn_q", "attn_k", "attn_v", "attn_qkv", "attn_output",
+                "ffn_gate", "ffn_up", "ffn_down", "ffn_gate_inp", "ffn_gate_exps", "ffn_up_exps",
+                "ffn_down_exps", "ffn_gate_up_exps"}
+
+
+class _Source:
+    """Turns file tensors into torch values, keeping matrices compact and mmap-backed where possible."""
+
+    def __init__(self, gguf: GGUFFile, dtype: torch.dtype, expand: bool) -> None:
+        self.gguf, self.dtype, self.expand = gguf, dtype, expand
+        self.cache: dict[str, Any] = {}
+
+    def raw(self, info: TensorInfo) -> torch.Tensor:
+        return torch.from_numpy(self.gguf.tensor_data(info.name))
+
+    def packed(self, info: TensorInfo) -> PackedTensor:
+        return PackedTensor(self.raw(info), info.ggml_type, info.shape, info.name)
+
+    def value(self, slot: str, info: TensorInfo) -> Any:
+        key = f"{info.name}:{slot in MATRIX_SLOTS}"
+        if key not in self.cache:
+            self.cache[key] = self._convert(slot, info)
+        return self.cache[key]
+
+    def _convert(self, slot: str, info: TensorInfo) -> Weight:
+        gtype: GGMLType = info.ggml_type
+        if slot not in MATRIX_SLOTS:  # vectors: norms stay float32, biases take the compute dtype
+            value = self.packed(info).dequantize(torch.float32)
+            return value if "norm" in slot else value.to(self.dtype)
+        if _NATIVE.get(gtype.name) is self.dtype and not self.expand:
+            return self.raw(info).view(self.dtype).reshape(info.shape)  # zero copy
+        packed = self.packed(info)
+        return packed.dequantize(self.dtype) if self.expand or gtype.name == "F32" else packed
+
+
+def _target(root: torch.nn.Module, path: str) -> torch.nn.Module | None:
+    node: Any = root
+    for part in path.split("."):
+        node = getattr(node, part, None)
+        if node is None:
+            return None
+    return node if isinstance(node, torch.nn.Module) else None
+
+
+def load_weights(model: Transformer, spec: Spec, gguf: GGUFFile, *, expand: bool = False,
+                 progress: Progress | None = None) -> None:
+    c = model.config
+    facts = FileFacts(experts=c.has_experts, fused_qkv=c.fused_qkv)
+    source = _Source(gguf, model.dtype, expand)
+    plan: list[tuple[torch.nn.Module, str, str, str, TensorInfo]] = []  # module, method, slot, name, info
+    missing: list[str] = []
+
+    def resolve(group: str, slot: str, need: str, layer: int | None) -> TensorInfo | None:
+        templates = spec.tensors.global_ if group == "global" else spec.tensors.layer
+        ref = getattr(templates, slot)
+        name = ref.name.replace("{i}", str(layer))
+        if name in gguf.tensors:
+            return gguf.tensors[name]
+        if ref.if_absent is not None:
+            alt = getattr(templates, ref.if_absent).name.replace("{i}", str(layer))
+            if alt in gguf.tensors:
+                return gguf.tensors[alt]
+        if need == "required" and not ref.optional:
+            missing.append(name)
+        return None
+
+    for slot, need in global_slots(spec, facts).items():
+        if slot in GLOBAL_TARGETS:
+            info = resolve("global", slot, need, None)
+            module = _target(model, GLOBAL_TARGETS[slot][0])
+            if info is not None and module is not None:
+                plan.append((module, GLOBAL_TARGETS[slot][1], slot, info.name, info))
+    for slot in _rope_factor_slots(spec, gguf, c):
+        info = resolve("global", slot, "optional", None)
+        if info is not None:
+            plan.append((model.rotary, "set_freq_factors", slot, info.name, info))
+    for i, block in enumerate(model.blocks):
+        for slot, need in layer_slots(spec, facts).items():
+            info = resolve("layer", slot, need, i)
+            path, method = LAYER_TARGETS[slot]
+            module = _target(block, path)
+            if info is not None and module is not None:
+                plan.append((module, method, slot, info.name, info))
+    if missing:
+        shown = ", ".join(missing[:8]) + (f" and {len(missing) - 8} more" if len(missing) > 8 else "")
+        raise WeightError(f"{gguf.path}: spec `{spec.name}` needs tensors the file lacks: {shown}")
+
+    total = sum(info.nbytes for *_, info in plan)
+    done = 0
+    for module, method, slot, name, info in plan:
+        getattr(module, method)(name, source.value(slot, info))
+        done += info.nbytes
+        if progress is not None:
+            progress(done, total)
+
+
+def _rope_factor_slots(spec: Spec, gguf: GGUFFile, c: ModelConfig) -> list[str]:
+    """llama.cpp's choice: a fixed factor set if present, else long factors when the run context exceeds
+    the original context, else short ones."""
+    if spec.attention.rope.layers == "none":
+        return []
+    fixed = spec.tensors.global_.rope_freqs  # type: ignore[attr-defined]
+    if fixed is not None and fixed.name in gguf.tensors:
+        return ["rope_freqs"]
+    return ["rope_factors_long" if c.run_context_length > c.rope_original_context else "rope_factors_short"]
+
+
+# ------------------------------------------------------------------------------------------------- load
+
+
+def load(path: str | Path, spec: SpecRef = None, *, dtype: torch.dtype = torch.float32,
+         context_length: int | None = None, spec_dirs: tuple[str | Path, ...] = (), expand: bool = False,
+         progress: Progress | None = None) -> Transformer:
+    """A GGUF file as a torch module in eval mode: `model(input_ids)` -> logits [batch, seq, vocab].
+
+    spec: a Spec, a spec name or path; by default the spec that serves the file's general.architecture.
+    dtype: compute dtype (float32, float16 or bfloat16). context_length: the context the model will run
+    with (default: the file's training context); rope factor choices follow it as in llama.cpp.
+    expand: expand quantized weights to `dtype` at load time (faster, more memory).
+    """
+    if dtype not in DTYPES:
+        raise InputError(f"dtype {dtype} is not supported; use one of float32, float16, bfloat16")
+    gguf = GGUFFile(path)
+    chosen = spec_for_file(gguf, spec, spec_dirs)
+    config = build_config(chosen, gguf.metadata, gguf.tensors.keys(), arch=gguf.architecture or chosen.name,
+                          where=str(gguf.path), context_length=context_length)
+    model = build_modules(chosen, config, dtype)
+    load_weights(model, chosen, gguf, expand=expand, progress=progress)
+    gguf.close()
+    return model.eval()

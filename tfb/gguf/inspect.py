@@ -1,0 +1,114 @@
+"""A readable report of a GGUF file, for `tfb inspect`. Needs no torch."""
+
+from __future__ import annotations
+
+import re
+from collections import defaultdict
+from pathlib import Path
+
+from tfb.config import HPARAM_FIELDS
+from tfb.errors import TfbError
+from tfb.gguf.hparams import build_config
+from tfb.gguf.reader import GGUFFile, MetaValue, TensorInfo
+from tfb.spec.match import spec_for_file
+
+_LAYER = re.compile(r"^blk\.(\d+)\.(.+)$")
+
+
+def _size(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} GiB"
+
+
+def _token(meta: dict[str, MetaValue], key: str) -> str:
+    tokens = meta.get("tokenizer.ggml.tokens")
+    idx = meta.get(key)
+    if idx is None:
+        return "none"
+    text = ""
+    if tokens is not None and isinstance(idx.value, int) and 0 <= idx.value < len(tokens.value):
+        text = f" {tokens.value[idx.value]!r}"
+    return f"{idx.value}{text}"
+
+
+def tokenizer_summary(meta: dict[str, MetaValue]) -> list[str]:
+    model = meta.get("tokenizer.ggml.model")
+    if model is None:
+        return ["  (no tokenizer in this file)"]
+    tokens = meta.get("tokenizer.ggml.tokens")
+    merges = meta.get("tokenizer.ggml.merges")
+    pre = meta.get("tokenizer.ggml.pre")
+    lines = [f"  model: {model.value}   pre-tokenizer: {pre.value if pre else 'default'}   "
+             f"tokens: {len(tokens.value) if tokens else 0}   merges: {len(merges.value) if merges else 0}"]
+    special = [f"{name} {_token(meta, f'tokenizer.ggml.{name}_token_id')}"
+               for name in ("bos", "eos", "eot", "unknown", "padding")
+               if f"tokenizer.ggml.{name}_token_id" in meta]
+    lines.append("  special: " + (", ".join(special) or "none"))
+    flags = [f"{k.split('.')[-1]}={meta[k].value}" for k in ("tokenizer.ggml.add_bos_token",
+                                                              "tokenizer.ggml.add_eos_token") if k in meta]
+    if flags:
+        lines.append("  flags: " + ", ".join(flags))
+    template = meta.get("tokenizer.chat_template")
+    lines.append(f"  chat template: {f'{len(template.value)} characters' if template else 'none'}")
+    return lines
+
+
+def tensor_lines(tensors: list[TensorInfo], all_layers: bool) -> list[str]:
+    def line(t: TensorInfo, name: str) -> str:
+        return f"    {name:<34} {list(t.shape)!s:<22} {t.ggml_type.name:<8} {_size(t.nbytes):>10}"
+
+    layers: dict[int, list[tuple[str, TensorInfo]]] = defaultdict(list)
+    other: list[TensorInfo] = []
+    for t in tensors:
+        m = _LAYER.match(t.name)
+        if m:
+            layers[int(m.group(1))].append((m.group(2), t))
+        else:
+            other.append(t)
+    out = ["  model-wide:"] + [line(t, t.name) for t in other]
+    previous: list[tuple[str, tuple[int, ...], str]] | None = None
+    for i in sorted(layers):
+        signature = [(n, t.shape, t.ggml_type.name) for n, t in layers[i]]
+        total = sum(t.nbytes for _, t in layers[i])
+        if not all_layers and signature == previous:
+            out.append(f"  blk.{i}: same tensors as the layer above ({_size(total)})")
+            continue
+        out.append(f"  blk.{i}: ({_size(total)})")
+        out += [line(t, n) for n, t in layers[i]]
+        previous = signature
+    return out
+
+
+def report(path: str | Path, spec: str | None = None, spec_dirs: tuple[str | Path, ...] = (),
+           all_layers: bool = False) -> str:
+    with GGUFFile(path) as f:
+        meta, tensors = f.metadata, list(f.tensors.values())
+        total = sum(t.nbytes for t in tensors)
+        types: dict[str, int] = defaultdict(int)
+        for t in tensors:
+            types[t.ggml_type.name] += t.nbytes
+        lines = [f"file: {f.path}   GGUF v{f.version}   {len(meta)} keys   {len(tensors)} tensors   "
+                 f"{_size(total)} of weights",
+                 f"architecture: {f.architecture or '(none)'}   name: "
+                 f"{meta['general.name'].value if 'general.name' in meta else '(none)'}",
+                 "storage: " + ", ".join(f"{k} {_size(v)}" for k, v in sorted(types.items(), key=lambda kv: -kv[1]))]
+        try:
+            chosen = spec_for_file(f, spec, spec_dirs)
+            config = build_config(chosen, meta, f.tensors.keys(), arch=f.architecture or chosen.name,
+                                  where=str(f.path))
+            lines.append(f"spec: {chosen.name}" + (f" (extends {chosen.extends})" if chosen.extends else ""))
+            lines.append("config:")
+            values = config.describe()
+            for fld in HPARAM_FIELDS:
+                lines.append(f"  {fld.name:<26} {values[fld.name]}")
+            lines.append(f"  {'fused_qkv':<26} {config.fused_qkv}")
+        except TfbError as e:
+            lines.append(f"spec: none usable ({e})")
+        lines.append("tokenizer:")
+        lines += tokenizer_summary(meta)
+        lines.append("tensors:")
+        lines += tensor_lines(tensors, all_layers)
+    return "\n".join(lines)

@@ -1,0 +1,151 @@
+"""Causal self-attention: separate or fused projections, GQA, Q/K norm, rope, sliding window,
+soft-capping, sinks and a position-dependent query temperature, with an optional KV cache."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from tfb.nn.linear import Linear, check_shape
+from tfb.nn.norm import Norm
+from tfb.nn.rotary import Rotary
+
+
+@dataclass(frozen=True)
+class AttentionShape:
+    hidden: int
+    n_heads: int
+    n_kv_heads: int
+    head_dim: int
+    value_dim: int
+
+
+@dataclass(frozen=True)
+class AttentionOptions:
+    fused_qkv: bool
+    qk_norm: str | None  # None, or the norm kind
+    qk_norm_over: str  # "head" or "all"
+    norm_eps: float
+    scale: float
+    softcap: float
+    clamp: float
+    window: int  # 0: full causal attention
+    use_rope: bool
+    sinks: bool
+    temperature_scale: float
+    temperature_length: int
+
+
+class KVCache:
+    """Keys and values of the positions seen so far, per layer; capacity grows geometrically."""
+
+    def __init__(self, n_layers: int) -> None:
+        self.keys: list[torch.Tensor | None] = [None] * n_layers
+        self.values: list[torch.Tensor | None] = [None] * n_layers
+        self.length = 0  # positions stored (committed after a full forward pass)
+
+    def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Store k, v ([batch, kv_heads, new, dim]) after the committed positions; return all of them."""
+        start, new = self.length, k.shape[2]
+        end = start + new
+        for store, x in ((self.keys, k), (self.values, v)):
+            buf = store[layer]
+            if buf is None or buf.shape[2] < end:
+                grown = x.new_empty(*x.shape[:2], max(end, 2 * (0 if buf is None else buf.shape[2]), 16),
+                                    x.shape[3])
+                if buf is not None:
+                    grown[:, :, :start] = buf[:, :, :start]
+                store[layer] = buf = grown
+            buf[:, :, start:end] = x
+        k_all, v_all = self.keys[layer], self.values[layer]
+        assert k_all is not None and v_all is not None
+        return k_all[:, :, :end], v_all[:, :, :end]
+
+    def commit(self, new: int) -> None:
+        self.length += new
+
+    def truncate(self, length: int) -> None:
+        """Forget positions from `length` on (for a rewound or shared prompt)."""
+        self.length = min(self.length, length)
+
+
+class Attention(nn.Module):
+    def __init__(self, shape: AttentionShape, opts: AttentionOptions, norm_kind: str) -> None:
+        super().__init__()
+        self.shape, self.opts = shape, opts
+        s = shape
+        self.q_out, self.k_out, self.v_out = s.n_heads * s.head_dim, s.n_kv_heads * s.head_dim, \
+            s.n_kv_heads * s.value_dim
+        if opts.fused_qkv:
+            self.qkv = Linear(s.hidden, self.q_out + self.k_out + self.v_out)
+        else:
+            self.q = Linear(s.hidden, self.q_out)
+            self.k = Linear(s.hidden, self.k_out)
+            self.v = Linear(s.hidden, self.v_out)
+        self.o = Linear(s.n_heads * s.value_dim, s.hidden)
+        if opts.qk_norm is not None:
+            per_head = opts.qk_norm_over == "head"
+            self.q_norm = Norm(opts.qk_norm, s.head_dim if per_head else self.q_out, opts.norm_eps)
+            self.k_norm = Norm(opts.qk_norm, s.head_dim if per_head else self.k_out, opts.norm_eps)
+        self.sinks: torch.Tensor | None = None
+
+    def set_sinks(self, name: str, sinks: torch.Tensor) -> None:
+        check_shape(name, tuple(sinks.shape), (self.shape.n_heads,))
+        self.sinks = sinks.float()
+
+    def forward(self, x: torch.Tensor, rotary: Rotary, cos: torch.Tensor, sin: torch.Tensor,
+                positions: torch.Tensor, cache: KVCache | None, layer: int) -> torch.Tensor:
+        s, o = self.shape, self.opts
+        b, t, _ = x.shape
+        if o.fused_qkv:
+            q, k, v = self.qkv(x).split([self.q_out, self.k_out, self.v_out], dim=-1)
+        else:
+            q, k, v = self.q(x), self.k(x), self.v(x)
+        if o.clamp:
+            q, k, v = (z.clamp(-o.clamp, o.clamp) for z in (q, k, v))
+        if o.qk_norm is not None and o.qk_norm_over == "all":
+            q, k = self.q_norm(q), self.k_norm(k)
+        q = q.view(b, t, s.n_heads, s.head_dim)
+        k = k.view(b, t, s.n_kv_heads, s.head_dim)
+        v = v.view(b, t, s.n_kv_heads, s.value_dim)
+        if o.qk_norm is not None and o.qk_norm_over == "head":
+            q, k = self.q_norm(q), self.k_norm(k)
+        if o.use_rope:
+            q, k = rotary.rotate(q, cos, sin), rotary.rotate(k, cos, sin)
+        if o.temperature_scale:
+            steps = torch.floor(positions.double() / o.temperature_length)
+            temp = (torch.log(steps + 1.0) * o.temperature_scale + 1.0).to(q.dtype)
+            q = q * temp[..., None, None]
+        q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
+        if cache is not None:
+            k, v = cache.update(layer, k, v)
+        out = self.attend(q, k, v, positions)
+        return self.o(out.transpose(1, 2).reshape(b, t, s.n_heads * s.value_dim))
+
+    def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        """q: [b, heads, t, d]; k, v: [b, kv_heads, s, d]; positions: [b, t] of the queries."""
+        o = self.opts
+        groups = self.shape.n_heads // self.shape.n_kv_heads
+        if groups > 1:
+            k, v = k.repeat_interleave(groups, dim=1), v.repeat_interleave(groups, dim=1)
+        key_pos = torch.arange(k.shape[2], device=q.device)
+        q_pos = positions[:, None, :, None]
+        allowed = key_pos <= q_pos
+        if o.window:
+            allowed = allowed & (q_pos - key_pos < o.window)
+        if not o.softcap and self.sinks is None:
+            return F.scaled_dot_product_attention(q, k, v, attn_mask=allowed, scale=o.scale)
+        scores = (q @ k.transpose(-1, -2)).float() * o.scale
+        if o.softcap:
+            scores = torch.tanh(scores / o.softcap) * o.softcap
+        scores = scores.masked_fill(~allowed, -math.inf)
+        if self.sinks is not None:
+            sink = self.sinks.view(1, -1, 1, 1).expand(*scores.shape[:3], 1)
+            probs = torch.softmax(torch.cat((scores, sink), dim=-1), dim=-1)[..., :-1]
+        else:
+            probs = torch.softmax(scores, dim=-1)
+        return probs.to(v.dtype) @ v

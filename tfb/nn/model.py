@@ -1,0 +1,72 @@
+"""The whole decoder: embeddings, blocks, final norm and output projection."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from tfb.config import ModelConfig
+from tfb.errors import InputError
+from tfb.nn.attention import KVCache
+from tfb.nn.block import Block
+from tfb.nn.linear import Embedding, Linear
+from tfb.nn.norm import Norm
+from tfb.nn.rotary import Rotary
+
+
+class Transformer(nn.Module):
+    """`model(input_ids)` -> float32 logits [batch, seq, vocab]; pass a KVCache to decode incrementally."""
+
+    def __init__(self, config: ModelConfig, blocks: list[Block], rotary: Rotary, *, final_norm: Norm | None,
+                 learned_positions: bool, dtype: torch.dtype, spec_name: str) -> None:
+        super().__init__()
+        self.config, self.dtype, self.spec_name = config, dtype, spec_name
+        self.token_embd = Embedding(config.vocab_size, config.hidden_size)
+        self.position_embd = Embedding(config.context_length, config.hidden_size) if learned_positions else None
+        self.blocks = nn.ModuleList(blocks)
+        self.output_norm = final_norm
+        self.output = Linear(config.hidden_size, config.vocab_size)
+        self.rotary = rotary
+
+    def new_cache(self) -> KVCache:
+        return KVCache(self.config.n_layers)
+
+    def forward(self, input_ids: torch.Tensor, cache: KVCache | None = None,
+                last_only: bool = False) -> torch.Tensor:
+        ids = self._check_ids(input_ids)
+        c = self.config
+        batch, seq = ids.shape
+        start = cache.length if cache is not None else 0
+        positions = (start + torch.arange(seq, device=ids.device)).expand(batch, seq)
+        x = self.token_embd(ids, self.dtype)
+        if c.embedding_scale != 1.0:
+            x = x * c.embedding_scale
+        if self.position_embd is not None:
+            if start + seq > c.context_length:
+                raise InputError(f"position {start + seq - 1} is past the {c.context_length} learned positions")
+            x = x + self.position_embd(positions, self.dtype)
+        cos, sin = self.rotary.angles(positions)
+        for i, block in enumerate(self.blocks):
+            x = block(x, self.rotary, cos, sin, positions, cache, i)
+        if cache is not None:
+            cache.commit(seq)
+        if last_only:
+            x = x[:, -1:]
+        if self.output_norm is not None:
+            x = self.output_norm(x)
+        logits = self.output(x).float()
+        if c.logit_scale != 1.0:
+            logits = logits / c.logit_scale
+        if c.final_softcap:
+            logits = torch.tanh(logits / c.final_softcap) * c.final_softcap
+        return logits
+
+    def _check_ids(self, ids: torch.Tensor) -> torch.Tensor:
+        if not isinstance(ids, torch.Tensor) or ids.dtype not in (torch.int64, torch.int32) or ids.dim() != 2:
+            raise InputError("input_ids must be an integer tensor of shape [batch, seq]")
+        if ids.numel() == 0:
+            raise InputError("input_ids is empty")
+        low, high = int(ids.min()), int(ids.max())
+        if low < 0 or high >= self.config.vocab_size:
+            raise InputError(f"token ids must be in [0, {self.config.vocab_size}), got {low}..{high}")
+        return ids.long()

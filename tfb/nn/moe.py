@@ -1,0 +1,92 @@
+"""Mixture of experts with stacked expert weights (one [experts, out, in] tensor per projection)."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from tfb.nn.linear import Linear, Weight, check_shape, packed_matmul
+from tfb.nn.mlp import ACTIVATIONS, gated_activation
+from tfb.quant import PackedTensor
+
+
+class ExpertLinear(nn.Module):
+    """One projection of every expert: x @ W[e].T + b[e] for a chosen expert e."""
+
+    def __init__(self, n_experts: int, in_features: int, out_features: int) -> None:
+        super().__init__()
+        self.shape = (n_experts, out_features, in_features)
+        self.weight: Weight | None = None
+        self.bias: torch.Tensor | None = None
+
+    def set_weight(self, name: str, weight: Weight) -> None:
+        check_shape(name, tuple(weight.shape), self.shape)
+        self.weight = weight
+
+    def set_bias(self, name: str, bias: torch.Tensor) -> None:
+        check_shape(name, tuple(bias.shape), self.shape[:2])
+        self.bias = bias
+
+    def forward(self, expert: int, x: torch.Tensor) -> torch.Tensor:
+        assert self.weight is not None, "expert weights not loaded"
+        w = self.weight[expert]
+        y = packed_matmul(x, w) if isinstance(w, PackedTensor) else x @ w.T
+        return y if self.bias is None else y + self.bias[expert]
+
+
+class Experts(nn.Module):
+    def __init__(self, hidden: int, inner: int, *, n_experts: int, top_k: int, gating: str, gated: bool,
+                 fused_gate_up: bool, activation: str, normalize: bool, scale: float, limit: float) -> None:
+        super().__init__()
+        self.n_experts, self.top_k, self.gating = n_experts, top_k, gating
+        self.gated, self.fused, self.activation = gated, fused_gate_up, activation
+        self.normalize, self.scale, self.limit = normalize, scale, limit
+        self.router = Linear(hidden, n_experts)
+        self.selection_bias: torch.Tensor | None = None
+        self.up = ExpertLinear(n_experts, hidden, 2 * inner if fused_gate_up else inner)
+        if gated and not fused_gate_up:
+            self.gate = ExpertLinear(n_experts, hidden, inner)
+        self.down = ExpertLinear(n_experts, inner, hidden)
+
+    def set_selection_bias(self, name: str, bias: torch.Tensor) -> None:
+        check_shape(name, tuple(bias.shape), (self.n_experts,))
+        self.selection_bias = bias.float()
+
+    def route(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The chosen experts [tokens, k] and their weights [tokens, k] (float32)."""
+        logits = self.router(x).float()
+        if self.gating == "softmax":
+            probs = torch.softmax(logits, dim=-1)
+        elif self.gating == "sigmoid":
+            probs = torch.sigmoid(logits)
+        else:
+            probs = logits
+        select = probs if self.selection_bias is None else probs + self.selection_bias
+        chosen = select.topk(self.top_k, dim=-1).indices
+        weights = probs.gather(-1, chosen)
+        if self.gating == "softmax_selected":
+            weights = torch.softmax(weights, dim=-1)
+        if self.normalize:
+            weights = weights / weights.sum(dim=-1, keepdim=True).clamp(min=6.103515625e-5)
+        if self.scale not in (0.0, 1.0):
+            weights = weights * self.scale
+        return chosen, weights
+
+    def expert(self, e: int, x: torch.Tensor) -> torch.Tensor:
+        if not self.gated:
+            return self.down(e, ACTIVATIONS[self.activation](self.up(e, x)))
+        if self.fused:
+            gate, up = self.up(e, x).chunk(2, dim=-1)
+        else:
+            gate, up = self.gate(e, x), self.up(e, x)
+        return self.down(e, gated_activation(gate, up, self.activation, self.limit))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        flat = x.reshape(-1, x.shape[-1])
+        chosen, weights = self.route(flat)
+        out = torch.zeros_like(flat)
+        for e in chosen.unique().tolist():
+            token, slot = (chosen == e).nonzero(as_tuple=True)
+            y = self.expert(e, flat[token]) * weights[token, slot, None].to(flat.dtype)
+            out.index_add_(0, token, y)
+        return out.view_as(x)

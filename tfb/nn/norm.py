@@ -1,0 +1,44 @@
+"""RMSNorm and LayerNorm with optional weight, bias and weight offset, computed in float32."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from tfb.nn.linear import check_shape
+
+
+class Norm(nn.Module):
+    """rmsnorm: x / sqrt(mean(x^2) + eps); layernorm: (x - mean) / sqrt(var + eps); then * (offset + w) + b.
+
+    Normalises over the last dimension. Weight and bias are set by the loader; without them the norm
+    has no scale (1) or shift (0).
+    """
+
+    def __init__(self, kind: str, dim: int, eps: float, weight_offset: float = 0.0) -> None:
+        super().__init__()
+        self.kind, self.dim, self.eps, self.weight_offset = kind, dim, eps, weight_offset
+        self.weight: torch.Tensor | None = None
+        self.bias: torch.Tensor | None = None
+
+    def set_weight(self, name: str, weight: torch.Tensor) -> None:
+        check_shape(name, tuple(weight.shape), (self.dim,))
+        self.weight = weight.float() + self.weight_offset
+
+    def set_bias(self, name: str, bias: torch.Tensor) -> None:
+        check_shape(name, tuple(bias.shape), (self.dim,))
+        self.bias = bias.float()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = x.float()
+        if self.kind == "layernorm":
+            h = h - h.mean(dim=-1, keepdim=True)
+        h = h * torch.rsqrt(h.pow(2).mean(dim=-1, keepdim=True) + self.eps)
+        if self.weight is not None:
+            h = h * self.weight
+        if self.bias is not None:
+            h = h + self.bias
+        return h.to(x.dtype)
+
+    def extra_repr(self) -> str:
+        return f"{self.kind}, dim={self.dim}, eps={self.eps}"

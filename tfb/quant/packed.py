@@ -1,0 +1,45 @@
+"""Weights that stay in their GGUF storage type in memory and expand on use."""
+
+from __future__ import annotations
+
+import torch
+
+from tfb.errors import WeightError
+from tfb.gguf.ggml_types import GGMLType
+from tfb.quant.blocks import DEQUANTIZERS
+
+
+def is_supported(ggml_type: GGMLType) -> bool:
+    return ggml_type.name in DEQUANTIZERS
+
+
+class PackedTensor:
+    """A tensor of `shape` (torch order) kept as raw ggml blocks: uint8 [*shape[:-1], row_bytes].
+
+    Row operations (selecting rows, experts) slice the raw bytes; only `dequantize` expands values.
+    """
+
+    def __init__(self, raw: torch.Tensor, ggml_type: GGMLType, shape: tuple[int, ...], name: str = "") -> None:
+        if ggml_type.name not in DEQUANTIZERS:
+            raise WeightError(f"tensor {name!r}: storage type {ggml_type.name} is not supported yet "
+                              f"(supported: {', '.join(sorted(DEQUANTIZERS))})")
+        row_bytes = ggml_type.row_bytes(shape[-1])
+        self.raw = raw.reshape(*shape[:-1], row_bytes)
+        self.ggml_type = ggml_type
+        self.shape = shape
+        self.name = name
+
+    @property
+    def nbytes(self) -> int:
+        return self.raw.numel()
+
+    def __getitem__(self, index: int | slice) -> PackedTensor:
+        """Rows (or experts) of the outermost dimension, without expanding anything."""
+        raw = self.raw[index]
+        shape = (*raw.shape[:-1], self.shape[-1])
+        return PackedTensor(raw, self.ggml_type, shape, self.name)
+
+    def dequantize(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        blocks = self.raw.reshape(-1, self.ggml_type.type_size)
+        values = DEQUANTIZERS[self.ggml_type.name](blocks)
+        return values.reshape(self.shape).to(dtype)

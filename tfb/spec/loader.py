@@ -1,0 +1,338 @@
+"""YAML spec -> validated `Spec`: read safely, resolve `extends`, validate, check, explain errors.
+
+Errors name the file, line and column of the offending key, the field path, what is allowed, and the
+nearest allowed word. A spec that extends another is checked as the merged whole, and each error points
+into the file that set the offending value.
+"""
+
+from __future__ import annotations
+
+import typing
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ValidationError
+
+from tfb.errors import SpecError
+from tfb.spec.fields import FIELD_BY_NAME, FIELDS
+from tfb.spec.registry import find_spec_file, search_dirs
+from tfb.spec.schema import Derived, HParam, Spec
+from tfb.spec.slots import global_slots, layer_slots, possible_facts
+from tfb.spec.suggest import did_you_mean
+from tfb.spec.yamlfile import Key, Mark, read_yaml
+
+NOT_INHERITED = ("name", "abstract", "match", "description", "extends")
+MAX_EXTENDS_DEPTH = 16
+
+
+def load_spec(ref: str | Path, spec_dirs: Iterable[str | Path] = ()) -> Spec:
+    """A validated spec from a path (`specs/x.yaml`) or a name looked up on the spec search path."""
+    dirs = search_dirs(spec_dirs)
+    path = resolve(ref, dirs)
+    data, marks = _merged(path, dirs, chain=[])
+    return _validate(data, marks, path)
+
+
+def resolve(ref: str | Path, dirs: Sequence[Path], skip: Iterable[Path] = (), origin: str = "") -> Path:
+    text = str(ref)
+    as_path = Path(text)
+    if text.endswith((".yaml", ".yml")) or as_path.is_file() or "/" in text or "\\" in text:
+        if not as_path.is_file():
+            raise SpecError(f"{origin}spec file {text} does not exist")
+        return as_path
+    found = find_spec_file(text, dirs, skip)
+    if found is None:
+        from tfb.spec.registry import all_spec_files
+
+        known = all_spec_files(dirs)
+        raise SpecError(f"{origin}no spec named `{text}`{did_you_mean(text, known)}; "
+                        f"known: {', '.join(sorted(known)) or 'none'} (searched {', '.join(map(str, dirs))})")
+    return found
+
+
+def _merged(path: Path, dirs: Sequence[Path], chain: list[Path]) -> tuple[dict[str, Any], dict[Key, Mark]]:
+    if path.resolve() in [p.resolve() for p in chain]:
+        cycle = " -> ".join(p.stem for p in [*chain, path])
+        raise SpecError(f"{chain[-1]}: extends: `extends` makes a cycle: {cycle}; one of them must not extend")
+    if len(chain) > MAX_EXTENDS_DEPTH:
+        raise SpecError(f"{path}: `extends` chain deeper than {MAX_EXTENDS_DEPTH}")
+    data, marks = read_yaml(path)
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise SpecError(f"{path}:1:1: a spec is a mapping of keys to values, not a {type(data).__name__}")
+    if "name" in data and data["name"] != path.stem:
+        raise SpecError(f"{marks[('name',)]}: name: `{data['name']}` differs from the file name "
+                        f"`{path.stem}`; rename one of them")
+    data = {**data, "name": path.stem}
+    parent_ref = data.get("extends")
+    if parent_ref is None:
+        return data, marks
+    if not isinstance(parent_ref, str):
+        raise SpecError(f"{marks[('extends',)]}: extends: give a spec name or path, not {parent_ref!r}")
+    origin = f"{marks[('extends',)]}: extends: "
+    base = Path(parent_ref) if parent_ref.endswith((".yaml", ".yml")) and not Path(parent_ref).is_absolute() \
+        else None
+    if base is not None and not base.is_file():
+        parent_ref = str(path.parent / base)  # a relative path is relative to the spec
+    parent_path = resolve(parent_ref, dirs, skip=[*chain, path], origin=origin)
+    parent_data, parent_marks = _merged(parent_path, dirs, [*chain, path])
+    for key in NOT_INHERITED:
+        parent_data.pop(key, None)
+    return _merge(parent_data, data, parent_marks, marks)
+
+
+def _merge(base: dict[str, Any], over: dict[str, Any], base_marks: dict[Key, Mark],
+           over_marks: dict[Key, Mark]) -> tuple[dict[str, Any], dict[Key, Mark]]:
+    """Deep merge of mappings; anything else in `over` replaces the base value and its marks."""
+    marks = dict(base_marks)
+
+    def merge(a: dict[str, Any], b: dict[str, Any], prefix: Key) -> dict[str, Any]:
+        out = dict(a)
+        for k, v in b.items():
+            key = (*prefix, k)
+            if isinstance(v, dict) and isinstance(out.get(k), dict):
+                out[k] = merge(out[k], v, key)
+            else:
+                for stale in [m for m in marks if m[: len(key)] == key]:
+                    del marks[stale]
+                out[k] = v
+        return out
+
+    merged = merge(base, over, ())
+    marks.update(over_marks)
+    return merged, marks
+
+
+# -------------------------------------------------------------------------------------------- validation
+
+
+def _validate(data: dict[str, Any], marks: dict[Key, Mark], path: Path) -> Spec:
+    try:
+        spec = Spec.model_validate(data)
+    except ValidationError as e:
+        raise SpecError(_explain(e, data, marks, path)) from None
+    problems = check_spec(spec)
+    if problems:
+        lines = [f"{_mark_for(key, marks, path)}: {_dotted(key)}: {msg}" for key, msg in problems]
+        raise SpecError("\n".join(lines))
+    return spec
+
+
+def check_spec(spec: Spec) -> list[tuple[Key, str]]:
+    """Cross-field checks that pydantic's per-field validation cannot see."""
+    problems: list[tuple[Key, str]] = []
+    rules: dict[str, HParam] = {n: r for n, r in spec.hparams if r is not None}
+    for name, rule in rules.items():
+        field = FIELD_BY_NAME[name]
+        default = rule.default
+        if isinstance(default, Derived):
+            for operand in _operands(default):
+                if isinstance(operand, str) and operand not in FIELD_BY_NAME:
+                    problems.append((("hparams", name, "default"), f"unknown config field `{operand}` in a "
+                                     f"derived rule{did_you_mean(operand, FIELD_BY_NAME)}"))
+        elif default is not None and not _fits(default, field.kind, field.choices):
+            allowed = f"one of {', '.join(field.choices)}" if field.choices else f"a {field.kind}"
+            hint = did_you_mean(str(default), field.choices)
+            problems.append((("hparams", name, "default"), f"{default!r} is not {allowed}{hint}"))
+    cycle = _find_cycle(rules)
+    if cycle:
+        problems.append((("hparams", cycle[0]), "derived rules form a cycle: " + " -> ".join(cycle)))
+    if spec.abstract:
+        return problems
+    for f in FIELDS:
+        if f.default is None and f.name not in rules:
+            problems.append((("hparams",), f"no rule for required config field `{f.name}` ({f.doc})"))
+    problems += _contradictions(spec)
+    problems += _missing_slots(spec)
+    return problems
+
+
+def _fits(value: object, kind: str, choices: tuple[str, ...]) -> bool:
+    if kind == "str":
+        return isinstance(value, str) and (not choices or value in choices)
+    if kind == "bool":
+        return isinstance(value, bool)
+    if kind == "int":
+        return isinstance(value, int) and not isinstance(value, bool)
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _operands(rule: Derived) -> list[str | float]:
+    out: list[str | float] = []
+    for name in ("field", "sqrt", "inverse_sqrt"):
+        value = getattr(rule, name)
+        if value is not None:
+            out.append(value)
+    for pair in (rule.quotient, rule.product):
+        if pair is not None:
+            out += list(pair)
+    return out
+
+
+def _find_cycle(rules: dict[str, HParam]) -> list[str]:
+    def deps(name: str) -> list[str]:
+        rule = rules.get(name)
+        if rule is None or not isinstance(rule.default, Derived):
+            return []
+        return [o for o in _operands(rule.default) if isinstance(o, str) and o in FIELD_BY_NAME]
+
+    def visit(name: str, stack: list[str]) -> list[str]:
+        if name in stack:
+            return [*stack[stack.index(name):], name]
+        for dep in deps(name):
+            found = visit(dep, [*stack, name])
+            if found:
+                return found
+        return []
+
+    for name in rules:
+        found = visit(name, [])
+        if found:
+            return found
+    return []
+
+
+def _contradictions(spec: Spec) -> list[tuple[Key, str]]:
+    out: list[tuple[Key, str]] = []
+    if spec.block.residual == "parallel" and spec.block.post_norm:
+        out.append((("block", "post_norm"), "post-norms are not defined for a parallel residual; "
+                    "use residual: sequential or post_norm: false"))
+    if spec.block.residual == "parallel" and not spec.block.pre_norm:
+        out.append((("block", "pre_norm"), "a parallel residual reads one pre-norm; set pre_norm: true"))
+    if not spec.ffn.gated and spec.ffn.gate_up == "fused":
+        out.append((("ffn", "gate_up"), "a fused gate/up projection needs gated: true"))
+    if not spec.norm.parametric and spec.norm.bias != "none":
+        out.append((("norm", "bias"), "a norm without weights (parametric: false) has no bias either"))
+    if spec.ffn.experts is not None and not spec.ffn.gated and spec.ffn.experts.gate_up == "fused":
+        out.append((("ffn", "experts", "gate_up"), "fused expert gate/up needs gated: true"))
+    return out
+
+
+def _missing_slots(spec: Spec) -> list[tuple[Key, str]]:
+    out: list[tuple[Key, str]] = []
+    seen: set[tuple[str, str]] = set()
+    for facts in possible_facts(spec):
+        for group, needs in (("global", global_slots(spec, facts)), ("layer", layer_slots(spec, facts))):
+            templates = spec.tensors.global_ if group == "global" else spec.tensors.layer
+            for slot in needs:
+                if getattr(templates, slot) is None and (group, slot) not in seen:
+                    seen.add((group, slot))
+                    out.append((("tensors", group), f"the switches need tensor slot `{slot}` but it has no "
+                                f"name template; add `{slot}: ...` under tensors.{group}"))
+    for group in ("global", "layer"):
+        group_templates: BaseModel = spec.tensors.global_ if group == "global" else spec.tensors.layer
+        for slot in type(group_templates).model_fields:
+            ref = getattr(group_templates, slot)
+            if ref is not None and ref.if_absent is not None and getattr(group_templates, ref.if_absent) is None:
+                out.append((("tensors", group, slot, "if_absent"),
+                            f"names slot `{ref.if_absent}`, which has no name template in tensors.{group}"))
+    return out
+
+
+# ------------------------------------------------------------------------------------------ explanations
+
+_PRIORITY = ("extra_forbidden", "literal_error", "value_error", "missing")
+
+
+def _explain(error: ValidationError, data: dict[str, Any], marks: dict[Key, Mark], path: Path) -> str:
+    best: dict[Key, dict[str, Any]] = {}
+    for err in error.errors():
+        key = _data_key(err["loc"], data)
+        rank = _PRIORITY.index(err["type"]) if err["type"] in _PRIORITY else len(_PRIORITY)
+        if key not in best or rank < best[key]["_rank"]:
+            best[key] = {**err, "_rank": rank}
+    # errors on a union's branches at a parent path are noise when a deeper path explains more
+    keys = [k for k in best if not any(o != k and o[: len(k)] == k for o in best)]
+    lines = []
+    for key in sorted(keys, key=lambda k: _mark_for(k, marks, path).line):
+        lines.append(f"{_mark_for(key, marks, path)}: {_dotted(key)}: {_message(best[key], key)}")
+    return "\n".join(lines)
+
+
+def _data_key(loc: tuple[int | str, ...], data: Any) -> Key:
+    """The part of a pydantic location that exists in the data (drops union branch tags)."""
+    key: list[str | int] = []
+    node = data
+    for part in loc:
+        if isinstance(node, dict) and part in node:
+            node = node[part]
+        elif isinstance(node, list) and isinstance(part, int) and 0 <= part < len(node):
+            node = node[part]
+        elif isinstance(node, dict) and isinstance(part, str) and part.isidentifier() and part.islower() \
+                and part not in ("str", "int", "float", "bool", "list", "dict"):
+            key.append(part)  # a missing key: point at its parent, name it in the path
+            break
+        else:
+            continue
+        key.append(part)
+    return tuple(key)
+
+
+def _mark_for(key: Key, marks: dict[Key, Mark], path: Path) -> Mark:
+    for n in range(len(key), -1, -1):
+        if key[:n] in marks:
+            return marks[key[:n]]
+    return Mark(str(path), 1, 1)
+
+
+def _dotted(key: Key) -> str:
+    return ".".join(str(k) for k in key) or "(top level)"
+
+
+def _message(err: dict[str, Any], key: Key) -> str:
+    kind, ctx = err["type"], err.get("ctx") or {}
+    word = key[-1] if key else ""
+    if kind == "extra_forbidden":
+        allowed = _allowed_keys(key[:-1])
+        return (f"unknown key `{word}`{did_you_mean(str(word), allowed)}; allowed: {', '.join(allowed)}")
+    if kind == "literal_error":
+        allowed = [a.strip("'") for a in ctx.get("expected", "").replace(" or ", ", ").split(", ")]
+        value = err.get("input")
+        return f"`{value}` is not allowed{did_you_mean(str(value), allowed)}; allowed: {', '.join(allowed)}"
+    if kind == "missing":
+        return f"missing required key `{word}`"
+    msg = str(err["msg"]).removeprefix("Value error, ")
+    doc = _field_doc(key)
+    return msg + (f" (expected: {doc})" if doc and kind != "value_error" else "")
+
+
+def _model_at(key: Key) -> type[BaseModel] | None:
+    model: type[BaseModel] | None = Spec
+    for part in key:
+        if model is None or isinstance(part, int):
+            return None
+        field = next((f for n, f in model.model_fields.items() if part in (n, f.alias)), None)
+        if field is None:
+            return None
+        model = _inner_model(field.annotation)
+    return model
+
+
+def _inner_model(annotation: Any) -> type[BaseModel] | None:
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for arg in typing.get_args(annotation):
+        found = _inner_model(arg)
+        if found is not None:
+            return found
+    return None
+
+
+def _allowed_keys(key: Key) -> list[str]:
+    model = _model_at(key)
+    if model is None:
+        return []
+    return [f.alias or n for n, f in model.model_fields.items() if n != "name" or model is not Spec]
+
+
+def _field_doc(key: Key) -> str:
+    """The description of the nearest field on the path (list items explain themselves by their list)."""
+    for n in range(len(key), 0, -1):
+        model = _model_at(key[: n - 1])
+        field = next((f for m, f in model.model_fields.items() if key[n - 1] in (m, f.alias)), None) \
+            if model else None
+        if field is not None and field.description:
+            return field.description
+    return ""
