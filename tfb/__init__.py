@@ -1,7 +1,7 @@
 """tfb: transformer builder. Each architecture is a YAML spec; one interpreter runs them from GGUF files.
 
     model = tfb.load("model.gguf")        # torch.nn.Module; model(input_ids) -> logits
-    spec = tfb.load_spec("qwen3")         # a validated spec
+    spec = tfb.load_spec("specs/x.yaml")  # a validated spec
 
 Torch is imported only when a model is loaded, so that spec tooling starts fast.
 """

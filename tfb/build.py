@@ -6,7 +6,8 @@ one table that maps each tensor slot to the module that takes it.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Collection
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -178,67 +179,74 @@ def _target(root: torch.nn.Module, path: str) -> torch.nn.Module | None:
     return node if isinstance(node, torch.nn.Module) else None
 
 
-def load_weights(model: Transformer, spec: Spec, gguf: GGUFFile, *, expand: bool = False,
-                 progress: Progress | None = None) -> None:
+@dataclass(frozen=True)
+class PlannedTensor:
+    """One tensor the model reads: where it goes and what it must look like."""
+
+    slot: str
+    name: str  # the name in the file (the if_absent stand-in when that is what the file has)
+    shape: tuple[int, ...]  # torch order
+    need: str  # "required" or "optional"
+    module: torch.nn.Module
+    method: str
+    present: bool
+
+
+def plan_tensors(model: Transformer, spec: Spec, present: Collection[str]) -> list[PlannedTensor]:
+    """Every tensor slot the spec and config use, resolved against the names present in a file."""
     c = model.config
     facts = FileFacts(experts=c.has_experts, fused_qkv=c.fused_qkv)
-    source = _Source(gguf, model.dtype, expand)
-    plan: list[tuple[torch.nn.Module, str, str, str, TensorInfo]] = []  # module, method, slot, name, info
-    missing: list[str] = []
+    plan: list[PlannedTensor] = []
 
-    def resolve(group: str, slot: str, need: str, layer: int | None) -> TensorInfo | None:
+    def add(group: str, slot: str, need: str, module: torch.nn.Module | None, method: str,
+            layer: int | None = None) -> None:
+        if module is None:
+            return
         templates = spec.tensors.global_ if group == "global" else spec.tensors.layer
         ref = getattr(templates, slot)
         name = ref.name.replace("{i}", str(layer))
-        if name in gguf.tensors:
-            return gguf.tensors[name]
-        if ref.if_absent is not None:
+        if name not in present and ref.if_absent is not None:
             alt = getattr(templates, ref.if_absent).name.replace("{i}", str(layer))
-            if alt in gguf.tensors:
-                return gguf.tensors[alt]
-        if need == "required" and not ref.optional:
-            missing.append(name)
-        return None
+            name = alt if alt in present else name
+        need = "optional" if ref.optional else need
+        shape = module.tensor_shape(method)  # type: ignore[operator]
+        plan.append(PlannedTensor(slot, name, shape, need, module, method, name in present))
 
     for slot, need in global_slots(spec, facts).items():
         if slot in GLOBAL_TARGETS:
-            info = resolve("global", slot, need, None)
-            module = _target(model, GLOBAL_TARGETS[slot][0])
-            if info is not None and module is not None:
-                plan.append((module, GLOBAL_TARGETS[slot][1], slot, info.name, info))
-    for slot in _rope_factor_slots(spec, gguf, c):
-        info = resolve("global", slot, "optional", None)
-        if info is not None:
-            plan.append((model.rotary, "set_freq_factors", slot, info.name, info))
+            path, method = GLOBAL_TARGETS[slot]
+            add("global", slot, need, _target(model, path), method)
+    if spec.attention.rope.layers != "none":
+        # llama.cpp's choice: the fixed factor set if present, else the long factors when the run context
+        # exceeds the original context, else the short ones
+        fixed = spec.tensors.global_.rope_freqs  # type: ignore[attr-defined]
+        long = c.run_context_length > c.rope_original_context
+        slot = "rope_freqs" if fixed is not None and fixed.name in present else \
+            "rope_factors_long" if long else "rope_factors_short"
+        add("global", slot, "optional", model.rotary, "set_freq_factors")
     for i, block in enumerate(model.blocks):
         for slot, need in layer_slots(spec, facts).items():
-            info = resolve("layer", slot, need, i)
             path, method = LAYER_TARGETS[slot]
-            module = _target(block, path)
-            if info is not None and module is not None:
-                plan.append((module, method, slot, info.name, info))
+            add("layer", slot, need, _target(block, path), method, i)
+    return plan
+
+
+def load_weights(model: Transformer, spec: Spec, gguf: GGUFFile, *, expand: bool = False,
+                 progress: Progress | None = None) -> None:
+    plan = [p for p in plan_tensors(model, spec, gguf.tensors.keys()) if p.present or p.need == "required"]
+    missing = [p.name for p in plan if not p.present]
     if missing:
         shown = ", ".join(missing[:8]) + (f" and {len(missing) - 8} more" if len(missing) > 8 else "")
         raise WeightError(f"{gguf.path}: spec `{spec.name}` needs tensors the file lacks: {shown}")
-
-    total = sum(info.nbytes for *_, info in plan)
+    source = _Source(gguf, model.dtype, expand)
+    total = sum(gguf.tensors[p.name].nbytes for p in plan)
     done = 0
-    for module, method, slot, name, info in plan:
-        getattr(module, method)(name, source.value(slot, info))
+    for p in plan:
+        info = gguf.tensors[p.name]
+        getattr(p.module, p.method)(p.name, source.value(p.slot, info))
         done += info.nbytes
         if progress is not None:
             progress(done, total)
-
-
-def _rope_factor_slots(spec: Spec, gguf: GGUFFile, c: ModelConfig) -> list[str]:
-    """llama.cpp's choice: a fixed factor set if present, else long factors when the run context exceeds
-    the original context, else short ones."""
-    if spec.attention.rope.layers == "none":
-        return []
-    fixed = spec.tensors.global_.rope_freqs  # type: ignore[attr-defined]
-    if fixed is not None and fixed.name in gguf.tensors:
-        return ["rope_freqs"]
-    return ["rope_factors_long" if c.run_context_length > c.rope_original_context else "rope_factors_short"]
 
 
 # ------------------------------------------------------------------------------------------------- load

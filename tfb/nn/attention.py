@@ -93,6 +93,9 @@ class Attention(nn.Module):
             self.k_norm = Norm(opts.qk_norm, s.head_dim if per_head else self.k_out, opts.norm_eps)
         self.sinks: torch.Tensor | None = None
 
+    def tensor_shape(self, method: str) -> tuple[int, ...]:
+        return (self.shape.n_heads,)
+
     def set_sinks(self, name: str, sinks: torch.Tensor) -> None:
         check_shape(name, tuple(sinks.shape), (self.shape.n_heads,))
         self.sinks = sinks.float()

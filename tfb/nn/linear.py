@@ -46,15 +46,18 @@ class Linear(nn.Module):
         self.packed: PackedTensor | None = None
         self.bias: torch.Tensor | None = None
 
+    def tensor_shape(self, method: str) -> tuple[int, ...]:
+        return (self.out_features, self.in_features) if method == "set_weight" else (self.out_features,)
+
     def set_weight(self, name: str, weight: Weight) -> None:
-        check_shape(name, weight.shape, (self.out_features, self.in_features))
+        check_shape(name, tuple(weight.shape), self.tensor_shape("set_weight"))
         if isinstance(weight, PackedTensor):
             self.packed, self.weight = weight, None
         else:
             self.weight, self.packed = weight, None
 
     def set_bias(self, name: str, bias: torch.Tensor) -> None:
-        check_shape(name, tuple(bias.shape), (self.out_features,))
+        check_shape(name, tuple(bias.shape), self.tensor_shape("set_bias"))
         self.bias = bias
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -79,8 +82,11 @@ class Embedding(nn.Module):
         self.num, self.dim = num, dim
         self.table: Weight | None = None
 
+    def tensor_shape(self, method: str) -> tuple[int, ...]:
+        return (self.num, self.dim)
+
     def set_weight(self, name: str, weight: Weight) -> None:
-        check_shape(name, tuple(weight.shape), (self.num, self.dim))
+        check_shape(name, tuple(weight.shape), self.tensor_shape(method="set_weight"))
         self.table = weight
 
     def forward(self, ids: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:

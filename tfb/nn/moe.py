@@ -19,6 +19,9 @@ class ExpertLinear(nn.Module):
         self.weight: Weight | None = None
         self.bias: torch.Tensor | None = None
 
+    def tensor_shape(self, method: str) -> tuple[int, ...]:
+        return self.shape if method == "set_weight" else self.shape[:2]
+
     def set_weight(self, name: str, weight: Weight) -> None:
         check_shape(name, tuple(weight.shape), self.shape)
         self.weight = weight
@@ -47,6 +50,9 @@ class Experts(nn.Module):
         if gated and not fused_gate_up:
             self.gate = ExpertLinear(n_experts, hidden, inner)
         self.down = ExpertLinear(n_experts, inner, hidden)
+
+    def tensor_shape(self, method: str) -> tuple[int, ...]:
+        return (self.n_experts,)
 
     def set_selection_bias(self, name: str, bias: torch.Tensor) -> None:
         check_shape(name, tuple(bias.shape), (self.n_experts,))

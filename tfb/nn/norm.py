@@ -21,6 +21,9 @@ class Norm(nn.Module):
         self.weight: torch.Tensor | None = None
         self.bias: torch.Tensor | None = None
 
+    def tensor_shape(self, method: str) -> tuple[int, ...]:
+        return (self.dim,)
+
     def set_weight(self, name: str, weight: torch.Tensor) -> None:
         check_shape(name, tuple(weight.shape), (self.dim,))
         self.weight = weight.float() + self.weight_offset

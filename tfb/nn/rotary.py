@@ -61,7 +61,10 @@ class Rotary(nn.Module):
     def __init__(self, params: RopeParams) -> None:
         super().__init__()
         self.params = params
-        self.freq_factors: torch.Tensor | None = None  # per-pair divisors (llama3, longrope), set by the loader
+        self.freq_factors: torch.Tensor | None = None  # per-pair frequency divisors, set by the loader
+
+    def tensor_shape(self, method: str) -> tuple[int, ...]:
+        return (self.params.dims // 2,)
 
     def set_freq_factors(self, name: str, factors: torch.Tensor) -> None:
         check_shape(name, tuple(factors.shape), (self.params.dims // 2,))

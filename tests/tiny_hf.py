@@ -1,0 +1,178 @@
+"""Tiny random transformers models, turned into GGUF files by llama.cpp's own converter.
+
+Each family has a transformers config; weights are randomised with a fixed seed and a spread large
+enough that mistakes show (random norm weights and biases too). For quantized files the transformers
+weights are first rounded to what the storage type can hold, so the file holds exactly the reference
+model's weights and one tolerance fits every type.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import random
+import subprocess
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "tools"))
+from llama_cpp import llama_cpp_dir  # noqa: E402
+from requantize import requantize  # noqa: E402
+
+DATA = Path(__file__).resolve().parent / "data"
+CONVERTER_TYPES = ("f32", "f16", "bf16", "q8_0")  # what convert_hf_to_gguf.py writes itself
+
+
+@dataclass(frozen=True)
+class Family:
+    """A transformers model class and config, the tokenizer kind its converter wants, and which
+    parameters stay F32 in quantized files (the converter's rules: routers, position embeddings)."""
+
+    model_class: str
+    config_class: str
+    config: dict[str, Any]
+    tokenizer: str = "spm"  # "spm" (tokenizer.model) or "gpt2" (byte-level BPE tokenizer.json)
+    keep_f32: tuple[str, ...] = ()
+    extra_files: dict[str, Any] = field(default_factory=dict)
+
+
+BASE = dict(hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
+            num_key_value_heads=2, max_position_embeddings=128)
+
+FAMILIES: dict[str, Family] = {
+    "llama": Family("LlamaForCausalLM", "LlamaConfig", dict(BASE)),
+    "llama_tied": Family("LlamaForCausalLM", "LlamaConfig", dict(BASE, tie_word_embeddings=True)),
+    "llama3": Family("LlamaForCausalLM", "LlamaConfig", dict(
+        BASE, rope_parameters=dict(rope_type="llama3", rope_theta=10000.0, factor=8.0, low_freq_factor=1.0,
+                                   high_freq_factor=4.0, original_max_position_embeddings=16))),
+    "qwen2": Family("Qwen2ForCausalLM", "Qwen2Config", dict(BASE)),
+    "qwen3": Family("Qwen3ForCausalLM", "Qwen3Config", dict(BASE, head_dim=32)),
+}
+
+
+# --------------------------------------------------------------------------------------------- weights
+
+
+def randomize(model: torch.nn.Module, seed: int, std: float = 0.2) -> None:
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith("bias"):
+                p.copy_(torch.randn(p.shape, generator=gen) * 0.2)
+            elif p.ndim == 1:  # norm weights: far from 1 so a missing or misplaced norm shows
+                p.copy_(torch.rand(p.shape, generator=gen) + 0.5)
+            else:
+                p.copy_(torch.randn(p.shape, generator=gen) * std)
+
+
+def preround(model: torch.nn.Module, outtype: str, keep_f32: tuple[str, ...]) -> None:
+    """Round matrices to what `outtype` stores, along rows in ggml blocks, as the file will."""
+    from gguf import GGMLQuantizationType
+    from gguf.quants import dequantize, quantize
+
+    if outtype == "f32":
+        return
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if p.ndim < 2 or any(k in name for k in keep_f32):
+                continue
+            if outtype == "f16":
+                p.copy_(p.half().float())
+            elif outtype == "bf16":
+                p.copy_(p.bfloat16().float())
+            else:
+                qtype = GGMLQuantizationType[outtype.upper()]
+                values = p.detach().numpy().astype(np.float32)
+                p.copy_(torch.from_numpy(dequantize(quantize(values, qtype), qtype).reshape(values.shape)))
+
+
+# ------------------------------------------------------------------------------------------ tokenizers
+
+_SPM_CACHE: dict[int, bytes] = {}
+
+
+def spm_model(vocab_size: int = 320) -> bytes:
+    """A small SentencePiece BPE model trained on fixed text: deterministic bytes."""
+    if vocab_size not in _SPM_CACHE:
+        import sentencepiece as spm
+
+        rng = random.Random(0)
+        words = ["the", "quick", "brown", "fox", "jumps", "over", "lazy", "dog", "hello", "world", "tfb",
+                 "model", "spec", "token", "layer", "rope"]
+        text = [" ".join(rng.choice(words) for _ in range(12)) for _ in range(2000)]
+        buf = io.BytesIO()
+        spm.SentencePieceTrainer.train(sentence_iterator=iter(text), model_writer=buf, vocab_size=vocab_size,
+                                       model_type="bpe", byte_fallback=True, num_threads=1, minloglevel=2)
+        _SPM_CACHE[vocab_size] = buf.getvalue()
+    return _SPM_CACHE[vocab_size]
+
+
+def write_gpt2_tokenizer(directory: Path) -> int:
+    """GPT-2's real byte-level BPE (from the llama.cpp test vocabulary) as tokenizer.json; the converter
+    recognises its pre-tokenizer hash. Returns the vocabulary size."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+
+    from tfb.gguf.reader import GGUFFile
+
+    with GGUFFile(DATA / "vocab" / "ggml-vocab-gpt-2.gguf") as g:
+        tokens = g.metadata["tokenizer.ggml.tokens"].value
+        merges = [tuple(m.split(" ", 1)) for m in g.metadata["tokenizer.ggml.merges"].value]
+    tok = Tokenizer(models.BPE({t: i for i, t in enumerate(tokens)}, merges))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    tok.save(str(directory / "tokenizer.json"))
+    (directory / "tokenizer_config.json").write_text(json.dumps(
+        {"tokenizer_class": "GPT2Tokenizer", "bos_token": "<|endoftext|>", "eos_token": "<|endoftext|>"}))
+    return len(tokens)
+
+
+# ------------------------------------------------------------------------------------------ conversion
+
+
+def build_hf(name: str, seed: int = 0) -> tuple[torch.nn.Module, Family]:
+    import transformers
+
+    family = FAMILIES[name]
+    vocab = 50257 if family.tokenizer == "gpt2" else 320
+    config = getattr(transformers, family.config_class)(vocab_size=vocab, **family.config)
+    torch.manual_seed(seed)
+    model = getattr(transformers, family.model_class)(config).eval()
+    randomize(model, seed)
+    return model, family
+
+
+def convert(model: torch.nn.Module, family: Family, outtype: str, workdir: Path) -> Path:
+    """Save the model, run llama.cpp's converter on it, requantize if the converter cannot write the type."""
+    hf_dir = workdir / "hf"
+    model.save_pretrained(hf_dir)
+    if family.tokenizer == "gpt2":
+        write_gpt2_tokenizer(hf_dir)
+    else:
+        (hf_dir / "tokenizer.model").write_bytes(spm_model())
+    for filename, content in family.extra_files.items():
+        (hf_dir / filename).write_text(json.dumps(content))
+    base = "f32" if outtype not in CONVERTER_TYPES else outtype
+    out = workdir / f"model-{base}.gguf"
+    converter = llama_cpp_dir()
+    result = subprocess.run([sys.executable, str(converter / "convert_hf_to_gguf.py"), str(hf_dir),
+                             "--outfile", str(out), "--outtype", base],
+                            cwd=converter, capture_output=True, text=True)
+    if result.returncode != 0:
+        raise RuntimeError(f"convert_hf_to_gguf.py failed:\n{result.stderr[-4000:]}")
+    if outtype in CONVERTER_TYPES:
+        return out
+    from gguf import GGMLQuantizationType
+
+    final = workdir / f"model-{outtype}.gguf"
+    requantize(str(out), str(final), GGMLQuantizationType[outtype.upper()])
+    return final
+
+
+Builder = Callable[[str, str], tuple[torch.nn.Module, Path]]

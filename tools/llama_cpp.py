@@ -1,0 +1,63 @@
+"""Fetch llama.cpp's own Python tools (convert_hf_to_gguf.py and its gguf-py) from the llama-cpp-python
+sdist on PyPI, once, into a cache. They need no compiling; tests run the converter unchanged.
+
+    python tools/llama_cpp.py            # prints the directory holding convert_hf_to_gguf.py
+
+The cache is $TFB_CACHE (default ~/.cache/tfb). The sdist is pinned by version and sha256.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import subprocess
+import sys
+import tarfile
+import tempfile
+from pathlib import Path
+
+VERSION = "0.3.36"
+SHA256 = "832db0699007f1be95a7e41ef12e88926b02ba836461e36a36372db2760c1a2e"
+SDIST = f"llama_cpp_python-{VERSION}.tar.gz"
+PREFIX = f"llama_cpp_python-{VERSION}/vendor/llama.cpp/"
+# what the converter needs, plus the ggml block layouts for reference
+KEEP = ("convert_hf_to_gguf.py", "conversion/", "gguf-py/", "ggml/src/ggml-common.h", "LICENSE")
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("TFB_CACHE", Path.home() / ".cache" / "tfb"))
+
+
+def _download(dest: Path) -> Path:
+    archive = dest / SDIST
+    if not archive.is_file():
+        with tempfile.TemporaryDirectory(dir=dest) as tmp:
+            subprocess.run([sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--no-binary", ":all:",
+                            "--dest", tmp, f"llama-cpp-python=={VERSION}"], check=True)
+            Path(tmp, SDIST).replace(archive)
+    digest = hashlib.sha256(archive.read_bytes()).hexdigest()
+    if digest != SHA256:
+        archive.unlink()
+        raise RuntimeError(f"{SDIST}: sha256 {digest} is not the pinned {SHA256}")
+    return archive
+
+
+def llama_cpp_dir() -> Path:
+    """The directory holding convert_hf_to_gguf.py, conversion/ and gguf-py/ (downloaded on first use)."""
+    root = cache_dir()
+    target = root / f"llama.cpp-{VERSION}"
+    if (target / "convert_hf_to_gguf.py").is_file():
+        return target
+    root.mkdir(parents=True, exist_ok=True)
+    archive = _download(root)
+    with tempfile.TemporaryDirectory(dir=root) as tmp, tarfile.open(archive) as tar:
+        members = [m for m in tar.getmembers()
+                   if m.name.startswith(PREFIX) and m.name[len(PREFIX):].startswith(KEEP)
+                   and (m.isfile() or m.isdir())]
+        tar.extractall(tmp, members=members, filter="data")
+        Path(tmp, PREFIX).replace(target)
+    return target
+
+
+if __name__ == "__main__":
+    print(llama_cpp_dir())

@@ -1,0 +1,75 @@
+"""Re-store the weights of a GGUF file in another ggml type, like llama-quantize does, in pure Python.
+
+    python tools/requantize.py IN.gguf OUT.gguf Q4_0
+
+Matrices are quantized with the `gguf` package's reference quantizers; vectors, norms, the MoE router
+and position embeddings stay F32 (llama.cpp's rules). A matrix whose rows do not split into whole
+blocks keeps its type. Tests use this for types llama.cpp's converter cannot write (Q4_0...).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+import numpy as np
+from gguf import GGMLQuantizationType, GGUFReader, GGUFValueType, GGUFWriter
+from gguf.constants import GGML_QUANT_SIZES
+from gguf.quants import dequantize, quantize
+
+KEEP_F32 = ("_norm.weight", "ffn_gate_inp.weight", "position_embd.weight", "rope_freqs.weight",
+            "rope_factors_long.weight", "rope_factors_short.weight")
+
+
+def _copy_metadata(reader: GGUFReader, writer: GGUFWriter) -> None:
+    for key, field in reader.fields.items():
+        if key.startswith("GGUF.") or key == "general.architecture":
+            continue
+        vtype = GGUFValueType(field.types[0])
+        value = field.contents()
+        if vtype == GGUFValueType.ARRAY:
+            writer.add_key_value(key, value, vtype, sub_type=GGUFValueType(field.types[-1]))
+        else:
+            writer.add_key_value(key, value, vtype)
+
+
+def target_type(name: str, shape: tuple[int, ...], qtype: GGMLQuantizationType) -> GGMLQuantizationType | None:
+    """The type a tensor is stored in, or None to keep it as it is."""
+    if len(shape) < 2 or name.endswith(KEEP_F32):
+        return None
+    block = GGML_QUANT_SIZES[qtype][0]
+    return qtype if shape[-1] % block == 0 else None
+
+
+def requantize(src: str, dst: str, qtype: GGMLQuantizationType) -> None:
+    reader = GGUFReader(src)
+    arch = reader.fields["general.architecture"].contents()
+    writer = GGUFWriter(dst, arch)
+    _copy_metadata(reader, writer)
+    for t in reader.tensors:
+        shape = tuple(int(d) for d in reversed(t.shape))  # torch order
+        values = np.asarray(dequantize(t.data, t.tensor_type), dtype=np.float32).reshape(shape) \
+            if t.tensor_type != GGMLQuantizationType.F32 else np.asarray(t.data).reshape(shape)
+        store = target_type(t.name, shape, qtype)
+        if store is None:
+            writer.add_tensor(t.name, values.astype(np.float32))
+        else:
+            writer.add_tensor(t.name, quantize(values, store), raw_dtype=store)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("src")
+    parser.add_argument("dst")
+    parser.add_argument("type", help="ggml type name, e.g. Q4_0")
+    args = parser.parse_args(argv)
+    requantize(args.src, args.dst, GGMLQuantizationType[args.type.upper()])
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
