@@ -36,3 +36,15 @@ def test_interpreter_names_no_family_or_spec() -> None:
             if found:
                 offenders.append(f"{path.relative_to(ROOT)}:{n}: {line.strip()}")
     assert not offenders, "family or spec names in the interpreter:\n" + "\n".join(offenders)
+
+
+def test_readme_support_table_is_current() -> None:
+    """Every spec appears in the README's support table with its current line count."""
+    sys.path.insert(0, str(ROOT / "tools"))
+    from line_counts import code_lines
+
+    readme = (ROOT / "README.md").read_text()
+    for path in sorted((ROOT / "specs").glob("*.yaml")):
+        row = re.search(rf"^\| `{re.escape(path.stem)}` \|[^|]*\| (\d+) \|", readme, re.MULTILINE)
+        assert row, f"README's support table has no row for {path.stem}"
+        assert int(row.group(1)) == code_lines(path), f"{path.stem}: README says {row.group(1)} lines"

@@ -14,7 +14,7 @@ import random
 import subprocess
 import sys
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -40,11 +40,12 @@ class Family:
     config: dict[str, Any]
     tokenizer: str = "spm"  # "spm" (tokenizer.model) or "gpt2" (byte-level BPE tokenizer.json)
     keep_f32: tuple[str, ...] = ()
-    extra_files: dict[str, Any] = field(default_factory=dict)
 
 
 BASE = dict(hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
             num_key_value_heads=2, max_position_embeddings=128)
+
+PARTIAL_ROPE = dict(rope_type="default", rope_theta=10000.0, partial_rotary_factor=0.5)
 
 FAMILIES: dict[str, Family] = {
     "llama": Family("LlamaForCausalLM", "LlamaConfig", dict(BASE)),
@@ -54,6 +55,28 @@ FAMILIES: dict[str, Family] = {
                                    high_freq_factor=4.0, original_max_position_embeddings=16))),
     "qwen2": Family("Qwen2ForCausalLM", "Qwen2Config", dict(BASE)),
     "qwen3": Family("Qwen3ForCausalLM", "Qwen3Config", dict(BASE, head_dim=32)),
+    "starcoder2": Family("Starcoder2ForCausalLM", "Starcoder2Config", dict(BASE, use_bias=True),
+                         tokenizer="gpt2"),
+    # the phi2 converter writes no head_count_kv and a feed-forward length of 4 x hidden, as real Phi-2 has
+    "phi2": Family("PhiForCausalLM", "PhiConfig", dict(
+        BASE, num_key_value_heads=4, intermediate_size=256, rope_parameters=PARTIAL_ROPE), tokenizer="gpt2"),
+    "phi3": Family("Phi3ForCausalLM", "Phi3Config", dict(BASE, pad_token_id=None, rope_parameters=PARTIAL_ROPE)),
+    "phi3_longrope": Family("Phi3ForCausalLM", "Phi3Config", dict(
+        BASE, pad_token_id=None, max_position_embeddings=128, original_max_position_embeddings=32,
+        rope_parameters=dict(rope_type="longrope", rope_theta=10000.0, original_max_position_embeddings=32,
+                             short_factor=[1.0 + 0.1 * i for i in range(8)],
+                             long_factor=[1.0 + 0.9 * i for i in range(8)]))),
+    "mistral3": Family("Ministral3ForCausalLM", "Ministral3Config", dict(
+        BASE, head_dim=16, max_position_embeddings=256,
+        rope_parameters=dict(rope_type="yarn", rope_theta=10000.0, factor=4.0, original_max_position_embeddings=32,
+                             beta_fast=8.0, beta_slow=1.0, mscale=1.0, mscale_all_dim=0.5,
+                             llama_4_scaling_beta=0.3))),
+    "qwen3moe": Family("Qwen3MoeForCausalLM", "Qwen3MoeConfig", dict(
+        BASE, head_dim=16, num_experts=8, num_experts_per_tok=3, moe_intermediate_size=64, norm_topk_prob=True),
+        tokenizer="gpt2", keep_f32=("mlp.gate.weight",)),
+    "mixtral": Family("MixtralForCausalLM", "MixtralConfig", dict(BASE, num_local_experts=4, num_experts_per_tok=2),
+                      keep_f32=("mlp.gate.weight",)),
+    "mistral": Family("MistralForCausalLM", "MistralConfig", dict(BASE, sliding_window=8)),
 }
 
 
@@ -156,8 +179,6 @@ def convert(model: torch.nn.Module, family: Family, outtype: str, workdir: Path)
         write_gpt2_tokenizer(hf_dir)
     else:
         (hf_dir / "tokenizer.model").write_bytes(spm_model())
-    for filename, content in family.extra_files.items():
-        (hf_dir / filename).write_text(json.dumps(content))
     base = "f32" if outtype not in CONVERTER_TYPES else outtype
     out = workdir / f"model-{base}.gguf"
     converter = llama_cpp_dir()
