@@ -1,0 +1,5 @@
+import sys
+
+from tfb.cli import main
+
+sys.exit(main())

@@ -1,0 +1,25 @@
+"""Commands that read GGUF files."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+from tfb.cli.common import add_spec_dirs, safe
+
+
+def run_inspect(args: argparse.Namespace) -> int:
+    from tfb.gguf.inspect import report
+
+    print(safe(report(args.model, spec=args.spec, spec_dirs=tuple(args.spec_dir), all_layers=args.all_layers)))
+    return 0
+
+
+def register(sub: Any) -> None:
+    p = sub.add_parser("inspect", help="show a GGUF file: architecture, matching spec, config, tokenizer, tensors")
+    p.add_argument("model", type=Path, help="a .gguf file")
+    p.add_argument("--spec", help="spec name or path (default: the one serving general.architecture)")
+    p.add_argument("--all-layers", action="store_true", help="list every layer's tensors, not only the first")
+    add_spec_dirs(p)
+    p.set_defaults(run=run_inspect)
