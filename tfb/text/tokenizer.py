@@ -1,0 +1,212 @@
+"""`load_tokenizer(path)`: the tokenizer stored in a GGUF file's metadata, giving llama.cpp's token ids.
+
+    tok = load_tokenizer("model.gguf")            # vocabulary-only files work too
+    ids = tok.encode("Hello")                      # BOS/EOS as the file asks, special tokens parsed
+    text = tok.decode(ids, skip_special=True)
+    stream = tok.stream(); text = stream.push(i)   # never emits half a character
+    prompt = tok.apply_chat_template(messages)     # the file's own chat template, sandboxed
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from tfb.errors import InputError, TokenizerError
+from tfb.gguf.reader import GGUFFile, MetaValue
+from tfb.text.bpe import ByteLevelBPE
+from tfb.text.chat_template import render_chat_template
+from tfb.text.detokenize import Detokenizer, Pieces, detokenize
+from tfb.text.regex_split import RegexSplitter
+from tfb.text.special import SpecialToken, partition, sort_specials
+from tfb.text.spm import ScoreMerger
+from tfb.text.vocab import SPECIAL_ATTRS, Attr, Kind, Vocab, read_vocab
+
+_SURROGATES = re.compile("[\ud800-\udfff]")
+
+
+class Tokenizer:
+    """Text <-> token ids for one vocabulary, matching llama.cpp's llama_tokenize/llama_detokenize."""
+
+    def __init__(self, vocab: Vocab, where: str = "<vocab>") -> None:
+        self.vocab = vocab
+        self.where = where
+        self._pieces = Pieces(vocab)
+        self._specials = sort_specials([SpecialToken(vocab.tokens[i], i, not a & (Attr.CONTROL | Attr.UNKNOWN))
+                                        for i, a in enumerate(vocab.attrs) if a & SPECIAL_ATTRS])
+        if vocab.kind is Kind.SPM:
+            self._spm = ScoreMerger(vocab.token_to_id, vocab.scores, self._byte_token)
+        else:
+            assert vocab.pre is not None
+            self._splitter = RegexSplitter(vocab.pre.regexes)
+            self._bpe = ByteLevelBPE(vocab.token_to_id, vocab.merges, vocab.ignore_merges)
+
+    # ------------------------------------------------------------------------------------- properties
+
+    @property
+    def vocab_size(self) -> int:
+        return len(self.vocab.tokens)
+
+    @property
+    def bos_id(self) -> int | None:
+        return self.vocab.ids["bos"]
+
+    @property
+    def eos_id(self) -> int | None:
+        return self.vocab.ids["eos"]
+
+    @property
+    def eot_id(self) -> int | None:
+        return self.vocab.ids["eot"]
+
+    @property
+    def eom_id(self) -> int | None:
+        return self.vocab.ids["eom"]
+
+    @property
+    def unk_id(self) -> int | None:
+        return self.vocab.ids["unk"]
+
+    @property
+    def pad_id(self) -> int | None:
+        return self.vocab.ids["pad"]
+
+    @property
+    def stop_ids(self) -> frozenset[int]:
+        """Every id that ends generation: EOS, EOT, EOM and the end markers llama.cpp knows by text."""
+        return self.vocab.stop_ids
+
+    @property
+    def add_bos(self) -> bool:
+        return self.vocab.add_bos
+
+    @property
+    def add_eos(self) -> bool:
+        return self.vocab.add_eos
+
+    @property
+    def chat_template(self) -> str | None:
+        return self.vocab.chat_template
+
+    # ----------------------------------------------------------------------------------------- encode
+
+    def encode(self, text: str, add_special: bool = True, parse_special: bool | None = None) -> list[int]:
+        """Token ids of `text`. `add_special` adds BOS/EOS as the file's flags ask and, unless
+        `parse_special` says otherwise, turns special-token texts such as "<|im_start|>" into their ids."""
+        if not isinstance(text, str):
+            raise InputError(f"encode() takes a str, got {type(text).__name__}")
+        parse = add_special if parse_special is None else parse_special
+        # a lone surrogate has no UTF-8 form; llama.cpp reads such bytes as U+FFFD
+        text = _SURROGATES.sub("\ufffd", text)
+        fragments = partition(text, self._specials, parse)
+        out: list[int] = []
+        if add_special and self.vocab.add_bos:
+            out.append(self._required("bos", "tokenizer.ggml.add_bos_token"))
+        if self.vocab.kind is Kind.SPM:
+            self._encode_spm(fragments, out)
+        else:
+            for fragment in fragments:
+                if isinstance(fragment, int):
+                    out.append(fragment)
+                else:
+                    out.extend(self._bpe.encode_words(self._splitter.split(fragment)))
+        if add_special and self.vocab.add_eos:
+            out.append(self._required("eos", "tokenizer.ggml.add_eos_token"))
+        return out
+
+    def _encode_spm(self, fragments: Sequence[str | int], out: list[int]) -> None:
+        # the space prefix goes before the first text and before text that follows a special token
+        after_special = True
+        for fragment in fragments:
+            if isinstance(fragment, int):
+                out.append(fragment)
+                after_special = True
+                continue
+            if self.vocab.add_space_prefix and after_special:
+                fragment = " " + fragment
+            out.extend(self._spm.tokenize(fragment.replace(" ", "\u2581")))
+            after_special = False
+
+    def _byte_token(self, byte: int) -> int:
+        # llama.cpp looks for <0xNN>, then for a token that is that single byte (and fails without one; the
+        # unknown token, where there is one, is kinder)
+        to_id = self.vocab.token_to_id
+        token = to_id.get(f"<0x{byte:02X}>", to_id.get(bytes([byte]).decode("utf-8", "surrogateescape")))
+        if token is None:
+            token = self.vocab.ids["unk"]
+        if token is None:
+            raise TokenizerError(f"{self.where}: the vocabulary has no byte token <0x{byte:02X}> for a character "
+                                 "it cannot spell")
+        return token
+
+    def _required(self, role: str, flag: str) -> int:
+        token = self.vocab.ids[role]
+        if token is None:
+            raise TokenizerError(f"{self.where}: {flag} is set but the vocabulary has no {role.upper()} token "
+                                 f"(tokenizer.ggml.{role}_token_id)")
+        return token
+
+    # ----------------------------------------------------------------------------------------- decode
+
+    def _check(self, token: int) -> int:
+        if not isinstance(token, int) or isinstance(token, bool) or not 0 <= token < self.vocab_size:
+            raise InputError(f"token id {token!r} is outside the vocabulary (0..{self.vocab_size - 1})")
+        return token
+
+    def decode(self, ids: Iterable[int], skip_special: bool = False) -> str:
+        """Text of `ids` as llama.cpp's detokenizer gives it (see tfb.text.detokenize.detokenize)."""
+        return detokenize(self._pieces, [self._check(int(i)) for i in ids], skip_special)
+
+    def id_to_piece(self, token: int) -> str:
+        """The vocabulary entry of `token`, as stored (e.g. "▁Hello", "Ġworld", "<0x0A>")."""
+        return self.vocab.tokens[self._check(token)]
+
+    def token_bytes(self, token: int, special: bool = True) -> bytes:
+        """The bytes `token` stands for in decoded text (possibly part of a character)."""
+        return self._pieces.get(self._check(token), special)
+
+    def stream(self, skip_special: bool = False) -> Detokenizer:
+        """A streaming decoder for generated ids: push(id) -> complete text so far, flush() -> the rest."""
+        return Detokenizer(lambda token: self.token_bytes(token, special=not skip_special))
+
+    def is_special(self, token: int) -> bool:
+        """Whether `token` is a control, user-defined or unknown token (matched whole in parsed text)."""
+        return bool(self.vocab.attrs[self._check(token)] & SPECIAL_ATTRS)
+
+    # ----------------------------------------------------------------------------------- chat template
+
+    def apply_chat_template(self, messages: Sequence[Mapping[str, Any]], add_generation_prompt: bool = True,
+                            **variables: Any) -> str:
+        """Render the file's chat template with bos_token/eos_token taken from the vocabulary."""
+        if self.chat_template is None:
+            raise TokenizerError(f"{self.where}: the file has no chat template (tokenizer.chat_template)")
+        names = {"bos_token": self.bos_id, "eos_token": self.eos_id}
+        defaults = {k: self.vocab.tokens[i] if i is not None else "" for k, i in names.items()}
+        return render_chat_template(self.chat_template, messages, add_generation_prompt, **{**defaults, **variables})
+
+    def encode_chat(self, messages: Sequence[Mapping[str, Any]], add_generation_prompt: bool = True,
+                    **variables: Any) -> list[int]:
+        """Ids of the rendered chat, as llama.cpp builds them: a BOS text the template wrote is replaced by
+        the BOS the vocabulary adds (so there is one), and special-token texts become their ids."""
+        prompt = self.apply_chat_template(messages, add_generation_prompt, **variables)
+        bos = self.bos_id
+        if self.add_bos and bos is not None and prompt.startswith(self.vocab.tokens[bos]):
+            prompt = prompt[len(self.vocab.tokens[bos]):]
+        eos = self.eos_id
+        if self.add_eos and eos is not None and prompt.endswith(self.vocab.tokens[eos]):
+            prompt = prompt[:-len(self.vocab.tokens[eos])]
+        return self.encode(prompt, add_special=True, parse_special=True)
+
+
+def load_tokenizer(path: str | Path) -> Tokenizer:
+    """The tokenizer of a GGUF file (a full model or a vocabulary-only file)."""
+    with GGUFFile(path) as gguf:
+        metadata: Mapping[str, MetaValue] = gguf.metadata
+    return tokenizer_from_metadata(metadata, str(path))
+
+
+def tokenizer_from_metadata(metadata: Mapping[str, MetaValue], where: str = "<metadata>") -> Tokenizer:
+    """The tokenizer described by already-read GGUF metadata (`where` names it in errors)."""
+    return Tokenizer(read_vocab(metadata, where), where)
