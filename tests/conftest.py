@@ -18,23 +18,9 @@ def tiny_model(tmp_path_factory: pytest.TempPathFactory):
         key = (family, outtype)
         if key not in _BUILT:
             model, fam = build_hf(family)
-            preround(model, outtype, fam.keep_f32)
+            preround(model, outtype, fam.keep_f32, fam.transposed)
             path = convert(model, fam, outtype, tmp_path_factory.mktemp(f"{family}-{outtype}"))
             _BUILT[key] = (model, path)
         return _BUILT[key]
 
     return make
-
-
-def assert_logits_match(ours: torch.Tensor, reference: torch.Tensor, rel: float = 1e-4) -> None:
-    """max |ours - reference| <= rel * max |reference|, and the same argmax at every position."""
-    assert ours.shape == reference.shape, (ours.shape, reference.shape)
-    scale = reference.abs().max().item()
-    diff = (ours - reference).abs().max().item()
-    assert diff <= rel * scale, f"max abs diff {diff:.3g} > {rel} x max|logit| {scale:.3g}"
-    assert torch.equal(ours.argmax(-1), reference.argmax(-1)), "argmax differs"
-
-
-@pytest.fixture
-def logits_match():
-    return assert_logits_match

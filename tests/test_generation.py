@@ -11,8 +11,10 @@ from tfb.errors import InputError
 from tfb.text.generate import StopStrings, generate_ids
 from tfb.text.sampling import GREEDY, Sampler, Sampling, apply_repeat_penalty, filter_logits
 
+# every family whose llama.cpp behaviour transformers shares (glm4 and phimoe differ: test_more_families.py)
 FAMILIES = ["llama", "llama_tied", "llama3", "qwen2", "qwen3", "starcoder2", "phi2", "phi3", "phi3_longrope",
-            "mistral3", "qwen3moe", "mixtral", "mistral"]
+            "mistral3", "qwen3moe", "mixtral", "mistral", "gemma", "gemma2", "gemma3", "granite", "olmo", "olmo2",
+            "smollm3", "stablelm", "stablelm_parallel", "gpt2", "gpt-oss"]
 
 
 @pytest.mark.parametrize("family", ["qwen3", "phi2", "mixtral", "mistral3"])

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from tfb.build import in_pattern
 from tfb.config import ModelConfig
 from tfb.nn.attention import Attention, AttentionOptions, AttentionShape, KVCache
-from tfb.nn.mlp import MLP
+from tfb.nn.mlp import MLP, Activation
 from tfb.nn.moe import Experts
 from tfb.nn.norm import Norm
 from tfb.nn.rotary import RopeParams, Rotary
@@ -203,11 +203,11 @@ def test_kv_cache_decoding_equals_one_pass() -> None:
 
 def test_fused_gate_up_equals_separate() -> None:
     gate, up, down = randn(8, 16), randn(8, 16), randn(16, 8)
-    separate = MLP(16, 8, gated=True, fused_gate_up=False, activation="silu")
+    separate = MLP(16, 8, gated=True, fused_gate_up=False, activation=Activation("silu"))
     separate.gate.set_weight("g", gate)
     separate.up.set_weight("u", up)
     separate.down.set_weight("d", down)
-    fused = MLP(16, 8, gated=True, fused_gate_up=True, activation="silu")
+    fused = MLP(16, 8, gated=True, fused_gate_up=True, activation=Activation("silu"))
     fused.up.set_weight("gu", torch.cat([gate, up]))
     fused.down.set_weight("d", down)
     x = randn(3, 16)
@@ -217,16 +217,19 @@ def test_fused_gate_up_equals_separate() -> None:
 
 def test_plain_mlp_and_clamped_gate() -> None:
     up, down = randn(8, 16), randn(16, 8)
-    plain = MLP(16, 8, gated=False, fused_gate_up=False, activation="gelu_tanh")
+    plain = MLP(16, 8, gated=False, fused_gate_up=False, activation=Activation("gelu_tanh"))
     plain.up.set_weight("u", up)
     plain.down.set_weight("d", down)
     x = randn(3, 16)
     torch.testing.assert_close(plain(x), F.gelu(x @ up.T, approximate="tanh") @ down.T)
-    limited = MLP(16, 8, gated=True, fused_gate_up=False, activation="silu", limit=0.5)
+    limited = MLP(16, 8, gated=True, fused_gate_up=False, activation=Activation("silu", limit=0.5))
     for name, w in (("gate", up), ("up", up), ("down", down)):
         getattr(limited, name).set_weight(name, w)
     h = x @ up.T
     torch.testing.assert_close(limited(x), (F.silu(h).clamp(max=0.5) * h.clamp(-0.5, 0.5)) @ down.T)
+    before = Activation("silu", limit=0.5, clamp_before=True, silu_beta=1.702, up_offset=1.0)
+    g = h.clamp(max=0.5)
+    torch.testing.assert_close(before.gated(h, h), g * torch.sigmoid(1.702 * g) * (h.clamp(-0.5, 0.5) + 1))
 
 
 @pytest.mark.parametrize("gating", ["softmax", "sigmoid", "softmax_selected"])
@@ -234,8 +237,8 @@ def test_plain_mlp_and_clamped_gate() -> None:
 def test_expert_routing_matches_a_per_token_reference(gating: str, normalize: bool, scale: float,
                                                       selection_bias: bool) -> None:
     n, k = 6, 2
-    moe = Experts(16, 8, n_experts=n, top_k=k, gating=gating, gated=True, fused_gate_up=False, activation="silu",
-                  normalize=normalize, scale=scale, limit=0.0)
+    moe = Experts(16, 8, n_experts=n, top_k=k, gating=gating, gated=True, fused_gate_up=False,
+                  activation=Activation("silu"), normalize=normalize, scale=scale)
     router = randn(n, 16)
     moe.router.set_weight("r", router)
     gate, up, down = randn(n, 8, 16), randn(n, 8, 16), randn(n, 16, 8)

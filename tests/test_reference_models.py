@@ -6,6 +6,7 @@ import copy
 
 import pytest
 import torch
+from compare import compare, ids_for
 
 import tfb
 from tfb.nn.moe import Experts
@@ -23,21 +24,10 @@ CASES = [
 SHAPES = [(1, 1), (3, 1), (2, 40)]
 
 
-def ids_for(vocab: int, batch: int, seq: int) -> torch.Tensor:
-    return torch.randint(0, vocab, (batch, seq), generator=torch.Generator().manual_seed(batch * 100 + seq))
-
-
-def compare(model: torch.nn.Module, reference: torch.nn.Module, logits_match, shapes=SHAPES) -> None:
-    for batch, seq in shapes:
-        ids = ids_for(model.config.vocab_size, batch, seq)
-        with torch.no_grad():
-            logits_match(model(ids), reference(ids).logits)
-
-
 @pytest.mark.parametrize(("family", "outtype"), CASES)
-def test_logits_match_transformers(tiny_model, logits_match, family: str, outtype: str) -> None:
+def test_logits_match_transformers(tiny_model, family: str, outtype: str) -> None:
     reference, path = tiny_model(family, outtype)
-    compare(tfb.load(path), reference, logits_match)
+    compare(tfb.load(path), reference, SHAPES)
 
 
 def test_float16_file_runs_in_float16_without_copies(tiny_model) -> None:
@@ -51,7 +41,7 @@ def test_float16_file_runs_in_float16_without_copies(tiny_model) -> None:
     assert (ours - ref).abs().max() <= 2e-2 * ref.abs().max()
 
 
-def test_longrope_short_and_long_factors_follow_the_run_context(tiny_model, logits_match) -> None:
+def test_longrope_short_and_long_factors_follow_the_run_context(tiny_model) -> None:
     """llama.cpp picks the factor set once, from the context it runs with; transformers picks per call
     from the sequence length. They agree when both sides pick the same set."""
     reference, path = tiny_model("phi3_longrope", "f32")
@@ -60,20 +50,20 @@ def test_longrope_short_and_long_factors_follow_the_run_context(tiny_model, logi
     long = tfb.load(path, context_length=128)
     factors_short, factors_long = short.rotary.freq_factors, long.rotary.freq_factors
     assert factors_short is not None and factors_long is not None and not torch.equal(factors_short, factors_long)
-    compare(short, reference, logits_match, shapes=[(2, 1), (2, original)])
-    compare(long, reference, logits_match, shapes=[(2, original + 8)])
+    compare(short, reference, [(2, 1), (2, original)])
+    compare(long, reference, [(2, original + 8)])
 
 
-def test_yarn_and_temperature_beyond_the_original_context(tiny_model, logits_match) -> None:
+def test_yarn_and_temperature_beyond_the_original_context(tiny_model) -> None:
     reference, path = tiny_model("mistral3", "f32")
     model = tfb.load(path)
     assert model.config.rope_scaling == "yarn" and model.config.attn_temperature_scale > 0
     assert model.config.rope_original_context == 32
-    compare(model, reference, logits_match, shapes=[(1, 100)])  # positions 0..99: temperature steps 1, 2, 3
+    compare(model, reference, [(1, 100)])  # positions 0..99: temperature steps 1, 2, 3
 
 
 @pytest.mark.parametrize("family", ["qwen3moe", "mixtral"])
-def test_moe_routes_tokens_to_many_experts(tiny_model, logits_match, family: str) -> None:
+def test_moe_routes_tokens_to_many_experts(tiny_model, family: str) -> None:
     reference, path = tiny_model(family, "f32")
     model = tfb.load(path)
     chosen: list[torch.Tensor] = []
@@ -88,18 +78,18 @@ def test_moe_routes_tokens_to_many_experts(tiny_model, logits_match, family: str
     for block in model.blocks:
         assert isinstance(block.ffn, Experts)
         block.ffn.route = recording(block.ffn.route)
-    compare(model, reference, logits_match, shapes=[(2, 40)])
+    compare(model, reference, [(2, 40)])
     experts = torch.cat([c.flatten() for c in chosen]).unique()
     assert len(experts) == model.config.expert_count  # every expert did some work
 
 
-def test_mistral_window_is_ignored_like_llama_cpp(tiny_model, logits_match) -> None:
+def test_mistral_window_is_ignored_like_llama_cpp(tiny_model) -> None:
     """Mistral files are `llama` architecture; llama.cpp applies no sliding window to them. Within the
     window both agree; beyond it tfb equals transformers with the window switched off."""
     reference, path = tiny_model("mistral", "f32")
     window = reference.config.sliding_window
     model = tfb.load(path)
-    compare(model, reference, logits_match, shapes=[(2, window)])
+    compare(model, reference, [(2, window)])
     full = copy.deepcopy(reference)
     full.config.sliding_window = None
-    compare(model, full, logits_match, shapes=[(2, 3 * window)])
+    compare(model, full, [(2, 3 * window)])

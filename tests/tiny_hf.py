@@ -28,6 +28,7 @@ from requantize import requantize  # noqa: E402
 
 DATA = Path(__file__).resolve().parent / "data"
 CONVERTER_TYPES = ("f32", "f16", "bf16", "q8_0")  # what convert_hf_to_gguf.py writes itself
+GPT2_VOCAB = 50257
 
 
 @dataclass(frozen=True)
@@ -40,6 +41,15 @@ class Family:
     config: dict[str, Any]
     tokenizer: str = "spm"  # "spm" (tokenizer.model) or "gpt2" (byte-level BPE tokenizer.json)
     keep_f32: tuple[str, ...] = ()
+    special_tokens: tuple[str, ...] = ()  # added to the gpt2 tokenizer (converters that look them up)
+    architecture: str | None = None  # config.json's name, where real checkpoints use another than the class
+    transposed: tuple[str, ...] = ()  # parameters stored [.., in, out], which the converter transposes
+
+    @property
+    def vocab_size(self) -> int:
+        if self.tokenizer != "gpt2":
+            return 320
+        return GPT2_VOCAB + sum(1 for t in self.special_tokens if t != "<|endoftext|>")
 
 
 BASE = dict(hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
@@ -77,6 +87,38 @@ FAMILIES: dict[str, Family] = {
     "mixtral": Family("MixtralForCausalLM", "MixtralConfig", dict(BASE, num_local_experts=4, num_experts_per_tok=2),
                       keep_f32=("mlp.gate.weight",)),
     "mistral": Family("MistralForCausalLM", "MistralConfig", dict(BASE, sliding_window=8)),
+    "gemma": Family("GemmaForCausalLM", "GemmaConfig", dict(BASE, num_key_value_heads=1, head_dim=16)),
+    "gemma2": Family("Gemma2ForCausalLM", "Gemma2Config", dict(
+        BASE, num_hidden_layers=3, head_dim=16, query_pre_attn_scalar=16, sliding_window=8,
+        attn_logit_softcapping=3.0, final_logit_softcapping=5.0)),
+    "gemma3": Family("Gemma3ForCausalLM", "Gemma3TextConfig", dict(
+        BASE, num_hidden_layers=7, head_dim=16, query_pre_attn_scalar=16, sliding_window=8,
+        rope_parameters={"sliding_attention": dict(rope_type="default", rope_theta=10000.0),
+                         "full_attention": dict(rope_type="linear", rope_theta=1000000.0, factor=4.0)})),
+    "granite": Family("GraniteForCausalLM", "GraniteConfig", dict(
+        BASE, embedding_multiplier=3.0, residual_multiplier=0.5, attention_multiplier=0.3, logits_scaling=2.0)),
+    "olmo": Family("OlmoForCausalLM", "OlmoConfig", dict(BASE, clip_qkv=1.0), tokenizer="gpt2"),
+    "olmo2": Family("Olmo2ForCausalLM", "Olmo2Config", dict(BASE), tokenizer="gpt2"),
+    "smollm3": Family("SmolLM3ForCausalLM", "SmolLM3Config", dict(BASE, num_hidden_layers=4, pad_token_id=None)),
+    "stablelm": Family("StableLmForCausalLM", "StableLmConfig", dict(
+        BASE, use_qkv_bias=True, rope_parameters=dict(rope_type="default", rope_theta=10000.0,
+                                                      partial_rotary_factor=0.25)), tokenizer="gpt2"),
+    "stablelm_parallel": Family("StableLmForCausalLM", "StableLmConfig", dict(
+        BASE, use_parallel_residual=True, rope_parameters=dict(rope_type="default", rope_theta=10000.0,
+                                                               partial_rotary_factor=0.5)), tokenizer="gpt2"),
+    "gpt2": Family("GPT2LMHeadModel", "GPT2Config", dict(n_embd=64, n_layer=2, n_head=4, n_positions=128, n_ctx=128),
+                   tokenizer="gpt2"),
+    "glm4": Family("Glm4ForCausalLM", "Glm4Config", dict(BASE, head_dim=16, attention_bias=True, pad_token_id=None),
+                   tokenizer="gpt2", special_tokens=("<|endoftext|>", "<|user|>")),
+    "gpt-oss": Family("GptOssForCausalLM", "GptOssConfig", dict(
+        BASE, head_dim=16, intermediate_size=64, num_local_experts=4, num_experts_per_tok=2, sliding_window=8,
+        rope_parameters=dict(rope_type="yarn", rope_theta=10000.0, factor=4.0, original_max_position_embeddings=32,
+                             beta_fast=32.0, beta_slow=1.0, truncate=True)),
+        tokenizer="gpt2", keep_f32=("router.weight",), transposed=("experts.gate_up_proj", "experts.down_proj")),
+    "phimoe": Family("PhimoeForCausalLM", "PhimoeConfig", dict(
+        BASE, num_local_experts=4, num_experts_per_tok=2, attention_bias=True, lm_head_bias=True, pad_token_id=None,
+        rope_parameters=dict(rope_type="default", rope_theta=10000.0, original_max_position_embeddings=128)),
+        keep_f32=("router.weight",), architecture="PhiMoEForCausalLM"),
 }
 
 
@@ -95,8 +137,9 @@ def randomize(model: torch.nn.Module, seed: int, std: float = 0.2) -> None:
                 p.copy_(torch.randn(p.shape, generator=gen) * std)
 
 
-def preround(model: torch.nn.Module, outtype: str, keep_f32: tuple[str, ...]) -> None:
-    """Round matrices to what `outtype` stores, along rows in ggml blocks, as the file will."""
+def preround(model: torch.nn.Module, outtype: str, keep_f32: tuple[str, ...], transposed: tuple[str, ...] = ()) -> None:
+    """Round matrices to what `outtype` stores, along rows in ggml blocks, as the file will (the rows of a
+    parameter the converter transposes run along its second-to-last dimension)."""
     from gguf import GGMLQuantizationType
     from gguf.quants import dequantize, quantize
 
@@ -104,7 +147,7 @@ def preround(model: torch.nn.Module, outtype: str, keep_f32: tuple[str, ...]) ->
         return
     with torch.no_grad():
         for name, p in model.named_parameters():
-            if p.ndim < 2 or any(k in name for k in keep_f32):
+            if p.ndim < 2 or name.endswith("bias") or any(k in name for k in keep_f32):
                 continue
             if outtype == "f16":
                 p.copy_(p.half().float())
@@ -112,8 +155,10 @@ def preround(model: torch.nn.Module, outtype: str, keep_f32: tuple[str, ...]) ->
                 p.copy_(p.bfloat16().float())
             else:
                 qtype = GGMLQuantizationType[outtype.upper()]
-                values = p.detach().numpy().astype(np.float32)
-                p.copy_(torch.from_numpy(dequantize(quantize(values, qtype), qtype).reshape(values.shape)))
+                flip = any(t in name for t in transposed)
+                values = (p.transpose(-1, -2) if flip else p).contiguous().numpy().astype(np.float32)
+                rounded = torch.from_numpy(dequantize(quantize(values, qtype), qtype).reshape(values.shape))
+                p.copy_(rounded.transpose(-1, -2) if flip else rounded)
 
 
 # ------------------------------------------------------------------------------------------ tokenizers
@@ -137,9 +182,9 @@ def spm_model(vocab_size: int = 320) -> bytes:
     return _SPM_CACHE[vocab_size]
 
 
-def write_gpt2_tokenizer(directory: Path) -> int:
-    """GPT-2's real byte-level BPE (from the llama.cpp test vocabulary) as tokenizer.json; the converter
-    recognises its pre-tokenizer hash. Returns the vocabulary size."""
+def write_gpt2_tokenizer(directory: Path, special_tokens: tuple[str, ...] = ()) -> int:
+    """GPT-2's real byte-level BPE (from the llama.cpp test vocabulary) as tokenizer.json, with extra special
+    tokens appended; the converter recognises its pre-tokenizer hash. Returns the vocabulary size."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers
 
     from tfb.gguf.reader import GGUFFile
@@ -150,10 +195,11 @@ def write_gpt2_tokenizer(directory: Path) -> int:
     tok = Tokenizer(models.BPE({t: i for i, t in enumerate(tokens)}, merges))
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
+    tok.add_special_tokens(list(special_tokens))
     tok.save(str(directory / "tokenizer.json"))
     (directory / "tokenizer_config.json").write_text(json.dumps(
         {"tokenizer_class": "GPT2Tokenizer", "bos_token": "<|endoftext|>", "eos_token": "<|endoftext|>"}))
-    return len(tokens)
+    return tok.get_vocab_size()
 
 
 # ------------------------------------------------------------------------------------------ conversion
@@ -163,8 +209,7 @@ def build_hf(name: str, seed: int = 0) -> tuple[torch.nn.Module, Family]:
     import transformers
 
     family = FAMILIES[name]
-    vocab = 50257 if family.tokenizer == "gpt2" else 320
-    config = getattr(transformers, family.config_class)(vocab_size=vocab, **family.config)
+    config = getattr(transformers, family.config_class)(vocab_size=family.vocab_size, **family.config)
     torch.manual_seed(seed)
     model = getattr(transformers, family.model_class)(config).eval()
     randomize(model, seed)
@@ -175,8 +220,11 @@ def convert(model: torch.nn.Module, family: Family, outtype: str, workdir: Path)
     """Save the model, run llama.cpp's converter on it, requantize if the converter cannot write the type."""
     hf_dir = workdir / "hf"
     model.save_pretrained(hf_dir)
+    if family.architecture is not None:
+        config = json.loads((hf_dir / "config.json").read_text())
+        (hf_dir / "config.json").write_text(json.dumps({**config, "architectures": [family.architecture]}))
     if family.tokenizer == "gpt2":
-        write_gpt2_tokenizer(hf_dir)
+        write_gpt2_tokenizer(hf_dir, family.special_tokens)
     else:
         (hf_dir / "tokenizer.model").write_bytes(spm_model())
     base = "f32" if outtype not in CONVERTER_TYPES else outtype

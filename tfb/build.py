@@ -21,7 +21,7 @@ from tfb.gguf.reader import GGUFFile, TensorInfo
 from tfb.nn.attention import Attention, AttentionOptions, AttentionShape
 from tfb.nn.block import Block
 from tfb.nn.linear import Weight
-from tfb.nn.mlp import MLP
+from tfb.nn.mlp import MLP, Activation
 from tfb.nn.model import Transformer
 from tfb.nn.moe import Experts
 from tfb.nn.norm import Norm
@@ -69,31 +69,36 @@ def build_block(spec: Spec, c: ModelConfig, layer: int) -> Block:
         temperature_length=c.attn_temperature_length,
     )
     ffn = spec.ffn
+    act = Activation(ffn.activation, limit=c.swiglu_limit, clamp_before=ffn.clamp_gate == "before_activation",
+                     silu_beta=c.silu_beta, up_offset=c.up_offset)
     mlp: MLP | Experts
     if c.has_experts and ffn.experts is not None:
         mlp = Experts(c.hidden_size, c.expert_intermediate_size, n_experts=c.expert_count,
                       top_k=c.expert_used_count, gating=ffn.experts.gating, gated=ffn.gated,
-                      fused_gate_up=ffn.experts.gate_up == "fused", activation=ffn.activation,
-                      normalize=c.expert_weights_norm, scale=c.expert_weights_scale, limit=c.swiglu_limit)
+                      fused_gate_up=ffn.experts.gate_up == "fused", activation=act,
+                      normalize=c.expert_weights_norm, scale=c.expert_weights_scale)
     else:
         mlp = MLP(c.hidden_size, c.intermediate_size, gated=ffn.gated, fused_gate_up=ffn.gate_up == "fused",
-                  activation=ffn.activation, limit=c.swiglu_limit)
+                  activation=act)
     b = spec.block
     return Block(
         Attention(shape, opts, spec.norm.kind), mlp,
         norm=_norm(spec, c, c.hidden_size) if b.pre_norm else None,
-        ffn_norm=_norm(spec, c, c.hidden_size) if b.pre_norm and b.residual == "sequential" else None,
+        ffn_norm=_norm(spec, c, c.hidden_size) if b.pre_norm and not c.parallel_residual else None,
         post_attn_norm=_norm(spec, c, c.hidden_size) if b.post_norm else None,
         post_ffn_norm=_norm(spec, c, c.hidden_size) if b.post_norm else None,
-        parallel=b.residual == "parallel",
+        parallel=c.parallel_residual,
         residual_scale=c.residual_scale,
     )
 
 
 def build_modules(spec: Spec, config: ModelConfig, dtype: torch.dtype = torch.float32) -> Transformer:
-    rotary = Rotary(RopeParams.from_config(config, spec.attention.rope.pairing))
+    pairing = spec.attention.rope.pairing
+    rotary = Rotary(RopeParams.from_config(config, pairing))
     blocks = [build_block(spec, config, i) for i in range(config.n_layers)]
-    return Transformer(config, blocks, rotary,
+    swa = RopeParams.from_config(config, pairing, sliding=True)
+    uses_swa = any(b.attn.opts.window for b in blocks)
+    return Transformer(config, blocks, rotary, rotary_swa=Rotary(swa) if uses_swa and swa != rotary.params else None,
                        final_norm=_norm(spec, config, config.hidden_size) if spec.output.norm else None,
                        learned_positions=spec.embedding.positions == "learned", dtype=dtype,
                        spec_name=spec.name)
@@ -195,7 +200,7 @@ class PlannedTensor:
 def plan_tensors(model: Transformer, spec: Spec, present: Collection[str]) -> list[PlannedTensor]:
     """Every tensor slot the spec and config use, resolved against the names present in a file."""
     c = model.config
-    facts = FileFacts(experts=c.has_experts, fused_qkv=c.fused_qkv)
+    facts = FileFacts(experts=c.has_experts, fused_qkv=c.fused_qkv, parallel_residual=c.parallel_residual)
     plan: list[PlannedTensor] = []
 
     def add(group: str, slot: str, need: str, module: torch.nn.Module | None, method: str,
@@ -223,7 +228,7 @@ def plan_tensors(model: Transformer, spec: Spec, present: Collection[str]) -> li
         long = c.run_context_length > c.rope_original_context
         slot = "rope_freqs" if fixed is not None and fixed.name in present else \
             "rope_factors_long" if long else "rope_factors_short"
-        add("global", slot, "optional", model.rotary, "set_freq_factors")
+        add("global", slot, "optional", model, "set_freq_factors")
     for i, block in enumerate(model.blocks):
         for slot, need in layer_slots(spec, facts).items():
             path, method = LAYER_TARGETS[slot]

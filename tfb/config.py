@@ -61,11 +61,17 @@ class ModelConfig:
     expert_weights_norm: bool = hparam("renormalise the chosen experts' weights to sum to 1", False)
     expert_weights_scale: float = hparam("factor on the chosen experts' weights (0 or 1: none)", 0.0,
                                          "nonnegative")
-    swiglu_limit: float = hparam("clamp of the gated activation: gate <= l, -l <= up <= l (0: off)", 0.0,
+    swiglu_limit: float = hparam("clamp of the gated activation and of up to [-l, l] (0: off)", 0.0,
                                  "nonnegative")
+    silu_beta: float = hparam("silu(x) = x * sigmoid(beta * x)", 1.0, "positive")
+    up_offset: float = hparam("a gated activation multiplies by (up + offset)", 0.0)
+    rope_base_swa: float = hparam("rope base of the sliding-window layers", 10000.0, "positive")
+    rope_scale_factor_swa: float = hparam("rope scale factor of the sliding-window layers (0 or 1: none)", 1.0,
+                                          "nonnegative")
 
     # facts from the file's tensors and from the caller
     fused_qkv: bool = False
+    parallel_residual: bool = False
     run_context_length: int = 0  # the context the model runs with (load(context_length=...))
 
     @property

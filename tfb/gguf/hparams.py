@@ -96,6 +96,20 @@ class _Resolver:
     def derive(self, rule: Any, field: Field, stack: tuple[str, ...]) -> Any:
         if not isinstance(rule, Derived):
             return float(rule) if field.kind == "float" and not isinstance(rule, bool) else rule
+        value = self.evaluate(rule, field, stack)
+        if field.kind == "int" and isinstance(value, float):
+            if not value.is_integer():
+                raise ConfigError(f"{self.where}: `{field.name}` works out to {value}, not a whole number; the file "
+                                  f"must give `{field.name}` or consistent sizes")
+            return int(value)
+        return float(value) if field.kind == "float" else value
+
+    def evaluate(self, rule: str | float | Derived, field: Field, stack: tuple[str, ...]) -> Any:
+        """The value of an operand: a field, a number or a (nested) derived rule."""
+        if isinstance(rule, str):
+            return self.get(rule, stack)
+        if not isinstance(rule, Derived):
+            return rule
         if rule.length_of is not None:
             key = rule.length_of.replace("{arch}", self.arch)
             meta = self.metadata.get(key)
@@ -105,29 +119,26 @@ class _Resolver:
             return len(meta.value)
         if rule.field is not None:
             return self.get(rule.field, stack)
-
-        def operand(x: str | float) -> Any:
-            return self.get(x, stack) if isinstance(x, str) else x
-
+        if rule.cases is not None:
+            for case in rule.cases:
+                if all(self.get(name, stack) == want for name, want in case.when.items()):
+                    return self.evaluate(case.value, field, stack)
+            assert rule.otherwise is not None
+            return self.evaluate(rule.otherwise, field, stack)
         if rule.sqrt is not None or rule.inverse_sqrt is not None:
-            x = float(operand(rule.sqrt if rule.sqrt is not None else rule.inverse_sqrt))  # type: ignore[arg-type]
+            x = float(self.evaluate(rule.sqrt if rule.sqrt is not None else rule.inverse_sqrt,  # type: ignore[arg-type]
+                                    field, stack))
             if x <= 0:
                 raise ConfigError(f"{self.where}: `{field.name}` takes the square root of {x}")
             return math.sqrt(x) if rule.sqrt is not None else 1.0 / math.sqrt(x)
         if rule.product is not None:
-            a, b = (operand(x) for x in rule.product)
-            return int(a * b) if field.kind == "int" else float(a * b)
+            a, b = (self.evaluate(x, field, stack) for x in rule.product)
+            return a * b
         assert rule.quotient is not None
-        a, b = (operand(x) for x in rule.quotient)
-        names = [x if isinstance(x, str) else str(x) for x in rule.quotient]
+        a, b = (self.evaluate(x, field, stack) for x in rule.quotient)
         if b == 0:
-            raise ConfigError(f"{self.where}: `{field.name}` = {names[0]} / {names[1]} divides by zero")
-        if field.kind == "int":
-            if a % b:
-                raise ConfigError(f"{self.where}: `{field.name}` = {names[0]} / {names[1]} = {a} / {b} is not "
-                                  f"a whole number; the file must give `{field.name}` or consistent sizes")
-            return int(a // b)
-        return float(a / b)
+            raise ConfigError(f"{self.where}: `{field.name}` divides {a} by zero")
+        return a // b if isinstance(a, int) and isinstance(b, int) and a % b == 0 else a / b
 
     def check_range(self, value: Any, field: Field) -> None:
         if field.kind in ("int", "float") and not isinstance(value, bool):
@@ -153,9 +164,12 @@ def build_config(spec: Spec, metadata: Mapping[str, MetaValue], tensor_names: Co
     fused = spec.attention.qkv == "fused" or (
         spec.attention.qkv == "auto" and qkv_template is not None
         and qkv_template.name.replace("{i}", "0") in tensor_names)
+    ffn_norm = spec.tensors.layer.ffn_norm  # type: ignore[attr-defined]
+    parallel = spec.block.residual == "parallel" or (
+        spec.block.residual == "auto" and (ffn_norm is None or ffn_norm.name.replace("{i}", "0") not in tensor_names))
     if context_length is not None and not 0 < context_length <= MAX_SIZE:
         raise ConfigError(f"context_length={context_length} must be a positive number of tokens")
-    config = ModelConfig(architecture=arch, fused_qkv=fused,
+    config = ModelConfig(architecture=arch, fused_qkv=fused, parallel_residual=parallel,
                          run_context_length=context_length or values["context_length"], **values)
     check_config(config, spec, where)
     return config
@@ -184,5 +198,3 @@ def check_config(c: ModelConfig, spec: Spec, where: str) -> None:
             fail("expert_intermediate_size is 0 in a model with experts")
     elif c.intermediate_size == 0:
         fail("intermediate_size (feed_forward_length) is 0 in a dense model")
-    if spec.attention.sliding_window != "none" and c.sliding_window == 0:
-        fail(f"spec `{spec.name}` uses sliding-window layers but the file gives no sliding_window size")

@@ -1,8 +1,8 @@
-"""Feed-forward networks: gated or plain, separate or fused gate/up, and the activations."""
+"""Feed-forward networks: gated or plain, separate or fused gate/up, and their activations."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -10,28 +10,46 @@ from torch import nn
 
 from tfb.nn.linear import Linear
 
-ACTIVATIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
-    "silu": F.silu,
-    "gelu_tanh": lambda x: F.gelu(x, approximate="tanh"),
-    "gelu_erf": F.gelu,
-    "relu": F.relu,
-    "relu_squared": lambda x: F.relu(x).square(),
-}
 
+@dataclass(frozen=True)
+class Activation:
+    """act(x) for plain MLPs; act(gate) * (up + up_offset) for gated ones, optionally clamped by `limit`:
+    up to [-limit, limit], and the gate either after the activation (act(gate) <= limit) or before it
+    (act(min(gate, limit)))."""
 
-def gated_activation(gate: torch.Tensor, up: torch.Tensor, activation: str, limit: float) -> torch.Tensor:
-    """act(gate) * up; with a limit, act(gate) <= limit and up is clamped to [-limit, limit]."""
-    act = ACTIVATIONS[activation](gate)
-    if limit:
-        act, up = act.clamp(max=limit), up.clamp(-limit, limit)
-    return act * up
+    kind: str  # silu, gelu_tanh, gelu_erf, relu, relu_squared
+    limit: float = 0.0
+    clamp_before: bool = False
+    silu_beta: float = 1.0
+    up_offset: float = 0.0
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        if self.kind == "silu":
+            return x * torch.sigmoid(self.silu_beta * x) if self.silu_beta != 1.0 else F.silu(x)
+        if self.kind == "gelu_tanh":
+            return F.gelu(x, approximate="tanh")
+        if self.kind == "gelu_erf":
+            return F.gelu(x)
+        if self.kind == "relu":
+            return F.relu(x)
+        return F.relu(x).square()
+
+    def gated(self, gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
+        if not self.limit:
+            act = self(gate)
+        elif self.clamp_before:
+            act = self(gate.clamp(max=self.limit))
+        else:
+            act = self(gate).clamp(max=self.limit)
+        if self.limit:
+            up = up.clamp(-self.limit, self.limit)
+        return act * (up + self.up_offset if self.up_offset else up)
 
 
 class MLP(nn.Module):
-    def __init__(self, hidden: int, inner: int, *, gated: bool, fused_gate_up: bool, activation: str,
-                 limit: float = 0.0) -> None:
+    def __init__(self, hidden: int, inner: int, *, gated: bool, fused_gate_up: bool, activation: Activation) -> None:
         super().__init__()
-        self.gated, self.fused, self.activation, self.limit = gated, fused_gate_up, activation, limit
+        self.gated, self.fused, self.activation = gated, fused_gate_up, activation
         self.up = Linear(hidden, 2 * inner if fused_gate_up else inner)
         if gated and not fused_gate_up:
             self.gate = Linear(hidden, inner)
@@ -39,9 +57,9 @@ class MLP(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.gated:
-            return self.down(ACTIVATIONS[self.activation](self.up(x)))
+            return self.down(self.activation(self.up(x)))
         if self.fused:
             gate, up = self.up(x).chunk(2, dim=-1)
         else:
             gate, up = self.gate(x), self.up(x)
-        return self.down(gated_activation(gate, up, self.activation, self.limit))
+        return self.down(self.activation.gated(gate, up))

@@ -18,7 +18,8 @@ class Transformer(nn.Module):
     """`model(input_ids)` -> float32 logits [batch, seq, vocab]; pass a KVCache to decode incrementally."""
 
     def __init__(self, config: ModelConfig, blocks: list[Block], rotary: Rotary, *, final_norm: Norm | None,
-                 learned_positions: bool, dtype: torch.dtype, spec_name: str) -> None:
+                 learned_positions: bool, dtype: torch.dtype, spec_name: str,
+                 rotary_swa: Rotary | None = None) -> None:
         super().__init__()
         self.config, self.dtype, self.spec_name = config, dtype, spec_name
         self.token_embd = Embedding(config.vocab_size, config.hidden_size)
@@ -27,6 +28,17 @@ class Transformer(nn.Module):
         self.output_norm = final_norm
         self.output = Linear(config.hidden_size, config.vocab_size)
         self.rotary = rotary
+        self.rotary_swa = rotary_swa  # sliding-window layers' rope, when it differs
+        self.layer_rotary = [rotary_swa if rotary_swa is not None and b.attn.opts.window else rotary for b in blocks]
+
+    def tensor_shape(self, method: str) -> tuple[int, ...]:
+        return self.rotary.tensor_shape(method)
+
+    def set_freq_factors(self, name: str, factors: torch.Tensor) -> None:
+        """Frequency factors apply to every layer's rope, as in llama.cpp."""
+        for rotary in (self.rotary, self.rotary_swa):
+            if rotary is not None:
+                rotary.set_freq_factors(name, factors)
 
     def new_cache(self) -> KVCache:
         return KVCache(self.config.n_layers)
@@ -45,9 +57,10 @@ class Transformer(nn.Module):
             if start + seq > c.context_length:
                 raise InputError(f"position {start + seq - 1} is past the {c.context_length} learned positions")
             x = x + self.position_embd(positions, self.dtype)
-        cos, sin = self.rotary.angles(positions)
-        for i, block in enumerate(self.blocks):
-            x = block(x, self.rotary, cos, sin, positions, cache, i)
+        angles = {id(r): (r, *r.angles(positions)) for r in (self.rotary, self.rotary_swa) if r is not None}
+        for i, (block, rotary) in enumerate(zip(self.blocks, self.layer_rotary, strict=True)):
+            _, cos, sin = angles[id(rotary)]
+            x = block(x, rotary, cos, sin, positions, cache, i)
         if cache is not None:
             cache.commit(seq)
         if last_only:

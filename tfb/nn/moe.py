@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 from tfb.nn.linear import Linear, Weight, check_shape, packed_matmul
-from tfb.nn.mlp import ACTIVATIONS, gated_activation
+from tfb.nn.mlp import Activation
 from tfb.quant import PackedTensor
 
 
@@ -39,11 +39,11 @@ class ExpertLinear(nn.Module):
 
 class Experts(nn.Module):
     def __init__(self, hidden: int, inner: int, *, n_experts: int, top_k: int, gating: str, gated: bool,
-                 fused_gate_up: bool, activation: str, normalize: bool, scale: float, limit: float) -> None:
+                 fused_gate_up: bool, activation: Activation, normalize: bool, scale: float) -> None:
         super().__init__()
         self.n_experts, self.top_k, self.gating = n_experts, top_k, gating
         self.gated, self.fused, self.activation = gated, fused_gate_up, activation
-        self.normalize, self.scale, self.limit = normalize, scale, limit
+        self.normalize, self.scale = normalize, scale
         self.router = Linear(hidden, n_experts)
         self.selection_bias: torch.Tensor | None = None
         self.up = ExpertLinear(n_experts, hidden, 2 * inner if fused_gate_up else inner)
@@ -80,12 +80,12 @@ class Experts(nn.Module):
 
     def expert(self, e: int, x: torch.Tensor) -> torch.Tensor:
         if not self.gated:
-            return self.down(e, ACTIVATIONS[self.activation](self.up(e, x)))
+            return self.down(e, self.activation(self.up(e, x)))
         if self.fused:
             gate, up = self.up(e, x).chunk(2, dim=-1)
         else:
             gate, up = self.gate(e, x), self.up(e, x)
-        return self.down(e, gated_activation(gate, up, self.activation, self.limit))
+        return self.down(e, self.activation.gated(gate, up))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         flat = x.reshape(-1, x.shape[-1])

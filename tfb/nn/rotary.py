@@ -7,6 +7,7 @@ and scales cos/sin by mscale. The parameters follow llama.cpp's context setup fr
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 
@@ -30,11 +31,20 @@ class RopeParams:
     original_context: int
 
     @classmethod
-    def from_config(cls, c: ModelConfig, pairing: str) -> RopeParams:
+    def from_config(cls, c: ModelConfig, pairing: str, sliding: bool = False) -> RopeParams:
+        """llama.cpp's rope parameters for the layers with full attention, or for the sliding-window
+        layers (which have their own base and scale; the YaRN magnitude stays the full layers')."""
         scaling = c.rope_scaling
         factor = c.rope_scale_factor or 1.0
         freq_scale = 1.0 if scaling == "none" else 1.0 / factor
         ext_factor = 1.0 if scaling == "yarn" else 0.0
+        if sliding:
+            params = cls.from_config(c, pairing)
+            local_scale = 1.0 / (c.rope_scale_factor_swa or 1.0)
+            mscale = params.mscale
+            if ext_factor:  # GGML's own YaRN magnitude uses this layer's scale; llama.cpp divided out the full one
+                mscale *= (1.0 + 0.1 * math.log(1.0 / local_scale)) / (1.0 + 0.1 * math.log(1.0 / freq_scale))
+            return dataclasses.replace(params, base=c.rope_base_swa, freq_scale=local_scale, mscale=mscale)
         mscale = 1.0
         if ext_factor:
             # llama.cpp's YaRN magnitude; GGML multiplies by 1 + 0.1*ln(factor) itself and llama.cpp

@@ -83,6 +83,11 @@ def _merged(path: Path, dirs: Sequence[Path], chain: list[Path]) -> tuple[dict[s
     return _merge(parent_data, data, parent_marks, marks)
 
 
+def _atomic(key: Key) -> bool:
+    """Values that a child replaces whole rather than merges: a derived rule and a tensor template."""
+    return (len(key) == 3 and key[0] == "hparams" and key[2] == "default") or (len(key) == 3 and key[0] == "tensors")
+
+
 def _merge(base: dict[str, Any], over: dict[str, Any], base_marks: dict[Key, Mark],
            over_marks: dict[Key, Mark]) -> tuple[dict[str, Any], dict[Key, Mark]]:
     """Deep merge of mappings; anything else in `over` replaces the base value and its marks."""
@@ -92,7 +97,7 @@ def _merge(base: dict[str, Any], over: dict[str, Any], base_marks: dict[Key, Mar
         out = dict(a)
         for k, v in b.items():
             key = (*prefix, k)
-            if isinstance(v, dict) and isinstance(out.get(k), dict):
+            if isinstance(v, dict) and isinstance(out.get(k), dict) and not _atomic(key):
                 out[k] = merge(out[k], v, key)
             else:
                 for stale in [m for m in marks if m[: len(key)] == key]:
@@ -128,8 +133,8 @@ def check_spec(spec: Spec) -> list[tuple[Key, str]]:
         field = FIELD_BY_NAME[name]
         default = rule.default
         if isinstance(default, Derived):
-            for operand in _operands(default):
-                if isinstance(operand, str) and operand not in FIELD_BY_NAME:
+            for operand in default.fields():
+                if operand not in FIELD_BY_NAME:
                     problems.append((("hparams", name, "default"), f"unknown config field `{operand}` in a "
                                      f"derived rule{did_you_mean(operand, FIELD_BY_NAME)}"))
         elif default is not None and not _fits(default, field.kind, field.choices):
@@ -159,24 +164,12 @@ def _fits(value: object, kind: str, choices: tuple[str, ...]) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
-def _operands(rule: Derived) -> list[str | float]:
-    out: list[str | float] = []
-    for name in ("field", "sqrt", "inverse_sqrt"):
-        value = getattr(rule, name)
-        if value is not None:
-            out.append(value)
-    for pair in (rule.quotient, rule.product):
-        if pair is not None:
-            out += list(pair)
-    return out
-
-
 def _find_cycle(rules: dict[str, HParam]) -> list[str]:
     def deps(name: str) -> list[str]:
         rule = rules.get(name)
         if rule is None or not isinstance(rule.default, Derived):
             return []
-        return [o for o in _operands(rule.default) if isinstance(o, str) and o in FIELD_BY_NAME]
+        return [f for f in rule.default.fields() if f in FIELD_BY_NAME]
 
     def visit(name: str, stack: list[str]) -> list[str]:
         if name in stack:

@@ -8,7 +8,7 @@ validation so that every error points at one clear field.
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any, Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Field, create_model, field_validator, model_validator
 
@@ -27,27 +27,58 @@ class Strict(BaseModel):
 # ---------------------------------------------------------------------------------------------- hparams
 
 
+Operand = Union[str, float, "Derived"]
+
+
+class Case(Strict):
+    """One branch of a `cases` rule: when every listed field has its value, the rule gives `value`."""
+
+    when: dict[str, int | float | bool | str] = Field(description="config field -> value it must have")
+    value: Operand = Field(description="the result: a field name, a number or a derived rule")
+
+
 class Derived(Strict):
     """A value computed from other config fields or from metadata, when the file does not give it.
 
-    Exactly one of the operations is set. Operands are config field names or numbers.
+    Exactly one operation is set. Operands are config field names, numbers or nested derived rules.
     """
 
     field: str | None = Field(None, description="the value of another config field")
-    quotient: tuple[str | float, str | float] | None = Field(
-        None, description="a / b; integer fields need an exact division")
-    product: tuple[str | float, str | float] | None = Field(None, description="a * b")
-    sqrt: str | float | None = Field(None, description="square root of a field")
-    inverse_sqrt: str | float | None = Field(None, description="1 / square root of a field")
+    quotient: tuple[Operand, Operand] | None = Field(None, description="a / b; integer fields need an exact division")
+    product: tuple[Operand, Operand] | None = Field(None, description="a * b")
+    sqrt: Operand | None = Field(None, description="square root")
+    inverse_sqrt: Operand | None = Field(None, description="1 / square root")
     length_of: str | None = Field(None, description="number of elements of a metadata array (key template)")
+    cases: list[Case] | None = Field(None, description="the first case whose `when` holds; else `otherwise`")
+    otherwise: Operand | None = Field(None, description="the value when no case holds (with `cases` only)")
 
     @model_validator(mode="after")
     def _one_operation(self) -> Derived:
-        chosen = [name for name, value in self if value is not None]
+        chosen = [name for name, value in self if value is not None and name != "otherwise"]
         if len(chosen) != 1:
-            ops = ", ".join(type(self).model_fields)
+            ops = ", ".join(n for n in type(self).model_fields if n != "otherwise")
             raise ValueError(f"give exactly one of: {ops} (got {', '.join(chosen) or 'none'})")
+        if (self.cases is None) != (self.otherwise is None):
+            raise ValueError("`cases` and `otherwise` go together")
         return self
+
+    def fields(self) -> list[str]:
+        """Every config field name this rule reads, nested rules and case conditions included."""
+        out: list[str] = []
+        operands: list[Any] = [self.field, self.sqrt, self.inverse_sqrt, self.otherwise,
+                               *(self.quotient or ()), *(self.product or ())]
+        for case in self.cases or []:
+            out += list(case.when)
+            operands.append(case.value)
+        for operand in operands:
+            if isinstance(operand, str):
+                out.append(operand)
+            elif isinstance(operand, Derived):
+                out += operand.fields()
+        return out
+
+
+Case.model_rebuild()
 
 
 class HParam(Strict):
@@ -187,12 +218,16 @@ class FeedForward(Strict):
         "separate", description="fused: one up tensor holds [gate; up], split in half")
     activation: Activation = Field("silu", description="activation function")
     bias: Presence = Field("none", description="biases of the up, gate and down projections")
+    clamp_gate: Literal["after_activation", "before_activation"] = Field(
+        "after_activation", description="where the `swiglu_limit` clamp acts on the gate: on act(gate) "
+        "(act(gate) <= l) or on gate itself (act(min(gate, l))); up is clamped to [-l, l] either way")
     experts: Experts | None = Field(None, description="how experts behave when the file has experts")
 
 
 class Block(Strict):
-    residual: Literal["sequential", "parallel"] = Field(
-        "sequential", description="sequential: x + attn, then + ffn; parallel: x + attn(n(x)) + ffn(n(x))")
+    residual: Literal["sequential", "parallel", "auto"] = Field(
+        "sequential", description="sequential: x + attn, then + ffn; parallel: x + attn(n(x)) + ffn(n(x)); "
+        "auto: parallel when the file has no ffn_norm tensors (as llama.cpp decides)")
     pre_norm: bool = Field(True, description="norm before attention and before the feed-forward")
     post_norm: bool = Field(False, description="norm on the attention and feed-forward outputs")
 

@@ -20,6 +20,7 @@ class FileFacts:
 
     experts: bool
     fused_qkv: bool
+    parallel_residual: bool = False
 
 
 def _add(out: dict[str, Need], slot: str, presence: str) -> None:
@@ -73,7 +74,7 @@ def layer_slots(spec: Spec, facts: FileFacts) -> dict[str, Need]:
     if block.post_norm:
         _norm(out, spec, "post_attention_norm")
         _norm(out, spec, "post_ffw_norm")
-    if block.pre_norm and block.residual == "sequential":
+    if block.pre_norm and not facts.parallel_residual:
         _norm(out, spec, "ffn_norm")
     if facts.experts and ffn.experts is not None:
         ex = ffn.experts
@@ -102,4 +103,5 @@ def possible_facts(spec: Spec) -> list[FileFacts]:
     """Every combination of file facts a spec can meet, for the static check."""
     fused = {"separate": [False], "fused": [True], "auto": [False, True]}[spec.attention.qkv]
     experts = [False, True] if spec.ffn.experts is not None else [False]
-    return [FileFacts(e, f) for e in experts for f in fused]
+    parallel = {"sequential": [False], "parallel": [True], "auto": [False, True]}[spec.block.residual]
+    return [FileFacts(e, f, p) for e in experts for f in fused for p in parallel]

@@ -1,0 +1,113 @@
+"""The families beyond the seed plan, verified like the seed: tiny transformers model -> llama.cpp's converter ->
+tfb logits vs transformers float32 logits. Where llama.cpp computes something else than transformers (glm4's
+rope pairing, phimoe's norms and routing), the reference is transformers' model with llama.cpp's behaviour
+written into it (docs/llama-cpp-vs-transformers.md)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from compare import compare, ids_for
+
+import tfb
+
+AGREE = ["gemma", "gemma2", "gemma3", "granite", "olmo", "olmo2", "smollm3", "stablelm", "stablelm_parallel",
+         "gpt2", "gpt-oss"]
+QUANTIZED = [("gemma2", "q8_0"), ("gpt-oss", "q8_0"), ("olmo2", "q4_0"), ("granite", "bf16")]
+SHAPES = [(1, 1), (2, 1), (2, 40)]  # 40 > every window (8) and gpt-oss's original YaRN context (32)
+
+
+@pytest.mark.parametrize("family", AGREE)
+def test_logits_match_transformers(tiny_model, family: str) -> None:
+    reference, path = tiny_model(family, "f32")
+    compare(tfb.load(path), reference, SHAPES)
+
+
+@pytest.mark.parametrize(("family", "outtype"), QUANTIZED)
+def test_quantized_files(tiny_model, family: str, outtype: str) -> None:
+    reference, path = tiny_model(family, outtype)
+    compare(tfb.load(path), reference, SHAPES)
+
+
+def test_switches_the_files_exercise(tiny_model) -> None:
+    """The tiny models really use what their specs describe (so that agreement above means something)."""
+    gemma2 = tfb.load(tiny_model("gemma2", "f32")[1])
+    assert [b.attn.opts.window for b in gemma2.blocks] == [8, 0, 8]
+    assert gemma2.config.attn_softcap == 3.0 and gemma2.config.final_softcap == 5.0
+    gemma3 = tfb.load(tiny_model("gemma3", "f32")[1])
+    assert [bool(b.attn.opts.window) for b in gemma3.blocks] == [True] * 5 + [False, True]
+    assert gemma3.rotary_swa is not None and gemma3.rotary_swa.params.base == 10000.0
+    assert gemma3.rotary.params.base == 1e6 and gemma3.rotary.params.freq_scale == 0.25
+    smollm3 = tfb.load(tiny_model("smollm3", "f32")[1])
+    assert [b.attn.opts.use_rope for b in smollm3.blocks] == [True, True, True, False]
+    assert tfb.load(tiny_model("stablelm_parallel", "f32")[1]).config.parallel_residual
+    assert not tfb.load(tiny_model("stablelm", "f32")[1]).config.parallel_residual
+    oss = tfb.load(tiny_model("gpt-oss", "f32")[1])
+    assert oss.blocks[0].attn.sinks is not None and oss.config.rope_scaling == "yarn"
+
+
+def test_gemma2_query_scale_follows_the_layer_count_as_llama_cpp_does(tmp_path) -> None:
+    """llama.cpp infers gemma2's query scale from the layer count; the spec says it as a `cases` rule."""
+    from tfb.gguf.hparams import build_config
+    from tfb.gguf.reader import MetaValue
+
+    spec = tfb.load_spec("gemma2")
+    base = {"gemma2.context_length": 8192, "gemma2.embedding_length": 4608, "gemma2.attention.head_count": 32,
+            "gemma2.attention.head_count_kv": 16, "gemma2.attention.key_length": 128,
+            "gemma2.feed_forward_length": 36864, "gemma2.vocab_size": 256000,
+            "gemma2.attention.layer_norm_rms_epsilon": 1e-6}
+
+    def scale(layers: int) -> float:
+        meta = {k: MetaValue(v, "float32" if isinstance(v, float) else "uint32")
+                for k, v in {**base, "gemma2.block_count": layers}.items()}
+        return build_config(spec, meta, set(), arch="gemma2", where="x").attention_scale
+
+    assert scale(46) == pytest.approx(144 ** -0.5)  # 27B: 1/sqrt(4608 / 32)
+    assert scale(42) == pytest.approx(128 ** -0.5)  # others: 1/sqrt(head_dim)
+
+
+def _neox_rope(q, k, cos, sin, unsqueeze_dim=1):
+    """llama.cpp's glm4 rope: NEOX pairing over the rotary part of each head (transformers pairs neighbours)."""
+    cos, sin = cos.unsqueeze(unsqueeze_dim), sin.unsqueeze(unsqueeze_dim)
+    d = cos.shape[-1]
+
+    def rotate(x):
+        rot, rest = x[..., :d], x[..., d:]
+        half = torch.cat((-rot[..., d // 2:], rot[..., : d // 2]), dim=-1)
+        return torch.cat((rot * cos + half * sin, rest), dim=-1)
+
+    return rotate(q), rotate(k)
+
+
+def test_glm4_with_llama_cpp_rope(tiny_model, monkeypatch) -> None:
+    reference, path = tiny_model("glm4", "f32")
+    model = tfb.load(path)
+    compare(model, reference, [(2, 1)])  # position 0: no rotation, both agree
+    import transformers.models.glm4.modeling_glm4 as glm4
+
+    monkeypatch.setattr(glm4, "apply_rotary_pos_emb", _neox_rope)
+    compare(model, reference, SHAPES)
+
+
+def test_phimoe_with_llama_cpp_norms_and_routing(tiny_model) -> None:
+    import copy
+
+    from transformers.models.phimoe.modeling_phimoe import PhimoeTopKRouter
+
+    reference, path = tiny_model("phimoe", "f32")
+    written_out = copy.deepcopy(reference)
+    for module in written_out.modules():
+        if isinstance(module, torch.nn.LayerNorm):  # llama.cpp: RMS norm, then the bias
+            module.forward = (lambda m: lambda x: x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + m.eps)
+                              * m.weight + m.bias)(module)
+        if isinstance(module, PhimoeTopKRouter):  # llama.cpp: softmax, top-k, renormalised
+            def route(x, m=module):
+                logits = F.linear(x, m.weight)
+                weights, chosen = torch.softmax(logits.float(), -1).topk(m.top_k, -1)
+                return logits, (weights / weights.sum(-1, keepdim=True)).to(x.dtype), chosen
+            module.forward = route
+    compare(tfb.load(path), written_out, SHAPES)
+    with torch.no_grad():  # and the unmodified transformers model really differs
+        ids = ids_for(reference.config.vocab_size, 2, 40)
+        assert (tfb.load(path)(ids) - reference(ids).logits).abs().max() > 0.1
