@@ -1,4 +1,5 @@
-"""Commands for spec authors: check a spec against a file, draft a spec from a file."""
+"""Commands for spec authors: check a spec against a file, draft a spec from a file, list the specs.
+`specs` does not import torch."""
 
 from __future__ import annotations
 
@@ -97,6 +98,37 @@ def run_draft(args: argparse.Namespace) -> int:
     return 0 if report.ok else EXIT_INVALID
 
 
+def run_specs(args: argparse.Namespace) -> int:
+    import sys
+
+    from tfb.authoring.findings import show_path
+    from tfb.authoring.summary import listing
+    from tfb.errors import TfbError
+    from tfb.spec.loader import load_spec
+    from tfb.spec.registry import search_dirs
+
+    dirs = search_dirs(args.spec_dir)
+    seen: dict[str, Path] = {}
+    failed = 0
+    for directory in dirs:
+        for path in sorted(directory.glob("*.yaml")) if directory.is_dir() else []:
+            if path.stem in seen:
+                continue  # hidden by a spec of the same name earlier on the search path
+            seen[path.stem] = path
+            try:
+                spec = load_spec(path, args.spec_dir)
+            except TfbError as e:
+                failed += 1
+                print(safe(e), file=sys.stderr)
+                continue
+            shadowed = [d / path.name for d in dirs if d != directory and (d / path.name).is_file()]
+            lines = listing(spec, show_path(str(path)))
+            if shadowed:
+                lines[0] += f"; overrides {', '.join(show_path(str(p)) for p in shadowed)}"
+            print(safe("\n".join(lines)))
+    return EXIT_INVALID if failed else 0
+
+
 def register(sub: Any) -> None:
     p = sub.add_parser("check", help="check a spec against a GGUF file: tensors, shapes, storage types, "
                        "metadata keys, config; one line per problem, exit 1 on any")
@@ -119,3 +151,7 @@ def register(sub: Any) -> None:
                    "(repeatable; VALUE is YAML)")
     add_spec_dirs(p)
     p.set_defaults(run=run_draft)
+
+    p = sub.add_parser("specs", help="list the specs on the search path: what each serves, its base, its switches")
+    add_spec_dirs(p)
+    p.set_defaults(run=run_specs)
