@@ -1,5 +1,5 @@
-"""Commands for spec authors: check a spec against a file, draft a spec from a file, list the specs.
-`specs` does not import torch."""
+"""Commands for spec authors: check a spec against a file, draft a spec from a file, list the specs,
+print the spec language's JSON Schema. `specs` and `schema` do not import torch."""
 
 from __future__ import annotations
 
@@ -129,6 +129,15 @@ def run_specs(args: argparse.Namespace) -> int:
     return EXIT_INVALID if failed else 0
 
 
+def run_schema(args: argparse.Namespace) -> int:
+    import json
+
+    from tfb.authoring.json_schema import spec_json_schema
+
+    print(json.dumps(spec_json_schema(), indent=2))
+    return 0
+
+
 def register(sub: Any) -> None:
     p = sub.add_parser("check", help="check a spec against a GGUF file: tensors, shapes, storage types, "
                        "metadata keys, config; one line per problem, exit 1 on any")
@@ -155,3 +164,7 @@ def register(sub: Any) -> None:
     p = sub.add_parser("specs", help="list the specs on the search path: what each serves, its base, its switches")
     add_spec_dirs(p)
     p.set_defaults(run=run_specs)
+
+    p = sub.add_parser("schema", help="print the spec language as a JSON Schema, for editors "
+                       "(tfb schema > tfb-spec.schema.json)")
+    p.set_defaults(run=run_schema)
