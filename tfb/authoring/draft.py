@@ -112,15 +112,12 @@ class _Drafter:
         if get_path(self.data, path) != "optional" or path in self.given:
             self.decide(path, found, why)
 
-    def assume(self, path: str, fallback: Any = None) -> None:
+    def assume(self, path: str) -> None:
+        """A switch the file cannot settle: the command line's value, else the base's, listed as assumed."""
         if path in self.given:
             self.decide(path, self.given[path], GIVEN)
             return
-        value = get_path(self.data, path)
-        value = fallback if value is None else value
-        why = ASSUMPTIONS[path][1]
-        self.decisions.append(Decision(path, value, why, assumed=True))
-        set_path(self.data, path, value)
+        self.decisions.append(Decision(path, get_path(self.data, path), ASSUMPTIONS[path][1], assumed=True))
 
     def tensor_why(self, slot: str, found: Presence) -> str:
         name = standard_name(slot)
