@@ -85,9 +85,9 @@ class _Writer:
                 set_path(out, d.path, d.value)
         return out.get(prefix, {})
 
-    def render(self, extends: str, description: str) -> str:
+    def render(self, extends: str, description: str, spec_file: str) -> str:
         inv = self.draft.inventory
-        self.lines = self.header(extends)
+        self.lines = self.header(extends, spec_file)
         self.lines += [f"extends: {flow(extends)}", f"description: {flow(description)}", f"match: [{flow(inv.arch)}]"]
         hparams = self.decided("hparams")
         if hparams:
@@ -107,10 +107,10 @@ class _Writer:
             self.lines += [f"#   {k}" for k in self.draft.unread_keys]
         return "\n".join(self.lines) + "\n"
 
-    def header(self, extends: str) -> list[str]:
+    def header(self, extends: str, spec_file: str) -> list[str]:
         inv = self.draft.inventory
         out = [f"# Drafted by `tfb draft` from {Path(inv.path).name} (general.architecture: {inv.arch}) over "
-               f"`{extends}`.", "# Review it, then run: tfb check THIS_FILE MODEL.gguf"]
+               f"`{extends}`.", f"# Review it, then run: tfb check {spec_file} {inv.path}"]
         assumed = [d for d in self.draft.decisions if d.assumed]
         if assumed:
             out += ["#", "# Not settled by the file, so assumed (confirm each in llama.cpp's source for "
@@ -123,8 +123,8 @@ class _Writer:
         return out
 
 
-def render(draft: Draft, extends: str, description: str) -> str:
-    return _Writer(draft).render(extends, description)
+def render(draft: Draft, extends: str, description: str, spec_file: str = "THIS_FILE") -> str:
+    return _Writer(draft).render(extends, description, spec_file)
 
 
 def _extends_ref(ref: str, base_path: Path, out: Path | None) -> str:
@@ -147,7 +147,8 @@ def draft_spec(model: str | Path, extends: str | None = None, spec_dirs: Iterabl
         name = gguf.metadata.get("general.name")
         draft = infer(inv, base, given)
     named = f"{name.value}, " if name is not None and isinstance(name.value, str) else ""
-    text = render(draft, _extends_ref(ref, base_path, out), f"{inv.arch} ({named}drafted from {Path(model).name})")
+    description = f"{inv.arch} ({named}drafted from {Path(model).name})"
+    text = render(draft, _extends_ref(ref, base_path, out), description, str(out) if out else "THIS_FILE")
     return text, draft
 
 
