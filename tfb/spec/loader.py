@@ -28,10 +28,16 @@ MAX_EXTENDS_DEPTH = 16
 
 def load_spec(ref: str | Path, spec_dirs: Iterable[str | Path] = ()) -> Spec:
     """A validated spec from a path (`specs/x.yaml`) or a name looked up on the spec search path."""
+    return load_spec_with_marks(ref, spec_dirs)[0]
+
+
+def load_spec_with_marks(ref: str | Path, spec_dirs: Iterable[str | Path] = ()) -> tuple[Spec, dict[Key, Mark]]:
+    """`load_spec`, and where each key of the merged spec was set: key path (`("tensors", "layer",
+    "attn_q")`) -> file, line and column, in the file that set it (a base spec for inherited values)."""
     dirs = search_dirs(spec_dirs)
     path = resolve(ref, dirs)
     data, marks = _merged(path, dirs, chain=[])
-    return _validate(data, marks, path)
+    return _validate(data, marks, path), marks
 
 
 def resolve(ref: str | Path, dirs: Sequence[Path], skip: Iterable[Path] = (), origin: str = "") -> Path:
