@@ -136,7 +136,8 @@ class _Resolver:
                 raise ConfigError(f"{self.where}: `{field.name}` = {value} ({self.origin.get(field.name)}) "
                                   f"must be {field.range} and finite ({field.doc})")
             if field.kind == "int" and value > MAX_SIZE:
-                raise ConfigError(f"{self.where}: `{field.name}` = {value} is beyond any real model")
+                raise ConfigError(f"{self.where}: `{field.name}` = {value} ({self.origin.get(field.name)}) is "
+                                  f"beyond any real model (at most {MAX_SIZE})")
 
 
 def _show(value: Any) -> str:
