@@ -136,6 +136,9 @@ def check_spec(spec: Spec) -> list[tuple[Key, str]]:
             allowed = f"one of {', '.join(field.choices)}" if field.choices else f"a {field.kind}"
             hint = did_you_mean(str(default), field.choices)
             problems.append((("hparams", name, "default"), f"{default!r} is not {allowed}{hint}"))
+        elif not _in_range(default, field.range):
+            problems.append((("hparams", name, "default"), f"{default!r} is out of range: `{name}` must be "
+                             f"{field.range} ({field.doc})"))
     cycle = _find_cycle(rules)
     if cycle:
         problems.append((("hparams", cycle[0]), "derived rules form a cycle: " + " -> ".join(cycle)))
@@ -157,6 +160,12 @@ def _fits(value: object, kind: str, choices: tuple[str, ...]) -> bool:
     if kind == "int":
         return isinstance(value, int) and not isinstance(value, bool)
     return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _in_range(value: object, range_: str) -> bool:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return True
+    return not ((range_ == "positive" and value <= 0) or (range_ == "nonnegative" and value < 0))
 
 
 def _operands(rule: Derived) -> list[str | float]:
@@ -207,6 +216,10 @@ def _contradictions(spec: Spec) -> list[tuple[Key, str]]:
         out.append((("norm", "bias"), "a norm without weights (parametric: false) has no bias either"))
     if spec.ffn.experts is not None and not spec.ffn.gated and spec.ffn.experts.gate_up == "fused":
         out.append((("ffn", "experts", "gate_up"), "fused expert gate/up needs gated: true"))
+    for key, pattern in ((("attention", "sliding_window"), spec.attention.sliding_window),
+                         (("attention", "rope", "layers"), spec.attention.rope.layers)):
+        if pattern == []:  # repeated over the layers, an empty list would divide by zero
+            out.append((key, "an empty list of layers; write 'none' for no layers"))
     return out
 
 
@@ -225,7 +238,13 @@ def _missing_slots(spec: Spec) -> list[tuple[Key, str]]:
         group_templates: BaseModel = spec.tensors.global_ if group == "global" else spec.tensors.layer
         for slot in type(group_templates).model_fields:
             ref = getattr(group_templates, slot)
-            if ref is not None and ref.if_absent is not None and getattr(group_templates, ref.if_absent) is None:
+            if ref is None or ref.if_absent is None:
+                continue
+            slots = type(group_templates).model_fields
+            if ref.if_absent not in slots:
+                out.append((("tensors", group, slot, "if_absent"), f"`{ref.if_absent}` is not a slot of "
+                            f"tensors.{group}{did_you_mean(ref.if_absent, slots)}"))
+            elif getattr(group_templates, ref.if_absent) is None:
                 out.append((("tensors", group, slot, "if_absent"),
                             f"names slot `{ref.if_absent}`, which has no name template in tensors.{group}"))
     return out
