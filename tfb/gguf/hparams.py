@@ -172,6 +172,8 @@ def check_config(c: ModelConfig, spec: Spec, where: str) -> None:
         fail(f"n_heads = {c.n_heads} is not a multiple of n_kv_heads = {c.n_kv_heads}")
     if spec.attention.rope.layers != "none" and (c.rope_dims > c.head_dim or c.rope_dims % 2):
         fail(f"rope_dims = {c.rope_dims} must be even and at most head_dim = {c.head_dim}")
+    if spec.attention.rope.layers != "none" and c.rope_scaling == "yarn" and c.rope_base == 1.0:
+        fail("rope_base = 1 cannot be used with YaRN scaling (its correction dimensions divide by log(base))")
     if c.has_experts:
         if spec.ffn.experts is None:
             fail(f"the file has {c.expert_count} experts per layer but spec `{spec.name}` has no "
