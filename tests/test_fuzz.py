@@ -240,7 +240,8 @@ RULE = st.one_of(NUMBER, word("linear", "yarn", "{arch}.x"),
 TEMPLATE = st.one_of(word("blk.{i}.attn_q.weight", "token_embd.weight", "blk.{i}.nosuch", "{j}", "x"),
                      st.fixed_dictionaries({"name": word("blk.{i}.ffn_up.weight")},
                                            optional={"optional": st.booleans(), "if_absent": word("attn_q", "x")}))
-SPEC = st.fixed_dictionaries({"extends": word("llama", "gguf-decoder", "nosuch", "qwen2")}, optional={
+SPEC = st.fixed_dictionaries({"extends": word("llama", "gguf-decoder", "nosuch", "qwen2", "x" * 300,
+                                              "a\x00b.yaml", "../llama.yaml")}, optional={
     "match": word(["x"], []), "abstract": st.booleans(),
     "norm": st.one_of(word("rmsnorm", "layernorm"), st.fixed_dictionaries({}, optional={
         "kind": word("rmsnorm", "layernorm"), "bias": word("none", "required", "optional"),

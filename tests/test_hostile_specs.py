@@ -85,6 +85,10 @@ REJECTED = {
     "extends_device": ("extends: /dev/zero\n", "spec file /dev/zero does not exist"),
     "extends_not_a_string": ("extends: {a: 1}\n", "extends: give a spec name or path"),
     "self_extends_only": ("extends: self_extends_only.yaml\n", "cycle"),
+    "extends_name_too_long": ("extends: " + "l" * 5000 + "\n", "...` is not a spec name"),
+    "extends_path_too_long": ('extends: "' + "x" * 5000 + '.yaml"\n', "... does not exist"),
+    "extends_with_nul": ('extends: "a\\0b"\n', "is not a spec name"),
+    "long_value_is_shortened": (SPEC + "norm: {kind: " + "r" * 100_000 + "}\n", "...` is not allowed"),
 }
 
 
@@ -94,7 +98,7 @@ def test_rejected_with_a_clear_error(tmp_path: Path, name: str) -> None:
     path = write(tmp_path, name, text)
     message = error_of(path)
     assert expected in message, message
-    assert str(path) in message
+    assert str(path) in message and len(message) < len(str(path)) + 300
     assert "\x1b" not in message and "Traceback" not in message
 
 
