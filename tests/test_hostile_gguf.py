@@ -279,3 +279,12 @@ def test_invalid_utf8_strings_are_kept_and_printable(corpus: Path, tmp_path: Pat
     assert name.encode("utf-8", "surrogateescape") == b"caf\xe9 \xff"
     rc, out, _ = run_cli("inspect", str(path))
     assert rc == 0 and "caf\\udce9 \\udcff" in out
+
+
+@pytest.mark.parametrize("name", [b"blk." + b"9" * 5000 + b".x", b"blk.1.x\nforged line", b"blk.0.\x1b[31mred"])
+def test_inspect_survives_odd_tensor_names(corpus: Path, tmp_path: Path, name: bytes) -> None:
+    """A 5000-digit layer index once made `int()` raise in inspect; names print on one line, escaped."""
+    path = write_variant(corpus, tmp_path, lambda f: setattr(f.tensor("output_norm.weight"), "name", name))
+    rc, out, err = run_cli("inspect", str(path))
+    assert rc == 0, err
+    assert "\x1b" not in out and "\nforged line" not in out

@@ -12,7 +12,7 @@ from tfb.gguf.hparams import build_config
 from tfb.gguf.reader import GGUFFile, MetaValue, TensorInfo
 from tfb.spec.match import spec_for_file
 
-_LAYER = re.compile(r"^blk\.(\d+)\.(.+)$")
+_LAYER = re.compile(r"blk\.(\d{1,9})\.(.+)", re.DOTALL)  # a 5000-digit index is no layer (and int() refuses it)
 
 
 def _size(n: float) -> str:
@@ -77,12 +77,12 @@ def tokenizer_summary(meta: dict[str, MetaValue]) -> list[str]:
 
 def tensor_lines(tensors: list[TensorInfo], all_layers: bool) -> list[str]:
     def line(t: TensorInfo, name: str) -> str:
-        return f"    {name:<34} {list(t.shape)!s:<22} {t.ggml_type.name:<8} {_size(t.nbytes):>10}"
+        return f"    {_plain(name):<34} {list(t.shape)!s:<22} {t.ggml_type.name:<8} {_size(t.nbytes):>10}"
 
     layers: dict[int, list[tuple[str, TensorInfo]]] = defaultdict(list)
     other: list[TensorInfo] = []
     for t in tensors:
-        m = _LAYER.match(t.name)
+        m = _LAYER.fullmatch(t.name)
         if m:
             layers[int(m.group(1))].append((m.group(2), t))
         else:
