@@ -176,6 +176,13 @@ UNBUILDABLE = {
                          "`head_dim` = hidden_size / 0.0 divides by zero"),
     "sqrt_of_negative": ("attention_scale: {key: x.none, default: {inverse_sqrt: -4}}",
                          "`attention_scale` takes the square root of -4.0"),
+    # these three once reached the modules as floats or raised OverflowError
+    "fraction_for_an_integer": ("n_heads: {key: x.none, default: {product: [1.5, 3]}}",
+                                "`n_heads` derives 4.5, not an integer"),
+    "infinite_product": ("n_heads: {key: x.none, default: {product: [1.0e+308, 1.0e+308]}}",
+                         "`n_heads` derives inf, not an integer"),
+    "float_field_for_an_integer": ("n_heads: {key: x.none, default: {field: norm_eps}}",
+                                   "`n_heads` derives 9.99"),
 }
 
 
@@ -186,6 +193,12 @@ def test_config_that_cannot_be_built(tmp_path: Path, tiny_file: Path, name: str)
     with pytest.raises(ConfigError) as info:
         tfb.load(tiny_file, spec=spec)
     assert expected in str(info.value) and str(tiny_file) in str(info.value)
+
+
+def test_whole_numbers_derived_as_floats_are_integers(tmp_path: Path, tiny_file: Path) -> None:
+    spec = load_spec(write(tmp_path, "x", SPEC + "hparams:\n  n_heads: {key: x.none, default: {sqrt: 16}}\n"))
+    model = tfb.load(tiny_file, spec=spec)
+    assert model.config.n_heads == 4 and isinstance(model.config.n_heads, int)
 
 
 # ------------------------------------------------------------------------------------------ command line

@@ -96,6 +96,23 @@ class _Resolver:
     def derive(self, rule: Any, field: Field, stack: tuple[str, ...]) -> Any:
         if not isinstance(rule, Derived):
             return float(rule) if field.kind == "float" and not isinstance(rule, bool) else rule
+        return self.of_kind(self.compute(rule, field, stack), field)
+
+    def of_kind(self, value: Any, field: Field) -> Any:
+        """A derived value as its field's kind: a rule may compute a float (a square root, another field)
+        for an integer field, and the modules need whole numbers there."""
+        if field.kind == "int" and isinstance(value, float) and math.isfinite(value) and value == int(value):
+            return int(value)
+        if field.kind == "float" and isinstance(value, int) and not isinstance(value, bool):
+            return float(value)
+        expected = {"int": int, "float": float, "bool": bool, "str": str}[field.kind]
+        if type(value) is not expected:
+            kind = {"int": "an integer", "float": "a number", "bool": "a boolean", "str": "a string"}[field.kind]
+            raise ConfigError(f"{self.where}: `{field.name}` derives {_show(value)}, not {kind} "
+                              f"({field.doc}); the file must give `{field.name}` or consistent values")
+        return value
+
+    def compute(self, rule: Derived, field: Field, stack: tuple[str, ...]) -> Any:
         if rule.length_of is not None:
             key = rule.length_of.replace("{arch}", self.arch)
             meta = self.metadata.get(key)
@@ -116,14 +133,14 @@ class _Resolver:
             return math.sqrt(x) if rule.sqrt is not None else 1.0 / math.sqrt(x)
         if rule.product is not None:
             a, b = (operand(x) for x in rule.product)
-            return int(a * b) if field.kind == "int" else float(a * b)
+            return a * b
         assert rule.quotient is not None
         a, b = (operand(x) for x in rule.quotient)
         names = [x if isinstance(x, str) else str(x) for x in rule.quotient]
         if b == 0:
             raise ConfigError(f"{self.where}: `{field.name}` = {names[0]} / {names[1]} divides by zero")
         if field.kind == "int":
-            if a % b:
+            if a % b or not math.isfinite(a / b):
                 raise ConfigError(f"{self.where}: `{field.name}` = {names[0]} / {names[1]} = {a} / {b} is not "
                                   f"a whole number; the file must give `{field.name}` or consistent sizes")
             return int(a // b)
