@@ -24,3 +24,29 @@ def tiny_model(tmp_path_factory: pytest.TempPathFactory):
         return _BUILT[key]
 
     return make
+
+
+@pytest.fixture(scope="session")
+def tiny_gguf(tmp_path_factory: pytest.TempPathFactory):
+    """tiny_gguf(spec, vocab_file, type) -> a random model made from a spec by tools/make_tiny_gguf.py."""
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tools"))
+    from make_tiny_gguf import make
+
+    made: dict[tuple[str, str, str], Path] = {}
+
+    def build(spec: str = "qwen3", vocab: str = "ggml-vocab-llama-spm.gguf", qtype: str = "F32") -> Path:
+        from gguf import GGMLQuantizationType
+
+        key = (spec, vocab, qtype)
+        if key not in made:
+            out = tmp_path_factory.mktemp("tiny") / f"{spec}-{qtype}.gguf"
+            vocab_file = Path(__file__).resolve().parent / "data" / "vocab" / vocab
+            make(spec, out, {"hidden_size": 64, "n_layers": 2, "n_heads": 4, "n_kv_heads": 2, "head_dim": 16,
+                             "intermediate_size": 128, "context_length": 512},
+                 GGMLQuantizationType[qtype], vocab_file)
+            made[key] = out
+        return made[key]
+
+    return build

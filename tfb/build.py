@@ -26,7 +26,8 @@ from tfb.nn.model import Transformer
 from tfb.nn.moe import Experts
 from tfb.nn.norm import Norm
 from tfb.nn.rotary import RopeParams, Rotary
-from tfb.quant import PackedTensor
+from tfb.quant import PackedTensor, is_supported
+from tfb.quant.blocks import DEQUANTIZERS
 from tfb.spec.match import SpecRef, spec_for_file
 from tfb.spec.schema import LayerPattern, Spec
 from tfb.spec.slots import FileFacts, global_slots, layer_slots
@@ -236,13 +237,49 @@ def plan_tensors(model: Transformer, spec: Spec, present: Collection[str]) -> li
     return plan
 
 
+def _check_tensor(gguf: GGUFFile, planned: PlannedTensor, info: TensorInfo) -> None:
+    if info.shape != planned.shape:
+        raise WeightError(f"{gguf.path}: tensor {info.name!r} has shape {list(info.shape)}, expected "
+                          f"{list(planned.shape)} from the config (check the spec's hparams against the file's "
+                          "metadata)")
+    if not is_supported(info.ggml_type):
+        raise WeightError(f"{gguf.path}: tensor {info.name!r}: storage type {info.ggml_type.name} is not "
+                          f"supported yet (supported: {', '.join(sorted(DEQUANTIZERS))})")
+
+
+def _missing_message(gguf_path: object, spec: Spec, missing: list[str]) -> str:
+    shown = ", ".join(missing[:8]) + (f" and {len(missing) - 8} more" if len(missing) > 8 else "")
+    return f"{gguf_path}: spec `{spec.name}` needs tensors the file lacks: {shown}"
+
+
+def check_layers_present(spec: Spec, config: ModelConfig, present: Collection[str], where: str) -> None:
+    """Refuse a file that lacks some layer's required tensors before building any block: a block costs
+    about a millisecond, and a hostile file may claim thousands of layers it does not hold. The same
+    rules as `plan_tensors`, on one block (every block has the same parts)."""
+    block = build_block(spec, config, 0)
+    templates = spec.tensors.layer
+    needed = []
+    for slot, need in layer_slots(spec, FileFacts(experts=config.has_experts, fused_qkv=config.fused_qkv)).items():
+        ref = getattr(templates, slot)
+        if need == "required" and not ref.optional and _target(block, LAYER_TARGETS[slot][0]) is not None:
+            alt = getattr(templates, ref.if_absent).name if ref.if_absent is not None else None
+            needed.append((ref.name, alt))
+    for i in range(config.n_layers):
+        missing = [name.replace("{i}", str(i)) for name, alt in needed
+                   if name.replace("{i}", str(i)) not in present
+                   and (alt is None or alt.replace("{i}", str(i)) not in present)]
+        if missing:
+            raise WeightError(_missing_message(where, spec, missing))
+
+
 def load_weights(model: Transformer, spec: Spec, gguf: GGUFFile, *, expand: bool = False,
                  progress: Progress | None = None) -> None:
     plan = [p for p in plan_tensors(model, spec, gguf.tensors.keys()) if p.present or p.need == "required"]
     missing = [p.name for p in plan if not p.present]
     if missing:
-        shown = ", ".join(missing[:8]) + (f" and {len(missing) - 8} more" if len(missing) > 8 else "")
-        raise WeightError(f"{gguf.path}: spec `{spec.name}` needs tensors the file lacks: {shown}")
+        raise WeightError(_missing_message(gguf.path, spec, missing))
+    for p in plan:  # before converting anything: a mismatch must not cost a dequantization
+        _check_tensor(gguf, p, gguf.tensors[p.name])
     source = _Source(gguf, model.dtype, expand)
     total = sum(gguf.tensors[p.name].nbytes for p in plan)
     done = 0
@@ -269,11 +306,11 @@ def load(path: str | Path, spec: SpecRef = None, *, dtype: torch.dtype = torch.f
     """
     if dtype not in DTYPES:
         raise InputError(f"dtype {dtype} is not supported; use one of float32, float16, bfloat16")
-    gguf = GGUFFile(path)
-    chosen = spec_for_file(gguf, spec, spec_dirs)
-    config = build_config(chosen, gguf.metadata, gguf.tensors.keys(), arch=gguf.architecture or chosen.name,
-                          where=str(gguf.path), context_length=context_length)
-    model = build_modules(chosen, config, dtype)
-    load_weights(model, chosen, gguf, expand=expand, progress=progress)
-    gguf.close()
+    with GGUFFile(path) as gguf:  # closed on errors too: a rejected file must not hold a descriptor
+        chosen = spec_for_file(gguf, spec, spec_dirs)
+        config = build_config(chosen, gguf.metadata, gguf.tensors.keys(), arch=gguf.architecture or chosen.name,
+                              where=str(gguf.path), context_length=context_length)
+        check_layers_present(chosen, config, gguf.tensors.keys(), str(gguf.path))
+        model = build_modules(chosen, config, dtype)
+        load_weights(model, chosen, gguf, expand=expand, progress=progress)
     return model.eval()

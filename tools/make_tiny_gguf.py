@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -26,7 +27,7 @@ sys.path.insert(0, str(ROOT))
 from tfb.build import build_modules, plan_tensors  # noqa: E402
 from tfb.gguf.hparams import build_config  # noqa: E402
 from tfb.gguf.reader import MetaValue  # noqa: E402
-from tfb.spec import load_spec  # noqa: E402
+from tfb.spec import Spec, load_spec  # noqa: E402
 
 DEFAULT_VOCAB = ROOT / "tests" / "data" / "vocab" / "ggml-vocab-llama-spm.gguf"
 SIZES = {  # CLI option -> config field
@@ -36,8 +37,7 @@ SIZES = {  # CLI option -> config field
 }
 
 
-def _metadata(spec_name: str, arch: str, values: dict[str, int | float]) -> dict[str, MetaValue]:
-    spec = load_spec(spec_name)
+def _metadata(spec: Spec, arch: str, values: dict[str, int | float]) -> dict[str, MetaValue]:
     meta: dict[str, MetaValue] = {}
     for field, value in values.items():
         rule = getattr(spec.hparams, field)
@@ -58,13 +58,15 @@ def encode(values: torch.Tensor, qtype: GGMLQuantizationType) -> np.ndarray:
 
 
 def make(spec_name: str, out: Path, sizes: dict[str, int], qtype: GGMLQuantizationType, vocab_file: Path,
-         seed: int = 0, std: float = 0.2) -> None:
-    spec = load_spec(spec_name)
+         seed: int = 0, std: float = 0.2, spec_dirs: Sequence[str | Path] = ()) -> None:
+    """spec_name: a name looked up on the spec search path (spec_dirs, then TFB_SPEC_PATH, then the
+    packaged specs) or a path."""
+    spec = load_spec(spec_name, spec_dirs)
     arch = spec.match[0] if spec.match else spec.name
     vocab = GGUFReader(vocab_file)
     n_vocab = len(vocab.fields["tokenizer.ggml.tokens"].data)
     values: dict[str, int | float] = {"vocab_size": n_vocab, "norm_eps": 1e-5, **sizes}
-    meta = _metadata(spec_name, arch, values)
+    meta = _metadata(spec, arch, values)
     config = build_config(spec, meta, set(), arch=arch, where=str(out))
     model = build_modules(spec, config)
     gen = torch.Generator().manual_seed(seed)
@@ -98,7 +100,9 @@ def make(spec_name: str, out: Path, sizes: dict[str, int], qtype: GGMLQuantizati
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--spec", default="qwen3")
+    parser.add_argument("--spec", default="qwen3", help="spec name or path")
+    parser.add_argument("--spec-dir", action="append", default=[], metavar="DIR",
+                        help="extra directory of specs, searched before TFB_SPEC_PATH and the packaged ones")
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--type", default="F32", help="ggml type of the matrices, e.g. F32, F16, Q8_0, Q4_K")
     parser.add_argument("--vocab-file", type=Path, default=DEFAULT_VOCAB, help="GGUF whose tokenizer to copy")
@@ -108,7 +112,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.add_argument(f"--{option.replace('_', '-')}", type=int, default=defaults.get(option))
     args = parser.parse_args(argv)
     sizes = {field: getattr(args, option) for option, field in SIZES.items() if getattr(args, option) is not None}
-    make(args.spec, args.out, sizes, GGMLQuantizationType[args.type.upper()], args.vocab_file, args.seed)
+    make(args.spec, args.out, sizes, GGMLQuantizationType[args.type.upper()], args.vocab_file, args.seed,
+         spec_dirs=args.spec_dir)
     print(args.out)
     return 0
 

@@ -11,11 +11,11 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from tfb.cli import files, specs
+from tfb.cli import authoring, files, generate, specs
 from tfb.cli.common import EXIT_INTERRUPTED, EXIT_INVALID, safe
 from tfb.errors import TfbError
 
-MODULES = (specs, files)
+MODULES = (specs, authoring, files, generate)
 
 
 def build_parser() -> argparse.ArgumentParser:

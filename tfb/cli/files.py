@@ -10,9 +10,13 @@ from tfb.cli.common import add_spec_dirs, safe
 
 
 def run_inspect(args: argparse.Namespace) -> int:
-    from tfb.gguf.inspect import report
+    from tfb.gguf.inspect import inspect_file
 
-    print(safe(report(args.model, spec=args.spec, spec_dirs=tuple(args.spec_dir), all_layers=args.all_layers)))
+    text, problem = inspect_file(args.model, spec=args.spec, spec_dirs=tuple(args.spec_dir),
+                                 all_layers=args.all_layers)
+    print(safe(text))
+    if problem is not None:  # the report is still useful; the exit status says the file cannot run
+        raise problem
     return 0
 
 

@@ -96,13 +96,21 @@ class _Resolver:
     def derive(self, rule: Any, field: Field, stack: tuple[str, ...]) -> Any:
         if not isinstance(rule, Derived):
             return float(rule) if field.kind == "float" and not isinstance(rule, bool) else rule
-        value = self.evaluate(rule, field, stack)
-        if field.kind == "int" and isinstance(value, float):
-            if not value.is_integer():
-                raise ConfigError(f"{self.where}: `{field.name}` works out to {value}, not a whole number; the file "
-                                  f"must give `{field.name}` or consistent sizes")
+        return self.of_kind(self.evaluate(rule, field, stack), field)
+
+    def of_kind(self, value: Any, field: Field) -> Any:
+        """A derived value as its field's kind: a rule may compute a float (a square root, a quotient)
+        for an integer field, and the modules need whole numbers there."""
+        if field.kind == "int" and isinstance(value, float) and math.isfinite(value) and value == int(value):
             return int(value)
-        return float(value) if field.kind == "float" else value
+        if field.kind == "float" and isinstance(value, int) and not isinstance(value, bool):
+            return float(value)
+        expected = {"int": int, "float": float, "bool": bool, "str": str}[field.kind]
+        if type(value) is not expected:
+            kind = {"int": "an integer", "float": "a number", "bool": "a boolean", "str": "a string"}[field.kind]
+            raise ConfigError(f"{self.where}: `{field.name}` derives {_show(value)}, not {kind} "
+                              f"({field.doc}); the file must give `{field.name}` or consistent values")
+        return value
 
     def evaluate(self, rule: str | float | Derived, field: Field, stack: tuple[str, ...]) -> Any:
         """The value of an operand: a field, a number or a (nested) derived rule."""
@@ -128,17 +136,24 @@ class _Resolver:
         if rule.sqrt is not None or rule.inverse_sqrt is not None:
             x = float(self.evaluate(rule.sqrt if rule.sqrt is not None else rule.inverse_sqrt,  # type: ignore[arg-type]
                                     field, stack))
-            if x <= 0:
+            if not x > 0 or not math.isfinite(x):
                 raise ConfigError(f"{self.where}: `{field.name}` takes the square root of {x}")
             return math.sqrt(x) if rule.sqrt is not None else 1.0 / math.sqrt(x)
         if rule.product is not None:
             a, b = (self.evaluate(x, field, stack) for x in rule.product)
-            return a * b
+            return a * b if isinstance(a, int) and isinstance(b, int) else float(a) * float(b)
         assert rule.quotient is not None
         a, b = (self.evaluate(x, field, stack) for x in rule.quotient)
+        names = " / ".join(x if isinstance(x, str) else str(x) for x in rule.quotient)
         if b == 0:
-            raise ConfigError(f"{self.where}: `{field.name}` divides {a} by zero")
-        return a // b if isinstance(a, int) and isinstance(b, int) and a % b == 0 else a / b
+            raise ConfigError(f"{self.where}: `{field.name}` = {names} divides by zero")
+        if isinstance(a, int) and isinstance(b, int):
+            if a % b == 0:
+                return a // b
+            if field.kind == "int":
+                raise ConfigError(f"{self.where}: `{field.name}` = {names} = {a} / {b} is not a whole number; the "
+                                  f"file must give `{field.name}` or consistent sizes")
+        return a / b
 
     def check_range(self, value: Any, field: Field) -> None:
         if field.kind in ("int", "float") and not isinstance(value, bool):
@@ -147,7 +162,8 @@ class _Resolver:
                 raise ConfigError(f"{self.where}: `{field.name}` = {value} ({self.origin.get(field.name)}) "
                                   f"must be {field.range} and finite ({field.doc})")
             if field.kind == "int" and value > MAX_SIZE:
-                raise ConfigError(f"{self.where}: `{field.name}` = {value} is beyond any real model")
+                raise ConfigError(f"{self.where}: `{field.name}` = {value} ({self.origin.get(field.name)}) is "
+                                  f"beyond any real model (at most {MAX_SIZE})")
 
 
 def _show(value: Any) -> str:
@@ -185,6 +201,8 @@ def check_config(c: ModelConfig, spec: Spec, where: str) -> None:
         fail(f"n_heads = {c.n_heads} is not a multiple of n_kv_heads = {c.n_kv_heads}")
     if spec.attention.rope.layers != "none" and (c.rope_dims > c.head_dim or c.rope_dims % 2):
         fail(f"rope_dims = {c.rope_dims} must be even and at most head_dim = {c.head_dim}")
+    if spec.attention.rope.layers != "none" and c.rope_scaling == "yarn" and c.rope_base == 1.0:
+        fail("rope_base = 1 cannot be used with YaRN scaling (its correction dimensions divide by log(base))")
     if c.has_experts:
         if spec.ffn.experts is None:
             fail(f"the file has {c.expert_count} experts per layer but spec `{spec.name}` has no "

@@ -12,7 +12,7 @@ from tfb.gguf.hparams import build_config
 from tfb.gguf.reader import GGUFFile, MetaValue, TensorInfo
 from tfb.spec.match import spec_for_file
 
-_LAYER = re.compile(r"^blk\.(\d+)\.(.+)$")
+_LAYER = re.compile(r"blk\.(\d{1,9})\.(.+)", re.DOTALL)  # a 5000-digit index is no layer (and int() refuses it)
 
 
 def _size(n: float) -> str:
@@ -23,47 +23,66 @@ def _size(n: float) -> str:
     return f"{n:.1f} GiB"
 
 
+def _plain(value: object, limit: int = 120) -> str:
+    """A metadata value on one line: the file may put newlines or terminal codes in any string."""
+    text = str(value)
+    text = text if len(text) <= limit else text[:limit] + "..."
+    return text.translate(_ONE_LINE)
+
+
+_ONE_LINE = {ord("\n"): "\\n", ord("\r"): "\\r", ord("\t"): "\\t"}
+
+
+def _length(meta: MetaValue | None) -> str:
+    """How many elements an array holds, saying so when the file put something else there."""
+    if meta is None:
+        return "0"
+    return str(len(meta.value)) if meta.is_array else f"? (a {meta.type}, not an array)"
+
+
 def _token(meta: dict[str, MetaValue], key: str) -> str:
     tokens = meta.get("tokenizer.ggml.tokens")
     idx = meta.get(key)
     if idx is None:
         return "none"
     text = ""
-    if tokens is not None and isinstance(idx.value, int) and 0 <= idx.value < len(tokens.value):
+    if tokens is not None and tokens.type == "array[string]" and isinstance(idx.value, int) \
+            and 0 <= idx.value < len(tokens.value):
         text = f" {tokens.value[idx.value]!r}"
-    return f"{idx.value}{text}"
+    return f"{_plain(idx.value)}{text}"
 
 
 def tokenizer_summary(meta: dict[str, MetaValue]) -> list[str]:
     model = meta.get("tokenizer.ggml.model")
     if model is None:
         return ["  (no tokenizer in this file)"]
-    tokens = meta.get("tokenizer.ggml.tokens")
-    merges = meta.get("tokenizer.ggml.merges")
     pre = meta.get("tokenizer.ggml.pre")
-    lines = [f"  model: {model.value}   pre-tokenizer: {pre.value if pre else 'default'}   "
-             f"tokens: {len(tokens.value) if tokens else 0}   merges: {len(merges.value) if merges else 0}"]
+    lines = [f"  model: {_plain(model.value)}   pre-tokenizer: {_plain(pre.value) if pre else 'default'}   "
+             f"tokens: {_length(meta.get('tokenizer.ggml.tokens'))}   "
+             f"merges: {_length(meta.get('tokenizer.ggml.merges'))}"]
     special = [f"{name} {_token(meta, f'tokenizer.ggml.{name}_token_id')}"
                for name in ("bos", "eos", "eot", "unknown", "padding")
                if f"tokenizer.ggml.{name}_token_id" in meta]
     lines.append("  special: " + (", ".join(special) or "none"))
-    flags = [f"{k.split('.')[-1]}={meta[k].value}" for k in ("tokenizer.ggml.add_bos_token",
+    flags = [f"{k.split('.')[-1]}={_plain(meta[k].value)}" for k in ("tokenizer.ggml.add_bos_token",
                                                               "tokenizer.ggml.add_eos_token") if k in meta]
     if flags:
         lines.append("  flags: " + ", ".join(flags))
     template = meta.get("tokenizer.chat_template")
-    lines.append(f"  chat template: {f'{len(template.value)} characters' if template else 'none'}")
+    shown = "none" if template is None else f"{len(template.value)} characters" if template.type == "string" \
+        else f"? (a {template.type}, not text)"
+    lines.append(f"  chat template: {shown}")
     return lines
 
 
 def tensor_lines(tensors: list[TensorInfo], all_layers: bool) -> list[str]:
     def line(t: TensorInfo, name: str) -> str:
-        return f"    {name:<34} {list(t.shape)!s:<22} {t.ggml_type.name:<8} {_size(t.nbytes):>10}"
+        return f"    {_plain(name):<34} {list(t.shape)!s:<22} {t.ggml_type.name:<8} {_size(t.nbytes):>10}"
 
     layers: dict[int, list[tuple[str, TensorInfo]]] = defaultdict(list)
     other: list[TensorInfo] = []
     for t in tensors:
-        m = _LAYER.match(t.name)
+        m = _LAYER.fullmatch(t.name)
         if m:
             layers[int(m.group(1))].append((m.group(2), t))
         else:
@@ -84,6 +103,13 @@ def tensor_lines(tensors: list[TensorInfo], all_layers: bool) -> list[str]:
 
 def report(path: str | Path, spec: str | None = None, spec_dirs: tuple[str | Path, ...] = (),
            all_layers: bool = False) -> str:
+    return inspect_file(path, spec, spec_dirs, all_layers)[0]
+
+
+def inspect_file(path: str | Path, spec: str | None = None, spec_dirs: tuple[str | Path, ...] = (),
+                 all_layers: bool = False) -> tuple[str, TfbError | None]:
+    """The report, and the reason the file cannot run (no usable spec or config), if any."""
+    problem: TfbError | None = None
     with GGUFFile(path) as f:
         meta, tensors = f.metadata, list(f.tensors.values())
         total = sum(t.nbytes for t in tensors)
@@ -93,7 +119,7 @@ def report(path: str | Path, spec: str | None = None, spec_dirs: tuple[str | Pat
         lines = [f"file: {f.path}   GGUF v{f.version}   {len(meta)} keys   {len(tensors)} tensors   "
                  f"{_size(total)} of weights",
                  f"architecture: {f.architecture or '(none)'}   name: "
-                 f"{meta['general.name'].value if 'general.name' in meta else '(none)'}",
+                 f"{_plain(meta['general.name'].value) if 'general.name' in meta else '(none)'}",
                  "storage: " + ", ".join(f"{k} {_size(v)}" for k, v in sorted(types.items(), key=lambda kv: -kv[1]))]
         try:
             chosen = spec_for_file(f, spec, spec_dirs)
@@ -107,8 +133,9 @@ def report(path: str | Path, spec: str | None = None, spec_dirs: tuple[str | Pat
             lines.append(f"  {'fused_qkv':<26} {config.fused_qkv}")
         except TfbError as e:
             lines.append(f"spec: none usable ({e})")
+            problem = e
         lines.append("tokenizer:")
         lines += tokenizer_summary(meta)
         lines.append("tensors:")
         lines += tensor_lines(tensors, all_layers)
-    return "\n".join(lines)
+    return "\n".join(lines), problem

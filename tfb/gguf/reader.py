@@ -10,11 +10,14 @@ from __future__ import annotations
 
 import itertools
 import mmap
+import os
+import re
+import stat
 import struct
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 
@@ -25,8 +28,12 @@ MAGIC = b"GGUF"
 VERSIONS = (2, 3)
 DEFAULT_ALIGNMENT = 32
 MAX_DIMS = 4
-MAX_KEY_BYTES = 65536
+MAX_KEY_BYTES = 65536  # longest metadata key or tensor name (llama.cpp's names are under 100 bytes)
 INT64_MAX = 2**63 - 1
+_ARCH_NAME = re.compile(r"[A-Za-z0-9_.\-]{1,64}")
+# the fewest bytes one record can take, so that a count is checked against the bytes left before any loop
+MIN_KV_BYTES = 8 + 4 + 1  # name length, value type, a one-byte value (an empty name is legal)
+MIN_TENSOR_INFO_BYTES = 8 + 4 + 8 + 4 + 8  # name length, dimension count, one dimension, type, offset
 
 # value type id -> (name, struct format or None for string/array)
 VALUE_TYPES: dict[int, tuple[str, str | None]] = {
@@ -65,6 +72,32 @@ class TensorInfo:
         for d in self.shape:
             n *= d
         return n
+
+
+@dataclass(frozen=True)
+class _RawInfo:
+    """A tensor-info record as read, before its extent is checked against the data section."""
+
+    at: int  # byte offset of the record, for messages
+    name: str
+    shape: tuple[int, ...]
+    ggml_type: GGMLType
+    rel_offset: int  # from the start of the data section
+    nbytes: int
+
+
+def _open_regular(path: Path) -> BinaryIO:
+    """Open a regular file for reading. A FIFO or device would block or never end: refuse it, after
+    opening without blocking and checking what was opened (not what the name pointed to a moment ago)."""
+    flags = os.O_RDONLY | getattr(os, "O_BINARY", 0) | getattr(os, "O_NONBLOCK", 0)
+    try:
+        fd = os.open(path, flags)
+    except OSError as e:
+        raise GGUFError(f"{path}: cannot open ({e.strerror})") from None
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise GGUFError(f"{path}: not a regular file")
+    return os.fdopen(fd, "rb")
 
 
 class _Cursor:
@@ -107,12 +140,9 @@ class GGUFFile:
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
+        self._file = _open_regular(self.path)
         try:
-            self._file = open(self.path, "rb")  # noqa: SIM115 - closed in close()
-        except OSError as e:
-            raise GGUFError(f"{self.path}: cannot open ({e.strerror})") from None
-        try:
-            if self.path.stat().st_size == 0:
+            if os.fstat(self._file.fileno()).st_size == 0:
                 raise GGUFError(f"{self.path}: empty file, not GGUF")
             self._map = mmap.mmap(self._file.fileno(), 0, access=mmap.ACCESS_COPY)
         except (OSError, ValueError) as e:
@@ -144,10 +174,9 @@ class GGUFFile:
         self.version = version
         n_tensors = cur.u64("tensor count")
         n_kv = cur.u64("metadata key count")
-        # each tensor info takes at least 4+8+4+8+8 bytes, each key/value at least 8+1+4+1
-        if n_tensors > (cur.size - cur.pos) // 32:
+        if n_tensors > (cur.size - cur.pos) // MIN_TENSOR_INFO_BYTES:
             raise cur.fail(f"claims {n_tensors} tensors, more than the file could describe")
-        if n_kv > (cur.size - cur.pos) // 14:
+        if n_kv > (cur.size - cur.pos - n_tensors * MIN_TENSOR_INFO_BYTES) // MIN_KV_BYTES:
             raise cur.fail(f"claims {n_kv} metadata keys, more than the file could hold")
 
         self.metadata: dict[str, MetaValue] = {}
@@ -170,24 +199,30 @@ class GGUFFile:
         infos = [self._tensor_info(cur, i) for i in range(n_tensors)]
         data_start = -(-cur.pos // alignment) * alignment
         if n_tensors and data_start > cur.size:
-            raise cur.fail("truncated: the tensor data section is missing")
+            raise cur.fail(f"truncated: the tensor data section (from byte {data_start}) is missing")
         self.data_offset = data_start
         self.tensors: dict[str, TensorInfo] = {}
-        for name, shape, gtype, rel, nbytes in infos:
-            if name in self.tensors:
-                raise GGUFError(f"{self.path}: tensor {name!r} appears twice")
-            if rel % alignment:
-                raise GGUFError(f"{self.path}: tensor {name!r} offset {rel} is not a multiple of the "
-                                f"alignment {alignment}")
-            start = data_start + rel
-            if start > cur.size or nbytes > cur.size - start:
-                raise GGUFError(f"{self.path}: tensor {name!r} ({nbytes} bytes at data offset {rel}) "
-                                f"extends past the end of the file ({cur.size} bytes): truncated or corrupt")
-            self.tensors[name] = TensorInfo(name, shape, gtype, start, nbytes)
+        for info in infos:
+            self._place(info, data_start, alignment, cur.size)
         ordered = sorted(self.tensors.values(), key=lambda t: t.offset)
         for a, b in itertools.pairwise(ordered):
             if a.offset + a.nbytes > b.offset:
-                raise GGUFError(f"{self.path}: tensors {a.name!r} and {b.name!r} overlap")
+                raise GGUFError(f"{self.path}: tensors {a.name!r} (bytes {a.offset} to {a.offset + a.nbytes}) "
+                                f"and {b.name!r} (from byte {b.offset}) overlap")
+
+    def _place(self, info: _RawInfo, data_start: int, alignment: int, size: int) -> None:
+        """Check one tensor's extent against the data section (Python ints: nothing wraps) and keep it."""
+        where = f"{self.path}: tensor {info.name!r} (info at byte {info.at})"
+        if info.name in self.tensors:
+            raise GGUFError(f"{where}: the name appears twice")
+        if info.rel_offset % alignment:
+            raise GGUFError(f"{where}: data offset {info.rel_offset} is not a multiple of the alignment "
+                            f"{alignment}")
+        start = data_start + info.rel_offset
+        if start > size or info.nbytes > size - start:
+            raise GGUFError(f"{where}: {info.nbytes} bytes at data offset {info.rel_offset} extend past the "
+                            f"end of the file ({size} bytes): truncated or corrupt")
+        self.tensors[info.name] = TensorInfo(info.name, info.shape, info.ggml_type, start, info.nbytes)
 
     def _value(self, cur: _Cursor, key: str) -> MetaValue:
         vtype = cur.u32(f"type of {key!r}")
@@ -243,36 +278,47 @@ class GGUFFile:
         cur.pos = pos
         return out
 
-    def _tensor_info(self, cur: _Cursor, i: int) -> tuple[str, tuple[int, ...], GGMLType, int, int]:
+    def _tensor_info(self, cur: _Cursor, i: int) -> _RawInfo:
+        at = cur.pos
         name = cur.string(f"name of tensor #{i}", MAX_KEY_BYTES)
-        n_dims = cur.u32(f"dimension count of tensor {name!r}")
+        label = f"tensor #{i} {name!r}"
+        n_dims = cur.u32(f"dimension count of {label}")
         if not 1 <= n_dims <= MAX_DIMS:
-            raise cur.fail(f"tensor {name!r} has {n_dims} dimensions; GGUF allows 1 to {MAX_DIMS}")
-        dims = [cur.u64(f"dimension {d} of tensor {name!r}") for d in range(n_dims)]
+            raise cur.fail(f"{label} has {n_dims} dimensions; GGUF allows 1 to {MAX_DIMS}")
+        dims = [cur.u64(f"dimension {d} of {label}") for d in range(n_dims)]
         n = 1
         for d in dims:
             if d > INT64_MAX:
-                raise cur.fail(f"tensor {name!r} dimension {d} is out of range")
-            n *= d
+                raise cur.fail(f"{label} dimension {d} is out of range")
+            n *= d  # a Python int: a product that would wrap in 64 bits is seen, not wrapped
             if n > INT64_MAX:
-                raise cur.fail(f"tensor {name!r} shape {dims} has more elements than a 64-bit count holds")
-        type_id = cur.u32(f"type of tensor {name!r}")
+                raise cur.fail(f"{label} shape {dims} has more elements than a 64-bit count holds")
+        type_id = cur.u32(f"type of {label}")
         gtype = GGML_TYPES.get(type_id)
         if gtype is None:
-            raise cur.fail(f"tensor {name!r} has unknown ggml type {type_id}")
+            raise cur.fail(f"{label} has unknown ggml type {type_id}")
         if dims[0] % gtype.block_size:
-            raise cur.fail(f"tensor {name!r} of type {gtype.name} has rows of {dims[0]} elements, not a "
-                           f"multiple of its block size {gtype.block_size}")
-        offset = cur.u64(f"offset of tensor {name!r}")
+            raise cur.fail(f"{label} of type {gtype.name} has rows of {dims[0]} elements, not a multiple of "
+                           f"its block size {gtype.block_size}")
+        offset = cur.u64(f"data offset of {label}")
         nbytes = n // gtype.block_size * gtype.type_size
-        return name, tuple(reversed(dims)), gtype, offset, nbytes
+        return _RawInfo(at, name, tuple(reversed(dims)), gtype, offset, nbytes)
 
     # --------------------------------------------------------------------------------------- access
 
     @property
     def architecture(self) -> str | None:
+        """general.architecture, or None when absent; a value that cannot be a name is an error, since
+        it is matched against spec names and shown in messages."""
         meta = self.metadata.get("general.architecture")
-        return meta.value if meta is not None and meta.type == "string" else None
+        if meta is None:
+            return None
+        if meta.type != "string":
+            raise GGUFError(f"{self.path}: metadata general.architecture is {meta.type}, must be a string")
+        if not _ARCH_NAME.fullmatch(meta.value):
+            raise GGUFError(f"{self.path}: metadata general.architecture {meta.value[:64]!r} is not an "
+                            "architecture name (letters, digits, '_', '-', '.', up to 64 characters)")
+        return str(meta.value)
 
     def get(self, key: str) -> MetaValue | None:
         return self.metadata.get(key)

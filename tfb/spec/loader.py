@@ -7,6 +7,7 @@ into the file that set the offending value.
 
 from __future__ import annotations
 
+import re
 import typing
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -24,23 +25,34 @@ from tfb.spec.yamlfile import Key, Mark, read_yaml
 
 NOT_INHERITED = ("name", "abstract", "match", "description", "extends")
 MAX_EXTENDS_DEPTH = 16
+MAX_SHOWN = 80  # characters of a spec's value quoted in a message
+_SPEC_NAME = re.compile(r"\w[\w.-]{0,127}")
 
 
 def load_spec(ref: str | Path, spec_dirs: Iterable[str | Path] = ()) -> Spec:
     """A validated spec from a path (`specs/x.yaml`) or a name looked up on the spec search path."""
+    return load_spec_with_marks(ref, spec_dirs)[0]
+
+
+def load_spec_with_marks(ref: str | Path, spec_dirs: Iterable[str | Path] = ()) -> tuple[Spec, dict[Key, Mark]]:
+    """`load_spec`, and where each key of the merged spec was set: key path (`("tensors", "layer",
+    "attn_q")`) -> file, line and column, in the file that set it (a base spec for inherited values)."""
     dirs = search_dirs(spec_dirs)
     path = resolve(ref, dirs)
     data, marks = _merged(path, dirs, chain=[])
-    return _validate(data, marks, path)
+    return _validate(data, marks, path), marks
 
 
 def resolve(ref: str | Path, dirs: Sequence[Path], skip: Iterable[Path] = (), origin: str = "") -> Path:
     text = str(ref)
     as_path = Path(text)
-    if text.endswith((".yaml", ".yml")) or as_path.is_file() or "/" in text or "\\" in text:
-        if not as_path.is_file():
-            raise SpecError(f"{origin}spec file {text} does not exist")
+    if text.endswith((".yaml", ".yml")) or _is_file(as_path) or "/" in text or "\\" in text:
+        if not _is_file(as_path):
+            raise SpecError(f"{origin}spec file {_shown(text)} does not exist")
         return as_path
+    if not _SPEC_NAME.fullmatch(text):
+        raise SpecError(f"{origin}`{_shown(text)}` is not a spec name (letters, digits, '_', '-', '.') nor a "
+                        "path to a .yaml file")
     found = find_spec_file(text, dirs, skip)
     if found is None:
         from tfb.spec.registry import all_spec_files
@@ -49,6 +61,19 @@ def resolve(ref: str | Path, dirs: Sequence[Path], skip: Iterable[Path] = (), or
         raise SpecError(f"{origin}no spec named `{text}`{did_you_mean(text, known)}; "
                         f"known: {', '.join(sorted(known)) or 'none'} (searched {', '.join(map(str, dirs))})")
     return found
+
+
+def _is_file(path: Path) -> bool:
+    """Path.is_file() for any text a spec may hold: a name the OS refuses (too long, NUL) is no file."""
+    try:
+        return path.is_file()
+    except (OSError, ValueError):
+        return False
+
+
+def _shown(value: object) -> str:
+    text = str(value)
+    return text if len(text) <= MAX_SHOWN else text[:MAX_SHOWN - 3] + "..."
 
 
 def _merged(path: Path, dirs: Sequence[Path], chain: list[Path]) -> tuple[dict[str, Any], dict[Key, Mark]]:
@@ -70,11 +95,11 @@ def _merged(path: Path, dirs: Sequence[Path], chain: list[Path]) -> tuple[dict[s
     if parent_ref is None:
         return data, marks
     if not isinstance(parent_ref, str):
-        raise SpecError(f"{marks[('extends',)]}: extends: give a spec name or path, not {parent_ref!r}")
+        raise SpecError(f"{marks[('extends',)]}: extends: give a spec name or path, not {_shown(repr(parent_ref))}")
     origin = f"{marks[('extends',)]}: extends: "
     base = Path(parent_ref) if parent_ref.endswith((".yaml", ".yml")) and not Path(parent_ref).is_absolute() \
         else None
-    if base is not None and not base.is_file():
+    if base is not None and not _is_file(base):
         parent_ref = str(path.parent / base)  # a relative path is relative to the spec
     parent_path = resolve(parent_ref, dirs, skip=[*chain, path], origin=origin)
     parent_data, parent_marks = _merged(parent_path, dirs, [*chain, path])
@@ -135,12 +160,15 @@ def check_spec(spec: Spec) -> list[tuple[Key, str]]:
         if isinstance(default, Derived):
             for operand in default.fields():
                 if operand not in FIELD_BY_NAME:
-                    problems.append((("hparams", name, "default"), f"unknown config field `{operand}` in a "
-                                     f"derived rule{did_you_mean(operand, FIELD_BY_NAME)}"))
+                    problems.append((("hparams", name, "default"), f"unknown config field `{_shown(operand)}` in "
+                                     f"a derived rule{did_you_mean(operand, FIELD_BY_NAME)}"))
         elif default is not None and not _fits(default, field.kind, field.choices):
             allowed = f"one of {', '.join(field.choices)}" if field.choices else f"a {field.kind}"
             hint = did_you_mean(str(default), field.choices)
-            problems.append((("hparams", name, "default"), f"{default!r} is not {allowed}{hint}"))
+            problems.append((("hparams", name, "default"), f"{_shown(repr(default))} is not {allowed}{hint}"))
+        elif not _in_range(default, field.range):
+            problems.append((("hparams", name, "default"), f"{default!r} is out of range: `{name}` must be "
+                             f"{field.range} ({field.doc})"))
     cycle = _find_cycle(rules)
     if cycle:
         problems.append((("hparams", cycle[0]), "derived rules form a cycle: " + " -> ".join(cycle)))
@@ -162,6 +190,12 @@ def _fits(value: object, kind: str, choices: tuple[str, ...]) -> bool:
     if kind == "int":
         return isinstance(value, int) and not isinstance(value, bool)
     return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _in_range(value: object, range_: str) -> bool:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return True
+    return not ((range_ == "positive" and value <= 0) or (range_ == "nonnegative" and value < 0))
 
 
 def _find_cycle(rules: dict[str, HParam]) -> list[str]:
@@ -200,6 +234,10 @@ def _contradictions(spec: Spec) -> list[tuple[Key, str]]:
         out.append((("norm", "bias"), "a norm without weights (parametric: false) has no bias either"))
     if spec.ffn.experts is not None and not spec.ffn.gated and spec.ffn.experts.gate_up == "fused":
         out.append((("ffn", "experts", "gate_up"), "fused expert gate/up needs gated: true"))
+    for key, pattern in ((("attention", "sliding_window"), spec.attention.sliding_window),
+                         (("attention", "rope", "layers"), spec.attention.rope.layers)):
+        if pattern == []:  # repeated over the layers, an empty list would divide by zero
+            out.append((key, "an empty list of layers; write 'none' for no layers"))
     return out
 
 
@@ -218,7 +256,13 @@ def _missing_slots(spec: Spec) -> list[tuple[Key, str]]:
         group_templates: BaseModel = spec.tensors.global_ if group == "global" else spec.tensors.layer
         for slot in type(group_templates).model_fields:
             ref = getattr(group_templates, slot)
-            if ref is not None and ref.if_absent is not None and getattr(group_templates, ref.if_absent) is None:
+            if ref is None or ref.if_absent is None:
+                continue
+            slots = type(group_templates).model_fields
+            if ref.if_absent not in slots:
+                out.append((("tensors", group, slot, "if_absent"), f"`{ref.if_absent}` is not a slot of "
+                            f"tensors.{group}{did_you_mean(ref.if_absent, slots)}"))
+            elif getattr(group_templates, ref.if_absent) is None:
                 out.append((("tensors", group, slot, "if_absent"),
                             f"names slot `{ref.if_absent}`, which has no name template in tensors.{group}"))
     return out
@@ -283,7 +327,7 @@ def _message(err: dict[str, Any], key: Key) -> str:
     if kind == "literal_error":
         allowed = [a.strip("'") for a in ctx.get("expected", "").replace(" or ", ", ").split(", ")]
         value = err.get("input")
-        return f"`{value}` is not allowed{did_you_mean(str(value), allowed)}; allowed: {', '.join(allowed)}"
+        return f"`{_shown(value)}` is not allowed{did_you_mean(str(value), allowed)}; allowed: {', '.join(allowed)}"
     if kind == "missing":
         return f"missing required key `{word}`"
     msg = str(err["msg"]).removeprefix("Value error, ")

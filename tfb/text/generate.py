@@ -14,6 +14,7 @@ from typing import Protocol
 import torch
 
 from tfb.errors import InputError
+from tfb.nn.attention import KVCache
 from tfb.nn.model import Transformer
 from tfb.text.sampling import GREEDY, Sampler, Sampling
 
@@ -35,9 +36,31 @@ class Stats:
         return self.generated_tokens / self.generate_seconds if self.generate_seconds else 0.0
 
 
+@dataclass
+class Session:
+    """A KV cache and the tokens in it, kept across generations (a chat) so that a prompt that extends the
+    previous one only computes its new tokens."""
+
+    cache: KVCache
+    tokens: list[int] = field(default_factory=list)
+
+    def reuse(self, prompt: Sequence[int]) -> int:
+        """Keep the cached prefix shared with `prompt` (at least one prompt token is left to compute)."""
+        shared = 0
+        for a, b in zip(self.tokens, prompt[:-1], strict=False):
+            if a != b:
+                break
+            shared += 1
+        shared = min(shared, self.cache.length)  # the last sampled token was never computed
+        self.cache.truncate(shared)
+        self.tokens = list(prompt)
+        return shared
+
+
 @torch.no_grad()
 def generate_ids(model: Transformer, prompt: Sequence[int], *, max_tokens: int = 128, sampling: Sampling = GREEDY,
-                 stop_ids: Sequence[int] = (), stats: Stats | None = None) -> Iterator[int]:
+                 stop_ids: Sequence[int] = (), stats: Stats | None = None,
+                 session: Session | None = None) -> Iterator[int]:
     """Yield generated token ids one at a time (the stop token, if reached, is yielded last)."""
     if not prompt:
         raise InputError("the prompt has no tokens")
@@ -48,11 +71,13 @@ def generate_ids(model: Transformer, prompt: Sequence[int], *, max_tokens: int =
     if len(prompt) >= limit:
         raise InputError(f"the prompt has {len(prompt)} tokens; the context holds {limit}")
     sampler = Sampler(sampling)
-    cache = model.new_cache()
-    history = list(prompt)
+    session = session if session is not None else Session(model.new_cache())
+    cache = session.cache
+    shared = session.reuse(prompt)
+    history = session.tokens
     start = time.perf_counter()
-    logits = model(torch.tensor([history]), cache, last_only=True)[0, -1]
-    stats.prompt_tokens, stats.prompt_seconds = len(history), time.perf_counter() - start
+    logits = model(torch.tensor([history[shared:]]), cache, last_only=True)[0, -1]
+    stats.prompt_tokens, stats.prompt_seconds = len(history) - shared, time.perf_counter() - start
     start = time.perf_counter()
     stops = set(stop_ids)
     stats.stop_reason = "max tokens"
@@ -69,6 +94,7 @@ def generate_ids(model: Transformer, prompt: Sequence[int], *, max_tokens: int =
             stats.stop_reason = "context full"
             return
         logits = model(torch.tensor([[token]]), cache, last_only=True)[0, -1]
+    # the last sampled token is not in the cache yet; the next generation computes it with its prompt
 
 
 class TextDecoder(Protocol):
@@ -79,11 +105,11 @@ class TextDecoder(Protocol):
 
 class TextTokenizer(Protocol):
     @property
-    def stop_ids(self) -> Sequence[int]: ...
+    def stop_ids(self) -> frozenset[int]: ...
 
-    def encode(self, text: str, add_special: bool = True) -> list[int]: ...
+    def encode(self, text: str, add_special: bool = True, parse_special: bool | None = None) -> list[int]: ...
 
-    def detokenizer(self) -> TextDecoder: ...
+    def stream(self, skip_special: bool = False) -> TextDecoder: ...
 
 
 @dataclass
@@ -120,6 +146,7 @@ class Generation:
     sampling: Sampling = GREEDY
     stop: Sequence[str] = ()
     add_special: bool = True
+    session: Session | None = None
     on_token: Callable[[int], None] | None = None
     stats: Stats = field(default_factory=Stats)
     tokens: list[int] = field(default_factory=list)
@@ -127,11 +154,11 @@ class Generation:
     def __iter__(self) -> Iterator[str]:
         ids = self.tokenizer.encode(self.prompt, self.add_special) if isinstance(self.prompt, str) \
             else list(self.prompt)
-        stops = set(self.tokenizer.stop_ids)
-        decoder = self.tokenizer.detokenizer()
+        stops = self.tokenizer.stop_ids
+        decoder = self.tokenizer.stream(skip_special=True)
         guard = StopStrings(self.stop)
         for token in generate_ids(self.model, ids, max_tokens=self.max_tokens, sampling=self.sampling,
-                                  stop_ids=sorted(stops), stats=self.stats):
+                                  stop_ids=sorted(stops), stats=self.stats, session=self.session):
             self.tokens.append(token)
             if self.on_token is not None:
                 self.on_token(token)
@@ -157,6 +184,7 @@ def generate(model: Transformer, tokenizer: TextTokenizer, prompt: str | Sequenc
     """Stream text for a prompt: `for piece in tfb.generate(model, tok, "Hello"): print(piece, end="")`.
 
     Options: max_tokens, sampling (a tfb.Sampling), stop (stop strings), add_special (add BOS as the
-    vocabulary says), on_token. The returned object's `stats` and `tokens` fill in while iterating.
+    vocabulary says), session (a Session to reuse the cache across calls), on_token. The returned
+    object's `stats` and `tokens` fill in while iterating.
     """
     return Generation(model, tokenizer, prompt, **options)  # type: ignore[arg-type]

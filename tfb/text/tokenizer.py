@@ -90,6 +90,11 @@ class Tokenizer:
     def chat_template(self) -> str | None:
         return self.vocab.chat_template
 
+    @chat_template.setter
+    def chat_template(self, template: str | None) -> None:
+        """Use another template than the file's (or one where the file has none)."""
+        self.vocab.chat_template = template
+
     # ----------------------------------------------------------------------------------------- encode
 
     def encode(self, text: str, add_special: bool = True, parse_special: bool | None = None) -> list[int]:

@@ -1,0 +1,155 @@
+"""`tfb check`, tensor half: the file's tensors against what the spec and config ask for.
+
+Expected names, shapes and needs come from the loader's own plan (`plan_tensors` over the modules
+`build_modules` makes), so `check` and `load` cannot disagree. A tensor the plan does not read is unused;
+when a slot template of the spec names it, the finding points at the switch that leaves the slot unread.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from pydantic import BaseModel
+
+from tfb.authoring.findings import Finding, show_mark
+from tfb.build import build_modules, plan_tensors
+from tfb.config import ModelConfig
+from tfb.gguf.reader import GGUFFile
+from tfb.quant.blocks import DEQUANTIZERS
+from tfb.quant.packed import is_supported
+from tfb.spec.schema import GLOBAL_SLOTS, Spec, TensorRef
+from tfb.spec.slots import FileFacts, global_slots, layer_slots
+from tfb.spec.suggest import did_you_mean
+from tfb.spec.yamlfile import Key, Mark
+
+# slot -> the switch (or config field) that decides whether the slot is read at all
+SWITCH_OF_SLOT: dict[str, str] = {
+    "position_embd": "embedding.positions", "output_norm": "output.norm", "output_bias": "output.bias",
+    "attn_norm": "block.pre_norm", "ffn_norm": "block.residual",
+    "post_attention_norm": "block.post_norm", "post_ffw_norm": "block.post_norm",
+    "attn_q": "attention.qkv", "attn_k": "attention.qkv", "attn_v": "attention.qkv", "attn_qkv": "attention.qkv",
+    "attn_q_bias": "attention.bias.q", "attn_k_bias": "attention.bias.k", "attn_v_bias": "attention.bias.v",
+    "attn_qkv_bias": "attention.bias", "attn_output_bias": "attention.bias.o",
+    "attn_q_norm": "attention.qk_norm", "attn_k_norm": "attention.qk_norm",
+    "attn_q_norm_bias": "attention.qk_norm", "attn_k_norm_bias": "attention.qk_norm",
+    "attn_sinks": "attention.sinks",
+    "ffn_gate": "ffn.gated", "ffn_up": "hparams.expert_count", "ffn_down": "hparams.expert_count",
+    "ffn_gate_bias": "ffn.bias", "ffn_up_bias": "ffn.bias", "ffn_down_bias": "ffn.bias",
+    "ffn_gate_inp": "ffn.experts", "ffn_gate_inp_bias": "ffn.experts.router_bias",
+    "exp_probs_b": "ffn.experts.selection_bias",
+    "ffn_gate_exps": "ffn.experts.gate_up", "ffn_up_exps": "ffn.experts", "ffn_down_exps": "ffn.experts",
+    "ffn_gate_up_exps": "ffn.experts.gate_up",
+}
+for _slot in ("attn_norm", "ffn_norm", "output_norm", "post_attention_norm", "post_ffw_norm"):
+    SWITCH_OF_SLOT[f"{_slot}_bias"] = "norm.bias"
+for _slot in ("ffn_gate_exps", "ffn_up_exps", "ffn_down_exps", "ffn_gate_up_exps"):
+    SWITCH_OF_SLOT[f"{_slot}_bias"] = "ffn.experts.bias"
+
+
+@dataclass
+class TensorReport:
+    findings: list[Finding] = field(default_factory=list)
+    checked: int = 0  # tensors found and checked
+    optional_absent: int = 0
+
+
+def _group(slot: str) -> str:
+    return "global" if slot in GLOBAL_SLOTS else "layer"
+
+
+def slot_templates(spec: Spec) -> dict[str, TensorRef]:
+    out: dict[str, TensorRef] = {}
+    templates: BaseModel
+    for templates in (spec.tensors.global_, spec.tensors.layer):
+        for slot in type(templates).model_fields:
+            ref = getattr(templates, slot)
+            if ref is not None:
+                out[slot] = ref
+    return out
+
+
+def names_read(spec: Spec, config: ModelConfig) -> set[str]:
+    """Every tensor name the spec may read for this config, optional ones and stand-ins included
+    (the plan holds one rope factor set; the others are read at other run contexts)."""
+    facts = FileFacts(experts=config.has_experts, fused_qkv=config.fused_qkv)
+    templates = slot_templates(spec)
+    slots: list[tuple[str, int | None]] = [(s, None) for s in global_slots(spec, facts)]
+    slots += [(s, i) for i in range(config.n_layers) for s in layer_slots(spec, facts)]
+    names: set[str] = set()
+    for slot, layer in slots:
+        for ref in (templates.get(slot), templates.get(templates[slot].if_absent or "") if slot in templates else None):
+            if ref is not None:
+                names.add(ref.name.replace("{i}", str(layer)))
+    return names
+
+
+def _switch_value(spec: Spec, path: str) -> Any:
+    node: Any = spec
+    for part in path.split("."):
+        node = getattr(node, part, None)
+        if node is None:
+            return None
+    return node
+
+
+def _mark(marks: Mapping[Key, Mark], key: Key) -> str | None:
+    return show_mark(marks[key]) if key in marks else None
+
+
+def _unused(spec: Spec, marks: Mapping[Key, Mark], name: str, config: ModelConfig) -> tuple[str | None, str]:
+    """Where to look and why a file tensor is not read: the switch's line when a spec file sets it, else
+    the checked spec itself (the switch keeps its default there)."""
+    for slot, ref in slot_templates(spec).items():
+        pattern = re.escape(ref.name).replace(re.escape("{i}"), r"\d+")
+        if not re.fullmatch(pattern, name):
+            continue
+        switch = SWITCH_OF_SLOT.get(slot, "")
+        value: Any = config.expert_count if switch == "hparams.expert_count" else \
+            _switch_value(spec, switch) if switch else None
+        setting = f"{switch} is `{_plain(value)}`" if switch else "no switch reads it"
+        where = _mark(marks, tuple(switch.split("."))) if switch else None
+        return where, f"not read: it is slot `{slot}`, which this spec and file leave unread ({setting})"
+    return None, "not read: no tensor template of the spec names it"
+
+
+def _plain(value: Any) -> str:
+    if hasattr(value, "model_dump"):
+        return ", ".join(f"{k}: {v}" for k, v in value.model_dump().items())
+    return str(value).lower() if isinstance(value, bool) or value is None else str(value)
+
+
+def check_tensors(spec: Spec, marks: Mapping[Key, Mark], gguf: GGUFFile, config: ModelConfig,
+                  spec_file: str) -> TensorReport:
+    report = TensorReport()
+    model_path = str(gguf.path)
+    present = gguf.tensors
+    plan = plan_tensors(build_modules(spec, config), spec, present.keys())
+    read = names_read(spec, config) | {p.name for p in plan}
+    unread = [name for name in present if name not in read]  # what a misspelt template may have meant
+    for p in plan:
+        where = _mark(marks, ("tensors", _group(p.slot), p.slot)) or model_path
+        subject = f"tensor {p.name}"
+        if not p.present:
+            if p.need == "required":
+                report.findings.append(Finding("error", where, subject, f"missing (slot `{p.slot}`, required, shape "
+                                               f"{list(p.shape)}){did_you_mean(p.name, unread)}"))
+            else:
+                report.optional_absent += 1
+            continue
+        info = present[p.name]
+        report.checked += 1
+        if info.shape != p.shape:
+            report.findings.append(Finding("error", where, subject, f"shape {list(info.shape)} in the file, "
+                                           f"expected {list(p.shape)} from the config (slot `{p.slot}`)"))
+        if not is_supported(info.ggml_type):
+            report.findings.append(Finding("error", where, subject, f"storage type {info.ggml_type.name} is not "
+                                           f"supported yet (supported: {', '.join(sorted(DEQUANTIZERS))})"))
+    for name in unread:
+        info = present[name]
+        blamed, why = _unused(spec, marks, name, config)
+        report.findings.append(Finding("error", blamed or spec_file, f"tensor {name}",
+                                       f"{why}; {list(info.shape)} {info.ggml_type.name} in the file"))
+    return report

@@ -1,0 +1,350 @@
+"""`tfb draft`: propose a spec for a GGUF file from its metadata and tensor inventory.
+
+Each switch is either settled by evidence in the file (a tensor, its shape, a metadata key) or not; what
+the file cannot settle (rope pairing, the activation, ...) is llama.cpp code, not data, and is taken from
+the base spec (or the command line) and listed as an assumption. The result is a list of decisions; the
+YAML writer (draft_yaml.py) keeps those that differ from the base.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+from typing import Any
+
+from pydantic import ValidationError
+
+from tfb.authoring.inventory import Inventory, Presence, standard_name
+from tfb.authoring.known_keys import (
+    EXPERT_GATING,
+    EXPERT_GATING_VALUES,
+    KEYS,
+    NORM_EPS_KEYS,
+    PARALLEL_RESIDUAL,
+    SLIDING_WINDOW_PATTERN,
+)
+from tfb.errors import InputError
+from tfb.spec.fields import FIELD_BY_NAME
+from tfb.spec.schema import Experts, HParam, QKNorm, Spec
+from tfb.spec.slots import FileFacts, global_slots, layer_slots
+
+GIVEN = "given on the command line"
+
+# assumed switch -> (command-line option, why the file cannot settle it)
+ASSUMPTIONS: dict[str, tuple[str, str]] = {
+    "attention.rope.pairing": ("--rope-pairing", "adjacent pairs (GGML normal mode; llama.cpp's converter then "
+                               "permutes Q/K rows) or half-split (NEOX): llama.cpp picks it per architecture "
+                               "(llama_model_rope_type() in llama.cpp's source); the file does not say"),
+    "ffn.activation": ("--activation", "the activation is llama.cpp code (src/models/), not metadata"),
+    "block.residual": ("--residual", "no norm tensors tell whether attention and FFN read the same input"),
+    "ffn.experts.gating": ("--expert-gating", f"the file has no {EXPERT_GATING} key; llama.cpp picks the "
+                           "router's gating per architecture"),
+    "hparams.expert_weights_norm": ("--expert-weights-norm", "the file has no expert_weights_norm key; whether "
+                                    "the chosen experts' weights are renormalised is llama.cpp code per "
+                                    "architecture"),
+    "attention.sliding_window": ("--sliding-window", "the file gives a window size but not which layers use it; "
+                                 "llama.cpp applies it to all, some or (for some architectures) none"),
+    "attention.qk_norm.kind": ("--set attention.qk_norm.kind=...", "the Q/K norms have no bias tensors, and "
+                               "their weights do not tell layernorm from rmsnorm"),
+    "hparams.attn_temperature_length": ("--set hparams.attn_temperature_length=...", "the file gives a query "
+                                        "temperature scale but not the positions per step"),
+}
+
+
+@dataclass(frozen=True)
+class Decision:
+    path: str  # dotted: "norm.kind", "hparams.norm_eps", "tensors.global.output"
+    value: Any
+    why: str
+    assumed: bool = False
+
+    @property
+    def option(self) -> str:
+        return ASSUMPTIONS.get(self.path, ("", ""))[0]
+
+
+@dataclass
+class Draft:
+    inventory: Inventory
+    base: Spec
+    decisions: list[Decision]
+    data: dict[str, Any]  # the drafted spec in full (base values with the decisions applied)
+    unread_keys: list[str] = field(default_factory=list)
+
+
+def get_path(data: Any, path: str) -> Any:
+    for part in path.split("."):
+        if not isinstance(data, dict):
+            return None
+        data = data.get(part)
+    return data
+
+
+def set_path(data: dict[str, Any], path: str, value: Any) -> None:
+    *parents, last = path.split(".")
+    for part in parents:
+        if not isinstance(data.get(part), dict):
+            data[part] = {}
+        data = data[part]
+    data[last] = value
+
+
+def _has_experts(inv: Inventory) -> bool:
+    return inv.has("ffn_gate_inp") or int(inv.value("{arch}.expert_count", 0) or 0) > 0
+
+
+class _Drafter:
+    def __init__(self, inv: Inventory, base: Spec, given: dict[str, Any]) -> None:
+        self.inv, self.base, self.given = inv, base, given
+        self.data: dict[str, Any] = base.model_dump(by_alias=True, exclude={"name", "abstract", "match"})
+        self.decisions: list[Decision] = []
+
+    # ---------------------------------------------------------------------------------- recording
+
+    def decide(self, path: str, value: Any, why: str) -> None:
+        if path in self.given:
+            value, why = self.given[path], GIVEN
+        self.decisions.append(Decision(path, value, why))
+        set_path(self.data, path, value)
+
+    def presence(self, path: str, found: Presence, why: str) -> None:
+        """A presence switch; `optional` in the base already accepts the file either way."""
+        if get_path(self.data, path) != "optional" or path in self.given:
+            self.decide(path, found, why)
+
+    def assume(self, path: str) -> None:
+        """A switch the file cannot settle: the command line's value, else the base's, listed as assumed."""
+        if path in self.given:
+            self.decide(path, self.given[path], GIVEN)
+            return
+        self.decisions.append(Decision(path, get_path(self.data, path), ASSUMPTIONS[path][1], assumed=True))
+
+    def tensor_why(self, slot: str, found: Presence) -> str:
+        name = standard_name(slot)
+        if found == "none":
+            return f"no {name} in the file"
+        return f"{name} in {'every layer' if found == 'required' else 'some layers'}" if "{i}" in name \
+            else f"{name} in the file"
+
+    # ----------------------------------------------------------------------------------- switches
+
+    def norms(self) -> None:
+        inv = self.inv
+        slots = ["attn_norm", "ffn_norm", "output_norm", "post_attention_norm", "post_ffw_norm"]
+        weights = [s for s in slots if inv.has(s)]
+        biases = [s for s in slots if inv.has(f"{s}_bias")]
+        if not weights:
+            self.decide("norm.parametric", False, "the file has no norm weight tensors")
+        found: Presence = "none" if not biases else "required" if biases == weights else "optional"
+        self.presence("norm.bias", found, f"norm biases: {', '.join(biases) or 'none'}")
+        rms, ln = (inv.has_key(NORM_EPS_KEYS[k]) for k in ("rmsnorm", "layernorm"))
+        if rms != ln:
+            kind = "rmsnorm" if rms else "layernorm"
+            self.decide("norm.kind", kind, f"the file has {inv.key(NORM_EPS_KEYS[kind])}")
+            rule = self.base.hparams.norm_eps  # type: ignore[attr-defined]
+            key = NORM_EPS_KEYS[kind]
+            if key not in (rule.keys() if isinstance(rule, HParam) else []):
+                self.decide("hparams.norm_eps", {"key": key}, f"the file has {inv.key(key)}")
+        elif biases:
+            self.decide("norm.kind", "layernorm", "norm bias tensors")
+
+    def block(self) -> None:
+        inv = self.inv
+        pre = inv.has("attn_norm")
+        post = inv.has("post_attention_norm") and inv.has("post_ffw_norm")
+        self.decide("block.pre_norm", pre, self.tensor_why("attn_norm", inv.presence("attn_norm")))
+        self.decide("block.post_norm", post, "post_attention_norm and post_ffw_norm tensors" if post
+                    else "no post_attention_norm/post_ffw_norm pair")
+        if inv.has_key(PARALLEL_RESIDUAL):
+            parallel = bool(inv.value(PARALLEL_RESIDUAL))
+            self.decide("block.residual", "parallel" if parallel else "sequential",
+                        f"{inv.key(PARALLEL_RESIDUAL)} = {parallel}")
+        elif pre and not post and not inv.has("ffn_norm"):
+            self.decide("block.residual", "parallel", "an attn_norm but no ffn_norm: attention and FFN read the "
+                        "same normed input (--residual sequential if the FFN reads the stream un-normed)")
+        elif not get_path(self.data, "norm.parametric"):
+            self.assume("block.residual")
+        else:
+            self.decide("block.residual", "sequential", "an ffn_norm in every layer")
+
+    def positions(self) -> None:
+        inv = self.inv
+        if inv.has("position_embd"):
+            self.decide("embedding.positions", "learned", "position_embd.weight in the file")
+            if not any(k.startswith(f"{inv.arch}.rope.") for k in inv.metadata):
+                self.decide("attention.rope.layers", "none", "learned positions and no rope keys")
+        if get_path(self.data, "attention.rope.layers") != "none":
+            self.assume("attention.rope.pairing")
+
+    def attention(self) -> None:
+        inv = self.inv
+        fused = inv.has("attn_qkv")
+        if get_path(self.data, "attention.qkv") != "auto":
+            self.decide("attention.qkv", "fused" if fused else "separate",
+                        self.tensor_why("attn_qkv", inv.presence("attn_qkv")))
+        for p, slot in (("q", "attn_q"), ("k", "attn_k"), ("v", "attn_v"), ("o", "attn_output")):
+            bias = "attn_qkv_bias" if fused and p != "o" else f"{slot}_bias"
+            self.presence(f"attention.bias.{p}", inv.presence(bias), self.tensor_why(bias, inv.presence(bias)))
+        self.qk_norm()
+        self.decide("attention.sinks", inv.has("attn_sinks"), self.tensor_why("attn_sinks", inv.presence("attn_sinks")))
+        self.sliding_window()
+
+    def qk_norm(self) -> None:
+        inv = self.inv
+        if not inv.has("attn_q_norm"):
+            if get_path(self.data, "attention.qk_norm") is not None:
+                self.decide("attention.qk_norm", None, "no attn_q_norm tensors")
+            return
+        heads = int(inv.value("{arch}.attention.head_count", 1) or 1)
+        hidden = int(inv.value("{arch}.embedding_length", 0) or 0)
+        head_dim = int(inv.value("{arch}.attention.key_length", hidden // heads) or 0)
+        width = (inv.shape("attn_q_norm") or (0,))[-1]
+        over = "all" if width == heads * head_dim and width != head_dim else "head"
+        why = f"attn_q_norm.weight has {width} values: {'one norm over all heads' if over == 'all' else 'head_dim'}"
+        kind = (get_path(self.data, "attention.qk_norm") or QKNorm().model_dump())["kind"]
+        self.decide("attention.qk_norm", {"kind": kind, "over": over}, why)
+        if inv.has("attn_q_norm_bias"):
+            self.decide("attention.qk_norm.kind", "layernorm", "attn_q_norm bias tensors")
+        else:
+            self.assume("attention.qk_norm.kind")
+
+    def sliding_window(self) -> None:
+        inv = self.inv
+        pattern = inv.value(SLIDING_WINDOW_PATTERN)
+        if pattern is not None:
+            period = int(pattern) if isinstance(pattern, int) else 0
+            layers = [True] * (period - 1) + [False] if period > 0 else [bool(x) for x in pattern]
+            self.decide("attention.sliding_window", layers or "none", f"{inv.key(SLIDING_WINDOW_PATTERN)}")
+        elif int(inv.value("{arch}.attention.sliding_window", 0) or 0) > 0:
+            self.assume("attention.sliding_window")
+
+    def ffn(self) -> None:
+        inv = self.inv
+        if _has_experts(inv):
+            self.experts()
+        else:
+            ff = int(inv.value("{arch}.feed_forward_length", 0) or 0)
+            up_rows = (inv.shape("ffn_up") or (0,))[0]
+            fused = not inv.has("ffn_gate") and ff > 0 and up_rows == 2 * ff
+            gated = fused or inv.has("ffn_gate")
+            self.decide("ffn.gated", gated, self.tensor_why("ffn_gate", inv.presence("ffn_gate")) if not fused
+                        else f"ffn_up has {up_rows} rows = 2 x feed_forward_length: [gate; up]")
+            if gated:
+                self.decide("ffn.gate_up", "fused" if fused else "separate",
+                            f"ffn_up has {up_rows} rows, feed_forward_length is {ff}")
+            found = inv.presence("ffn_down_bias")
+            self.presence("ffn.bias", found, self.tensor_why("ffn_down_bias", found))
+        self.assume("ffn.activation")
+
+    def experts(self) -> None:
+        inv = self.inv
+        if get_path(self.data, "ffn.experts") is None:
+            set_path(self.data, "ffn.experts", Experts().model_dump())
+        fused = inv.has("ffn_gate_up_exps")
+        gated = fused or inv.has("ffn_gate_exps")
+        self.decide("ffn.gated", gated, "ffn_gate_up_exps tensors" if fused
+                    else self.tensor_why("ffn_gate_exps", inv.presence("ffn_gate_exps")))
+        if gated:
+            self.decide("ffn.experts.gate_up", "fused" if fused else "separate",
+                        self.tensor_why("ffn_gate_up_exps", inv.presence("ffn_gate_up_exps")))
+        for path, slot in (("router_bias", "ffn_gate_inp_bias"), ("selection_bias", "exp_probs_b"),
+                           ("bias", "ffn_down_exps_bias")):
+            found = inv.presence(slot)
+            self.presence(f"ffn.experts.{path}", found, self.tensor_why(slot, found))
+        gating = EXPERT_GATING_VALUES.get(inv.value(EXPERT_GATING, 0))
+        if gating:
+            self.decide("ffn.experts.gating", gating, f"{inv.key(EXPERT_GATING)} = {inv.value(EXPERT_GATING)}")
+        else:
+            self.assume("ffn.experts.gating")
+        if not inv.has_key(KEYS["expert_weights_norm"][0]):
+            self.assume_hparam("expert_weights_norm")
+
+    def assume_hparam(self, name: str) -> None:
+        path = f"hparams.{name}"
+        if path in self.given:
+            self.decide(path, self.given[path], GIVEN)
+            return
+        rule = get_path(self.data, path)
+        value = rule.get("default") if isinstance(rule, dict) else None
+        if value is None:
+            value = FIELD_BY_NAME[name].default
+        self.decisions.append(Decision(path, value, ASSUMPTIONS[path][1], assumed=True))
+
+    def output(self) -> None:
+        inv = self.inv
+        if get_path(self.data, "norm.parametric"):
+            found = inv.presence("output_norm")
+            self.decide("output.norm", found != "none", self.tensor_why("output_norm", found))
+        bias = inv.presence("output_bias")
+        self.presence("output.bias", bias, self.tensor_why("output_bias", bias))
+
+    # ------------------------------------------------------------------------------------ hparams
+
+    def hparams(self) -> None:
+        inv = self.inv
+        for name, templates in KEYS.items():
+            present = [t for t in templates if inv.has_key(t)]
+            rule = getattr(self.base.hparams, name)
+            base_keys = rule.keys() if isinstance(rule, HParam) else []
+            if present and present[0] not in base_keys:
+                self.decide(f"hparams.{name}", {"key": present[0]}, f"the file has {inv.key(present[0])}")
+        if inv.has_key(KEYS["attn_temperature_scale"][0]) and not inv.has_key(KEYS["attn_temperature_length"][0]):
+            self.assume_hparam("attn_temperature_length")
+
+    # ------------------------------------------------------------------------------------ tensors
+
+    def tensors(self, spec: Spec) -> None:
+        """Templates for the slots the drafted switches read, where the base has none or another name."""
+        inv = self.inv
+        facts = FileFacts(experts=spec.ffn.experts is not None and _has_experts(inv), fused_qkv=inv.has("attn_qkv"))
+        templates = get_path(self.data, "tensors") or {}
+        for group, slots in (("global", global_slots(spec, facts)), ("layer", layer_slots(spec, facts))):
+            for slot in slots:
+                ref = (templates.get(group) or {}).get(slot)
+                ref = {"name": ref} if isinstance(ref, str) else ref  # a template given with --set
+                standard = standard_name(slot)
+                if ref is None:
+                    self.decide(f"tensors.{group}.{slot}", standard, "llama.cpp's tensor name")
+                elif ref["name"] != standard and inv.has(slot) and \
+                        ref["name"].replace("{i}", "0") not in inv.tensors:
+                    self.decide(f"tensors.{group}.{slot}.name", standard, f"the file has {standard}")
+        output = (templates.get("global") or {}).get("output")
+        if not inv.has("output") and (output is None or output.get("if_absent") is None):
+            self.decide("tensors.global.output", {"name": standard_name("output"), "if_absent": "token_embd"},
+                        "no output.weight: the token embedding stands in (tied)")
+
+    def given_rest(self) -> None:
+        decided = {d.path for d in self.decisions}
+        for path, value in self.given.items():
+            if path not in decided:
+                self.decide(path, value, GIVEN)
+
+
+def infer(inv: Inventory, base: Spec, given: dict[str, Any] | None = None) -> Draft:
+    """Decisions for a spec serving `inv`'s architecture on top of `base`; `given` (dotted path -> value)
+    overrides anything, and settles what the file cannot."""
+    d = _Drafter(inv, base, dict(given or {}))
+    d.norms()
+    d.block()
+    d.positions()
+    d.attention()
+    d.ffn()
+    d.output()
+    d.hparams()
+    d.given_rest()
+    d.tensors(_validated(d.data))
+    return Draft(inv, base, d.decisions, d.data, _unread(inv, _validated(d.data)))
+
+
+def _validated(data: dict[str, Any]) -> Spec:
+    try:
+        return Spec.model_validate({**copy.deepcopy(data), "name": "draft"})
+    except ValidationError as e:  # a value given on the command line that the spec language rejects
+        problems = "; ".join(f"{'.'.join(map(str, err['loc']))}: {err['msg']}" for err in e.errors())
+        raise InputError(f"the drafted spec is not valid: {problems}") from None
+
+
+def _unread(inv: Inventory, spec: Spec) -> list[str]:
+    read = {inv.key(k) for _, rule in spec.hparams for k in (rule.keys() if isinstance(rule, HParam) else [])}
+    return [k for k in inv.arch_keys() if k not in read]
+

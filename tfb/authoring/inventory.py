@@ -1,0 +1,82 @@
+"""What a GGUF file says about its architecture, for `tfb draft`: its metadata under `{arch}.` and which
+tensors each layer has, in llama.cpp's naming (gguf.constants)."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from tfb.gguf.reader import GGUFFile, MetaValue, TensorInfo
+from tfb.spec.schema import GLOBAL_SLOTS
+
+Presence = Literal["none", "required", "optional"]
+_LAYER = re.compile(r"^blk\.(\d+)\.")
+
+
+def standard_name(slot: str) -> str:
+    """llama.cpp's tensor name for a tfb slot: `attn_q` -> `blk.{i}.attn_q.weight`, `attn_q_bias` ->
+    `blk.{i}.attn_q.bias`; the expert selection bias is stored as `exp_probs_b.bias`."""
+    if slot == "exp_probs_b":
+        stem, kind = slot, "bias"
+    elif slot.endswith("_bias"):
+        stem, kind = slot.removesuffix("_bias"), "bias"
+    else:
+        stem, kind = slot, "weight"
+    return f"{stem}.{kind}" if slot in GLOBAL_SLOTS else f"blk.{{i}}.{stem}.{kind}"
+
+
+@dataclass(frozen=True)
+class Inventory:
+    path: str
+    arch: str
+    metadata: Mapping[str, MetaValue]
+    tensors: Mapping[str, TensorInfo]
+    n_layers: int
+
+    @classmethod
+    def read(cls, gguf: GGUFFile) -> Inventory:
+        arch = gguf.architecture or gguf.path.stem
+        layers = [int(m.group(1)) for name in gguf.tensors if (m := _LAYER.match(name))]
+        count = gguf.metadata.get(f"{arch}.block_count")
+        n_layers = count.value if count is not None and isinstance(count.value, int) else max(layers, default=-1) + 1
+        return cls(str(gguf.path), arch, dict(gguf.metadata), dict(gguf.tensors), n_layers)
+
+    # ------------------------------------------------------------------------------------ metadata
+
+    def key(self, template: str) -> str:
+        return template.replace("{arch}", self.arch)
+
+    def has_key(self, template: str) -> bool:
+        return self.key(template) in self.metadata
+
+    def value(self, template: str, default: Any = None) -> Any:
+        meta = self.metadata.get(self.key(template))
+        return default if meta is None else meta.value
+
+    def arch_keys(self) -> list[str]:
+        return sorted(k for k in self.metadata if k.startswith(f"{self.arch}."))
+
+    # ------------------------------------------------------------------------------------- tensors
+
+    def has(self, slot: str) -> bool:
+        """The slot's standard tensor is in the file (in any layer, for per-layer slots)."""
+        return self.presence(slot) != "none"
+
+    def presence(self, slot: str) -> Presence:
+        """required: in the file (in every layer); optional: in some layers only; none: absent."""
+        name = standard_name(slot)
+        if "{i}" not in name:
+            return "required" if name in self.tensors else "none"
+        found = sum(name.replace("{i}", str(i)) in self.tensors for i in range(self.n_layers))
+        return "none" if found == 0 else "required" if found == self.n_layers else "optional"
+
+    def shape(self, slot: str) -> tuple[int, ...] | None:
+        """The shape of the slot's tensor (of the first layer that has it)."""
+        name = standard_name(slot)
+        for i in range(max(self.n_layers, 1)):
+            info = self.tensors.get(name.replace("{i}", str(i)))
+            if info is not None:
+                return info.shape
+        return None

@@ -1,0 +1,52 @@
+"""llama.cpp's metadata key for each config field (gguf.constants `Keys`), for `tfb draft`.
+
+A drafted spec reads a key when the file has it and the base spec's rule does not read it already. The
+two norm epsilons are one field: which key a file carries tells the norm kind (see draft.py).
+"""
+
+from __future__ import annotations
+
+NORM_EPS_KEYS = {"rmsnorm": "{arch}.attention.layer_norm_rms_epsilon",
+                 "layernorm": "{arch}.attention.layer_norm_epsilon"}
+
+KEYS: dict[str, tuple[str, ...]] = {
+    "vocab_size": ("{arch}.vocab_size",),
+    "context_length": ("{arch}.context_length",),
+    "hidden_size": ("{arch}.embedding_length",),
+    "n_layers": ("{arch}.block_count",),
+    "intermediate_size": ("{arch}.feed_forward_length",),
+    "n_heads": ("{arch}.attention.head_count",),
+    "n_kv_heads": ("{arch}.attention.head_count_kv",),
+    "head_dim": ("{arch}.attention.key_length",),
+    "value_dim": ("{arch}.attention.value_length",),
+    "attention_scale": ("{arch}.attention.scale",),
+    "rope_base": ("{arch}.rope.freq_base",),
+    "rope_dims": ("{arch}.rope.dimension_count",),
+    "rope_scaling": ("{arch}.rope.scaling.type",),
+    "rope_scale_factor": ("{arch}.rope.scaling.factor", "{arch}.rope.scale_linear"),
+    "rope_original_context": ("{arch}.rope.scaling.original_context_length",),
+    "rope_attn_factor": ("{arch}.rope.scaling.attn_factor",),
+    "yarn_beta_fast": ("{arch}.rope.scaling.yarn_beta_fast",),
+    "yarn_beta_slow": ("{arch}.rope.scaling.yarn_beta_slow",),
+    "yarn_log_multiplier": ("{arch}.rope.scaling.yarn_log_multiplier",),
+    "attn_temperature_scale": ("{arch}.attention.temperature_scale",),
+    "attn_temperature_length": ("{arch}.attention.temperature_length",),
+    "attn_softcap": ("{arch}.attn_logit_softcapping",),
+    "final_softcap": ("{arch}.final_logit_softcapping",),
+    "clamp_qkv": ("{arch}.attention.clamp_kqv",),
+    "sliding_window": ("{arch}.attention.sliding_window",),
+    "embedding_scale": ("{arch}.embedding_scale",),
+    "residual_scale": ("{arch}.residual_scale",),
+    "logit_scale": ("{arch}.logit_scale",),
+    "expert_count": ("{arch}.expert_count",),
+    "expert_used_count": ("{arch}.expert_used_count",),
+    "expert_intermediate_size": ("{arch}.expert_feed_forward_length",),
+    "expert_weights_norm": ("{arch}.expert_weights_norm",),
+    "expert_weights_scale": ("{arch}.expert_weights_scale",),
+}
+
+# keys that settle a switch rather than a config field
+PARALLEL_RESIDUAL = "{arch}.use_parallel_residual"
+EXPERT_GATING = "{arch}.expert_gating_func"  # 1: softmax, 2: sigmoid (gguf ExpertGatingFuncType)
+EXPERT_GATING_VALUES = {1: "softmax", 2: "sigmoid"}
+SLIDING_WINDOW_PATTERN = "{arch}.attention.sliding_window_pattern"  # per-layer booleans, or a period n
