@@ -1,9 +1,12 @@
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import pytest
 import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tools"))  # fixture makers live in tools/
 from tiny_hf import build_hf, convert, preround
 
 _BUILT: dict[tuple[str, str], tuple[torch.nn.Module, Path]] = {}

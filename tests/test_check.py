@@ -149,11 +149,12 @@ def test_inconsistent_head_counts(tmp_path: Path, tiny_qwen3: Path) -> None:
 
 
 def test_unsupported_storage_type(tmp_path: Path) -> None:
-    path = tmp_path / "q5.gguf"
-    make("qwen2", path, SIZES, GGMLQuantizationType.Q5_0, DEFAULT_VOCAB)
+    path = tmp_path / "i32.gguf"  # an integer type: never a weight's storage
+    make("qwen2", path, SIZES, GGMLQuantizationType.I32, DEFAULT_VOCAB)
     report = check(path)
     messages = [p.message for p in report.problems]
-    assert messages and all(m.startswith("storage type Q5_0 is not supported yet (supported: ") for m in messages)
+    assert messages and all(m.startswith("storage type I32 is not supported for weights (supported: ")
+                            for m in messages)
     assert any(p.subject == "tensor blk.{i}.attn_q.weight (all 2 layers)" for p in report.problems)
 
 

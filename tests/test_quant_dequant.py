@@ -15,6 +15,7 @@ from collections.abc import Callable
 import numpy as np
 import pytest
 import torch
+from ggml_blocks import F16_FIELDS, random_blocks, set_f16
 from gguf import quants
 from gguf.constants import GGMLQuantizationType
 
@@ -32,14 +33,6 @@ ALL_TYPES = MODEL_TYPES + OTHER_TYPES
 
 # Extreme scales overflow to inf on purpose (MXFP4 exponent 255, Q8_K d near float32's maximum).
 pytestmark = pytest.mark.filterwarnings("ignore:overflow encountered:RuntimeWarning")
-
-# Byte offsets of the float16 fields of each block (ggml-common.h). IQ1_M spreads its d over the top
-# nibbles of bytes 49, 51, 53 and 55; the float types are all float.
-F16_FIELDS = {"Q4_0": [0], "Q4_1": [0, 2], "Q5_0": [0], "Q5_1": [0, 2], "Q8_0": [0], "Q8_1": [0, 2],
-              "Q2_K": [80, 82], "Q3_K": [108], "Q4_K": [0, 2], "Q5_K": [0, 2], "Q6_K": [208], "IQ2_XXS": [0],
-              "IQ2_XS": [0], "IQ2_S": [0], "IQ3_XXS": [0], "IQ3_S": [0], "IQ1_S": [0], "IQ4_NL": [0],
-              "IQ4_XS": [0], "TQ1_0": [52], "TQ2_0": [64], "Q1_0": [0], "Q2_0": [0]}
-IQ1_M_D_BYTES = [49, 51, 53, 55]  # d's nibble k is the top nibble of byte 49 + 2k
 
 # float16 bit patterns: largest, smallest normal, largest and smallest subnormal, zeros, one
 EXTREME_F16 = [0x7BFF, 0xFBFF, 0x0400, 0x03FF, 0x0001, 0x8001, 0x0000, 0x8000, 0x3C00]
@@ -115,42 +108,6 @@ def check(name: str, raw: np.ndarray) -> None:
 # ---------------------------------------------------------------- block makers
 
 
-def finite_f16(bits: np.ndarray) -> np.ndarray:
-    """uint16 float16 patterns with Inf/NaN (exponent 31) moved to exponent 15."""
-    bits = bits.copy()
-    bits[(bits >> 10) & 0x1F == 0x1F] ^= 0x4000
-    return bits
-
-
-def set_f16(raw: np.ndarray, name: str, values: np.ndarray | int) -> None:
-    """Write float16 bit patterns into every float16 scale field of the blocks."""
-    values = np.broadcast_to(np.asarray(values, dtype=np.uint16), (len(raw),))
-    if name == "IQ1_M":
-        for k, byte in enumerate(IQ1_M_D_BYTES):
-            raw[:, byte] = (raw[:, byte] & 0x0F) | (((values >> (4 * k)) & 0x0F) << 4).astype(np.uint8)
-        return
-    for offset in F16_FIELDS.get(name, []):
-        raw[:, offset:offset + 2] = values.astype("<u2").view(np.uint8).reshape(len(raw), 2)
-
-
-def random_blocks(name: str, n: int, rng: np.random.Generator) -> np.ndarray:
-    """n random blocks of `name` that decode to finite numbers (random bytes except the float fields)."""
-    raw = rng.integers(0, 256, size=(n, type_size(name)), dtype=np.uint8)
-    if name in ("F16", "BF16"):
-        bits = raw.view(np.uint16)
-        exponent_mask = 0x7C00 if name == "F16" else 0x7F80
-        bits[bits & exponent_mask == exponent_mask] ^= 0x4000
-    elif name in ("F32", "F64", "Q8_K"):
-        floats = rng.standard_normal(n) * np.exp(rng.uniform(-80, 80, n))
-        if name == "Q8_K":
-            raw[:, 0:4] = floats.astype(np.float32).reshape(n, 1).view(np.uint8)
-        else:
-            raw[:] = floats.astype(np.float32 if name == "F32" else np.float64).reshape(n, 1).view(np.uint8)
-    elif name in F16_FIELDS or name == "IQ1_M":
-        set_f16(raw, name, finite_f16(rng.integers(0, 1 << 16, size=n, dtype=np.uint16)))
-    return raw
-
-
 def quantized_blocks(name: str, rng: np.random.Generator) -> np.ndarray | None:
     """Blocks made by gguf.quants.quantize from random weights, or None where it cannot quantize `name`."""
     qtype = getattr(GGMLQuantizationType, name, None)
@@ -171,14 +128,22 @@ def quantized_blocks(name: str, rng: np.random.Generator) -> np.ndarray | None:
 @pytest.mark.parametrize("name", ALL_TYPES)
 def test_registered(name: str) -> None:
     assert name in DEQUANTIZERS
-    assert is_supported(GGML_TYPE_BY_NAME[name])
+    # weights load from model storage types only; Q8_1/Q8_K are llama.cpp's intermediates
+    assert is_supported(GGML_TYPE_BY_NAME[name]) == (name in MODEL_TYPES)
 
 
-@pytest.mark.parametrize("name", ALL_TYPES)
+# the types the gguf package can quantize; random blocks (below) cover every type
+QUANTIZABLE = [name for name in ALL_TYPES if quantized_blocks(name, np.random.default_rng(1)) is not None]
+
+
+def test_gguf_quantizes_the_common_types() -> None:
+    assert {"Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "BF16", "F16"} <= set(QUANTIZABLE)
+
+
+@pytest.mark.parametrize("name", QUANTIZABLE)
 def test_quantized_by_gguf(name: str) -> None:
     raw = quantized_blocks(name, np.random.default_rng(1))
-    if raw is None:
-        pytest.skip(f"gguf {name} has no quantizer; random blocks cover it")
+    assert raw is not None
     check(name, raw)
 
 

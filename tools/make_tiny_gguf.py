@@ -2,11 +2,12 @@
 
     python tools/make_tiny_gguf.py --spec qwen3 --out tiny.gguf
     python tools/make_tiny_gguf.py --spec qwen3 --hidden 1024 --layers 28 --heads 16 --kv-heads 8 \
-        --head-dim 128 --ff 3072 --vocab-file big-vocab.gguf --type Q8_0 --out q3.gguf
+        --head-dim 128 --ff 3072 --vocab-file big-vocab.gguf --type Q4_K_M --tied --out q3.gguf
 
 Metadata keys and tensor names come from the spec itself (its hparam rules and tensor templates), so
-the file loads through exactly the path a converted file takes. Weights are random with a fixed seed;
-matrices are stored in any type the `gguf` package can quantize.
+the file loads through exactly the path a converted file takes. Weights are random with a fixed seed.
+`--type` is a ggml type for every matrix, or a llama-quantize mix (Q4_K_M); types the `gguf` package
+cannot quantize get random valid blocks of a plausible magnitude.
 """
 
 from __future__ import annotations
@@ -29,6 +30,9 @@ from tfb.gguf.hparams import build_config  # noqa: E402
 from tfb.gguf.reader import MetaValue  # noqa: E402
 from tfb.spec import Spec, load_spec  # noqa: E402
 
+sys.path.insert(0, str(ROOT / "tools"))
+from ggml_blocks import random_blocks  # noqa: E402
+
 DEFAULT_VOCAB = ROOT / "tests" / "data" / "vocab" / "ggml-vocab-llama-spm.gguf"
 SIZES = {  # CLI option -> config field
     "hidden": "hidden_size", "layers": "n_layers", "heads": "n_heads", "kv_heads": "n_kv_heads",
@@ -47,20 +51,52 @@ def _metadata(spec: Spec, arch: str, values: dict[str, int | float]) -> dict[str
     return meta
 
 
-def encode(values: torch.Tensor, qtype: GGMLQuantizationType) -> np.ndarray:
+# float16 scale of random blocks for types without a quantizer: weights of about 0.02, like a real model
+RANDOM_SCALE = {"Q2_K": 2e-4, "Q3_K": 2e-4, "Q4_K": 1e-4, "Q5_K": 5e-5, "Q6_K": 2e-5}
+MIXES = ("Q4_K_M",)
+
+
+def encode(values: torch.Tensor, qtype: GGMLQuantizationType, rng: np.random.Generator) -> np.ndarray:
     array = values.numpy().astype(np.float32)
     if qtype == GGMLQuantizationType.F32:
         return array
     try:
         return quantize(array, qtype)
     except NotImplementedError:
-        sys.exit(f"the gguf package cannot quantize to {qtype.name}")
+        rows = array.reshape(-1, array.shape[-1])
+        blocks = random_blocks(qtype.name, rows.size // GGML_QUANT_SIZES[qtype][0], rng,
+                               scale=RANDOM_SCALE.get(qtype.name, 1e-3))
+        return blocks.reshape(*array.shape[:-1], -1)
 
 
-def make(spec_name: str, out: Path, sizes: dict[str, int], qtype: GGMLQuantizationType, vocab_file: Path,
-         seed: int = 0, std: float = 0.2, spec_dirs: Sequence[str | Path] = ()) -> None:
+def _more_bits(layer: int, n_layers: int) -> bool:
+    """llama-quantize's use_more_bits: the first and last eighth of the layers, and every third between."""
+    return layer < n_layers // 8 or layer >= 7 * n_layers // 8 or (layer - n_layers // 8) % 3 == 2
+
+
+def storage_type(kind: str, slot: str, shape: tuple[int, ...], layer: int | None, n_layers: int,
+                 output_slot: str) -> GGMLQuantizationType:
+    """The type a tensor is stored in: F32 for vectors and the router; else `kind`, or for a mix its rule."""
+    f32 = GGMLQuantizationType.F32
+    if len(shape) < 2 or slot == "ffn_gate_inp":
+        return f32
+    if kind == "Q4_K_M":
+        if slot == output_slot:
+            qtype = GGMLQuantizationType.Q6_K
+        elif slot in ("attn_v", "ffn_down") and layer is not None and _more_bits(layer, n_layers):
+            qtype = GGMLQuantizationType.Q6_K
+        else:
+            qtype = GGMLQuantizationType.Q4_K
+    else:
+        qtype = GGMLQuantizationType[kind]
+    return qtype if shape[-1] % GGML_QUANT_SIZES[qtype][0] == 0 else f32
+
+
+def make(spec_name: str, out: Path, sizes: dict[str, int], qtype: GGMLQuantizationType | str, vocab_file: Path,
+         seed: int = 0, std: float = 0.2, spec_dirs: Sequence[str | Path] = (), tied: bool = False) -> None:
     """spec_name: a name looked up on the spec search path (spec_dirs, then TFB_SPEC_PATH, then the
-    packaged specs) or a path."""
+    packaged specs) or a path. qtype: a ggml type or a mix name. tied: no output tensor (the token
+    embedding stands in)."""
     spec = load_spec(spec_name, spec_dirs)
     arch = spec.match[0] if spec.match else spec.name
     vocab = GGUFReader(vocab_file)
@@ -70,6 +106,9 @@ def make(spec_name: str, out: Path, sizes: dict[str, int], qtype: GGMLQuantizati
     config = build_config(spec, meta, set(), arch=arch, where=str(out))
     model = build_modules(spec, config)
     gen = torch.Generator().manual_seed(seed)
+    rng = np.random.default_rng(seed)
+    kind = qtype if isinstance(qtype, str) else qtype.name
+    output_slot = "token_embd" if tied else "output"
     writer = GGUFWriter(str(out), arch)
     writer.add_name(f"tiny random {spec.name}")
     for key, mv in meta.items():
@@ -80,7 +119,7 @@ def make(spec_name: str, out: Path, sizes: dict[str, int], qtype: GGMLQuantizati
             sub = GGUFValueType(field.types[-1]) if vtype == GGUFValueType.ARRAY else None
             writer.add_key_value(key, field.contents(), vtype, sub_type=sub)
     for t in plan_tensors(model, spec, present=set()):
-        if t.need != "required":
+        if t.need != "required" or (tied and t.slot == "output"):
             continue
         if t.slot.endswith("bias"):
             values_t = torch.randn(t.shape, generator=gen) * 0.1
@@ -88,9 +127,9 @@ def make(spec_name: str, out: Path, sizes: dict[str, int], qtype: GGMLQuantizati
             values_t = torch.rand(t.shape, generator=gen) + 0.5
         else:
             values_t = torch.randn(t.shape, generator=gen) * std
-        store = qtype if len(t.shape) > 1 and t.shape[-1] % GGML_QUANT_SIZES[qtype][0] == 0 \
-            and t.slot != "ffn_gate_inp" else GGMLQuantizationType.F32
-        data = encode(values_t, store)
+        layer = int(t.name.split(".")[1]) if t.name.startswith("blk.") else None
+        store = storage_type(kind, t.slot, t.shape, layer, config.n_layers, output_slot)
+        data = encode(values_t, store, rng)
         writer.add_tensor(t.name, data, raw_dtype=None if store == GGMLQuantizationType.F32 else store)
     writer.write_header_to_file()
     writer.write_kv_data_to_file()
@@ -104,7 +143,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--spec-dir", action="append", default=[], metavar="DIR",
                         help="extra directory of specs, searched before TFB_SPEC_PATH and the packaged ones")
     parser.add_argument("--out", type=Path, required=True)
-    parser.add_argument("--type", default="F32", help="ggml type of the matrices, e.g. F32, F16, Q8_0, Q4_K")
+    parser.add_argument("--type", default="F32", help="ggml type of the matrices (F32, F16, Q8_0, Q4_K...) or a "
+                        f"mix ({', '.join(MIXES)})")
+    parser.add_argument("--tied", action="store_true", help="no output tensor: the token embedding stands in")
+    parser.add_argument("--std", type=float, default=0.2, help="spread of the random weights")
     parser.add_argument("--vocab-file", type=Path, default=DEFAULT_VOCAB, help="GGUF whose tokenizer to copy")
     parser.add_argument("--seed", type=int, default=0)
     defaults = dict(hidden=64, layers=2, heads=4, kv_heads=2, head_dim=16, ff=128, context=2048)
@@ -112,8 +154,9 @@ def main(argv: list[str] | None = None) -> int:
         parser.add_argument(f"--{option.replace('_', '-')}", type=int, default=defaults.get(option))
     args = parser.parse_args(argv)
     sizes = {field: getattr(args, option) for option, field in SIZES.items() if getattr(args, option) is not None}
-    make(args.spec, args.out, sizes, GGMLQuantizationType[args.type.upper()], args.vocab_file, args.seed,
-         spec_dirs=args.spec_dir)
+    kind = args.type.upper()
+    make(args.spec, args.out, sizes, kind if kind in MIXES else GGMLQuantizationType[kind], args.vocab_file,
+         args.seed, std=args.std, spec_dirs=args.spec_dir, tied=args.tied)
     print(args.out)
     return 0
 

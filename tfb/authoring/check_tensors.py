@@ -18,8 +18,7 @@ from tfb.authoring.findings import Finding, show_mark
 from tfb.build import build_modules, plan_tensors
 from tfb.config import ModelConfig
 from tfb.gguf.reader import GGUFFile
-from tfb.quant.blocks import DEQUANTIZERS
-from tfb.quant.packed import is_supported
+from tfb.quant.packed import is_supported, weight_types
 from tfb.spec.schema import GLOBAL_SLOTS, Spec, TensorRef
 from tfb.spec.slots import FileFacts, global_slots, layer_slots
 from tfb.spec.suggest import did_you_mean
@@ -146,7 +145,7 @@ def check_tensors(spec: Spec, marks: Mapping[Key, Mark], gguf: GGUFFile, config:
                                            f"expected {list(p.shape)} from the config (slot `{p.slot}`)"))
         if not is_supported(info.ggml_type):
             report.findings.append(Finding("error", where, subject, f"storage type {info.ggml_type.name} is not "
-                                           f"supported yet (supported: {', '.join(sorted(DEQUANTIZERS))})"))
+                                           f"supported for weights (supported: {', '.join(weight_types())})"))
     for name in unread:
         info = present[name]
         blamed, why = _unused(spec, marks, name, config)

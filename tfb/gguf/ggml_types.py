@@ -37,4 +37,6 @@ _TABLE = [
 ]
 
 GGML_TYPES: dict[int, GGMLType] = {i: GGMLType(i, n, b, s) for i, n, b, s in _TABLE}
+# what llama.cpp stores model weights in; the others are intermediate (Q8_1, Q8_K) or integer/double types
+NOT_WEIGHT_TYPES = frozenset({"Q8_1", "Q8_K", "I8", "I16", "I32", "I64", "F64"})
 GGML_TYPE_BY_NAME: dict[str, GGMLType] = {t.name: t for t in GGML_TYPES.values()}

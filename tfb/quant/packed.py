@@ -5,12 +5,18 @@ from __future__ import annotations
 import torch
 
 from tfb.errors import WeightError
-from tfb.gguf.ggml_types import GGMLType
+from tfb.gguf.ggml_types import NOT_WEIGHT_TYPES, GGMLType
 from tfb.quant.blocks import DEQUANTIZERS
 
 
+def weight_types() -> list[str]:
+    """The storage types tfb loads model weights from."""
+    return sorted(n for n in DEQUANTIZERS if n not in NOT_WEIGHT_TYPES)
+
+
 def is_supported(ggml_type: GGMLType) -> bool:
-    return ggml_type.name in DEQUANTIZERS
+    """Whether tfb loads model weights stored in this type."""
+    return ggml_type.name in DEQUANTIZERS and ggml_type.name not in NOT_WEIGHT_TYPES
 
 
 class PackedTensor:
@@ -20,9 +26,9 @@ class PackedTensor:
     """
 
     def __init__(self, raw: torch.Tensor, ggml_type: GGMLType, shape: tuple[int, ...], name: str = "") -> None:
-        if ggml_type.name not in DEQUANTIZERS:
-            raise WeightError(f"tensor {name!r}: storage type {ggml_type.name} is not supported yet "
-                              f"(supported: {', '.join(sorted(DEQUANTIZERS))})")
+        if not is_supported(ggml_type):
+            raise WeightError(f"tensor {name!r}: storage type {ggml_type.name} is not supported for weights "
+                              f"(supported: {', '.join(weight_types())})")
         row_bytes = ggml_type.row_bytes(shape[-1])
         self.raw = raw.reshape(*shape[:-1], row_bytes)
         self.ggml_type = ggml_type
