@@ -27,7 +27,7 @@ from tfb.nn.moe import Experts
 from tfb.nn.norm import Norm
 from tfb.nn.rotary import RopeParams, Rotary
 from tfb.quant import PackedTensor, is_supported
-from tfb.quant.blocks import DEQUANTIZERS
+from tfb.quant.packed import weight_types
 from tfb.spec.match import SpecRef, spec_for_file
 from tfb.spec.schema import LayerPattern, Spec
 from tfb.spec.slots import FileFacts, global_slots, layer_slots
@@ -244,7 +244,7 @@ def _check_tensor(gguf: GGUFFile, planned: PlannedTensor, info: TensorInfo) -> N
                           "metadata)")
     if not is_supported(info.ggml_type):
         raise WeightError(f"{gguf.path}: tensor {info.name!r}: storage type {info.ggml_type.name} is not "
-                          f"supported yet (supported: {', '.join(sorted(DEQUANTIZERS))})")
+                          f"supported for weights (supported: {', '.join(weight_types())})")
 
 
 def _missing_message(gguf_path: object, spec: Spec, missing: list[str]) -> str:
@@ -259,7 +259,9 @@ def check_layers_present(spec: Spec, config: ModelConfig, present: Collection[st
     block = build_block(spec, config, 0)
     templates = spec.tensors.layer
     needed = []
-    for slot, need in layer_slots(spec, FileFacts(experts=config.has_experts, fused_qkv=config.fused_qkv)).items():
+    facts = FileFacts(experts=config.has_experts, fused_qkv=config.fused_qkv,
+                      parallel_residual=config.parallel_residual)
+    for slot, need in layer_slots(spec, facts).items():
         ref = getattr(templates, slot)
         if need == "required" and not ref.optional and _target(block, LAYER_TARGETS[slot][0]) is not None:
             alt = getattr(templates, ref.if_absent).name if ref.if_absent is not None else None
