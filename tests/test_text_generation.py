@@ -73,11 +73,13 @@ def test_chat_keeps_history_and_falls_back_to_chatml(tiny_gguf) -> None:
 
 
 def test_ctrl_c_stops_cleanly(tiny_gguf) -> None:
-    proc = subprocess.Popen([sys.executable, "-m", "tfb.cli", "run", str(tiny_gguf()), "-p", "go", "-n", "100000"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)
+    # a context far larger than the generation can reach in the test's time, so Ctrl-C is what stops it
+    proc = subprocess.Popen([sys.executable, "-m", "tfb.cli", "run", str(tiny_gguf()), "-p", "go", "-n", "1000000",
+                             "-c", "1000000"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)
     assert proc.stdout is not None
-    proc.stdout.read(2)  # the prompt is out: generation is running
-    time.sleep(1.0)
+    proc.stdout.read(12)  # the prompt and some generated text are out: generation is running
+    time.sleep(0.5)
+    assert proc.poll() is None
     os.kill(proc.pid, signal.SIGINT)
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 130
