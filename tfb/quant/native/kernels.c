@@ -1,0 +1,591 @@
+/* Fused kernels for ggml block formats: a matrix-vector product that expands each block in registers,
+ * and a bit-exact dequantizer, per format.
+ *
+ * Compiled once per instruction set (see simd.h) with -DTFB_ISA_SYMBOL=<name of the exported table>.
+ *
+ * Matrix-vector products keep float32 throughout: each weight is the reference's float value (up to
+ * where the scale multiply happens), each product is with the float32 activation, sums are float32.
+ * To keep the inner loops short, the per-block or per-sub-block scale multiplies the partial sum of
+ * q * x rather than every q, and an additive offset m (Q4_1, Q5_1, Q2_K, Q4_K, Q5_K) multiplies the sum
+ * of x over its run: sum((d*q + m) * x) = d * sum(q * x) + m * sum(x). That changes only the rounding.
+ *
+ * Dequantizers produce exactly the reference's float32 values: the scale computed as the reference
+ * does, then one multiply (and one add or subtract for the offset formats); nothing is fused.
+ */
+#include "formats.h"
+#include "simd.h"
+
+#ifndef TFB_ISA_SYMBOL
+#error "compile with -DTFB_ISA_SYMBOL=<exported table name>"
+#endif
+
+/* ------------------------------------------------------------------------------------ helpers */
+
+static const float IQ4_NL_VALUES[16] = {-127, -104, -83, -65, -49, -35, -22, -10, 1, 13, 25, 38, 53, 69, 89, 113};
+static const float MXFP4_VALUES[16] = {0, 1, 2, 3, 4, 6, 8, 12, 0, -1, -2, -3, -4, -6, -8, -12};
+static const float Q4_0_VALUES[16] = {-8, -7, -6, -5, -4, -3, -2, -1, 0, 1, 2, 3, 4, 5, 6, 7};
+
+/* bit `from` of each lane, moved to bit `to` (all other bits cleared) */
+static inline vi vi_bit_to(vi v, int from, int to) {
+    vi moved = from >= to ? vi_srl(v, from - to) : vi_sll(v, to - from);
+    return vi_and(moved, 1 << to);
+}
+
+/* The dot-product loop shared by the block formats: two accumulators over alternate blocks, each
+ * block's contribution added by block_<fmt>(block, x, sums, acc, &offset) (offset: a scalar sum
+ * subtracted at the end, for the formats with additive offsets). */
+#define DEFINE_ROWS(fmt, type_size, block_size, sums_per_block)                                              \
+    static void rows_##fmt(const uint8_t *w, int64_t stride, int64_t nrows, int64_t nb, const float *x,      \
+                           const float *sums, float *y) {                                                    \
+        for (int64_t r = 0; r < nrows; r++) {                                                                \
+            const uint8_t *row = w + r * stride;                                                             \
+            vf acc0 = vf_zero(), acc1 = vf_zero();                                                           \
+            float offset = 0.0f;                                                                             \
+            int64_t b = 0;                                                                                   \
+            for (; b + 1 < nb; b += 2) {                                                                     \
+                acc0 = block_##fmt(row + b * (type_size), x + b * (block_size), sums + b * (sums_per_block), \
+                                   acc0, &offset);                                                           \
+                acc1 = block_##fmt(row + (b + 1) * (type_size), x + (b + 1) * (block_size),                 \
+                                   sums + (b + 1) * (sums_per_block), acc1, &offset);                        \
+            }                                                                                                \
+            if (b < nb)                                                                                      \
+                acc0 = block_##fmt(row + b * (type_size), x + b * (block_size), sums + b * (sums_per_block), \
+                                   acc0, &offset);                                                           \
+            y[r] = vf_sum(vf_add(acc0, acc1)) - offset;                                                      \
+        }                                                                                                    \
+    }
+
+/* ------------------------------------------------------------------------------- F16 and BF16 */
+/* One element per "block": the weight's own 2 bytes. Rows may have any length, hence the scalar tail. */
+
+static inline float bf16_to_float(uint16_t h) {
+    uint32_t bits = (uint32_t)h << 16;
+    float f;
+    memcpy(&f, &bits, 4);
+    return f;
+}
+
+#define DEFINE_FLOAT16(fmt, load_vector, load_scalar)                                                        \
+    static void rows_##fmt(const uint8_t *w, int64_t stride, int64_t nrows, int64_t K, const float *x,       \
+                           const float *sums, float *y) {                                                    \
+        (void)sums;                                                                                          \
+        for (int64_t r = 0; r < nrows; r++) {                                                                \
+            const uint8_t *row = w + r * stride;                                                             \
+            vf acc0 = vf_zero(), acc1 = vf_zero();                                                           \
+            int64_t k = 0;                                                                                   \
+            for (; k + 2 * LANES <= K; k += 2 * LANES) {                                                     \
+                acc0 = vf_fma(load_vector(row + 2 * k), vf_load(x + k), acc0);                               \
+                acc1 = vf_fma(load_vector(row + 2 * (k + LANES)), vf_load(x + k + LANES), acc1);             \
+            }                                                                                                \
+            float tail = 0.0f;                                                                               \
+            for (; k < K; k++) tail += load_scalar(load_u16(row + 2 * k)) * x[k];                            \
+            y[r] = vf_sum(vf_add(acc0, acc1)) + tail;                                                        \
+        }                                                                                                    \
+    }                                                                                                        \
+    static void dequant_##fmt(const uint8_t *blocks, int64_t n, float *out) {                                \
+        int64_t k = 0;                                                                                       \
+        for (; k + LANES <= n; k += LANES) vf_store(out + k, load_vector(blocks + 2 * k));                   \
+        for (; k < n; k++) out[k] = load_scalar(load_u16(blocks + 2 * k));                                   \
+    }
+
+DEFINE_FLOAT16(f16, vf_f16, half_to_float)
+DEFINE_FLOAT16(bf16, vf_bf16, bf16_to_float)
+
+/* ------------------------------------------------------------------------- 32-weight formats */
+
+/* Q8_0, 34 bytes: d (f16), qs[32] (int8). w[j] = qs[j] * d */
+static inline vf block_q8_0(const uint8_t *blk, const float *x, const float *sums, vf acc, float *offset) {
+    (void)sums, (void)offset;
+    vf t = vf_mul(vi_float(vi_i8(blk + 2)), vf_load(x));
+    for (int i = LANES; i < 32; i += LANES) t = vf_fma(vi_float(vi_i8(blk + 2 + i)), vf_load(x + i), t);
+    return vf_fma(t, vf_set1(load_half(blk)), acc);
+}
+DEFINE_ROWS(q8_0, 34, 32, 0)
+
+static void dequant_q8_0(const uint8_t *blk, int64_t nb, float *out) {
+    for (int64_t b = 0; b < nb; b++, blk += 34, out += 32) {
+        vf d = vf_set1(load_half(blk));
+        for (int i = 0; i < 32; i += LANES) vf_store(out + i, vf_mul(vi_float(vi_i8(blk + 2 + i)), d));
+    }
+}
+
+/* The 4-bit table formats, qs[16] after a `header`-byte scale: w[j] = table[qs[j] & 15] * d and
+ * w[j + 16] = table[qs[j] >> 4] * d.
+ *   Q4_0, 18 bytes: d (f16), qs. table = -8 .. 7
+ *   IQ4_NL, 18 bytes: d (f16), qs. table = kvalues_iq4nl
+ *   MXFP4, 17 bytes: e (E8M0), qs. table = kvalues_mxfp4 (E2M1 doubled), d = 2^(e - 128) as ggml's
+ *     ggml_e8m0_to_fp32_half builds it (e < 2 gives a subnormal) */
+static inline float e8m0_half(uint8_t e) {
+    uint32_t bits = e < 2 ? 0x00200000u << e : (uint32_t)(e - 1) << 23;
+    float f;
+    memcpy(&f, &bits, 4);
+    return f;
+}
+
+static inline vf table_nibbles(vtable table, const uint8_t *qs, const float *x) {
+    vf t = vf_zero();
+    for (int i = 0; i < 16; i += LANES) {
+        vi q = vi_u8(qs + i);
+        t = vf_fma(vf_table16(table, q), vf_load(x + i), t);
+        t = vf_fma(vf_table16(table, vi_srl(q, 4)), vf_load(x + 16 + i), t);
+    }
+    return t;
+}
+
+static inline void dequant_table_nibbles(vtable table, const uint8_t *qs, float d, float *out) {
+    vf scale = vf_set1(d);
+    for (int i = 0; i < 16; i += LANES) {
+        vi q = vi_u8(qs + i);
+        vf_store(out + i, vf_mul(vf_table16(table, q), scale));
+        vf_store(out + 16 + i, vf_mul(vf_table16(table, vi_srl(q, 4)), scale));
+    }
+}
+
+#define DEFINE_TABLE4(fmt, type_size, header, table, scale_of)                                              \
+    static inline vf block_##fmt(const uint8_t *blk, const float *x, const float *sums, vf acc, float *off) { \
+        (void)sums, (void)off;                                                                               \
+        return vf_fma(table_nibbles(vtable_load(table), blk + (header), x), vf_set1(scale_of), acc);         \
+    }                                                                                                        \
+    DEFINE_ROWS(fmt, type_size, 32, 0)                                                                       \
+    static void dequant_##fmt(const uint8_t *blk, int64_t nb, float *out) {                                  \
+        vtable t = vtable_load(table);                                                                       \
+        for (int64_t b = 0; b < nb; b++, blk += (type_size), out += 32)                                      \
+            dequant_table_nibbles(t, blk + (header), scale_of, out);                                         \
+    }
+
+DEFINE_TABLE4(q4_0, 18, 2, Q4_0_VALUES, load_half(blk))
+DEFINE_TABLE4(iq4_nl, 18, 2, IQ4_NL_VALUES, load_half(blk))
+DEFINE_TABLE4(mxfp4, 17, 1, MXFP4_VALUES, e8m0_half(blk[0]))
+
+/* Q4_1, 20 bytes: d, m (f16), qs[16]. w[j] = (qs[j] & 15) * d + m, w[j + 16] = (qs[j] >> 4) * d + m */
+static inline vf block_q4_1(const uint8_t *blk, const float *x, const float *sums, vf acc, float *offset) {
+    vf t = vf_zero();
+    for (int i = 0; i < 16; i += LANES) {
+        vi q = vi_u8(blk + 4 + i);
+        t = vf_fma(vf_nibble_low(q), vf_load(x + i), t);
+        t = vf_fma(vi_float(vi_srl(q, 4)), vf_load(x + 16 + i), t);
+    }
+    *offset -= load_half(blk + 2) * sums[0];
+    return vf_fma(t, vf_set1(load_half(blk)), acc);
+}
+DEFINE_ROWS(q4_1, 20, 32, 1)
+
+static void dequant_q4_1(const uint8_t *blk, int64_t nb, float *out) {
+    for (int64_t b = 0; b < nb; b++, blk += 20, out += 32) {
+        vf d = vf_set1(load_half(blk)), m = vf_set1(load_half(blk + 2));
+        for (int i = 0; i < 16; i += LANES) {
+            vi q = vi_u8(blk + 4 + i);
+            vf_store(out + i, vf_add(vf_mul(vf_nibble_low(q), d), m));
+            vf_store(out + 16 + i, vf_add(vf_mul(vi_float(vi_srl(q, 4)), d), m));
+        }
+    }
+}
+
+/* Q5_0, 22 bytes: d (f16), qh[4], qs[16]. Bit j of qh (little-endian uint32) is the fifth bit of
+ * weight j: w[j] = ((qs[j] & 15) | bit j << 4) - 16) * d, w[j + 16] likewise with qs[j] >> 4, bit j + 16.
+ * Q5_1, 24 bytes: d, m (f16), qh[4], qs[16]: the same without the -16, plus m. */
+static inline vi five_bit_low(const uint8_t *qs, uint32_t qh, int i) {
+    return vi_or_bits(vi_and(vi_u8(qs + i), 15), qh >> i, 16);
+}
+static inline vi five_bit_high(const uint8_t *qs, uint32_t qh, int i) {
+    return vi_or_bits(vi_srl(vi_u8(qs + i), 4), qh >> (16 + i), 16);
+}
+
+static inline vf block_q5_0(const uint8_t *blk, const float *x, const float *sums, vf acc, float *offset) {
+    (void)sums, (void)offset;
+    uint32_t qh = load_u32(blk + 2);
+    vf t = vf_zero();
+    for (int i = 0; i < 16; i += LANES) {
+        t = vf_fma(vi_float(vi_add(five_bit_low(blk + 6, qh, i), -16)), vf_load(x + i), t);
+        t = vf_fma(vi_float(vi_add(five_bit_high(blk + 6, qh, i), -16)), vf_load(x + 16 + i), t);
+    }
+    return vf_fma(t, vf_set1(load_half(blk)), acc);
+}
+DEFINE_ROWS(q5_0, 22, 32, 0)
+
+static void dequant_q5_0(const uint8_t *blk, int64_t nb, float *out) {
+    for (int64_t b = 0; b < nb; b++, blk += 22, out += 32) {
+        vf d = vf_set1(load_half(blk));
+        uint32_t qh = load_u32(blk + 2);
+        for (int i = 0; i < 16; i += LANES) {
+            vf_store(out + i, vf_mul(vi_float(vi_add(five_bit_low(blk + 6, qh, i), -16)), d));
+            vf_store(out + 16 + i, vf_mul(vi_float(vi_add(five_bit_high(blk + 6, qh, i), -16)), d));
+        }
+    }
+}
+
+static inline vf block_q5_1(const uint8_t *blk, const float *x, const float *sums, vf acc, float *offset) {
+    uint32_t qh = load_u32(blk + 4);
+    vf t = vf_zero();
+    for (int i = 0; i < 16; i += LANES) {
+        t = vf_fma(vi_float(five_bit_low(blk + 8, qh, i)), vf_load(x + i), t);
+        t = vf_fma(vi_float(five_bit_high(blk + 8, qh, i)), vf_load(x + 16 + i), t);
+    }
+    *offset -= load_half(blk + 2) * sums[0];
+    return vf_fma(t, vf_set1(load_half(blk)), acc);
+}
+DEFINE_ROWS(q5_1, 24, 32, 1)
+
+static void dequant_q5_1(const uint8_t *blk, int64_t nb, float *out) {
+    for (int64_t b = 0; b < nb; b++, blk += 24, out += 32) {
+        vf d = vf_set1(load_half(blk)), m = vf_set1(load_half(blk + 2));
+        uint32_t qh = load_u32(blk + 4);
+        for (int i = 0; i < 16; i += LANES) {
+            vf_store(out + i, vf_add(vf_mul(vi_float(five_bit_low(blk + 8, qh, i)), d), m));
+            vf_store(out + 16 + i, vf_add(vf_mul(vi_float(five_bit_high(blk + 8, qh, i)), d), m));
+        }
+    }
+}
+
+/* -------------------------------------------------------------------------------------- k-quants */
+
+/* Q2_K, 84 bytes: scales[16] (low nibble: scale, high nibble: min), qs[64], d, dmin (f16).
+ * Sub-block j = 8h + 2s + t (16 weights, l < 16) holds bits 2s..2s+1 of qs[32h + 16t + l]:
+ * w[16j + l] = (d * (scales[j] & 15)) * q - dmin * (scales[j] >> 4). */
+static inline vi q2_k_field(const uint8_t *blk, int h, int s, int t, int i) {
+    return vi_and(vi_srl(vi_u8(blk + 16 + 32 * h + 16 * t + i), 2 * s), 3);
+}
+
+#define LOW_NIBBLES 0x0F0F0F0F0F0F0F0Full
+
+static inline void q2_k_scales(const uint8_t *blk, float *scale, float *min) {
+    uint64_t low = load_u64(blk), high = load_u64(blk + 8);
+    bytes8_scaled(low & LOW_NIBBLES, load_half(blk + 80), scale);
+    bytes8_scaled(high & LOW_NIBBLES, load_half(blk + 80), scale + 8);
+    if (min) {
+        bytes8_scaled(low >> 4 & LOW_NIBBLES, load_half(blk + 82), min);
+        bytes8_scaled(high >> 4 & LOW_NIBBLES, load_half(blk + 82), min + 8);
+    }
+}
+
+static inline vf block_q2_k(const uint8_t *blk, const float *x, const float *sums, vf acc, float *offset) {
+    float scale[16];
+    q2_k_scales(blk, scale, NULL);
+    uint64_t low = load_u64(blk), high = load_u64(blk + 8);
+    *offset += load_half(blk + 82) * (bytes8_dot(low >> 4 & LOW_NIBBLES, sums) +
+                                      bytes8_dot(high >> 4 & LOW_NIBBLES, sums + 8));
+    for (int h = 0; h < 2; h++)
+        for (int t = 0; t < 2; t++) {
+            vf part[4] = {vf_zero(), vf_zero(), vf_zero(), vf_zero()};
+            for (int i = 0; i < 16; i += LANES)
+                for (int s = 0; s < 4; s++)
+                    part[s] = vf_fma(vi_float(q2_k_field(blk, h, s, t, i)), vf_load(x + 16 * (8 * h + 2 * s + t) + i),
+                                     part[s]);
+            for (int s = 0; s < 4; s++) acc = vf_fma(part[s], vf_set1(scale[8 * h + 2 * s + t]), acc);
+        }
+    return acc;
+}
+DEFINE_ROWS(q2_k, 84, 256, 16)
+
+static void dequant_q2_k(const uint8_t *blk, int64_t nb, float *out) {
+    for (int64_t b = 0; b < nb; b++, blk += 84, out += 256) {
+        float scale[16], min[16];
+        q2_k_scales(blk, scale, min);
+        for (int h = 0; h < 2; h++)
+            for (int s = 0; s < 4; s++)
+                for (int t = 0; t < 2; t++) {
+                    int j = 8 * h + 2 * s + t;
+                    for (int i = 0; i < 16; i += LANES)
+                        vf_store(out + 16 * j + i, vf_sub(vf_mul(vf_set1(scale[j]), vi_float(q2_k_field(blk, h, s, t, i))),
+                                                          vf_set1(min[j])));
+                }
+    }
+}
+
+/* Q3_K, 110 bytes: hmask[32], qs[64], scales[12], d (f16). Sub-block j = 8h + 2s + t (16 weights):
+ * low = bits 2s.. of qs[32h + 16t + l], high = bit 4h + s of hmask[16t + l], q = (low | high << 2) - 4,
+ * w = (d * scale_j) * q with scale_j a 6-bit signed scale: low 4 bits from byte j % 8 of scales (high
+ * nibble for j >= 8), high 2 bits from bits 2 * (j / 4) of byte 8 + j % 4, minus 32. */
+static inline void q3_k_scales(const uint8_t *packed, float d, float *scale) {
+    uint32_t a0 = load_u32(packed), a1 = load_u32(packed + 4), high = load_u32(packed + 8), words[4];
+    words[0] = (a0 & 0x0F0F0F0F) | (high & 0x03030303) << 4;
+    words[1] = (a1 & 0x0F0F0F0F) | (high >> 2 & 0x03030303) << 4;
+    words[2] = (a0 >> 4 & 0x0F0F0F0F) | (high >> 4 & 0x03030303) << 4;
+    words[3] = (a1 >> 4 & 0x0F0F0F0F) | (high >> 6 & 0x03030303) << 4;
+    uint8_t bytes[16];
+    memcpy(bytes, words, 16);
+    for (int j = 0; j < 16; j++) scale[j] = d * (float)(bytes[j] - 32);
+}
+
+static inline vi q3_k_quant(const uint8_t *blk, int h, int s, int t, int i) {
+    vi low = vi_and(vi_srl(vi_u8(blk + 32 + 32 * h + 16 * t + i), 2 * s), 3);
+    vi high = vi_bit_to(vi_u8(blk + 16 * t + i), 4 * h + s, 2);
+    return vi_add(vi_or(low, high), -4);
+}
+
+static inline vf block_q3_k(const uint8_t *blk, const float *x, const float *sums, vf acc, float *offset) {
+    (void)sums, (void)offset;
+    float scale[16];
+    q3_k_scales(blk + 96, load_half(blk + 108), scale);
+    for (int h = 0; h < 2; h++)
+        for (int t = 0; t < 2; t++) {
+            vf part[4] = {vf_zero(), vf_zero(), vf_zero(), vf_zero()};
+            for (int i = 0; i < 16; i += LANES)
+                for (int s = 0; s < 4; s++)
+                    part[s] = vf_fma(vi_float(q3_k_quant(blk, h, s, t, i)), vf_load(x + 16 * (8 * h + 2 * s + t) + i),
+                                     part[s]);
+            for (int s = 0; s < 4; s++) acc = vf_fma(part[s], vf_set1(scale[8 * h + 2 * s + t]), acc);
+        }
+    return acc;
+}
+DEFINE_ROWS(q3_k, 110, 256, 0)
+
+static void dequant_q3_k(const uint8_t *blk, int64_t nb, float *out) {
+    for (int64_t b = 0; b < nb; b++, blk += 110, out += 256) {
+        float scale[16];
+        q3_k_scales(blk + 96, load_half(blk + 108), scale);
+        for (int h = 0; h < 2; h++)
+            for (int s = 0; s < 4; s++)
+                for (int t = 0; t < 2; t++) {
+                    int j = 8 * h + 2 * s + t;
+                    for (int i = 0; i < 16; i += LANES)
+                        vf_store(out + 16 * j + i, vf_mul(vf_set1(scale[j]), vi_float(q3_k_quant(blk, h, s, t, i))));
+                }
+    }
+}
+
+/* Q4_K and Q5_K share a 12-byte field of eight 6-bit scales and eight 6-bit mins (ggml's
+ * get_scale_min_k4): for j < 4 the low 6 bits of bytes j and j + 4; for j >= 4 a nibble of byte j + 4
+ * plus the top 2 bits of bytes j - 4 and j. Sub-block j has 32 weights: w = (d * sc_j) * q - dmin * m_j. */
+static inline void k4_unpack(const uint8_t *s, uint64_t *scales, uint64_t *mins) {
+    uint32_t u0 = load_u32(s), u1 = load_u32(s + 4), u2 = load_u32(s + 8);  /* 4 fields at a time */
+    uint32_t scales47 = (u2 & 0x0F0F0F0F) | (u0 >> 6 & 0x03030303) << 4;
+    uint32_t mins47 = (u2 >> 4 & 0x0F0F0F0F) | (u1 >> 6 & 0x03030303) << 4;
+    *scales = (u0 & 0x3F3F3F3F) | (uint64_t)scales47 << 32;
+    *mins = (u1 & 0x3F3F3F3F) | (uint64_t)mins47 << 32;
+}
+
+static inline void k4_scales_mins(const uint8_t *s, float d, float dmin, float *scale, float *min) {
+    uint64_t scales, mins;
+    k4_unpack(s, &scales, &mins);
+    bytes8_scaled(scales, d, scale);
+    bytes8_scaled(mins, dmin, min);
+}
+
+/* the scales into scale[8]; the mins' share of the dot product added to *offset */
+static inline void k4_scales_offset(const uint8_t *blk, const float *sums, float *scale, float *offset) {
+    uint64_t scales, mins;
+    k4_unpack(blk + 4, &scales, &mins);
+    bytes8_scaled(scales, load_half(blk), scale);
+    *offset += load_half(blk + 2) * bytes8_dot(mins, sums);
+}
+
+/* Q4_K, 144 bytes: d, dmin (f16), scales[12], qs[128]. Sub-blocks 2c and 2c + 1 are the low and the high
+ * nibbles of qs[32c .. 32c + 31]. */
+static inline vf block_q4_k(const uint8_t *blk, const float *x, const float *sums, vf acc, float *offset) {
+    float scale[8];
+    k4_scales_offset(blk, sums, scale, offset);
+    const uint8_t *qs = blk + 16;
+    for (int c = 0; c < 4; c++) {
+        vf low = vf_zero(), high = vf_zero();
+        for (int i = 0; i < 32; i += LANES) {
+            vi q = vi_u8(qs + 32 * c + i);
+            low = vf_fma(vf_nibble_low(q), vf_load(x + 64 * c + i), low);
+            high = vf_fma(vi_float(vi_srl(q, 4)), vf_load(x + 64 * c + 32 + i), high);
+        }
+        acc = vf_fma(low, vf_set1(scale[2 * c]), acc);
+        acc = vf_fma(high, vf_set1(scale[2 * c + 1]), acc);
+    }
+    return acc;
+}
+DEFINE_ROWS(q4_k, 144, 256, 8)
+
+static void dequant_q4_k(const uint8_t *blk, int64_t nb, float *out) {
+    for (int64_t b = 0; b < nb; b++, blk += 144, out += 256) {
+        float scale[8], min[8];
+        k4_scales_mins(blk + 4, load_half(blk), load_half(blk + 2), scale, min);
+        for (int c = 0; c < 4; c++) {
+            vf s0 = vf_set1(scale[2 * c]), m0 = vf_set1(min[2 * c]);
+            vf s1 = vf_set1(scale[2 * c + 1]), m1 = vf_set1(min[2 * c + 1]);
+            for (int i = 0; i < 32; i += LANES) {
+                vi q = vi_u8(blk + 16 + 32 * c + i);
+                vf_store(out + 64 * c + i, vf_sub(vf_mul(s0, vf_nibble_low(q)), m0));
+                vf_store(out + 64 * c + 32 + i, vf_sub(vf_mul(s1, vi_float(vi_srl(q, 4))), m1));
+            }
+        }
+    }
+}
+
+/* Q5_K, 176 bytes: d, dmin (f16), scales[12], qh[32], qs[128]. As Q4_K, plus a fifth bit: bit 2c of
+ * qh[l] for weight 64c + l, bit 2c + 1 for weight 64c + 32 + l. */
+static inline vi q5_k_low(const uint8_t *blk, int c, int i) {
+    return vi_or(vi_and(vi_u8(blk + 48 + 32 * c + i), 15), vi_bit_to(vi_u8(blk + 16 + i), 2 * c, 4));
+}
+static inline vi q5_k_high(const uint8_t *blk, int c, int i) {
+    return vi_or(vi_srl(vi_u8(blk + 48 + 32 * c + i), 4), vi_bit_to(vi_u8(blk + 16 + i), 2 * c + 1, 4));
+}
+
+static inline vf block_q5_k(const uint8_t *blk, const float *x, const float *sums, vf acc, float *offset) {
+    float scale[8];
+    k4_scales_offset(blk, sums, scale, offset);
+    for (int c = 0; c < 4; c++) {
+        vf low = vf_zero(), high = vf_zero();
+        for (int i = 0; i < 32; i += LANES) {
+            low = vf_fma(vi_float(q5_k_low(blk, c, i)), vf_load(x + 64 * c + i), low);
+            high = vf_fma(vi_float(q5_k_high(blk, c, i)), vf_load(x + 64 * c + 32 + i), high);
+        }
+        acc = vf_fma(low, vf_set1(scale[2 * c]), acc);
+        acc = vf_fma(high, vf_set1(scale[2 * c + 1]), acc);
+    }
+    return acc;
+}
+DEFINE_ROWS(q5_k, 176, 256, 8)
+
+static void dequant_q5_k(const uint8_t *blk, int64_t nb, float *out) {
+    for (int64_t b = 0; b < nb; b++, blk += 176, out += 256) {
+        float scale[8], min[8];
+        k4_scales_mins(blk + 4, load_half(blk), load_half(blk + 2), scale, min);
+        for (int c = 0; c < 4; c++) {
+            vf s0 = vf_set1(scale[2 * c]), m0 = vf_set1(min[2 * c]);
+            vf s1 = vf_set1(scale[2 * c + 1]), m1 = vf_set1(min[2 * c + 1]);
+            for (int i = 0; i < 32; i += LANES) {
+                vf_store(out + 64 * c + i, vf_sub(vf_mul(s0, vi_float(q5_k_low(blk, c, i))), m0));
+                vf_store(out + 64 * c + 32 + i, vf_sub(vf_mul(s1, vi_float(q5_k_high(blk, c, i))), m1));
+            }
+        }
+    }
+}
+
+/* Q6_K, 210 bytes: ql[128], qh[64], scales[16] (int8), d (f16). In half h, for l < 32 and k < 4,
+ * weight 128h + 32k + l takes the low (k = 0, 1) or high (k = 2, 3) nibble of ql[64h + 32(k % 2) + l]
+ * and bits 2k.. of qh[32h + l]: q = (nibble | bits << 4) - 32, w = (d * scales[8h + 2k + l / 16]) * q. */
+static inline vi q6_k_quant(const uint8_t *blk, int h, int k, int l) {
+    vi ql = vi_u8(blk + 64 * h + 32 * (k % 2) + l);
+    vi nibble = k < 2 ? vi_and(ql, 15) : vi_srl(ql, 4);
+    vi qh = vi_u8(blk + 128 + 32 * h + l);
+    vi high = vi_and(2 * k <= 4 ? vi_sll(qh, 4 - 2 * k) : vi_srl(qh, 2 * k - 4), 0x30);
+    return vi_add(vi_or(nibble, high), -32);
+}
+
+static inline void q6_k_scales(const uint8_t *blk, float *scale) {
+    sbytes8_scaled(load_u64(blk + 192), load_half(blk + 208), scale);
+    sbytes8_scaled(load_u64(blk + 200), load_half(blk + 208), scale + 8);
+}
+
+static inline vf block_q6_k(const uint8_t *blk, const float *x, const float *sums, vf acc, float *offset) {
+    (void)sums, (void)offset;
+    float scale[16];
+    q6_k_scales(blk, scale);
+    for (int h = 0; h < 2; h++)
+        for (int g = 0; g < 2; g++) {
+            vf part[4] = {vf_zero(), vf_zero(), vf_zero(), vf_zero()};
+            for (int i = 0; i < 16; i += LANES)
+                for (int k = 0; k < 4; k++)
+                    part[k] = vf_fma(vi_float(q6_k_quant(blk, h, k, 16 * g + i)),
+                                     vf_load(x + 128 * h + 32 * k + 16 * g + i), part[k]);
+            for (int k = 0; k < 4; k++) acc = vf_fma(part[k], vf_set1(scale[8 * h + 2 * k + g]), acc);
+        }
+    return acc;
+}
+DEFINE_ROWS(q6_k, 210, 256, 0)
+
+static void dequant_q6_k(const uint8_t *blk, int64_t nb, float *out) {
+    for (int64_t b = 0; b < nb; b++, blk += 210, out += 256) {
+        float scale[16];
+        q6_k_scales(blk, scale);
+        for (int h = 0; h < 2; h++)
+            for (int k = 0; k < 4; k++)
+                for (int l = 0; l < 32; l += LANES) {
+                    vf s = vf_set1(scale[8 * h + 2 * k + l / 16]);
+                    vf_store(out + 128 * h + 32 * k + l, vf_mul(s, vi_float(q6_k_quant(blk, h, k, l))));
+                }
+    }
+}
+
+/* IQ4_XS, 136 bytes: d (f16), scales_h (uint16), scales_l[4], qs[128]. Sub-block i (32 weights) has the
+ * 6-bit scale ls = nibble i of scales_l | bits 2i..2i+1 of scales_h << 4, and
+ * w[32i + j] = (d * (ls - 32)) * kvalues_iq4nl[qs[16i + j] & 15], w[32i + 16 + j] likewise with >> 4. */
+static inline float iq4_xs_scale(const uint8_t *blk, float d, int i) {
+    int ls = ((blk[4 + i / 2] >> (4 * (i % 2))) & 15) | ((load_u16(blk + 2) >> (2 * i)) & 3) << 4;
+    return d * (float)(ls - 32);
+}
+
+static inline vf block_iq4_xs(const uint8_t *blk, const float *x, const float *sums, vf acc, float *offset) {
+    (void)sums, (void)offset;
+    vtable table = vtable_load(IQ4_NL_VALUES);
+    float d = load_half(blk);
+    for (int i = 0; i < 8; i++)
+        acc = vf_fma(table_nibbles(table, blk + 8 + 16 * i, x + 32 * i), vf_set1(iq4_xs_scale(blk, d, i)), acc);
+    return acc;
+}
+DEFINE_ROWS(iq4_xs, 136, 256, 0)
+
+static void dequant_iq4_xs(const uint8_t *blk, int64_t nb, float *out) {
+    vtable table = vtable_load(IQ4_NL_VALUES);
+    for (int64_t b = 0; b < nb; b++, blk += 136, out += 256) {
+        float d = load_half(blk);
+        for (int i = 0; i < 8; i++) dequant_table_nibbles(table, blk + 8 + 16 * i, iq4_xs_scale(blk, d, i), out + 32 * i);
+    }
+}
+
+/* ----------------------------------------------------------------------------- dense float tile */
+
+/* y[m, r] = w[r] . x[m] for a few dequantized rows: 4 rows x 2 activations per step, so that each
+ * loaded vector feeds several multiply-adds. */
+static inline float dot_tail(const float *a, const float *b, int64_t from, int64_t K) {
+    float s = 0.0f;
+    for (int64_t k = from; k < K; k++) s += a[k] * b[k];
+    return s;
+}
+
+static void tile(const float *w, int64_t rows, int64_t K, const float *x, int64_t M, float *y, int64_t ldy) {
+    int64_t body = K - K % LANES;
+    int64_t r = 0;
+    for (; r + 4 <= rows; r += 4) {
+        const float *w0 = w + r * K, *w1 = w0 + K, *w2 = w1 + K, *w3 = w2 + K;
+        int64_t m = 0;
+        for (; m + 2 <= M; m += 2) {
+            const float *xa = x + m * K, *xb = xa + K;
+            vf a0 = vf_zero(), a1 = vf_zero(), a2 = vf_zero(), a3 = vf_zero();
+            vf b0 = vf_zero(), b1 = vf_zero(), b2 = vf_zero(), b3 = vf_zero();
+            for (int64_t k = 0; k < body; k += LANES) {
+                vf u = vf_load(xa + k), v = vf_load(xb + k);
+                vf c0 = vf_load(w0 + k), c1 = vf_load(w1 + k), c2 = vf_load(w2 + k), c3 = vf_load(w3 + k);
+                a0 = vf_fma(c0, u, a0), a1 = vf_fma(c1, u, a1), a2 = vf_fma(c2, u, a2), a3 = vf_fma(c3, u, a3);
+                b0 = vf_fma(c0, v, b0), b1 = vf_fma(c1, v, b1), b2 = vf_fma(c2, v, b2), b3 = vf_fma(c3, v, b3);
+            }
+            float *ya = y + m * ldy + r, *yb = ya + ldy;
+            ya[0] = vf_sum(a0) + dot_tail(w0, xa, body, K), ya[1] = vf_sum(a1) + dot_tail(w1, xa, body, K);
+            ya[2] = vf_sum(a2) + dot_tail(w2, xa, body, K), ya[3] = vf_sum(a3) + dot_tail(w3, xa, body, K);
+            yb[0] = vf_sum(b0) + dot_tail(w0, xb, body, K), yb[1] = vf_sum(b1) + dot_tail(w1, xb, body, K);
+            yb[2] = vf_sum(b2) + dot_tail(w2, xb, body, K), yb[3] = vf_sum(b3) + dot_tail(w3, xb, body, K);
+        }
+        for (; m < M; m++)
+            for (int i = 0; i < 4; i++) {
+                const float *wi = w + (r + i) * K, *xm = x + m * K;
+                vf a = vf_zero();
+                for (int64_t k = 0; k < body; k += LANES) a = vf_fma(vf_load(wi + k), vf_load(xm + k), a);
+                y[m * ldy + r + i] = vf_sum(a) + dot_tail(wi, xm, body, K);
+            }
+    }
+    for (; r < rows; r++)
+        for (int64_t m = 0; m < M; m++) {
+            const float *wr = w + r * K, *xm = x + m * K;
+            vf a = vf_zero();
+            for (int64_t k = 0; k < body; k += LANES) a = vf_fma(vf_load(wr + k), vf_load(xm + k), a);
+            y[m * ldy + r] = vf_sum(a) + dot_tail(wr, xm, body, K);
+        }
+}
+
+/* ----------------------------------------------------------------------------------- the table */
+
+static const format_kernels FORMATS[] = {
+    {TYPE_F16, 1, 2, 0, rows_f16, dequant_f16},
+    {TYPE_BF16, 1, 2, 0, rows_bf16, dequant_bf16},
+    {TYPE_Q8_0, 32, 34, 0, rows_q8_0, dequant_q8_0},
+    {TYPE_Q4_0, 32, 18, 0, rows_q4_0, dequant_q4_0},
+    {TYPE_Q4_1, 32, 20, 32, rows_q4_1, dequant_q4_1},
+    {TYPE_Q5_0, 32, 22, 0, rows_q5_0, dequant_q5_0},
+    {TYPE_Q5_1, 32, 24, 32, rows_q5_1, dequant_q5_1},
+    {TYPE_Q2_K, 256, 84, 16, rows_q2_k, dequant_q2_k},
+    {TYPE_Q3_K, 256, 110, 0, rows_q3_k, dequant_q3_k},
+    {TYPE_Q4_K, 256, 144, 32, rows_q4_k, dequant_q4_k},
+    {TYPE_Q5_K, 256, 176, 32, rows_q5_k, dequant_q5_k},
+    {TYPE_Q6_K, 256, 210, 0, rows_q6_k, dequant_q6_k},
+    {TYPE_IQ4_NL, 32, 18, 0, rows_iq4_nl, dequant_iq4_nl},
+    {TYPE_IQ4_XS, 256, 136, 0, rows_iq4_xs, dequant_iq4_xs},
+    {TYPE_MXFP4, 32, 17, 0, rows_mxfp4, dequant_mxfp4},
+    {0, 0, 0, 0, 0, 0},
+};
+
+const isa_kernels TFB_ISA_SYMBOL = {ISA_NAME, FORMATS, tile};
