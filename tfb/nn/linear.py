@@ -1,20 +1,28 @@
 """Linear layers and embeddings whose weights stay as the file stores them.
 
 A weight is either a float tensor in the compute dtype (F32 files, or F16/BF16 files run in that dtype:
-zero-copy views of the memory map) or a PackedTensor of ggml blocks, expanded in row chunks on use so
-that scratch memory stays bounded whatever the layer's size.
+zero-copy views of the memory map) or a PackedTensor of ggml blocks. Packed weights are multiplied in
+float32 whatever the compute dtype: by the native kernels (tfb.quant.native) for a few activation rows,
+else by torch's GEMM on weight rows expanded CHUNK_BYTES at a time into a reused buffer (the native
+dequantizer where it covers the type, the torch dequantizers otherwise), so that scratch memory stays
+bounded whatever the layer's size.
 """
 
 from __future__ import annotations
+
+import threading
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from tfb.errors import WeightError
-from tfb.quant import PackedTensor
+from tfb.quant import PackedTensor, native
+from tfb.quant.blocks import KERNELS, dequantize_into
 
-CHUNK_BYTES = 32 * 1024 * 1024  # scratch for one expanded slice of a packed weight
+CHUNK_BYTES = 8 * 1024 * 1024  # float32 scratch for the weight rows expanded at a time
+
+_scratch = threading.local()
 
 Weight = torch.Tensor | PackedTensor
 
@@ -26,13 +34,55 @@ def check_shape(name: str, found: tuple[int, ...], expected: tuple[int, ...]) ->
 
 
 def packed_matmul(x: torch.Tensor, weight: PackedTensor) -> torch.Tensor:
-    """x @ W.T for a packed W of shape [out, in], expanding at most CHUNK_BYTES of W at a time."""
+    """x @ W.T for a packed W of shape [out, in]: float32 math, the result in x's dtype."""
     out_features, in_features = weight.shape
-    rows = max(1, CHUNK_BYTES // (in_features * x.element_size()))
-    if rows >= out_features:
-        return x @ weight.dequantize(x.dtype).T
-    pieces = [x @ weight[r:r + rows].dequantize(x.dtype).T for r in range(0, out_features, rows)]
-    return torch.cat(pieces, dim=-1)
+    x2 = x.reshape(-1, in_features).to(torch.float32).contiguous()
+    y = native.matmul(x2, weight) if x2.shape[0] <= native.FUSED_MAX_ROWS else None
+    if y is None:
+        y = _expanded_matmul(x2, weight)
+    return y.to(x.dtype).reshape(*x.shape[:-1], out_features)
+
+
+def _expanded_matmul(x2: torch.Tensor, weight: PackedTensor) -> torch.Tensor:
+    """torch's GEMM over chunks of weight rows, each expanded into the same float32 scratch."""
+    out_features, in_features = weight.shape
+    step = max(1, min(out_features, CHUNK_BYTES // (4 * in_features)))
+    scratch = _scratch_buffer(step * in_features)
+    y = torch.empty(x2.shape[0], out_features, dtype=torch.float32)
+    for start in range(0, out_features, step):
+        rows = weight[start:start + step]
+        count = rows.shape[0]
+        values = scratch[:count * in_features].view(count, in_features)
+        expand_into(rows, values)
+        torch.mm(x2, values.T, out=y[:, start:start + count])
+    return y
+
+
+def _scratch_buffer(floats: int) -> torch.Tensor:
+    """A float32 buffer of at least `floats` elements, reused by this thread's calls."""
+    buffer = getattr(_scratch, "buffer", None)
+    if buffer is None or buffer.numel() < floats:
+        buffer = _scratch.buffer = torch.empty(floats, dtype=torch.float32)
+    return buffer
+
+
+def expand_into(weight: PackedTensor, out: torch.Tensor) -> None:
+    """The weight's float32 values into the contiguous `out` of its shape (bit-exact either way)."""
+    if native.dequantize_into(weight, out):
+        return
+    gtype = weight.ggml_type
+    if gtype.name not in KERNELS:
+        out.copy_(weight.dequantize())
+        return
+    block_size, kernel = KERNELS[gtype.name]
+    dequantize_into(weight.raw.reshape(-1, gtype.type_size), out.view(-1, block_size), kernel, block_size)
+
+
+def expand(weight: PackedTensor) -> torch.Tensor:
+    """The weight's float32 values in a new tensor."""
+    out = torch.empty(weight.shape, dtype=torch.float32)
+    expand_into(weight, out)
+    return out
 
 
 class Linear(nn.Module):
@@ -96,5 +146,5 @@ class Embedding(nn.Module):
             flat = ids.reshape(-1)
             unique, inverse = torch.unique(flat, return_inverse=True)
             rows = PackedTensor(self.table.raw[unique], self.table.ggml_type, (len(unique), self.dim))
-            return rows.dequantize(dtype)[inverse].reshape(*ids.shape, self.dim)
+            return expand(rows)[inverse].to(dtype).reshape(*ids.shape, self.dim)
         return F.embedding(ids, self.table).to(dtype)
