@@ -149,29 +149,32 @@ def without_native(monkeypatch: pytest.MonkeyPatch) -> None:
 
 @pytest.mark.parametrize("name", ["Q4_K", "Q8_0", "BF16", "IQ2_XS"])
 def test_linear_same_with_and_without_native(name: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    """One row (fused), a few (C tiles), many (torch GEMM); bfloat16 activations computed in float32."""
+    """Native kernels (one row: fused; more: C tiles), torch's GEMM on natively expanded weights, torch
+    alone; bfloat16 activations are computed in float32 by all three."""
     weight = packed(name, 45, 512, np.random.default_rng(5), "moderate")
     layer, bias = Linear(512, 45), torch.randn(45)
     layer.set_weight("w", weight)
     layer.set_bias("b", bias)
     inputs = [torch.randn(1, 512), torch.randn(3, 2, 512), torch.randn(2, 20, 512)]
     half = torch.randn(2, 512).bfloat16()
-    fast = [layer(x) for x in inputs]
-    layer.bias = None
-    fast_half = layer(half)
-    without_native(monkeypatch)
-    slow_half = layer(half)
-    layer.bias = bias
-    slow = [layer(x) for x in inputs]
+    results = []
+    for setting in ("native", "expanded natively", "torch"):
+        if setting == "expanded natively":
+            monkeypatch.setattr(native, "NATIVE_MAX_ROWS", 0)
+        if setting == "torch":
+            without_native(monkeypatch)
+        layer.bias = bias
+        ys = [layer(x) for x in inputs]
+        layer.bias = None
+        results.append((ys, layer(half)))
     values = weight.dequantize()
-    for x, a, b in zip(inputs, fast, slow, strict=True):
-        assert a.shape == b.shape == (*x.shape[:-1], 45)
-        assert_close(a.reshape(-1, 45) - bias, x.reshape(-1, 512), values)
-        assert_close(b.reshape(-1, 45) - bias, x.reshape(-1, 512), values)
-    assert fast_half.dtype == slow_half.dtype == torch.bfloat16
-    exact = (half.float() @ values.T).bfloat16()
-    torch.testing.assert_close(fast_half, exact, rtol=1e-2, atol=1e-2)
-    torch.testing.assert_close(slow_half, exact, rtol=1e-2, atol=1e-2)
+    exact_half = (half.float() @ values.T).bfloat16()
+    for ys, y_half in results:
+        for x, y in zip(inputs, ys, strict=True):
+            assert y.shape == (*x.shape[:-1], 45)
+            assert_close(y.reshape(-1, 45) - bias, x.reshape(-1, 512), values)
+        assert y_half.dtype == torch.bfloat16
+        torch.testing.assert_close(y_half, exact_half, rtol=1e-2, atol=1e-2)
 
 
 @pytest.mark.parametrize("name", ["Q6_K", "MXFP4"])

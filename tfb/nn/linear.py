@@ -2,7 +2,7 @@
 
 A weight is either a float tensor in the compute dtype (F32 files, or F16/BF16 files run in that dtype:
 zero-copy views of the memory map) or a PackedTensor of ggml blocks. Packed weights are multiplied in
-float32 whatever the compute dtype: by the native kernels (tfb.quant.native) for a few activation rows,
+float32 whatever the compute dtype: by the native kernels (tfb.quant.native) where they cover the type,
 else by torch's GEMM on weight rows expanded CHUNK_BYTES at a time into a reused buffer (the native
 dequantizer where it covers the type, the torch dequantizers otherwise), so that scratch memory stays
 bounded whatever the layer's size.
@@ -37,7 +37,7 @@ def packed_matmul(x: torch.Tensor, weight: PackedTensor) -> torch.Tensor:
     """x @ W.T for a packed W of shape [out, in]: float32 math, the result in x's dtype."""
     out_features, in_features = weight.shape
     x2 = x.reshape(-1, in_features).to(torch.float32).contiguous()
-    y = native.matmul(x2, weight) if x2.shape[0] <= native.FUSED_MAX_ROWS else None
+    y = native.matmul(x2, weight) if x2.shape[0] <= native.NATIVE_MAX_ROWS else None
     if y is None:
         y = _expanded_matmul(x2, weight)
     return y.to(x.dtype).reshape(*x.shape[:-1], out_features)

@@ -6,7 +6,7 @@ keep the torch path: no compiler, a failed build, or a storage type without nati
 """
 
 from tfb.quant.native.ops import (
-    FUSED_MAX_ROWS,
+    NATIVE_MAX_ROWS,
     available,
     dequantize,
     dequantize_into,
@@ -18,5 +18,5 @@ from tfb.quant.native.ops import (
     threads,
 )
 
-__all__ = ["FUSED_MAX_ROWS", "available", "dequantize", "dequantize_into", "isa", "matmul", "set_isa",
+__all__ = ["NATIVE_MAX_ROWS", "available", "dequantize", "dequantize_into", "isa", "matmul", "set_isa",
            "set_threads", "supports", "threads"]

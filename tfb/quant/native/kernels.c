@@ -520,51 +520,67 @@ static void dequant_iq4_xs(const uint8_t *blk, int64_t nb, float *out) {
 
 /* ----------------------------------------------------------------------------- dense float tile */
 
-/* y[m, r] = w[r] . x[m] for a few dequantized rows: 4 rows x 2 activations per step, so that each
- * loaded vector feeds several multiply-adds. */
+/* y[m, r] = w[r] . x[m] for a few dequantized rows w (rows x K) and all activation rows x (M x K).
+ * Register blocking: 4 weight rows x TILE_M activation rows per step, so that each loaded vector feeds
+ * several multiply-adds (TILE_M = 4 where there are 32 vector registers, else 2). Activation rows go in
+ * blocks of M_BLOCK, which stay in L2 while every weight row of the tile passes over them. */
+#define TILE_M (LANES == 16 ? 4 : 2)
+#define M_BLOCK 64
+
 static inline float dot_tail(const float *a, const float *b, int64_t from, int64_t K) {
     float s = 0.0f;
     for (int64_t k = from; k < K; k++) s += a[k] * b[k];
     return s;
 }
 
-static void tile(const float *w, int64_t rows, int64_t K, const float *x, int64_t M, float *y, int64_t ldy) {
-    int64_t body = K - K % LANES;
-    int64_t r = 0;
-    for (; r + 4 <= rows; r += 4) {
-        const float *w0 = w + r * K, *w1 = w0 + K, *w2 = w1 + K, *w3 = w2 + K;
-        int64_t m = 0;
-        for (; m + 2 <= M; m += 2) {
-            const float *xa = x + m * K, *xb = xa + K;
-            vf a0 = vf_zero(), a1 = vf_zero(), a2 = vf_zero(), a3 = vf_zero();
-            vf b0 = vf_zero(), b1 = vf_zero(), b2 = vf_zero(), b3 = vf_zero();
-            for (int64_t k = 0; k < body; k += LANES) {
-                vf u = vf_load(xa + k), v = vf_load(xb + k);
-                vf c0 = vf_load(w0 + k), c1 = vf_load(w1 + k), c2 = vf_load(w2 + k), c3 = vf_load(w3 + k);
-                a0 = vf_fma(c0, u, a0), a1 = vf_fma(c1, u, a1), a2 = vf_fma(c2, u, a2), a3 = vf_fma(c3, u, a3);
-                b0 = vf_fma(c0, v, b0), b1 = vf_fma(c1, v, b1), b2 = vf_fma(c2, v, b2), b3 = vf_fma(c3, v, b3);
-            }
-            float *ya = y + m * ldy + r, *yb = ya + ldy;
-            ya[0] = vf_sum(a0) + dot_tail(w0, xa, body, K), ya[1] = vf_sum(a1) + dot_tail(w1, xa, body, K);
-            ya[2] = vf_sum(a2) + dot_tail(w2, xa, body, K), ya[3] = vf_sum(a3) + dot_tail(w3, xa, body, K);
-            yb[0] = vf_sum(b0) + dot_tail(w0, xb, body, K), yb[1] = vf_sum(b1) + dot_tail(w1, xb, body, K);
-            yb[2] = vf_sum(b2) + dot_tail(w2, xb, body, K), yb[3] = vf_sum(b3) + dot_tail(w3, xb, body, K);
-        }
-        for (; m < M; m++)
-            for (int i = 0; i < 4; i++) {
-                const float *wi = w + (r + i) * K, *xm = x + m * K;
-                vf a = vf_zero();
-                for (int64_t k = 0; k < body; k += LANES) a = vf_fma(vf_load(wi + k), vf_load(xm + k), a);
-                y[m * ldy + r + i] = vf_sum(a) + dot_tail(wi, xm, body, K);
-            }
+#define DEFINE_MICRO(NM)                                                                                     \
+    static inline void micro_4x##NM(const float *w, int64_t K, const float *x, float *y, int64_t ldy) {      \
+        int64_t body = K - K % LANES;                                                                        \
+        vf acc[4][NM];                                                                                       \
+        for (int i = 0; i < 4; i++)                                                                          \
+            for (int j = 0; j < NM; j++) acc[i][j] = vf_zero();                                              \
+        for (int64_t k = 0; k < body; k += LANES) {                                                          \
+            vf c[4];                                                                                         \
+            for (int i = 0; i < 4; i++) c[i] = vf_load(w + i * K + k);                                       \
+            for (int j = 0; j < NM; j++) {                                                                   \
+                vf u = vf_load(x + j * K + k);                                                               \
+                for (int i = 0; i < 4; i++) acc[i][j] = vf_fma(c[i], u, acc[i][j]);                          \
+            }                                                                                                \
+        }                                                                                                    \
+        for (int i = 0; i < 4; i++)                                                                          \
+            for (int j = 0; j < NM; j++)                                                                     \
+                y[j * ldy + i] = vf_sum(acc[i][j]) + dot_tail(w + i * K, x + j * K, body, K);                \
     }
-    for (; r < rows; r++)
-        for (int64_t m = 0; m < M; m++) {
-            const float *wr = w + r * K, *xm = x + m * K;
-            vf a = vf_zero();
-            for (int64_t k = 0; k < body; k += LANES) a = vf_fma(vf_load(wr + k), vf_load(xm + k), a);
-            y[m * ldy + r] = vf_sum(a) + dot_tail(wr, xm, body, K);
+DEFINE_MICRO(4)
+DEFINE_MICRO(2)
+DEFINE_MICRO(1)
+
+static inline float dot_row(const float *w, const float *x, int64_t K) {
+    int64_t body = K - K % LANES;
+    vf a = vf_zero();
+    for (int64_t k = 0; k < body; k += LANES) a = vf_fma(vf_load(w + k), vf_load(x + k), a);
+    return vf_sum(a) + dot_tail(w, x, body, K);
+}
+
+static void tile(const float *w, int64_t rows, int64_t K, const float *x, int64_t M, float *y, int64_t ldy) {
+    for (int64_t m0 = 0; m0 < M; m0 += M_BLOCK) {
+        int64_t m_end = M - m0 < M_BLOCK ? M : m0 + M_BLOCK;
+        int64_t r = 0;
+        for (; r + 4 <= rows; r += 4) {
+            int64_t m = m0;
+            for (; m + TILE_M <= m_end; m += TILE_M) {
+#if TILE_M == 4
+                micro_4x4(w + r * K, K, x + m * K, y + m * ldy + r, ldy);
+#else
+                micro_4x2(w + r * K, K, x + m * K, y + m * ldy + r, ldy);
+#endif
+            }
+            if (TILE_M == 4 && m + 2 <= m_end) micro_4x2(w + r * K, K, x + m * K, y + m * ldy + r, ldy), m += 2;
+            if (m < m_end) micro_4x1(w + r * K, K, x + m * K, y + m * ldy + r, ldy);
         }
+        for (; r < rows; r++)
+            for (int64_t m = m0; m < m_end; m++) y[m * ldy + r] = dot_row(w + r * K, x + m * K, K);
+    }
 }
 
 /* ----------------------------------------------------------------------------------- the table */

@@ -3,11 +3,11 @@
 Every function returns None where the native path cannot serve the call (library unavailable, storage
 type without native kernels), and the caller then takes the torch path.
 
-Activation rows: up to FUSED_MAX_ROWS rows go to the C kernels whole (one row: the fused matrix-vector
-product that expands blocks in registers; a few rows: weight rows dequantized into a small per-thread
-scratch and multiplied there). More rows than that (prompt processing) are better served by torch's
-GEMM on weight rows expanded by `dequantize_into` (tfb.nn.linear does that). The crossover was measured
-with tools/bench_matmul.py (docs/benchmarks.md).
+Activation rows: one row takes the fused matrix-vector product, which expands blocks in registers; more
+rows take a C kernel that dequantizes 16 weight rows at a time into a per-thread scratch and multiplies
+them with register-blocked float32 dot products. That beat torch's GEMM on weights expanded by
+`dequantize_into` at every row count measured, 2 to 2048 (tools/bench_matmul.py, docs/benchmarks.md);
+beyond NATIVE_MAX_ROWS rows tfb.nn.linear hands the product to torch all the same.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from tfb.gguf.ggml_types import GGMLType
 from tfb.quant.native.library import load
 from tfb.quant.packed import PackedTensor
 
-FUSED_MAX_ROWS = 8
+NATIVE_MAX_ROWS = 2048
 
 _supported: dict[int, bool] = {}
 
@@ -88,7 +88,7 @@ def _rows(weight: PackedTensor) -> torch.Tensor:
 
 
 def matmul(x: torch.Tensor, weight: PackedTensor) -> torch.Tensor | None:
-    """x @ W.T for float32 x [M, in] (contiguous, M <= FUSED_MAX_ROWS) and a packed W [out, in]."""
+    """x @ W.T for a contiguous float32 x [M, in] and a packed W [out, in]."""
     if not supports(weight.ggml_type):
         return None
     out_features, in_features = weight.shape

@@ -248,7 +248,7 @@ typedef struct {
     float *y;
 } matmul_job;
 
-#define TILE_ROWS 4
+#define TILE_ROWS 16  /* weight rows dequantized at a time: the activation block is reused over them */
 
 static void matvec_part(void *arg, int part, int parts) {
     const matmul_job *j = arg;
@@ -270,18 +270,27 @@ static float *scratch_for(size_t floats) {
     return scratch;
 }
 
-/* Several activation rows: dequantize TILE_ROWS weight rows at a time, then dense float dots. */
+/* Several activation rows: dequantize TILE_ROWS weight rows at a time, then dense float dots. The
+ * activations go in panels of about PANEL_BYTES, which stay in L2 while every weight row passes over them;
+ * the weights are dequantized again for each panel, which costs little next to the multiply-adds. */
+#define PANEL_BYTES (256 * 1024)
+
 static void matmul_part(void *arg, int part, int parts) {
     const matmul_job *j = arg;
     int64_t begin, end;
-    range(j->N, TILE_ROWS, part, parts, &begin, &end);
+    range(j->N, 4, part, parts, &begin, &end);
     if (end <= begin) return;
     float *buf = scratch_for((size_t)(TILE_ROWS * j->K));
-    if (!buf) abort();  /* a few pages: nothing sensible is left to do if even that fails */
-    for (int64_t n = begin; n < end; n += TILE_ROWS) {
-        int64_t rows = end - n < TILE_ROWS ? end - n : TILE_ROWS;
-        for (int64_t r = 0; r < rows; r++) j->f->dequant(j->w + (n + r) * j->stride, j->nb, buf + r * j->K);
-        active->tile(buf, rows, j->K, j->x, j->M, j->y + n, j->N);
+    if (!buf) abort(); /* a few pages: nothing sensible is left to do if even that fails */
+    int64_t panel = PANEL_BYTES / (4 * j->K);
+    panel = panel < 4 ? 4 : panel;
+    for (int64_t m = 0; m < j->M; m += panel) {
+        int64_t rows_m = j->M - m < panel ? j->M - m : panel;
+        for (int64_t n = begin; n < end; n += TILE_ROWS) {
+            int64_t rows = end - n < TILE_ROWS ? end - n : TILE_ROWS;
+            for (int64_t r = 0; r < rows; r++) j->f->dequant(j->w + (n + r) * j->stride, j->nb, buf + r * j->K);
+            active->tile(buf, rows, j->K, j->x + m * j->K, rows_m, j->y + m * j->N + n, j->N);
+        }
     }
 }
 
