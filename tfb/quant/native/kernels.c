@@ -19,6 +19,10 @@
 #error "compile with -DTFB_ISA_SYMBOL=<exported table name>"
 #endif
 
+/* A block's contribution to a dot product: inlined into its row loop whatever the compiler's size
+ * heuristics say (a call per block costs more than some blocks' work) */
+#define BLOCK_FN static inline __attribute__((always_inline))
+
 /* ------------------------------------------------------------------------------------ helpers */
 
 static const float IQ4_NL_VALUES[16] = {-127, -104, -83, -65, -49, -35, -22, -10, 1, 13, 25, 38, 53, 69, 89, 113};
@@ -94,7 +98,7 @@ DEFINE_FLOAT16(bf16, vf_bf16, bf16_to_float)
 /* ------------------------------------------------------------------------- 32-weight formats */
 
 /* Q8_0, 34 bytes: d (f16), qs[32] (int8). w[j] = qs[j] * d */
-static inline vf block_q8_0(const uint8_t *blk, const float *x, const float *sums, vf acc, float *offset) {
+BLOCK_FN vf block_q8_0(const uint8_t *blk, const float *x, const float *sums, vf acc, float *offset) {
     (void)sums, (void)offset;
     vf t = vf_mul(vi_float(vi_i8(blk + 2)), vf_load(x));
     for (int i = LANES; i < 32; i += LANES) t = vf_fma(vi_float(vi_i8(blk + 2 + i)), vf_load(x + i), t);
@@ -142,7 +146,7 @@ static inline void dequant_table_nibbles(vtable table, const uint8_t *qs, float 
 }
 
 #define DEFINE_TABLE4(fmt, type_size, header, table, scale_of)                                              \
-    static inline vf block_##fmt(const uint8_t *blk, const float *x, const float *sums, vf acc, float *off) { \
+    BLOCK_FN vf block_##fmt(const uint8_t *blk, const float *x, const float *sums, vf acc, float *off) { \
         (void)sums, (void)off;                                                                               \
         return vf_fma(table_nibbles(vtable_load(table), blk + (header), x), vf_set1(scale_of), acc);         \
     }                                                                                                        \
@@ -158,7 +162,7 @@ DEFINE_TABLE4(iq4_nl, 18, 2, IQ4_NL_VALUES, load_half(blk))
 DEFINE_TABLE4(mxfp4, 17, 1, MXFP4_VALUES, e8m0_half(blk[0]))
 
 /* Q4_1, 20 bytes: d, m (f16), qs[16]. w[j] = (qs[j] & 15) * d + m, w[j + 16] = (qs[j] >> 4) * d + m */
-static inline vf block_q4_1(const uint8_t *blk, const float *x, const float *sums, vf acc, float *offset) {
+BLOCK_FN vf block_q4_1(const uint8_t *blk, const float *x, const float *sums, vf acc, float *offset) {
     vf t = vf_zero();
     for (int i = 0; i < 16; i += LANES) {
         vi q = vi_u8(blk + 4 + i);
@@ -191,7 +195,7 @@ static inline vi five_bit_high(const uint8_t *qs, uint32_t qh, int i) {
     return vi_or_bits(vi_srl(vi_u8(qs + i), 4), qh >> (16 + i), 16);
 }
 
-static inline vf block_q5_0(const uint8_t *blk, const float *x, const float *sums, vf acc, float *offset) {
+BLOCK_FN vf block_q5_0(const uint8_t *blk, const float *x, const float *sums, vf acc, float *offset) {
     (void)sums, (void)offset;
     uint32_t qh = load_u32(blk + 2);
     vf t = vf_zero();
@@ -214,7 +218,7 @@ static void dequant_q5_0(const uint8_t *blk, int64_t nb, float *out) {
     }
 }
 
-static inline vf block_q5_1(const uint8_t *blk, const float *x, const float *sums, vf acc, float *offset) {
+BLOCK_FN vf block_q5_1(const uint8_t *blk, const float *x, const float *sums, vf acc, float *offset) {
     uint32_t qh = load_u32(blk + 4);
     vf t = vf_zero();
     for (int i = 0; i < 16; i += LANES) {
@@ -239,15 +243,61 @@ static void dequant_q5_1(const uint8_t *blk, int64_t nb, float *out) {
 
 /* -------------------------------------------------------------------------------------- k-quants */
 
-/* Q2_K, 84 bytes: scales[16] (low nibble: scale, high nibble: min), qs[64], d, dmin (f16).
- * Sub-block j = 8h + 2s + t (16 weights, l < 16) holds bits 2s..2s+1 of qs[32h + 16t + l]:
- * w[16j + l] = (d * (scales[j] & 15)) * q - dmin * (scales[j] >> 4). */
-static inline vi q2_k_field(const uint8_t *blk, int h, int s, int t, int i) {
-    return vi_and(vi_srl(vi_u8(blk + 16 + 32 * h + 16 * t + i), 2 * s), 3);
+/* Q2_K, Q3_K, Q5_K and Q6_K first assemble a block's integer fields into 256 bytes in weight order
+ * (GCC vectors, 32 bytes at a time, whatever width the target has), then multiply: sub-block j of `sub`
+ * weights contributes scale[j] * (q . x) to the dot product and is expanded as scale[j] * (q - bias)
+ * (- min[j]). A constant bias (Q3_K's 4, Q6_K's 32) is folded into the sums of x over each sub-block. */
+typedef uint8_t u8x32 __attribute__((vector_size(32)));
+
+static inline u8x32 load_u8x32(const uint8_t *p) {
+    u8x32 v;
+    memcpy(&v, p, 32);
+    return v;
+}
+
+static inline void store_u8x32(uint8_t *p, u8x32 v) { memcpy(p, &v, 32); }
+
+BLOCK_FN vf dot_unpacked(const uint8_t *q, const float *x, const float *scale, int sub, vf acc) {
+    /* Make the compiler store q and widen it from memory: kept in registers, each 16 bytes would cost a
+     * lane extraction on top of the widening, and shuffles are the scarcest unit here. */
+    __asm__ __volatile__("" : : "r"(q) : "memory");
+    for (int j = 0; j < 256 / sub; j++) {
+        vf part = vf_mul(vi_float(vi_u8(q + sub * j)), vf_load(x + sub * j));
+        for (int i = LANES; i < sub; i += LANES)
+            part = vf_fma(vi_float(vi_u8(q + sub * j + i)), vf_load(x + sub * j + i), part);
+        acc = vf_fma(part, vf_set1(scale[j]), acc);
+    }
+    return acc;
+}
+
+/* sum over the 16 sub-blocks of scale[j] * sums[j] */
+static inline float dot16(const float *scale, const float *sums) {
+    vf s = vf_zero();
+    for (int j = 0; j < 16; j += LANES) s = vf_fma(vf_load(scale + j), vf_load(sums + j), s);
+    return vf_sum(s);
+}
+
+static inline void dequant_unpacked(const uint8_t *q, const float *scale, const float *min, int bias, int sub,
+                                    float *out) {
+    for (int j = 0; j < 256 / sub; j++)
+        for (int i = 0; i < sub; i += LANES) {
+            vf v = vf_mul(vf_set1(scale[j]), vi_float(vi_add(vi_u8(q + sub * j + i), -bias)));
+            vf_store(out + sub * j + i, min ? vf_sub(v, vf_set1(min[j])) : v);
+        }
+}
+
+/* The two-bit fields of Q2_K and Q3_K: weight 128h + 32s + l is bits 2s..2s+1 of qs[32h + l]. */
+static inline void two_bit_unpack(const uint8_t *qs, uint8_t *q) {
+    for (int h = 0; h < 2; h++) {
+        u8x32 packed = load_u8x32(qs + 32 * h);
+        for (int s = 0; s < 4; s++) store_u8x32(q + 128 * h + 32 * s, (packed >> (2 * s)) & 3);
+    }
 }
 
 #define LOW_NIBBLES 0x0F0F0F0F0F0F0F0Full
 
+/* Q2_K, 84 bytes: scales[16] (low nibble: scale, high nibble: min), qs[64], d, dmin (f16).
+ * Sub-block j (16 weights): w = (d * (scales[j] & 15)) * q - dmin * (scales[j] >> 4). */
 static inline void q2_k_scales(const uint8_t *blk, float *scale, float *min) {
     uint64_t low = load_u64(blk), high = load_u64(blk + 8);
     bytes8_scaled(low & LOW_NIBBLES, load_half(blk + 80), scale);
@@ -258,89 +308,71 @@ static inline void q2_k_scales(const uint8_t *blk, float *scale, float *min) {
     }
 }
 
-static inline vf block_q2_k(const uint8_t *blk, const float *x, const float *sums, vf acc, float *offset) {
+BLOCK_FN vf block_q2_k(const uint8_t *blk, const float *x, const float *sums, vf acc, float *offset) {
     float scale[16];
+    uint8_t q[256];
     q2_k_scales(blk, scale, NULL);
+    two_bit_unpack(blk + 16, q);
     uint64_t low = load_u64(blk), high = load_u64(blk + 8);
     *offset += load_half(blk + 82) * (bytes8_dot(low >> 4 & LOW_NIBBLES, sums) +
                                       bytes8_dot(high >> 4 & LOW_NIBBLES, sums + 8));
-    for (int h = 0; h < 2; h++)
-        for (int t = 0; t < 2; t++) {
-            vf part[4] = {vf_zero(), vf_zero(), vf_zero(), vf_zero()};
-            for (int i = 0; i < 16; i += LANES)
-                for (int s = 0; s < 4; s++)
-                    part[s] = vf_fma(vi_float(q2_k_field(blk, h, s, t, i)), vf_load(x + 16 * (8 * h + 2 * s + t) + i),
-                                     part[s]);
-            for (int s = 0; s < 4; s++) acc = vf_fma(part[s], vf_set1(scale[8 * h + 2 * s + t]), acc);
-        }
-    return acc;
+    return dot_unpacked(q, x, scale, 16, acc);
 }
 DEFINE_ROWS(q2_k, 84, 256, 16)
 
 static void dequant_q2_k(const uint8_t *blk, int64_t nb, float *out) {
     for (int64_t b = 0; b < nb; b++, blk += 84, out += 256) {
         float scale[16], min[16];
+        uint8_t q[256];
         q2_k_scales(blk, scale, min);
-        for (int h = 0; h < 2; h++)
-            for (int s = 0; s < 4; s++)
-                for (int t = 0; t < 2; t++) {
-                    int j = 8 * h + 2 * s + t;
-                    for (int i = 0; i < 16; i += LANES)
-                        vf_store(out + 16 * j + i, vf_sub(vf_mul(vf_set1(scale[j]), vi_float(q2_k_field(blk, h, s, t, i))),
-                                                          vf_set1(min[j])));
-                }
+        two_bit_unpack(blk + 16, q);
+        dequant_unpacked(q, scale, min, 0, 16, out);
     }
 }
 
-/* Q3_K, 110 bytes: hmask[32], qs[64], scales[12], d (f16). Sub-block j = 8h + 2s + t (16 weights):
- * low = bits 2s.. of qs[32h + 16t + l], high = bit 4h + s of hmask[16t + l], q = (low | high << 2) - 4,
- * w = (d * scale_j) * q with scale_j a 6-bit signed scale: low 4 bits from byte j % 8 of scales (high
- * nibble for j >= 8), high 2 bits from bits 2 * (j / 4) of byte 8 + j % 4, minus 32. */
+/* Q3_K, 110 bytes: hmask[32], qs[64], scales[12], d (f16). Weight 128h + 32s + l: the two-bit field
+ * as in Q2_K plus bit 4h + s of hmask[l] as bit 2, q = that - 4; sub-block j (16 weights) has a 6-bit
+ * scale: w = (d * (sc_j - 32)) * q. The scales' low 4 bits are nibbles of bytes 0-7, their high 2 bits
+ * pairs of bits of bytes 8-11 (ggml's word shuffle below). */
+typedef uint8_t u8x16 __attribute__((vector_size(16)));
+typedef uint32_t u32x4 __attribute__((vector_size(16)));
+typedef uint64_t u64x2 __attribute__((vector_size(16)));
+
 static inline void q3_k_scales(const uint8_t *packed, float d, float *scale) {
-    uint32_t a0 = load_u32(packed), a1 = load_u32(packed + 4), high = load_u32(packed + 8), words[4];
-    words[0] = (a0 & 0x0F0F0F0F) | (high & 0x03030303) << 4;
-    words[1] = (a1 & 0x0F0F0F0F) | (high >> 2 & 0x03030303) << 4;
-    words[2] = (a0 >> 4 & 0x0F0F0F0F) | (high >> 4 & 0x03030303) << 4;
-    words[3] = (a1 >> 4 & 0x0F0F0F0F) | (high >> 6 & 0x03030303) << 4;
-    uint8_t bytes[16];
-    memcpy(bytes, words, 16);
-    for (int j = 0; j < 16; j++) scale[j] = d * (float)(bytes[j] - 32);
+    uint32_t a0 = load_u32(packed), a1 = load_u32(packed + 4), high = load_u32(packed + 8);
+    u32x4 low = {a0, a1, a0 >> 4, a1 >> 4}, top = {high, high >> 2, high >> 4, high >> 6};
+    u32x4 words = (low & 0x0F0F0F0F) | (top & 0x03030303) << 4; /* in registers: no store-to-load stall */
+    u64x2 halves = (u64x2)((u8x16)words - 32); /* bytewise: 0..63 becomes the signed -32..31 */
+    sbytes8_scaled(halves[0], d, scale);
+    sbytes8_scaled(halves[1], d, scale + 8);
 }
 
-static inline vi q3_k_quant(const uint8_t *blk, int h, int s, int t, int i) {
-    vi low = vi_and(vi_srl(vi_u8(blk + 32 + 32 * h + 16 * t + i), 2 * s), 3);
-    vi high = vi_bit_to(vi_u8(blk + 16 * t + i), 4 * h + s, 2);
-    return vi_add(vi_or(low, high), -4);
+static inline void q3_k_unpack(const uint8_t *blk, uint8_t *q) {
+    u8x32 hmask = load_u8x32(blk);
+    for (int h = 0; h < 2; h++) {
+        u8x32 packed = load_u8x32(blk + 32 + 32 * h);
+        for (int s = 0; s < 4; s++)
+            store_u8x32(q + 128 * h + 32 * s, ((packed >> (2 * s)) & 3) | ((hmask >> (4 * h + s)) & 1) << 2);
+    }
 }
 
-static inline vf block_q3_k(const uint8_t *blk, const float *x, const float *sums, vf acc, float *offset) {
-    (void)sums, (void)offset;
+BLOCK_FN vf block_q3_k(const uint8_t *blk, const float *x, const float *sums, vf acc, float *offset) {
     float scale[16];
+    uint8_t q[256];
     q3_k_scales(blk + 96, load_half(blk + 108), scale);
-    for (int h = 0; h < 2; h++)
-        for (int t = 0; t < 2; t++) {
-            vf part[4] = {vf_zero(), vf_zero(), vf_zero(), vf_zero()};
-            for (int i = 0; i < 16; i += LANES)
-                for (int s = 0; s < 4; s++)
-                    part[s] = vf_fma(vi_float(q3_k_quant(blk, h, s, t, i)), vf_load(x + 16 * (8 * h + 2 * s + t) + i),
-                                     part[s]);
-            for (int s = 0; s < 4; s++) acc = vf_fma(part[s], vf_set1(scale[8 * h + 2 * s + t]), acc);
-        }
-    return acc;
+    q3_k_unpack(blk, q);
+    *offset += 4.0f * dot16(scale, sums);
+    return dot_unpacked(q, x, scale, 16, acc);
 }
-DEFINE_ROWS(q3_k, 110, 256, 0)
+DEFINE_ROWS(q3_k, 110, 256, 16)
 
 static void dequant_q3_k(const uint8_t *blk, int64_t nb, float *out) {
     for (int64_t b = 0; b < nb; b++, blk += 110, out += 256) {
         float scale[16];
+        uint8_t q[256];
         q3_k_scales(blk + 96, load_half(blk + 108), scale);
-        for (int h = 0; h < 2; h++)
-            for (int s = 0; s < 4; s++)
-                for (int t = 0; t < 2; t++) {
-                    int j = 8 * h + 2 * s + t;
-                    for (int i = 0; i < 16; i += LANES)
-                        vf_store(out + 16 * j + i, vf_mul(vf_set1(scale[j]), vi_float(q3_k_quant(blk, h, s, t, i))));
-                }
+        q3_k_unpack(blk, q);
+        dequant_unpacked(q, scale, NULL, 4, 16, out);
     }
 }
 
@@ -372,7 +404,7 @@ static inline void k4_scales_offset(const uint8_t *blk, const float *sums, float
 
 /* Q4_K, 144 bytes: d, dmin (f16), scales[12], qs[128]. Sub-blocks 2c and 2c + 1 are the low and the high
  * nibbles of qs[32c .. 32c + 31]. */
-static inline vf block_q4_k(const uint8_t *blk, const float *x, const float *sums, vf acc, float *offset) {
+BLOCK_FN vf block_q4_k(const uint8_t *blk, const float *x, const float *sums, vf acc, float *offset) {
     float scale[8];
     k4_scales_offset(blk, sums, scale, offset);
     const uint8_t *qs = blk + 16;
@@ -408,53 +440,45 @@ static void dequant_q4_k(const uint8_t *blk, int64_t nb, float *out) {
 
 /* Q5_K, 176 bytes: d, dmin (f16), scales[12], qh[32], qs[128]. As Q4_K, plus a fifth bit: bit 2c of
  * qh[l] for weight 64c + l, bit 2c + 1 for weight 64c + 32 + l. */
-static inline vi q5_k_low(const uint8_t *blk, int c, int i) {
-    return vi_or(vi_and(vi_u8(blk + 48 + 32 * c + i), 15), vi_bit_to(vi_u8(blk + 16 + i), 2 * c, 4));
-}
-static inline vi q5_k_high(const uint8_t *blk, int c, int i) {
-    return vi_or(vi_srl(vi_u8(blk + 48 + 32 * c + i), 4), vi_bit_to(vi_u8(blk + 16 + i), 2 * c + 1, 4));
+static inline void q5_k_unpack(const uint8_t *blk, uint8_t *q) {
+    u8x32 high = load_u8x32(blk + 16);
+    for (int c = 0; c < 4; c++) {
+        u8x32 low = load_u8x32(blk + 48 + 32 * c);
+        store_u8x32(q + 64 * c, (low & 15) | ((high >> (2 * c)) & 1) << 4);
+        store_u8x32(q + 64 * c + 32, (low >> 4) | ((high >> (2 * c + 1)) & 1) << 4);
+    }
 }
 
-static inline vf block_q5_k(const uint8_t *blk, const float *x, const float *sums, vf acc, float *offset) {
+BLOCK_FN vf block_q5_k(const uint8_t *blk, const float *x, const float *sums, vf acc, float *offset) {
     float scale[8];
+    uint8_t q[256];
     k4_scales_offset(blk, sums, scale, offset);
-    for (int c = 0; c < 4; c++) {
-        vf low = vf_zero(), high = vf_zero();
-        for (int i = 0; i < 32; i += LANES) {
-            low = vf_fma(vi_float(q5_k_low(blk, c, i)), vf_load(x + 64 * c + i), low);
-            high = vf_fma(vi_float(q5_k_high(blk, c, i)), vf_load(x + 64 * c + 32 + i), high);
-        }
-        acc = vf_fma(low, vf_set1(scale[2 * c]), acc);
-        acc = vf_fma(high, vf_set1(scale[2 * c + 1]), acc);
-    }
-    return acc;
+    q5_k_unpack(blk, q);
+    return dot_unpacked(q, x, scale, 32, acc);
 }
 DEFINE_ROWS(q5_k, 176, 256, 8)
 
 static void dequant_q5_k(const uint8_t *blk, int64_t nb, float *out) {
     for (int64_t b = 0; b < nb; b++, blk += 176, out += 256) {
         float scale[8], min[8];
+        uint8_t q[256];
         k4_scales_mins(blk + 4, load_half(blk), load_half(blk + 2), scale, min);
-        for (int c = 0; c < 4; c++) {
-            vf s0 = vf_set1(scale[2 * c]), m0 = vf_set1(min[2 * c]);
-            vf s1 = vf_set1(scale[2 * c + 1]), m1 = vf_set1(min[2 * c + 1]);
-            for (int i = 0; i < 32; i += LANES) {
-                vf_store(out + 64 * c + i, vf_sub(vf_mul(s0, vi_float(q5_k_low(blk, c, i))), m0));
-                vf_store(out + 64 * c + 32 + i, vf_sub(vf_mul(s1, vi_float(q5_k_high(blk, c, i))), m1));
-            }
-        }
+        q5_k_unpack(blk, q);
+        dequant_unpacked(q, scale, min, 0, 32, out);
     }
 }
 
 /* Q6_K, 210 bytes: ql[128], qh[64], scales[16] (int8), d (f16). In half h, for l < 32 and k < 4,
  * weight 128h + 32k + l takes the low (k = 0, 1) or high (k = 2, 3) nibble of ql[64h + 32(k % 2) + l]
  * and bits 2k.. of qh[32h + l]: q = (nibble | bits << 4) - 32, w = (d * scales[8h + 2k + l / 16]) * q. */
-static inline vi q6_k_quant(const uint8_t *blk, int h, int k, int l) {
-    vi ql = vi_u8(blk + 64 * h + 32 * (k % 2) + l);
-    vi nibble = k < 2 ? vi_and(ql, 15) : vi_srl(ql, 4);
-    vi qh = vi_u8(blk + 128 + 32 * h + l);
-    vi high = vi_and(2 * k <= 4 ? vi_sll(qh, 4 - 2 * k) : vi_srl(qh, 2 * k - 4), 0x30);
-    return vi_add(vi_or(nibble, high), -32);
+static inline void q6_k_unpack(const uint8_t *blk, uint8_t *q) {
+    for (int h = 0; h < 2; h++) {
+        u8x32 a = load_u8x32(blk + 64 * h), b = load_u8x32(blk + 64 * h + 32), bits = load_u8x32(blk + 128 + 32 * h);
+        store_u8x32(q + 128 * h, (a & 15) | ((bits << 4) & 0x30));
+        store_u8x32(q + 128 * h + 32, (b & 15) | ((bits << 2) & 0x30));
+        store_u8x32(q + 128 * h + 64, (a >> 4) | (bits & 0x30));
+        store_u8x32(q + 128 * h + 96, (b >> 4) | ((bits >> 2) & 0x30));
+    }
 }
 
 static inline void q6_k_scales(const uint8_t *blk, float *scale) {
@@ -462,33 +486,23 @@ static inline void q6_k_scales(const uint8_t *blk, float *scale) {
     sbytes8_scaled(load_u64(blk + 200), load_half(blk + 208), scale + 8);
 }
 
-static inline vf block_q6_k(const uint8_t *blk, const float *x, const float *sums, vf acc, float *offset) {
-    (void)sums, (void)offset;
+BLOCK_FN vf block_q6_k(const uint8_t *blk, const float *x, const float *sums, vf acc, float *offset) {
     float scale[16];
+    uint8_t q[256];
     q6_k_scales(blk, scale);
-    for (int h = 0; h < 2; h++)
-        for (int g = 0; g < 2; g++) {
-            vf part[4] = {vf_zero(), vf_zero(), vf_zero(), vf_zero()};
-            for (int i = 0; i < 16; i += LANES)
-                for (int k = 0; k < 4; k++)
-                    part[k] = vf_fma(vi_float(q6_k_quant(blk, h, k, 16 * g + i)),
-                                     vf_load(x + 128 * h + 32 * k + 16 * g + i), part[k]);
-            for (int k = 0; k < 4; k++) acc = vf_fma(part[k], vf_set1(scale[8 * h + 2 * k + g]), acc);
-        }
-    return acc;
+    q6_k_unpack(blk, q);
+    *offset += 32.0f * dot16(scale, sums);
+    return dot_unpacked(q, x, scale, 16, acc);
 }
-DEFINE_ROWS(q6_k, 210, 256, 0)
+DEFINE_ROWS(q6_k, 210, 256, 16)
 
 static void dequant_q6_k(const uint8_t *blk, int64_t nb, float *out) {
     for (int64_t b = 0; b < nb; b++, blk += 210, out += 256) {
         float scale[16];
+        uint8_t q[256];
         q6_k_scales(blk, scale);
-        for (int h = 0; h < 2; h++)
-            for (int k = 0; k < 4; k++)
-                for (int l = 0; l < 32; l += LANES) {
-                    vf s = vf_set1(scale[8 * h + 2 * k + l / 16]);
-                    vf_store(out + 128 * h + 32 * k + l, vf_mul(s, vi_float(q6_k_quant(blk, h, k, l))));
-                }
+        q6_k_unpack(blk, q);
+        dequant_unpacked(q, scale, NULL, 32, 16, out);
     }
 }
 
@@ -500,7 +514,7 @@ static inline float iq4_xs_scale(const uint8_t *blk, float d, int i) {
     return d * (float)(ls - 32);
 }
 
-static inline vf block_iq4_xs(const uint8_t *blk, const float *x, const float *sums, vf acc, float *offset) {
+BLOCK_FN vf block_iq4_xs(const uint8_t *blk, const float *x, const float *sums, vf acc, float *offset) {
     (void)sums, (void)offset;
     vtable table = vtable_load(IQ4_NL_VALUES);
     float d = load_half(blk);
@@ -594,10 +608,10 @@ static const format_kernels FORMATS[] = {
     {TYPE_Q5_0, 32, 22, 0, rows_q5_0, dequant_q5_0},
     {TYPE_Q5_1, 32, 24, 32, rows_q5_1, dequant_q5_1},
     {TYPE_Q2_K, 256, 84, 16, rows_q2_k, dequant_q2_k},
-    {TYPE_Q3_K, 256, 110, 0, rows_q3_k, dequant_q3_k},
+    {TYPE_Q3_K, 256, 110, 16, rows_q3_k, dequant_q3_k},
     {TYPE_Q4_K, 256, 144, 32, rows_q4_k, dequant_q4_k},
     {TYPE_Q5_K, 256, 176, 32, rows_q5_k, dequant_q5_k},
-    {TYPE_Q6_K, 256, 210, 0, rows_q6_k, dequant_q6_k},
+    {TYPE_Q6_K, 256, 210, 16, rows_q6_k, dequant_q6_k},
     {TYPE_IQ4_NL, 32, 18, 0, rows_iq4_nl, dequant_iq4_nl},
     {TYPE_IQ4_XS, 256, 136, 0, rows_iq4_xs, dequant_iq4_xs},
     {TYPE_MXFP4, 32, 17, 0, rows_mxfp4, dequant_mxfp4},

@@ -84,23 +84,32 @@ EXPORT int tfb_supports(int type) { return format(type) != NULL; }
 
 /* ----------------------------------------------------------------------------------- thread pool */
 
+/* A job is `parts` chunks (contiguous ranges of rows or blocks), claimed one at a time by whichever
+ * thread is free: a worker that another process keeps off its core delays a job by at most the chunk
+ * it holds, and one that has not woken yet by nothing (the caller takes its chunks). */
 typedef void (*part_fn)(void *ctx, int part, int parts);
 
 #define MAX_WORKERS 255
+#define CHUNKS_PER_THREAD 8
+#define MIN_CHUNK_WORK (32 * 1024) /* bytes touched: below that, handing a chunk over costs more than it saves */
 
 static struct {
-    pthread_mutex_t busy;  /* held by the thread whose job owns the pool */
-    pthread_mutex_t lock;  /* guards sleeping and waking */
+    pthread_mutex_t busy; /* held by the thread whose job owns the pool */
+    pthread_mutex_t lock; /* guards sleeping and waking */
     pthread_cond_t wake, done;
     pthread_t threads[MAX_WORKERS];
-    unsigned first_generation[MAX_WORKERS];  /* the generation current when each worker was started */
-    int workers;
-    part_fn fn;  /* NULL: workers exit */
+    int workers, quit;
+    part_fn fn;
     void *ctx;
-    atomic_uint generation;
-    atomic_int remaining, sleepers, main_waiting;
+    /* parts << 32 | next part to claim. Claims past the end are refused, so one fetch-and-add tells a
+     * thread both which part it has and whether it is a part at all (a late worker may claim from the
+     * next job: the job's fields are written before its ticket and stay until all its parts are done). */
+    _Atomic uint64_t ticket;
+    atomic_int finished; /* parts of the current job done */
+    atomic_uint generation; /* bumped for each job: what sleeping workers wait for */
+    atomic_int sleepers, main_waiting;
 } pool = {.busy = PTHREAD_MUTEX_INITIALIZER, .lock = PTHREAD_MUTEX_INITIALIZER, .wake = PTHREAD_COND_INITIALIZER,
-        .done = PTHREAD_COND_INITIALIZER};
+          .done = PTHREAD_COND_INITIALIZER};
 
 static int64_t spin_ns = 100 * 1000;
 
@@ -109,6 +118,11 @@ static int64_t now_ns(void) {
     clock_gettime(CLOCK_MONOTONIC, &t);
     return (int64_t)t.tv_sec * 1000000000 + t.tv_nsec;
 }
+
+static _Thread_local unsigned seen_generation;
+static int new_job(void) { return atomic_load(&pool.generation) != seen_generation; }
+static int64_t wanted_parts;
+static int all_done(void) { return atomic_load(&pool.finished) == wanted_parts; }
 
 /* Spin up to spin_ns for `ready` to return true; false if it did not. */
 static int spin_until(int (*ready)(void)) {
@@ -124,13 +138,23 @@ static int spin_until(int (*ready)(void)) {
     }
 }
 
-static _Thread_local unsigned seen_generation;
-static int new_job(void) { return atomic_load(&pool.generation) != seen_generation; }
-static int all_done(void) { return atomic_load(&pool.remaining) == 0; }
+/* Claim and run parts until there are none left. */
+static void work(void) {
+    for (;;) {
+        uint64_t ticket = atomic_fetch_add(&pool.ticket, 1);
+        int parts = (int)(ticket >> 32), part = (int)(ticket & 0xFFFFFFFF);
+        if (part >= parts) return;
+        pool.fn(pool.ctx, part, parts);
+        if (atomic_fetch_add(&pool.finished, 1) + 1 == parts && atomic_load(&pool.main_waiting)) {
+            pthread_mutex_lock(&pool.lock);
+            pthread_cond_broadcast(&pool.done);
+            pthread_mutex_unlock(&pool.lock);
+        }
+    }
+}
 
 static void *worker(void *arg) {
-    int part = (int)(intptr_t)arg;
-    seen_generation = pool.first_generation[part - 1];  /* not a later one: it might miss a job */
+    seen_generation = (unsigned)(uintptr_t)arg; /* the generation at its start: a later one might hide a job */
     for (;;) {
         if (!spin_until(new_job)) {
             pthread_mutex_lock(&pool.lock);
@@ -140,29 +164,29 @@ static void *worker(void *arg) {
             pthread_mutex_unlock(&pool.lock);
         }
         seen_generation = atomic_load(&pool.generation);
-        part_fn fn = pool.fn;
-        if (fn) fn(pool.ctx, part, pool.workers + 1);
-        if (atomic_fetch_sub(&pool.remaining, 1) == 1 && atomic_load(&pool.main_waiting)) {
-            pthread_mutex_lock(&pool.lock);
-            pthread_cond_broadcast(&pool.done);
-            pthread_mutex_unlock(&pool.lock);
-        }
-        if (!fn) return NULL;
+        if (pool.quit) return NULL;
+        work();
     }
 }
 
-/* Hand `fn` to the workers (pool.busy held), run part 0 here, wait for the rest. */
-static void dispatch(part_fn fn, void *ctx) {
-    pool.fn = fn;
-    pool.ctx = ctx;
-    atomic_store(&pool.remaining, pool.workers);
+static void wake_workers(void) {
     atomic_fetch_add(&pool.generation, 1);
     if (atomic_load(&pool.sleepers)) {
         pthread_mutex_lock(&pool.lock);
         pthread_cond_broadcast(&pool.wake);
         pthread_mutex_unlock(&pool.lock);
     }
-    if (fn) fn(ctx, 0, pool.workers + 1);
+}
+
+/* Run the `parts` parts of fn with the workers (pool.busy held); return when all are done. */
+static void dispatch(part_fn fn, void *ctx, int parts) {
+    pool.fn = fn;
+    pool.ctx = ctx;
+    wanted_parts = parts;
+    atomic_store(&pool.finished, 0);
+    atomic_store(&pool.ticket, (uint64_t)parts << 32);
+    wake_workers();
+    work();
     if (!spin_until(all_done)) {
         pthread_mutex_lock(&pool.lock);
         atomic_store(&pool.main_waiting, 1);
@@ -174,9 +198,10 @@ static void dispatch(part_fn fn, void *ctx) {
 
 static void stop_workers(void) {
     if (!pool.workers) return;
-    dispatch(NULL, NULL);
+    pool.quit = 1;
+    wake_workers();
     for (int i = 0; i < pool.workers; i++) pthread_join(pool.threads[i], NULL);
-    pool.workers = 0;
+    pool.workers = pool.quit = 0;
 }
 
 /* A forked child has none of the parent's threads: start over with an empty pool. */
@@ -185,7 +210,7 @@ static void after_fork_in_child(void) {
     pthread_mutex_init(&pool.lock, NULL);
     pthread_cond_init(&pool.wake, NULL);
     pthread_cond_init(&pool.done, NULL);
-    pool.workers = 0;
+    pool.workers = pool.quit = 0;
     atomic_store(&pool.sleepers, 0);
     atomic_store(&pool.main_waiting, 0);
 }
@@ -200,11 +225,9 @@ EXPORT int tfb_set_threads(int threads) {
     pthread_mutex_lock(&pool.busy);
     if (workers != pool.workers) {
         stop_workers();
-        for (int i = 0; i < workers; i++) {
-            pool.first_generation[i] = atomic_load(&pool.generation);
-            if (pthread_create(&pool.threads[i], NULL, worker, (void *)(intptr_t)(i + 1))) break;
+        void *generation = (void *)(uintptr_t)atomic_load(&pool.generation);
+        for (int i = 0; i < workers && !pthread_create(&pool.threads[i], NULL, worker, generation); i++)
             pool.workers = i + 1;
-        }
     }
     int result = pool.workers + 1;
     pthread_mutex_unlock(&pool.busy);
@@ -216,12 +239,12 @@ EXPORT int tfb_threads(void) { return pool.workers + 1; }
 /* How long an idle worker spins before it sleeps, in microseconds. */
 EXPORT void tfb_set_spin_us(int us) { spin_ns = us < 0 ? 0 : (int64_t)us * 1000; }
 
-/* Run fn over `parts` = thread count when `work` (bytes touched) is worth splitting, else inline. */
-#define MIN_WORK_PER_THREAD (48 * 1024)
-
+/* Run fn over as many parts as `work` (bytes touched) is worth, with the pool when it is free. */
 static void run(part_fn fn, void *ctx, int64_t work) {
-    if (pool.workers && work >= 2 * MIN_WORK_PER_THREAD && pthread_mutex_trylock(&pool.busy) == 0) {
-        if (pool.workers) dispatch(fn, ctx);
+    int64_t parts = work / MIN_CHUNK_WORK, most = (int64_t)(pool.workers + 1) * CHUNKS_PER_THREAD;
+    parts = parts > most ? most : parts;
+    if (pool.workers && parts > 1 && pthread_mutex_trylock(&pool.busy) == 0) {
+        if (pool.workers) dispatch(fn, ctx, (int)parts);
         else fn(ctx, 0, 1);
         pthread_mutex_unlock(&pool.busy);
         return;
