@@ -109,10 +109,19 @@ def test_matmul_matches_float64(isa: str, name: str, kind: str) -> None:
             assert_close(y, x, values)
 
 
+@pytest.fixture(params=["openmp", "pool"])
+def threading(request: pytest.FixtureRequest):
+    """The native kernels on torch's OpenMP threads, then on the library's own pool."""
+    if native.use_openmp(request.param == "openmp") != (request.param == "openmp"):
+        pytest.skip("torch does not run on an OpenMP runtime here")
+    yield request.param
+    native.use_openmp(True)
+
+
 @needs_native
 @pytest.mark.parametrize("rows", [1, 5])
 @pytest.mark.parametrize("name", ["Q8_0", "Q4_K", "Q6_K", "F16"])
-def test_threads_give_identical_results(name: str, rows: int) -> None:
+def test_threads_give_identical_results(threading: str, name: str, rows: int) -> None:
     """Each output is one thread's work in a fixed order, so the split must not change a single bit."""
     weight = packed(name, 1001, 512, np.random.default_rng(3), "moderate")  # large enough to be split
     x = torch.randn(rows, 512)
@@ -121,13 +130,19 @@ def test_threads_give_identical_results(name: str, rows: int) -> None:
         native.set_threads(1)
         alone = native.matmul(x, weight)
         assert native.set_threads(3) == 3
-        shared = native.matmul(x, weight)
+        shared = [native.matmul(x, weight) for _ in range(20)]
         values = torch.empty(1001, 512)
         assert native.dequantize_into(weight, values)
     finally:
         native.set_threads(before)
-    assert alone is not None and shared is not None and torch.equal(alone, shared)
+    assert alone is not None and all(y is not None and torch.equal(alone, y) for y in shared)
     assert torch.equal(values, weight.dequantize())
+
+
+@needs_native
+def test_borrows_torchs_openmp_threads_by_default() -> None:
+    if "parallel backend: OpenMP" in torch.__config__.parallel_info() and sys.platform == "linux":
+        assert native.uses_openmp()
 
 
 @needs_native

@@ -33,13 +33,20 @@ def check_shape(name: str, found: tuple[int, ...], expected: tuple[int, ...]) ->
                           "config (check the spec's hparams against the file's metadata)")
 
 
-def packed_matmul(x: torch.Tensor, weight: PackedTensor) -> torch.Tensor:
-    """x @ W.T for a packed W of shape [out, in]: float32 math, the result in x's dtype."""
+def packed_matmul(x: torch.Tensor, weight: PackedTensor, prepared: native.Prepared | None = None) -> torch.Tensor:
+    """x @ W.T for a packed W of shape [out, in]: float32 math, the result in x's dtype. `prepared`: W
+    made ready for the native kernels beforehand (else this call works that out)."""
     out_features, in_features = weight.shape
-    x2 = x.reshape(-1, in_features).to(torch.float32).contiguous()
-    y = native.matmul(x2, weight) if x2.shape[0] <= native.NATIVE_MAX_ROWS else None
+    plain = x.dtype == torch.float32 and x.is_contiguous()  # the decode step's case: no copies at all
+    x2 = x.view(-1, in_features) if plain else x.reshape(-1, in_features).to(torch.float32).contiguous()
+    y = None
+    if x2.shape[0] <= native.NATIVE_MAX_ROWS:
+        prepared = prepared or native.prepare(weight)
+        y = prepared(x2) if prepared is not None else None
     if y is None:
         y = _expanded_matmul(x2, weight)
+    if plain and x.dim() == 2:
+        return y
     return y.to(x.dtype).reshape(*x.shape[:-1], out_features)
 
 
@@ -95,6 +102,8 @@ class Linear(nn.Module):
         self.weight: torch.Tensor | None = None
         self.packed: PackedTensor | None = None
         self.bias: torch.Tensor | None = None
+        self.prepared: native.Prepared | None = None  # `prepared_for` made ready for the native kernels
+        self.prepared_for: PackedTensor | None = None
 
     def tensor_shape(self, method: str) -> tuple[int, ...]:
         return (self.out_features, self.in_features) if method == "set_weight" else (self.out_features,)
@@ -115,7 +124,9 @@ class Linear(nn.Module):
             return F.linear(x, self.weight, self.bias)
         if self.packed is None:
             raise WeightError("a linear layer was used before its weight was loaded")
-        y = packed_matmul(x, self.packed)
+        if self.prepared_for is not self.packed:
+            self.prepared, self.prepared_for = native.prepare(self.packed), self.packed
+        y = packed_matmul(x, self.packed, self.prepared)
         return y if self.bias is None else y + self.bias
 
     def extra_repr(self) -> str:

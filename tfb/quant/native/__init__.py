@@ -7,16 +7,20 @@ keep the torch path: no compiler, a failed build, or a storage type without nati
 
 from tfb.quant.native.ops import (
     NATIVE_MAX_ROWS,
+    Prepared,
     available,
     dequantize,
     dequantize_into,
     isa,
     matmul,
+    prepare,
     set_isa,
     set_threads,
     supports,
     threads,
+    use_openmp,
+    uses_openmp,
 )
 
-__all__ = ["NATIVE_MAX_ROWS", "available", "dequantize", "dequantize_into", "isa", "matmul", "set_isa",
-           "set_threads", "supports", "threads"]
+__all__ = ["NATIVE_MAX_ROWS", "Prepared", "available", "dequantize", "dequantize_into", "isa", "matmul", "prepare",
+           "set_isa", "set_threads", "supports", "threads", "use_openmp", "uses_openmp"]

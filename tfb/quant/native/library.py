@@ -116,6 +116,8 @@ def _declare(lib: ctypes.CDLL) -> ctypes.CDLL:
         "tfb_set_threads": (ctypes.c_int, [ctypes.c_int]),
         "tfb_threads": (ctypes.c_int, []),
         "tfb_set_spin_us": (None, [ctypes.c_int]),
+        "tfb_use_openmp": (ctypes.c_int, [ptr]),
+        "tfb_uses_openmp": (ctypes.c_int, []),
     }
     for name, (restype, argtypes) in signatures.items():
         fn = getattr(lib, name)

@@ -13,32 +13,30 @@ beyond NATIVE_MAX_ROWS rows tfb.nn.linear hands the product to torch all the sam
 from __future__ import annotations
 
 import ctypes
+import functools
 import math
-import os
 
 import torch
 
 from tfb.gguf.ggml_types import GGMLType
+from tfb.quant.native import workers
 from tfb.quant.native.library import load
 from tfb.quant.packed import PackedTensor
 
 NATIVE_MAX_ROWS = 2048
 
 _supported: dict[int, bool] = {}
+_library: list[ctypes.CDLL | None] = []  # once loaded and set up
 
 
 def library() -> ctypes.CDLL | None:
-    """The loaded library, with its thread count set on first use (TFB_THREADS, else torch's count)."""
-    lib = load()
-    if lib is not None and not _supported.get(-1):
-        _supported[-1] = True
-        lib.tfb_set_threads(default_threads())
-    return lib
-
-
-def default_threads() -> int:
-    value = os.environ.get("TFB_THREADS", "").strip()
-    return int(value) if value.isdigit() and int(value) > 0 else torch.get_num_threads()
+    """The loaded library, its threads chosen on first use (tfb.quant.native.workers)."""
+    if not _library:
+        lib = load()
+        if lib is not None:
+            workers.configure(lib)
+        _library.append(lib)
+    return _library[0]
 
 
 def available() -> bool:
@@ -65,6 +63,17 @@ def threads() -> int:
     return 1 if lib is None else int(lib.tfb_threads())
 
 
+def use_openmp(enabled: bool = True) -> bool:
+    """Borrow torch's OpenMP threads (the default where found) or use the library's own pool."""
+    lib = library()
+    return lib is not None and workers.use_openmp(lib, enabled)
+
+
+def uses_openmp() -> bool:
+    lib = library()
+    return lib is not None and bool(lib.tfb_uses_openmp())
+
+
 def set_isa(name: str = "") -> bool:
     """Use the kernels of one instruction set ("avx512", "avx2", "portable"; "" for the best); for tests."""
     lib = library()
@@ -87,17 +96,36 @@ def _rows(weight: PackedTensor) -> torch.Tensor:
     return raw if raw.stride(-1) == 1 else raw.contiguous()
 
 
+class Prepared:
+    """A packed weight ready for native products, its call arguments worked out once (a decode step
+    makes hundreds of small products, so per-call Python work shows)."""
+
+    __slots__ = ("_call", "_raw", "name", "out_features")
+
+    def __init__(self, lib: ctypes.CDLL, weight: PackedTensor) -> None:
+        self._raw = _rows(weight)  # holds the bytes the pointer below points into
+        self.out_features, in_features = weight.shape
+        self.name = f"{weight.name or 'a weight'} ({weight.ggml_type.name})"
+        self._call = functools.partial(lib.tfb_matmul, weight.ggml_type.id, self._raw.data_ptr(),
+                                       self._raw.stride(0), self.out_features, in_features)
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        """x @ W.T for a contiguous float32 x [M, in]."""
+        y = torch.empty(x.shape[0], self.out_features, dtype=torch.float32)
+        _check(self._call(x.data_ptr(), x.shape[0], y.data_ptr()), f"matmul of {self.name}")
+        return y
+
+
+def prepare(weight: PackedTensor) -> Prepared | None:
+    """`weight` ready for repeated native products; None where its type has no native kernels."""
+    lib = library()
+    return Prepared(lib, weight) if lib is not None and supports(weight.ggml_type) else None
+
+
 def matmul(x: torch.Tensor, weight: PackedTensor) -> torch.Tensor | None:
     """x @ W.T for a contiguous float32 x [M, in] and a packed W [out, in]."""
-    if not supports(weight.ggml_type):
-        return None
-    out_features, in_features = weight.shape
-    raw = _rows(weight)
-    y = torch.empty(x.shape[0], out_features, dtype=torch.float32)
-    status = library().tfb_matmul(weight.ggml_type.id, raw.data_ptr(), raw.stride(0), out_features,  # type: ignore[union-attr]
-                                  in_features, x.data_ptr(), x.shape[0], y.data_ptr())
-    _check(status, f"matmul of {weight.name or 'a weight'} ({weight.ggml_type.name})")
-    return y
+    prepared = prepare(weight)
+    return None if prepared is None else prepared(x)
 
 
 def dequantize_into(weight: PackedTensor, out: torch.Tensor) -> bool:

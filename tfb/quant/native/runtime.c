@@ -1,14 +1,20 @@
-/* The exported entry points: instruction-set dispatch, a small thread pool, matmul and dequantize.
+/* The exported entry points: instruction-set dispatch, threads, matmul and dequantize.
  *
- * Threads: a persistent pool of (threads - 1) workers plus the calling thread. A job is split into one
- * contiguous range of rows (or blocks) per thread. Between jobs a worker spins for a short while (a
- * decode step issues hundreds of small matmuls back to back, and waking a sleeping thread costs more
- * than such a matmul) and then sleeps on a condition variable, so an idle process takes no CPU and
- * torch's own OpenMP threads are not starved. No OpenMP here: two OpenMP runtimes in one process spin
- * against each other. Jobs too small to pay for the hand-off run on the calling thread alone, as does a
- * job that arrives while another thread's job holds the pool.
+ * Threads. A job is split into chunks (contiguous ranges of rows or blocks) that threads claim one at
+ * a time. The threads come from one of two places:
+ *
+ * - torch's OpenMP runtime, when the caller hands over its GOMP_parallel (tfb_use_openmp). The
+ *   library links no OpenMP of its own: it borrows the team torch already runs. That matters on a
+ *   machine with as many cores as threads: after each of its parallel regions (attention, every layer)
+ *   torch's OpenMP threads spin for a while waiting for more work, and a second set of threads,
+ *   ours, would have to fight them for the cores. Borrowed, they pick up our chunks at once instead.
+ * - otherwise a small persistent pool of (threads - 1) pthreads plus the calling thread, whose idle
+ *   workers spin briefly (a decode step issues hundreds of small matmuls back to back, and waking a
+ *   sleeping thread costs more than such a matmul) and then sleep on a condition variable.
+ *
+ * Jobs too small to pay for the hand-off run on the calling thread alone, as does a job that arrives
+ * while another thread's job holds the threads.
  */
-#include <errno.h>
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdlib.h>
@@ -218,34 +224,70 @@ static void after_fork_in_child(void) {
 static pthread_once_t fork_handler_once = PTHREAD_ONCE_INIT;
 static void install_fork_handler(void) { pthread_atfork(NULL, NULL, after_fork_in_child); }
 
+/* GOMP_parallel(fn, data, threads, flags): run fn(data) on a team of `threads` threads, the caller
+ * included, and return when all are done. GCC's libgomp, LLVM's libomp and Intel's libiomp export it. */
+typedef void (*gomp_parallel_fn)(void (*fn)(void *), void *data, unsigned threads, unsigned flags);
+static gomp_parallel_fn gomp_parallel;
+static int thread_count = 1;
+
+static void start_workers(int workers) {
+    void *generation = (void *)(uintptr_t)atomic_load(&pool.generation);
+    for (int i = 0; i < workers && !pthread_create(&pool.threads[i], NULL, worker, generation); i++)
+        pool.workers = i + 1;
+}
+
 /* Use `threads` threads in all (the caller's included); returns the number in effect. */
 EXPORT int tfb_set_threads(int threads) {
     pthread_once(&fork_handler_once, install_fork_handler);
-    int workers = threads < 1 ? 0 : threads - 1 > MAX_WORKERS ? MAX_WORKERS : threads - 1;
+    threads = threads < 1 ? 1 : threads > MAX_WORKERS + 1 ? MAX_WORKERS + 1 : threads;
     pthread_mutex_lock(&pool.busy);
+    int workers = gomp_parallel ? 0 : threads - 1;
     if (workers != pool.workers) {
         stop_workers();
-        void *generation = (void *)(uintptr_t)atomic_load(&pool.generation);
-        for (int i = 0; i < workers && !pthread_create(&pool.threads[i], NULL, worker, generation); i++)
-            pool.workers = i + 1;
+        start_workers(workers);
     }
-    int result = pool.workers + 1;
+    thread_count = gomp_parallel ? threads : pool.workers + 1;
     pthread_mutex_unlock(&pool.busy);
-    return result;
+    return thread_count;
 }
 
-EXPORT int tfb_threads(void) { return pool.workers + 1; }
+EXPORT int tfb_threads(void) { return thread_count; }
 
-/* How long an idle worker spins before it sleeps, in microseconds. */
+/* Take threads from an OpenMP runtime's GOMP_parallel (NULL: back to the library's own pool). */
+EXPORT int tfb_use_openmp(void *gomp_parallel_address) {
+    int threads = thread_count;
+    pthread_mutex_lock(&pool.busy);
+    gomp_parallel = (gomp_parallel_fn)gomp_parallel_address;
+    pthread_mutex_unlock(&pool.busy);
+    return tfb_set_threads(threads);
+}
+
+EXPORT int tfb_uses_openmp(void) { return gomp_parallel != NULL; }
+
+/* How long an idle worker of the library's own pool spins before it sleeps, in microseconds. */
 EXPORT void tfb_set_spin_us(int us) { spin_ns = us < 0 ? 0 : (int64_t)us * 1000; }
 
-/* Run fn over as many parts as `work` (bytes touched) is worth, with the pool when it is free. */
+static void team_member(void *unused) {
+    (void)unused;
+    work();
+}
+
+/* Run fn over as many parts as `work` (bytes touched) is worth, with the threads when they are free. */
 static void run(part_fn fn, void *ctx, int64_t work) {
-    int64_t parts = work / MIN_CHUNK_WORK, most = (int64_t)(pool.workers + 1) * CHUNKS_PER_THREAD;
+    int64_t parts = work / MIN_CHUNK_WORK, most = (int64_t)thread_count * CHUNKS_PER_THREAD;
     parts = parts > most ? most : parts;
-    if (pool.workers && parts > 1 && pthread_mutex_trylock(&pool.busy) == 0) {
-        if (pool.workers) dispatch(fn, ctx, (int)parts);
-        else fn(ctx, 0, 1);
+    if (thread_count > 1 && parts > 1 && pthread_mutex_trylock(&pool.busy) == 0) {
+        if (gomp_parallel) {
+            pool.fn = fn;
+            pool.ctx = ctx;
+            atomic_store(&pool.finished, 0);
+            atomic_store(&pool.ticket, (uint64_t)parts << 32);
+            gomp_parallel(team_member, NULL, (unsigned)thread_count, 0); /* returns when the team is done */
+        } else if (pool.workers) {
+            dispatch(fn, ctx, (int)parts);
+        } else {
+            fn(ctx, 0, 1);
+        }
         pthread_mutex_unlock(&pool.busy);
         return;
     }
