@@ -36,15 +36,15 @@ static inline vi vi_bit_to(vi v, int from, int to) {
 }
 
 /* The dot-product loop shared by the block formats: two accumulators over alternate blocks, each
- * block's contribution added by block_<fmt>(block, x, sums, acc, &offset) (offset: a scalar sum
- * subtracted at the end, for the formats with additive offsets). */
+ * block's contribution added by block_<fmt>(block, x, sums, acc, &offset); `offset` collects, lane by
+ * lane, what the formats with additive offsets subtract at the end. */
 #define DEFINE_ROWS(fmt, type_size, block_size, sums_per_block)                                              \
     static void rows_##fmt(const uint8_t *w, int64_t stride, int64_t nrows, int64_t nb, const float *x,      \
                            const float *sums, float *y) {                                                    \
         for (int64_t r = 0; r < nrows; r++) {                                                                \
             const uint8_t *row = w + r * stride;                                                             \
             vf acc0 = vf_zero(), acc1 = vf_zero();                                                           \
-            float offset = 0.0f;                                                                             \
+            vf offset = vf_zero();                                                                           \
             int64_t b = 0;                                                                                   \
             for (; b + 1 < nb; b += 2) {                                                                     \
                 acc0 = block_##fmt(row + b * (type_size), x + b * (block_size), sums + b * (sums_per_block), \
@@ -55,7 +55,7 @@ static inline vi vi_bit_to(vi v, int from, int to) {
             if (b < nb)                                                                                      \
                 acc0 = block_##fmt(row + b * (type_size), x + b * (block_size), sums + b * (sums_per_block), \
                                    acc0, &offset);                                                           \
-            y[r] = vf_sum(vf_add(acc0, acc1)) - offset;                                                      \
+            y[r] = vf_sum(vf_sub(vf_add(acc0, acc1), offset));                                              \
         }                                                                                                    \
     }
 
@@ -98,7 +98,7 @@ DEFINE_FLOAT16(bf16, vf_bf16, bf16_to_float)
 /* ------------------------------------------------------------------------- 32-weight formats */
 
 /* Q8_0, 34 bytes: d (f16), qs[32] (int8). w[j] = qs[j] * d */
-BLOCK_FN vf block_q8_0(const uint8_t *blk, const float *x, const float *sums, vf acc, float *offset) {
+BLOCK_FN vf block_q8_0(const uint8_t *blk, const float *x, const float *sums, vf acc, vf *offset) {
     (void)sums, (void)offset;
     vf t = vf_mul(vi_float(vi_i8(blk + 2)), vf_load(x));
     for (int i = LANES; i < 32; i += LANES) t = vf_fma(vi_float(vi_i8(blk + 2 + i)), vf_load(x + i), t);
@@ -146,7 +146,7 @@ static inline void dequant_table_nibbles(vtable table, const uint8_t *qs, float 
 }
 
 #define DEFINE_TABLE4(fmt, type_size, header, table, scale_of)                                              \
-    BLOCK_FN vf block_##fmt(const uint8_t *blk, const float *x, const float *sums, vf acc, float *off) { \
+    BLOCK_FN vf block_##fmt(const uint8_t *blk, const float *x, const float *sums, vf acc, vf *off)    { \
         (void)sums, (void)off;                                                                               \
         return vf_fma(table_nibbles(vtable_load(table), blk + (header), x), vf_set1(scale_of), acc);         \
     }                                                                                                        \
@@ -162,14 +162,14 @@ DEFINE_TABLE4(iq4_nl, 18, 2, IQ4_NL_VALUES, load_half(blk))
 DEFINE_TABLE4(mxfp4, 17, 1, MXFP4_VALUES, e8m0_half(blk[0]))
 
 /* Q4_1, 20 bytes: d, m (f16), qs[16]. w[j] = (qs[j] & 15) * d + m, w[j + 16] = (qs[j] >> 4) * d + m */
-BLOCK_FN vf block_q4_1(const uint8_t *blk, const float *x, const float *sums, vf acc, float *offset) {
+BLOCK_FN vf block_q4_1(const uint8_t *blk, const float *x, const float *sums, vf acc, vf *offset) {
     vf t = vf_zero();
     for (int i = 0; i < 16; i += LANES) {
         vi q = vi_u8(blk + 4 + i);
         t = vf_fma(vf_nibble_low(q), vf_load(x + i), t);
         t = vf_fma(vi_float(vi_srl(q, 4)), vf_load(x + 16 + i), t);
     }
-    *offset -= load_half(blk + 2) * sums[0];
+    *offset = vf_sub(*offset, vf_first(load_half(blk + 2) * sums[0]));
     return vf_fma(t, vf_set1(load_half(blk)), acc);
 }
 DEFINE_ROWS(q4_1, 20, 32, 1)
@@ -195,7 +195,7 @@ static inline vi five_bit_high(const uint8_t *qs, uint32_t qh, int i) {
     return vi_or_bits(vi_srl(vi_u8(qs + i), 4), qh >> (16 + i), 16);
 }
 
-BLOCK_FN vf block_q5_0(const uint8_t *blk, const float *x, const float *sums, vf acc, float *offset) {
+BLOCK_FN vf block_q5_0(const uint8_t *blk, const float *x, const float *sums, vf acc, vf *offset) {
     (void)sums, (void)offset;
     uint32_t qh = load_u32(blk + 2);
     vf t = vf_zero();
@@ -218,14 +218,14 @@ static void dequant_q5_0(const uint8_t *blk, int64_t nb, float *out) {
     }
 }
 
-BLOCK_FN vf block_q5_1(const uint8_t *blk, const float *x, const float *sums, vf acc, float *offset) {
+BLOCK_FN vf block_q5_1(const uint8_t *blk, const float *x, const float *sums, vf acc, vf *offset) {
     uint32_t qh = load_u32(blk + 4);
     vf t = vf_zero();
     for (int i = 0; i < 16; i += LANES) {
         t = vf_fma(vi_float(five_bit_low(blk + 8, qh, i)), vf_load(x + i), t);
         t = vf_fma(vi_float(five_bit_high(blk + 8, qh, i)), vf_load(x + 16 + i), t);
     }
-    *offset -= load_half(blk + 2) * sums[0];
+    *offset = vf_sub(*offset, vf_first(load_half(blk + 2) * sums[0]));
     return vf_fma(t, vf_set1(load_half(blk)), acc);
 }
 DEFINE_ROWS(q5_1, 24, 32, 1)
@@ -270,11 +270,10 @@ BLOCK_FN vf dot_unpacked(const uint8_t *q, const float *x, const float *scale, i
     return acc;
 }
 
-/* sum over the 16 sub-blocks of scale[j] * sums[j] */
-static inline float dot16(const float *scale, const float *sums) {
-    vf s = vf_zero();
-    for (int j = 0; j < 16; j += LANES) s = vf_fma(vf_load(scale + j), vf_load(sums + j), s);
-    return vf_sum(s);
+/* offset + bias * scale[j] * sums[j] over the 16 sub-blocks, lane by lane */
+static inline vf add_bias16(vf offset, float bias, const float *scale, const float *sums) {
+    for (int j = 0; j < 16; j += LANES) offset = vf_fma(vf_mul(vf_load(scale + j), vf_set1(bias)), vf_load(sums + j), offset);
+    return offset;
 }
 
 static inline void dequant_unpacked(const uint8_t *q, const float *scale, const float *min, int bias, int sub,
@@ -308,14 +307,14 @@ static inline void q2_k_scales(const uint8_t *blk, float *scale, float *min) {
     }
 }
 
-BLOCK_FN vf block_q2_k(const uint8_t *blk, const float *x, const float *sums, vf acc, float *offset) {
+BLOCK_FN vf block_q2_k(const uint8_t *blk, const float *x, const float *sums, vf acc, vf *offset) {
     float scale[16];
     uint8_t q[256];
     q2_k_scales(blk, scale, NULL);
     two_bit_unpack(blk + 16, q);
     uint64_t low = load_u64(blk), high = load_u64(blk + 8);
-    *offset += load_half(blk + 82) * (bytes8_dot(low >> 4 & LOW_NIBBLES, sums) +
-                                      bytes8_dot(high >> 4 & LOW_NIBBLES, sums + 8));
+    *offset = vf_bytes8_fma(*offset, low >> 4 & LOW_NIBBLES, load_half(blk + 82), sums);
+    *offset = vf_bytes8_fma(*offset, high >> 4 & LOW_NIBBLES, load_half(blk + 82), sums + 8);
     return dot_unpacked(q, x, scale, 16, acc);
 }
 DEFINE_ROWS(q2_k, 84, 256, 16)
@@ -356,12 +355,12 @@ static inline void q3_k_unpack(const uint8_t *blk, uint8_t *q) {
     }
 }
 
-BLOCK_FN vf block_q3_k(const uint8_t *blk, const float *x, const float *sums, vf acc, float *offset) {
+BLOCK_FN vf block_q3_k(const uint8_t *blk, const float *x, const float *sums, vf acc, vf *offset) {
     float scale[16];
     uint8_t q[256];
     q3_k_scales(blk + 96, load_half(blk + 108), scale);
     q3_k_unpack(blk, q);
-    *offset += 4.0f * dot16(scale, sums);
+    *offset = add_bias16(*offset, 4.0f, scale, sums);
     return dot_unpacked(q, x, scale, 16, acc);
 }
 DEFINE_ROWS(q3_k, 110, 256, 16)
@@ -395,16 +394,16 @@ static inline void k4_scales_mins(const uint8_t *s, float d, float dmin, float *
 }
 
 /* the scales into scale[8]; the mins' share of the dot product added to *offset */
-static inline void k4_scales_offset(const uint8_t *blk, const float *sums, float *scale, float *offset) {
+static inline void k4_scales_offset(const uint8_t *blk, const float *sums, float *scale, vf *offset) {
     uint64_t scales, mins;
     k4_unpack(blk + 4, &scales, &mins);
     bytes8_scaled(scales, load_half(blk), scale);
-    *offset += load_half(blk + 2) * bytes8_dot(mins, sums);
+    *offset = vf_bytes8_fma(*offset, mins, load_half(blk + 2), sums);
 }
 
 /* Q4_K, 144 bytes: d, dmin (f16), scales[12], qs[128]. Sub-blocks 2c and 2c + 1 are the low and the high
  * nibbles of qs[32c .. 32c + 31]. */
-BLOCK_FN vf block_q4_k(const uint8_t *blk, const float *x, const float *sums, vf acc, float *offset) {
+BLOCK_FN vf block_q4_k(const uint8_t *blk, const float *x, const float *sums, vf acc, vf *offset) {
     float scale[8];
     k4_scales_offset(blk, sums, scale, offset);
     const uint8_t *qs = blk + 16;
@@ -449,7 +448,7 @@ static inline void q5_k_unpack(const uint8_t *blk, uint8_t *q) {
     }
 }
 
-BLOCK_FN vf block_q5_k(const uint8_t *blk, const float *x, const float *sums, vf acc, float *offset) {
+BLOCK_FN vf block_q5_k(const uint8_t *blk, const float *x, const float *sums, vf acc, vf *offset) {
     float scale[8];
     uint8_t q[256];
     k4_scales_offset(blk, sums, scale, offset);
@@ -486,12 +485,12 @@ static inline void q6_k_scales(const uint8_t *blk, float *scale) {
     sbytes8_scaled(load_u64(blk + 200), load_half(blk + 208), scale + 8);
 }
 
-BLOCK_FN vf block_q6_k(const uint8_t *blk, const float *x, const float *sums, vf acc, float *offset) {
+BLOCK_FN vf block_q6_k(const uint8_t *blk, const float *x, const float *sums, vf acc, vf *offset) {
     float scale[16];
     uint8_t q[256];
     q6_k_scales(blk, scale);
     q6_k_unpack(blk, q);
-    *offset += 32.0f * dot16(scale, sums);
+    *offset = add_bias16(*offset, 32.0f, scale, sums);
     return dot_unpacked(q, x, scale, 16, acc);
 }
 DEFINE_ROWS(q6_k, 210, 256, 16)
@@ -514,7 +513,7 @@ static inline float iq4_xs_scale(const uint8_t *blk, float d, int i) {
     return d * (float)(ls - 32);
 }
 
-BLOCK_FN vf block_iq4_xs(const uint8_t *blk, const float *x, const float *sums, vf acc, float *offset) {
+BLOCK_FN vf block_iq4_xs(const uint8_t *blk, const float *x, const float *sums, vf acc, vf *offset) {
     (void)sums, (void)offset;
     vtable table = vtable_load(IQ4_NL_VALUES);
     float d = load_half(blk);

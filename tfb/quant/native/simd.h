@@ -10,7 +10,8 @@
  *   vf_table16       lookup of the low 4 bits of each lane in a 16-entry float table
  *   vi_or_bits       lane i gains `value` where bit i of `bits` is set (the high bit of 5-bit quants)
  *   bytes8_scaled    eight (sbytes8_: signed) bytes packed in a uint64, each times a float: sub-block scales
- *   bytes8_dot       eight bytes dotted with eight floats
+ *   vf_bytes8_fma    acc + (eight bytes times d) * eight floats, in the first eight lanes (sub-block mins)
+ *   vf_first         a float in lane 0, zeros elsewhere
  *
  * Everything here is exact except vf_fma (one rounding where the hardware fuses, two in portable C)
  * and vf_sum's order: the dequantizers use only vf_mul / vf_add / vf_sub, which round once each, as the
@@ -65,6 +66,12 @@ static inline vf vf_f16(const uint8_t *p) { return _mm512_cvtph_ps(_mm256_loadu_
 static inline vf vf_bf16(const uint8_t *p) {
     return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)p)), 16));
 }
+static inline vf vf_first(float v) { return _mm512_maskz_mov_ps(1, _mm512_set1_ps(v)); }
+static inline vf vf_bytes8_fma(vf acc, uint64_t b, float d, const float *x) {
+    /* bytes 8-15 of the widened register are zero, and the load leaves lanes 8-15 of x zero too */
+    __m512 v = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_cvtsi64_si128((long long)b))), _mm512_set1_ps(d));
+    return _mm512_fmadd_ps(v, _mm512_maskz_loadu_ps(0xFF, x), acc);
+}
 
 #elif defined(__AVX2__) && defined(__FMA__) && defined(__F16C__)
 /* ----------------------------------------------------------------------------------------- AVX2 */
@@ -113,6 +120,11 @@ static inline vf vf_nibble_low(vi v) { return _mm256_cvtepi32_ps(vi_and(v, 15));
 static inline vf vf_f16(const uint8_t *p) { return _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)p)); }
 static inline vf vf_bf16(const uint8_t *p) {
     return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)p)), 16));
+}
+static inline vf vf_first(float v) { return _mm256_setr_ps(v, 0, 0, 0, 0, 0, 0, 0); }
+static inline vf vf_bytes8_fma(vf acc, uint64_t b, float d, const float *x) {
+    __m256 v = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_cvtsi64_si128((long long)b)));
+    return _mm256_fmadd_ps(_mm256_mul_ps(v, _mm256_set1_ps(d)), _mm256_loadu_ps(x), acc);
 }
 
 #else
@@ -173,6 +185,12 @@ static inline vf vf_f16(const uint8_t *p) {
             half_to_float(load_u16(p + 6))};
     return v;
 }
+static inline vf vf_first(float v) { vf r = {v, 0, 0, 0}; return r; }
+static inline vf vf_bytes8_fma(vf acc, uint64_t b, float d, const float *x) {
+    vf low = {(float)(uint8_t)b, (float)(uint8_t)(b >> 8), (float)(uint8_t)(b >> 16), (float)(uint8_t)(b >> 24)};
+    vf high = {(float)(uint8_t)(b >> 32), (float)(uint8_t)(b >> 40), (float)(uint8_t)(b >> 48), (float)(uint8_t)(b >> 56)};
+    return acc + low * d * vf_load(x) + high * d * vf_load(x + 4);
+}
 static inline vf vf_bf16(const uint8_t *p) {
     uint32_t bits[4] = {(uint32_t)load_u16(p) << 16, (uint32_t)load_u16(p + 2) << 16,
                         (uint32_t)load_u16(p + 4) << 16, (uint32_t)load_u16(p + 6) << 16};
@@ -183,7 +201,7 @@ static inline vf vf_bf16(const uint8_t *p) {
 #endif
 
 /* Sub-block scales: bytes 0-7 of `b` (unsigned, or signed for sbytes8_) times d into out[0..7], one
- * multiply each; bytes8_dot: the sum of byte i of `b` times x[i]. */
+ * multiply each. */
 #if LANES >= 8
 static inline __m256 bytes8_float(uint64_t b) {
     return _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_cvtsi64_si128((long long)b)));
@@ -197,24 +215,12 @@ static inline void bytes8_scaled(uint64_t b, float d, float *out) {
 static inline void sbytes8_scaled(uint64_t b, float d, float *out) {
     _mm256_storeu_ps(out, _mm256_mul_ps(sbytes8_float(b), _mm256_set1_ps(d)));
 }
-static inline float bytes8_dot(uint64_t b, const float *x) {
-    __m256 v = _mm256_mul_ps(bytes8_float(b), _mm256_loadu_ps(x));
-    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-    s = _mm_add_ss(s, _mm_movehdup_ps(s));
-    return _mm_cvtss_f32(s);
-}
 #else
 static inline void bytes8_scaled(uint64_t b, float d, float *out) {
     for (int i = 0; i < 8; i++) out[i] = (float)(uint8_t)(b >> 8 * i) * d;
 }
 static inline void sbytes8_scaled(uint64_t b, float d, float *out) {
     for (int i = 0; i < 8; i++) out[i] = (float)(int8_t)(b >> 8 * i) * d;
-}
-static inline float bytes8_dot(uint64_t b, const float *x) {
-    float s = 0.0f;
-    for (int i = 0; i < 8; i++) s += (float)(uint8_t)(b >> 8 * i) * x[i];
-    return s;
 }
 #endif
 
