@@ -145,6 +145,31 @@ def test_borrows_torchs_openmp_threads_by_default() -> None:
         assert native.uses_openmp()
 
 
+def _matmul_in_child(queue, x: torch.Tensor, weight: PackedTensor) -> None:
+    y = native.matmul(x, weight)
+    queue.put(None if y is None else y.tolist())  # plain floats: a tensor would travel by shared memory
+
+
+@needs_native
+@pytest.mark.skipif(sys.platform != "linux", reason="fork")
+def test_forked_child_computes_with_its_own_threads() -> None:
+    """An OpenMP runtime used before a fork hangs in the child; the library's pool starts afresh there."""
+    import multiprocessing
+
+    weight = packed("Q4_K", 1001, 512, np.random.default_rng(8), "moderate")
+    x = torch.randn(1, 512)
+    expected = native.matmul(x, weight)  # the parent has used its threads
+    context = multiprocessing.get_context("fork")
+    queue = context.Queue()
+    child = context.Process(target=_matmul_in_child, args=(queue, x, weight))
+    child.start()
+    child.join(60)
+    if child.exitcode is None:
+        child.kill()
+    assert child.exitcode == 0
+    assert expected is not None and queue.get(timeout=10) == expected.tolist()
+
+
 @needs_native
 def test_no_rows_and_unsupported_types() -> None:
     weight = packed("Q8_0", 8, 64, np.random.default_rng(4))

@@ -95,6 +95,10 @@ EXPORT int tfb_supports(int type) { return format(type) != NULL; }
  * it holds, and one that has not woken yet by nothing (the caller takes its chunks). */
 typedef void (*part_fn)(void *ctx, int part, int parts);
 
+/* GOMP_parallel(fn, data, threads, flags): run fn(data) on a team of `threads` threads, the caller
+ * included, and return when all are done. GCC's libgomp, LLVM's libomp and Intel's libiomp export it. */
+typedef void (*gomp_parallel_fn)(void (*fn)(void *), void *data, unsigned threads, unsigned flags);
+
 #define MAX_WORKERS 255
 #define CHUNKS_PER_THREAD 8
 #define MIN_CHUNK_WORK (32 * 1024) /* bytes touched: below that, handing a chunk over costs more than it saves */
@@ -210,7 +214,11 @@ static void stop_workers(void) {
     pool.workers = pool.quit = 0;
 }
 
-/* A forked child has none of the parent's threads: start over with an empty pool. */
+/* A forked child has none of the parent's threads: start over with an empty pool (started again on first
+ * use), and leave OpenMP alone: an OpenMP runtime used before the fork waits in the child for threads that
+ * are gone (libgomp does; torch's own parallel regions hang there too). */
+static gomp_parallel_fn gomp_parallel;
+
 static void after_fork_in_child(void) {
     pthread_mutex_init(&pool.busy, NULL);
     pthread_mutex_init(&pool.lock, NULL);
@@ -219,20 +227,18 @@ static void after_fork_in_child(void) {
     pool.workers = pool.quit = 0;
     atomic_store(&pool.sleepers, 0);
     atomic_store(&pool.main_waiting, 0);
+    gomp_parallel = NULL;
 }
 
 static pthread_once_t fork_handler_once = PTHREAD_ONCE_INIT;
 static void install_fork_handler(void) { pthread_atfork(NULL, NULL, after_fork_in_child); }
 
-/* GOMP_parallel(fn, data, threads, flags): run fn(data) on a team of `threads` threads, the caller
- * included, and return when all are done. GCC's libgomp, LLVM's libomp and Intel's libiomp export it. */
-typedef void (*gomp_parallel_fn)(void (*fn)(void *), void *data, unsigned threads, unsigned flags);
-static gomp_parallel_fn gomp_parallel;
 static int thread_count = 1;
 
+/* Grow the pool to `workers` threads (pool.busy held). */
 static void start_workers(int workers) {
     void *generation = (void *)(uintptr_t)atomic_load(&pool.generation);
-    for (int i = 0; i < workers && !pthread_create(&pool.threads[i], NULL, worker, generation); i++)
+    for (int i = pool.workers; i < workers && !pthread_create(&pool.threads[i], NULL, worker, generation); i++)
         pool.workers = i + 1;
 }
 
@@ -246,7 +252,7 @@ EXPORT int tfb_set_threads(int threads) {
         stop_workers();
         start_workers(workers);
     }
-    thread_count = gomp_parallel ? threads : pool.workers + 1;
+    thread_count = gomp_parallel || !workers ? threads : pool.workers + 1;
     pthread_mutex_unlock(&pool.busy);
     return thread_count;
 }
@@ -283,10 +289,10 @@ static void run(part_fn fn, void *ctx, int64_t work) {
             atomic_store(&pool.finished, 0);
             atomic_store(&pool.ticket, (uint64_t)parts << 32);
             gomp_parallel(team_member, NULL, (unsigned)thread_count, 0); /* returns when the team is done */
-        } else if (pool.workers) {
-            dispatch(fn, ctx, (int)parts);
         } else {
-            fn(ctx, 0, 1);
+            if (pool.workers < thread_count - 1) start_workers(thread_count - 1); /* first use after a fork */
+            if (pool.workers) dispatch(fn, ctx, (int)parts);
+            else fn(ctx, 0, 1);
         }
         pthread_mutex_unlock(&pool.busy);
         return;

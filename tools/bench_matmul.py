@@ -1,0 +1,185 @@
+"""Matmul throughput with packed weights: native kernels, the torch fallback, torch float32 dense.
+
+    python tools/bench_matmul.py                          # every native type, 1 and 2 threads
+    python tools/bench_matmul.py --types Q4_K Q6_K --threads 2 --repeats 20
+
+For each storage type and weight shape ([3072 x 1024], a feed-forward projection of a 1024-wide model,
+and [151936 x 1024], a 151936-token output layer), one activation row (M = 1, decoding) is multiplied:
+- native: tfb.quant.native (the fused kernel, on the threads it would use in a model),
+- torch fallback: what tfb does without the native library (torch dequantizers into a reused
+  buffer, then torch's GEMM),
+- fp32 dense: torch.nn.functional.linear on the same weights expanded to float32 beforehand (4 bytes
+  a weight: the memory-bandwidth yardstick).
+Throughput is in GB/s of the weight bytes as stored (the packed size, or 4 bytes a weight for fp32)
+and in millions of weights per second (Mw/s). A second table times 128 activation rows (a prompt) on
+the small shape. Each figure is the best of --repeats calls, and of --rounds rounds over all types
+spread over the run (other processes may share the machine: best-of-N is the least disturbed run).
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from collections.abc import Callable
+from contextlib import contextmanager
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from bench_dequant import F16_FIELDS, cpu_model, load_average, random_blocks
+
+import tfb.quant.native as native
+from tfb.gguf.ggml_types import GGML_TYPE_BY_NAME
+from tfb.nn import linear
+from tfb.quant import PackedTensor
+
+TYPES = ["F16", "BF16", "Q8_0", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K",
+         "IQ4_NL", "IQ4_XS", "MXFP4"]
+SHAPES = [(3072, 1024), (151936, 1024)]
+PROMPT_ROWS = 128
+
+
+def moderate_blocks(name: str, rows: int, cols: int, rng: np.random.Generator) -> PackedTensor:
+    """Random blocks whose scales are near 0.01 (no overflow, no subnormal products to slow anything)."""
+    gtype = GGML_TYPE_BY_NAME[name]
+    n_blocks = rows * cols // gtype.block_size
+    if name in ("F16", "BF16"):
+        values = torch.from_numpy(rng.standard_normal(n_blocks, dtype=np.float32))
+        raw = values.to(torch.float16 if name == "F16" else torch.bfloat16).view(torch.uint8).numpy()
+    else:
+        raw = random_blocks(name, n_blocks, rng)
+        scales = (rng.standard_normal(n_blocks) * 0.01).astype(np.float16).view(np.uint8).reshape(n_blocks, 2)
+        for offset in F16_FIELDS.get(name, []):
+            raw[:, offset:offset + 2] = scales
+        if name == "MXFP4":
+            raw[:, 0] = rng.integers(118, 134, n_blocks)  # 2**-10 .. 2**5
+    return PackedTensor(torch.from_numpy(np.ascontiguousarray(raw)).reshape(rows, -1), gtype, (rows, cols))
+
+
+def best_seconds(fn: Callable[[], Any], repeats: int) -> float:
+    fn()  # warm up: caches, lazily built tables, the library's threads
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - start)
+    return best
+
+
+@contextmanager
+def threads(count: int):
+    """torch and the native kernels both on `count` threads."""
+    before = torch.get_num_threads(), native.threads()
+    torch.set_num_threads(count)
+    native.set_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before[0])
+        native.set_threads(before[1])
+
+
+@contextmanager
+def without_native():
+    saved = native.matmul, native.prepare, native.dequantize_into
+    native.matmul, native.prepare = (lambda x, w: None), (lambda w: None)
+    native.dequantize_into = lambda w, out: False
+    try:
+        yield
+    finally:
+        native.matmul, native.prepare, native.dequantize_into = saved
+
+
+def measure(name: str, weight: PackedTensor, rows: int, repeats: int, fallback: bool) -> dict[str, float]:
+    """Seconds per product of `rows` activation rows: native, torch fallback (unless skipped)."""
+    x = torch.randn(rows, weight.shape[1])
+    times = {}
+    prepared = native.prepare(weight)
+    if prepared is not None:
+        times["native"] = best_seconds(lambda: prepared(x), repeats)
+    if fallback:
+        with without_native():
+            times["fallback"] = best_seconds(lambda: linear.packed_matmul(x, weight), max(1, repeats // 4))
+    return times
+
+
+def dense_seconds(shape: tuple[int, int], rows: int, repeats: int) -> float:
+    weight = torch.randn(shape) * 0.01
+    x = torch.randn(rows, shape[1])
+    return best_seconds(lambda: F.linear(x, weight), repeats)
+
+
+def rate(nbytes: float, weights: float, seconds: float | None) -> str:
+    if seconds is None:
+        return "n/a | n/a"
+    return f"{nbytes / seconds / 1e9:.1f} | {weights / seconds / 1e6:.0f}"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--types", nargs="*", default=TYPES)
+    parser.add_argument("--threads", nargs="*", type=int, default=[1, 2])
+    parser.add_argument("--repeats", type=int, default=10, help="calls timed per measurement (the best counts)")
+    parser.add_argument("--rounds", type=int, default=1, help="passes over all types; the best counts")
+    parser.add_argument("--no-fallback", action="store_true", help="skip the (slow) torch fallback")
+    args = parser.parse_args()
+    rng = np.random.default_rng(0)
+    weights = {(name, shape): moderate_blocks(name, *shape, rng) for name in args.types for shape in SHAPES}
+
+    best: dict[tuple[Any, ...], float] = {}
+
+    def keep(key: tuple[Any, ...], seconds: float) -> None:
+        best[key] = min(best.get(key, float("inf")), seconds)
+
+    for _ in range(args.rounds):
+        for count in args.threads:
+            with threads(count):
+                for shape in SHAPES:
+                    repeats = args.repeats if shape[0] < 10000 else max(2, args.repeats // 3)
+                    keep(("dense", shape, 1, count), dense_seconds(shape, 1, repeats))
+                    for name in args.types:
+                        for path, seconds in measure(name, weights[name, shape], 1, repeats,
+                                                     not args.no_fallback).items():
+                            keep((path, name, shape, 1, count), seconds)
+                shape = SHAPES[0]
+                keep(("dense", shape, PROMPT_ROWS, count), dense_seconds(shape, PROMPT_ROWS, args.repeats))
+                for name in args.types:
+                    for path, seconds in measure(name, weights[name, shape], PROMPT_ROWS, max(2, args.repeats // 2),
+                                                 not args.no_fallback).items():
+                        keep((path, name, shape, PROMPT_ROWS, count), seconds)
+
+    print(f"torch {torch.__version__}, {cpu_model()}, native kernels: {native.isa()} on "
+          f"{'torch OpenMP' if native.uses_openmp() else 'own pool'} threads, load average {load_average()}; "
+          f"best of {args.repeats} calls x {args.rounds} rounds\n")
+    for shape in SHAPES:
+        n_weights = shape[0] * shape[1]
+        print(f"M = 1, W [{shape[0]} x {shape[1]}]: GB/s of stored weight bytes | Mweights/s\n")
+        columns = [f"{path} {count}t" for count in args.threads for path in ("native", "torch fallback")]
+        print("| type | " + " | ".join(f"{c} GB/s | {c} Mw/s" for c in columns) + " |")
+        print("|---|" + "---:|---:|" * len(columns))
+        dense = [rate(4 * n_weights, n_weights, best.get(("dense", shape, 1, c))) for c in args.threads]
+        print("| fp32 dense | " + " | ".join(f"{d} | n/a | n/a" for d in dense) + " |")
+        for name in args.types:
+            nbytes = weights[name, shape].nbytes
+            cells = [rate(nbytes, n_weights, best.get((path, name, shape, 1, c)))
+                     for c in args.threads for path in ("native", "fallback")]
+            print(f"| {name} | " + " | ".join(cells) + " |")
+        print()
+    shape = SHAPES[0]
+    print(f"M = {PROMPT_ROWS}, W [{shape[0]} x {shape[1]}]: milliseconds per product\n")
+    print("| type | " + " | ".join(f"native {c}t | torch fallback {c}t" for c in args.threads) + " |")
+    print("|---|" + "---:|---:|" * len(args.threads))
+    dense_ms = [f"{best[('dense', shape, PROMPT_ROWS, c)] * 1e3:.2f} | n/a" for c in args.threads]
+    print("| fp32 dense | " + " | ".join(dense_ms) + " |")
+    for name in args.types:
+        cells = []
+        for count in args.threads:
+            for path in ("native", "fallback"):
+                seconds = best.get((path, name, shape, PROMPT_ROWS, count))
+                cells.append("n/a" if seconds is None else f"{seconds * 1e3:.2f}")
+        print(f"| {name} | " + " | ".join(cells) + " |")
+
+
+if __name__ == "__main__":
+    main()
