@@ -135,21 +135,16 @@ typedef float vf __attribute__((vector_size(16)));
 typedef int32_t vi __attribute__((vector_size(16)));
 typedef struct { float v[16]; } vtable;
 
-/* IEEE half -> single, exact for every input (subnormals renormalised; inf and NaN keep their payload) */
+/* IEEE half -> single, exact for every input, without branches: the half's exponent and mantissa placed
+ * in a float and scaled by 2^112 (exact, subnormal halves included), infinities and NaNs patched. */
 static inline float half_to_float(uint16_t h) {
-    uint32_t sign = (uint32_t)(h & 0x8000) << 16, exponent = (h >> 10) & 0x1F, mantissa = h & 0x3FF, bits;
-    if (exponent == 0x1F) {
-        bits = sign | 0x7F800000u | (mantissa << 13);
-    } else if (exponent != 0) {
-        bits = sign | ((exponent + 112) << 23) | (mantissa << 13);
-    } else if (mantissa == 0) {
-        bits = sign;
-    } else {
-        int shift = 0;
-        while (!(mantissa & 0x400)) { mantissa <<= 1; shift++; }
-        bits = sign | ((uint32_t)(113 - shift) << 23) | ((mantissa & 0x3FF) << 13);
-    }
+    uint32_t bits = (uint32_t)(h & 0x7FFF) << 13, sign = (uint32_t)(h & 0x8000) << 16;
     float f;
+    memcpy(&f, &bits, 4);
+    f *= 0x1p112f;
+    memcpy(&bits, &f, 4);
+    bits = (h & 0x7C00) == 0x7C00 ? (uint32_t)(h & 0x3FF) << 13 | 0x7F800000u : bits;
+    bits |= sign;
     memcpy(&f, &bits, 4);
     return f;
 }
@@ -162,8 +157,10 @@ static inline vf vf_sub(vf a, vf b) { return a - b; }
 static inline vf vf_mul(vf a, vf b) { return a * b; }
 static inline vf vf_fma(vf a, vf b, vf c) { return a * b + c; }
 static inline float vf_sum(vf v) { return (v[0] + v[1]) + (v[2] + v[3]); }
-static inline vi vi_u8(const uint8_t *p) { vi v = {p[0], p[1], p[2], p[3]}; return v; }
-static inline vi vi_i8(const uint8_t *p) { vi v = {(int8_t)p[0], (int8_t)p[1], (int8_t)p[2], (int8_t)p[3]}; return v; }
+typedef uint8_t u8x4 __attribute__((vector_size(4)));
+typedef int8_t i8x4 __attribute__((vector_size(4)));
+static inline vi vi_u8(const uint8_t *p) { u8x4 v; memcpy(&v, p, 4); return __builtin_convertvector(v, vi); }
+static inline vi vi_i8(const uint8_t *p) { i8x4 v; memcpy(&v, p, 4); return __builtin_convertvector(v, vi); }
 static inline vi vi_and(vi v, int32_t m) { return v & m; }
 static inline vi vi_or(vi a, vi b) { return a | b; }
 static inline vi vi_add(vi v, int32_t n) { return v + n; }
