@@ -2,6 +2,7 @@
 
     python tools/bench_matmul.py                          # every native type, 1 and 2 threads
     python tools/bench_matmul.py --types Q4_K Q6_K --threads 2 --repeats 20
+    python tools/bench_matmul.py --decode model.gguf      # a model's decode speed and its matmuls' share
 
 For each storage type and weight shape ([3072 x 1024], a feed-forward projection of a 1024-wide model,
 and [151936 x 1024], a 151936-token output layer), one activation row (M = 1, decoding) is multiplied:
@@ -19,7 +20,10 @@ spread over the run (other processes may share the machine: best-of-N is the lea
 from __future__ import annotations
 
 import argparse
+import os
+import resource
 import time
+from collections import defaultdict
 from collections.abc import Callable
 from contextlib import contextmanager
 from typing import Any
@@ -116,6 +120,58 @@ def rate(nbytes: float, weights: float, seconds: float | None) -> str:
     return f"{nbytes / seconds / 1e9:.1f} | {weights / seconds / 1e6:.0f}"
 
 
+def decode(path: str, tokens: int, runs: int) -> None:
+    """Greedy decoding after a 32-token prompt, best of `runs`; then where a decode step's time goes."""
+    import tfb
+    from tfb.text.generate import Stats, generate_ids
+
+    baseline = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    model = tfb.load(path)
+    seconds: dict[tuple[str, int, int], list[float]] = defaultdict(list)
+    product = native.Prepared.__call__
+
+    def timed(self: native.Prepared, x: torch.Tensor) -> torch.Tensor:
+        start = time.perf_counter()
+        y = product(self, x)
+        if x.shape[0] == 1:
+            seconds[self.name.rsplit("(", 1)[-1].rstrip(")"), self.out_features, x.shape[1]].append(
+                time.perf_counter() - start)
+        return y
+
+    prompt, best = list(range(100, 132)), Stats()
+    for _ in range(runs):
+        stats = Stats()
+        list(generate_ids(model, prompt, max_tokens=tokens, stats=stats))
+        if stats.generate_tokens_per_second > best.generate_tokens_per_second:
+            best = stats
+    native.Prepared.__call__ = timed  # type: ignore[method-assign]
+    stats = Stats()
+    list(generate_ids(model, prompt, max_tokens=tokens, stats=stats))
+    native.Prepared.__call__ = product  # type: ignore[method-assign]
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    size = os.path.getsize(path)
+    print(f"{path}: torch {torch.__version__}, {cpu_model()}, {torch.get_num_threads()} threads, native kernels: "
+          f"{native.isa()} on {'torch OpenMP' if native.uses_openmp() else 'own pool'} threads, "
+          f"load average {load_average()}")
+    print(f"prompt {best.prompt_tokens} tokens at {best.prompt_tokens_per_second:.0f} tok/s; decode "
+          f"{best.generated_tokens} tokens at {best.generate_tokens_per_second:.1f} tok/s (best of {runs}); peak RSS "
+          f"{(peak - baseline) / 1024:.0f} MiB over the import baseline = {(peak - baseline) * 1024 / size:.2f}x "
+          f"the file ({size / 2**20:.0f} MiB)\n")
+    step = stats.generate_seconds / max(1, stats.generated_tokens)
+    print(f"one decode step (a timed run): {step * 1e3:.1f} ms, of which one-row packed matmuls:\n")
+    print("| type | shape | calls per step | us per call | ms per step | GB/s |")
+    print("|---|---|---:|---:|---:|---:|")
+    total = 0.0
+    for (name, rows, cols), times in sorted(seconds.items(), key=lambda kv: -sum(kv[1])):
+        calls = len(times) / stats.generated_tokens
+        per_step = sum(times) / stats.generated_tokens
+        total += per_step
+        nbytes = GGML_TYPE_BY_NAME[name].row_bytes(cols) * rows
+        print(f"| {name} | {rows} x {cols} | {calls:.0f} | {sum(times) / len(times) * 1e6:.0f} | {per_step * 1e3:.2f} "
+              f"| {nbytes * len(times) / sum(times) / 1e9:.1f} |")
+    print(f"| all | | | | {total * 1e3:.1f} | |")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--types", nargs="*", default=TYPES)
@@ -123,7 +179,12 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=10, help="calls timed per measurement (the best counts)")
     parser.add_argument("--rounds", type=int, default=1, help="passes over all types; the best counts")
     parser.add_argument("--no-fallback", action="store_true", help="skip the (slow) torch fallback")
+    parser.add_argument("--decode", metavar="GGUF", help="measure this model's decoding instead")
+    parser.add_argument("--tokens", type=int, default=64, help="tokens decoded per --decode run")
     args = parser.parse_args()
+    if args.decode:
+        decode(args.decode, args.tokens, max(1, args.rounds))
+        return
     rng = np.random.default_rng(0)
     weights = {(name, shape): moderate_blocks(name, *shape, rng) for name in args.types for shape in SHAPES}
 
