@@ -3,6 +3,7 @@
     python tools/bench_matmul.py                          # every native type, 1 and 2 threads
     python tools/bench_matmul.py --types Q4_K Q6_K --threads 2 --repeats 20
     python tools/bench_matmul.py --decode model.gguf      # a model's decode speed and its matmuls' share
+    python tools/bench_matmul.py --sweep Q4_K             # native vs torch GEMM by activation rows
 
 For each storage type and weight shape ([3072 x 1024], a feed-forward projection of a 1024-wide model,
 and [151936 x 1024], a 151936-token output layer), one activation row (M = 1, decoding) is multiplied:
@@ -172,6 +173,23 @@ def decode(path: str, tokens: int, runs: int) -> None:
     print(f"| all | | | | {total * 1e3:.1f} | |")
 
 
+def sweep(name: str, row_counts: list[int], repeats: int) -> None:
+    """Where the native multi-row kernel stops beating torch's GEMM on natively expanded weights."""
+    weight = moderate_blocks(name, *SHAPES[0], np.random.default_rng(0))
+    prepared = native.prepare(weight)
+    assert prepared is not None, f"{name} has no native kernels here"
+    print(f"{name} W [{SHAPES[0][0]} x {SHAPES[0][1]}], {torch.get_num_threads()} threads: ms per product\n")
+    print("| rows | native | torch GEMM on natively expanded weights | fp32 dense |")
+    print("|---:|---:|---:|---:|")
+    for rows in row_counts:
+        x = torch.randn(rows, SHAPES[0][1])
+        count = max(2, repeats // max(1, rows // 64))
+        ours = best_seconds(lambda x=x: prepared(x), count)
+        expanded = best_seconds(lambda x=x: linear._expanded_matmul(x, weight), count)
+        dense = dense_seconds(SHAPES[0], rows, count)
+        print(f"| {rows} | {ours * 1e3:.2f} | {expanded * 1e3:.2f} | {dense * 1e3:.2f} |")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--types", nargs="*", default=TYPES)
@@ -181,7 +199,12 @@ def main() -> None:
     parser.add_argument("--no-fallback", action="store_true", help="skip the (slow) torch fallback")
     parser.add_argument("--decode", metavar="GGUF", help="measure this model's decoding instead")
     parser.add_argument("--tokens", type=int, default=64, help="tokens decoded per --decode run")
+    parser.add_argument("--sweep", metavar="TYPE", help="time this type's products by activation rows instead")
+    parser.add_argument("--rows", nargs="*", type=int, default=[1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048])
     args = parser.parse_args()
+    if args.sweep:
+        sweep(args.sweep, args.rows, args.repeats)
+        return
     if args.decode:
         decode(args.decode, args.tokens, max(1, args.rounds))
         return
