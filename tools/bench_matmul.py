@@ -4,6 +4,7 @@
     python tools/bench_matmul.py --types Q4_K Q6_K --threads 2 --repeats 20
     python tools/bench_matmul.py --decode model.gguf      # a model's decode speed and its matmuls' share
     python tools/bench_matmul.py --sweep Q4_K             # native vs torch GEMM by activation rows
+    python tools/bench_matmul.py --make-model Q4_K_M q4km.gguf   # a 0.6B-shaped model file to --decode
 
 For each storage type and weight shape ([3072 x 1024], a feed-forward projection of a 1024-wide model,
 and [151936 x 1024], a 151936-token output layer), one activation row (M = 1, decoding) is multiplied:
@@ -190,6 +191,61 @@ def sweep(name: str, row_counts: list[int], repeats: int) -> None:
         print(f"| {rows} | {ours * 1e3:.2f} | {expanded * 1e3:.2f} | {dense * 1e3:.2f} |")
 
 
+MODEL_SIZES = dict(hidden_size=1024, n_layers=28, n_heads=16, n_kv_heads=8, head_dim=128, value_dim=128,
+                   intermediate_size=3072, context_length=4096)  # the shapes of Qwen3-0.6B
+
+
+def make_model(kind: str, out: str) -> None:
+    """A random model with the shapes of Qwen3-0.6B (tied embeddings, the 151 936-token vocabulary) in
+    Q8_0 (the gguf package's quantizer) or Q4_K_M's mix: llama.cpp's rule gives Q6_K to the embedding
+    and to attn_v and ffn_down in 14 of the 28 layers, Q4_K elsewhere. The gguf package cannot quantize
+    k-quants, so those blocks are random bytes with scales of 0.002: right sizes, meaningless values."""
+    from pathlib import Path
+
+    import make_tiny_gguf as tiny
+    from gguf import GGMLQuantizationType as Q
+    from gguf.quants import quantize
+
+    rng = np.random.default_rng(0)
+    layers = MODEL_SIZES["n_layers"]
+
+    def more_bits(layer: int) -> bool:  # llama.cpp's use_more_bits
+        return layer < layers // 8 or layer >= 7 * layers // 8 or (layer - layers // 8) % 3 == 2
+
+    def k_type(name: str) -> str:
+        layer = int(name.split(".")[1]) if name.startswith("blk.") else -1
+        wide = name.endswith(("attn_v.weight", "ffn_down.weight")) and more_bits(layer)
+        return "Q6_K" if name == "token_embd.weight" or wide else "Q4_K"
+
+    def encode(values: torch.Tensor, qtype: Q) -> Any:
+        array = values.numpy().astype(np.float32)
+        if qtype == Q.F32 or kind == "Q8_0":
+            return array if qtype == Q.F32 else quantize(array, qtype)
+        return array.shape  # filled in by name below
+
+    class Writer(tiny.GGUFWriter):  # type: ignore[misc]
+        def add_tensor(self, name: str, data: Any, raw_dtype: Any = None, **kw: Any) -> None:
+            if name == "output.weight":
+                return  # tied to the embedding, as in the real model
+            if isinstance(data, tuple):
+                ggml = moderate_blocks(k_type(name), data[0], data[1], rng)
+                set_scales(ggml, 0.002)
+                data, raw_dtype = ggml.raw.numpy(), Q[ggml.ggml_type.name]
+            super().add_tensor(name, data, raw_dtype=raw_dtype, **kw)
+
+    tiny.encode, tiny.GGUFWriter = encode, Writer
+    vocab = Path(__file__).resolve().parent.parent / "tests" / "data" / "vocab" / "ggml-vocab-qwen2.gguf"
+    tiny.make("qwen3", Path(out), dict(MODEL_SIZES), Q.Q8_0 if kind == "Q8_0" else Q.Q4_K, vocab, std=0.05)
+    print(f"{out}: {os.path.getsize(out) / 1e6:.0f} MB")
+
+
+def set_scales(weight: PackedTensor, value: float) -> None:
+    """Every float16 scale field of the blocks set to `value`."""
+    raw = weight.raw.reshape(-1, weight.ggml_type.type_size).numpy()
+    for offset in F16_FIELDS[weight.ggml_type.name]:
+        raw[:, offset:offset + 2] = np.full(len(raw), value, np.float16).view(np.uint8).reshape(-1, 2)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--types", nargs="*", default=TYPES)
@@ -201,7 +257,11 @@ def main() -> None:
     parser.add_argument("--tokens", type=int, default=64, help="tokens decoded per --decode run")
     parser.add_argument("--sweep", metavar="TYPE", help="time this type's products by activation rows instead")
     parser.add_argument("--rows", nargs="*", type=int, default=[1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048])
+    parser.add_argument("--make-model", nargs=2, metavar=("Q8_0|Q4_K_M", "OUT"), help="write a model to --decode")
     args = parser.parse_args()
+    if args.make_model:
+        make_model(*args.make_model)
+        return
     if args.sweep:
         sweep(args.sweep, args.rows, args.repeats)
         return
