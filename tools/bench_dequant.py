@@ -1,11 +1,14 @@
-"""Dequantization throughput: tfb's torch dequantizers against the `gguf` package's numpy reference.
+"""Dequantization throughput: tfb's torch dequantizers and native kernels against the `gguf` package's
+numpy reference.
 
     python tools/bench_dequant.py                      # every type, 4096 x 4096 weights
     python tools/bench_dequant.py --types Q4_0 IQ2_S --rows 1024 --repeats 5
 
-Both sides dequantize the same random blocks (float16 scales kept finite) into a fresh float32 tensor,
-best of --repeats runs, in one process. The last column is tfb writing into a reused buffer
-(`dequantize_into`), i.e. without the cost of faulting in fresh output memory. Prints a markdown table.
+All sides dequantize the same random blocks (float16 scales kept finite) into a fresh float32 tensor,
+best of --repeats runs, in one process. The "reused buffer" columns write into a buffer allocated once
+(torch: `dequantize_into`; native: `tfb.quant.native.dequantize_into`), i.e. without the cost of
+faulting in fresh output memory. The native columns are n/a for types without native kernels or when
+the native library is unavailable. Prints a markdown table.
 The reference is single-threaded numpy; `--threads 1 --clock cpu` compares one core against one core by
 CPU time, which stays meaningful when other processes share the machine (wall-clock figures with two
 threads do not: every parallel torch call then waits for the busy core).
@@ -23,8 +26,11 @@ from collections.abc import Callable
 import numpy as np
 import torch
 
+import tfb.quant.native as native
 from tfb.gguf.ggml_types import GGML_TYPE_BY_NAME
+from tfb.quant import PackedTensor
 from tfb.quant.blocks import DEQUANTIZERS, KERNELS, dequantize_into
+from tfb.quant.common import empty_float32
 
 TYPES = ["F16", "BF16", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K",
          "IQ1_S", "IQ1_M", "IQ2_XXS", "IQ2_XS", "IQ2_S", "IQ3_XXS", "IQ3_S", "IQ4_NL", "IQ4_XS",
@@ -97,8 +103,9 @@ def load_average() -> str:
         return "unknown"
 
 
-def measure(name: str, raw: np.ndarray, rows: int, repeats: int) -> tuple[float | None, float, float]:
-    """Seconds per call: the reference (None where it has no dequantizer), tfb, tfb into a reused buffer."""
+def measure(name: str, raw: np.ndarray, rows: int, repeats: int) -> list[float | None]:
+    """Seconds per call: the reference (None where it has no dequantizer), tfb, tfb into a reused buffer,
+    then the native kernels into a fresh and into a reused buffer (None where not native)."""
     blocks = torch.from_numpy(raw)
     block_size, kernel = KERNELS[name]
     out = torch.empty(blocks.shape[0], block_size)
@@ -107,7 +114,14 @@ def measure(name: str, raw: np.ndarray, rows: int, repeats: int) -> tuple[float 
     ref = reference(name)
     data = raw.reshape(rows, -1)
     theirs = None if ref is None else best_seconds(lambda: ref(data), repeats)
-    return theirs, ours, reused
+    gtype = GGML_TYPE_BY_NAME[name]
+    packed = PackedTensor(blocks, gtype, (blocks.shape[0] * block_size,))
+    native_fresh = native_reused = None
+    if native.supports(gtype):
+        native_fresh = best_seconds(lambda: native.dequantize_into(packed, empty_float32(blocks.shape[0], block_size)),
+                                    repeats)
+        native_reused = best_seconds(lambda: native.dequantize_into(packed, out), repeats)
+    return [theirs, ours, reused, native_fresh, native_reused]
 
 
 def main() -> None:
@@ -140,17 +154,25 @@ def main() -> None:
         for name, raw in data.items():
             times = [float("inf") if t is None else t for t in measure(name, raw, args.rows, args.repeats)]
             best[name] = [min(t) for t in zip(best.get(name, times), times, strict=True)]
+    native_where = f"native kernels: {native.isa()}" if native.available() else "native kernels unavailable"
 
     print(f"{weights / 1e6:.1f} M weights ({args.rows} x {args.cols}) per call, best of {args.repeats} calls "
           f"x {args.rounds} rounds; {args.clock} clock; torch {torch.__version__}, {torch.get_num_threads()} "
-          f"threads, {cpu_model()}, load average {load_average()}\n")
-    print("| type | gguf numpy (Mw/s) | tfb (Mw/s) | tfb / gguf | tfb into reused buffer (Mw/s) |")
-    print("|---|---:|---:|---:|---:|")
-    for name, (theirs, ours, reused) in best.items():
-        known = theirs < float("inf")
-        ref_rate = f"{weights / theirs / 1e6:.0f}" if known else "n/a"
-        ratio = f"{theirs / ours:.1f}x" if known else "n/a"
-        print(f"| {name} | {ref_rate} | {weights / ours / 1e6:.0f} | {ratio} | {weights / reused / 1e6:.0f} |")
+          f"threads, {cpu_model()}, {native_where}, load average {load_average()}\n")
+    print("| type | gguf numpy (Mw/s) | tfb (Mw/s) | tfb / gguf | tfb into reused buffer (Mw/s) "
+          "| native (Mw/s) | native / gguf | native into reused buffer (Mw/s) | that / gguf |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+
+    def mws(seconds: float) -> str:
+        return f"{weights / seconds / 1e6:.0f}" if seconds < float("inf") else "n/a"
+
+    def ratio(slow: float, fast: float) -> str:
+        return f"{slow / fast:.1f}x" if slow < float("inf") and fast < float("inf") else "n/a"
+
+    for name, (theirs, ours, reused, native_fresh, native_reused) in best.items():
+        print(f"| {name} | {mws(theirs)} | {mws(ours)} | {ratio(theirs, ours)} | {mws(reused)} "
+              f"| {mws(native_fresh)} | {ratio(theirs, native_fresh)} | {mws(native_reused)} "
+              f"| {ratio(theirs, native_reused)} |")
 
 
 if __name__ == "__main__":

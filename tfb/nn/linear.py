@@ -1,20 +1,28 @@
 """Linear layers and embeddings whose weights stay as the file stores them.
 
 A weight is either a float tensor in the compute dtype (F32 files, or F16/BF16 files run in that dtype:
-zero-copy views of the memory map) or a PackedTensor of ggml blocks, expanded in row chunks on use so
-that scratch memory stays bounded whatever the layer's size.
+zero-copy views of the memory map) or a PackedTensor of ggml blocks. Packed weights are multiplied in
+float32 whatever the compute dtype: by the native kernels (tfb.quant.native) where they cover the type,
+else by torch's GEMM on weight rows expanded CHUNK_BYTES at a time into a reused buffer (the native
+dequantizer where it covers the type, the torch dequantizers otherwise), so that scratch memory stays
+bounded whatever the layer's size.
 """
 
 from __future__ import annotations
+
+import threading
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from tfb.errors import WeightError
-from tfb.quant import PackedTensor
+from tfb.quant import PackedTensor, native
+from tfb.quant.blocks import KERNELS, dequantize_into
 
-CHUNK_BYTES = 32 * 1024 * 1024  # scratch for one expanded slice of a packed weight
+CHUNK_BYTES = 8 * 1024 * 1024  # float32 scratch for the weight rows expanded at a time
+
+_scratch = threading.local()
 
 Weight = torch.Tensor | PackedTensor
 
@@ -25,14 +33,63 @@ def check_shape(name: str, found: tuple[int, ...], expected: tuple[int, ...]) ->
                           "config (check the spec's hparams against the file's metadata)")
 
 
-def packed_matmul(x: torch.Tensor, weight: PackedTensor) -> torch.Tensor:
-    """x @ W.T for a packed W of shape [out, in], expanding at most CHUNK_BYTES of W at a time."""
+def packed_matmul(x: torch.Tensor, weight: PackedTensor, prepared: native.Prepared | None = None) -> torch.Tensor:
+    """x @ W.T for a packed W of shape [out, in]: float32 math, the result in x's dtype. `prepared`: W
+    made ready for the native kernels beforehand (else this call works that out)."""
     out_features, in_features = weight.shape
-    rows = max(1, CHUNK_BYTES // (in_features * x.element_size()))
-    if rows >= out_features:
-        return x @ weight.dequantize(x.dtype).T
-    pieces = [x @ weight[r:r + rows].dequantize(x.dtype).T for r in range(0, out_features, rows)]
-    return torch.cat(pieces, dim=-1)
+    plain = x.dtype == torch.float32 and x.is_contiguous()  # the decode step's case: no copies at all
+    x2 = x.view(-1, in_features) if plain else x.reshape(-1, in_features).to(torch.float32).contiguous()
+    y = None
+    if x2.shape[0] <= native.NATIVE_MAX_ROWS:
+        prepared = prepared or native.prepare(weight)
+        y = prepared(x2) if prepared is not None else None
+    if y is None:
+        y = _expanded_matmul(x2, weight)
+    if plain and x.dim() == 2:
+        return y
+    return y.to(x.dtype).reshape(*x.shape[:-1], out_features)
+
+
+def _expanded_matmul(x2: torch.Tensor, weight: PackedTensor) -> torch.Tensor:
+    """torch's GEMM over chunks of weight rows, each expanded into the same float32 scratch."""
+    out_features, in_features = weight.shape
+    step = max(1, min(out_features, CHUNK_BYTES // (4 * in_features)))
+    scratch = _scratch_buffer(step * in_features)
+    y = torch.empty(x2.shape[0], out_features, dtype=torch.float32)
+    for start in range(0, out_features, step):
+        rows = weight[start:start + step]
+        count = rows.shape[0]
+        values = scratch[:count * in_features].view(count, in_features)
+        expand_into(rows, values)
+        torch.mm(x2, values.T, out=y[:, start:start + count])
+    return y
+
+
+def _scratch_buffer(floats: int) -> torch.Tensor:
+    """A float32 buffer of at least `floats` elements, reused by this thread's calls."""
+    buffer = getattr(_scratch, "buffer", None)
+    if buffer is None or buffer.numel() < floats:
+        buffer = _scratch.buffer = torch.empty(floats, dtype=torch.float32)
+    return buffer
+
+
+def expand_into(weight: PackedTensor, out: torch.Tensor) -> None:
+    """The weight's float32 values into the contiguous `out` of its shape (bit-exact either way)."""
+    if native.dequantize_into(weight, out):
+        return
+    gtype = weight.ggml_type
+    if gtype.name not in KERNELS:
+        out.copy_(weight.dequantize())
+        return
+    block_size, kernel = KERNELS[gtype.name]
+    dequantize_into(weight.raw.reshape(-1, gtype.type_size), out.view(-1, block_size), kernel, block_size)
+
+
+def expand(weight: PackedTensor) -> torch.Tensor:
+    """The weight's float32 values in a new tensor."""
+    out = torch.empty(weight.shape, dtype=torch.float32)
+    expand_into(weight, out)
+    return out
 
 
 class Linear(nn.Module):
@@ -45,6 +102,8 @@ class Linear(nn.Module):
         self.weight: torch.Tensor | None = None
         self.packed: PackedTensor | None = None
         self.bias: torch.Tensor | None = None
+        self.prepared: native.Prepared | None = None  # `prepared_for` made ready for the native kernels
+        self.prepared_for: PackedTensor | None = None
 
     def tensor_shape(self, method: str) -> tuple[int, ...]:
         return (self.out_features, self.in_features) if method == "set_weight" else (self.out_features,)
@@ -65,7 +124,9 @@ class Linear(nn.Module):
             return F.linear(x, self.weight, self.bias)
         if self.packed is None:
             raise WeightError("a linear layer was used before its weight was loaded")
-        y = packed_matmul(x, self.packed)
+        if self.prepared_for is not self.packed:
+            self.prepared, self.prepared_for = native.prepare(self.packed), self.packed
+        y = packed_matmul(x, self.packed, self.prepared)
         return y if self.bias is None else y + self.bias
 
     def extra_repr(self) -> str:
@@ -96,5 +157,5 @@ class Embedding(nn.Module):
             flat = ids.reshape(-1)
             unique, inverse = torch.unique(flat, return_inverse=True)
             rows = PackedTensor(self.table.raw[unique], self.table.ggml_type, (len(unique), self.dim))
-            return rows.dequantize(dtype)[inverse].reshape(*ids.shape, self.dim)
+            return expand(rows)[inverse].to(dtype).reshape(*ids.shape, self.dim)
         return F.embedding(ids, self.table).to(dtype)

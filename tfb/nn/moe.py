@@ -7,7 +7,7 @@ from torch import nn
 
 from tfb.nn.linear import Linear, Weight, check_shape, packed_matmul
 from tfb.nn.mlp import Activation
-from tfb.quant import PackedTensor
+from tfb.quant import PackedTensor, native
 
 
 class ExpertLinear(nn.Module):
@@ -18,6 +18,7 @@ class ExpertLinear(nn.Module):
         self.shape = (n_experts, out_features, in_features)
         self.weight: Weight | None = None
         self.bias: torch.Tensor | None = None
+        self.prepared: dict[int, native.Prepared | None] = {}  # per expert, made ready for the native kernels
 
     def tensor_shape(self, method: str) -> tuple[int, ...]:
         return self.shape if method == "set_weight" else self.shape[:2]
@@ -25,6 +26,7 @@ class ExpertLinear(nn.Module):
     def set_weight(self, name: str, weight: Weight) -> None:
         check_shape(name, tuple(weight.shape), self.shape)
         self.weight = weight
+        self.prepared = {}
 
     def set_bias(self, name: str, bias: torch.Tensor) -> None:
         check_shape(name, tuple(bias.shape), self.shape[:2])
@@ -33,7 +35,12 @@ class ExpertLinear(nn.Module):
     def forward(self, expert: int, x: torch.Tensor) -> torch.Tensor:
         assert self.weight is not None, "expert weights not loaded"
         w = self.weight[expert]
-        y = packed_matmul(x, w) if isinstance(w, PackedTensor) else x @ w.T
+        if isinstance(w, PackedTensor):
+            if expert not in self.prepared:
+                self.prepared[expert] = native.prepare(w)  # the expert's rows: a contiguous slice of the bytes
+            y = packed_matmul(x, w, self.prepared[expert])
+        else:
+            y = x @ w.T
         return y if self.bias is None else y + self.bias[expert]
 
 

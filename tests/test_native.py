@@ -1,0 +1,312 @@
+"""The native kernels (tfb.quant.native) against tfb's torch dequantizers, and the fallback without them.
+
+Matmul results are compared with a float64 product of the torch dequantizers' values: the native path
+multiplies float32 weights by float32 activations with float32 sums, so it agrees to float rounding
+(relative to sum |x| |w|). Dequantized values must be bit-identical. Every instruction set the CPU runs
+is exercised (AVX-512, AVX2, portable C), not only the one the library would pick.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from test_quant_dequant import F16_FIELDS, quantized_blocks, random_blocks, set_f16
+
+import tfb.quant.native as native
+from tfb.gguf.ggml_types import GGML_TYPE_BY_NAME
+from tfb.nn.linear import Embedding, Linear
+from tfb.nn.moe import ExpertLinear
+from tfb.quant import PackedTensor
+
+NATIVE_TYPES = ["F16", "BF16", "Q8_0", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K",
+                "IQ4_NL", "IQ4_XS", "MXFP4"]
+ISAS = ["avx512", "avx2", "portable"]
+ROOT = Path(__file__).resolve().parent.parent
+
+QUANTIZABLE = [name for name in NATIVE_TYPES if quantized_blocks(name, np.random.default_rng(0)) is not None]
+RANDOM_AND_QUANTIZED = [(n, "random") for n in NATIVE_TYPES] + [(n, "quantized") for n in QUANTIZABLE]
+MODERATE_AND_QUANTIZED = [(n, "moderate") for n in NATIVE_TYPES] + [(n, "quantized") for n in QUANTIZABLE]
+
+needs_native = pytest.mark.skipif(not native.available(), reason="native kernels unavailable (no C compiler?)")
+
+
+@pytest.fixture(params=ISAS)
+def isa(request: pytest.FixtureRequest):
+    if not native.set_isa(request.param):
+        pytest.skip(f"this CPU does not run {request.param}")
+    yield request.param
+    native.set_isa("")
+
+
+def packed(name: str, rows: int, cols: int, rng: np.random.Generator, kind: str = "random") -> PackedTensor:
+    """Blocks of random bytes ("random": any finite scale, however extreme; "moderate": scales near 0.01,
+    so that products stay far from float32's range) or from gguf's quantizer ("quantized")."""
+    gtype = GGML_TYPE_BY_NAME[name]
+    n_blocks = rows * cols // gtype.block_size
+    if kind == "quantized":
+        made = quantized_blocks(name, rng)
+        if made is None:
+            pytest.skip(f"gguf cannot quantize {name}")
+        raw = np.resize(made, (n_blocks, gtype.type_size))  # repeat the quantized blocks to fill the shape
+    elif kind == "moderate" and name in ("F16", "BF16"):
+        values = torch.from_numpy(rng.standard_normal(n_blocks).astype(np.float32))
+        raw = values.to(torch.float16 if name == "F16" else torch.bfloat16).view(torch.uint8).numpy().reshape(-1, 2)
+    else:
+        raw = random_blocks(name, n_blocks, rng)
+        if kind == "moderate" and name in F16_FIELDS:
+            set_f16(raw, name, (rng.standard_normal(n_blocks) * 0.01).astype(np.float16).view(np.uint16))
+        elif kind == "moderate" and name == "MXFP4":
+            raw[:, 0] = rng.integers(118, 134, n_blocks)  # 2**-10 .. 2**5
+    return PackedTensor(torch.from_numpy(np.ascontiguousarray(raw)).reshape(rows, -1), gtype, (rows, cols))
+
+
+def widths(name: str) -> list[int]:
+    block = GGML_TYPE_BY_NAME[name].block_size
+    return [37, 300] if block == 1 else [block * (256 // block), block * (768 // block)]
+
+
+def assert_close(y: torch.Tensor, x: torch.Tensor, w: torch.Tensor, rtol: float = 1e-5) -> None:
+    """y against x @ w.T in float64, relative to sum |x| |w| (the scale of float32 rounding)."""
+    expected = x.double() @ w.double().T
+    scale = x.double().abs() @ w.double().abs().T
+    error = ((y.double() - expected).abs() / scale.clamp_min(1e-300)).max().item()
+    assert error <= rtol, f"relative error {error:.2e}"
+
+
+@needs_native
+@pytest.mark.parametrize("name", NATIVE_TYPES)
+def test_supported(name: str) -> None:
+    assert native.supports(GGML_TYPE_BY_NAME[name])
+
+
+@needs_native
+@pytest.mark.parametrize(("name", "kind"), RANDOM_AND_QUANTIZED)
+def test_dequantize_is_bit_exact(isa: str, name: str, kind: str) -> None:
+    weight = packed(name, 37, widths(name)[1], np.random.default_rng(1), kind)
+    got = native.dequantize(weight)
+    assert got is not None
+    assert torch.equal(got.view(torch.int32), weight.dequantize().view(torch.int32))
+
+
+@needs_native
+@pytest.mark.parametrize(("name", "kind"), MODERATE_AND_QUANTIZED)
+def test_matmul_matches_float64(isa: str, name: str, kind: str) -> None:
+    rng = np.random.default_rng(2)
+    for cols in widths(name):
+        weight = packed(name, 37, cols, rng, kind)
+        values = weight.dequantize()
+        for rows in (1, 2, 7, 64):
+            x = torch.randn(rows, cols, generator=torch.Generator().manual_seed(rows))
+            y = native.matmul(x, weight)
+            assert y is not None and y.shape == (rows, 37)
+            assert_close(y, x, values)
+
+
+@pytest.fixture(params=["openmp", "pool"])
+def threading(request: pytest.FixtureRequest):
+    """The native kernels on torch's OpenMP threads, then on the library's own pool."""
+    if native.use_openmp(request.param == "openmp") != (request.param == "openmp"):
+        pytest.skip("torch does not run on an OpenMP runtime here")
+    yield request.param
+    native.use_openmp(True)
+
+
+@needs_native
+@pytest.mark.parametrize("rows", [1, 5])
+@pytest.mark.parametrize("name", ["Q8_0", "Q4_K", "Q6_K", "F16"])
+def test_threads_give_identical_results(threading: str, name: str, rows: int) -> None:
+    """Each output is one thread's work in a fixed order, so the split must not change a single bit."""
+    weight = packed(name, 1001, 512, np.random.default_rng(3), "moderate")  # large enough to be split
+    x = torch.randn(rows, 512)
+    before = native.threads()
+    try:
+        native.set_threads(1)
+        alone = native.matmul(x, weight)
+        assert native.set_threads(3) == 3
+        shared = [native.matmul(x, weight) for _ in range(20)]
+        values = torch.empty(1001, 512)
+        assert native.dequantize_into(weight, values)
+    finally:
+        native.set_threads(before)
+    assert alone is not None and all(y is not None and torch.equal(alone, y) for y in shared)
+    assert torch.equal(values, weight.dequantize())
+
+
+@needs_native
+def test_borrows_torchs_openmp_threads_by_default() -> None:
+    if "parallel backend: OpenMP" in torch.__config__.parallel_info() and sys.platform == "linux":
+        assert native.uses_openmp()
+
+
+def _matmul_in_child(queue, x: torch.Tensor, weight: PackedTensor) -> None:
+    y = native.matmul(x, weight)
+    queue.put(None if y is None else y.tolist())  # plain floats: a tensor would travel by shared memory
+
+
+@needs_native
+@pytest.mark.skipif(sys.platform != "linux", reason="fork")
+def test_forked_child_computes_with_its_own_threads() -> None:
+    """An OpenMP runtime used before a fork hangs in the child; the library's pool starts afresh there."""
+    import multiprocessing
+
+    weight = packed("Q4_K", 1001, 512, np.random.default_rng(8), "moderate")
+    x = torch.randn(1, 512)
+    expected = native.matmul(x, weight)  # the parent has used its threads
+    context = multiprocessing.get_context("fork")
+    queue = context.Queue()
+    child = context.Process(target=_matmul_in_child, args=(queue, x, weight))
+    child.start()
+    child.join(60)
+    if child.exitcode is None:
+        child.kill()
+    assert child.exitcode == 0
+    assert expected is not None and queue.get(timeout=10) == expected.tolist()
+
+
+@needs_native
+def test_no_rows_and_unsupported_types() -> None:
+    weight = packed("Q8_0", 8, 64, np.random.default_rng(4))
+    y = native.matmul(torch.empty(0, 64), weight)
+    assert y is not None and y.shape == (0, 8)
+    odd = packed("IQ2_XS", 2, 256, np.random.default_rng(4))
+    assert native.matmul(torch.randn(1, 256), odd) is None and native.dequantize(odd) is None
+
+
+# ------------------------------------------------------------------------- the modules, native or not
+
+
+def without_native(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(native, "matmul", lambda x, weight: None)
+    monkeypatch.setattr(native, "dequantize_into", lambda weight, out: False)
+
+
+@pytest.mark.parametrize("name", ["Q4_K", "Q8_0", "BF16", "IQ2_XS"])
+def test_linear_same_with_and_without_native(name: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Native kernels (one row: fused; more: C tiles), torch's GEMM on natively expanded weights, torch
+    alone; bfloat16 activations are computed in float32 by all three."""
+    weight = packed(name, 45, 512, np.random.default_rng(5), "moderate")
+    layer, bias = Linear(512, 45), torch.randn(45)
+    layer.set_weight("w", weight)
+    layer.set_bias("b", bias)
+    inputs = [torch.randn(1, 512), torch.randn(3, 2, 512), torch.randn(2, 20, 512)]
+    half = torch.randn(2, 512).bfloat16()
+    results = []
+    for setting in ("native", "expanded natively", "torch"):
+        if setting == "expanded natively":
+            monkeypatch.setattr(native, "NATIVE_MAX_ROWS", 0)
+        if setting == "torch":
+            without_native(monkeypatch)
+        layer.bias = bias
+        ys = [layer(x) for x in inputs]
+        layer.bias = None
+        results.append((ys, layer(half)))
+    values = weight.dequantize()
+    exact_half = (half.float() @ values.T).bfloat16()
+    for ys, y_half in results:
+        for x, y in zip(inputs, ys, strict=True):
+            assert y.shape == (*x.shape[:-1], 45)
+            assert_close(y.reshape(-1, 45) - bias, x.reshape(-1, 512), values)
+        assert y_half.dtype == torch.bfloat16
+        torch.testing.assert_close(y_half, exact_half, rtol=1e-2, atol=1e-2)
+
+
+@pytest.mark.parametrize("name", ["Q6_K", "MXFP4"])
+def test_expert_linear_same_with_and_without_native(name: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    gtype = GGML_TYPE_BY_NAME[name]
+    weight = packed(name, 3 * 24, 256, np.random.default_rng(6), "moderate")
+    weight = PackedTensor(weight.raw, gtype, (3, 24, 256))
+    experts = ExpertLinear(3, 256, 24)
+    experts.set_weight("w", weight)
+    x = torch.randn(5, 256)
+    fast = [experts(e, x) for e in range(3)]
+    without_native(monkeypatch)
+    slow = [experts(e, x) for e in range(3)]
+    for e in range(3):
+        assert_close(fast[e], x, weight[e].dequantize())
+        assert_close(slow[e], x, weight[e].dequantize())
+
+
+@pytest.mark.parametrize("name", ["Q4_K", "F16", "IQ2_XS"])
+def test_embedding_same_with_and_without_native(name: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    table = packed(name, 50, 256, np.random.default_rng(7))
+    embedding = Embedding(50, 256)
+    embedding.set_weight("t", table)
+    ids = torch.tensor([[3, 49, 3, 0], [7, 7, 1, 2]])
+    fast = embedding(ids, torch.float32)
+    without_native(monkeypatch)
+    slow = embedding(ids, torch.float32)
+    assert torch.equal(fast, slow) and torch.equal(fast, table.dequantize()[ids])
+
+
+# --------------------------------------------------------------------------------------- fallbacks
+
+FALLBACK_SCRIPT = textwrap.dedent("""
+    import warnings
+    import numpy as np, torch
+    from tfb.gguf.ggml_types import GGML_TYPE_BY_NAME
+    from tfb.nn.linear import Linear
+    from tfb.quant import PackedTensor
+    import tfb.quant.native as native
+
+    gtype = GGML_TYPE_BY_NAME["Q8_0"]
+    raw = np.random.default_rng(0).integers(0, 256, size=(16, 8 * 34), dtype=np.uint8)
+    raw.reshape(-1, 34)[:, 1] &= 0x3F  # small finite scales
+    weight = PackedTensor(torch.from_numpy(raw), gtype, (16, 256))
+    layer = Linear(256, 16)
+    layer.set_weight("w", weight)
+    x = torch.randn(1, 256)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        y = layer(x)
+        y = layer(x)
+    torch.testing.assert_close(y, x @ weight.dequantize().T, rtol=1e-5, atol=1e-5)
+    print("available", native.available(), "warnings", len(caught), caught[0].message if caught else "")
+""")
+
+
+def run_fallback(env: dict[str, str], tmp_path: Path) -> str:
+    full = {**os.environ, "PYTHONPATH": str(ROOT), "TFB_CACHE": str(tmp_path), **env}
+    result = subprocess.run([sys.executable, "-c", FALLBACK_SCRIPT], capture_output=True, text=True, env=full,
+                            timeout=120, check=False)
+    assert result.returncode == 0, result.stderr
+    return result.stdout
+
+
+def test_fallback_when_turned_off(tmp_path: Path) -> None:
+    out = run_fallback({"TFB_NATIVE": "0"}, tmp_path)
+    assert "available False warnings 0" in out
+
+
+def test_fallback_without_a_compiler(tmp_path: Path) -> None:
+    out = run_fallback({"CC": str(tmp_path / "no-such-compiler")}, tmp_path)
+    assert "available False warnings 1" in out and "no C compiler" in out
+    assert not list(tmp_path.rglob("*.so"))
+
+
+def test_fallback_when_the_build_fails(tmp_path: Path) -> None:
+    failing = tmp_path / "failing-cc"
+    failing.write_text("#!/bin/sh\necho 'cc: cannot compile today' >&2\nexit 1\n")
+    failing.chmod(0o755)
+    out = run_fallback({"CC": str(failing)}, tmp_path)
+    assert "available False warnings 1" in out and "cannot compile today" in out
+
+
+@needs_native
+def test_concurrent_first_builds_share_one_library(tmp_path: Path) -> None:
+    """Two processes building into an empty cache at once both load a library, and one file remains."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "TFB_CACHE": str(tmp_path)}
+    script = "import tfb.quant.native as n; print(n.available(), n.isa())"
+    procs = [subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              text=True, env=env) for _ in range(2)]
+    outputs = [p.communicate(timeout=300) for p in procs]
+    assert all(p.returncode == 0 for p in procs), outputs
+    assert all(out.startswith("True") for out, _ in outputs), outputs
+    assert len(list((tmp_path / "native").glob("*.so"))) == 1
+    assert not [p for p in (tmp_path / "native").iterdir() if p.name.startswith(".build-")]

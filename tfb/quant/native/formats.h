@@ -1,0 +1,41 @@
+/* The storage types with native kernels, and the table each instruction-set pass of kernels.c exports.
+ *
+ * Type ids are ggml's (ggml.h, enum ggml_type); block layouts are described next to each kernel.
+ */
+#ifndef TFB_FORMATS_H
+#define TFB_FORMATS_H
+
+#include <stdint.h>
+
+enum {
+    TYPE_F16 = 1, TYPE_Q4_0 = 2, TYPE_Q4_1 = 3, TYPE_Q5_0 = 6, TYPE_Q5_1 = 7, TYPE_Q8_0 = 8,
+    TYPE_Q2_K = 10, TYPE_Q3_K = 11, TYPE_Q4_K = 12, TYPE_Q5_K = 13, TYPE_Q6_K = 14,
+    TYPE_IQ4_NL = 20, TYPE_IQ4_XS = 23, TYPE_BF16 = 30, TYPE_MXFP4 = 39,
+};
+
+/* y[r] = row r . x for `nrows` rows `stride` bytes apart, each `nblocks` blocks long. `sums` holds the
+ * sums of x over runs of `sum_group` weights, for formats whose weights carry an additive offset. */
+typedef void (*rows_fn)(const uint8_t *w, int64_t stride, int64_t nrows, int64_t nblocks, const float *x,
+                        const float *sums, float *y);
+/* out[0 .. nblocks * block_size) = the weights of `nblocks` consecutive blocks, bit-exact */
+typedef void (*dequant_fn)(const uint8_t *blocks, int64_t nblocks, float *out);
+
+typedef struct {
+    int type;
+    int block_size;  /* weights per block */
+    int type_size;   /* bytes per block */
+    int sum_group;   /* 0, or the run length of the sums `rows` needs */
+    rows_fn rows;
+    dequant_fn dequant;
+} format_kernels;
+
+/* y[m * ldy + r] = w[r] . x[m] for r < rows, m < M: w is rows x K floats, x is M x K floats */
+typedef void (*tile_fn)(const float *w, int64_t rows, int64_t K, const float *x, int64_t M, float *y, int64_t ldy);
+
+typedef struct {
+    const char *name;
+    const format_kernels *formats;  /* ends with type 0 */
+    tile_fn tile;
+} isa_kernels;
+
+#endif

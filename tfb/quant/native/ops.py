@@ -1,0 +1,148 @@
+"""torch-facing wrappers of the native kernels: matmul with packed weights, dequantize, threads.
+
+Every function returns None where the native path cannot serve the call (library unavailable, storage
+type without native kernels), and the caller then takes the torch path.
+
+Activation rows: one row takes the fused matrix-vector product, which expands blocks in registers; more
+rows take a C kernel that dequantizes 16 weight rows at a time into a per-thread scratch and multiplies
+them with register-blocked float32 dot products. That beat torch's GEMM on weights expanded by
+`dequantize_into` at every row count measured, 2 to 2048 (tools/bench_matmul.py, docs/benchmarks.md);
+beyond NATIVE_MAX_ROWS rows tfb.nn.linear hands the product to torch all the same.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import math
+
+import torch
+
+from tfb.gguf.ggml_types import GGMLType
+from tfb.quant.native import workers
+from tfb.quant.native.library import load
+from tfb.quant.packed import PackedTensor
+
+NATIVE_MAX_ROWS = 2048
+
+_supported: dict[int, bool] = {}
+_library: list[ctypes.CDLL | None] = []  # once loaded and set up
+
+
+def library() -> ctypes.CDLL | None:
+    """The loaded library, its threads chosen on first use (tfb.quant.native.workers)."""
+    if not _library:
+        lib = load()
+        if lib is not None:
+            workers.configure(lib)
+        _library.append(lib)
+    return _library[0]
+
+
+def available() -> bool:
+    return library() is not None
+
+
+def supports(ggml_type: GGMLType) -> bool:
+    """Whether `ggml_type` has native kernels (and the library is available)."""
+    known = _supported.get(ggml_type.id)
+    if known is None:
+        lib = library()
+        known = _supported[ggml_type.id] = lib is not None and bool(lib.tfb_supports(ggml_type.id))
+    return known
+
+
+def set_threads(threads: int) -> int:
+    """Threads the native kernels use (the caller's included); returns the count in effect."""
+    lib = library()
+    return 1 if lib is None else int(lib.tfb_set_threads(threads))
+
+
+def threads() -> int:
+    lib = library()
+    return 1 if lib is None else int(lib.tfb_threads())
+
+
+def use_openmp(enabled: bool = True) -> bool:
+    """Borrow torch's OpenMP threads (the default where found) or use the library's own pool."""
+    lib = library()
+    return lib is not None and workers.use_openmp(lib, enabled)
+
+
+def uses_openmp() -> bool:
+    lib = library()
+    return lib is not None and bool(lib.tfb_uses_openmp())
+
+
+def set_isa(name: str = "") -> bool:
+    """Use the kernels of one instruction set ("avx512", "avx2", "portable"; "" for the best); for tests."""
+    lib = library()
+    return lib is not None and lib.tfb_set_isa(name.encode()) == 0
+
+
+def isa() -> str | None:
+    lib = library()
+    return None if lib is None else lib.tfb_isa().decode()
+
+
+def _check(status: int, what: str) -> None:
+    if status != 0:
+        raise RuntimeError(f"native {what} failed with status {status}")
+
+
+def _rows(weight: PackedTensor) -> torch.Tensor:
+    """The weight's raw bytes as [rows, row_bytes] with contiguous rows (a view where possible)."""
+    raw = weight.raw.reshape(-1, weight.raw.shape[-1])
+    return raw if raw.stride(-1) == 1 else raw.contiguous()
+
+
+class Prepared:
+    """A packed weight ready for native products, its call arguments worked out once (a decode step
+    makes hundreds of small products, so per-call Python work shows)."""
+
+    __slots__ = ("_call", "_raw", "name", "out_features")
+
+    def __init__(self, lib: ctypes.CDLL, weight: PackedTensor) -> None:
+        self._raw = _rows(weight)  # holds the bytes the pointer below points into
+        self.out_features, in_features = weight.shape
+        self.name = f"{weight.name or 'a weight'} ({weight.ggml_type.name})"
+        self._call = functools.partial(lib.tfb_matmul, weight.ggml_type.id, self._raw.data_ptr(),
+                                       self._raw.stride(0), self.out_features, in_features)
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        """x @ W.T for a contiguous float32 x [M, in]."""
+        y = torch.empty(x.shape[0], self.out_features, dtype=torch.float32)
+        _check(self._call(x.data_ptr(), x.shape[0], y.data_ptr()), f"matmul of {self.name}")
+        return y
+
+
+def prepare(weight: PackedTensor) -> Prepared | None:
+    """`weight` ready for repeated native products; None where its type has no native kernels."""
+    lib = library()
+    return Prepared(lib, weight) if lib is not None and supports(weight.ggml_type) else None
+
+
+def matmul(x: torch.Tensor, weight: PackedTensor) -> torch.Tensor | None:
+    """x @ W.T for a contiguous float32 x [M, in] and a packed W [out, in]."""
+    prepared = prepare(weight)
+    return None if prepared is None else prepared(x)
+
+
+def dequantize_into(weight: PackedTensor, out: torch.Tensor) -> bool:
+    """Expand `weight` into the contiguous float32 `out` (bit-exact); False if not native."""
+    if not supports(weight.ggml_type):
+        return False
+    raw = weight.raw if weight.raw.is_contiguous() else weight.raw.contiguous()
+    assert out.is_contiguous() and out.dtype == torch.float32 and out.numel() == math.prod(weight.shape)
+    n_blocks = raw.numel() // weight.ggml_type.type_size
+    _check(library().tfb_dequantize(weight.ggml_type.id, raw.data_ptr(), n_blocks, out.data_ptr()),  # type: ignore[union-attr]
+           f"dequantize of {weight.name or 'a weight'}")
+    return True
+
+
+def dequantize(weight: PackedTensor, dtype: torch.dtype = torch.float32) -> torch.Tensor | None:
+    """The weight expanded to `dtype`, bit-exact with the torch dequantizers; None if not native."""
+    out = torch.empty(weight.shape, dtype=torch.float32)
+    if not dequantize_into(weight, out):
+        return None
+    return out if dtype == torch.float32 else out.to(dtype)

@@ -1,0 +1,425 @@
+/* The exported entry points: instruction-set dispatch, threads, matmul and dequantize.
+ *
+ * Threads. A job is split into chunks (contiguous ranges of rows or blocks) that threads claim one at
+ * a time. The threads come from one of two places:
+ *
+ * - torch's OpenMP runtime, when the caller hands over its GOMP_parallel (tfb_use_openmp). The
+ *   library links no OpenMP of its own: it borrows the team torch already runs. That matters on a
+ *   machine with as many cores as threads: after each of its parallel regions (attention, every layer)
+ *   torch's OpenMP threads spin for a while waiting for more work, and a second set of threads,
+ *   ours, would have to fight them for the cores. Borrowed, they pick up our chunks at once instead.
+ * - otherwise a small persistent pool of (threads - 1) pthreads plus the calling thread, whose idle
+ *   workers spin briefly (a decode step issues hundreds of small matmuls back to back, and waking a
+ *   sleeping thread costs more than such a matmul) and then sleep on a condition variable.
+ *
+ * Jobs too small to pay for the hand-off run on the calling thread alone, as does a job that arrives
+ * while another thread's job holds the threads.
+ */
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "formats.h"
+
+#define EXPORT __attribute__((visibility("default")))
+
+#if defined(__x86_64__) || defined(__i386__)
+#define HAVE_X86_ISAS 1
+#include <immintrin.h>
+extern const isa_kernels tfb_kernels_avx512, tfb_kernels_avx2;
+static inline void cpu_relax(void) { _mm_pause(); }
+#else
+static inline void cpu_relax(void) {}
+#endif
+extern const isa_kernels tfb_kernels_portable;
+
+enum { OK = 0, ERR_TYPE = -1, ERR_SHAPE = -2, ERR_MEMORY = -3, ERR_ISA = -4 };
+
+/* ------------------------------------------------------------------------------------- dispatch */
+
+static const isa_kernels *active;
+static const format_kernels *by_type[64];
+
+static int cpu_has(const char *isa) {
+#ifdef HAVE_X86_ISAS
+    __builtin_cpu_init();
+    if (!strcmp(isa, "avx512"))
+        return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+               __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c");
+    if (!strcmp(isa, "avx2"))
+        return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c");
+#endif
+    return !strcmp(isa, "portable");
+}
+
+static void use(const isa_kernels *isa) {
+    memset(by_type, 0, sizeof by_type);
+    for (const format_kernels *f = isa->formats; f->type; f++) by_type[f->type] = f;
+    active = isa;
+}
+
+/* Select the kernels by name ("avx512", "avx2", "portable") or, for NULL or "", the best the CPU runs. */
+EXPORT int tfb_set_isa(const char *name) {
+    const isa_kernels *all[] = {
+#ifdef HAVE_X86_ISAS
+        &tfb_kernels_avx512, &tfb_kernels_avx2,
+#endif
+        &tfb_kernels_portable};
+    for (size_t i = 0; i < sizeof all / sizeof all[0]; i++) {
+        if (name && *name && strcmp(name, all[i]->name)) continue;
+        if (!cpu_has(all[i]->name)) continue;
+        use(all[i]);
+        return OK;
+    }
+    return ERR_ISA;
+}
+
+static const format_kernels *format(int type) {
+    if (!active) tfb_set_isa(NULL);
+    return type > 0 && type < 64 ? by_type[type] : NULL;
+}
+
+EXPORT const char *tfb_isa(void) {
+    if (!active) tfb_set_isa(NULL);
+    return active->name;
+}
+
+EXPORT int tfb_supports(int type) { return format(type) != NULL; }
+
+/* ----------------------------------------------------------------------------------- thread pool */
+
+/* A job is `parts` chunks (contiguous ranges of rows or blocks), claimed one at a time by whichever
+ * thread is free: a worker that another process keeps off its core delays a job by at most the chunk
+ * it holds, and one that has not woken yet by nothing (the caller takes its chunks). */
+typedef void (*part_fn)(void *ctx, int part, int parts);
+
+/* GOMP_parallel(fn, data, threads, flags): run fn(data) on a team of `threads` threads, the caller
+ * included, and return when all are done. GCC's libgomp, LLVM's libomp and Intel's libiomp export it. */
+typedef void (*gomp_parallel_fn)(void (*fn)(void *), void *data, unsigned threads, unsigned flags);
+
+#define MAX_WORKERS 255
+#define CHUNKS_PER_THREAD 8
+#define MIN_CHUNK_WORK (32 * 1024) /* bytes touched: below that, handing a chunk over costs more than it saves */
+
+static struct {
+    pthread_mutex_t busy; /* held by the thread whose job owns the pool */
+    pthread_mutex_t lock; /* guards sleeping and waking */
+    pthread_cond_t wake, done;
+    pthread_t threads[MAX_WORKERS];
+    int workers, quit;
+    part_fn fn;
+    void *ctx;
+    /* parts << 32 | next part to claim. Claims past the end are refused, so one fetch-and-add tells a
+     * thread both which part it has and whether it is a part at all (a late worker may claim from the
+     * next job: the job's fields are written before its ticket and stay until all its parts are done). */
+    _Atomic uint64_t ticket;
+    atomic_int finished; /* parts of the current job done */
+    atomic_uint generation; /* bumped for each job: what sleeping workers wait for */
+    atomic_int sleepers, main_waiting;
+} pool = {.busy = PTHREAD_MUTEX_INITIALIZER, .lock = PTHREAD_MUTEX_INITIALIZER, .wake = PTHREAD_COND_INITIALIZER,
+          .done = PTHREAD_COND_INITIALIZER};
+
+static int64_t spin_ns = 100 * 1000;
+
+static int64_t now_ns(void) {
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return (int64_t)t.tv_sec * 1000000000 + t.tv_nsec;
+}
+
+static _Thread_local unsigned seen_generation;
+static int new_job(void) { return atomic_load(&pool.generation) != seen_generation; }
+static int64_t wanted_parts;
+static int all_done(void) { return atomic_load(&pool.finished) == wanted_parts; }
+
+/* Spin up to spin_ns for `ready` to return true; false if it did not. */
+static int spin_until(int (*ready)(void)) {
+    int64_t start = 0;
+    for (unsigned i = 1;; i++) {
+        if (ready()) return 1;
+        cpu_relax();
+        if (i % 256 == 0) {
+            int64_t t = now_ns();
+            if (!start) start = t;
+            else if (t - start > spin_ns) return 0;
+        }
+    }
+}
+
+/* Claim and run parts until there are none left. */
+static void work(void) {
+    for (;;) {
+        uint64_t ticket = atomic_fetch_add(&pool.ticket, 1);
+        int parts = (int)(ticket >> 32), part = (int)(ticket & 0xFFFFFFFF);
+        if (part >= parts) return;
+        pool.fn(pool.ctx, part, parts);
+        if (atomic_fetch_add(&pool.finished, 1) + 1 == parts && atomic_load(&pool.main_waiting)) {
+            pthread_mutex_lock(&pool.lock);
+            pthread_cond_broadcast(&pool.done);
+            pthread_mutex_unlock(&pool.lock);
+        }
+    }
+}
+
+static void *worker(void *arg) {
+    seen_generation = (unsigned)(uintptr_t)arg; /* the generation at its start: a later one might hide a job */
+    for (;;) {
+        if (!spin_until(new_job)) {
+            pthread_mutex_lock(&pool.lock);
+            atomic_fetch_add(&pool.sleepers, 1);
+            while (!new_job()) pthread_cond_wait(&pool.wake, &pool.lock);
+            atomic_fetch_sub(&pool.sleepers, 1);
+            pthread_mutex_unlock(&pool.lock);
+        }
+        seen_generation = atomic_load(&pool.generation);
+        if (pool.quit) return NULL;
+        work();
+    }
+}
+
+static void wake_workers(void) {
+    atomic_fetch_add(&pool.generation, 1);
+    if (atomic_load(&pool.sleepers)) {
+        pthread_mutex_lock(&pool.lock);
+        pthread_cond_broadcast(&pool.wake);
+        pthread_mutex_unlock(&pool.lock);
+    }
+}
+
+/* Run the `parts` parts of fn with the workers (pool.busy held); return when all are done. */
+static void dispatch(part_fn fn, void *ctx, int parts) {
+    pool.fn = fn;
+    pool.ctx = ctx;
+    wanted_parts = parts;
+    atomic_store(&pool.finished, 0);
+    atomic_store(&pool.ticket, (uint64_t)parts << 32);
+    wake_workers();
+    work();
+    if (!spin_until(all_done)) {
+        pthread_mutex_lock(&pool.lock);
+        atomic_store(&pool.main_waiting, 1);
+        while (!all_done()) pthread_cond_wait(&pool.done, &pool.lock);
+        atomic_store(&pool.main_waiting, 0);
+        pthread_mutex_unlock(&pool.lock);
+    }
+}
+
+static void stop_workers(void) {
+    if (!pool.workers) return;
+    pool.quit = 1;
+    wake_workers();
+    for (int i = 0; i < pool.workers; i++) pthread_join(pool.threads[i], NULL);
+    pool.workers = pool.quit = 0;
+}
+
+/* A forked child has none of the parent's threads: start over with an empty pool (started again on first
+ * use), and leave OpenMP alone: an OpenMP runtime used before the fork waits in the child for threads that
+ * are gone (libgomp does; torch's own parallel regions hang there too). */
+static gomp_parallel_fn gomp_parallel;
+
+static void after_fork_in_child(void) {
+    pthread_mutex_init(&pool.busy, NULL);
+    pthread_mutex_init(&pool.lock, NULL);
+    pthread_cond_init(&pool.wake, NULL);
+    pthread_cond_init(&pool.done, NULL);
+    pool.workers = pool.quit = 0;
+    atomic_store(&pool.sleepers, 0);
+    atomic_store(&pool.main_waiting, 0);
+    gomp_parallel = NULL;
+}
+
+static pthread_once_t fork_handler_once = PTHREAD_ONCE_INIT;
+static void install_fork_handler(void) { pthread_atfork(NULL, NULL, after_fork_in_child); }
+
+static int thread_count = 1;
+
+/* Grow the pool to `workers` threads (pool.busy held). */
+static void start_workers(int workers) {
+    void *generation = (void *)(uintptr_t)atomic_load(&pool.generation);
+    for (int i = pool.workers; i < workers && !pthread_create(&pool.threads[i], NULL, worker, generation); i++)
+        pool.workers = i + 1;
+}
+
+/* Use `threads` threads in all (the caller's included); returns the number in effect. */
+EXPORT int tfb_set_threads(int threads) {
+    pthread_once(&fork_handler_once, install_fork_handler);
+    threads = threads < 1 ? 1 : threads > MAX_WORKERS + 1 ? MAX_WORKERS + 1 : threads;
+    pthread_mutex_lock(&pool.busy);
+    int workers = gomp_parallel ? 0 : threads - 1;
+    if (workers != pool.workers) {
+        stop_workers();
+        start_workers(workers);
+    }
+    thread_count = gomp_parallel || !workers ? threads : pool.workers + 1;
+    pthread_mutex_unlock(&pool.busy);
+    return thread_count;
+}
+
+EXPORT int tfb_threads(void) { return thread_count; }
+
+/* Take threads from an OpenMP runtime's GOMP_parallel (NULL: back to the library's own pool). */
+EXPORT int tfb_use_openmp(void *gomp_parallel_address) {
+    int threads = thread_count;
+    pthread_mutex_lock(&pool.busy);
+    gomp_parallel = (gomp_parallel_fn)gomp_parallel_address;
+    pthread_mutex_unlock(&pool.busy);
+    return tfb_set_threads(threads);
+}
+
+EXPORT int tfb_uses_openmp(void) { return gomp_parallel != NULL; }
+
+/* How long an idle worker of the library's own pool spins before it sleeps, in microseconds. */
+EXPORT void tfb_set_spin_us(int us) { spin_ns = us < 0 ? 0 : (int64_t)us * 1000; }
+
+static void team_member(void *unused) {
+    (void)unused;
+    work();
+}
+
+/* Run fn over as many parts as `work` (bytes touched) is worth, with the threads when they are free. */
+static void run(part_fn fn, void *ctx, int64_t work) {
+    int64_t parts = work / MIN_CHUNK_WORK, most = (int64_t)thread_count * CHUNKS_PER_THREAD;
+    parts = parts > most ? most : parts;
+    if (thread_count > 1 && parts > 1 && pthread_mutex_trylock(&pool.busy) == 0) {
+        if (gomp_parallel) {
+            pool.fn = fn;
+            pool.ctx = ctx;
+            atomic_store(&pool.finished, 0);
+            atomic_store(&pool.ticket, (uint64_t)parts << 32);
+            gomp_parallel(team_member, NULL, (unsigned)thread_count, 0); /* returns when the team is done */
+        } else {
+            if (pool.workers < thread_count - 1) start_workers(thread_count - 1); /* first use after a fork */
+            if (pool.workers) dispatch(fn, ctx, (int)parts);
+            else fn(ctx, 0, 1);
+        }
+        pthread_mutex_unlock(&pool.busy);
+        return;
+    }
+    fn(ctx, 0, 1);
+}
+
+/* The part'th of `parts` near-equal ranges of [0, n), boundaries on multiples of `align`. */
+static void range(int64_t n, int64_t align, int part, int parts, int64_t *begin, int64_t *end) {
+    int64_t units = (n + align - 1) / align;
+    *begin = units * part / parts * align;
+    *end = units * (part + 1) / parts * align;
+    if (*begin > n) *begin = n;
+    if (*end > n) *end = n;
+}
+
+/* --------------------------------------------------------------------------------------- matmul */
+
+typedef struct {
+    const format_kernels *f;
+    const uint8_t *w;
+    int64_t stride, N, K, M, nb;
+    const float *x, *sums;
+    float *y;
+} matmul_job;
+
+#define TILE_ROWS 16  /* weight rows dequantized at a time: the activation block is reused over them */
+
+static void matvec_part(void *arg, int part, int parts) {
+    const matmul_job *j = arg;
+    int64_t begin, end;
+    range(j->N, 8, part, parts, &begin, &end);
+    if (end > begin) j->f->rows(j->w + begin * j->stride, j->stride, end - begin, j->nb, j->x, j->sums, j->y + begin);
+}
+
+/* Per-thread scratch for dequantized rows, kept between calls (pool threads live as long as the process). */
+static _Thread_local float *scratch;
+static _Thread_local size_t scratch_floats;
+
+static float *scratch_for(size_t floats) {
+    if (floats > scratch_floats) {
+        free(scratch);
+        scratch = aligned_alloc(64, (floats * sizeof(float) + 63) / 64 * 64);
+        scratch_floats = scratch ? floats : 0;
+    }
+    return scratch;
+}
+
+/* Several activation rows: dequantize TILE_ROWS weight rows at a time, then dense float dots. The
+ * activations go in panels of about PANEL_BYTES, which stay in L2 while every weight row passes over them;
+ * the weights are dequantized again for each panel, which costs little next to the multiply-adds. */
+#define PANEL_BYTES (256 * 1024)
+
+static void matmul_part(void *arg, int part, int parts) {
+    const matmul_job *j = arg;
+    int64_t begin, end;
+    range(j->N, 4, part, parts, &begin, &end);
+    if (end <= begin) return;
+    float *buf = scratch_for((size_t)(TILE_ROWS * j->K));
+    if (!buf) abort(); /* a few pages: nothing sensible is left to do if even that fails */
+    int64_t panel = PANEL_BYTES / (4 * j->K);
+    panel = panel < 4 ? 4 : panel;
+    for (int64_t m = 0; m < j->M; m += panel) {
+        int64_t rows_m = j->M - m < panel ? j->M - m : panel;
+        for (int64_t n = begin; n < end; n += TILE_ROWS) {
+            int64_t rows = end - n < TILE_ROWS ? end - n : TILE_ROWS;
+            for (int64_t r = 0; r < rows; r++) j->f->dequant(j->w + (n + r) * j->stride, j->nb, buf + r * j->K);
+            active->tile(buf, rows, j->K, j->x + m * j->K, rows_m, j->y + m * j->N + n, j->N);
+        }
+    }
+}
+
+/* Up to MATVEC_ROWS activation rows take one fused matrix-vector product each (measured: two of those
+ * beat dequantizing and tiling for two rows, not for four). */
+#define MATVEC_ROWS 2
+
+/* y[M, N] = x[M, K] . W[N, K]^T for W stored as ggml blocks, `stride` bytes per row. */
+EXPORT int tfb_matmul(int type, const uint8_t *w, int64_t stride, int64_t N, int64_t K, const float *x, int64_t M,
+                      float *y) {
+    const format_kernels *f = format(type);
+    if (!f) return ERR_TYPE;
+    if (K <= 0 || K % f->block_size || N < 0 || M < 0 || stride < K / f->block_size * f->type_size) return ERR_SHAPE;
+    matmul_job job = {f, w, stride, N, K, M, K / f->block_size, x, NULL, y};
+    if (M > MATVEC_ROWS) {
+        run(matmul_part, &job, N * stride + N * M * K / 8);
+        return OK;
+    }
+    float local[1024], *sums = local;
+    int64_t groups = f->sum_group ? K / f->sum_group : 0;
+    if (groups > 1024 && !(sums = malloc((size_t)groups * sizeof(float)))) return ERR_MEMORY;
+    for (int64_t m = 0; m < M; m++) {
+        const float *xm = x + m * K;
+        for (int64_t g = 0; g < groups; g++) {
+            float s = 0.0f;
+            for (int64_t k = 0; k < f->sum_group; k++) s += xm[g * f->sum_group + k];
+            sums[g] = s;
+        }
+        job.x = xm, job.y = y + m * N, job.sums = sums;
+        run(matvec_part, &job, N * stride);
+    }
+    if (sums != local) free(sums);
+    return OK;
+}
+
+/* ----------------------------------------------------------------------------------- dequantize */
+
+typedef struct {
+    const format_kernels *f;
+    const uint8_t *blocks;
+    int64_t nblocks;
+    float *out;
+} dequant_job;
+
+static void dequant_part(void *arg, int part, int parts) {
+    const dequant_job *j = arg;
+    int64_t begin, end;
+    range(j->nblocks, 64, part, parts, &begin, &end);
+    if (end > begin)
+        j->f->dequant(j->blocks + begin * j->f->type_size, end - begin, j->out + begin * j->f->block_size);
+}
+
+/* out[nblocks * block_size] = the float32 weights of `nblocks` consecutive blocks (bit-exact). */
+EXPORT int tfb_dequantize(int type, const uint8_t *blocks, int64_t nblocks, float *out) {
+    const format_kernels *f = format(type);
+    if (!f) return ERR_TYPE;
+    if (nblocks < 0) return ERR_SHAPE;
+    dequant_job job = {f, blocks, nblocks, out};
+    run(dequant_part, &job, nblocks * (f->type_size + 4 * f->block_size));
+    return OK;
+}
