@@ -3,8 +3,10 @@
 The library is built with the system C compiler ($CC, else `cc`) in a few seconds: kernels.c once per
 instruction set (AVX-512, AVX2, portable C), each pass with only its own -m flags, and runtime.c, which
 picks the best set the CPU supports at run time (no -march=native, so a cached build also runs on other
-machines of the same architecture). Builds are cached under $TFB_CACHE/native (default
-~/.cache/tfb/native), keyed by a hash of the sources, the flags and the compiler's identity; a build
+machines of the same architecture). The IQ codebooks reach the C code as a header
+generated into the build directory from tfb/quant/grids.py (tables.py). Builds are cached under
+$TFB_CACHE/native (default ~/.cache/tfb/native), keyed by a hash of the sources (the generated header
+included), the flags and the compiler's identity; a build
 goes to a temporary name and is renamed into place, so processes that build at the same time do not
 see each other's half-written files.
 
@@ -25,6 +27,8 @@ import threading
 import warnings
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+
+from tfb.quant.native import tables
 
 SOURCE_DIR = Path(__file__).resolve().parent
 SOURCES = ("formats.h", "simd.h", "kernels.c", "runtime.c")
@@ -59,13 +63,18 @@ def compile_commands(cc: str, out_dir: Path) -> tuple[list[list[str]], list[Path
     commands, objects = [], []
     for isa, flags in passes.items():
         obj = out_dir / f"kernels_{isa}.o"
-        commands.append([cc, *COMMON_FLAGS, *flags, f"-DTFB_ISA_SYMBOL=tfb_kernels_{isa}", "-c",
+        commands.append([cc, *COMMON_FLAGS, *flags, f"-DTFB_ISA_SYMBOL=tfb_kernels_{isa}", f"-I{out_dir}", "-c",
                          str(SOURCE_DIR / "kernels.c"), "-o", str(obj)])
         objects.append(obj)
     runtime = out_dir / "runtime.o"
     commands.append([cc, *COMMON_FLAGS, "-c", str(SOURCE_DIR / "runtime.c"), "-o", str(runtime)])
     objects.append(runtime)
     return commands, objects
+
+
+def generated_sources() -> dict[str, str]:
+    """Headers written into the build directory before compiling: name -> text."""
+    return {tables.HEADER_NAME: tables.grid_header()}
 
 
 def _run(command: list[str]) -> None:
@@ -83,6 +92,8 @@ def _identity(cc: str) -> str:
     digest = hashlib.sha256()
     for name in SOURCES:
         digest.update(name.encode() + b"\0" + (SOURCE_DIR / name).read_bytes() + b"\0")
+    for name, text in generated_sources().items():
+        digest.update(name.encode() + b"\0" + text.encode() + b"\0")
     digest.update(repr((COMMON_FLAGS, X86_ISAS, path, version, platform.machine(), platform.system())).encode())
     return digest.hexdigest()[:20]
 
@@ -96,6 +107,8 @@ def build() -> Path:
     target.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=target.parent, prefix=".build-") as tmp:
         out_dir = Path(tmp)
+        for name, text in generated_sources().items():
+            (out_dir / name).write_text(text)
         commands, objects = compile_commands(cc, out_dir)
         with ThreadPoolExecutor(len(commands)) as executor:
             list(executor.map(_run, commands))
