@@ -11,6 +11,9 @@ enum {
     TYPE_F16 = 1, TYPE_Q4_0 = 2, TYPE_Q4_1 = 3, TYPE_Q5_0 = 6, TYPE_Q5_1 = 7, TYPE_Q8_0 = 8,
     TYPE_Q2_K = 10, TYPE_Q3_K = 11, TYPE_Q4_K = 12, TYPE_Q5_K = 13, TYPE_Q6_K = 14,
     TYPE_IQ4_NL = 20, TYPE_IQ4_XS = 23, TYPE_BF16 = 30, TYPE_MXFP4 = 39,
+    /* dequantize-only (no fused `rows`) */
+    TYPE_IQ2_XXS = 16, TYPE_IQ2_XS = 17, TYPE_IQ3_XXS = 18, TYPE_IQ1_S = 19, TYPE_IQ3_S = 21, TYPE_IQ2_S = 22,
+    TYPE_IQ1_M = 29, TYPE_TQ1_0 = 34, TYPE_TQ2_0 = 35, TYPE_NVFP4 = 40, TYPE_Q1_0 = 41, TYPE_Q2_0 = 42,
 };
 
 /* y[r] = row r . x for `nrows` rows `stride` bytes apart, each `nblocks` blocks long. `sums` holds the
@@ -25,7 +28,7 @@ typedef struct {
     int block_size;  /* weights per block */
     int type_size;   /* bytes per block */
     int sum_group;   /* 0, or the run length of the sums `rows` needs */
-    rows_fn rows;
+    rows_fn rows;    /* NULL: products dequantize rows into scratch and use `tile`, for any row count */
     dequant_fn dequant;
 } format_kernels;
 

@@ -13,6 +13,7 @@
  * does, then one multiply (and one add or subtract for the offset formats); nothing is fused.
  */
 #include "formats.h"
+#include "grids.h" /* generated into the build directory (tables.py) */
 #include "simd.h"
 
 #ifndef TFB_ISA_SYMBOL
@@ -574,6 +575,286 @@ static void dequant_iq4_xs(const uint8_t *blk, int64_t nb, float *out) {
     }
 }
 
+/* ------------------------------------------------------------------ dequantize-only formats */
+/* The formats below have no fused row product: a matmul dequantizes their rows into a scratch buffer
+ * and multiplies with `tile` (runtime.c), for one activation row as for many. */
+
+/* n weights (a multiple of LANES) from bytes q: out[i] = d * (q[i] - bias), one multiply each */
+static inline void scale_bytes(const uint8_t *q, int n, int bias, float d, float *out) {
+    vf scale = vf_set1(d);
+    for (int i = 0; i < n; i += LANES) vf_store(out + i, vf_mul(scale, vi_float(vi_add(vi_u8(q + i), -bias))));
+}
+
+/* TQ2_0, 66 bytes: qs[64], d (f16). Weight 128h + 32s + l is bits 2s..2s+1 of qs[32h + l], minus one
+ * (Q2_K's layout): w = d * (q - 1). */
+static void dequant_tq2_0(const uint8_t *blk, int64_t nb, float *out) {
+    uint8_t q[256];
+    for (int64_t b = 0; b < nb; b++, blk += 66, out += 256) {
+        two_bit_unpack(blk, q);
+        scale_bytes(q, 256, 1, load_half(blk + 64), out);
+    }
+}
+
+/* TQ1_0, 54 bytes: qs[48], qh[4], d (f16). Each byte packs base-3 digits, read as ggml reads them:
+ * digit k of byte v is ((v * 3^k mod 256) * 3) >> 8. Digit k (< 5) of qs[p] is weight 32k + p for
+ * p < 32, 160 + 16k + (p - 32) after; digit k (< 4) of qh[p] is weight 240 + 4k + p. w = d * (digit - 1). */
+typedef uint16_t u16x16 __attribute__((vector_size(32)));
+static const uint8_t POWERS_OF_3[5] = {1, 3, 9, 27, 81};
+
+static inline u8x16 trits16(const uint8_t *p, uint8_t power) {
+    u8x16 bytes;
+    memcpy(&bytes, p, 16);
+    u16x16 wide = __builtin_convertvector((u8x16)(bytes * power), u16x16); /* the product wraps mod 256 */
+    return __builtin_convertvector(wide * 3 >> 8, u8x16);
+}
+
+static inline void tq1_0_unpack(const uint8_t *blk, uint8_t *q) {
+    for (int k = 0; k < 5; k++) {
+        u8x16 parts[3] = {trits16(blk, POWERS_OF_3[k]), trits16(blk + 16, POWERS_OF_3[k]),
+                          trits16(blk + 32, POWERS_OF_3[k])};
+        memcpy(q + 32 * k, parts, 32);
+        memcpy(q + 160 + 16 * k, &parts[2], 16);
+    }
+    for (int k = 0; k < 4; k++)
+        for (int p = 0; p < 4; p++) q[240 + 4 * k + p] = (uint8_t)(blk[48 + p] * POWERS_OF_3[k]) * 3 >> 8;
+}
+
+static void dequant_tq1_0(const uint8_t *blk, int64_t nb, float *out) {
+    uint8_t q[256];
+    for (int64_t b = 0; b < nb; b++, blk += 54, out += 256) {
+        tq1_0_unpack(blk, q);
+        scale_bytes(q, 256, 1, load_half(blk + 52), out);
+    }
+}
+
+/* Q2_0, 18 bytes, 64 weights: d (f16), qs[16]. Weight j is bits 2(j % 4).. of qs[j / 4]: w = d * (q - 1).
+ * Each byte spreads into a uint32 whose byte k is its k-th field. */
+typedef uint32_t u32x16 __attribute__((vector_size(64)));
+
+static void dequant_q2_0(const uint8_t *blk, int64_t nb, float *out) {
+    uint8_t q[64];
+    for (int64_t b = 0; b < nb; b++, blk += 18, out += 64) {
+        u8x16 bytes;
+        memcpy(&bytes, blk + 2, 16);
+        u32x16 v = __builtin_convertvector(bytes, u32x16);
+        v = (v | v << 6 | v << 12 | v << 18) & 0x03030303;
+        memcpy(q, &v, 64);
+        scale_bytes(q, 64, 1, load_half(blk), out);
+    }
+}
+
+/* Q1_0, 18 bytes, 128 weights: d (f16), qs[16]. Bit j (low bit first) is weight j: +d where set, -d where
+ * clear, i.e. d * (2 * bit - 1). Each byte spreads into a uint64 whose byte k is 2 * bit k. */
+static void dequant_q1_0(const uint8_t *blk, int64_t nb, float *out) {
+    uint8_t q[128];
+    for (int64_t b = 0; b < nb; b++, blk += 18, out += 128) {
+        for (int i = 0; i < 16; i++) {
+            uint64_t bits = (blk[2 + i] * 0x0101010101010101ull) & 0x8040201008040201ull; /* byte k: bit k alone */
+            bits = ((bits + 0x7F7F7F7F7F7F7F7Full) >> 7 & 0x0101010101010101ull) * 2; /* no carry between bytes */
+            memcpy(q + 8 * i, &bits, 8);
+        }
+        scale_bytes(q, 128, 1, load_half(blk), out);
+    }
+}
+
+/* NVFP4, 36 bytes, 64 weights: d[4] (UE4M3, one per 16 weights), qs[32]. Sub-block s is the low, then the
+ * high nibbles of qs[8s .. 8s + 7], through kvalues_mxfp4 (E2M1 doubled), times ggml_ue4m3_to_fp32's
+ * value halved: 0 for 0x00 and 0x7F, else bit 7 ignored, (8 + m) * 2^(e - 11), or m * 2^-10 for e = 0. */
+static inline float ue4m3_half(uint8_t x) {
+    if (x == 0 || x == 0x7F) return 0.0f;
+    int exponent = x >> 3 & 15, mantissa = x & 7;
+    if (exponent == 0) return (float)mantissa * 0x1p-10f;
+    uint32_t bits = (uint32_t)(127 + exponent - 11) << 23;
+    float power;
+    memcpy(&power, &bits, 4);
+    return (float)(8 + mantissa) * power; /* exact: a 4-bit integer times a power of two */
+}
+
+static void dequant_nvfp4(const uint8_t *blk, int64_t nb, float *out) {
+    for (int64_t b = 0; b < nb; b++, blk += 36, out += 64)
+        for (int s = 0; s < 4; s++) {
+            float scale = ue4m3_half(blk[s]);
+            const uint8_t *qs = blk + 4 + 8 * s;
+            for (int j = 0; j < 8; j++) {
+                out[16 * s + j] = MXFP4_VALUES[qs[j] & 15] * scale;
+                out[16 * s + 8 + j] = MXFP4_VALUES[qs[j] >> 4] * scale;
+            }
+        }
+}
+
+/* The codebook formats expand groups of 8 weights from a grid row: grids.h, generated at build time from
+ * tfb/quant/grids.py (tables.py), holds each row as 8 bytes (or 4 for the IQ3 grids, two rows a group). */
+typedef float f32x8 __attribute__((vector_size(32)));
+typedef int32_t i32x8 __attribute__((vector_size(32)));
+
+/* The eight unsigned (bytes8_f) or signed (sbytes8_f) bytes of a uint64 as floats: one widening and one
+ * conversion with AVX2 (GCC's generic conversion of an 8-byte vector goes byte by byte). */
+#if LANES >= 8
+static inline f32x8 bytes8_f(uint64_t b) { return (f32x8)bytes8_float(b); }
+static inline f32x8 sbytes8_f(uint64_t b) { return (f32x8)sbytes8_float(b); }
+#else
+static inline f32x8 bytes8_f(uint64_t b) {
+    f32x8 v = {(uint8_t)b, (uint8_t)(b >> 8), (uint8_t)(b >> 16), (uint8_t)(b >> 24),
+               (uint8_t)(b >> 32), (uint8_t)(b >> 40), (uint8_t)(b >> 48), (uint8_t)(b >> 56)};
+    return v;
+}
+static inline f32x8 sbytes8_f(uint64_t b) {
+    f32x8 v = {(int8_t)b, (int8_t)(b >> 8), (int8_t)(b >> 16), (int8_t)(b >> 24),
+               (int8_t)(b >> 32), (int8_t)(b >> 40), (int8_t)(b >> 48), (int8_t)(b >> 56)};
+    return v;
+}
+#endif
+
+/* out[j] = scale * byte j of `row`, negated where bit j of `signs` is set. The reference computes
+ * scale * (grid * sign); a sign flip is exact and rounding symmetric, so flipping the sign bit of the
+ * product gives its value bit for bit (signed zeros included). */
+static inline void put8_signed(float *out, uint64_t row, float scale, uint32_t signs) {
+    const i32x8 lane_bit = {1, 2, 4, 8, 16, 32, 64, 128};
+    f32x8 v = bytes8_f(row) * scale;
+    i32x8 flip = ((lane_bit & (int32_t)signs) != 0) & INT32_MIN;
+    v = (f32x8)((i32x8)v ^ flip);
+    memcpy(out, &v, 32);
+}
+
+/* out[j] = scale * (signed byte j of `row` + delta): the IQ1 grids hold -1, 0, 1 and shift by +-1/8 */
+static inline void put8_delta(float *out, uint64_t row, float delta, float scale) {
+    f32x8 v = (sbytes8_f(row) + delta) * scale;
+    memcpy(out, &v, 32);
+}
+
+/* The eighth sign bit of IQ2_XXS, IQ2_XS and IQ3_XXS groups makes the count of minus signs even
+ * (ggml's ksigns_iq2xs table, computed rather than stored). */
+static inline uint32_t ksigns(uint32_t low7) { return low7 | (uint32_t)__builtin_parity(low7) << 7; }
+
+/* IQ2_XXS/IQ2_XS/IQ2_S scales: d * (s + 0.5) * 0.25 (IQ3_XXS: * 0.5), evaluated left to right as the
+ * reference does */
+static inline float half_step_scale(float d, uint32_t s, float step) { return d * ((float)s + 0.5f) * step; }
+
+/* IQ2_XXS, 66 bytes: d (f16), then per 32 weights two uint32: four grid indices (bytes), and four 7-bit
+ * sign indices under a 4-bit scale (bits 28-31). Group l: iq2xxs_grid[index l], signs ksigns(sign index l). */
+static void dequant_iq2_xxs(const uint8_t *blk, int64_t nb, float *out) {
+    for (int64_t b = 0; b < nb; b++, blk += 66, out += 256) {
+        float d = load_half(blk);
+        for (int i = 0; i < 8; i++) {
+            const uint8_t *q = blk + 2 + 8 * i;
+            uint32_t aux = load_u32(q + 4);
+            float scale = half_step_scale(d, aux >> 28, 0.25f);
+            for (int l = 0; l < 4; l++)
+                put8_signed(out + 32 * i + 8 * l, GRID_IQ2XXS[q[l]], scale, ksigns(aux >> (7 * l) & 127));
+        }
+    }
+}
+
+/* the 4-bit scale of the 16 weights s of IQ2_XS and IQ2_S (low nibble first) */
+static inline float iq2_scale(const uint8_t *scales, float d, int s) {
+    return half_step_scale(d, scales[s / 2] >> (4 * (s % 2)) & 15, 0.25f);
+}
+
+/* IQ2_XS, 74 bytes: d (f16), qs[32] (uint16: 9-bit grid index, 7-bit sign index), scales[8]. */
+static void dequant_iq2_xs(const uint8_t *blk, int64_t nb, float *out) {
+    for (int64_t b = 0; b < nb; b++, blk += 74, out += 256) {
+        float d = load_half(blk);
+        for (int s = 0; s < 16; s++) {
+            float scale = iq2_scale(blk + 66, d, s);
+            for (int l = 2 * s; l < 2 * s + 2; l++) {
+                uint32_t v = load_u16(blk + 2 + 2 * l);
+                put8_signed(out + 8 * l, GRID_IQ2XS[v & 511], scale, ksigns(v >> 9));
+            }
+        }
+    }
+}
+
+/* IQ2_S, 82 bytes: d (f16), qs[32] (grid index bits 0-7), signs[32] (a whole byte per group), qh[8]
+ * (index bits 8-9: bits 2(l % 4).. of qh[l / 4] for group l), scales[8]. */
+static void dequant_iq2_s(const uint8_t *blk, int64_t nb, float *out) {
+    for (int64_t b = 0; b < nb; b++, blk += 82, out += 256) {
+        float d = load_half(blk);
+        for (int s = 0; s < 16; s++) {
+            float scale = iq2_scale(blk + 74, d, s);
+            for (int l = 2 * s; l < 2 * s + 2; l++) {
+                uint32_t index = blk[2 + l] | (blk[66 + l / 4] >> (2 * (l % 4)) & 3) << 8;
+                put8_signed(out + 8 * l, GRID_IQ2S[index], scale, blk[34 + l]);
+            }
+        }
+    }
+}
+
+/* IQ3_XXS, 98 bytes: d (f16), qs[64] (grid indices, 4 weights each), then per 32 weights a uint32: four
+ * 7-bit sign indices (ksigns, one per 8 weights) and a 4-bit scale: d * (s + 0.5) * 0.5. */
+static void dequant_iq3_xxs(const uint8_t *blk, int64_t nb, float *out) {
+    for (int64_t b = 0; b < nb; b++, blk += 98, out += 256) {
+        float d = load_half(blk);
+        for (int i = 0; i < 8; i++) {
+            uint32_t aux = load_u32(blk + 66 + 4 * i);
+            float scale = half_step_scale(d, aux >> 28, 0.5f);
+            for (int l = 0; l < 4; l++) {
+                const uint8_t *q = blk + 2 + 8 * i + 2 * l;
+                uint64_t row = GRID_IQ3XXS[q[0]] | (uint64_t)GRID_IQ3XXS[q[1]] << 32;
+                put8_signed(out + 32 * i + 8 * l, row, scale, ksigns(aux >> (7 * l) & 127));
+            }
+        }
+    }
+}
+
+/* IQ3_S, 110 bytes: d (f16), qs[64] (grid index bits 0-7), qh[8] (bit 8 of index r: bit r % 8 of
+ * qh[r / 8]), signs[32] (a byte per 8 weights), scales[4] (a nibble per 32 weights, low first):
+ * scale d * (1 + 2s). */
+static inline uint32_t iq3_s_index(const uint8_t *blk, int r) { return blk[2 + r] | (blk[66 + r / 8] >> (r % 8) & 1) << 8; }
+
+static void dequant_iq3_s(const uint8_t *blk, int64_t nb, float *out) {
+    for (int64_t b = 0; b < nb; b++, blk += 110, out += 256) {
+        float d = load_half(blk);
+        for (int i = 0; i < 8; i++) {
+            float scale = d * (float)(1 + 2 * (blk[106 + i / 2] >> (4 * (i % 2)) & 15));
+            for (int g = 4 * i; g < 4 * i + 4; g++) {
+                uint64_t row = GRID_IQ3S[iq3_s_index(blk, 2 * g)] | (uint64_t)GRID_IQ3S[iq3_s_index(blk, 2 * g + 1)] << 32;
+                put8_signed(out + 8 * g, row, scale, blk[74 + g]);
+            }
+        }
+    }
+}
+
+#define IQ1_DELTA 0.125f
+
+/* IQ1_S, 50 bytes: d (f16), qs[32] (grid index bits 0-7), qh[8] (uint16 per 32 weights: 3 index bits
+ * 8-10 per group, a 3-bit scale s at bits 12-14, the delta's sign at bit 15). Group l:
+ * (d * (2s + 1)) * (iq1s_grid[index] + delta), delta = -1/8 where bit 15 is set, else +1/8. */
+static void dequant_iq1_s(const uint8_t *blk, int64_t nb, float *out) {
+    for (int64_t b = 0; b < nb; b++, blk += 50, out += 256) {
+        float d = load_half(blk);
+        for (int i = 0; i < 8; i++) {
+            uint32_t qh = load_u16(blk + 34 + 2 * i);
+            float scale = d * (float)(2 * (qh >> 12 & 7) + 1), delta = qh & 0x8000 ? -IQ1_DELTA : IQ1_DELTA;
+            for (int l = 0; l < 4; l++)
+                put8_delta(out + 32 * i + 8 * l, GRID_IQ1S[blk[2 + 4 * i + l] | (qh >> (3 * l) & 7) << 8], delta, scale);
+        }
+    }
+}
+
+/* IQ1_M, 56 bytes: qs[32] (grid index bits 0-7), qh[16] (a nibble per group, low first: index bits 8-10,
+ * then the delta's sign), scales[4] (uint16: four 3-bit scales, one per 16 weights, under a nibble of d,
+ * the float16 whose nibble k tops scales[k]). Group l: (d * (2s + 1)) * (iq1s_grid[index] + delta). */
+static inline float iq1_m_d(const uint8_t *blk) {
+    uint16_t bits = 0;
+    for (int k = 0; k < 4; k++) bits |= (uint16_t)(load_u16(blk + 48 + 2 * k) >> 12 << (4 * k));
+    return half_to_float(bits);
+}
+
+static void dequant_iq1_m(const uint8_t *blk, int64_t nb, float *out) {
+    for (int64_t b = 0; b < nb; b++, blk += 56, out += 256) {
+        float d = iq1_m_d(blk);
+        for (int i = 0; i < 8; i++) { /* 32 weights: two scales, four groups */
+            uint32_t sc = load_u16(blk + 48 + 2 * (i / 2)) >> (6 * (i % 2)), qh = load_u16(blk + 32 + 2 * i);
+            float scale[2] = {d * (float)(2 * (sc & 7) + 1), d * (float)(2 * (sc >> 3 & 7) + 1)};
+            for (int l = 0; l < 4; l++) {
+                uint32_t nibble = qh >> (4 * l) & 15;
+                put8_delta(out + 32 * i + 8 * l, GRID_IQ1S[blk[4 * i + l] | (nibble & 7) << 8],
+                           nibble & 8 ? -IQ1_DELTA : IQ1_DELTA, scale[l / 2]);
+            }
+        }
+    }
+}
+
 /* ----------------------------------------------------------------------------- dense float tile */
 
 /* y[m, r] = w[r] . x[m] for a few dequantized rows w (rows x K) and all activation rows x (M x K).
@@ -657,6 +938,18 @@ static const format_kernels FORMATS[] = {
     {TYPE_IQ4_NL, 32, 18, 0, rows_iq4_nl, dequant_iq4_nl},
     {TYPE_IQ4_XS, 256, 136, 0, rows_iq4_xs, dequant_iq4_xs},
     {TYPE_MXFP4, 32, 17, 0, rows_mxfp4, dequant_mxfp4},
+    {TYPE_IQ2_XXS, 256, 66, 0, NULL, dequant_iq2_xxs},
+    {TYPE_IQ2_XS, 256, 74, 0, NULL, dequant_iq2_xs},
+    {TYPE_IQ2_S, 256, 82, 0, NULL, dequant_iq2_s},
+    {TYPE_IQ3_XXS, 256, 98, 0, NULL, dequant_iq3_xxs},
+    {TYPE_IQ3_S, 256, 110, 0, NULL, dequant_iq3_s},
+    {TYPE_IQ1_S, 256, 50, 0, NULL, dequant_iq1_s},
+    {TYPE_IQ1_M, 256, 56, 0, NULL, dequant_iq1_m},
+    {TYPE_TQ1_0, 256, 54, 0, NULL, dequant_tq1_0},
+    {TYPE_TQ2_0, 256, 66, 0, NULL, dequant_tq2_0},
+    {TYPE_NVFP4, 64, 36, 0, NULL, dequant_nvfp4},
+    {TYPE_Q1_0, 128, 18, 0, NULL, dequant_q1_0},
+    {TYPE_Q2_0, 64, 18, 0, NULL, dequant_q2_0},
     {0, 0, 0, 0, 0, 0},
 };
 

@@ -366,7 +366,7 @@ static void matmul_part(void *arg, int part, int parts) {
 }
 
 /* Up to MATVEC_ROWS activation rows take one fused matrix-vector product each (measured: two of those
- * beat dequantizing and tiling for two rows, not for four). */
+ * beat dequantizing and tiling for two rows, not for four); formats without one dequantize and tile. */
 #define MATVEC_ROWS 2
 
 /* y[M, N] = x[M, K] . W[N, K]^T for W stored as ggml blocks, `stride` bytes per row. */
@@ -376,7 +376,7 @@ EXPORT int tfb_matmul(int type, const uint8_t *w, int64_t stride, int64_t N, int
     if (!f) return ERR_TYPE;
     if (K <= 0 || K % f->block_size || N < 0 || M < 0 || stride < K / f->block_size * f->type_size) return ERR_SHAPE;
     matmul_job job = {f, w, stride, N, K, M, K / f->block_size, x, NULL, y};
-    if (M > MATVEC_ROWS) {
+    if (M > MATVEC_ROWS || !f->rows) {
         run(matmul_part, &job, N * stride + N * M * K / 8);
         return OK;
     }
