@@ -17,16 +17,22 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from test_quant_dequant import F16_FIELDS, quantized_blocks, random_blocks, set_f16
+from test_quant_dequant import EXTREME_F16, F16_FIELDS, MODEL_TYPES, quantized_blocks, random_blocks, set_f16
 
 import tfb.quant.native as native
 from tfb.gguf.ggml_types import GGML_TYPE_BY_NAME
 from tfb.nn.linear import Embedding, Linear
 from tfb.nn.moe import ExpertLinear
 from tfb.quant import PackedTensor
+from tfb.quant.grids import GRIDS, grid
+from tfb.quant.native import tables
 
-NATIVE_TYPES = ["F16", "BF16", "Q8_0", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K",
-                "IQ4_NL", "IQ4_XS", "MXFP4"]
+FUSED_TYPES = ["F16", "BF16", "Q8_0", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K",
+               "IQ4_NL", "IQ4_XS", "MXFP4"]
+# dequantizers only: their products go through the dequantize-and-tile path for every row count
+DEQUANT_TYPES = ["IQ1_S", "IQ1_M", "IQ2_XXS", "IQ2_XS", "IQ2_S", "IQ3_XXS", "IQ3_S", "TQ1_0", "TQ2_0", "NVFP4",
+                 "Q1_0", "Q2_0"]
+NATIVE_TYPES = FUSED_TYPES + DEQUANT_TYPES
 ISAS = ["avx512", "avx2", "portable"]
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -60,7 +66,7 @@ def packed(name: str, rows: int, cols: int, rng: np.random.Generator, kind: str 
         raw = values.to(torch.float16 if name == "F16" else torch.bfloat16).view(torch.uint8).numpy().reshape(-1, 2)
     else:
         raw = random_blocks(name, n_blocks, rng)
-        if kind == "moderate" and name in F16_FIELDS:
+        if kind == "moderate" and (name in F16_FIELDS or name == "IQ1_M"):
             set_f16(raw, name, (rng.standard_normal(n_blocks) * 0.01).astype(np.float16).view(np.uint16))
         elif kind == "moderate" and name == "MXFP4":
             raw[:, 0] = rng.integers(118, 134, n_blocks)  # 2**-10 .. 2**5
@@ -86,13 +92,46 @@ def test_supported(name: str) -> None:
     assert native.supports(GGML_TYPE_BY_NAME[name])
 
 
-@needs_native
-@pytest.mark.parametrize(("name", "kind"), RANDOM_AND_QUANTIZED)
-def test_dequantize_is_bit_exact(isa: str, name: str, kind: str) -> None:
-    weight = packed(name, 37, widths(name)[1], np.random.default_rng(1), kind)
+def test_native_types_are_every_model_type_but_f32() -> None:
+    assert sorted(NATIVE_TYPES) == sorted(set(MODEL_TYPES) - {"F32"})
+
+
+def assert_bit_exact(weight: PackedTensor) -> None:
     got = native.dequantize(weight)
     assert got is not None
     assert torch.equal(got.view(torch.int32), weight.dequantize().view(torch.int32))
+
+
+@needs_native
+@pytest.mark.parametrize(("name", "kind"), RANDOM_AND_QUANTIZED)
+def test_dequantize_is_bit_exact(isa: str, name: str, kind: str) -> None:
+    assert_bit_exact(packed(name, 37, widths(name)[1], np.random.default_rng(1), kind))
+
+
+@needs_native
+@pytest.mark.parametrize("name", [n for n in NATIVE_TYPES if n in F16_FIELDS or n == "IQ1_M"])
+def test_dequantize_extreme_scales_is_bit_exact(isa: str, name: str) -> None:
+    """Largest, subnormal, zero and negative zero scales, one per row."""
+    weight = packed(name, len(EXTREME_F16), widths(name)[0], np.random.default_rng(9))
+    raw = weight.raw.numpy().reshape(-1, GGML_TYPE_BY_NAME[name].type_size)
+    set_f16(raw, name, np.repeat(np.array(EXTREME_F16, dtype=np.uint16), len(raw) // len(EXTREME_F16)))
+    assert_bit_exact(weight)
+
+
+@needs_native
+def test_dequantize_every_nvfp4_scale_is_bit_exact(isa: str) -> None:
+    weight = packed("NVFP4", 4, 64 * 16, np.random.default_rng(10))  # 64 blocks, 256 scales
+    weight.raw.view(-1, 36)[:, :4] = torch.arange(256, dtype=torch.uint8).view(-1, 4)  # every UE4M3 byte
+    assert_bit_exact(weight)
+
+
+@pytest.mark.parametrize("name", sorted(GRIDS))
+def test_generated_grids_hold_the_python_codebooks(name: str) -> None:
+    """grids.h rows (a byte per element) decode to tfb.quant.grids' values."""
+    width = grid(name).shape[1]
+    packed_rows = b"".join(row.to_bytes(width, "little") for row in tables.row_values(name))
+    elements = torch.frombuffer(bytearray(packed_rows), dtype=torch.int8).view(-1, width)
+    assert torch.equal(elements.float(), grid(name))
 
 
 @needs_native
@@ -175,7 +214,8 @@ def test_no_rows_and_unsupported_types() -> None:
     weight = packed("Q8_0", 8, 64, np.random.default_rng(4))
     y = native.matmul(torch.empty(0, 64), weight)
     assert y is not None and y.shape == (0, 8)
-    odd = packed("IQ2_XS", 2, 256, np.random.default_rng(4))
+    odd = PackedTensor(torch.zeros(2, 256 * 4, dtype=torch.uint8), GGML_TYPE_BY_NAME["F32"], (2, 256))
+    assert not native.supports(odd.ggml_type)
     assert native.matmul(torch.randn(1, 256), odd) is None and native.dequantize(odd) is None
 
 
