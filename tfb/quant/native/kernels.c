@@ -659,27 +659,39 @@ static void dequant_q1_0(const uint8_t *blk, int64_t nb, float *out) {
 
 /* NVFP4, 36 bytes, 64 weights: d[4] (UE4M3, one per 16 weights), qs[32]. Sub-block s is the low, then the
  * high nibbles of qs[8s .. 8s + 7], through kvalues_mxfp4 (E2M1 doubled), times ggml_ue4m3_to_fp32's
- * value halved: 0 for 0x00 and 0x7F, else bit 7 ignored, (8 + m) * 2^(e - 11), or m * 2^-10 for e = 0. */
+ * value halved: 0 for 0x7F, else bit 7 ignored, (8 + m) * 2^(e - 11), or m * 2^-10 for e = 0. */
 static inline float ue4m3_half(uint8_t x) {
-    if (x == 0 || x == 0x7F) return 0.0f;
-    int exponent = x >> 3 & 15, mantissa = x & 7;
-    if (exponent == 0) return (float)mantissa * 0x1p-10f;
-    uint32_t bits = (uint32_t)(127 + exponent - 11) << 23;
+    /* without branches on the exponent (random scales would mispredict): e = 0 reads as (0 + m) * 2^-10 */
+    uint32_t exponent = x >> 3 & 15, normal = exponent != 0;
+    uint32_t power_bits = (127 - 11 + exponent + !normal) << 23;
     float power;
-    memcpy(&power, &bits, 4);
-    return (float)(8 + mantissa) * power; /* exact: a 4-bit integer times a power of two */
+    memcpy(&power, &power_bits, 4);
+    float value = (float)((x & 7) | normal << 3) * power; /* exact: a 4-bit integer times a power of two */
+    return x == 0x7F ? 0.0f : value; /* 0x00 is 0 already */
+}
+
+/* out[0..7] = kvalues_mxfp4[low nibble of qs[j]] * scale, out[8..15] the same for the high nibbles */
+static inline void fp4_nibbles8(const uint8_t *qs, float scale, float *out) {
+#if LANES >= 8
+    /* vpermps reads an index's low 3 bits; bit 3, shifted into the sign bit, picks the table half */
+    __m256 low = _mm256_loadu_ps(MXFP4_VALUES), high = _mm256_loadu_ps(MXFP4_VALUES + 8), d = _mm256_set1_ps(scale);
+    __m256i q = _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)qs));
+    for (int h = 0; h < 2; h++, q = _mm256_srli_epi32(q, 4)) {
+        __m256 v = _mm256_blendv_ps(_mm256_permutevar8x32_ps(low, q), _mm256_permutevar8x32_ps(high, q),
+                                    _mm256_castsi256_ps(_mm256_slli_epi32(q, 28)));
+        _mm256_storeu_ps(out + 8 * h, _mm256_mul_ps(v, d));
+    }
+#else
+    for (int j = 0; j < 8; j++) {
+        out[j] = MXFP4_VALUES[qs[j] & 15] * scale;
+        out[8 + j] = MXFP4_VALUES[qs[j] >> 4] * scale;
+    }
+#endif
 }
 
 static void dequant_nvfp4(const uint8_t *blk, int64_t nb, float *out) {
     for (int64_t b = 0; b < nb; b++, blk += 36, out += 64)
-        for (int s = 0; s < 4; s++) {
-            float scale = ue4m3_half(blk[s]);
-            const uint8_t *qs = blk + 4 + 8 * s;
-            for (int j = 0; j < 8; j++) {
-                out[16 * s + j] = MXFP4_VALUES[qs[j] & 15] * scale;
-                out[16 * s + 8 + j] = MXFP4_VALUES[qs[j] >> 4] * scale;
-            }
-        }
+        for (int s = 0; s < 4; s++) fp4_nibbles8(blk + 4 + 8 * s, ue4m3_half(blk[s]), out + 16 * s);
 }
 
 /* The codebook formats expand groups of 8 weights from a grid row: grids.h, generated at build time from
@@ -814,7 +826,14 @@ static void dequant_iq3_s(const uint8_t *blk, int64_t nb, float *out) {
     }
 }
 
-#define IQ1_DELTA 0.125f
+/* The IQ1 delta: +1/8, or -1/8 where bit `bit` of `flags` is set, built from its bits: a select on the
+ * flag compiles to a branch, which random flags mispredict half the time. */
+static inline float iq1_delta(uint32_t flags, int bit) {
+    uint32_t bits = 0x3E000000u | (flags >> bit & 1) << 31; /* 0x3E000000 is 0.125f */
+    float delta;
+    memcpy(&delta, &bits, 4);
+    return delta;
+}
 
 /* IQ1_S, 50 bytes: d (f16), qs[32] (grid index bits 0-7), qh[8] (uint16 per 32 weights: 3 index bits
  * 8-10 per group, a 3-bit scale s at bits 12-14, the delta's sign at bit 15). Group l:
@@ -824,7 +843,7 @@ static void dequant_iq1_s(const uint8_t *blk, int64_t nb, float *out) {
         float d = load_half(blk);
         for (int i = 0; i < 8; i++) {
             uint32_t qh = load_u16(blk + 34 + 2 * i);
-            float scale = d * (float)(2 * (qh >> 12 & 7) + 1), delta = qh & 0x8000 ? -IQ1_DELTA : IQ1_DELTA;
+            float scale = d * (float)(2 * (qh >> 12 & 7) + 1), delta = iq1_delta(qh, 15);
             for (int l = 0; l < 4; l++)
                 put8_delta(out + 32 * i + 8 * l, GRID_IQ1S[blk[2 + 4 * i + l] | (qh >> (3 * l) & 7) << 8], delta, scale);
         }
@@ -849,7 +868,7 @@ static void dequant_iq1_m(const uint8_t *blk, int64_t nb, float *out) {
             for (int l = 0; l < 4; l++) {
                 uint32_t nibble = qh >> (4 * l) & 15;
                 put8_delta(out + 32 * i + 8 * l, GRID_IQ1S[blk[4 * i + l] | (nibble & 7) << 8],
-                           nibble & 8 ? -IQ1_DELTA : IQ1_DELTA, scale[l / 2]);
+                           iq1_delta(nibble, 3), scale[l / 2]);
             }
         }
     }
