@@ -41,7 +41,8 @@ from tfb.nn import linear
 from tfb.quant import PackedTensor
 
 TYPES = ["F16", "BF16", "Q8_0", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K",
-         "IQ4_NL", "IQ4_XS", "MXFP4"]
+         "IQ4_NL", "IQ4_XS", "MXFP4", "IQ1_S", "IQ1_M", "IQ2_XXS", "IQ2_XS", "IQ2_S", "IQ3_XXS", "IQ3_S", "TQ1_0",
+         "TQ2_0", "NVFP4", "Q1_0", "Q2_0"]
 SHAPES = [(3072, 1024), (151936, 1024)]
 PROMPT_ROWS = 128
 

@@ -1,5 +1,5 @@
-/* Fused kernels for ggml block formats: a matrix-vector product that expands each block in registers,
- * and a bit-exact dequantizer, per format.
+/* Kernels for ggml block formats: a bit-exact dequantizer per format and, for most, a fused
+ * matrix-vector product that expands each block in registers.
  *
  * Compiled once per instruction set (see simd.h) with -DTFB_ISA_SYMBOL=<name of the exported table>.
  *

@@ -7,7 +7,9 @@ Activation rows: one row takes the fused matrix-vector product, which expands bl
 rows take a C kernel that dequantizes 16 weight rows at a time into a per-thread scratch and multiplies
 them with register-blocked float32 dot products. That beat torch's GEMM on weights expanded by
 `dequantize_into` at every row count measured, 2 to 2048 (tools/bench_matmul.py, docs/benchmarks.md);
-beyond NATIVE_MAX_ROWS rows tfb.nn.linear hands the product to torch all the same.
+beyond NATIVE_MAX_ROWS rows tfb.nn.linear hands the product to torch all the same. The formats with a
+native dequantizer but no fused product (the codebook and ternary ones, NVFP4, Q1_0, Q2_0) take the
+dequantize-and-tile kernel for one row too.
 """
 
 from __future__ import annotations
