@@ -117,8 +117,8 @@ class Attention(nn.Module):
         v = v.view(b, t, s.n_kv_heads, s.value_dim)
         if o.qk_norm is not None and o.qk_norm_over == "head":
             q, k = self.q_norm(q), self.k_norm(k)
-        if o.use_rope:
-            q, k = rotary.rotate(q, cos, sin), rotary.rotate(k, cos, sin)
+        if o.use_rope:  # one rotation for the query and key heads together: half the small torch calls
+            q, k = rotary.rotate(torch.cat((q, k), dim=2), cos, sin).split([s.n_heads, s.n_kv_heads], dim=2)
         if o.temperature_scale:
             steps = torch.floor(positions.double() / o.temperature_length)
             temp = (torch.log(steps + 1.0) * o.temperature_scale + 1.0).to(q.dtype)
@@ -131,23 +131,50 @@ class Attention(nn.Module):
 
     def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
         """q: [b, heads, t, d]; k, v: [b, kv_heads, s, d]; positions: [b, t] of the queries."""
-        o = self.opts
-        groups = self.shape.n_heads // self.shape.n_kv_heads
-        if groups > 1:
+        b, heads, t, _ = q.shape
+        groups = heads // k.shape[1]
+        if groups > 1 and t == 1:
+            # A decode step: the query heads that share a KV head become rows of one query
+            # ([b, kv_heads, groups, d]) rather than the keys being repeated per head, so that nothing
+            # that grows with the context is copied.
+            q = q.reshape(b, k.shape[1], groups, q.shape[-1])
+        elif groups > 1:
             k, v = k.repeat_interleave(groups, dim=1), v.repeat_interleave(groups, dim=1)
-        key_pos = torch.arange(k.shape[2], device=q.device)
+        allowed = self._allowed(positions, k.shape[2])
+        if not self.opts.softcap and self.sinks is None:
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=allowed, scale=self.opts.scale,
+                                                 is_causal=allowed is None and t > 1)
+        else:
+            out = self._attend_explicit(q, k, v, allowed, t)
+        return out.reshape(b, heads, t, v.shape[-1])
+
+    def _allowed(self, positions: torch.Tensor, s: int) -> torch.Tensor | None:
+        """Which of the s keys each query may see, [b, 1, t, s]; None where causality says it all: a
+        single query (it comes after every key) or a prompt on an empty cache (query i sees keys <= i),
+        without a window."""
+        t = positions.shape[1]
+        if not self.opts.window and (t == 1 or t == s):
+            return None
+        key_pos = torch.arange(s, device=positions.device)
         q_pos = positions[:, None, :, None]
         allowed = key_pos <= q_pos
-        if o.window:
-            allowed = allowed & (q_pos - key_pos < o.window)
-        if not o.softcap and self.sinks is None:
-            return F.scaled_dot_product_attention(q, k, v, attn_mask=allowed, scale=o.scale)
+        if self.opts.window:
+            allowed = allowed & (q_pos - key_pos < self.opts.window)
+        return allowed
+
+    def _attend_explicit(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, allowed: torch.Tensor | None,
+                         t: int) -> torch.Tensor:
+        """Attention with soft-capped scores and/or sinks, which SDPA does not do."""
+        o = self.opts
         scores = (q @ k.transpose(-1, -2)).float() * o.scale
         if o.softcap:
             scores = torch.tanh(scores / o.softcap) * o.softcap
-        scores = scores.masked_fill(~allowed, -math.inf)
+        if allowed is None and t > 1:
+            allowed = torch.ones(t, t, dtype=torch.bool, device=q.device).tril()
+        if allowed is not None:
+            scores = scores.masked_fill(~allowed, -math.inf)
         if self.sinks is not None:
-            sink = self.sinks.view(1, -1, 1, 1).expand(*scores.shape[:3], 1)
+            sink = self.sinks.view(1, scores.shape[1], -1, 1).expand(*scores.shape[:3], 1)
             probs = torch.softmax(torch.cat((scores, sink), dim=-1), dim=-1)[..., :-1]
         else:
             probs = torch.softmax(scores, dim=-1)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from tfb.nn.linear import check_shape
@@ -33,14 +34,13 @@ class Norm(nn.Module):
         self.bias = bias.float()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = x.float()
+        h, shape = x.float(), (self.dim,)
         if self.kind == "layernorm":
-            h = h - h.mean(dim=-1, keepdim=True)
-        h = h * torch.rsqrt(h.pow(2).mean(dim=-1, keepdim=True) + self.eps)
-        if self.weight is not None:
-            h = h * self.weight
-        if self.bias is not None:
-            h = h + self.bias
+            h = F.layer_norm(h, shape, self.weight, self.bias, self.eps)
+        else:
+            h = F.rms_norm(h, shape, self.weight, self.eps)
+            if self.bias is not None:
+                h = h + self.bias
         return h.to(x.dtype)
 
     def extra_repr(self) -> str:

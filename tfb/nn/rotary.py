@@ -108,4 +108,5 @@ class Rotary(nn.Module):
         else:
             x0, x1 = h[..., : d // 2], h[..., d // 2:]
             rotated = torch.cat((x0 * cos - x1 * sin, x0 * sin + x1 * cos), dim=-1)
-        return torch.cat((rotated.to(x.dtype), x[..., d:]), dim=-1)
+        rotated = rotated.to(x.dtype)
+        return rotated if d == x.shape[-1] else torch.cat((rotated, x[..., d:]), dim=-1)
