@@ -8,7 +8,7 @@ The models are random (hidden 1024, 28 layers, 16 heads, 8 KV heads, head_dim 12
 vocabulary 151936 with the real Qwen2 tokenizer, tied embeddings), made once by tools/make_tiny_gguf.py
 into $TFB_CACHE/bench. Figures:
 - load: wall time from process start to the first logits, and peak RSS (ru_maxrss) minus that of a process
-  that only imports tfb and torch (for transformers: its own imports);
+  that only imports tfb and torch (for transformers and llama.cpp: their own imports);
 - speed: prompt processing (128 tokens) and greedy decoding (64 tokens), tokens per second.
 """
 
@@ -35,6 +35,13 @@ RSS = "rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024\n"
 CHILDREN = {
     "baseline tfb": "import tfb, torch\n" + RSS + "print(json.dumps({'rss': rss}))\n",
     "baseline transformers": "import transformers, torch\n" + RSS + "print(json.dumps({'rss': rss}))\n",
+    "baseline llama.cpp": "import llama_cpp\n" + RSS + "print(json.dumps({'rss': rss}))\n",
+    "llama.cpp load": """
+from llama_cpp import Llama
+llm = Llama(model_path=path, n_ctx=512, n_threads=2, verbose=False)
+llm.eval([1, 2, 3, 4])
+first = time.time() - t_start
+""" + RSS + "print(json.dumps({'first_logits_s': first, 'rss': rss}))\n",
     "tfb load": """
 import torch, tfb
 model = tfb.load(path)
@@ -127,7 +134,9 @@ def bench(kind: str, skip: set[str]) -> dict:
     path = model_file(kind)
     size = path.stat().st_size
     out: dict = {"type": kind, "file_bytes": size}
-    engines = [e for e in ("tfb", "transformers") if e not in skip]
+    engines = [e for e in ("tfb", "transformers", "llama.cpp") if e not in skip]
+    if "llama.cpp" in engines and not have("llama_cpp"):
+        engines.remove("llama.cpp")
     for engine in engines:
         base = run_child(f"baseline {engine}", path)
         load = run_child(f"{engine} load", path)
@@ -137,10 +146,6 @@ def bench(kind: str, skip: set[str]) -> dict:
         speed = run_child(f"{engine} speed", path)
         if speed:
             out[f"{engine}_prompt_tps"], out[f"{engine}_decode_tps"] = speed["prompt_tps"], speed["decode_tps"]
-    if "llama.cpp" not in skip and have("llama_cpp"):
-        speed = run_child("llama.cpp speed", path)
-        if speed:
-            out["llama.cpp_prompt_tps"], out["llama.cpp_decode_tps"] = speed["prompt_tps"], speed["decode_tps"]
     return out
 
 
