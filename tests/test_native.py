@@ -285,6 +285,61 @@ def test_embedding_same_with_and_without_native(name: str, monkeypatch: pytest.M
     assert torch.equal(fast, slow) and torch.equal(fast, table.dequantize()[ids])
 
 
+# --------------------------------------------------------------------------------------- attention
+
+def reference_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float, softcap: float,
+                        window: int, sinks: torch.Tensor | None) -> torch.Tensor:
+    """The newest query's attention, in float64, written out: q [b, heads, 1, d], k/v [b, kv, s, *]."""
+    q, k, v = q.double(), k.double(), v.double()
+    groups = q.shape[1] // k.shape[1]
+    k, v = k.repeat_interleave(groups, dim=1), v.repeat_interleave(groups, dim=1)
+    scores = (q @ k.transpose(-1, -2)) * scale
+    if softcap:
+        scores = torch.tanh(scores / softcap) * softcap
+    s = k.shape[2]
+    if window:
+        scores[..., : max(0, s - window)] = -torch.inf
+    if sinks is not None:
+        sink = sinks.double().view(1, -1, 1, 1).expand(*scores.shape[:3], 1)
+        return torch.softmax(torch.cat((scores, sink), dim=-1), dim=-1)[..., :-1] @ v
+    return torch.softmax(scores, dim=-1) @ v
+
+
+@needs_native
+@pytest.mark.parametrize(("groups", "window", "softcap", "sinks", "keys"),
+                         [(2, 0, 0.0, False, 37), (1, 0, 0.0, False, 1), (4, 5, 0.0, False, 37),
+                          (2, 0, 20.0, False, 300), (2, 8, 0.0, True, 37), (1, 0, 0.0, True, 5000)])
+def test_decode_attention(isa: str, groups: int, window: int, softcap: float, sinks: bool, keys: int,
+                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """A decoding step's attention by the native kernel, on views of a larger cache as the KV cache hands
+    them over, against a float64 reference and against the torch path."""
+    from tfb.nn.attention import Attention, AttentionOptions, AttentionShape
+
+    torch.manual_seed(keys + groups)
+    kv, d, dv = 3, 40, 24
+    shape = AttentionShape(hidden=8, n_heads=kv * groups, n_kv_heads=kv, head_dim=d, value_dim=dv)
+    opts = AttentionOptions(fused_qkv=False, qk_norm=None, qk_norm_over="head", norm_eps=1e-6, scale=d ** -0.5,
+                            softcap=softcap, clamp=0.0, window=window, use_rope=False, sinks=sinks,
+                            temperature_scale=0.0, temperature_length=1)
+    attn = Attention(shape, opts, "rmsnorm")
+    if sinks:
+        attn.set_sinks("sinks", torch.randn(kv * groups))
+    q = torch.randn(2, kv * groups, 1, d) * 3
+    k_cache, v_cache = torch.randn(2, kv, keys + 7, d), torch.randn(2, kv, keys + 7, dv)
+    k, v = k_cache[:, :, :keys], v_cache[:, :, :keys]
+    positions = torch.full((2, 1), keys - 1)
+    calls = []
+    monkeypatch.setattr(native, "attend", lambda *a, **kw: calls.append(1) or native.ops.attend(*a, **kw))
+    fast = attn.attend(q, k, v, positions)
+    assert calls, "the native kernel was not used"
+    monkeypatch.setattr(native, "attend", lambda *a, **kw: None)
+    slow = attn.attend(q, k, v, positions)
+    expected = reference_attention(q, k, v, opts.scale, softcap, window, attn.sinks)
+    assert fast.shape == slow.shape == (2, kv * groups, 1, dv)
+    torch.testing.assert_close(fast.double(), expected, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(slow.double(), expected, rtol=1e-5, atol=1e-5)
+
+
 # --------------------------------------------------------------------------------------- fallbacks
 
 FALLBACK_SCRIPT = textwrap.dedent("""

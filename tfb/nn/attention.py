@@ -13,6 +13,7 @@ from torch import nn
 from tfb.nn.linear import Linear, check_shape
 from tfb.nn.norm import Norm
 from tfb.nn.rotary import Rotary
+from tfb.quant import native
 
 
 @dataclass(frozen=True)
@@ -133,11 +134,14 @@ class Attention(nn.Module):
         """q: [b, heads, t, d]; k, v: [b, kv_heads, s, d]; positions: [b, t] of the queries."""
         b, heads, t, _ = q.shape
         groups = heads // k.shape[1]
-        if groups > 1 and t == 1:
+        if t == 1:
             # A decode step: the query heads that share a KV head become rows of one query
             # ([b, kv_heads, groups, d]) rather than the keys being repeated per head, so that nothing
             # that grows with the context is copied.
             q = q.reshape(b, k.shape[1], groups, q.shape[-1])
+            out = self._attend_native(q, k, v)
+            if out is not None:
+                return out.reshape(b, heads, t, v.shape[-1])
         elif groups > 1:
             k, v = k.repeat_interleave(groups, dim=1), v.repeat_interleave(groups, dim=1)
         allowed = self._allowed(positions, k.shape[2])
@@ -147,6 +151,14 @@ class Attention(nn.Module):
         else:
             out = self._attend_explicit(q, k, v, allowed, t)
         return out.reshape(b, heads, t, v.shape[-1])
+
+    def _attend_native(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor | None:
+        """A single query by the native kernel (None where it cannot serve): the query is the newest
+        position, so causality lets it see every key, and a window the last `window` of them."""
+        o = self.opts
+        if o.window:
+            k, v = k[:, :, -o.window:], v[:, :, -o.window:]
+        return native.attend(q, k, v, o.scale, o.softcap, self.sinks)
 
     def _allowed(self, positions: torch.Tensor, s: int) -> torch.Tensor | None:
         """Which of the s keys each query may see, [b, 1, t, s]; None where causality says it all: a

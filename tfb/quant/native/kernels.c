@@ -12,6 +12,8 @@
  * Dequantizers produce exactly the reference's float32 values: the scale computed as the reference
  * does, then one multiply (and one add or subtract for the offset formats); nothing is fused.
  */
+#include <math.h>
+
 #include "formats.h"
 #include "grids.h" /* generated into the build directory (tables.py) */
 #include "simd.h"
@@ -939,6 +941,41 @@ static void tile(const float *w, int64_t rows, int64_t K, const float *x, int64_
     }
 }
 
+/* ------------------------------------------------------------------------- one query's attention */
+
+/* out[r] = softmax_j(score(q[r] . k[j])) v[j] for the `rows` queries of one KV head (the query heads that
+ * share it), over its s keys. score(x) = x * scale, then softcap * tanh(score / softcap) where softcap >
+ * 0; sinks (one logit per query row, or NULL) join the softmax's denominator only. `scores` holds s
+ * floats. Keys and values are rows `k_row` and `v_row` floats apart; q and out are dense. */
+static void attend_rows(const float *q, int64_t rows, int64_t d, const float *k, int64_t k_row, const float *v,
+                        int64_t v_row, int64_t dv, int64_t s, float scale, float softcap, const float *sinks,
+                        float *scores, float *out) {
+    for (int64_t r = 0; r < rows; r++) {
+        const float *qr = q + r * d;
+        float top = sinks ? sinks[r] : -INFINITY;
+        for (int64_t j = 0; j < s; j++) {
+            float x = dot_row(k + j * k_row, qr, d) * scale;
+            if (softcap > 0.0f) x = tanhf(x / softcap) * softcap;
+            scores[j] = x;
+            top = x > top ? x : top;
+        }
+        float total = sinks ? expf(sinks[r] - top) : 0.0f;
+        for (int64_t j = 0; j < s; j++) total += scores[j] = expf(scores[j] - top);
+        float *o = out + r * dv;
+        int64_t body = dv - dv % LANES;
+        for (int64_t c = 0; c < body; c += LANES) {
+            vf acc = vf_zero();
+            for (int64_t j = 0; j < s; j++) acc = vf_fma(vf_set1(scores[j]), vf_load(v + j * v_row + c), acc);
+            vf_store(o + c, vf_mul(acc, vf_set1(1.0f / total)));
+        }
+        for (int64_t c = body; c < dv; c++) {
+            float acc = 0.0f;
+            for (int64_t j = 0; j < s; j++) acc += scores[j] * v[j * v_row + c];
+            o[c] = acc * (1.0f / total);
+        }
+    }
+}
+
 /* ----------------------------------------------------------------------------------- the table */
 
 static const format_kernels FORMATS[] = {
@@ -972,4 +1009,4 @@ static const format_kernels FORMATS[] = {
     {0, 0, 0, 0, 0, 0},
 };
 
-const isa_kernels TFB_ISA_SYMBOL = {ISA_NAME, FORMATS, tile};
+const isa_kernels TFB_ISA_SYMBOL = {ISA_NAME, FORMATS, tile, attend_rows};

@@ -123,6 +123,8 @@ def _declare(lib: ctypes.CDLL) -> ctypes.CDLL:
     signatures = {
         "tfb_matmul": (ctypes.c_int, [ctypes.c_int, ptr, i64, i64, i64, ptr, i64, ptr]),
         "tfb_dequantize": (ctypes.c_int, [ctypes.c_int, ptr, i64, ptr]),
+        "tfb_attend": (ctypes.c_int, [ptr, i64, i64, i64, i64, ptr, i64, i64, ptr, i64, i64, i64, i64,
+                                      ctypes.c_float, ctypes.c_float, ptr, ptr]),
         "tfb_supports": (ctypes.c_int, [ctypes.c_int]),
         "tfb_set_isa": (ctypes.c_int, [ctypes.c_char_p]),
         "tfb_isa": (ctypes.c_char_p, []),

@@ -148,3 +148,27 @@ def dequantize(weight: PackedTensor, dtype: torch.dtype = torch.float32) -> torc
     if not dequantize_into(weight, out):
         return None
     return out if dtype == torch.float32 else out.to(dtype)
+
+
+def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float, softcap: float = 0.0,
+           sinks: torch.Tensor | None = None) -> torch.Tensor | None:
+    """One decoding step's attention, float32: q [b, kv_heads, rows, d] (the query heads sharing each KV
+    head), k [b, kv_heads, s, d] and v [b, kv_heads, s, dv] (views of a KV cache are fine), every key
+    visible; scores scaled, then soft-capped where softcap > 0; sinks [kv_heads * rows] join the softmax's
+    denominator. Returns [b, kv_heads, rows, dv], or None where the native path cannot serve the call."""
+    lib = library()
+    if lib is None or not all(t.dtype == torch.float32 for t in (q, k, v)):
+        return None
+    b, kv_heads, rows, d = q.shape
+    s, dv = k.shape[2], v.shape[3]
+    # each tensor's KV heads must sit at one stride, batch rows after each other, rows of unit stride
+    for t in (k, v):
+        if t.stride(-1) != 1 or (b > 1 and t.stride(0) != kv_heads * t.stride(1)):
+            return None
+    q = q.contiguous()
+    sinks = None if sinks is None else sinks.float().contiguous()
+    out = torch.empty(b, kv_heads, rows, dv, dtype=torch.float32)
+    _check(lib.tfb_attend(q.data_ptr(), b, kv_heads, rows, d, k.data_ptr(), k.stride(1), k.stride(2), v.data_ptr(),
+                          v.stride(1), v.stride(2), dv, s, scale, softcap,
+                          None if sinks is None else sinks.data_ptr(), out.data_ptr()), "attention")
+    return out

@@ -1,4 +1,4 @@
-/* The exported entry points: instruction-set dispatch, threads, matmul and dequantize.
+/* The exported entry points: instruction-set dispatch, threads, matmul, dequantize and attention.
  *
  * Threads. A job is split into chunks (contiguous ranges of rows or blocks) that threads claim one at
  * a time. The threads come from one of two places:
@@ -422,4 +422,47 @@ EXPORT int tfb_dequantize(int type, const uint8_t *blocks, int64_t nblocks, floa
     dequant_job job = {f, blocks, nblocks, out};
     run(dequant_part, &job, nblocks * (f->type_size + 4 * f->block_size));
     return OK;
+}
+
+/* ------------------------------------------------------------------------------------ attention */
+
+typedef struct {
+    const float *q, *k, *v, *sinks;
+    int64_t heads, kv_heads, rows, d, dv, s, k_head, k_row, v_head, v_row;
+    float scale, softcap;
+    float *out;
+    int failed;
+} attend_job;
+
+static void attend_part(void *arg, int part, int parts) {
+    attend_job *j = arg;
+    int64_t begin, end;
+    range(j->heads, 1, part, parts, &begin, &end);
+    if (end <= begin) return;
+    float local[4096], *scores = j->s <= 4096 ? local : malloc((size_t)j->s * sizeof(float));
+    if (!scores) {
+        j->failed = 1;
+        return;
+    }
+    for (int64_t h = begin; h < end; h++)
+        active->attend(j->q + h * j->rows * j->d, j->rows, j->d, j->k + h * j->k_head, j->k_row,
+                       j->v + h * j->v_head, j->v_row, j->dv, j->s, j->scale, j->softcap,
+                       j->sinks ? j->sinks + (h % j->kv_heads) * j->rows : NULL, scores,
+                       j->out + h * j->rows * j->dv);
+    if (scores != local) free(scores);
+}
+
+/* One decoding step's attention: for each of batch * kv_heads KV heads h (heads of a batch row
+ * consecutive), out[h] ([rows, dv], dense) = attention of q[h] ([rows, d], dense: the query heads that
+ * share KV head h) over keys k + h * k_head and values v + h * v_head, rows k_row / v_row floats apart,
+ * s of them. sinks: a logit per query head ([kv_heads * rows]) or NULL; softcap 0: none. */
+EXPORT int tfb_attend(const float *q, int64_t batch, int64_t kv_heads, int64_t rows, int64_t d, const float *k,
+                      int64_t k_head, int64_t k_row, const float *v, int64_t v_head, int64_t v_row, int64_t dv,
+                      int64_t s, float scale, float softcap, const float *sinks, float *out) {
+    if (batch < 1 || kv_heads < 1 || rows < 1 || d < 1 || dv < 1 || s < 1) return ERR_SHAPE;
+    if (!active) tfb_set_isa(NULL);
+    attend_job job = {q, k, v, sinks, batch * kv_heads, kv_heads, rows, d, dv, s, k_head, k_row, v_head, v_row,
+                      scale, softcap, out, 0};
+    run(attend_part, &job, job.heads * s * (d + dv) * 4);
+    return job.failed ? ERR_MEMORY : OK;
 }
