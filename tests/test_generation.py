@@ -7,7 +7,9 @@ import pytest
 import torch
 
 import tfb
+import tfb.quant.native as native
 from tfb.errors import InputError
+from tfb.nn.attention import KVCache
 from tfb.text.generate import StopStrings, generate_ids
 from tfb.text.sampling import GREEDY, Sampler, Sampling, apply_repeat_penalty, filter_logits
 
@@ -28,6 +30,32 @@ def test_incremental_decoding_gives_the_full_forward_logits(tiny_model, family: 
         pieces = [model(ids[:, a:b], cache) for a, b in ((0, 20), (20, 21), (21, 33), (33, 45))]
     torch.testing.assert_close(torch.cat(pieces, dim=1), full, atol=1e-4 * full.abs().max().item(), rtol=0)
     assert cache.length == 45
+
+
+@pytest.mark.parametrize("family", ["qwen3", "gemma2", "gpt-oss"])
+def test_float16_kv_cache_rounds_only_keys_and_values(tiny_model, family: str, monkeypatch) -> None:
+    """A float16 cache (as llama.cpp keeps by default) stores half the bytes and changes the logits only
+    by the rounding of keys and values; one-token steps (native kernel) and longer ones (torch) agree with
+    the torch path on the same cache. gemma2 and gpt-oss bring soft-capping, windows and sinks."""
+    _, path = tiny_model(family, "f32")
+    model = tfb.load(path, cache_dtype=torch.float16)
+    ids = torch.randint(0, model.config.vocab_size, (2, 30), generator=torch.Generator().manual_seed(4))
+    chunks = ((0, 12), (12, 13), (13, 14), (14, 22), (22, 23), (23, 30))
+
+    def incremental() -> tuple[torch.Tensor, KVCache]:
+        cache = model.new_cache()
+        with torch.no_grad():
+            return torch.cat([model(ids[:, a:b], cache) for a, b in chunks], dim=1), cache
+
+    with torch.no_grad():
+        full = model(ids)
+    steps, cache = incremental()
+    assert all(k is not None and k.dtype == torch.float16 for k in cache.keys)
+    torch.testing.assert_close(steps, full, atol=2e-2 * full.abs().max().item(), rtol=0)
+    assert not torch.equal(steps, full)  # the rounding is real
+    monkeypatch.setattr(native, "attend", lambda *a, **kw: None)
+    torch_steps, _ = incremental()
+    torch.testing.assert_close(steps, torch_steps, atol=1e-4 * full.abs().max().item(), rtol=0)
 
 
 @pytest.mark.parametrize("family", FAMILIES)

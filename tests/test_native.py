@@ -309,10 +309,11 @@ def reference_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale
 @pytest.mark.parametrize(("groups", "window", "softcap", "sinks", "keys"),
                          [(2, 0, 0.0, False, 37), (1, 0, 0.0, False, 1), (4, 5, 0.0, False, 37),
                           (2, 0, 20.0, False, 300), (2, 8, 0.0, True, 37), (1, 0, 0.0, True, 5000)])
+@pytest.mark.parametrize("cache_dtype", [torch.float32, torch.float16])
 def test_decode_attention(isa: str, groups: int, window: int, softcap: float, sinks: bool, keys: int,
-                          monkeypatch: pytest.MonkeyPatch) -> None:
-    """A decoding step's attention by the native kernel, on views of a larger cache as the KV cache hands
-    them over, against a float64 reference and against the torch path."""
+                          cache_dtype: torch.dtype, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A decoding step's attention by the native kernel, on views of a larger cache (float32 or float16)
+    as the KV cache hands them over, against a float64 reference and against the torch path."""
     from tfb.nn.attention import Attention, AttentionOptions, AttentionShape
 
     torch.manual_seed(keys + groups)
@@ -325,7 +326,7 @@ def test_decode_attention(isa: str, groups: int, window: int, softcap: float, si
     if sinks:
         attn.set_sinks("sinks", torch.randn(kv * groups))
     q = torch.randn(2, kv * groups, 1, d) * 3
-    k_cache, v_cache = torch.randn(2, kv, keys + 7, d), torch.randn(2, kv, keys + 7, dv)
+    k_cache, v_cache = torch.randn(2, kv, keys + 7, d).to(cache_dtype), torch.randn(2, kv, keys + 7, dv).to(cache_dtype)
     k, v = k_cache[:, :, :keys], v_cache[:, :, :keys]
     positions = torch.full((2, 1), keys - 1)
     calls = []
@@ -336,6 +337,31 @@ def test_decode_attention(isa: str, groups: int, window: int, softcap: float, si
     slow = attn.attend(q, k, v, positions)
     expected = reference_attention(q, k, v, opts.scale, softcap, window, attn.sinks)
     assert fast.shape == slow.shape == (2, kv * groups, 1, dv)
+    torch.testing.assert_close(fast.double(), expected, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(slow.double(), expected, rtol=1e-5, atol=1e-5)
+
+
+@needs_native
+@pytest.mark.parametrize(("rows", "n", "weighted"), [(1, 1024, True), (16, 128, True), (3, 7, True), (4, 300, False)])
+def test_rms_norm(isa: str, rows: int, n: int, weighted: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The native RMS norm inside tfb's Norm against a float64 one written out, and the torch path."""
+    from tfb.nn.norm import Norm
+
+    torch.manual_seed(n)
+    norm = Norm("rmsnorm", n, 1e-5)
+    if weighted:
+        norm.set_weight("w", torch.randn(n))
+    x = torch.randn(2, rows, n) * 5
+    calls = []
+    monkeypatch.setattr(native, "rms_norm", lambda *a: calls.append(1) or native.ops.rms_norm(*a))
+    fast = norm(x)
+    assert calls, "the native kernel was not used"
+    monkeypatch.setattr(native, "rms_norm", lambda *a: None)
+    slow = norm(x)
+    x64 = x.double()
+    expected = x64 / torch.sqrt(x64.pow(2).mean(-1, keepdim=True) + 1e-5)
+    if weighted:
+        expected = expected * norm.weight.double()
     torch.testing.assert_close(fast.double(), expected, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(slow.double(), expected, rtol=1e-5, atol=1e-5)
 

@@ -298,16 +298,20 @@ def load_weights(model: Transformer, spec: Spec, gguf: GGUFFile, *, expand: bool
 
 def load(path: str | Path, spec: SpecRef = None, *, dtype: torch.dtype = torch.float32,
          context_length: int | None = None, spec_dirs: tuple[str | Path, ...] = (), expand: bool = False,
-         progress: Progress | None = None) -> Transformer:
+         cache_dtype: torch.dtype | None = None, progress: Progress | None = None) -> Transformer:
     """A GGUF file as a torch module in eval mode: `model(input_ids)` -> logits [batch, seq, vocab].
 
     spec: a Spec, a spec name or path; by default the spec that serves the file's general.architecture.
     dtype: compute dtype (float32, float16 or bfloat16). context_length: the context the model will run
     with (default: the file's training context); rope factor choices follow it as in llama.cpp.
-    expand: expand quantized weights to `dtype` at load time (faster, more memory).
+    expand: expand quantized weights to `dtype` at load time (more memory; faster only for types without
+    native kernels). cache_dtype: what the KV cache stores keys and values in (default: `dtype`);
+    float16 halves the memory a long context needs and what each decoding step reads, as llama.cpp's
+    default cache does, and rounds keys and values to float16.
     """
-    if dtype not in DTYPES:
-        raise InputError(f"dtype {dtype} is not supported; use one of float32, float16, bfloat16")
+    for what, value in (("dtype", dtype), ("cache_dtype", cache_dtype)):
+        if value is not None and value not in DTYPES:
+            raise InputError(f"{what} {value} is not supported; use one of float32, float16, bfloat16")
     with GGUFFile(path) as gguf:  # closed on errors too: a rejected file must not hold a descriptor
         chosen = spec_for_file(gguf, spec, spec_dirs)
         config = build_config(chosen, gguf.metadata, gguf.tensors.keys(), arch=gguf.architecture or chosen.name,
@@ -315,4 +319,5 @@ def load(path: str | Path, spec: SpecRef = None, *, dtype: torch.dtype = torch.f
         check_layers_present(chosen, config, gguf.tensors.keys(), str(gguf.path))
         model = build_modules(chosen, config, dtype)
         load_weights(model, chosen, gguf, expand=expand, progress=progress)
+    model.cache_dtype = cache_dtype
     return model.eval()

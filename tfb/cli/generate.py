@@ -43,7 +43,10 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--spec", help="spec name or path (default: the one serving general.architecture)")
     p.add_argument("-c", "--ctx-size", type=int, default=None, help="context to run with (default: the file's)")
     p.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default="float32", help="compute dtype")
-    p.add_argument("--expand", action="store_true", help="expand quantized weights at load (faster, more memory)")
+    p.add_argument("--expand", action="store_true",
+                   help="expand quantized weights at load (more memory; faster only for types without native kernels)")
+    p.add_argument("--cache-type", choices=["float32", "bfloat16", "float16"], default=None,
+                   help="KV cache element type (default: the compute dtype); float16 as llama.cpp's default cache")
     add_spec_dirs(p)
 
 
@@ -65,9 +68,10 @@ def load_model(args: argparse.Namespace) -> tuple[Any, Any]:
     from tfb.build import load
     from tfb.text import load_tokenizer
 
-    dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[args.dtype]
-    model = load(args.model, spec=args.spec, dtype=dtype, context_length=args.ctx_size,
-                 spec_dirs=tuple(args.spec_dir), expand=args.expand, progress=ProgressBar("loading"))
+    dtypes = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+    model = load(args.model, spec=args.spec, dtype=dtypes[args.dtype], context_length=args.ctx_size,
+                 spec_dirs=tuple(args.spec_dir), expand=args.expand,
+                 cache_dtype=dtypes[args.cache_type] if args.cache_type else None, progress=ProgressBar("loading"))
     return model, load_tokenizer(args.model)
 
 

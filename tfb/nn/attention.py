@@ -42,9 +42,11 @@ class AttentionOptions:
 
 
 class KVCache:
-    """Keys and values of the positions seen so far, per layer; capacity grows geometrically."""
+    """Keys and values of the positions seen so far, per layer, in `dtype` (default: as they come);
+    capacity grows geometrically."""
 
-    def __init__(self, n_layers: int) -> None:
+    def __init__(self, n_layers: int, dtype: torch.dtype | None = None) -> None:
+        self.dtype = dtype
         self.keys: list[torch.Tensor | None] = [None] * n_layers
         self.values: list[torch.Tensor | None] = [None] * n_layers
         self.length = 0  # positions stored (committed after a full forward pass)
@@ -57,7 +59,7 @@ class KVCache:
             buf = store[layer]
             if buf is None or buf.shape[2] < end:
                 grown = x.new_empty(*x.shape[:2], max(end, 2 * (0 if buf is None else buf.shape[2]), 16),
-                                    x.shape[3])
+                                    x.shape[3], dtype=self.dtype or x.dtype)
                 if buf is not None:
                     grown[:, :, :start] = buf[:, :, :start]
                 store[layer] = buf = grown
@@ -142,7 +144,9 @@ class Attention(nn.Module):
             out = self._attend_native(q, k, v)
             if out is not None:
                 return out.reshape(b, heads, t, v.shape[-1])
-        elif groups > 1:
+        if k.dtype != q.dtype:  # a KV cache of another type
+            k, v = k.to(q.dtype), v.to(q.dtype)
+        if groups > 1 and t > 1:
             k, v = k.repeat_interleave(groups, dim=1), v.repeat_interleave(groups, dim=1)
         allowed = self._allowed(positions, k.shape[2])
         if not self.opts.softcap and self.sinks is None:

@@ -22,6 +22,7 @@ class Transformer(nn.Module):
                  rotary_swa: Rotary | None = None) -> None:
         super().__init__()
         self.config, self.dtype, self.spec_name = config, dtype, spec_name
+        self.cache_dtype: torch.dtype | None = None  # the KV cache's element type; None: the activations'
         self.token_embd = Embedding(config.vocab_size, config.hidden_size)
         self.position_embd = Embedding(config.context_length, config.hidden_size) if learned_positions else None
         self.blocks = nn.ModuleList(blocks)
@@ -41,7 +42,7 @@ class Transformer(nn.Module):
                 rotary.set_freq_factors(name, factors)
 
     def new_cache(self) -> KVCache:
-        return KVCache(self.config.n_layers)
+        return KVCache(self.config.n_layers, self.cache_dtype)
 
     def forward(self, input_ids: torch.Tensor, cache: KVCache | None = None,
                 last_only: bool = False) -> torch.Tensor:

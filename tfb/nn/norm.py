@@ -7,6 +7,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from tfb.nn.linear import check_shape
+from tfb.quant import native
 
 
 class Norm(nn.Module):
@@ -38,7 +39,8 @@ class Norm(nn.Module):
         if self.kind == "layernorm":
             h = F.layer_norm(h, shape, self.weight, self.bias, self.eps)
         else:
-            h = F.rms_norm(h, shape, self.weight, self.eps)
+            fast = native.rms_norm(h, self.weight, self.eps) if h.numel() else None
+            h = fast if fast is not None else F.rms_norm(h, shape, self.weight, self.eps)
             if self.bias is not None:
                 h = h + self.bias
         return h.to(x.dtype)

@@ -1,5 +1,5 @@
 """Native kernels: for packed weights a fused matmul that expands ggml blocks in registers and a fast
-bit-exact dequantizer; and a decoding step's attention. In C, compiled on first use (see library.py;
+bit-exact dequantizer; and a decoding step's attention and RMS norm. In C, compiled on first use (see library.py;
 TFB_NATIVE=0 turns them off).
 
 Each entry point returns None (or False) where the native path cannot serve a call, so that callers
@@ -8,14 +8,15 @@ keep the torch path: no compiler, a failed build, or a storage type without nati
 
 from tfb.quant.native.ops import (
     NATIVE_MAX_ROWS,
-    attend,
     Prepared,
+    attend,
     available,
     dequantize,
     dequantize_into,
     isa,
     matmul,
     prepare,
+    rms_norm,
     set_isa,
     set_threads,
     supports,
@@ -24,5 +25,5 @@ from tfb.quant.native.ops import (
     uses_openmp,
 )
 
-__all__ = ["NATIVE_MAX_ROWS", "Prepared", "attend", "available", "dequantize", "dequantize_into", "isa", "matmul", "prepare",
-           "set_isa", "set_threads", "supports", "threads", "use_openmp", "uses_openmp"]
+__all__ = ["NATIVE_MAX_ROWS", "Prepared", "attend", "available", "dequantize", "dequantize_into", "isa", "matmul",
+           "prepare", "rms_norm", "set_isa", "set_threads", "supports", "threads", "use_openmp", "uses_openmp"]

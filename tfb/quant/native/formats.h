@@ -35,16 +35,21 @@ typedef struct {
 /* y[m * ldy + r] = w[r] . x[m] for r < rows, m < M: w is rows x K floats, x is M x K floats */
 typedef void (*tile_fn)(const float *w, int64_t rows, int64_t K, const float *x, int64_t M, float *y, int64_t ldy);
 
-/* The attention of `rows` queries that share one KV head, over s keys (kernels.c, attend_rows). */
-typedef void (*attend_fn)(const float *q, int64_t rows, int64_t d, const float *k, int64_t k_row, const float *v,
-                          int64_t v_row, int64_t dv, int64_t s, float scale, float softcap, const float *sinks,
-                          float *scores, float *out);
+/* The attention of `rows` queries that share one KV head, over s keys and values of float32 or (half)
+ * float16 (kernels.c, attend_rows). */
+typedef void (*attend_fn)(const float *q, int64_t rows, int64_t d, const void *k, int64_t k_row, const void *v,
+                          int64_t v_row, int64_t dv, int64_t s, int half, float scale, float softcap,
+                          const float *sinks, float *scores, float *out);
+
+/* RMS norm of `rows` dense rows of n, times w unless w is NULL (kernels.c, rms_norm_rows). */
+typedef void (*rms_norm_fn)(const float *x, int64_t rows, int64_t n, const float *w, float eps, float *y);
 
 typedef struct {
     const char *name;
     const format_kernels *formats;  /* ends with type 0 */
     tile_fn tile;
     attend_fn attend;
+    rms_norm_fn rms_norm;
 } isa_kernels;
 
 #endif

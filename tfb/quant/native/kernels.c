@@ -943,18 +943,39 @@ static void tile(const float *w, int64_t rows, int64_t K, const float *x, int64_
 
 /* ------------------------------------------------------------------------- one query's attention */
 
+/* Keys and values are float32 or, in a float16 KV cache, float16: element c of a row, and LANES of them. */
+static inline float kv_scalar(const void *row, int64_t c, int half) {
+    return half ? half_to_float(load_u16((const uint8_t *)row + 2 * c)) : ((const float *)row)[c];
+}
+static inline vf kv_vector(const void *row, int64_t c, int half) {
+    return half ? vf_f16((const uint8_t *)row + 2 * c) : vf_load((const float *)row + c);
+}
+static inline const void *kv_row(const void *base, int64_t j, int64_t row, int half) {
+    return (const uint8_t *)base + j * row * (half ? 2 : 4);
+}
+
+static inline float kv_dot(const void *k, const float *q, int64_t d, int half) {
+    int64_t body = d - d % LANES;
+    vf a = vf_zero();
+    for (int64_t c = 0; c < body; c += LANES) a = vf_fma(kv_vector(k, c, half), vf_load(q + c), a);
+    float tail = 0.0f;
+    for (int64_t c = body; c < d; c++) tail += kv_scalar(k, c, half) * q[c];
+    return vf_sum(a) + tail;
+}
+
 /* out[r] = softmax_j(score(q[r] . k[j])) v[j] for the `rows` queries of one KV head (the query heads that
  * share it), over its s keys. score(x) = x * scale, then softcap * tanh(score / softcap) where softcap >
  * 0; sinks (one logit per query row, or NULL) join the softmax's denominator only. `scores` holds s
- * floats. Keys and values are rows `k_row` and `v_row` floats apart; q and out are dense. */
-static void attend_rows(const float *q, int64_t rows, int64_t d, const float *k, int64_t k_row, const float *v,
-                        int64_t v_row, int64_t dv, int64_t s, float scale, float softcap, const float *sinks,
-                        float *scores, float *out) {
+ * floats. Keys and values (float16 where `half`) are rows `k_row` and `v_row` elements apart; q and out
+ * are dense float32. */
+static void attend_rows(const float *q, int64_t rows, int64_t d, const void *k, int64_t k_row, const void *v,
+                        int64_t v_row, int64_t dv, int64_t s, int half, float scale, float softcap,
+                        const float *sinks, float *scores, float *out) {
     for (int64_t r = 0; r < rows; r++) {
         const float *qr = q + r * d;
         float top = sinks ? sinks[r] : -INFINITY;
         for (int64_t j = 0; j < s; j++) {
-            float x = dot_row(k + j * k_row, qr, d) * scale;
+            float x = kv_dot(kv_row(k, j, k_row, half), qr, d, half) * scale;
             if (softcap > 0.0f) x = tanhf(x / softcap) * softcap;
             scores[j] = x;
             top = x > top ? x : top;
@@ -965,14 +986,31 @@ static void attend_rows(const float *q, int64_t rows, int64_t d, const float *k,
         int64_t body = dv - dv % LANES;
         for (int64_t c = 0; c < body; c += LANES) {
             vf acc = vf_zero();
-            for (int64_t j = 0; j < s; j++) acc = vf_fma(vf_set1(scores[j]), vf_load(v + j * v_row + c), acc);
+            for (int64_t j = 0; j < s; j++)
+                acc = vf_fma(vf_set1(scores[j]), kv_vector(kv_row(v, j, v_row, half), c, half), acc);
             vf_store(o + c, vf_mul(acc, vf_set1(1.0f / total)));
         }
         for (int64_t c = body; c < dv; c++) {
             float acc = 0.0f;
-            for (int64_t j = 0; j < s; j++) acc += scores[j] * v[j * v_row + c];
+            for (int64_t j = 0; j < s; j++) acc += scores[j] * kv_scalar(kv_row(v, j, v_row, half), c, half);
             o[c] = acc * (1.0f / total);
         }
+    }
+}
+
+/* ----------------------------------------------------------------------------------- RMS norm */
+
+/* y[r] = x[r] / sqrt(mean(x[r]^2) + eps) * w for `rows` dense rows of n (w NULL: no weight). */
+static void rms_norm_rows(const float *x, int64_t rows, int64_t n, const float *w, float eps, float *y) {
+    int64_t body = n - n % LANES;
+    for (int64_t r = 0; r < rows; r++, x += n, y += n) {
+        float squares = dot_row(x, x, n);
+        vf inv = vf_set1(1.0f / sqrtf(squares / (float)n + eps));
+        for (int64_t c = 0; c < body; c += LANES) {
+            vf h = vf_mul(vf_load(x + c), inv);
+            vf_store(y + c, w ? vf_mul(h, vf_load(w + c)) : h);
+        }
+        for (int64_t c = body; c < n; c++) y[c] = x[c] * (1.0f / sqrtf(squares / (float)n + eps)) * (w ? w[c] : 1.0f);
     }
 }
 
@@ -1009,4 +1047,4 @@ static const format_kernels FORMATS[] = {
     {0, 0, 0, 0, 0, 0},
 };
 
-const isa_kernels TFB_ISA_SYMBOL = {ISA_NAME, FORMATS, tile, attend_rows};
+const isa_kernels TFB_ISA_SYMBOL = {ISA_NAME, FORMATS, tile, attend_rows, rms_norm_rows};

@@ -152,12 +152,13 @@ def dequantize(weight: PackedTensor, dtype: torch.dtype = torch.float32) -> torc
 
 def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float, softcap: float = 0.0,
            sinks: torch.Tensor | None = None) -> torch.Tensor | None:
-    """One decoding step's attention, float32: q [b, kv_heads, rows, d] (the query heads sharing each KV
-    head), k [b, kv_heads, s, d] and v [b, kv_heads, s, dv] (views of a KV cache are fine), every key
-    visible; scores scaled, then soft-capped where softcap > 0; sinks [kv_heads * rows] join the softmax's
-    denominator. Returns [b, kv_heads, rows, dv], or None where the native path cannot serve the call."""
+    """One decoding step's attention: q [b, kv_heads, rows, d] float32 (the query heads sharing each KV
+    head), k [b, kv_heads, s, d] and v [b, kv_heads, s, dv] float32 or float16 (views of a KV cache are
+    fine), every key visible; scores scaled, then soft-capped where softcap > 0; sinks [kv_heads * rows]
+    join the softmax's denominator. Returns [b, kv_heads, rows, dv] float32, or None where the native
+    path cannot serve the call."""
     lib = library()
-    if lib is None or not all(t.dtype == torch.float32 for t in (q, k, v)):
+    if lib is None or q.dtype != torch.float32 or k.dtype != v.dtype or k.dtype not in (torch.float32, torch.float16):
         return None
     b, kv_heads, rows, d = q.shape
     s, dv = k.shape[2], v.shape[3]
@@ -169,6 +170,21 @@ def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float, soft
     sinks = None if sinks is None else sinks.float().contiguous()
     out = torch.empty(b, kv_heads, rows, dv, dtype=torch.float32)
     _check(lib.tfb_attend(q.data_ptr(), b, kv_heads, rows, d, k.data_ptr(), k.stride(1), k.stride(2), v.data_ptr(),
-                          v.stride(1), v.stride(2), dv, s, scale, softcap,
+                          v.stride(1), v.stride(2), dv, s, int(k.dtype == torch.float16), scale, softcap,
                           None if sinks is None else sinks.data_ptr(), out.data_ptr()), "attention")
     return out
+
+
+def rms_norm(x: torch.Tensor, weight: torch.Tensor | None, eps: float) -> torch.Tensor | None:
+    """x / sqrt(mean(x^2) + eps) * weight over the last dimension of a float32 x; None where the native
+    path cannot serve the call."""
+    lib = library()
+    if lib is None or x.dtype != torch.float32 or (weight is not None and weight.dtype != torch.float32):
+        return None
+    x = x.contiguous()
+    n = x.shape[-1]
+    y = torch.empty_like(x)
+    w = None if weight is None else weight.contiguous()
+    _check(lib.tfb_rms_norm(x.data_ptr(), x.numel() // n, n, None if w is None else w.data_ptr(), eps,
+                            y.data_ptr()), "RMS norm")
+    return y

@@ -1,4 +1,4 @@
-/* The exported entry points: instruction-set dispatch, threads, matmul, dequantize and attention.
+/* The exported entry points: instruction-set dispatch, threads, matmul, dequantize, attention and RMS norm.
  *
  * Threads. A job is split into chunks (contiguous ranges of rows or blocks) that threads claim one at
  * a time. The threads come from one of two places:
@@ -427,8 +427,10 @@ EXPORT int tfb_dequantize(int type, const uint8_t *blocks, int64_t nblocks, floa
 /* ------------------------------------------------------------------------------------ attention */
 
 typedef struct {
-    const float *q, *k, *v, *sinks;
+    const float *q, *sinks;
+    const uint8_t *k, *v;
     int64_t heads, kv_heads, rows, d, dv, s, k_head, k_row, v_head, v_row;
+    int half;
     float scale, softcap;
     float *out;
     int failed;
@@ -436,7 +438,7 @@ typedef struct {
 
 static void attend_part(void *arg, int part, int parts) {
     attend_job *j = arg;
-    int64_t begin, end;
+    int64_t begin, end, bytes = j->half ? 2 : 4;
     range(j->heads, 1, part, parts, &begin, &end);
     if (end <= begin) return;
     float local[4096], *scores = j->s <= 4096 ? local : malloc((size_t)j->s * sizeof(float));
@@ -445,24 +447,49 @@ static void attend_part(void *arg, int part, int parts) {
         return;
     }
     for (int64_t h = begin; h < end; h++)
-        active->attend(j->q + h * j->rows * j->d, j->rows, j->d, j->k + h * j->k_head, j->k_row,
-                       j->v + h * j->v_head, j->v_row, j->dv, j->s, j->scale, j->softcap,
-                       j->sinks ? j->sinks + (h % j->kv_heads) * j->rows : NULL, scores,
-                       j->out + h * j->rows * j->dv);
+        active->attend(j->q + h * j->rows * j->d, j->rows, j->d, j->k + h * j->k_head * bytes, j->k_row,
+                       j->v + h * j->v_head * bytes, j->v_row, j->dv, j->s, j->half, j->scale, j->softcap,
+                       j->sinks ? j->sinks + (h % j->kv_heads) * j->rows : NULL, scores, j->out + h * j->rows * j->dv);
     if (scores != local) free(scores);
 }
 
 /* One decoding step's attention: for each of batch * kv_heads KV heads h (heads of a batch row
  * consecutive), out[h] ([rows, dv], dense) = attention of q[h] ([rows, d], dense: the query heads that
- * share KV head h) over keys k + h * k_head and values v + h * v_head, rows k_row / v_row floats apart,
- * s of them. sinks: a logit per query head ([kv_heads * rows]) or NULL; softcap 0: none. */
-EXPORT int tfb_attend(const float *q, int64_t batch, int64_t kv_heads, int64_t rows, int64_t d, const float *k,
-                      int64_t k_head, int64_t k_row, const float *v, int64_t v_head, int64_t v_row, int64_t dv,
-                      int64_t s, float scale, float softcap, const float *sinks, float *out) {
+ * share KV head h) over keys k + h * k_head and values v + h * v_head (elements, float16 where half, else
+ * float32), rows k_row / v_row elements apart, s of them. sinks: a logit per query head
+ * ([kv_heads * rows]) or NULL; softcap 0: none. */
+EXPORT int tfb_attend(const float *q, int64_t batch, int64_t kv_heads, int64_t rows, int64_t d, const void *k,
+                      int64_t k_head, int64_t k_row, const void *v, int64_t v_head, int64_t v_row, int64_t dv,
+                      int64_t s, int half, float scale, float softcap, const float *sinks, float *out) {
     if (batch < 1 || kv_heads < 1 || rows < 1 || d < 1 || dv < 1 || s < 1) return ERR_SHAPE;
     if (!active) tfb_set_isa(NULL);
-    attend_job job = {q, k, v, sinks, batch * kv_heads, kv_heads, rows, d, dv, s, k_head, k_row, v_head, v_row,
-                      scale, softcap, out, 0};
-    run(attend_part, &job, job.heads * s * (d + dv) * 4);
+    attend_job job = {q, sinks, k, v, batch * kv_heads, kv_heads, rows, d, dv, s, k_head, k_row, v_head, v_row,
+                      half != 0, scale, softcap, out, 0};
+    run(attend_part, &job, job.heads * s * (d + dv) * (half ? 2 : 4));
     return job.failed ? ERR_MEMORY : OK;
+}
+
+/* --------------------------------------------------------------------------------------- RMS norm */
+
+typedef struct {
+    const float *x, *w;
+    int64_t rows, n;
+    float eps;
+    float *y;
+} rms_norm_job;
+
+static void rms_norm_part(void *arg, int part, int parts) {
+    const rms_norm_job *j = arg;
+    int64_t begin, end;
+    range(j->rows, 1, part, parts, &begin, &end);
+    if (end > begin) active->rms_norm(j->x + begin * j->n, end - begin, j->n, j->w, j->eps, j->y + begin * j->n);
+}
+
+/* y = x / sqrt(mean(x^2) + eps) * w over each of `rows` dense rows of n floats (w NULL: no weight). */
+EXPORT int tfb_rms_norm(const float *x, int64_t rows, int64_t n, const float *w, float eps, float *y) {
+    if (rows < 0 || n < 1) return ERR_SHAPE;
+    if (!active) tfb_set_isa(NULL);
+    rms_norm_job job = {x, w, rows, n, eps, y};
+    run(rms_norm_part, &job, rows * n * 8);
+    return OK;
 }
