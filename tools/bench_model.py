@@ -9,7 +9,8 @@ vocabulary 151936 with the real Qwen2 tokenizer, tied embeddings), made once by 
 into $TFB_CACHE/bench. Figures:
 - load: wall time from process start to the first logits, and peak RSS (ru_maxrss) minus that of a process
   that only imports tfb and torch (for transformers and llama.cpp: their own imports);
-- speed: prompt processing (128 tokens) and greedy decoding (64 tokens), tokens per second.
+- speed: prompt processing (128 tokens) and greedy decoding (64 tokens), tokens per second; with
+  --repeats N, the median of N runs.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import subprocess
 import sys
 import time
@@ -130,7 +132,13 @@ def have(module: str) -> bool:
     return subprocess.run([sys.executable, "-c", f"import {module}"], capture_output=True).returncode == 0
 
 
-def bench(kind: str, skip: set[str]) -> dict:
+def run_median(name: str, path: Path, repeats: int) -> dict | None:
+    """The child's figures, each the median of `repeats` runs (the machine may be shared)."""
+    runs = [r for r in (run_child(name, path) for _ in range(repeats)) if r]
+    return {key: statistics.median(r[key] for r in runs) for key in runs[0]} if runs else None
+
+
+def bench(kind: str, skip: set[str], repeats: int = 1) -> dict:
     path = model_file(kind)
     size = path.stat().st_size
     out: dict = {"type": kind, "file_bytes": size}
@@ -143,7 +151,7 @@ def bench(kind: str, skip: set[str]) -> dict:
         if base and load:
             out[f"{engine}_first_logits_s"] = load["first_logits_s"]
             out[f"{engine}_rss_over_baseline"] = load["rss"] - base["rss"]
-        speed = run_child(f"{engine} speed", path)
+        speed = run_median(f"{engine} speed", path, repeats)
         if speed:
             out[f"{engine}_prompt_tps"], out[f"{engine}_decode_tps"] = speed["prompt_tps"], speed["decode_tps"]
     return out
@@ -170,9 +178,10 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--types", nargs="+", default=["Q8_0", "Q4_K_M"])
     parser.add_argument("--skip", nargs="*", default=[], choices=["tfb", "transformers", "llama.cpp"])
+    parser.add_argument("--repeats", type=int, default=1, help="speed runs per engine; the median counts")
     parser.add_argument("--json", type=Path, help="also write the figures here")
     args = parser.parse_args(argv)
-    rows = [bench(kind, set(args.skip)) for kind in args.types]
+    rows = [bench(kind, set(args.skip), args.repeats) for kind in args.types]
     print(table(rows))
     if args.json:
         args.json.write_text(json.dumps(rows, indent=1))
