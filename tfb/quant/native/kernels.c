@@ -306,6 +306,15 @@ BLOCK_FN vf dot_unpacked(const uint8_t *q, const float *x, const float *scale, i
     return acc;
 }
 
+/* The rows of a format whose prepare_<fmt> unpacks every integer field into prepared_block.q: its body is
+ * dot_unpacked over sub-blocks of `sub` weights. */
+#define DEFINE_UNPACKED_ROWS(fmt, type_size, sums_per_block, sub)                                            \
+    BLOCK_FN vf body_##fmt(const uint8_t *blk, const float *x, const prepared_block *p, vf acc) {             \
+        (void)blk;                                                                                           \
+        return dot_unpacked(p->q, x, p->scale, sub, acc);                                                    \
+    }                                                                                                        \
+    DEFINE_PIPELINED_ROWS(fmt, type_size, sums_per_block)
+
 /* offset + bias * scale[j] * sums[j] over the 16 sub-blocks, lane by lane */
 static inline vf add_bias16(vf offset, float bias, const float *scale, const float *sums) {
     for (int j = 0; j < 16; j += LANES) offset = vf_fma(vf_mul(vf_load(scale + j), vf_set1(bias)), vf_load(sums + j), offset);
@@ -351,11 +360,7 @@ BLOCK_FN void prepare_q2_k(const uint8_t *blk, const float *sums, prepared_block
     *offset = vf_bytes8_fma(*offset, high >> 4 & LOW_NIBBLES, load_half(blk + 82), sums + 8);
 }
 
-BLOCK_FN vf body_q2_k(const uint8_t *blk, const float *x, const prepared_block *p, vf acc) {
-    (void)blk;
-    return dot_unpacked(p->q, x, p->scale, 16, acc);
-}
-DEFINE_PIPELINED_ROWS(q2_k, 84, 16)
+DEFINE_UNPACKED_ROWS(q2_k, 84, 16, 16)
 
 static void dequant_q2_k(const uint8_t *blk, int64_t nb, float *out) {
     for (int64_t b = 0; b < nb; b++, blk += 84, out += 256) {
@@ -399,11 +404,7 @@ BLOCK_FN void prepare_q3_k(const uint8_t *blk, const float *sums, prepared_block
     *offset = add_bias16(*offset, 4.0f, p->scale, sums);
 }
 
-BLOCK_FN vf body_q3_k(const uint8_t *blk, const float *x, const prepared_block *p, vf acc) {
-    (void)blk;
-    return dot_unpacked(p->q, x, p->scale, 16, acc);
-}
-DEFINE_PIPELINED_ROWS(q3_k, 110, 16)
+DEFINE_UNPACKED_ROWS(q3_k, 110, 16, 16)
 
 static void dequant_q3_k(const uint8_t *blk, int64_t nb, float *out) {
     for (int64_t b = 0; b < nb; b++, blk += 110, out += 256) {
@@ -495,11 +496,7 @@ BLOCK_FN void prepare_q5_k(const uint8_t *blk, const float *sums, prepared_block
     q5_k_unpack(blk, p->q);
 }
 
-BLOCK_FN vf body_q5_k(const uint8_t *blk, const float *x, const prepared_block *p, vf acc) {
-    (void)blk;
-    return dot_unpacked(p->q, x, p->scale, 32, acc);
-}
-DEFINE_PIPELINED_ROWS(q5_k, 176, 8)
+DEFINE_UNPACKED_ROWS(q5_k, 176, 8, 32)
 
 static void dequant_q5_k(const uint8_t *blk, int64_t nb, float *out) {
     for (int64_t b = 0; b < nb; b++, blk += 176, out += 256) {
@@ -535,11 +532,7 @@ BLOCK_FN void prepare_q6_k(const uint8_t *blk, const float *sums, prepared_block
     *offset = add_bias16(*offset, 32.0f, p->scale, sums);
 }
 
-BLOCK_FN vf body_q6_k(const uint8_t *blk, const float *x, const prepared_block *p, vf acc) {
-    (void)blk;
-    return dot_unpacked(p->q, x, p->scale, 16, acc);
-}
-DEFINE_PIPELINED_ROWS(q6_k, 210, 16)
+DEFINE_UNPACKED_ROWS(q6_k, 210, 16, 16)
 
 static void dequant_q6_k(const uint8_t *blk, int64_t nb, float *out) {
     for (int64_t b = 0; b < nb; b++, blk += 210, out += 256) {
@@ -982,18 +975,19 @@ static void attend_rows(const float *q, int64_t rows, int64_t d, const void *k, 
         }
         float total = sinks ? expf(sinks[r] - top) : 0.0f;
         for (int64_t j = 0; j < s; j++) total += scores[j] = expf(scores[j] - top);
+        float inv_total = 1.0f / total;
         float *o = out + r * dv;
         int64_t body = dv - dv % LANES;
         for (int64_t c = 0; c < body; c += LANES) {
             vf acc = vf_zero();
             for (int64_t j = 0; j < s; j++)
                 acc = vf_fma(vf_set1(scores[j]), kv_vector(kv_row(v, j, v_row, half), c, half), acc);
-            vf_store(o + c, vf_mul(acc, vf_set1(1.0f / total)));
+            vf_store(o + c, vf_mul(acc, vf_set1(inv_total)));
         }
         for (int64_t c = body; c < dv; c++) {
             float acc = 0.0f;
             for (int64_t j = 0; j < s; j++) acc += scores[j] * kv_scalar(kv_row(v, j, v_row, half), c, half);
-            o[c] = acc * (1.0f / total);
+            o[c] = acc * inv_total;
         }
     }
 }
@@ -1004,13 +998,12 @@ static void attend_rows(const float *q, int64_t rows, int64_t d, const void *k, 
 static void rms_norm_rows(const float *x, int64_t rows, int64_t n, const float *w, float eps, float *y) {
     int64_t body = n - n % LANES;
     for (int64_t r = 0; r < rows; r++, x += n, y += n) {
-        float squares = dot_row(x, x, n);
-        vf inv = vf_set1(1.0f / sqrtf(squares / (float)n + eps));
+        float inv = 1.0f / sqrtf(dot_row(x, x, n) / (float)n + eps);
         for (int64_t c = 0; c < body; c += LANES) {
-            vf h = vf_mul(vf_load(x + c), inv);
+            vf h = vf_mul(vf_load(x + c), vf_set1(inv));
             vf_store(y + c, w ? vf_mul(h, vf_load(w + c)) : h);
         }
-        for (int64_t c = body; c < n; c++) y[c] = x[c] * (1.0f / sqrtf(squares / (float)n + eps)) * (w ? w[c] : 1.0f);
+        for (int64_t c = body; c < n; c++) y[c] = x[c] * inv * (w ? w[c] : 1.0f);
     }
 }
 
