@@ -308,16 +308,18 @@ def reference_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale
 @needs_native
 @pytest.mark.parametrize(("groups", "window", "softcap", "sinks", "keys"),
                          [(2, 0, 0.0, False, 37), (1, 0, 0.0, False, 1), (4, 5, 0.0, False, 37),
-                          (2, 0, 20.0, False, 300), (2, 8, 0.0, True, 37), (1, 0, 0.0, True, 5000)])
+                          (2, 0, 20.0, False, 300), (2, 8, 0.0, True, 37), (1, 0, 0.0, True, 5000),
+                          (3, 0, 0.0, False, 50)])
 @pytest.mark.parametrize("cache_dtype", [torch.float32, torch.float16])
+@pytest.mark.parametrize(("d", "dv"), [(40, 24), (128, 200)])  # value widths that take every column path
 def test_decode_attention(isa: str, groups: int, window: int, softcap: float, sinks: bool, keys: int,
-                          cache_dtype: torch.dtype, monkeypatch: pytest.MonkeyPatch) -> None:
+                          cache_dtype: torch.dtype, d: int, dv: int, monkeypatch: pytest.MonkeyPatch) -> None:
     """A decoding step's attention by the native kernel, on views of a larger cache (float32 or float16)
     as the KV cache hands them over, against a float64 reference and against the torch path."""
     from tfb.nn.attention import Attention, AttentionOptions, AttentionShape
 
     torch.manual_seed(keys + groups)
-    kv, d, dv = 3, 40, 24
+    kv = 3
     shape = AttentionShape(hidden=8, n_heads=kv * groups, n_kv_heads=kv, head_dim=d, value_dim=dv)
     opts = AttentionOptions(fused_qkv=False, qk_norm=None, qk_norm_over="head", norm_eps=1e-6, scale=d ** -0.5,
                             softcap=softcap, clamp=0.0, window=window, use_rope=False, sinks=sinks,

@@ -298,7 +298,8 @@ def load_weights(model: Transformer, spec: Spec, gguf: GGUFFile, *, expand: bool
 
 def load(path: str | Path, spec: SpecRef = None, *, dtype: torch.dtype = torch.float32,
          context_length: int | None = None, spec_dirs: tuple[str | Path, ...] = (), expand: bool = False,
-         cache_dtype: torch.dtype | None = None, progress: Progress | None = None) -> Transformer:
+         cache_dtype: torch.dtype | None = None, int8_activations: bool = False,
+         progress: Progress | None = None) -> Transformer:
     """A GGUF file as a torch module in eval mode: `model(input_ids)` -> logits [batch, seq, vocab].
 
     spec: a Spec, a spec name or path; by default the spec that serves the file's general.architecture.
@@ -307,7 +308,9 @@ def load(path: str | Path, spec: SpecRef = None, *, dtype: torch.dtype = torch.f
     expand: expand quantized weights to `dtype` at load time (more memory; faster only for types without
     native kernels). cache_dtype: what the KV cache stores keys and values in (default: `dtype`);
     float16 halves the memory a long context needs and what each decoding step reads, as llama.cpp's
-    default cache does, and rounds keys and values to float16.
+    default cache does, and rounds keys and values to float16. int8_activations: round activations to
+    8 bits in the decoding steps' products with quantized weights, as llama.cpp does (faster; see
+    Transformer.use_int8_activations); the default multiplies in float32.
     """
     for what, value in (("dtype", dtype), ("cache_dtype", cache_dtype)):
         if value is not None and value not in DTYPES:
@@ -320,4 +323,5 @@ def load(path: str | Path, spec: SpecRef = None, *, dtype: torch.dtype = torch.f
         model = build_modules(chosen, config, dtype)
         load_weights(model, chosen, gguf, expand=expand, progress=progress)
     model.cache_dtype = cache_dtype
+    model.use_int8_activations(int8_activations)
     return model.eval()

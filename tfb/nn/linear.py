@@ -104,6 +104,7 @@ class Linear(nn.Module):
         self.bias: torch.Tensor | None = None
         self.prepared: native.Prepared | None = None  # `prepared_for` made ready for the native kernels
         self.prepared_for: PackedTensor | None = None
+        self.int8_activations = False  # round activations to 8 bits in matrix-vector products (llama.cpp's way)
 
     def tensor_shape(self, method: str) -> tuple[int, ...]:
         return (self.out_features, self.in_features) if method == "set_weight" else (self.out_features,)
@@ -125,7 +126,7 @@ class Linear(nn.Module):
         if self.packed is None:
             raise WeightError("a linear layer was used before its weight was loaded")
         if self.prepared_for is not self.packed:
-            self.prepared, self.prepared_for = native.prepare(self.packed), self.packed
+            self.prepared, self.prepared_for = native.prepare(self.packed, self.int8_activations), self.packed
         y = packed_matmul(x, self.packed, self.prepared)
         return y if self.bias is None else y + self.bias
 

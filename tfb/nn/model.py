@@ -10,6 +10,7 @@ from tfb.errors import InputError
 from tfb.nn.attention import KVCache
 from tfb.nn.block import Block
 from tfb.nn.linear import Embedding, Linear
+from tfb.nn.moe import ExpertLinear
 from tfb.nn.norm import Norm
 from tfb.nn.rotary import Rotary
 
@@ -40,6 +41,18 @@ class Transformer(nn.Module):
         for rotary in (self.rotary, self.rotary_swa):
             if rotary is not None:
                 rotary.set_freq_factors(name, factors)
+
+    def use_int8_activations(self, enabled: bool = True) -> None:
+        """Round each activation row to 8 bits in the matrix-vector products (decoding steps) of packed
+        weights whose type has such products, as llama.cpp does for quantized weights: faster, and no longer
+        the exact float32 product (see tfb.quant.native, int8.c)."""
+        for module in self.modules():
+            if isinstance(module, (Linear, ExpertLinear)):
+                module.int8_activations = enabled
+                if isinstance(module, Linear):
+                    module.prepared_for = None  # prepared again on next use
+                else:
+                    module.prepared = {}
 
     def new_cache(self) -> KVCache:
         return KVCache(self.config.n_layers, self.cache_dtype)

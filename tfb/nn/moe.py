@@ -19,6 +19,7 @@ class ExpertLinear(nn.Module):
         self.weight: Weight | None = None
         self.bias: torch.Tensor | None = None
         self.prepared: dict[int, native.Prepared | None] = {}  # per expert, made ready for the native kernels
+        self.int8_activations = False  # as Linear's
 
     def tensor_shape(self, method: str) -> tuple[int, ...]:
         return self.shape if method == "set_weight" else self.shape[:2]
@@ -37,7 +38,8 @@ class ExpertLinear(nn.Module):
         w = self.weight[expert]
         if isinstance(w, PackedTensor):
             if expert not in self.prepared:
-                self.prepared[expert] = native.prepare(w)  # the expert's rows: a contiguous slice of the bytes
+                # the expert's rows: a contiguous slice of the bytes
+                self.prepared[expert] = native.prepare(w, self.int8_activations)
             y = packed_matmul(x, w, self.prepared[expert])
         else:
             y = x @ w.T

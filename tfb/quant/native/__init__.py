@@ -20,10 +20,12 @@ from tfb.quant.native.ops import (
     set_isa,
     set_threads,
     supports,
+    supports_int8,
     threads,
     use_openmp,
     uses_openmp,
 )
 
 __all__ = ["NATIVE_MAX_ROWS", "Prepared", "attend", "available", "dequantize", "dequantize_into", "isa", "matmul",
-           "prepare", "rms_norm", "set_isa", "set_threads", "supports", "threads", "use_openmp", "uses_openmp"]
+           "prepare", "rms_norm", "set_isa", "set_threads", "supports", "supports_int8", "threads", "use_openmp",
+           "uses_openmp"]

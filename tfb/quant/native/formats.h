@@ -32,6 +32,26 @@ typedef struct {
     dequant_fn dequant;
 } format_kernels;
 
+/* An activation row rounded to 8 bits as llama.cpp rounds it for quantized weights (runtime.c,
+ * quantize_activations): per block of `block` values (32, or 256 for the k-quants) a scale d = max|x| / 127
+ * and q = rint(x / d) in [-127, 127]; and the sums of q over each run of 16. */
+typedef struct {
+    const int8_t *q;
+    const float *d;      /* one per block */
+    const int16_t *sums; /* one per 16 values */
+} int8_row;
+
+/* y[r] = row r . a as `rows_fn`, with the activations rounded to 8 bits: integer dot products within a block,
+ * scaled in float32 (int8.c) */
+typedef void (*rows_int8_fn)(const uint8_t *w, int64_t stride, int64_t nrows, int64_t nblocks, const int8_row *a,
+                             float *y);
+
+typedef struct {
+    int type;
+    int block;  /* activation values per scale: the weight format's block size */
+    rows_int8_fn rows;
+} int8_kernels;
+
 /* y[m * ldy + r] = w[r] . x[m] for r < rows, m < M: w is rows x K floats, x is M x K floats */
 typedef void (*tile_fn)(const float *w, int64_t rows, int64_t K, const float *x, int64_t M, float *y, int64_t ldy);
 
@@ -47,6 +67,7 @@ typedef void (*rms_norm_fn)(const float *x, int64_t rows, int64_t n, const float
 typedef struct {
     const char *name;
     const format_kernels *formats;  /* ends with type 0 */
+    const int8_kernels *int8;       /* the formats with 8-bit activation products; ends with type 0 */
     tile_fn tile;
     attend_fn attend;
     rms_norm_fn rms_norm;

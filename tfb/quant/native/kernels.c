@@ -17,6 +17,7 @@
 #include "formats.h"
 #include "grids.h" /* generated into the build directory (tables.py) */
 #include "simd.h"
+#include "unpack.h"
 
 #ifndef TFB_ISA_SYMBOL
 #error "compile with -DTFB_ISA_SYMBOL=<exported table name>"
@@ -283,15 +284,6 @@ static void dequant_q5_1(const uint8_t *blk, int64_t nb, float *out) {
  * (GCC vectors, 32 bytes at a time, whatever width the target has), then multiply: sub-block j of `sub`
  * weights contributes scale[j] * (q . x) to the dot product and is expanded as scale[j] * (q - bias)
  * (- min[j]). A constant bias (Q3_K's 4, Q6_K's 32) is folded into the sums of x over each sub-block. */
-typedef uint8_t u8x32 __attribute__((vector_size(32)));
-
-static inline u8x32 load_u8x32(const uint8_t *p) {
-    u8x32 v;
-    memcpy(&v, p, 32);
-    return v;
-}
-
-static inline void store_u8x32(uint8_t *p, u8x32 v) { memcpy(p, &v, 32); }
 
 BLOCK_FN vf dot_unpacked(const uint8_t *q, const float *x, const float *scale, int sub, vf acc) {
     /* Make the compiler store q and widen it from memory: kept in registers, each 16 bytes would cost a
@@ -419,14 +411,6 @@ static void dequant_q3_k(const uint8_t *blk, int64_t nb, float *out) {
 /* Q4_K and Q5_K share a 12-byte field of eight 6-bit scales and eight 6-bit mins (ggml's
  * get_scale_min_k4): for j < 4 the low 6 bits of bytes j and j + 4; for j >= 4 a nibble of byte j + 4
  * plus the top 2 bits of bytes j - 4 and j. Sub-block j has 32 weights: w = (d * sc_j) * q - dmin * m_j. */
-static inline void k4_unpack(const uint8_t *s, uint64_t *scales, uint64_t *mins) {
-    uint32_t u0 = load_u32(s), u1 = load_u32(s + 4), u2 = load_u32(s + 8);  /* 4 fields at a time */
-    uint32_t scales47 = (u2 & 0x0F0F0F0F) | (u0 >> 6 & 0x03030303) << 4;
-    uint32_t mins47 = (u2 >> 4 & 0x0F0F0F0F) | (u1 >> 6 & 0x03030303) << 4;
-    *scales = (u0 & 0x3F3F3F3F) | (uint64_t)scales47 << 32;
-    *mins = (u1 & 0x3F3F3F3F) | (uint64_t)mins47 << 32;
-}
-
 static inline void k4_scales_mins(const uint8_t *s, float d, float dmin, float *scale, float *min) {
     uint64_t scales, mins;
     k4_unpack(s, &scales, &mins);
@@ -482,14 +466,6 @@ static void dequant_q4_k(const uint8_t *blk, int64_t nb, float *out) {
 
 /* Q5_K, 176 bytes: d, dmin (f16), scales[12], qh[32], qs[128]. As Q4_K, plus a fifth bit: bit 2c of
  * qh[l] for weight 64c + l, bit 2c + 1 for weight 64c + 32 + l. */
-static inline void q5_k_unpack(const uint8_t *blk, uint8_t *q) {
-    u8x32 high = load_u8x32(blk + 16);
-    for (int c = 0; c < 4; c++) {
-        u8x32 low = load_u8x32(blk + 48 + 32 * c);
-        store_u8x32(q + 64 * c, (low & 15) | ((high >> (2 * c)) & 1) << 4);
-        store_u8x32(q + 64 * c + 32, (low >> 4) | ((high >> (2 * c + 1)) & 1) << 4);
-    }
-}
 
 BLOCK_FN void prepare_q5_k(const uint8_t *blk, const float *sums, prepared_block *p, vf *offset) {
     k4_scales_offset(blk, sums, p->scale, offset);
@@ -511,15 +487,6 @@ static void dequant_q5_k(const uint8_t *blk, int64_t nb, float *out) {
 /* Q6_K, 210 bytes: ql[128], qh[64], scales[16] (int8), d (f16). In half h, for l < 32 and k < 4,
  * weight 128h + 32k + l takes the low (k = 0, 1) or high (k = 2, 3) nibble of ql[64h + 32(k % 2) + l]
  * and bits 2k.. of qh[32h + l]: q = (nibble | bits << 4) - 32, w = (d * scales[8h + 2k + l / 16]) * q. */
-static inline void q6_k_unpack(const uint8_t *blk, uint8_t *q) {
-    for (int h = 0; h < 2; h++) {
-        u8x32 a = load_u8x32(blk + 64 * h), b = load_u8x32(blk + 64 * h + 32), bits = load_u8x32(blk + 128 + 32 * h);
-        store_u8x32(q + 128 * h, (a & 15) | ((bits << 4) & 0x30));
-        store_u8x32(q + 128 * h + 32, (b & 15) | ((bits << 2) & 0x30));
-        store_u8x32(q + 128 * h + 64, (a >> 4) | (bits & 0x30));
-        store_u8x32(q + 128 * h + 96, (b >> 4) | ((bits >> 2) & 0x30));
-    }
-}
 
 static inline void q6_k_scales(const uint8_t *blk, float *scale) {
     sbytes8_scaled(load_u64(blk + 192), load_half(blk + 208), scale);
@@ -956,38 +923,98 @@ static inline float kv_dot(const void *k, const float *q, int64_t d, int half) {
     return vf_sum(a) + tail;
 }
 
+/* e^x for x <= 0 (softmax's shifted scores) to within a few ulp, Cephes' expf: x = n ln 2 + r with
+ * |r| <= ln 2 / 2, e^r by a degree-6 polynomial, times 2^n built in the exponent bits. Below -87.3 (where e^x
+ * leaves the normal floats) the result is e^-87.3, about 1e-38: nothing next to the top score's 1. */
+static inline vf vf_exp_negative(vf x) {
+    const float magic = 12582912.0f; /* 1.5 * 2^23: adding and subtracting it rounds to an integer */
+    x = vf_max(x, vf_set1(-87.3f));
+    vf n = vf_sub(vf_add(vf_mul(x, vf_set1(1.44269504088896341f)), vf_set1(magic)), vf_set1(magic));
+    vf r = vf_sub(vf_sub(x, vf_mul(n, vf_set1(0.693359375f))), vf_mul(n, vf_set1(-2.12194440e-4f)));
+    vf p = vf_set1(1.9875691500e-4f);
+    p = vf_fma(p, r, vf_set1(1.3981999507e-3f));
+    p = vf_fma(p, r, vf_set1(8.3334519073e-3f));
+    p = vf_fma(p, r, vf_set1(4.1665795894e-2f));
+    p = vf_fma(p, r, vf_set1(1.6666665459e-1f));
+    p = vf_fma(p, r, vf_set1(5.0000001201e-1f));
+    p = vf_fma(p, vf_mul(r, r), vf_add(r, vf_set1(1.0f)));
+    return vf_mul(p, vi_as_float(vi_sll(vi_add(vf_trunc(n), 127), 23)));
+}
+
+/* out[r][c0 + LANES * i] for i < NV, two query rows at a time (p0, p1: their probabilities over the s values):
+ * the accumulators stay in registers while the values stream past once, each value vector serving both rows. */
+#define DEFINE_WEIGHTED_SUM(NV)                                                                               \
+    static inline void weighted_sum_##NV(const float *p0, const float *p1, const void *v, int64_t v_row,       \
+                                         int64_t s, int half, int64_t c0, float *o0, float *o1) {             \
+        vf a0[NV], a1[NV];                                                                                     \
+        for (int i = 0; i < NV; i++) a0[i] = a1[i] = vf_zero();                                                \
+        for (int64_t j = 0; j < s; j++) {                                                                      \
+            const void *vj = kv_row(v, j, v_row, half);                                                        \
+            vf s0 = vf_set1(p0[j]), s1 = vf_set1(p1[j]);                                                       \
+            for (int i = 0; i < NV; i++) {                                                                     \
+                vf x = kv_vector(vj, c0 + LANES * i, half);                                                    \
+                a0[i] = vf_fma(s0, x, a0[i]);                                                                  \
+                a1[i] = vf_fma(s1, x, a1[i]);                                                                  \
+            }                                                                                                  \
+        }                                                                                                      \
+        for (int i = 0; i < NV; i++) {                                                                         \
+            vf_store(o0 + c0 + LANES * i, a0[i]);                                                              \
+            if (o1) vf_store(o1 + c0 + LANES * i, a1[i]);                                                      \
+        }                                                                                                      \
+    }
+DEFINE_WEIGHTED_SUM(8)
+DEFINE_WEIGHTED_SUM(4)
+DEFINE_WEIGHTED_SUM(1)
+
 /* out[r] = softmax_j(score(q[r] . k[j])) v[j] for the `rows` queries of one KV head (the query heads that
  * share it), over its s keys. score(x) = x * scale, then softcap * tanh(score / softcap) where softcap >
- * 0; sinks (one logit per query row, or NULL) join the softmax's denominator only. `scores` holds s
+ * 0; sinks (one logit per query row, or NULL) join the softmax's denominator only. `scores` holds rows * s
  * floats. Keys and values (float16 where `half`) are rows `k_row` and `v_row` elements apart; q and out
- * are dense float32. */
+ * are dense float32. Each key and each value row is read once for all the query rows. (Sixteen
+ * registers of AVX2 hold four value vectors for two rows; AVX-512's thirty-two hold eight.) */
 static void attend_rows(const float *q, int64_t rows, int64_t d, const void *k, int64_t k_row, const void *v,
                         int64_t v_row, int64_t dv, int64_t s, int half, float scale, float softcap,
                         const float *sinks, float *scores, float *out) {
-    for (int64_t r = 0; r < rows; r++) {
-        const float *qr = q + r * d;
+    for (int64_t j = 0; j < s; j++) {
+        const void *kj = kv_row(k, j, k_row, half);
+        for (int64_t r = 0; r < rows; r++) scores[r * s + j] = kv_dot(kj, q + r * d, d, half) * scale;
+    }
+    for (int64_t r = 0; r < rows; r++) { /* scores into probabilities */
+        float *p = scores + r * s;
         float top = sinks ? sinks[r] : -INFINITY;
         for (int64_t j = 0; j < s; j++) {
-            float x = kv_dot(kv_row(k, j, k_row, half), qr, d, half) * scale;
-            if (softcap > 0.0f) x = tanhf(x / softcap) * softcap;
-            scores[j] = x;
-            top = x > top ? x : top;
+            if (softcap > 0.0f) p[j] = tanhf(p[j] / softcap) * softcap;
+            top = p[j] > top ? p[j] : top;
         }
-        float total = sinks ? expf(sinks[r] - top) : 0.0f;
-        for (int64_t j = 0; j < s; j++) total += scores[j] = expf(scores[j] - top);
+        vf sum = vf_zero();
+        int64_t j = 0;
+        for (; j + LANES <= s; j += LANES) {
+            vf e = vf_exp_negative(vf_sub(vf_load(p + j), vf_set1(top)));
+            vf_store(p + j, e);
+            sum = vf_add(sum, e);
+        }
+        float total = vf_sum(sum) + (sinks ? expf(sinks[r] - top) : 0.0f);
+        for (; j < s; j++) total += p[j] = expf(p[j] - top);
         float inv_total = 1.0f / total;
-        float *o = out + r * dv;
-        int64_t body = dv - dv % LANES;
-        for (int64_t c = 0; c < body; c += LANES) {
-            vf acc = vf_zero();
-            for (int64_t j = 0; j < s; j++)
-                acc = vf_fma(vf_set1(scores[j]), kv_vector(kv_row(v, j, v_row, half), c, half), acc);
-            vf_store(o + c, vf_mul(acc, vf_set1(inv_total)));
-        }
-        for (int64_t c = body; c < dv; c++) {
-            float acc = 0.0f;
-            for (int64_t j = 0; j < s; j++) acc += scores[j] * kv_scalar(kv_row(v, j, v_row, half), c, half);
-            o[c] = acc * inv_total;
+        for (j = 0; j < s; j++) p[j] *= inv_total;
+    }
+    int64_t body = dv - dv % LANES;
+    for (int64_t r = 0; r < rows; r += 2) {
+        const float *p0 = scores + r * s, *p1 = r + 1 < rows ? p0 + s : p0;
+        float *o0 = out + r * dv, *o1 = r + 1 < rows ? o0 + dv : NULL;
+        int64_t c = 0;
+        for (; LANES >= 16 && c + 8 * LANES <= body; c += 8 * LANES) weighted_sum_8(p0, p1, v, v_row, s, half, c, o0, o1);
+        for (; c + 4 * LANES <= body; c += 4 * LANES) weighted_sum_4(p0, p1, v, v_row, s, half, c, o0, o1);
+        for (; c < body; c += LANES) weighted_sum_1(p0, p1, v, v_row, s, half, c, o0, o1);
+        for (; c < dv; c++) {
+            float acc0 = 0.0f, acc1 = 0.0f;
+            for (int64_t j = 0; j < s; j++) {
+                float x = kv_scalar(kv_row(v, j, v_row, half), c, half);
+                acc0 += p0[j] * x;
+                acc1 += p1[j] * x;
+            }
+            o0[c] = acc0;
+            if (o1) o1[c] = acc1;
         }
     }
 }
@@ -1040,4 +1067,8 @@ static const format_kernels FORMATS[] = {
     {0, 0, 0, 0, 0, 0},
 };
 
-const isa_kernels TFB_ISA_SYMBOL = {ISA_NAME, FORMATS, tile, attend_rows, rms_norm_rows};
+#define CONCAT(a, b) a##b
+#define INT8_TABLE(isa) CONCAT(isa, _int8)
+extern const int8_kernels INT8_TABLE(TFB_ISA_SYMBOL)[]; /* int8.c, compiled in the same pass */
+
+const isa_kernels TFB_ISA_SYMBOL = {ISA_NAME, FORMATS, INT8_TABLE(TFB_ISA_SYMBOL), tile, attend_rows, rms_norm_rows};

@@ -1,6 +1,6 @@
 """Build, cache and load the native kernels: C sources shipped with the package, compiled on first use.
 
-The library is built with the system C compiler ($CC, else `cc`) in a few seconds: kernels.c once per
+The library is built with the system C compiler ($CC, else `cc`) in a few seconds: kernels.c and int8.c once per
 instruction set (AVX-512, AVX2, portable C), each pass with only its own -m flags, and runtime.c, which
 picks the best set the CPU supports at run time (no -march=native, so a cached build also runs on other
 machines of the same architecture). The IQ codebooks reach the C code as a header
@@ -31,7 +31,8 @@ from pathlib import Path
 from tfb.quant.native import tables
 
 SOURCE_DIR = Path(__file__).resolve().parent
-SOURCES = ("formats.h", "simd.h", "kernels.c", "runtime.c")
+SOURCES = ("formats.h", "simd.h", "unpack.h", "kernels.c", "int8.c", "runtime.c")
+PER_ISA_SOURCES = ("kernels.c", "int8.c")  # compiled once per instruction set
 COMMON_FLAGS = ["-O3", "-std=gnu11", "-fPIC", "-pthread", "-fvisibility=hidden", "-ffp-contract=off"]
 X86_ISAS = {
     "avx512": ["-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx2", "-mfma", "-mf16c"],
@@ -62,10 +63,11 @@ def compile_commands(cc: str, out_dir: Path) -> tuple[list[list[str]], list[Path
     passes["portable"] = []
     commands, objects = [], []
     for isa, flags in passes.items():
-        obj = out_dir / f"kernels_{isa}.o"
-        commands.append([cc, *COMMON_FLAGS, *flags, f"-DTFB_ISA_SYMBOL=tfb_kernels_{isa}", f"-I{out_dir}", "-c",
-                         str(SOURCE_DIR / "kernels.c"), "-o", str(obj)])
-        objects.append(obj)
+        for source in PER_ISA_SOURCES:
+            obj = out_dir / f"{source.removesuffix('.c')}_{isa}.o"
+            commands.append([cc, *COMMON_FLAGS, *flags, f"-DTFB_ISA_SYMBOL=tfb_kernels_{isa}", f"-I{out_dir}", "-c",
+                             str(SOURCE_DIR / source), "-o", str(obj)])
+            objects.append(obj)
     runtime = out_dir / "runtime.o"
     commands.append([cc, *COMMON_FLAGS, "-c", str(SOURCE_DIR / "runtime.c"), "-o", str(runtime)])
     objects.append(runtime)
@@ -113,7 +115,7 @@ def build() -> Path:
         with ThreadPoolExecutor(len(commands)) as executor:
             list(executor.map(_run, commands))
         linked = out_dir / target.name
-        _run([cc, "-shared", "-pthread", *map(str, objects), "-o", str(linked)])
+        _run([cc, "-shared", "-pthread", *map(str, objects), "-lm", "-o", str(linked)])
         os.replace(linked, target)  # atomic: a concurrent build of the same sources wrote the same bytes
     return target
 
@@ -122,11 +124,13 @@ def _declare(lib: ctypes.CDLL) -> ctypes.CDLL:
     i64, ptr = ctypes.c_int64, ctypes.c_void_p
     signatures = {
         "tfb_matmul": (ctypes.c_int, [ctypes.c_int, ptr, i64, i64, i64, ptr, i64, ptr]),
+        "tfb_matmul_int8": (ctypes.c_int, [ctypes.c_int, ptr, i64, i64, i64, ptr, i64, ptr]),
         "tfb_dequantize": (ctypes.c_int, [ctypes.c_int, ptr, i64, ptr]),
         "tfb_attend": (ctypes.c_int, [ptr, i64, i64, i64, i64, ptr, i64, i64, ptr, i64, i64, i64, i64,
                                       ctypes.c_int, ctypes.c_float, ctypes.c_float, ptr, ptr]),
         "tfb_rms_norm": (ctypes.c_int, [ptr, i64, i64, ptr, ctypes.c_float, ptr]),
         "tfb_supports": (ctypes.c_int, [ctypes.c_int]),
+        "tfb_supports_int8": (ctypes.c_int, [ctypes.c_int]),
         "tfb_set_isa": (ctypes.c_int, [ctypes.c_char_p]),
         "tfb_isa": (ctypes.c_char_p, []),
         "tfb_set_threads": (ctypes.c_int, [ctypes.c_int]),

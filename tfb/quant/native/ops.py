@@ -100,16 +100,20 @@ def _rows(weight: PackedTensor) -> torch.Tensor:
 
 class Prepared:
     """A packed weight ready for native products, its call arguments worked out once (a decode step
-    makes hundreds of small products, so per-call Python work shows)."""
+    makes hundreds of small products, so per-call Python work shows). int8_activations: round each
+    activation row to 8 bits for the matrix-vector products, as llama.cpp does, where the type has such
+    products (`supports_int8`)."""
 
-    __slots__ = ("_call", "_raw", "name", "out_features")
+    __slots__ = ("_call", "_raw", "int8_activations", "name", "out_features")
 
-    def __init__(self, lib: ctypes.CDLL, weight: PackedTensor) -> None:
+    def __init__(self, lib: ctypes.CDLL, weight: PackedTensor, int8_activations: bool = False) -> None:
         self._raw = _rows(weight)  # holds the bytes the pointer below points into
         self.out_features, in_features = weight.shape
         self.name = f"{weight.name or 'a weight'} ({weight.ggml_type.name})"
-        self._call = functools.partial(lib.tfb_matmul, weight.ggml_type.id, self._raw.data_ptr(),
-                                       self._raw.stride(0), self.out_features, in_features)
+        self.int8_activations = int8_activations and bool(lib.tfb_supports_int8(weight.ggml_type.id))
+        entry = lib.tfb_matmul_int8 if self.int8_activations else lib.tfb_matmul
+        self._call = functools.partial(entry, weight.ggml_type.id, self._raw.data_ptr(), self._raw.stride(0),
+                                       self.out_features, in_features)
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         """x @ W.T for a contiguous float32 x [M, in]."""
@@ -118,16 +122,22 @@ class Prepared:
         return y
 
 
-def prepare(weight: PackedTensor) -> Prepared | None:
+def prepare(weight: PackedTensor, int8_activations: bool = False) -> Prepared | None:
     """`weight` ready for repeated native products; None where its type has no native kernels."""
     lib = library()
-    return Prepared(lib, weight) if lib is not None and supports(weight.ggml_type) else None
+    return Prepared(lib, weight, int8_activations) if lib is not None and supports(weight.ggml_type) else None
 
 
-def matmul(x: torch.Tensor, weight: PackedTensor) -> torch.Tensor | None:
+def matmul(x: torch.Tensor, weight: PackedTensor, int8_activations: bool = False) -> torch.Tensor | None:
     """x @ W.T for a contiguous float32 x [M, in] and a packed W [out, in]."""
-    prepared = prepare(weight)
+    prepared = prepare(weight, int8_activations)
     return None if prepared is None else prepared(x)
+
+
+def supports_int8(ggml_type: GGMLType) -> bool:
+    """Whether `ggml_type` has matrix-vector products with 8-bit activations."""
+    lib = library()
+    return lib is not None and bool(lib.tfb_supports_int8(ggml_type.id))
 
 
 def dequantize_into(weight: PackedTensor, out: torch.Tensor) -> bool:

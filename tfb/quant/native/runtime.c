@@ -15,6 +15,8 @@
  * Jobs too small to pay for the hand-off run on the calling thread alone, as does a job that arrives
  * while another thread's job holds the threads.
  */
+#include <float.h>
+#include <math.h>
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdlib.h>
@@ -41,6 +43,7 @@ enum { OK = 0, ERR_TYPE = -1, ERR_SHAPE = -2, ERR_MEMORY = -3, ERR_ISA = -4 };
 
 static const isa_kernels *active;
 static const format_kernels *by_type[64];
+static const int8_kernels *int8_by_type[64];
 
 static int cpu_has(const char *isa) {
 #ifdef HAVE_X86_ISAS
@@ -57,6 +60,8 @@ static int cpu_has(const char *isa) {
 static void use(const isa_kernels *isa) {
     memset(by_type, 0, sizeof by_type);
     for (const format_kernels *f = isa->formats; f->type; f++) by_type[f->type] = f;
+    memset(int8_by_type, 0, sizeof int8_by_type);
+    for (const int8_kernels *f = isa->int8; f->type; f++) int8_by_type[f->type] = f;
     active = isa;
 }
 
@@ -87,6 +92,14 @@ EXPORT const char *tfb_isa(void) {
 }
 
 EXPORT int tfb_supports(int type) { return format(type) != NULL; }
+
+static const int8_kernels *int8_format(int type) {
+    if (!active) tfb_set_isa(NULL);
+    return type > 0 && type < 64 ? int8_by_type[type] : NULL;
+}
+
+/* Whether `type` has products with 8-bit activations (tfb_matmul_int8). */
+EXPORT int tfb_supports_int8(int type) { return int8_format(type) != NULL; }
 
 /* ----------------------------------------------------------------------------------- thread pool */
 
@@ -397,6 +410,77 @@ EXPORT int tfb_matmul(int type, const uint8_t *w, int64_t stride, int64_t N, int
     return OK;
 }
 
+/* ------------------------------------------------------------------------- 8-bit activations */
+
+/* x[K] rounded to 8 bits per block of `block` values, as llama.cpp's quantize_row_q8_0 / q8_K round it (the
+ * scale kept in float32): d = max|x| / 127, q = rint(x * (127 / max|x|)) (0 where the block is all zero),
+ * and the sums of q over each run of 16. Returns 0 where x holds a NaN or an infinity, which 8 bits cannot
+ * carry: the caller then multiplies in float32 and the NaN or infinity shows in the result as it should. */
+static int quantize_activations(const float *x, int64_t K, int block, int8_t *q, float *d, int16_t *sums) {
+    for (int64_t b = 0; b < K / block; b++) {
+        const float *xb = x + b * block;
+        float top = 0.0f;
+        for (int i = 0; i < block; i++) {
+            float v = fabsf(xb[i]);
+            if (!(v <= FLT_MAX)) return 0;
+            top = v > top ? v : top;
+        }
+        float inverse = top > 0.0f ? 127.0f / top : 0.0f;
+        d[b] = top / 127.0f;
+        for (int i = 0; i < block; i++) q[b * block + i] = (int8_t)lrintf(xb[i] * inverse);
+    }
+    for (int64_t g = 0; g < K / 16; g++) {
+        int s = 0;
+        for (int i = 0; i < 16; i++) s += q[g * 16 + i];
+        sums[g] = (int16_t)s;
+    }
+    return 1;
+}
+
+typedef struct {
+    const int8_kernels *f;
+    const uint8_t *w;
+    int64_t stride, N, nb;
+    const int8_row *a;
+    float *y;
+} matvec_int8_job;
+
+static void matvec_int8_part(void *arg, int part, int parts) {
+    const matvec_int8_job *j = arg;
+    int64_t begin, end;
+    range(j->N, 8, part, parts, &begin, &end);
+    if (end > begin) j->f->rows(j->w + begin * j->stride, j->stride, end - begin, j->nb, j->a, j->y + begin);
+}
+
+/* tfb_matmul with each activation row rounded to 8 bits first (quantize_activations) where the format has
+ * such products (tfb_supports_int8) and there are at most MATVEC_ROWS rows; otherwise, and for rows with a
+ * NaN or an infinity, exactly tfb_matmul. */
+EXPORT int tfb_matmul_int8(int type, const uint8_t *w, int64_t stride, int64_t N, int64_t K, const float *x,
+                           int64_t M, float *y) {
+    const int8_kernels *f = int8_format(type);
+    const format_kernels *ff = format(type);
+    if (!f || !ff || M > MATVEC_ROWS) return tfb_matmul(type, w, stride, N, K, x, M, y);
+    if (K <= 0 || K % f->block || N < 0 || M < 0 || stride < K / ff->block_size * ff->type_size) return ERR_SHAPE;
+    size_t bytes = (size_t)K + (size_t)(K / f->block) * sizeof(float) + (size_t)(K / 16) * sizeof(int16_t);
+    char local[16384] __attribute__((aligned(16))), *buffer = bytes <= sizeof local ? local : malloc(bytes);
+    if (!buffer) return ERR_MEMORY;
+    float *d = (float *)buffer;
+    int16_t *sums = (int16_t *)(d + K / f->block);
+    int8_t *q = (int8_t *)(sums + K / 16);
+    int status = OK;
+    for (int64_t m = 0; m < M && status == OK; m++) {
+        if (!quantize_activations(x + m * K, K, f->block, q, d, sums)) {
+            status = tfb_matmul(type, w, stride, N, K, x + m * K, 1, y + m * N);
+            continue;
+        }
+        int8_row row = {q, d, sums};
+        matvec_int8_job job = {f, w, stride, N, K / f->block, &row, y + m * N};
+        run(matvec_int8_part, &job, N * stride);
+    }
+    if (buffer != local) free(buffer);
+    return status;
+}
+
 /* ----------------------------------------------------------------------------------- dequantize */
 
 typedef struct {
@@ -441,7 +525,8 @@ static void attend_part(void *arg, int part, int parts) {
     int64_t begin, end, bytes = j->half ? 2 : 4;
     range(j->heads, 1, part, parts, &begin, &end);
     if (end <= begin) return;
-    float local[4096], *scores = j->s <= 4096 ? local : malloc((size_t)j->s * sizeof(float));
+    int64_t need = j->rows * j->s;
+    float local[4096], *scores = need <= 4096 ? local : malloc((size_t)need * sizeof(float));
     if (!scores) {
         j->failed = 1;
         return;

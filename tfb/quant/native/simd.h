@@ -12,6 +12,7 @@
  *   bytes8_scaled    eight (sbytes8_: signed) bytes packed in a uint64, each times a float: sub-block scales
  *   vf_bytes8_fma    acc + (eight bytes times d) * eight floats, in the first eight lanes (sub-block mins)
  *   vf_first         a float in lane 0, zeros elsewhere
+ *   vf_trunc / vi_as_float   float to int32 (truncating) / int32 bits read as float
  *
  * Everything here is exact except vf_fma (one rounding where the hardware fuses, two in portable C)
  * and vf_sum's order: the dequantizers use only vf_mul / vf_add / vf_sub, which round once each, as the
@@ -54,6 +55,9 @@ static inline vi vi_add(vi v, int32_t n) { return _mm512_add_epi32(v, _mm512_set
 static inline vi vi_srl(vi v, int n) { return _mm512_srli_epi32(v, (unsigned)n); }
 static inline vi vi_sll(vi v, int n) { return _mm512_slli_epi32(v, (unsigned)n); }
 static inline vf vi_float(vi v) { return _mm512_cvtepi32_ps(v); }
+static inline vi vf_trunc(vf v) { return _mm512_cvttps_epi32(v); }
+static inline vf vi_as_float(vi v) { return _mm512_castsi512_ps(v); }
+static inline vf vf_max(vf a, vf b) { return _mm512_max_ps(a, b); }
 static inline vi vi_or_bits(vi v, uint32_t bits, int32_t value) {
     return _mm512_mask_or_epi32(v, (__mmask16)bits, v, _mm512_set1_epi32(value));
 }
@@ -105,6 +109,9 @@ static inline vi vi_add(vi v, int32_t n) { return _mm256_add_epi32(v, _mm256_set
 static inline vi vi_srl(vi v, int n) { return _mm256_srli_epi32(v, n); }
 static inline vi vi_sll(vi v, int n) { return _mm256_slli_epi32(v, n); }
 static inline vf vi_float(vi v) { return _mm256_cvtepi32_ps(v); }
+static inline vi vf_trunc(vf v) { return _mm256_cvttps_epi32(v); }
+static inline vf vi_as_float(vi v) { return _mm256_castsi256_ps(v); }
+static inline vf vf_max(vf a, vf b) { return _mm256_max_ps(a, b); }
 static inline vi vi_or_bits(vi v, uint32_t bits, int32_t value) {
     const __m256i lane_bit = _mm256_setr_epi32(1, 2, 4, 8, 16, 32, 64, 128);
     __m256i set = _mm256_cmpeq_epi32(_mm256_and_si256(_mm256_set1_epi32((int)bits), lane_bit), lane_bit);
@@ -167,6 +174,12 @@ static inline vi vi_add(vi v, int32_t n) { return v + n; }
 static inline vi vi_srl(vi v, int n) { return (vi)((uint32_t __attribute__((vector_size(16))))v >> n); }
 static inline vi vi_sll(vi v, int n) { return v << n; }
 static inline vf vi_float(vi v) { return __builtin_convertvector(v, vf); }
+static inline vi vf_trunc(vf v) { return __builtin_convertvector(v, vi); }
+static inline vf vi_as_float(vi v) { return (vf)v; }
+static inline vf vf_max(vf a, vf b) {
+    vi a_larger = a > b; /* all ones where true */
+    return (vf)(((vi)a & a_larger) | ((vi)b & ~a_larger));
+}
 static inline vi vi_or_bits(vi v, uint32_t bits, int32_t value) {
     vi set = {bits & 1 ? value : 0, bits & 2 ? value : 0, bits & 4 ? value : 0, bits & 8 ? value : 0};
     return v | set;

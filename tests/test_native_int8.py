@@ -1,0 +1,141 @@
+"""Products with 8-bit activations (native.matmul(..., int8_activations=True)), llama.cpp's numerics for
+quantized weights, against a numpy transcription of the rounding they document (runtime.c,
+quantize_activations: per block d = max|x| / 127, q = rint(x * (127 / max|x|))) and a float64 product."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from compare import assert_logits_match, ids_for
+from test_native import ISAS, needs_native, packed, widths
+
+import tfb
+import tfb.quant.native as native
+from tfb.gguf.ggml_types import GGML_TYPE_BY_NAME
+
+INT8_TYPES = ["Q8_0", "Q4_0", "Q4_K", "Q5_K", "Q6_K"]
+
+
+@pytest.fixture(params=ISAS)
+def isa(request: pytest.FixtureRequest):
+    if not native.set_isa(request.param):
+        pytest.skip(f"this CPU does not run {request.param}")
+    yield request.param
+    native.set_isa("")
+
+
+def rounded(x: np.ndarray, block: int) -> tuple[np.ndarray, np.ndarray]:
+    """Each row of x as 8-bit values q and per-block scales d (float32 arithmetic, as documented)."""
+    blocks = x.astype(np.float32).reshape(x.shape[0], -1, block)
+    top = np.abs(blocks).max(axis=-1, keepdims=True)
+    with np.errstate(divide="ignore"):
+        inverse = np.where(top > 0, np.float32(127) / top, np.float32(0)).astype(np.float32)
+    q = np.rint(blocks * inverse).astype(np.int8)
+    return q.reshape(x.shape), (top / np.float32(127)).astype(np.float32)[..., 0]
+
+
+def expected(x: torch.Tensor, weight_values: torch.Tensor, block: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The product with the rounded activations, in float64, and sum |w| |x rounded| (its float32 scale)."""
+    q, d = rounded(x.numpy(), block)
+    x_rounded = torch.from_numpy(q.reshape(q.shape[0], -1, block).astype(np.float64) * d[..., None].astype(np.float64))
+    x_rounded = x_rounded.reshape(x.shape)
+    w = weight_values.double()
+    return x_rounded @ w.T, x_rounded.abs() @ w.abs().T
+
+
+def activation_block(name: str) -> int:
+    return 256 if name.endswith("_K") else 32
+
+
+@needs_native
+def test_int8_types() -> None:
+    have = [name for name, t in GGML_TYPE_BY_NAME.items() if native.supports_int8(t)]
+    assert sorted(have) == sorted(INT8_TYPES)
+
+
+@needs_native
+@pytest.mark.parametrize(("name", "kind"), [(n, "moderate") for n in INT8_TYPES] + [("Q8_0", "quantized"),
+                                                                                ("Q4_0", "quantized")])
+def test_matches_the_rounded_activations(isa: str, name: str, kind: str) -> None:
+    rng = np.random.default_rng(3)
+    for cols in widths(name):
+        weight = packed(name, 37, cols, rng, kind)
+        values = weight.dequantize()
+        for rows in (1, 2):
+            x = torch.randn(rows, cols, generator=torch.Generator().manual_seed(rows)) * 3
+            x[0, :40] *= 50  # an outlier run: blocks differ in scale
+            y = native.matmul(x, weight, int8_activations=True)
+            assert y is not None and y.shape == (rows, 37)
+            want, scale = expected(x, values, activation_block(name))
+            error = ((y.double() - want).abs() / scale.clamp_min(1e-300)).max().item()
+            assert error <= 1e-5, f"relative error {error:.2e}"
+
+
+@needs_native
+@pytest.mark.parametrize("name", INT8_TYPES)
+def test_within_the_rounding_of_the_float_product(name: str) -> None:
+    """|int8 result - exact product| <= sum over weights of |w| * (half a step of the activation's block)."""
+    rng = np.random.default_rng(4)
+    cols = widths(name)[1]
+    weight = packed(name, 29, cols, rng, "moderate")
+    values = weight.dequantize().double()
+    x = torch.randn(1, cols, generator=torch.Generator().manual_seed(5))
+    y = native.matmul(x, weight, int8_activations=True)
+    assert y is not None
+    block = activation_block(name)
+    half_step = (x.abs().view(1, -1, block).amax(-1, keepdim=True) / 127 / 2).expand(1, -1, block).reshape(1, cols)
+    bound = values.abs() @ half_step.double().T
+    exact = values @ x.double().T
+    assert ((y.double().T - exact).abs() <= bound * 1.001 + 1e-6).all()
+    assert not torch.equal(y, native.matmul(x, weight))  # it is rounded: not the float32 path in disguise
+
+
+@needs_native
+@pytest.mark.parametrize("name", ["Q8_0", "Q6_K"])
+def test_float_path_where_int8_does_not_apply(name: str) -> None:
+    """More than two rows, and rows holding a NaN or an infinity, take the float32 products exactly."""
+    rng = np.random.default_rng(6)
+    cols = widths(name)[0]
+    weight = packed(name, 19, cols, rng, "moderate")
+    x = torch.randn(5, cols, generator=torch.Generator().manual_seed(7))
+    assert torch.equal(native.matmul(x, weight, int8_activations=True), native.matmul(x, weight))
+    for bad in (float("nan"), float("inf")):
+        x1 = x[:1].clone()
+        x1[0, 3] = bad
+        y = native.matmul(x1, weight, int8_activations=True)
+        assert torch.equal(y.isnan(), native.matmul(x1, weight).isnan())
+        assert not torch.isfinite(y).all()
+
+
+@needs_native
+def test_zero_blocks_and_types_without_int8() -> None:
+    rng = np.random.default_rng(8)
+    weight = packed("Q4_K", 8, 512, rng, "moderate")
+    x = torch.zeros(1, 512)
+    x[0, 300] = 2.0  # the first block is all zero
+    want, _ = expected(x, weight.dequantize(), 256)
+    assert torch.allclose(native.matmul(x, weight, int8_activations=True).double(), want, rtol=1e-5, atol=1e-6)
+    other = packed("Q4_1", 8, 512, rng, "moderate")  # no int8 products: the float32 path, whatever was asked
+    x = torch.randn(1, 512)
+    assert torch.equal(native.matmul(x, other, int8_activations=True), native.matmul(x, other))
+
+
+@needs_native
+@pytest.mark.parametrize(("family", "outtype"), [("qwen3", "q8_0"), ("llama", "q4_0"), ("qwen3moe", "q4_0")])
+def test_a_model_with_int8_activations(tiny_model, family: str, outtype: str) -> None:
+    """Decoding-step logits stay near transformers' (rounding activations to 8 bits moves them by a few
+    hundredths of the largest logit at most); the option can be turned off again, back to the exact path."""
+    reference, path = tiny_model(family, outtype)
+    exact, fast = tfb.load(path), tfb.load(path, int8_activations=True)
+    for batch in (1, 2):  # one and two rows: the matrix-vector products
+        ids = ids_for(exact.config.vocab_size, batch, 1)
+        with torch.no_grad():
+            want, got, plain = reference(ids).logits, fast(ids), exact(ids)
+        assert_logits_match(plain, want)
+        scale = want.abs().max().item()
+        assert (got - want).abs().max().item() <= 3e-2 * scale
+        assert not torch.equal(got, plain)
+    fast.use_int8_activations(False)
+    with torch.no_grad():
+        assert torch.equal(fast(ids), plain)

@@ -1,0 +1,315 @@
+/* Matrix-vector products with the activations rounded to 8 bits, as llama.cpp computes them for quantized
+ * weights: within a block, integer products of the weights' integer fields and the activations' (u8 x s8
+ * pairs summed in int16, then int32), scaled once per block in float32 by the weight's and the activation's
+ * scales. Much less work per weight than widening every weight to float, at the cost of rounding each
+ * activation to 1/254 of its block's largest magnitude (runtime.c, quantize_activations).
+ *
+ * Compiled in the same passes as kernels.c. The AVX2 branch (taken by the AVX-512 pass too) works on 32
+ * bytes at a time; the portable branch is plain C. Every integer sum is exact in every branch (bounds
+ * below), so the branches differ only in the order of the float32 block sums.
+ */
+#include "formats.h"
+#include "simd.h"
+#include "unpack.h"
+
+#ifndef TFB_ISA_SYMBOL
+#error "compile with -DTFB_ISA_SYMBOL=<exported table name>"
+#endif
+
+#if defined(__AVX2__)
+/* ----------------------------------------------------------------------------------------- AVX2 */
+typedef __m256i acc_i32; /* eight int32 partial sums */
+typedef __m256 acc_f32;  /* eight float32 partial sums */
+
+static inline acc_i32 acc_i32_zero(void) { return _mm256_setzero_si256(); }
+static inline int32_t acc_i32_sum(acc_i32 v) {
+    __m128i s = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
+    s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0x4E));
+    s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0xB1));
+    return _mm_cvtsi128_si32(s);
+}
+static inline acc_f32 acc_f32_zero(void) { return _mm256_setzero_ps(); }
+static inline float acc_f32_sum(acc_f32 a, acc_f32 b) {
+    __m256 v = _mm256_add_ps(a, b);
+    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    s = _mm_add_ss(s, _mm_movehdup_ps(s));
+    return _mm_cvtss_f32(s);
+}
+
+/* acc + lo * (q . a over bytes 0-15) + hi * (q . a over bytes 16-31): q unsigned below 128, a signed and
+ * |lo|, |hi| <= 128. Pair sums stay within 2 * 127 * 127 < 2^15, each lane's scaled sum within 2^23. */
+static inline acc_i32 dot32_scaled(acc_i32 acc, const uint8_t *q, const int8_t *a, int16_t lo, int16_t hi) {
+    __m256i pairs = _mm256_maddubs_epi16(_mm256_loadu_si256((const __m256i *)q), _mm256_loadu_si256((const __m256i *)a));
+    __m256i scale = _mm256_set_m128i(_mm_set1_epi16(hi), _mm_set1_epi16(lo));
+    return _mm256_add_epi32(acc, _mm256_madd_epi16(pairs, scale));
+}
+
+/* acc + scale * (w . a) over 32 signed bytes each. maddubs multiplies unsigned by signed bytes, so |w|
+ * meets a with w's sign (|-128| = 128 read unsigned); pair sums stay within 2 * 128 * 127 < 2^15. */
+static inline acc_f32 dot32_signed(acc_f32 acc, const int8_t *w, const int8_t *a, float scale) {
+    __m256i wv = _mm256_loadu_si256((const __m256i *)w), av = _mm256_loadu_si256((const __m256i *)a);
+    __m256i pairs = _mm256_maddubs_epi16(_mm256_sign_epi8(wv, wv), _mm256_sign_epi8(av, wv));
+    __m256i sums = _mm256_madd_epi16(pairs, _mm256_set1_epi16(1));
+    return _mm256_fmadd_ps(_mm256_cvtepi32_ps(sums), _mm256_set1_ps(scale), acc);
+}
+
+#else
+/* ------------------------------------------------------------------------------------- portable */
+typedef int32_t acc_i32;
+typedef float acc_f32;
+
+static inline acc_i32 acc_i32_zero(void) { return 0; }
+static inline int32_t acc_i32_sum(acc_i32 v) { return v; }
+static inline acc_f32 acc_f32_zero(void) { return 0.0f; }
+static inline float acc_f32_sum(acc_f32 a, acc_f32 b) { return a + b; }
+
+static inline acc_i32 dot32_scaled(acc_i32 acc, const uint8_t *q, const int8_t *a, int16_t lo, int16_t hi) {
+    int32_t s_lo = 0, s_hi = 0;
+    for (int i = 0; i < 16; i++) s_lo += q[i] * a[i];
+    for (int i = 16; i < 32; i++) s_hi += q[i] * a[i];
+    return acc + lo * s_lo + hi * s_hi;
+}
+
+static inline acc_f32 dot32_signed(acc_f32 acc, const int8_t *w, const int8_t *a, float scale) {
+    int32_t s = 0;
+    for (int i = 0; i < 32; i++) s += w[i] * a[i];
+    return acc + (float)s * scale;
+}
+#endif
+
+/* sum over the sub-blocks j (of `sub` = 16 or 32 values) of scale[j] * (q . a over sub-block j), for 256
+ * unsigned q below 128: within 8 * 8 * 2^23 = 2^29 */
+static inline int32_t dot256_scaled(const uint8_t *q, const int8_t *a, const int16_t *scale, int sub) {
+    acc_i32 acc = acc_i32_zero();
+    for (int c = 0; c < 8; c++) {
+        int16_t lo = sub == 32 ? scale[c] : scale[2 * c], hi = sub == 32 ? scale[c] : scale[2 * c + 1];
+        acc = dot32_scaled(acc, q + 32 * c, a + 32 * c, lo, hi);
+    }
+    return acc_i32_sum(acc);
+}
+
+/* ------------------------------------------------------------------------- 32-weight formats */
+
+/* Q8_0, 34 bytes: d (f16), qs[32] (int8) */
+static void rows_q8_0(const uint8_t *w, int64_t stride, int64_t nrows, int64_t nb, const int8_row *a, float *y) {
+    for (int64_t r = 0; r < nrows; r++) {
+        const uint8_t *row = w + r * stride;
+        acc_f32 acc0 = acc_f32_zero(), acc1 = acc_f32_zero();
+        int64_t b = 0;
+        for (; b + 1 < nb; b += 2) {
+            const uint8_t *blk = row + 34 * b;
+            acc0 = dot32_signed(acc0, (const int8_t *)blk + 2, a->q + 32 * b, load_half(blk) * a->d[b]);
+            acc1 = dot32_signed(acc1, (const int8_t *)blk + 36, a->q + 32 * b + 32, load_half(blk + 34) * a->d[b + 1]);
+        }
+        if (b < nb) acc0 = dot32_signed(acc0, (const int8_t *)row + 34 * b + 2, a->q + 32 * b, load_half(row + 34 * b) * a->d[b]);
+        y[r] = acc_f32_sum(acc0, acc1);
+    }
+}
+
+/* Q4_0, 18 bytes: d (f16), qs[16]; weight j < 16 is the low nibble of qs[j], weight j + 16 the high one,
+ * minus 8: q . a - 8 * sum(a) */
+static void rows_q4_0(const uint8_t *w, int64_t stride, int64_t nrows, int64_t nb, const int8_row *a, float *y) {
+    uint8_t q[32] __attribute__((aligned(32)));
+    for (int64_t r = 0; r < nrows; r++) {
+        const uint8_t *row = w + r * stride;
+        float sum = 0.0f;
+        for (int64_t b = 0; b < nb; b++) {
+            const uint8_t *blk = row + 18 * b;
+            for (int i = 0; i < 16; i++) q[i] = blk[2 + i] & 15, q[i + 16] = blk[2 + i] >> 4;
+            int32_t dot = acc_i32_sum(dot32_scaled(acc_i32_zero(), q, a->q + 32 * b, 1, 1));
+            int32_t bias = 8 * (a->sums[2 * b] + a->sums[2 * b + 1]);
+            sum += load_half(blk) * a->d[b] * (float)(dot - bias);
+        }
+        y[r] = sum;
+    }
+}
+
+/* ------------------------------------------------------------------------------------ k-quants */
+
+#if defined(__AVX2__)
+/* The AVX2 bodies read the blocks' bit fields straight into registers and keep the float32 sums in a
+ * vector: one horizontal sum per row. A sub-block's integer scale reaches the int16 lanes of its weights by
+ * one byte shuffle of the block's scales, held as int16 in both 128-bit lanes. */
+
+/* shuffle controls: SCALE_PAIR[j] puts int16 j of each 128-bit lane in every int16 of the lower lane and
+ * int16 j + 1 in the upper lane (Q6_K's 16-weight sub-blocks); SCALE_ONE[j] int16 j everywhere */
+static inline __m256i scale_control(int low, int high) {
+    return _mm256_setr_epi8(2 * low, 2 * low + 1, 2 * low, 2 * low + 1, 2 * low, 2 * low + 1, 2 * low, 2 * low + 1,
+                            2 * low, 2 * low + 1, 2 * low, 2 * low + 1, 2 * low, 2 * low + 1, 2 * low, 2 * low + 1,
+                            2 * high, 2 * high + 1, 2 * high, 2 * high + 1, 2 * high, 2 * high + 1, 2 * high,
+                            2 * high + 1, 2 * high, 2 * high + 1, 2 * high, 2 * high + 1, 2 * high, 2 * high + 1,
+                            2 * high, 2 * high + 1);
+}
+
+/* eight bytes as int16 in both 128-bit lanes (unsigned, or signed for _signed) */
+static inline __m256i bytes8_int16(uint64_t b) {
+    return _mm256_broadcastsi128_si256(_mm_cvtepu8_epi16(_mm_cvtsi64_si128((long long)b)));
+}
+static inline __m256i sbytes8_int16(uint64_t b) {
+    return _mm256_broadcastsi128_si256(_mm_cvtepi8_epi16(_mm_cvtsi64_si128((long long)b)));
+}
+
+static inline __m256i load32(const void *p) { return _mm256_loadu_si256((const __m256i *)p); }
+
+/* Q4_K and Q5_K: for each pair of sub-blocks (2c, 2c + 1), the low and high nibbles of qs[32c ..] (Q5_K: plus
+ * the fifth bits of qh) times the activations, scaled by the sub-block's 6-bit scale. */
+static inline __attribute__((always_inline)) void rows_k4(const uint8_t *w, int64_t stride, int64_t nrows,
+                                                          int64_t nb, const int8_row *a, float *y, int type_size,
+                                                          int five_bits) {
+    const __m256i nibbles = _mm256_set1_epi8(15), fifth = _mm256_set1_epi8(16);
+    for (int64_t r = 0; r < nrows; r++) {
+        const uint8_t *row = w + r * stride;
+        __m256 acc = _mm256_setzero_ps();
+        for (int64_t b = 0; b < nb; b++) {
+            const uint8_t *blk = row + type_size * b, *qs = blk + (five_bits ? 48 : 16);
+            const int8_t *ab = a->q + 256 * b;
+            uint64_t scales, mins;
+            k4_unpack(blk + 4, &scales, &mins);
+            __m256i sc = bytes8_int16(scales);
+            __m256i dot = _mm256_setzero_si256();
+            __m256i high_bits = five_bits ? load32(blk + 16) : _mm256_setzero_si256();
+            for (int c = 0; c < 4; c++) {
+                __m256i packed = load32(qs + 32 * c);
+                __m256i low = _mm256_and_si256(packed, nibbles);
+                __m256i high = _mm256_and_si256(_mm256_srli_epi16(packed, 4), nibbles);
+                if (five_bits) {
+                    low = _mm256_or_si256(low, _mm256_and_si256(_mm256_slli_epi16(high_bits, 4), fifth));
+                    high = _mm256_or_si256(high, _mm256_and_si256(_mm256_slli_epi16(high_bits, 3), fifth));
+                    high_bits = _mm256_srli_epi16(high_bits, 2);
+                }
+                __m256i p_low = _mm256_maddubs_epi16(low, load32(ab + 64 * c));
+                __m256i p_high = _mm256_maddubs_epi16(high, load32(ab + 64 * c + 32));
+                p_low = _mm256_madd_epi16(p_low, _mm256_shuffle_epi8(sc, scale_control(2 * c, 2 * c)));
+                p_high = _mm256_madd_epi16(p_high, _mm256_shuffle_epi8(sc, scale_control(2 * c + 1, 2 * c + 1)));
+                dot = _mm256_add_epi32(dot, _mm256_add_epi32(p_low, p_high));
+            }
+            /* the mins' share: m_j * (sums of runs 2j and 2j + 1), m_j duplicated into both runs' lanes */
+            __m128i m8 = _mm_cvtsi64_si128((long long)mins);
+            __m256i m16 = _mm256_cvtepu8_epi16(_mm_unpacklo_epi8(m8, m8));
+            __m256i offset = _mm256_madd_epi16(m16, load32(a->sums + 16 * b));
+            float da = a->d[b];
+            acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot), _mm256_set1_ps(load_half(blk) * da), acc);
+            acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(offset), _mm256_set1_ps(-load_half(blk + 2) * da), acc);
+        }
+        y[r] = acc_f32_sum(acc, _mm256_setzero_ps());
+    }
+}
+
+static void rows_q4_k(const uint8_t *w, int64_t stride, int64_t nrows, int64_t nb, const int8_row *a, float *y) {
+    rows_k4(w, stride, nrows, nb, a, y, 144, 0);
+}
+
+static void rows_q5_k(const uint8_t *w, int64_t stride, int64_t nrows, int64_t nb, const int8_row *a, float *y) {
+    rows_k4(w, stride, nrows, nb, a, y, 176, 1);
+}
+
+/* Q6_K: per half h, four runs of 32 weights built from ql's nibbles and qh's bit pairs (as q6_k_unpack),
+ * each two sub-blocks of 16; the bias of 32 through the activation sums. */
+static void rows_q6_k(const uint8_t *w, int64_t stride, int64_t nrows, int64_t nb, const int8_row *a, float *y) {
+    const __m256i nibbles = _mm256_set1_epi8(15), pair = _mm256_set1_epi8(0x30);
+    for (int64_t r = 0; r < nrows; r++) {
+        const uint8_t *row = w + r * stride;
+        __m256 acc = _mm256_setzero_ps();
+        for (int64_t b = 0; b < nb; b++) {
+            const uint8_t *blk = row + 210 * b;
+            const int8_t *ab = a->q + 256 * b;
+            __m256i dot = _mm256_setzero_si256();
+            for (int h = 0; h < 2; h++) {
+                __m256i sc = sbytes8_int16(load_u64(blk + 192 + 8 * h));
+                __m256i lo = load32(blk + 64 * h), hi = load32(blk + 64 * h + 32), bits = load32(blk + 128 + 32 * h);
+                __m256i q[4] = {
+                    _mm256_or_si256(_mm256_and_si256(lo, nibbles), _mm256_and_si256(_mm256_slli_epi16(bits, 4), pair)),
+                    _mm256_or_si256(_mm256_and_si256(hi, nibbles), _mm256_and_si256(_mm256_slli_epi16(bits, 2), pair)),
+                    _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(lo, 4), nibbles), _mm256_and_si256(bits, pair)),
+                    _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(hi, 4), nibbles),
+                                    _mm256_and_si256(_mm256_srli_epi16(bits, 2), pair)),
+                };
+                for (int k = 0; k < 4; k++) {
+                    __m256i p = _mm256_maddubs_epi16(q[k], load32(ab + 128 * h + 32 * k));
+                    dot = _mm256_add_epi32(dot, _mm256_madd_epi16(p, _mm256_shuffle_epi8(sc, scale_control(2 * k, 2 * k + 1))));
+                }
+            }
+            __m256i sc16 = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)(blk + 192)));
+            __m256i bias = _mm256_madd_epi16(sc16, load32(a->sums + 16 * b));
+            dot = _mm256_sub_epi32(dot, _mm256_slli_epi32(bias, 5));
+            acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot), _mm256_set1_ps(load_half(blk + 208) * a->d[b]), acc);
+        }
+        y[r] = acc_f32_sum(acc, _mm256_setzero_ps());
+    }
+}
+
+#else
+/* Q4_K (144 bytes) and Q5_K (176): eight sub-blocks of 32 with 6-bit scales and mins. A block contributes
+ * d_a * (d * sum_j sc_j (q_j . a_j) - dmin * sum_j m_j sum(a_j)). */
+static inline __attribute__((always_inline)) void rows_k4(const uint8_t *w, int64_t stride, int64_t nrows, int64_t nb,
+                                                          const int8_row *a, float *y, int type_size,
+                                                          void (*unpack)(const uint8_t *, uint8_t *)) {
+    uint8_t q[256] __attribute__((aligned(32)));
+    for (int64_t r = 0; r < nrows; r++) {
+        const uint8_t *row = w + r * stride;
+        float sum = 0.0f;
+        for (int64_t b = 0; b < nb; b++) {
+            const uint8_t *blk = row + type_size * b;
+            const int16_t *sums = a->sums + 16 * b;
+            uint64_t scales, mins;
+            k4_unpack(blk + 4, &scales, &mins);
+            int16_t sc[8];
+            int32_t offset = 0;
+            for (int j = 0; j < 8; j++) {
+                sc[j] = (int16_t)(uint8_t)(scales >> 8 * j);
+                offset += (int32_t)(uint8_t)(mins >> 8 * j) * (sums[2 * j] + sums[2 * j + 1]);
+            }
+            unpack(blk, q);
+            int32_t dot = dot256_scaled(q, a->q + 256 * b, sc, 32);
+            sum += a->d[b] * (load_half(blk) * (float)dot - load_half(blk + 2) * (float)offset);
+        }
+        y[r] = sum;
+    }
+}
+
+static void rows_q4_k(const uint8_t *w, int64_t stride, int64_t nrows, int64_t nb, const int8_row *a, float *y) {
+    rows_k4(w, stride, nrows, nb, a, y, 144, q4_k_unpack);
+}
+
+static void rows_q5_k(const uint8_t *w, int64_t stride, int64_t nrows, int64_t nb, const int8_row *a, float *y) {
+    rows_k4(w, stride, nrows, nb, a, y, 176, q5_k_unpack);
+}
+
+/* Q6_K, 210 bytes: sixteen sub-blocks of 16, int8 scales, values q - 32:
+ * d_a * d * sum_j sc_j (q_j . a_j - 32 sum(a_j)) */
+static void rows_q6_k(const uint8_t *w, int64_t stride, int64_t nrows, int64_t nb, const int8_row *a, float *y) {
+    uint8_t q[256] __attribute__((aligned(32)));
+    for (int64_t r = 0; r < nrows; r++) {
+        const uint8_t *row = w + r * stride;
+        float sum = 0.0f;
+        for (int64_t b = 0; b < nb; b++) {
+            const uint8_t *blk = row + 210 * b;
+            const int16_t *sums = a->sums + 16 * b;
+            int16_t sc[16];
+            int32_t bias = 0;
+            for (int j = 0; j < 16; j++) {
+                sc[j] = (int8_t)blk[192 + j];
+                bias += sc[j] * sums[j];
+            }
+            q6_k_unpack(blk, q);
+            int32_t dot = dot256_scaled(q, a->q + 256 * b, sc, 16) - 32 * bias;
+            sum += a->d[b] * load_half(blk + 208) * (float)dot;
+        }
+        y[r] = sum;
+    }
+}
+
+#endif
+
+#define CONCAT(a, b) a##b
+#define INT8_TABLE(isa) CONCAT(isa, _int8)
+
+const int8_kernels INT8_TABLE(TFB_ISA_SYMBOL)[] = {
+    {TYPE_Q8_0, 32, rows_q8_0},
+    {TYPE_Q4_0, 32, rows_q4_0},
+    {TYPE_Q4_K, 256, rows_q4_k},
+    {TYPE_Q5_K, 256, rows_q5_k},
+    {TYPE_Q6_K, 256, rows_q6_k},
+    {0, 0, 0},
+};

@@ -1,0 +1,59 @@
+/* Unpacking k-quant blocks' integer fields, shared by the float kernels (kernels.c) and the 8-bit
+ * activation products (int8.c). Block layouts are described next to each format's kernels in kernels.c.
+ */
+#ifndef TFB_UNPACK_H
+#define TFB_UNPACK_H
+
+#include <stdint.h>
+#include <string.h>
+
+typedef uint8_t u8x32 __attribute__((vector_size(32)));
+
+static inline u8x32 load_u8x32(const uint8_t *p) {
+    u8x32 v;
+    memcpy(&v, p, 32);
+    return v;
+}
+
+static inline void store_u8x32(uint8_t *p, u8x32 v) { memcpy(p, &v, 32); }
+
+/* Q4_K and Q5_K's eight 6-bit scales and mins, one per byte of *scales and *mins (ggml's get_scale_min_k4) */
+static inline void k4_unpack(const uint8_t *s, uint64_t *scales, uint64_t *mins) {
+    uint32_t u0 = load_u32(s), u1 = load_u32(s + 4), u2 = load_u32(s + 8);  /* 4 fields at a time */
+    uint32_t scales47 = (u2 & 0x0F0F0F0F) | (u0 >> 6 & 0x03030303) << 4;
+    uint32_t mins47 = (u2 >> 4 & 0x0F0F0F0F) | (u1 >> 6 & 0x03030303) << 4;
+    *scales = (u0 & 0x3F3F3F3F) | (uint64_t)scales47 << 32;
+    *mins = (u1 & 0x3F3F3F3F) | (uint64_t)mins47 << 32;
+}
+
+/* Q4_K's nibbles in weight order: sub-blocks 2c and 2c + 1 are the low and high nibbles of qs[32c ..] */
+static inline void q4_k_unpack(const uint8_t *blk, uint8_t *q) {
+    for (int c = 0; c < 4; c++) {
+        u8x32 packed = load_u8x32(blk + 16 + 32 * c);
+        store_u8x32(q + 64 * c, packed & 15);
+        store_u8x32(q + 64 * c + 32, packed >> 4);
+    }
+}
+
+/* Q5_K's five-bit values in weight order */
+static inline void q5_k_unpack(const uint8_t *blk, uint8_t *q) {
+    u8x32 high = load_u8x32(blk + 16);
+    for (int c = 0; c < 4; c++) {
+        u8x32 low = load_u8x32(blk + 48 + 32 * c);
+        store_u8x32(q + 64 * c, (low & 15) | ((high >> (2 * c)) & 1) << 4);
+        store_u8x32(q + 64 * c + 32, (low >> 4) | ((high >> (2 * c + 1)) & 1) << 4);
+    }
+}
+
+/* Q6_K's six-bit values (0..63, before the bias of 32) in weight order */
+static inline void q6_k_unpack(const uint8_t *blk, uint8_t *q) {
+    for (int h = 0; h < 2; h++) {
+        u8x32 a = load_u8x32(blk + 64 * h), b = load_u8x32(blk + 64 * h + 32), bits = load_u8x32(blk + 128 + 32 * h);
+        store_u8x32(q + 128 * h, (a & 15) | ((bits << 4) & 0x30));
+        store_u8x32(q + 128 * h + 32, (b & 15) | ((bits << 2) & 0x30));
+        store_u8x32(q + 128 * h + 64, (a >> 4) | (bits & 0x30));
+        store_u8x32(q + 128 * h + 96, (b >> 4) | ((bits >> 2) & 0x30));
+    }
+}
+
+#endif
