@@ -368,6 +368,28 @@ def test_rms_norm(isa: str, rows: int, n: int, weighted: bool, monkeypatch: pyte
     torch.testing.assert_close(slow.double(), expected, rtol=1e-5, atol=1e-5)
 
 
+@needs_native
+@pytest.mark.parametrize(("pairing", "dims"), [("half", 16), ("adjacent", 16), ("half", 10), ("adjacent", 6)])
+def test_rope_equals_the_torch_rotation(pairing: str, dims: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The native rope rotates queries and keys to exactly the torch path's values (same float32 steps),
+    partial rotations included, for strided inputs (views of a fused projection) too."""
+    from tfb.nn.rotary import RopeParams, Rotary
+
+    rotary = Rotary(RopeParams(dims, pairing, 10000.0, 1.0, 0.0, 1.0, 32.0, 1.0, 4096))
+    torch.manual_seed(dims)
+    fused = torch.randn(2, 3, 7 * 16) * 4  # [batch, seq, (4 query + 3 key) heads x 16]
+    q, k = fused[..., :64].view(2, 3, 4, 16), fused[..., 64:].view(2, 3, 3, 16)
+    cos, sin = rotary.angles(torch.arange(5, 8)[None].expand(2, 3))
+    calls = []
+    monkeypatch.setattr(native, "rope", lambda *a: calls.append(1) or native.ops.rope(*a))
+    fast = rotary.rotate_pair(q, k, cos, sin)
+    assert calls, "the native kernel was not used"
+    monkeypatch.setattr(native, "rope", lambda *a: None)
+    slow = rotary.rotate_pair(q, k, cos, sin)
+    for f, s, x in zip(fast, slow, (q, k), strict=True):
+        assert torch.equal(f, s) and torch.equal(f, rotary.rotate(x, cos, sin))
+
+
 # --------------------------------------------------------------------------------------- fallbacks
 
 FALLBACK_SCRIPT = textwrap.dedent("""

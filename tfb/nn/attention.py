@@ -120,8 +120,8 @@ class Attention(nn.Module):
         v = v.view(b, t, s.n_kv_heads, s.value_dim)
         if o.qk_norm is not None and o.qk_norm_over == "head":
             q, k = self.q_norm(q), self.k_norm(k)
-        if o.use_rope:  # one rotation for the query and key heads together: half the small torch calls
-            q, k = rotary.rotate(torch.cat((q, k), dim=2), cos, sin).split([s.n_heads, s.n_kv_heads], dim=2)
+        if o.use_rope:
+            q, k = rotary.rotate_pair(q, k, cos, sin)
         if o.temperature_scale:
             steps = torch.floor(positions.double() / o.temperature_length)
             temp = (torch.log(steps + 1.0) * o.temperature_scale + 1.0).to(q.dtype)

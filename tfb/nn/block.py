@@ -35,10 +35,13 @@ class Block(nn.Module):
         if self.post_attention_norm is not None:
             a = self.post_attention_norm(a)
         if self.parallel:
-            return x + (a + self.ffn(h)) * self.residual_scale
-        x = x + a * self.residual_scale
+            return x + self._scaled(a + self.ffn(h))
+        x = x + self._scaled(a)
         h = self.ffn_norm(x) if self.ffn_norm is not None else x
         f = self.ffn(h)
         if self.post_ffw_norm is not None:
             f = self.post_ffw_norm(f)
-        return x + f * self.residual_scale
+        return x + self._scaled(f)
+
+    def _scaled(self, branch: torch.Tensor) -> torch.Tensor:
+        return branch if self.residual_scale == 1.0 else branch * self.residual_scale

@@ -17,6 +17,7 @@ from tfb.quant.native.ops import (
     matmul,
     prepare,
     rms_norm,
+    rope,
     set_isa,
     set_threads,
     supports,
@@ -27,5 +28,5 @@ from tfb.quant.native.ops import (
 )
 
 __all__ = ["NATIVE_MAX_ROWS", "Prepared", "attend", "available", "dequantize", "dequantize_into", "isa", "matmul",
-           "prepare", "rms_norm", "set_isa", "set_threads", "supports", "supports_int8", "threads", "use_openmp",
-           "uses_openmp"]
+           "prepare", "rms_norm", "rope", "set_isa", "set_threads", "supports", "supports_int8", "threads",
+           "use_openmp", "uses_openmp"]

@@ -129,6 +129,7 @@ def _declare(lib: ctypes.CDLL) -> ctypes.CDLL:
         "tfb_attend": (ctypes.c_int, [ptr, i64, i64, i64, i64, ptr, i64, i64, ptr, i64, i64, i64, i64,
                                       ctypes.c_int, ctypes.c_float, ctypes.c_float, ptr, ptr]),
         "tfb_rms_norm": (ctypes.c_int, [ptr, i64, i64, ptr, ctypes.c_float, ptr]),
+        "tfb_rope": (ctypes.c_int, [ptr, i64, i64, i64, i64, ptr, ptr, ctypes.c_int, ptr]),
         "tfb_supports": (ctypes.c_int, [ctypes.c_int]),
         "tfb_supports_int8": (ctypes.c_int, [ctypes.c_int]),
         "tfb_set_isa": (ctypes.c_int, [ctypes.c_char_p]),

@@ -198,3 +198,21 @@ def rms_norm(x: torch.Tensor, weight: torch.Tensor | None, eps: float) -> torch.
     _check(lib.tfb_rms_norm(x.data_ptr(), x.numel() // n, n, None if w is None else w.data_ptr(), eps,
                             y.data_ptr()), "RMS norm")
     return y
+
+
+def rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, dims: int, adjacent: bool) -> torch.Tensor | None:
+    """x [..., tokens, heads, head_dim] float32 with the leading `dims` of each head rotated by cos, sin
+    [..., tokens, dims / 2] (pairs (i, i + dims/2), or (2i, 2i + 1) where `adjacent`), exactly as the torch
+    path computes it; None where the native path cannot serve the call."""
+    lib = library()
+    if lib is None or x.dtype != torch.float32 or cos.dtype != torch.float32:
+        return None
+    x, cos, sin = x.contiguous(), cos.contiguous(), sin.contiguous()
+    heads, head_dim = x.shape[-2], x.shape[-1]
+    tokens = x.numel() // (heads * head_dim)
+    if cos.numel() != tokens * (dims // 2) or sin.shape != cos.shape:
+        return None
+    y = torch.empty_like(x)
+    _check(lib.tfb_rope(x.data_ptr(), tokens, heads, head_dim, dims, cos.data_ptr(), sin.data_ptr(), int(adjacent),
+                        y.data_ptr()), "rope")
+    return y

@@ -420,14 +420,21 @@ static int quantize_activations(const float *x, int64_t K, int block, int8_t *q,
     for (int64_t b = 0; b < K / block; b++) {
         const float *xb = x + b * block;
         float top = 0.0f;
+        int finite = 1;
         for (int i = 0; i < block; i++) {
             float v = fabsf(xb[i]);
-            if (!(v <= FLT_MAX)) return 0;
+            finite &= v <= FLT_MAX;
             top = v > top ? v : top;
         }
+        if (!finite) return 0;
         float inverse = top > 0.0f ? 127.0f / top : 0.0f;
         d[b] = top / 127.0f;
-        for (int i = 0; i < block; i++) q[b * block + i] = (int8_t)lrintf(xb[i] * inverse);
+        /* rint for |v| <= 127 without a libm call per value (and so vectorised): adding and subtracting
+         * 1.5 * 2^23 rounds to an integer, half to even, as rint does in the default rounding mode */
+        for (int i = 0; i < block; i++) {
+            float v = xb[i] * inverse;
+            q[b * block + i] = (int8_t)(int32_t)((v + 12582912.0f) - 12582912.0f);
+        }
     }
     for (int64_t g = 0; g < K / 16; g++) {
         int s = 0;
@@ -576,5 +583,32 @@ EXPORT int tfb_rms_norm(const float *x, int64_t rows, int64_t n, const float *w,
     if (!active) tfb_set_isa(NULL);
     rms_norm_job job = {x, w, rows, n, eps, y};
     run(rms_norm_part, &job, rows * n * 8);
+    return OK;
+}
+
+/* ------------------------------------------------------------------------------------------ rope */
+
+/* Rotary position embedding: y = x with the leading `dims` of each head rotated, for x [tokens, heads,
+ * head_dim] (dense float32) and cos, sin [tokens, dims / 2]. Pairs are (i, i + dims / 2) ("half", GGML's
+ * NEOX) or (2i, 2i + 1) ("adjacent"): (a, b) -> (a cos - b sin, a sin + b cos), each product and sum rounded
+ * to float32 as torch rounds them (no fused multiply-add: -ffp-contract=off). */
+EXPORT int tfb_rope(const float *x, int64_t tokens, int64_t heads, int64_t head_dim, int64_t dims, const float *cos,
+                    const float *sin, int adjacent, float *y) {
+    if (tokens < 0 || heads < 1 || dims < 2 || dims % 2 || dims > head_dim) return ERR_SHAPE;
+    int64_t half = dims / 2, step = adjacent ? 1 : half, stride = adjacent ? 2 : 1;
+    for (int64_t t = 0; t < tokens; t++) {
+        const float *c = cos + t * half, *s = sin + t * half;
+        for (int64_t h = 0; h < heads; h++) {
+            const float *xh = x + (t * heads + h) * head_dim;
+            float *yh = y + (t * heads + h) * head_dim;
+            for (int64_t i = 0; i < half; i++) {
+                float a = xh[i * stride], b = xh[i * stride + step];
+                float ac = a * c[i], bs = b * s[i], as = a * s[i], bc = b * c[i];
+                yh[i * stride] = ac - bs;
+                yh[i * stride + step] = as + bc;
+            }
+            for (int64_t i = dims; i < head_dim; i++) yh[i] = xh[i];
+        }
+    }
     return OK;
 }
