@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import tfb
+import tfb.nn.linear
 from tfb.cli.generate import ProgressBar
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -53,6 +54,20 @@ def test_run_streams_and_reports_speed(tiny_gguf) -> None:
     assert result.returncode == 0, result.stderr
     assert result.stdout.startswith("Once upon")
     assert "prompt:" in result.stderr and "tok/s" in result.stderr and "generation: 8 tokens" in result.stderr
+
+
+def test_run_with_int8_activations(tiny_gguf) -> None:
+    """The option reaches the model: its quantized products round activations (and text still comes out)."""
+    from tfb.cli import build_parser
+    from tfb.cli.generate import load_model
+
+    path = tiny_gguf(qtype="Q8_0")
+    args = build_parser().parse_args(["run", str(path), "-p", "x", "--int8-activations"])
+    model, _ = load_model(args)
+    assert all(m.int8_activations for m in model.modules() if isinstance(m, tfb.nn.linear.Linear))
+    result = tfb_cli("run", str(path), "-p", "Once upon", "-n", "6", "--temp", "0", "--int8-activations")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("Once upon") and "generation: 6 tokens" in result.stderr
 
 
 def test_run_seed_is_reproducible(tiny_gguf) -> None:

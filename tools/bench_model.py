@@ -10,7 +10,9 @@ into $TFB_CACHE/bench. Figures:
 - load: wall time from process start to the first logits, and peak RSS (ru_maxrss) minus that of a process
   that only imports tfb and torch (for transformers and llama.cpp: their own imports);
 - speed: prompt processing (128 tokens) and greedy decoding (64 tokens), tokens per second; with
-  --repeats N, the median of N runs.
+  --repeats N, the median of N runs, the engines taking turns. tfb is measured twice: as loaded by default
+  (float32 products) and with int8_activations=True (activations rounded to 8 bits in the decoding
+  products, as llama.cpp computes them).
 """
 
 from __future__ import annotations
@@ -96,6 +98,10 @@ for _ in range(decode):
 print(json.dumps({'prompt_tps': prompt / prefill, 'decode_tps': decode / (time.perf_counter() - t)}))
 """,
 }
+CHILDREN["tfb int8 speed"] = CHILDREN["tfb speed"].replace("tfb.load(path)", "tfb.load(path, int8_activations=True)")
+SPEED_ENGINES = {"tfb": ["tfb", "tfb int8"], "transformers": ["transformers"], "llama.cpp": ["llama.cpp"]}
+ENGINE_NAMES = {"tfb": "tfb", "tfb int8": "tfb, int8 activations", "transformers": "transformers",
+                "llama.cpp": "llama.cpp"}
 
 
 def model_file(kind: str) -> Path:
@@ -132,13 +138,13 @@ def have(module: str) -> bool:
     return subprocess.run([sys.executable, "-c", f"import {module}"], capture_output=True).returncode == 0
 
 
-def run_median(name: str, path: Path, repeats: int) -> dict | None:
-    """The child's figures, each the median of `repeats` runs (the machine may be shared)."""
-    runs = [r for r in (run_child(name, path) for _ in range(repeats)) if r]
+def medians(runs: list[dict]) -> dict | None:
     return {key: statistics.median(r[key] for r in runs) for key in runs[0]} if runs else None
 
 
 def bench(kind: str, skip: set[str], repeats: int = 1) -> dict:
+    """Load figures once per engine; speed figures the median of `repeats` runs, the engines taking turns
+    within each round so that a slow spell of a shared machine does not fall on one engine alone."""
     path = model_file(kind)
     size = path.stat().st_size
     out: dict = {"type": kind, "file_bytes": size}
@@ -151,9 +157,17 @@ def bench(kind: str, skip: set[str], repeats: int = 1) -> dict:
         if base and load:
             out[f"{engine}_first_logits_s"] = load["first_logits_s"]
             out[f"{engine}_rss_over_baseline"] = load["rss"] - base["rss"]
-        speed = run_median(f"{engine} speed", path, repeats)
+    speed_engines = [name for engine in engines for name in SPEED_ENGINES[engine]]
+    runs: dict[str, list[dict]] = {name: [] for name in speed_engines}
+    for _ in range(repeats):
+        for name in speed_engines:
+            result = run_child(f"{name} speed", path)
+            if result:
+                runs[name].append(result)
+    for name, results in runs.items():
+        speed = medians(results)
         if speed:
-            out[f"{engine}_prompt_tps"], out[f"{engine}_decode_tps"] = speed["prompt_tps"], speed["decode_tps"]
+            out[f"{name}_prompt_tps"], out[f"{name}_decode_tps"] = speed["prompt_tps"], speed["decode_tps"]
     return out
 
 
@@ -165,10 +179,10 @@ def table(rows: list[dict]) -> str:
              "decode tok/s |", "|---|---:|---|---:|---:|---:|---:|---:|"]
     for row in rows:
         size = row["file_bytes"]
-        for engine in ("tfb", "transformers", "llama.cpp"):
+        for engine, label in ENGINE_NAMES.items():
             rss = row.get(f"{engine}_rss_over_baseline")
             memory = "– | –" if rss is None else f"{rss / 2**20:.0f} MiB | {rss / size:.2f}x"
-            lines.append(f"| {row['type']} | {size / 2**20:.0f} MiB | {engine} | "
+            lines.append(f"| {row['type']} | {size / 2**20:.0f} MiB | {label} | "
                          f"{f(row, f'{engine}_first_logits_s', '.2f')} | {memory} | "
                          f"{f(row, f'{engine}_prompt_tps', '.1f')} | {f(row, f'{engine}_decode_tps', '.1f')} |")
     return "\n".join(lines)

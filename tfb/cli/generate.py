@@ -47,6 +47,9 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
                    help="expand quantized weights at load (more memory; faster only for types without native kernels)")
     p.add_argument("--cache-type", choices=["float32", "bfloat16", "float16"], default=None,
                    help="KV cache element type (default: the compute dtype); float16 as llama.cpp's default cache")
+    p.add_argument("--int8-activations", action="store_true",
+                   help="round activations to 8 bits in the decoding steps' products with quantized weights, as "
+                        "llama.cpp does (faster; default: exact float32 products)")
     add_spec_dirs(p)
 
 
@@ -71,7 +74,8 @@ def load_model(args: argparse.Namespace) -> tuple[Any, Any]:
     dtypes = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
     model = load(args.model, spec=args.spec, dtype=dtypes[args.dtype], context_length=args.ctx_size,
                  spec_dirs=tuple(args.spec_dir), expand=args.expand,
-                 cache_dtype=dtypes[args.cache_type] if args.cache_type else None, progress=ProgressBar("loading"))
+                 cache_dtype=dtypes[args.cache_type] if args.cache_type else None,
+                 int8_activations=args.int8_activations, progress=ProgressBar("loading"))
     return model, load_tokenizer(args.model)
 
 

@@ -560,32 +560,29 @@ static void dequant_tq2_0(const uint8_t *blk, int64_t nb, float *out) {
 /* TQ1_0, 54 bytes: qs[48], qh[4], d (f16). Each byte packs base-3 digits, read as ggml reads them:
  * digit k of byte v is ((v * 3^k mod 256) * 3) >> 8. Digit k (< 5) of qs[p] is weight 32k + p for
  * p < 32, 160 + 16k + (p - 32) after; digit k (< 4) of qh[p] is weight 240 + 4k + p. w = d * (digit - 1). */
-typedef uint16_t u16x16 __attribute__((vector_size(32)));
 static const uint8_t POWERS_OF_3[5] = {1, 3, 9, 27, 81};
 
-static inline u8x16 trits16(const uint8_t *p, uint8_t power) {
-    u8x16 bytes;
-    memcpy(&bytes, p, 16);
-    u16x16 wide = __builtin_convertvector((u8x16)(bytes * power), u16x16); /* the product wraps mod 256 */
-    return __builtin_convertvector(wide * 3 >> 8, u8x16);
-}
-
-static inline void tq1_0_unpack(const uint8_t *blk, uint8_t *q) {
-    for (int k = 0; k < 5; k++) {
-        u8x16 parts[3] = {trits16(blk, POWERS_OF_3[k]), trits16(blk + 16, POWERS_OF_3[k]),
-                          trits16(blk + 32, POWERS_OF_3[k])};
-        memcpy(q + 32 * k, parts, 32);
-        memcpy(q + 160 + 16 * k, &parts[2], 16);
+/* digits 0..digits-1 of LANES bytes at p, each scaled: out[stride * k + i] = d * (digit k of p[i] - 1). The
+ * byte times 3^(k+1) mod 256 is the byte times 3^k mod 256 (kept in m) times 3, so each digit costs a shift,
+ * two adds and a mask in int32 lanes. */
+static inline void tq1_0_digits(const uint8_t *p, int digits, int stride, vf d, float *out) {
+    vi m = vi_u8(p);
+    for (int k = 0; k < digits; k++) {
+        vi tripled = vi_plus(m, vi_sll(m, 1));
+        vf_store(out + stride * k, vf_mul(d, vi_float(vi_add(vi_srl(tripled, 8), -1))));
+        m = vi_and(tripled, 0xFF);
     }
-    for (int k = 0; k < 4; k++)
-        for (int p = 0; p < 4; p++) q[240 + 4 * k + p] = (uint8_t)(blk[48 + p] * POWERS_OF_3[k]) * 3 >> 8;
 }
 
 static void dequant_tq1_0(const uint8_t *blk, int64_t nb, float *out) {
-    uint8_t q[256];
     for (int64_t b = 0; b < nb; b++, blk += 54, out += 256) {
-        tq1_0_unpack(blk, q);
-        scale_bytes(q, 256, 1, load_half(blk + 52), out);
+        vf d = vf_set1(load_half(blk + 52));
+        for (int p = 0; p < 32; p += LANES) tq1_0_digits(blk + p, 5, 32, d, out + p);
+        for (int p = 32; p < 48; p += LANES) tq1_0_digits(blk + p, 5, 16, d, out + 160 + (p - 32));
+        float ds = load_half(blk + 52);
+        for (int k = 0; k < 4; k++)
+            for (int p = 0; p < 4; p++)
+                out[240 + 4 * k + p] = ds * (float)(((uint8_t)(blk[48 + p] * POWERS_OF_3[k]) * 3 >> 8) - 1);
     }
 }
 

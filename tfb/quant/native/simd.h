@@ -52,6 +52,7 @@ static inline vi vi_i8(const uint8_t *p) { return _mm512_cvtepi8_epi32(_mm_loadu
 static inline vi vi_and(vi v, int32_t m) { return _mm512_and_si512(v, _mm512_set1_epi32(m)); }
 static inline vi vi_or(vi a, vi b) { return _mm512_or_si512(a, b); }
 static inline vi vi_add(vi v, int32_t n) { return _mm512_add_epi32(v, _mm512_set1_epi32(n)); }
+static inline vi vi_plus(vi a, vi b) { return _mm512_add_epi32(a, b); }
 static inline vi vi_srl(vi v, int n) { return _mm512_srli_epi32(v, (unsigned)n); }
 static inline vi vi_sll(vi v, int n) { return _mm512_slli_epi32(v, (unsigned)n); }
 static inline vf vi_float(vi v) { return _mm512_cvtepi32_ps(v); }
@@ -106,6 +107,7 @@ static inline vi vi_i8(const uint8_t *p) { return _mm256_cvtepi8_epi32(_mm_loadl
 static inline vi vi_and(vi v, int32_t m) { return _mm256_and_si256(v, _mm256_set1_epi32(m)); }
 static inline vi vi_or(vi a, vi b) { return _mm256_or_si256(a, b); }
 static inline vi vi_add(vi v, int32_t n) { return _mm256_add_epi32(v, _mm256_set1_epi32(n)); }
+static inline vi vi_plus(vi a, vi b) { return _mm256_add_epi32(a, b); }
 static inline vi vi_srl(vi v, int n) { return _mm256_srli_epi32(v, n); }
 static inline vi vi_sll(vi v, int n) { return _mm256_slli_epi32(v, n); }
 static inline vf vi_float(vi v) { return _mm256_cvtepi32_ps(v); }
@@ -171,6 +173,7 @@ static inline vi vi_i8(const uint8_t *p) { i8x4 v; memcpy(&v, p, 4); return __bu
 static inline vi vi_and(vi v, int32_t m) { return v & m; }
 static inline vi vi_or(vi a, vi b) { return a | b; }
 static inline vi vi_add(vi v, int32_t n) { return v + n; }
+static inline vi vi_plus(vi a, vi b) { return a + b; }
 static inline vi vi_srl(vi v, int n) { return (vi)((uint32_t __attribute__((vector_size(16))))v >> n); }
 static inline vi vi_sll(vi v, int n) { return v << n; }
 static inline vf vi_float(vi v) { return __builtin_convertvector(v, vf); }
