@@ -9,6 +9,8 @@
 For each storage type and weight shape ([3072 x 1024], a feed-forward projection of a 1024-wide model,
 and [151936 x 1024], a 151936-token output layer), one activation row (M = 1, decoding) is multiplied:
 - native: tfb.quant.native (the fused kernel, on the threads it would use in a model),
+- native int8: the same with the activations rounded to 8 bits (tfb.load(..., int8_activations=True)),
+  for the types that have such products,
 - torch fallback: what tfb does without the native library (torch dequantizers into a reused
   buffer, then torch's GEMM),
 - fp32 dense: torch.nn.functional.linear on the same weights expanded to float32 beforehand (4 bytes
@@ -90,7 +92,7 @@ def threads(count: int):
 @contextmanager
 def without_native():
     saved = native.matmul, native.prepare, native.dequantize_into
-    native.matmul, native.prepare = (lambda x, w: None), (lambda w: None)
+    native.matmul, native.prepare = (lambda *args: None), (lambda *args: None)
     native.dequantize_into = lambda w, out: False
     try:
         yield
@@ -105,6 +107,9 @@ def measure(name: str, weight: PackedTensor, rows: int, repeats: int, fallback: 
     prepared = native.prepare(weight)
     if prepared is not None:
         times["native"] = best_seconds(lambda: prepared(x), repeats)
+    rounded = native.prepare(weight, int8_activations=True)
+    if rounded is not None and rounded.int8_activations and rows <= 2:
+        times["int8"] = best_seconds(lambda: rounded(x), repeats)
     if fallback:
         with without_native():
             times["fallback"] = best_seconds(lambda: linear.packed_matmul(x, weight), max(1, repeats // 4))
@@ -300,15 +305,15 @@ def main() -> None:
     for shape in SHAPES:
         n_weights = shape[0] * shape[1]
         print(f"M = 1, W [{shape[0]} x {shape[1]}]: GB/s of stored weight bytes | Mweights/s\n")
-        columns = [f"{path} {count}t" for count in args.threads for path in ("native", "torch fallback")]
+        columns = [f"{path} {count}t" for count in args.threads for path in ("native", "native int8", "torch fallback")]
         print("| type | " + " | ".join(f"{c} GB/s | {c} Mw/s" for c in columns) + " |")
         print("|---|" + "---:|---:|" * len(columns))
         dense = [rate(4 * n_weights, n_weights, best.get(("dense", shape, 1, c))) for c in args.threads]
-        print("| fp32 dense | " + " | ".join(f"{d} | n/a | n/a" for d in dense) + " |")
+        print("| fp32 dense | " + " | ".join(f"{d} | n/a | n/a | n/a | n/a" for d in dense) + " |")
         for name in args.types:
             nbytes = weights[name, shape].nbytes
             cells = [rate(nbytes, n_weights, best.get((path, name, shape, 1, c)))
-                     for c in args.threads for path in ("native", "fallback")]
+                     for c in args.threads for path in ("native", "int8", "fallback")]
             print(f"| {name} | " + " | ".join(cells) + " |")
         print()
     shape = SHAPES[0]
