@@ -47,11 +47,22 @@ static inline acc_i32 dot32_scaled(acc_i32 acc, const uint8_t *q, const int8_t *
 
 /* acc + scale * (w . a) over 32 signed bytes each. maddubs multiplies unsigned by signed bytes, so |w|
  * meets a with w's sign (|-128| = 128 read unsigned); pair sums stay within 2 * 128 * 127 < 2^15. */
-static inline acc_f32 dot32_signed(acc_f32 acc, const int8_t *w, const int8_t *a, float scale) {
-    __m256i wv = _mm256_loadu_si256((const __m256i *)w), av = _mm256_loadu_si256((const __m256i *)a);
+static inline acc_f32 dot32_signed_v(acc_f32 acc, __m256i wv, __m256i av, float scale) {
     __m256i pairs = _mm256_maddubs_epi16(_mm256_sign_epi8(wv, wv), _mm256_sign_epi8(av, wv));
     __m256i sums = _mm256_madd_epi16(pairs, _mm256_set1_epi16(1));
     return _mm256_fmadd_ps(_mm256_cvtepi32_ps(sums), _mm256_set1_ps(scale), acc);
+}
+
+static inline acc_f32 dot32_signed(acc_f32 acc, const int8_t *w, const int8_t *a, float scale) {
+    return dot32_signed_v(acc, _mm256_loadu_si256((const __m256i *)w), _mm256_loadu_si256((const __m256i *)a), scale);
+}
+
+/* Q4_0's 32 weights minus 8 as signed bytes (the low nibbles of qs[16] are weights 0-15, the high ones
+ * 16-31), times the activations */
+static inline acc_f32 q4_0_block(acc_f32 acc, const uint8_t *qs, const int8_t *a, float scale) {
+    __m128i packed = _mm_loadu_si128((const __m128i *)qs), nibbles = _mm_set1_epi8(15);
+    __m256i q = _mm256_set_m128i(_mm_and_si128(_mm_srli_epi16(packed, 4), nibbles), _mm_and_si128(packed, nibbles));
+    return dot32_signed_v(acc, _mm256_sub_epi8(q, _mm256_set1_epi8(8)), _mm256_loadu_si256((const __m256i *)a), scale);
 }
 
 #else
@@ -74,6 +85,12 @@ static inline acc_i32 dot32_scaled(acc_i32 acc, const uint8_t *q, const int8_t *
 static inline acc_f32 dot32_signed(acc_f32 acc, const int8_t *w, const int8_t *a, float scale) {
     int32_t s = 0;
     for (int i = 0; i < 32; i++) s += w[i] * a[i];
+    return acc + (float)s * scale;
+}
+
+static inline acc_f32 q4_0_block(acc_f32 acc, const uint8_t *qs, const int8_t *a, float scale) {
+    int32_t s = 0;
+    for (int i = 0; i < 16; i++) s += ((qs[i] & 15) - 8) * a[i] + ((qs[i] >> 4) - 8) * a[i + 16];
     return acc + (float)s * scale;
 }
 #endif
@@ -108,20 +125,19 @@ static void rows_q8_0(const uint8_t *w, int64_t stride, int64_t nrows, int64_t n
 }
 
 /* Q4_0, 18 bytes: d (f16), qs[16]; weight j < 16 is the low nibble of qs[j], weight j + 16 the high one,
- * minus 8: q . a - 8 * sum(a) */
+ * minus 8 */
 static void rows_q4_0(const uint8_t *w, int64_t stride, int64_t nrows, int64_t nb, const int8_row *a, float *y) {
-    uint8_t q[32] __attribute__((aligned(32)));
     for (int64_t r = 0; r < nrows; r++) {
         const uint8_t *row = w + r * stride;
-        float sum = 0.0f;
-        for (int64_t b = 0; b < nb; b++) {
+        acc_f32 acc0 = acc_f32_zero(), acc1 = acc_f32_zero();
+        int64_t b = 0;
+        for (; b + 1 < nb; b += 2) {
             const uint8_t *blk = row + 18 * b;
-            for (int i = 0; i < 16; i++) q[i] = blk[2 + i] & 15, q[i + 16] = blk[2 + i] >> 4;
-            int32_t dot = acc_i32_sum(dot32_scaled(acc_i32_zero(), q, a->q + 32 * b, 1, 1));
-            int32_t bias = 8 * (a->sums[2 * b] + a->sums[2 * b + 1]);
-            sum += load_half(blk) * a->d[b] * (float)(dot - bias);
+            acc0 = q4_0_block(acc0, blk + 2, a->q + 32 * b, load_half(blk) * a->d[b]);
+            acc1 = q4_0_block(acc1, blk + 20, a->q + 32 * b + 32, load_half(blk + 18) * a->d[b + 1]);
         }
-        y[r] = sum;
+        if (b < nb) acc0 = q4_0_block(acc0, row + 18 * b + 2, a->q + 32 * b, load_half(row + 18 * b) * a->d[b]);
+        y[r] = acc_f32_sum(acc0, acc1);
     }
 }
 
