@@ -53,3 +53,14 @@ def tiny_gguf(tmp_path_factory: pytest.TempPathFactory):
         return made[key]
 
     return build
+
+
+@pytest.fixture(params=["avx512", "avx2", "portable"])
+def isa(request: pytest.FixtureRequest):
+    """The native kernels of each instruction set the CPU runs, in turn (not only the one tfb would pick)."""
+    import tfb.quant.native as native
+
+    if not native.set_isa(request.param):
+        pytest.skip(f"this CPU does not run {request.param}")
+    yield request.param
+    native.set_isa("")

@@ -33,7 +33,6 @@ FUSED_TYPES = ["F16", "BF16", "Q8_0", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q2_K", "Q
 DEQUANT_TYPES = ["IQ1_S", "IQ1_M", "IQ2_XXS", "IQ2_XS", "IQ2_S", "IQ3_XXS", "IQ3_S", "TQ1_0", "TQ2_0", "NVFP4",
                  "Q1_0", "Q2_0"]
 NATIVE_TYPES = FUSED_TYPES + DEQUANT_TYPES
-ISAS = ["avx512", "avx2", "portable"]
 ROOT = Path(__file__).resolve().parent.parent
 
 QUANTIZABLE = [name for name in NATIVE_TYPES if quantized_blocks(name, np.random.default_rng(0)) is not None]
@@ -41,14 +40,6 @@ RANDOM_AND_QUANTIZED = [(n, "random") for n in NATIVE_TYPES] + [(n, "quantized")
 MODERATE_AND_QUANTIZED = [(n, "moderate") for n in NATIVE_TYPES] + [(n, "quantized") for n in QUANTIZABLE]
 
 needs_native = pytest.mark.skipif(not native.available(), reason="native kernels unavailable (no C compiler?)")
-
-
-@pytest.fixture(params=ISAS)
-def isa(request: pytest.FixtureRequest):
-    if not native.set_isa(request.param):
-        pytest.skip(f"this CPU does not run {request.param}")
-    yield request.param
-    native.set_isa("")
 
 
 def packed(name: str, rows: int, cols: int, rng: np.random.Generator, kind: str = "random") -> PackedTensor:

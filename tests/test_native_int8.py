@@ -8,21 +8,13 @@ import numpy as np
 import pytest
 import torch
 from compare import assert_logits_match, ids_for
-from test_native import ISAS, needs_native, packed, widths
+from test_native import needs_native, packed, widths
 
 import tfb
 import tfb.quant.native as native
 from tfb.gguf.ggml_types import GGML_TYPE_BY_NAME
 
 INT8_TYPES = ["Q8_0", "Q4_0", "Q4_K", "Q5_K", "Q6_K"]
-
-
-@pytest.fixture(params=ISAS)
-def isa(request: pytest.FixtureRequest):
-    if not native.set_isa(request.param):
-        pytest.skip(f"this CPU does not run {request.param}")
-    yield request.param
-    native.set_isa("")
 
 
 def rounded(x: np.ndarray, block: int) -> tuple[np.ndarray, np.ndarray]:
@@ -59,7 +51,7 @@ def test_int8_types() -> None:
                                                                                 ("Q4_0", "quantized")])
 def test_matches_the_rounded_activations(isa: str, name: str, kind: str) -> None:
     rng = np.random.default_rng(3)
-    for cols in widths(name):
+    for cols in [*widths(name), 16384]:  # 16384: the rounded row no longer fits the kernel's stack buffer
         weight = packed(name, 37, cols, rng, kind)
         values = weight.dequantize()
         for rows in (1, 2):

@@ -59,7 +59,7 @@ static inline acc_f32 dot32_signed(acc_f32 acc, const int8_t *w, const int8_t *a
 
 /* Q4_0's 32 weights minus 8 as signed bytes (the low nibbles of qs[16] are weights 0-15, the high ones
  * 16-31), times the activations */
-static inline acc_f32 q4_0_block(acc_f32 acc, const uint8_t *qs, const int8_t *a, float scale) {
+static inline acc_f32 q4_0_dot(acc_f32 acc, const uint8_t *qs, const int8_t *a, float scale) {
     __m128i packed = _mm_loadu_si128((const __m128i *)qs), nibbles = _mm_set1_epi8(15);
     __m256i q = _mm256_set_m128i(_mm_and_si128(_mm_srli_epi16(packed, 4), nibbles), _mm_and_si128(packed, nibbles));
     return dot32_signed_v(acc, _mm256_sub_epi8(q, _mm256_set1_epi8(8)), _mm256_loadu_si256((const __m256i *)a), scale);
@@ -88,7 +88,7 @@ static inline acc_f32 dot32_signed(acc_f32 acc, const int8_t *w, const int8_t *a
     return acc + (float)s * scale;
 }
 
-static inline acc_f32 q4_0_block(acc_f32 acc, const uint8_t *qs, const int8_t *a, float scale) {
+static inline acc_f32 q4_0_dot(acc_f32 acc, const uint8_t *qs, const int8_t *a, float scale) {
     int32_t s = 0;
     for (int i = 0; i < 16; i++) s += ((qs[i] & 15) - 8) * a[i] + ((qs[i] >> 4) - 8) * a[i + 16];
     return acc + (float)s * scale;
@@ -108,38 +108,36 @@ static inline int32_t dot256_scaled(const uint8_t *q, const int8_t *a, const int
 
 /* ------------------------------------------------------------------------- 32-weight formats */
 
-/* Q8_0, 34 bytes: d (f16), qs[32] (int8) */
-static void rows_q8_0(const uint8_t *w, int64_t stride, int64_t nrows, int64_t nb, const int8_row *a, float *y) {
-    for (int64_t r = 0; r < nrows; r++) {
-        const uint8_t *row = w + r * stride;
-        acc_f32 acc0 = acc_f32_zero(), acc1 = acc_f32_zero();
-        int64_t b = 0;
-        for (; b + 1 < nb; b += 2) {
-            const uint8_t *blk = row + 34 * b;
-            acc0 = dot32_signed(acc0, (const int8_t *)blk + 2, a->q + 32 * b, load_half(blk) * a->d[b]);
-            acc1 = dot32_signed(acc1, (const int8_t *)blk + 36, a->q + 32 * b + 32, load_half(blk + 34) * a->d[b + 1]);
-        }
-        if (b < nb) acc0 = dot32_signed(acc0, (const int8_t *)row + 34 * b + 2, a->q + 32 * b, load_half(row + 34 * b) * a->d[b]);
-        y[r] = acc_f32_sum(acc0, acc1);
+/* The row loop of the 32-weight formats: two accumulators over alternate blocks, block b added by
+ * block_<fmt>(acc, block, its 32 activations, their scale). */
+#define DEFINE_INT8_ROWS(fmt, type_size)                                                                      \
+    static void rows_##fmt(const uint8_t *w, int64_t stride, int64_t nrows, int64_t nb, const int8_row *a,     \
+                           float *y) {                                                                         \
+        for (int64_t r = 0; r < nrows; r++) {                                                                   \
+            const uint8_t *row = w + r * stride;                                                                \
+            acc_f32 acc0 = acc_f32_zero(), acc1 = acc_f32_zero();                                               \
+            int64_t b = 0;                                                                                      \
+            for (; b + 1 < nb; b += 2) {                                                                        \
+                acc0 = block_##fmt(acc0, row + (type_size) * b, a->q + 32 * b, a->d[b]);                        \
+                acc1 = block_##fmt(acc1, row + (type_size) * (b + 1), a->q + 32 * (b + 1), a->d[b + 1]);        \
+            }                                                                                                   \
+            if (b < nb) acc0 = block_##fmt(acc0, row + (type_size) * b, a->q + 32 * b, a->d[b]);                \
+            y[r] = acc_f32_sum(acc0, acc1);                                                                     \
+        }                                                                                                       \
     }
+
+/* Q8_0, 34 bytes: d (f16), qs[32] (int8) */
+static inline acc_f32 block_q8_0(acc_f32 acc, const uint8_t *blk, const int8_t *a, float da) {
+    return dot32_signed(acc, (const int8_t *)blk + 2, a, load_half(blk) * da);
 }
+DEFINE_INT8_ROWS(q8_0, 34)
 
 /* Q4_0, 18 bytes: d (f16), qs[16]; weight j < 16 is the low nibble of qs[j], weight j + 16 the high one,
  * minus 8 */
-static void rows_q4_0(const uint8_t *w, int64_t stride, int64_t nrows, int64_t nb, const int8_row *a, float *y) {
-    for (int64_t r = 0; r < nrows; r++) {
-        const uint8_t *row = w + r * stride;
-        acc_f32 acc0 = acc_f32_zero(), acc1 = acc_f32_zero();
-        int64_t b = 0;
-        for (; b + 1 < nb; b += 2) {
-            const uint8_t *blk = row + 18 * b;
-            acc0 = q4_0_block(acc0, blk + 2, a->q + 32 * b, load_half(blk) * a->d[b]);
-            acc1 = q4_0_block(acc1, blk + 20, a->q + 32 * b + 32, load_half(blk + 18) * a->d[b + 1]);
-        }
-        if (b < nb) acc0 = q4_0_block(acc0, row + 18 * b + 2, a->q + 32 * b, load_half(row + 18 * b) * a->d[b]);
-        y[r] = acc_f32_sum(acc0, acc1);
-    }
+static inline acc_f32 block_q4_0(acc_f32 acc, const uint8_t *blk, const int8_t *a, float da) {
+    return q4_0_dot(acc, blk + 2, a, load_half(blk) * da);
 }
+DEFINE_INT8_ROWS(q4_0, 18)
 
 /* ------------------------------------------------------------------------------------ k-quants */
 
