@@ -89,8 +89,11 @@ def test_chat_keeps_history_and_falls_back_to_chatml(tiny_gguf) -> None:
 
 def test_ctrl_c_stops_cleanly(tiny_gguf) -> None:
     # a context far larger than the generation can reach in the test's time, so Ctrl-C is what stops it
+    # SIGINT at its default, as a terminal gives it: a runner started in the background (`cmd &`) passes it on
+    # ignored, and Python then installs no KeyboardInterrupt handler
     proc = subprocess.Popen([sys.executable, "-m", "tfb.cli", "run", str(tiny_gguf()), "-p", "go", "-n", "1000000",
-                             "-c", "1000000"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)
+                             "-c", "1000000"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     assert proc.stdout is not None
     proc.stdout.read(12)  # the prompt and some generated text are out: generation is running
     time.sleep(0.5)
