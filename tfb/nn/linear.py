@@ -120,6 +120,10 @@ class Linear(nn.Module):
         check_shape(name, tuple(bias.shape), self.tensor_shape("set_bias"))
         self.bias = bias
 
+    def use_int8_activations(self, enabled: bool) -> None:
+        """Transformer.use_int8_activations, for this layer."""
+        self.int8_activations, self.prepared_for = enabled, None  # prepared again on next use
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.weight is not None:
             return F.linear(x, self.weight, self.bias)

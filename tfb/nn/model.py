@@ -48,11 +48,7 @@ class Transformer(nn.Module):
         the exact float32 product (see tfb.quant.native, int8.c)."""
         for module in self.modules():
             if isinstance(module, (Linear, ExpertLinear)):
-                module.int8_activations = enabled
-                if isinstance(module, Linear):
-                    module.prepared_for = None  # prepared again on next use
-                else:
-                    module.prepared = {}
+                module.use_int8_activations(enabled)
 
     def new_cache(self) -> KVCache:
         return KVCache(self.config.n_layers, self.cache_dtype)

@@ -33,6 +33,10 @@ class ExpertLinear(nn.Module):
         check_shape(name, tuple(bias.shape), self.shape[:2])
         self.bias = bias
 
+    def use_int8_activations(self, enabled: bool) -> None:
+        """Transformer.use_int8_activations, for these experts."""
+        self.int8_activations, self.prepared = enabled, {}  # prepared again on next use
+
     def forward(self, expert: int, x: torch.Tensor) -> torch.Tensor:
         assert self.weight is not None, "expert weights not loaded"
         w = self.weight[expert]

@@ -52,6 +52,10 @@ typedef struct {
     rows_int8_fn rows;
 } int8_kernels;
 
+/* The name int8.c exports its table under in the pass that builds the kernels of `isa` */
+#define INT8_TABLE_CONCAT(isa, suffix) isa##suffix
+#define INT8_TABLE(isa) INT8_TABLE_CONCAT(isa, _int8)
+
 /* y[m * ldy + r] = w[r] . x[m] for r < rows, m < M: w is rows x K floats, x is M x K floats */
 typedef void (*tile_fn)(const float *w, int64_t rows, int64_t K, const float *x, int64_t M, float *y, int64_t ldy);
 

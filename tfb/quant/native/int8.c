@@ -18,16 +18,8 @@
 
 #if defined(__AVX2__)
 /* ----------------------------------------------------------------------------------------- AVX2 */
-typedef __m256i acc_i32; /* eight int32 partial sums */
-typedef __m256 acc_f32;  /* eight float32 partial sums */
+typedef __m256 acc_f32; /* eight float32 partial sums */
 
-static inline acc_i32 acc_i32_zero(void) { return _mm256_setzero_si256(); }
-static inline int32_t acc_i32_sum(acc_i32 v) {
-    __m128i s = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
-    s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0x4E));
-    s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0xB1));
-    return _mm_cvtsi128_si32(s);
-}
 static inline acc_f32 acc_f32_zero(void) { return _mm256_setzero_ps(); }
 static inline float acc_f32_sum(acc_f32 a, acc_f32 b) {
     __m256 v = _mm256_add_ps(a, b);
@@ -35,14 +27,6 @@ static inline float acc_f32_sum(acc_f32 a, acc_f32 b) {
     s = _mm_add_ps(s, _mm_movehl_ps(s, s));
     s = _mm_add_ss(s, _mm_movehdup_ps(s));
     return _mm_cvtss_f32(s);
-}
-
-/* acc + lo * (q . a over bytes 0-15) + hi * (q . a over bytes 16-31): q unsigned below 128, a signed and
- * |lo|, |hi| <= 128. Pair sums stay within 2 * 127 * 127 < 2^15, each lane's scaled sum within 2^23. */
-static inline acc_i32 dot32_scaled(acc_i32 acc, const uint8_t *q, const int8_t *a, int16_t lo, int16_t hi) {
-    __m256i pairs = _mm256_maddubs_epi16(_mm256_loadu_si256((const __m256i *)q), _mm256_loadu_si256((const __m256i *)a));
-    __m256i scale = _mm256_set_m128i(_mm_set1_epi16(hi), _mm_set1_epi16(lo));
-    return _mm256_add_epi32(acc, _mm256_madd_epi16(pairs, scale));
 }
 
 /* acc + scale * (w . a) over 32 signed bytes each. maddubs multiplies unsigned by signed bytes, so |w|
@@ -67,20 +51,10 @@ static inline acc_f32 q4_0_dot(acc_f32 acc, const uint8_t *qs, const int8_t *a, 
 
 #else
 /* ------------------------------------------------------------------------------------- portable */
-typedef int32_t acc_i32;
 typedef float acc_f32;
 
-static inline acc_i32 acc_i32_zero(void) { return 0; }
-static inline int32_t acc_i32_sum(acc_i32 v) { return v; }
 static inline acc_f32 acc_f32_zero(void) { return 0.0f; }
 static inline float acc_f32_sum(acc_f32 a, acc_f32 b) { return a + b; }
-
-static inline acc_i32 dot32_scaled(acc_i32 acc, const uint8_t *q, const int8_t *a, int16_t lo, int16_t hi) {
-    int32_t s_lo = 0, s_hi = 0;
-    for (int i = 0; i < 16; i++) s_lo += q[i] * a[i];
-    for (int i = 16; i < 32; i++) s_hi += q[i] * a[i];
-    return acc + lo * s_lo + hi * s_hi;
-}
 
 static inline acc_f32 dot32_signed(acc_f32 acc, const int8_t *w, const int8_t *a, float scale) {
     int32_t s = 0;
@@ -94,17 +68,6 @@ static inline acc_f32 q4_0_dot(acc_f32 acc, const uint8_t *qs, const int8_t *a, 
     return acc + (float)s * scale;
 }
 #endif
-
-/* sum over the sub-blocks j (of `sub` = 16 or 32 values) of scale[j] * (q . a over sub-block j), for 256
- * unsigned q below 128: within 8 * 8 * 2^23 = 2^29 */
-static inline int32_t dot256_scaled(const uint8_t *q, const int8_t *a, const int16_t *scale, int sub) {
-    acc_i32 acc = acc_i32_zero();
-    for (int c = 0; c < 8; c++) {
-        int16_t lo = sub == 32 ? scale[c] : scale[2 * c], hi = sub == 32 ? scale[c] : scale[2 * c + 1];
-        acc = dot32_scaled(acc, q + 32 * c, a + 32 * c, lo, hi);
-    }
-    return acc_i32_sum(acc);
-}
 
 /* ------------------------------------------------------------------------- 32-weight formats */
 
@@ -146,8 +109,9 @@ DEFINE_INT8_ROWS(q4_0, 18)
  * vector: one horizontal sum per row. A sub-block's integer scale reaches the int16 lanes of its weights by
  * one byte shuffle of the block's scales, held as int16 in both 128-bit lanes. */
 
-/* shuffle controls: SCALE_PAIR[j] puts int16 j of each 128-bit lane in every int16 of the lower lane and
- * int16 j + 1 in the upper lane (Q6_K's 16-weight sub-blocks); SCALE_ONE[j] int16 j everywhere */
+/* the shuffle control that puts int16 `low` of each 128-bit lane in every int16 of the lower lane and int16
+ * `high` in every int16 of the upper lane (low = high for Q4_K's 32-weight sub-blocks, low + 1 = high for
+ * Q6_K's 16-weight ones) */
 static inline __m256i scale_control(int low, int high) {
     return _mm256_setr_epi8(2 * low, 2 * low + 1, 2 * low, 2 * low + 1, 2 * low, 2 * low + 1, 2 * low, 2 * low + 1,
                             2 * low, 2 * low + 1, 2 * low, 2 * low + 1, 2 * low, 2 * low + 1, 2 * low, 2 * low + 1,
@@ -254,6 +218,18 @@ static void rows_q6_k(const uint8_t *w, int64_t stride, int64_t nrows, int64_t n
 }
 
 #else
+/* sum over the sub-blocks j (of `sub` = 16 or 32 values) of scale[j] * (q . a over sub-block j), for 256
+ * unsigned q below 128 and |scale| <= 128: within 256 * 127 * 127 * 128 < 2^31 */
+static inline int32_t dot256_scaled(const uint8_t *q, const int8_t *a, const int16_t *scale, int sub) {
+    int32_t total = 0;
+    for (int j = 0; j < 256 / sub; j++) {
+        int32_t s = 0;
+        for (int i = sub * j; i < sub * (j + 1); i++) s += q[i] * a[i];
+        total += scale[j] * s;
+    }
+    return total;
+}
+
 /* Q4_K (144 bytes) and Q5_K (176): eight sub-blocks of 32 with 6-bit scales and mins. A block contributes
  * d_a * (d * sum_j sc_j (q_j . a_j) - dmin * sum_j m_j sum(a_j)). */
 static inline __attribute__((always_inline)) void rows_k4(const uint8_t *w, int64_t stride, int64_t nrows, int64_t nb,
@@ -315,9 +291,6 @@ static void rows_q6_k(const uint8_t *w, int64_t stride, int64_t nrows, int64_t n
 }
 
 #endif
-
-#define CONCAT(a, b) a##b
-#define INT8_TABLE(isa) CONCAT(isa, _int8)
 
 const int8_kernels INT8_TABLE(TFB_ISA_SYMBOL)[] = {
     {TYPE_Q8_0, 32, rows_q8_0},

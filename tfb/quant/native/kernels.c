@@ -1064,8 +1064,6 @@ static const format_kernels FORMATS[] = {
     {0, 0, 0, 0, 0, 0},
 };
 
-#define CONCAT(a, b) a##b
-#define INT8_TABLE(isa) CONCAT(isa, _int8)
 extern const int8_kernels INT8_TABLE(TFB_ISA_SYMBOL)[]; /* int8.c, compiled in the same pass */
 
 const isa_kernels TFB_ISA_SYMBOL = {ISA_NAME, FORMATS, INT8_TABLE(TFB_ISA_SYMBOL), tile, attend_rows, rms_norm_rows};
