@@ -24,6 +24,7 @@ from tfb.gguf.ggml_types import GGML_TYPE_BY_NAME
 from tfb.nn.linear import Embedding, Linear
 from tfb.nn.moe import ExpertLinear
 from tfb.quant import PackedTensor
+from tfb.quant.blocks import DEQUANTIZERS
 from tfb.quant.grids import GRIDS, grid
 from tfb.quant.native import tables
 
@@ -87,10 +88,19 @@ def test_native_types_are_every_model_type_but_f32() -> None:
     assert sorted(NATIVE_TYPES) == sorted(set(MODEL_TYPES) - {"F32"})
 
 
+def torch_values(weight: PackedTensor) -> torch.Tensor:
+    """The weight's values by the torch dequantizers: the definition the native kernels must equal."""
+    blocks = weight.raw.reshape(-1, weight.ggml_type.type_size)
+    return DEQUANTIZERS[weight.ggml_type.name](blocks).reshape(weight.shape)
+
+
 def assert_bit_exact(weight: PackedTensor) -> None:
-    got = native.dequantize(weight)
-    assert got is not None
-    assert torch.equal(got.view(torch.int32), weight.dequantize().view(torch.int32))
+    got = torch.full(weight.shape, float("nan"))
+    assert native.dequantize_into(weight, got)
+    assert torch.equal(got.view(torch.int32), torch_values(weight).view(torch.int32))
+    # PackedTensor's own dequantize goes the native way and gives the same bits, in the dtype asked for
+    assert torch.equal(weight.dequantize().view(torch.int32), got.view(torch.int32))
+    assert torch.equal(weight.dequantize(torch.bfloat16), got.to(torch.bfloat16))
 
 
 @needs_native
@@ -131,7 +141,7 @@ def test_matmul_matches_float64(isa: str, name: str, kind: str) -> None:
     rng = np.random.default_rng(2)
     for cols in widths(name):
         weight = packed(name, 37, cols, rng, kind)
-        values = weight.dequantize()
+        values = torch_values(weight)
         for rows in (1, 2, 7, 64):
             x = torch.randn(rows, cols, generator=torch.Generator().manual_seed(rows))
             y = native.matmul(x, weight)
@@ -166,7 +176,7 @@ def test_threads_give_identical_results(threading: str, name: str, rows: int) ->
     finally:
         native.set_threads(before)
     assert alone is not None and all(y is not None and torch.equal(alone, y) for y in shared)
-    assert torch.equal(values, weight.dequantize())
+    assert torch.equal(values, torch_values(weight))
 
 
 @needs_native
@@ -207,7 +217,7 @@ def test_no_rows_and_unsupported_types() -> None:
     assert y is not None and y.shape == (0, 8)
     odd = PackedTensor(torch.zeros(2, 256 * 4, dtype=torch.uint8), GGML_TYPE_BY_NAME["F32"], (2, 256))
     assert not native.supports(odd.ggml_type)
-    assert native.matmul(torch.randn(1, 256), odd) is None and native.dequantize(odd) is None
+    assert native.matmul(torch.randn(1, 256), odd) is None and not native.dequantize_into(odd, torch.empty(2, 256))
 
 
 # ------------------------------------------------------------------------- the modules, native or not
@@ -216,6 +226,23 @@ def test_no_rows_and_unsupported_types() -> None:
 def without_native(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(native, "matmul", lambda x, weight: None)
     monkeypatch.setattr(native, "dequantize_into", lambda weight, out: False)
+
+
+@pytest.mark.parametrize("name", ["Q4_K", "IQ2_XS", "BF16"])
+def test_packed_dequantize_same_with_and_without_native(name: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """PackedTensor.dequantize, for a 3-D (expert) weight and a slice of its rows, native or torch alone."""
+    weight = packed(name, 3 * 8, 512, np.random.default_rng(6))
+    experts = PackedTensor(weight.raw.reshape(3, 8, -1), weight.ggml_type, (3, 8, 512))
+    results = []
+    for setting in ("native", "torch"):
+        if setting == "torch":
+            without_native(monkeypatch)
+        results.append([experts.dequantize(), experts[1:3].dequantize(), experts[2][5:].dequantize(torch.float16)])
+    want = torch_values(experts)
+    for values in results:
+        assert [v.shape for v in values] == [(3, 8, 512), (2, 8, 512), (3, 512)]
+        assert torch.equal(values[0], want) and torch.equal(values[1], want[1:3])
+        assert torch.equal(values[2], want[2][5:].half())
 
 
 @pytest.mark.parametrize("name", ["Q4_K", "Q8_0", "BF16", "IQ2_XS"])
@@ -238,7 +265,7 @@ def test_linear_same_with_and_without_native(name: str, monkeypatch: pytest.Monk
         ys = [layer(x) for x in inputs]
         layer.bias = None
         results.append((ys, layer(half)))
-    values = weight.dequantize()
+    values = torch_values(weight)
     exact_half = (half.float() @ values.T).bfloat16()
     for ys, y_half in results:
         for x, y in zip(inputs, ys, strict=True):
@@ -260,8 +287,8 @@ def test_expert_linear_same_with_and_without_native(name: str, monkeypatch: pyte
     without_native(monkeypatch)
     slow = [experts(e, x) for e in range(3)]
     for e in range(3):
-        assert_close(fast[e], x, weight[e].dequantize())
-        assert_close(slow[e], x, weight[e].dequantize())
+        assert_close(fast[e], x, torch_values(weight[e]))
+        assert_close(slow[e], x, torch_values(weight[e]))
 
 
 @pytest.mark.parametrize("name", ["Q4_K", "F16", "IQ2_XS"])
@@ -273,7 +300,7 @@ def test_embedding_same_with_and_without_native(name: str, monkeypatch: pytest.M
     fast = embedding(ids, torch.float32)
     without_native(monkeypatch)
     slow = embedding(ids, torch.float32)
-    assert torch.equal(fast, slow) and torch.equal(fast, table.dequantize()[ids])
+    assert torch.equal(fast, slow) and torch.equal(fast, torch_values(table)[ids])
 
 
 # --------------------------------------------------------------------------------------- attention
@@ -389,6 +416,7 @@ FALLBACK_SCRIPT = textwrap.dedent("""
     from tfb.gguf.ggml_types import GGML_TYPE_BY_NAME
     from tfb.nn.linear import Linear
     from tfb.quant import PackedTensor
+    from tfb.quant.blocks import DEQUANTIZERS
     import tfb.quant.native as native
 
     gtype = GGML_TYPE_BY_NAME["Q8_0"]
@@ -402,7 +430,8 @@ FALLBACK_SCRIPT = textwrap.dedent("""
         warnings.simplefilter("always")
         y = layer(x)
         y = layer(x)
-    torch.testing.assert_close(y, x @ weight.dequantize().T, rtol=1e-5, atol=1e-5)
+    want = x @ DEQUANTIZERS["Q8_0"](weight.raw.reshape(-1, 34)).reshape(16, 256).T
+    torch.testing.assert_close(y, want, rtol=1e-5, atol=1e-5)
     print("available", native.available(), "warnings", len(caught), caught[0].message if caught else "")
 """)
 

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 from compare import assert_logits_match, ids_for
-from test_native import needs_native, packed, widths
+from test_native import needs_native, packed, torch_values, widths
 
 import tfb
 import tfb.quant.native as native
@@ -53,7 +53,7 @@ def test_matches_the_rounded_activations(isa: str, name: str, kind: str) -> None
     rng = np.random.default_rng(3)
     for cols in [*widths(name), 16384]:  # 16384: the rounded row no longer fits the kernel's stack buffer
         weight = packed(name, 37, cols, rng, kind)
-        values = weight.dequantize()
+        values = torch_values(weight)
         for rows in (1, 2):
             x = torch.randn(rows, cols, generator=torch.Generator().manual_seed(rows)) * 3
             x[0, :40] *= 50  # an outlier run: blocks differ in scale
@@ -71,7 +71,7 @@ def test_within_the_rounding_of_the_float_product(name: str) -> None:
     rng = np.random.default_rng(4)
     cols = widths(name)[1]
     weight = packed(name, 29, cols, rng, "moderate")
-    values = weight.dequantize().double()
+    values = torch_values(weight).double()
     x = torch.randn(1, cols, generator=torch.Generator().manual_seed(5))
     y = native.matmul(x, weight, int8_activations=True)
     assert y is not None
@@ -106,7 +106,7 @@ def test_zero_blocks_and_types_without_int8() -> None:
     weight = packed("Q4_K", 8, 512, rng, "moderate")
     x = torch.zeros(1, 512)
     x[0, 300] = 2.0  # the first block is all zero
-    want, _ = expected(x, weight.dequantize(), 256)
+    want, _ = expected(x, torch_values(weight), 256)
     assert torch.allclose(native.matmul(x, weight, int8_activations=True).double(), want, rtol=1e-5, atol=1e-6)
     other = packed("Q4_1", 8, 512, rng, "moderate")  # no int8 products: the float32 path, whatever was asked
     x = torch.randn(1, 512)

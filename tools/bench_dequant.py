@@ -1,17 +1,20 @@
-"""Dequantization throughput: tfb's torch dequantizers and native kernels against the `gguf` package's
-numpy reference.
+"""Dequantization throughput: tfb against the `gguf` package's numpy reference (`gguf.quants.dequantize`).
 
     python tools/bench_dequant.py                      # every type, 4096 x 4096 weights
     python tools/bench_dequant.py --types Q4_0 IQ2_S --rows 1024 --repeats 5
 
-All sides dequantize the same random blocks (float16 scales kept finite) into a fresh float32 tensor,
-best of --repeats runs, in one process. The "reused buffer" columns write into a buffer allocated once
-(torch: `dequantize_into`; native: `tfb.quant.native.dequantize_into`), i.e. without the cost of
-faulting in fresh output memory. The native columns are n/a for types without native kernels or when
-the native library is unavailable. Prints a markdown table.
+Every side dequantizes the same random blocks (float16 scales kept finite), best of --repeats calls, in
+one process; a call's time ends when its result is ready (freeing it is not timed, on either side).
+Columns:
+- tfb, new tensor: `PackedTensor.dequantize()`, what tfb's API and loader call (the native kernels, or
+  the torch dequantizers where the native library is unavailable); the reference allocates its result too;
+- tfb, into a buffer: `PackedTensor.dequantize_into(out)` with `out` allocated once, the way llama.cpp's
+  test-quantize-perf times its `to_float` (so without the OS's cost of zeroing fresh pages);
+- torch only: tfb's torch dequantizers, the definition the native kernels are tested against and the
+  path without a C compiler, into a new tensor and into a buffer.
 The reference is single-threaded numpy; `--threads 1 --clock cpu` compares one core against one core by
 CPU time, which stays meaningful when other processes share the machine (wall-clock figures with two
-threads do not: every parallel torch call then waits for the busy core).
+threads do not: every parallel torch call then waits for the busy core). Prints a markdown table.
 """
 
 from __future__ import annotations
@@ -30,7 +33,6 @@ import tfb.quant.native as native
 from tfb.gguf.ggml_types import GGML_TYPE_BY_NAME
 from tfb.quant import PackedTensor
 from tfb.quant.blocks import DEQUANTIZERS, KERNELS, dequantize_into
-from tfb.quant.common import empty_float32
 
 TYPES = ["F16", "BF16", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K",
          "IQ1_S", "IQ1_M", "IQ2_XXS", "IQ2_XS", "IQ2_S", "IQ3_XXS", "IQ3_S", "IQ4_NL", "IQ4_XS",
@@ -62,8 +64,9 @@ def best_seconds(fn: Callable[[], object], repeats: int) -> float:
     best = float("inf")
     for _ in range(repeats):
         start = CLOCK()
-        fn()
+        result = fn()
         best = min(best, CLOCK() - start)
+        del result
     return best
 
 
@@ -104,24 +107,20 @@ def load_average() -> str:
 
 
 def measure(name: str, raw: np.ndarray, rows: int, repeats: int) -> list[float | None]:
-    """Seconds per call: the reference (None where it has no dequantizer), tfb, tfb into a reused buffer,
-    then the native kernels into a fresh and into a reused buffer (None where not native)."""
+    """Seconds per call: the reference (None where it has no dequantizer), tfb into a new tensor and into a
+    buffer, then the torch dequantizers alone into a new tensor and into a buffer."""
+    gtype = GGML_TYPE_BY_NAME[name]
     blocks = torch.from_numpy(raw)
+    weight = PackedTensor(blocks, gtype, (rows, blocks.numel() // gtype.type_size * gtype.block_size // rows))
+    out = torch.empty(weight.shape)
     block_size, kernel = KERNELS[name]
-    out = torch.empty(blocks.shape[0], block_size)
-    ours = best_seconds(lambda: DEQUANTIZERS[name](blocks), repeats)
-    reused = best_seconds(lambda: dequantize_into(blocks, out, kernel, block_size), repeats)
     ref = reference(name)
     data = raw.reshape(rows, -1)
-    theirs = None if ref is None else best_seconds(lambda: ref(data), repeats)
-    gtype = GGML_TYPE_BY_NAME[name]
-    packed = PackedTensor(blocks, gtype, (blocks.shape[0] * block_size,))
-    native_fresh = native_reused = None
-    if native.supports(gtype):
-        native_fresh = best_seconds(lambda: native.dequantize_into(packed, empty_float32(blocks.shape[0], block_size)),
-                                    repeats)
-        native_reused = best_seconds(lambda: native.dequantize_into(packed, out), repeats)
-    return [theirs, ours, reused, native_fresh, native_reused]
+    return [None if ref is None else best_seconds(lambda: ref(data), repeats),
+            best_seconds(weight.dequantize, repeats),
+            best_seconds(lambda: weight.dequantize_into(out), repeats),
+            best_seconds(lambda: DEQUANTIZERS[name](blocks), repeats),
+            best_seconds(lambda: dequantize_into(blocks, out.view(-1, block_size), kernel, block_size), repeats)]
 
 
 def main() -> None:
@@ -159,8 +158,8 @@ def main() -> None:
     print(f"{weights / 1e6:.1f} M weights ({args.rows} x {args.cols}) per call, best of {args.repeats} calls "
           f"x {args.rounds} rounds; {args.clock} clock; torch {torch.__version__}, {torch.get_num_threads()} "
           f"threads, {cpu_model()}, {native_where}, load average {load_average()}\n")
-    print("| type | gguf numpy (Mw/s) | tfb (Mw/s) | tfb / gguf | tfb into reused buffer (Mw/s) "
-          "| native (Mw/s) | native / gguf | native into reused buffer (Mw/s) | that / gguf |")
+    print("| type | gguf numpy (Mw/s) | tfb, new tensor (Mw/s) | tfb / gguf | tfb, into a buffer (Mw/s) "
+          "| that / gguf | torch only, new tensor (Mw/s) | that / gguf | torch only, into a buffer (Mw/s) |")
     print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
 
     def mws(seconds: float) -> str:
@@ -169,10 +168,9 @@ def main() -> None:
     def ratio(slow: float, fast: float) -> str:
         return f"{slow / fast:.1f}x" if slow < float("inf") and fast < float("inf") else "n/a"
 
-    for name, (theirs, ours, reused, native_fresh, native_reused) in best.items():
-        print(f"| {name} | {mws(theirs)} | {mws(ours)} | {ratio(theirs, ours)} | {mws(reused)} "
-              f"| {mws(native_fresh)} | {ratio(theirs, native_fresh)} | {mws(native_reused)} "
-              f"| {ratio(theirs, native_reused)} |")
+    for name, (theirs, fresh, into, torch_fresh, torch_into) in best.items():
+        print(f"| {name} | {mws(theirs)} | {mws(fresh)} | {ratio(theirs, fresh)} | {mws(into)} "
+              f"| {ratio(theirs, into)} | {mws(torch_fresh)} | {ratio(theirs, torch_fresh)} | {mws(torch_into)} |")
 
 
 if __name__ == "__main__":

@@ -18,7 +18,6 @@ from torch import nn
 
 from tfb.errors import WeightError
 from tfb.quant import PackedTensor, native
-from tfb.quant.blocks import KERNELS, dequantize_into
 
 CHUNK_BYTES = 8 * 1024 * 1024  # float32 scratch for the weight rows expanded at a time
 
@@ -60,7 +59,7 @@ def _expanded_matmul(x2: torch.Tensor, weight: PackedTensor) -> torch.Tensor:
         rows = weight[start:start + step]
         count = rows.shape[0]
         values = scratch[:count * in_features].view(count, in_features)
-        expand_into(rows, values)
+        rows.dequantize_into(values)
         torch.mm(x2, values.T, out=y[:, start:start + count])
     return y
 
@@ -71,25 +70,6 @@ def _scratch_buffer(floats: int) -> torch.Tensor:
     if buffer is None or buffer.numel() < floats:
         buffer = _scratch.buffer = torch.empty(floats, dtype=torch.float32)
     return buffer
-
-
-def expand_into(weight: PackedTensor, out: torch.Tensor) -> None:
-    """The weight's float32 values into the contiguous `out` of its shape (bit-exact either way)."""
-    if native.dequantize_into(weight, out):
-        return
-    gtype = weight.ggml_type
-    if gtype.name not in KERNELS:
-        out.copy_(weight.dequantize())
-        return
-    block_size, kernel = KERNELS[gtype.name]
-    dequantize_into(weight.raw.reshape(-1, gtype.type_size), out.view(-1, block_size), kernel, block_size)
-
-
-def expand(weight: PackedTensor) -> torch.Tensor:
-    """The weight's float32 values in a new tensor."""
-    out = torch.empty(weight.shape, dtype=torch.float32)
-    expand_into(weight, out)
-    return out
 
 
 class Linear(nn.Module):
@@ -162,5 +142,5 @@ class Embedding(nn.Module):
             flat = ids.reshape(-1)
             unique, inverse = torch.unique(flat, return_inverse=True)
             rows = PackedTensor(self.table.raw[unique], self.table.ggml_type, (len(unique), self.dim))
-            return expand(rows)[inverse].to(dtype).reshape(*ids.shape, self.dim)
+            return rows.dequantize()[inverse].to(dtype).reshape(*ids.shape, self.dim)
         return F.embedding(ids, self.table).to(dtype)

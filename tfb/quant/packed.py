@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 from tfb.errors import WeightError
 from tfb.gguf.ggml_types import NOT_WEIGHT_TYPES, GGMLType
-from tfb.quant.blocks import DEQUANTIZERS
+from tfb.quant import native
+from tfb.quant.blocks import DEQUANTIZERS, KERNELS, dequantize_into
+from tfb.quant.common import empty_float32
 
 
 def weight_types() -> list[str]:
@@ -46,6 +50,15 @@ class PackedTensor:
         return PackedTensor(raw, self.ggml_type, shape, self.name)
 
     def dequantize(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
-        blocks = self.raw.reshape(-1, self.ggml_type.type_size)
-        values = DEQUANTIZERS[self.ggml_type.name](blocks)
-        return values.reshape(self.shape).to(dtype)
+        """The values in a new tensor of `dtype`."""
+        out = empty_float32(math.prod(self.shape[:-1]), self.shape[-1]).view(self.shape)
+        self.dequantize_into(out)
+        return out.to(dtype)
+
+    def dequantize_into(self, out: torch.Tensor) -> None:
+        """The float32 values into the contiguous `out` of this shape: the native kernels where they cover the
+        type, else the torch dequantizers (the definition the native kernels are tested to equal, bit for bit)."""
+        if native.dequantize_into(self, out):
+            return
+        block_size, kernel = KERNELS[self.ggml_type.name]
+        dequantize_into(self.raw.reshape(-1, self.ggml_type.type_size), out.view(-1, block_size), kernel, block_size)

@@ -11,7 +11,6 @@ from tfb.quant.native.ops import (
     Prepared,
     attend,
     available,
-    dequantize,
     dequantize_into,
     isa,
     matmul,
@@ -27,6 +26,6 @@ from tfb.quant.native.ops import (
     uses_openmp,
 )
 
-__all__ = ["NATIVE_MAX_ROWS", "Prepared", "attend", "available", "dequantize", "dequantize_into", "isa", "matmul",
+__all__ = ["NATIVE_MAX_ROWS", "Prepared", "attend", "available", "dequantize_into", "isa", "matmul",
            "prepare", "rms_norm", "rope", "set_isa", "set_threads", "supports", "supports_int8", "threads",
            "use_openmp", "uses_openmp"]

@@ -17,13 +17,16 @@ from __future__ import annotations
 import ctypes
 import functools
 import math
+from typing import TYPE_CHECKING
 
 import torch
 
 from tfb.gguf.ggml_types import GGMLType
 from tfb.quant.native import workers
 from tfb.quant.native.library import load
-from tfb.quant.packed import PackedTensor
+
+if TYPE_CHECKING:  # packed.py imports this module
+    from tfb.quant.packed import PackedTensor
 
 NATIVE_MAX_ROWS = 2048
 
@@ -150,14 +153,6 @@ def dequantize_into(weight: PackedTensor, out: torch.Tensor) -> bool:
     _check(library().tfb_dequantize(weight.ggml_type.id, raw.data_ptr(), n_blocks, out.data_ptr()),  # type: ignore[union-attr]
            f"dequantize of {weight.name or 'a weight'}")
     return True
-
-
-def dequantize(weight: PackedTensor, dtype: torch.dtype = torch.float32) -> torch.Tensor | None:
-    """The weight expanded to `dtype`, bit-exact with the torch dequantizers; None if not native."""
-    out = torch.empty(weight.shape, dtype=torch.float32)
-    if not dequantize_into(weight, out):
-        return None
-    return out if dtype == torch.float32 else out.to(dtype)
 
 
 def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float, softcap: float = 0.0,
