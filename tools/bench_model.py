@@ -8,7 +8,8 @@ The models are random (hidden 1024, 28 layers, 16 heads, 8 KV heads, head_dim 12
 vocabulary 151936 with the real Qwen2 tokenizer, tied embeddings), made once by tools/make_tiny_gguf.py
 into $TFB_CACHE/bench. Figures:
 - load: wall time from process start to the first logits, and peak RSS (ru_maxrss) minus that of a process
-  that only imports tfb and torch (for transformers and llama.cpp: their own imports);
+  that only imports tfb and torch (for transformers and llama.cpp: their own imports); tfb also with
+  expand=True (every weight expanded to float32 at load: speed over memory);
 - speed: prompt processing (128 tokens) and greedy decoding (64 tokens), tokens per second; with
   --repeats N, the median of N runs, the engines taking turns. tfb is measured twice: as loaded by default
   (float32 products) and with int8_activations=True (activations rounded to 8 bits in the decoding
@@ -99,9 +100,11 @@ print(json.dumps({'prompt_tps': prompt / prefill, 'decode_tps': decode / (time.p
 """,
 }
 CHILDREN["tfb int8 speed"] = CHILDREN["tfb speed"].replace("tfb.load(path)", "tfb.load(path, int8_activations=True)")
+CHILDREN["tfb expand load"] = CHILDREN["tfb load"].replace("tfb.load(path)", "tfb.load(path, expand=True)")
+LOAD_ENGINES = {"tfb": ["tfb", "tfb expand"], "transformers": ["transformers"], "llama.cpp": ["llama.cpp"]}
 SPEED_ENGINES = {"tfb": ["tfb", "tfb int8"], "transformers": ["transformers"], "llama.cpp": ["llama.cpp"]}
-ENGINE_NAMES = {"tfb": "tfb", "tfb int8": "tfb, int8 activations", "transformers": "transformers",
-                "llama.cpp": "llama.cpp"}
+ENGINE_NAMES = {"tfb": "tfb", "tfb int8": "tfb, int8 activations", "tfb expand": "tfb, expand=True (float32)",
+                "transformers": "transformers", "llama.cpp": "llama.cpp"}
 
 
 def model_file(kind: str) -> Path:
@@ -153,10 +156,11 @@ def bench(kind: str, skip: set[str], repeats: int = 1) -> dict:
         engines.remove("llama.cpp")
     for engine in engines:
         base = run_child(f"baseline {engine}", path)
-        load = run_child(f"{engine} load", path)
-        if base and load:
-            out[f"{engine}_first_logits_s"] = load["first_logits_s"]
-            out[f"{engine}_rss_over_baseline"] = load["rss"] - base["rss"]
+        for name in LOAD_ENGINES[engine]:
+            load = run_child(f"{name} load", path)
+            if base and load:
+                out[f"{name}_first_logits_s"] = load["first_logits_s"]
+                out[f"{name}_rss_over_baseline"] = load["rss"] - base["rss"]
     speed_engines = [name for engine in engines for name in SPEED_ENGINES[engine]]
     runs: dict[str, list[dict]] = {name: [] for name in speed_engines}
     for _ in range(repeats):
