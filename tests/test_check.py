@@ -11,8 +11,9 @@ import numpy as np
 import pytest
 from gguf import GGMLQuantizationType, GGUFReader, GGUFValueType, GGUFWriter
 
+from tfb import load as tfb_load
 from tfb.authoring.check import check
-from tfb.errors import TfbError
+from tfb.errors import TfbError, TfbWarning
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tools"))
@@ -20,7 +21,7 @@ from make_tiny_gguf import DEFAULT_VOCAB, make  # noqa: E402
 
 FAMILIES = ["llama", "llama_tied", "llama3", "qwen2", "qwen3", "starcoder2", "phi2", "phi3", "phi3_longrope",
             "mistral3", "qwen3moe", "mixtral", "gemma", "gemma2", "gemma3", "granite", "olmo", "olmo2", "smollm3",
-            "stablelm", "stablelm_parallel", "gpt2", "glm4", "phimoe", "gpt-oss"]
+            "stablelm", "stablelm_parallel", "stablelm_qk_norm", "gpt2", "glm4", "phimoe", "gpt-oss"]
 SIZES = {"hidden_size": 64, "n_layers": 2, "n_heads": 4, "n_kv_heads": 2, "head_dim": 16, "intermediate_size": 128,
          "context_length": 256}
 
@@ -100,6 +101,24 @@ def test_unused_tensors_point_at_the_switch(tiny_model) -> None:
             "`attn_q_norm`, which this spec and file leave unread (attention.qk_norm is `none`); [32] F32 in the "
             "file") in result.stdout.splitlines()
     assert result.stdout.splitlines()[-1].startswith("2 problems: spec qwen2")
+
+
+def test_load_warns_of_tensors_no_slot_reads(tiny_model) -> None:
+    """tfb.load keeps going on such a file (the spec may be the one asked for) but says what it leaves out;
+    the command line prints that as one line."""
+    _, path = tiny_model("qwen3", "f32")
+    unread = "blk.0.attn_k_norm.weight, blk.0.attn_q_norm.weight, blk.1.attn_k_norm.weight, blk.1.attn_q_norm.weight"
+    with pytest.warns(TfbWarning) as caught:
+        tfb_load(path, spec="qwen2")
+    assert [str(w.message) for w in caught] == [
+        f"{path}: spec `qwen2` reads no tensor named {unread}; the logits may not be the model's (`tfb check "
+        f"{path}` says which switch would read them)"]
+    result = tfb("run", str(path), "--spec", "qwen2", "-p", "hi", "-n", "1", "--temp", "0")
+    assert result.returncode == 0, result.stderr
+    warned = [line for line in result.stderr.splitlines() if "reads no tensor" in line]
+    assert len(warned) == 1, result.stderr
+    assert warned[0].startswith(f"tfb: warning: {path}: spec `qwen2` reads no tensor"), result.stderr
+    assert "Traceback" not in result.stderr and "UserWarning" not in result.stderr
 
 
 def test_missing_tensor_and_wrong_shape_name_the_template_line(tmp_path: Path, tiny_qwen3: Path) -> None:

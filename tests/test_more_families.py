@@ -13,7 +13,7 @@ from compare import compare, ids_for
 import tfb
 
 AGREE = ["gemma", "gemma2", "gemma3", "granite", "olmo", "olmo2", "smollm3", "stablelm", "stablelm_parallel",
-         "gpt2", "gpt-oss"]
+         "stablelm_qk_norm", "gpt2", "gpt-oss"]
 QUANTIZED = [("gemma2", "q8_0"), ("gpt-oss", "q8_0"), ("olmo2", "q4_0"), ("granite", "bf16")]
 SHAPES = [(1, 1), (2, 1), (2, 40)]  # 40 > every window (8) and gpt-oss's original YaRN context (32)
 
@@ -43,6 +43,10 @@ def test_switches_the_files_exercise(tiny_model) -> None:
     assert [b.attn.opts.use_rope for b in smollm3.blocks] == [True, True, True, False]
     assert tfb.load(tiny_model("stablelm_parallel", "f32")[1]).config.parallel_residual
     assert not tfb.load(tiny_model("stablelm", "f32")[1]).config.parallel_residual
+    assert not tfb.load(tiny_model("stablelm", "f32")[1]).config.qk_norm
+    per_head = tfb.load(tiny_model("stablelm_qk_norm", "f32")[1]).blocks[1].attn
+    assert per_head.q_norm.weight.shape == (4, 16) and per_head.k_norm.weight.shape == (2, 16)
+    assert not torch.equal(per_head.q_norm.weight[0], per_head.q_norm.weight[1])  # each head its own weights
     oss = tfb.load(tiny_model("gpt-oss", "f32")[1])
     assert oss.blocks[0].attn.sinks is not None and oss.config.rope_scaling == "yarn"
 

@@ -11,6 +11,7 @@ import torch.nn.functional as F
 
 from tfb.build import in_pattern
 from tfb.config import ModelConfig
+from tfb.errors import WeightError
 from tfb.nn.attention import Attention, AttentionOptions, AttentionShape, KVCache
 from tfb.nn.mlp import MLP, Activation
 from tfb.nn.moe import Experts
@@ -44,6 +45,22 @@ def test_layernorm_with_bias_and_rmsnorm_with_offset() -> None:
     rms = Norm("rmsnorm", 16, 1e-6, weight_offset=1.0)
     rms.set_weight("w", w)
     torch.testing.assert_close(rms(x), x / torch.sqrt(x.pow(2).mean(-1, keepdim=True) + 1e-6) * (1.0 + w))
+
+
+def test_norms_with_weights_of_their_own_per_head() -> None:
+    """groups: one weight (and bias) row per vector of the next-to-last dimension, each head normalised alone."""
+    gen = torch.Generator().manual_seed(1)  # not the module's generator: the tests below keep their data
+    x, w, b = (torch.randn(*shape, generator=gen) for shape in ((2, 5, 4, 16), (4, 16), (4, 16)))
+    ln = Norm("layernorm", 16, 1e-5, groups=4)
+    ln.set_weight("w", w)
+    ln.set_bias("b", b)
+    rms = Norm("rmsnorm", 16, 1e-6, groups=4)
+    rms.set_weight("w", w)
+    for h in range(4):
+        torch.testing.assert_close(ln(x)[:, :, h], F.layer_norm(x[:, :, h], (16,), w[h], b[h], 1e-5))
+        torch.testing.assert_close(rms(x)[:, :, h], F.rms_norm(x[:, :, h], (16,), w[h], 1e-6))
+    with pytest.raises(WeightError, match=r"has shape \[16\], expected \[4, 16\]"):
+        rms.set_weight("w", w[0])
 
 
 # ------------------------------------------------------------------------------------------------- rope

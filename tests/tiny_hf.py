@@ -44,6 +44,7 @@ class Family:
     special_tokens: tuple[str, ...] = ()  # added to the gpt2 tokenizer (converters that look them up)
     architecture: str | None = None  # config.json's name, where real checkpoints use another than the class
     transposed: tuple[str, ...] = ()  # parameters stored [.., in, out], which the converter transposes
+    stack_per_head_norms: bool = False  # see stack_per_head_norms()
 
     @property
     def vocab_size(self) -> int:
@@ -106,6 +107,10 @@ FAMILIES: dict[str, Family] = {
     "stablelm_parallel": Family("StableLmForCausalLM", "StableLmConfig", dict(
         BASE, use_parallel_residual=True, rope_parameters=dict(rope_type="default", rope_theta=10000.0,
                                                                partial_rotary_factor=0.5)), tokenizer="gpt2"),
+    "stablelm_qk_norm": Family("StableLmForCausalLM", "StableLmConfig", dict(  # StableLM 2 12B's per-head Q/K norms
+        BASE, qk_layernorm=True, rope_parameters=dict(rope_type="default", rope_theta=10000.0,
+                                                      partial_rotary_factor=0.25)), tokenizer="gpt2",
+        stack_per_head_norms=True),
     "gpt2": Family("GPT2LMHeadModel", "GPT2Config", dict(n_embd=64, n_layer=2, n_head=4, n_positions=128, n_ctx=128),
                    tokenizer="gpt2"),
     "glm4": Family("Glm4ForCausalLM", "Glm4Config", dict(BASE, head_dim=16, attention_bias=True, pad_token_id=None),
@@ -220,6 +225,8 @@ def convert(model: torch.nn.Module, family: Family, outtype: str, workdir: Path)
     """Save the model, run llama.cpp's converter on it, requantize if the converter cannot write the type."""
     hf_dir = workdir / "hf"
     model.save_pretrained(hf_dir)
+    if family.stack_per_head_norms:
+        stack_per_head_norms(hf_dir / "model.safetensors")
     if family.architecture is not None:
         config = json.loads((hf_dir / "config.json").read_text())
         (hf_dir / "config.json").write_text(json.dumps({**config, "architectures": [family.architecture]}))
@@ -242,6 +249,23 @@ def convert(model: torch.nn.Module, family: Family, outtype: str, workdir: Path)
     final = workdir / f"model-{outtype}.gguf"
     requantize(str(out), str(final), GGMLQuantizationType[outtype.upper()])
     return final
+
+
+def stack_per_head_norms(checkpoint: Path) -> None:
+    """Stack `...q_layernorm.norms.{h}.weight` into `...q_layernorm.weight` [heads, head_dim] (k alike), in
+    head order, as the StableLM converter's `_stack_qk_norm` does. Its `modify_tensors` returns that
+    stacking from inside a generator (llama-cpp-python 0.3.36), which drops it and then fails on the
+    unprocessed norms; given the stacked tensor, the converter names and writes it as it meant to."""
+    from safetensors.torch import load_file, save_file
+
+    tensors = load_file(checkpoint)
+    heads: dict[str, dict[int, torch.Tensor]] = {}
+    for name in [n for n in tensors if ".norms." in n]:
+        prefix, index = name.rsplit(".norms.", 1)
+        heads.setdefault(prefix, {})[int(index.split(".")[0])] = tensors.pop(name)
+    for prefix, by_head in heads.items():
+        tensors[f"{prefix}.weight"] = torch.stack([by_head[h] for h in range(len(by_head))])
+    save_file(tensors, checkpoint, metadata={"format": "pt"})
 
 
 Builder = Callable[[str, str], tuple[torch.nn.Module, Path]]

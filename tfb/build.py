@@ -6,6 +6,7 @@ one table that maps each tensor slot to the module that takes it.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,7 +15,7 @@ from typing import Any
 import torch
 
 from tfb.config import ModelConfig
-from tfb.errors import InputError, WeightError
+from tfb.errors import InputError, TfbWarning, WeightError
 from tfb.gguf.ggml_types import GGMLType
 from tfb.gguf.hparams import build_config
 from tfb.gguf.reader import GGUFFile, TensorInfo
@@ -30,7 +31,7 @@ from tfb.quant import PackedTensor, is_supported
 from tfb.quant.packed import weight_types
 from tfb.spec.match import SpecRef, spec_for_file
 from tfb.spec.schema import LayerPattern, Spec
-from tfb.spec.slots import FileFacts, global_slots, layer_slots
+from tfb.spec.slots import FileFacts, global_slots, layer_slots, names_read
 
 Progress = Callable[[int, int], None]
 DTYPES = (torch.float32, torch.float16, torch.bfloat16)
@@ -57,7 +58,7 @@ def build_block(spec: Spec, c: ModelConfig, layer: int) -> Block:
     shape = AttentionShape(c.hidden_size, c.n_heads, c.n_kv_heads, c.head_dim, c.value_dim)
     opts = AttentionOptions(
         fused_qkv=c.fused_qkv,
-        qk_norm=att.qk_norm.kind if att.qk_norm else None,
+        qk_norm=att.qk_norm.kind if att.qk_norm and c.qk_norm else None,
         qk_norm_over=att.qk_norm.over if att.qk_norm else "head",
         norm_eps=c.norm_eps,
         scale=c.attention_scale,
@@ -201,7 +202,7 @@ class PlannedTensor:
 def plan_tensors(model: Transformer, spec: Spec, present: Collection[str]) -> list[PlannedTensor]:
     """Every tensor slot the spec and config use, resolved against the names present in a file."""
     c = model.config
-    facts = FileFacts(experts=c.has_experts, fused_qkv=c.fused_qkv, parallel_residual=c.parallel_residual)
+    facts = FileFacts.of(c)
     plan: list[PlannedTensor] = []
 
     def add(group: str, slot: str, need: str, module: torch.nn.Module | None, method: str,
@@ -259,8 +260,7 @@ def check_layers_present(spec: Spec, config: ModelConfig, present: Collection[st
     block = build_block(spec, config, 0)
     templates = spec.tensors.layer
     needed = []
-    facts = FileFacts(experts=config.has_experts, fused_qkv=config.fused_qkv,
-                      parallel_residual=config.parallel_residual)
+    facts = FileFacts.of(config)
     for slot, need in layer_slots(spec, facts).items():
         ref = getattr(templates, slot)
         if need == "required" and not ref.optional and _target(block, LAYER_TARGETS[slot][0]) is not None:
@@ -282,6 +282,7 @@ def load_weights(model: Transformer, spec: Spec, gguf: GGUFFile, *, expand: bool
         raise WeightError(_missing_message(gguf.path, spec, missing))
     for p in plan:  # before converting anything: a mismatch must not cost a dequantization
         _check_tensor(gguf, p, gguf.tensors[p.name])
+    _warn_unread(model.config, spec, gguf, {p.name for p in plan})
     source = _Source(gguf, model.dtype, expand)
     total = sum(gguf.tensors[p.name].nbytes for p in plan)
     done = 0
@@ -291,6 +292,19 @@ def load_weights(model: Transformer, spec: Spec, gguf: GGUFFile, *, expand: bool
         done += info.nbytes
         if progress is not None:
             progress(done, total)
+
+
+def _warn_unread(config: ModelConfig, spec: Spec, gguf: GGUFFile, planned: set[str]) -> None:
+    """A file tensor that no slot reads is a part of the model left out (as llama.cpp, which refuses such
+    files, would say): the logits are then likely not the model's."""
+    facts = FileFacts.of(config)
+    read = names_read(spec, facts, config.n_layers) | planned
+    unread = [name for name in gguf.tensors if name not in read]
+    if unread:
+        shown = ", ".join(unread[:4]) + (f" and {len(unread) - 4} more" if len(unread) > 4 else "")
+        warnings.warn(f"{gguf.path}: spec `{spec.name}` reads no tensor named {shown}; the logits may not be "
+                      f"the model's (`tfb check {gguf.path}` says which switch would read them)", TfbWarning,
+                      stacklevel=3)
 
 
 # ------------------------------------------------------------------------------------------------- load

@@ -11,6 +11,11 @@ class TfbError(Exception):
     """Base of every error tfb raises on bad input."""
 
 
+class TfbWarning(UserWarning):
+    """Input tfb accepts but that probably does not do what the user wants (the command line prints it as
+    one `tfb: warning:` line)."""
+
+
 class SpecError(TfbError):
     """A spec file is malformed, inconsistent or asks for something the builder cannot do."""
 

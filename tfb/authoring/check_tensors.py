@@ -12,15 +12,13 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from pydantic import BaseModel
-
 from tfb.authoring.findings import Finding, show_mark
 from tfb.build import build_modules, plan_tensors
 from tfb.config import ModelConfig
 from tfb.gguf.reader import GGUFFile
 from tfb.quant.packed import is_supported, weight_types
-from tfb.spec.schema import GLOBAL_SLOTS, Spec, TensorRef
-from tfb.spec.slots import FileFacts, global_slots, layer_slots
+from tfb.spec.schema import GLOBAL_SLOTS, Spec
+from tfb.spec.slots import FileFacts, names_read, slot_templates
 from tfb.spec.suggest import did_you_mean
 from tfb.spec.yamlfile import Key, Mark
 
@@ -57,32 +55,6 @@ class TensorReport:
 
 def _group(slot: str) -> str:
     return "global" if slot in GLOBAL_SLOTS else "layer"
-
-
-def slot_templates(spec: Spec) -> dict[str, TensorRef]:
-    out: dict[str, TensorRef] = {}
-    templates: BaseModel
-    for templates in (spec.tensors.global_, spec.tensors.layer):
-        for slot in type(templates).model_fields:
-            ref = getattr(templates, slot)
-            if ref is not None:
-                out[slot] = ref
-    return out
-
-
-def names_read(spec: Spec, config: ModelConfig) -> set[str]:
-    """Every tensor name the spec may read for this config, optional ones and stand-ins included
-    (the plan holds one rope factor set; the others are read at other run contexts)."""
-    facts = FileFacts(experts=config.has_experts, fused_qkv=config.fused_qkv)
-    templates = slot_templates(spec)
-    slots: list[tuple[str, int | None]] = [(s, None) for s in global_slots(spec, facts)]
-    slots += [(s, i) for i in range(config.n_layers) for s in layer_slots(spec, facts)]
-    names: set[str] = set()
-    for slot, layer in slots:
-        for ref in (templates.get(slot), templates.get(templates[slot].if_absent or "") if slot in templates else None):
-            if ref is not None:
-                names.add(ref.name.replace("{i}", str(layer)))
-    return names
 
 
 def _switch_value(spec: Spec, path: str) -> Any:
@@ -126,7 +98,8 @@ def check_tensors(spec: Spec, marks: Mapping[Key, Mark], gguf: GGUFFile, config:
     model_path = str(gguf.path)
     present = gguf.tensors
     plan = plan_tensors(build_modules(spec, config), spec, present.keys())
-    read = names_read(spec, config) | {p.name for p in plan}
+    facts = FileFacts.of(config)
+    read = names_read(spec, facts, config.n_layers) | {p.name for p in plan}
     unread = [name for name in present if name not in read]  # what a misspelt template may have meant
     for p in plan:
         where = _mark(marks, ("tensors", _group(p.slot), p.slot)) or model_path

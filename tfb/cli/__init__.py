@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import argparse
 import sys
+import warnings
 from collections.abc import Sequence
+from typing import TextIO
 
 from tfb.cli import authoring, files, generate, specs
 from tfb.cli.common import EXIT_INTERRUPTED, EXIT_INVALID, safe
@@ -28,8 +30,21 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _show_warning(message: Warning | str, category: type[Warning], filename: str, lineno: int,
+                  file: TextIO | None = None, line: str | None = None) -> None:
+    text = str(message)
+    print(safe(text if text.startswith("tfb: ") else f"tfb: warning: {text}"), file=sys.stderr)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    with warnings.catch_warnings():  # one plain line per warning, as errors are printed
+        if not args.debug:
+            warnings.showwarning = _show_warning
+        return _run(args)
+
+
+def _run(args: argparse.Namespace) -> int:
     try:
         return int(args.run(args))
     except TfbError as e:

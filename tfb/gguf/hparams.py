@@ -183,9 +183,12 @@ def build_config(spec: Spec, metadata: Mapping[str, MetaValue], tensor_names: Co
     ffn_norm = spec.tensors.layer.ffn_norm  # type: ignore[attr-defined]
     parallel = spec.block.residual == "parallel" or (
         spec.block.residual == "auto" and (ffn_norm is None or ffn_norm.name.replace("{i}", "0") not in tensor_names))
+    q_norm, qk_norm = spec.tensors.layer.attn_q_norm, spec.attention.qk_norm  # type: ignore[attr-defined]
+    has_qk_norm = qk_norm is not None and (qk_norm.presence == "required" or (
+        q_norm is not None and q_norm.name.replace("{i}", "0") in tensor_names))
     if context_length is not None and not 0 < context_length <= MAX_SIZE:
         raise ConfigError(f"context_length={context_length} must be a positive number of tokens")
-    config = ModelConfig(architecture=arch, fused_qkv=fused, parallel_residual=parallel,
+    config = ModelConfig(architecture=arch, fused_qkv=fused, parallel_residual=parallel, qk_norm=has_qk_norm,
                          run_context_length=context_length or values["context_length"], **values)
     check_config(config, spec, where)
     return config

@@ -29,7 +29,7 @@ class AttentionShape:
 class AttentionOptions:
     fused_qkv: bool
     qk_norm: str | None  # None, or the norm kind
-    qk_norm_over: str  # "head" or "all"
+    qk_norm_over: str  # "head", "each_head" or "all"
     norm_eps: float
     scale: float
     softcap: float
@@ -91,9 +91,12 @@ class Attention(nn.Module):
             self.v = Linear(s.hidden, self.v_out)
         self.o = Linear(s.n_heads * s.value_dim, s.hidden)
         if opts.qk_norm is not None:
-            per_head = opts.qk_norm_over == "head"
-            self.q_norm = Norm(opts.qk_norm, s.head_dim if per_head else self.q_out, opts.norm_eps)
-            self.k_norm = Norm(opts.qk_norm, s.head_dim if per_head else self.k_out, opts.norm_eps)
+            whole = opts.qk_norm_over == "all"
+            own = opts.qk_norm_over == "each_head"  # weights [heads, head_dim]
+            self.q_norm = Norm(opts.qk_norm, self.q_out if whole else s.head_dim, opts.norm_eps,
+                               groups=s.n_heads if own else 0)
+            self.k_norm = Norm(opts.qk_norm, self.k_out if whole else s.head_dim, opts.norm_eps,
+                               groups=s.n_kv_heads if own else 0)
         self.sinks: torch.Tensor | None = None
 
     def tensor_shape(self, method: str) -> tuple[int, ...]:
@@ -118,7 +121,7 @@ class Attention(nn.Module):
         q = q.view(b, t, s.n_heads, s.head_dim)
         k = k.view(b, t, s.n_kv_heads, s.head_dim)
         v = v.view(b, t, s.n_kv_heads, s.value_dim)
-        if o.qk_norm is not None and o.qk_norm_over == "head":
+        if o.qk_norm is not None and o.qk_norm_over != "all":
             q, k = self.q_norm(q), self.k_norm(k)
         if o.use_rope:
             q, k = rotary.rotate_pair(q, k, cos, sin)

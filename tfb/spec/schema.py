@@ -135,8 +135,14 @@ class QKNorm(Strict):
     """A norm on queries and keys before rope."""
 
     kind: NormKind = Field("rmsnorm", description="norm kind of the Q/K norm")
-    over: Literal["head", "all"] = Field(
-        "head", description="head: normalise each head (weights of head_dim); all: the whole projection")
+    over: Literal["head", "each_head", "all"] = Field(
+        "head", description="head: normalise each head, weights of head_dim shared by the heads; each_head: "
+        "the same with weights of its own for each head ([heads, head_dim]); all: the whole projection")
+    bias: Literal["norm", "none", "required", "optional"] = Field(
+        "norm", description="bias of the Q/K norms (layernorm only); norm: as `norm.bias`")
+    presence: Literal["required", "optional"] = Field(
+        "required", description="optional: only in files that have the Q/K norm tensors (the norm applies "
+        "where they are)")
 
     @model_validator(mode="before")
     @classmethod

@@ -9,18 +9,26 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from tfb.spec.schema import Spec
+from pydantic import BaseModel
+
+from tfb.config import ModelConfig
+from tfb.spec.schema import Spec, TensorRef
 
 Need = Literal["required", "optional"]
 
 
 @dataclass(frozen=True)
 class FileFacts:
-    """What the file decides: experts present, fused QKV."""
+    """What the file decides: experts present, fused QKV, parallel residual, an optional Q/K norm present."""
 
     experts: bool
     fused_qkv: bool
     parallel_residual: bool = False
+    qk_norm: bool = True
+
+    @classmethod
+    def of(cls, config: ModelConfig) -> FileFacts:
+        return cls(config.has_experts, config.fused_qkv, config.parallel_residual, config.qk_norm)
 
 
 def _add(out: dict[str, Need], slot: str, presence: str) -> None:
@@ -64,11 +72,12 @@ def layer_slots(spec: Spec, facts: FileFacts) -> dict[str, Need]:
             _add(out, f"attn_{p}_bias", getattr(att.bias, p))
     out["attn_output"] = "required"
     _add(out, "attn_output_bias", att.bias.o)
-    if att.qk_norm is not None:
+    if att.qk_norm is not None and facts.qk_norm:
         out["attn_q_norm"] = out["attn_k_norm"] = "required"
         if att.qk_norm.kind == "layernorm":
-            _add(out, "attn_q_norm_bias", spec.norm.bias)
-            _add(out, "attn_k_norm_bias", spec.norm.bias)
+            bias = spec.norm.bias if att.qk_norm.bias == "norm" else att.qk_norm.bias
+            _add(out, "attn_q_norm_bias", bias)
+            _add(out, "attn_k_norm_bias", bias)
     if att.sinks:
         out["attn_sinks"] = "required"
     if block.post_norm:
@@ -104,4 +113,32 @@ def possible_facts(spec: Spec) -> list[FileFacts]:
     fused = {"separate": [False], "fused": [True], "auto": [False, True]}[spec.attention.qkv]
     experts = [False, True] if spec.ffn.experts is not None else [False]
     parallel = {"sequential": [False], "parallel": [True], "auto": [False, True]}[spec.block.residual]
-    return [FileFacts(e, f, p) for e in experts for f in fused for p in parallel]
+    qk_norm = [False, True] if spec.attention.qk_norm is not None and spec.attention.qk_norm.presence == "optional" \
+        else [True]
+    return [FileFacts(e, f, p, q) for e in experts for f in fused for p in parallel for q in qk_norm]
+
+
+def slot_templates(spec: Spec) -> dict[str, TensorRef]:
+    """Every slot the spec names a tensor for, global and per layer."""
+    out: dict[str, TensorRef] = {}
+    templates: BaseModel
+    for templates in (spec.tensors.global_, spec.tensors.layer):
+        for slot in type(templates).model_fields:
+            ref = getattr(templates, slot)
+            if ref is not None:
+                out[slot] = ref
+    return out
+
+
+def names_read(spec: Spec, facts: FileFacts, n_layers: int) -> set[str]:
+    """Every tensor name the spec may read from a file with these facts, optional ones and stand-ins
+    included (a load reads one rope factor set; the others serve other run contexts)."""
+    templates = slot_templates(spec)
+    slots: list[tuple[str, int | None]] = [(s, None) for s in global_slots(spec, facts)]
+    slots += [(s, i) for i in range(n_layers) for s in layer_slots(spec, facts)]
+    names: set[str] = set()
+    for slot, layer in slots:
+        for ref in (templates.get(slot), templates.get(templates[slot].if_absent or "") if slot in templates else None):
+            if ref is not None:
+                names.add(ref.name.replace("{i}", str(layer)))
+    return names
