@@ -60,3 +60,15 @@ def test_inspect_converted_file(tiny_model) -> None:
     assert "head_dim                   32" in out  # qwen3's key_length differs from hidden/heads here
     assert "blk.0: (" in out and "attn_q_norm.weight" in out and "blk.1: same tensors" in out
     assert "model: llama" in out  # the tokenizer summary
+    # 2 layers x 11 tensors + embedding, output norm and output
+    assert "weights: the 25 tensors the spec reads are present, of the planned shapes and supported types" in out
+    assert "not read by the spec" not in out
+
+
+def test_inspect_names_unread_tensors(tiny_model) -> None:
+    _, path = tiny_model("qwen3", "f32")
+    result = tfb("inspect", "--spec", "qwen2", str(path))
+    assert result.returncode == 0, result.stderr
+    assert ("  not read by the spec: blk.0.attn_k_norm.weight, blk.0.attn_q_norm.weight, blk.1.attn_k_norm.weight, "
+            "blk.1.attn_q_norm.weight (a load warns; `tfb check` says which switch would read them)"
+            in result.stdout.splitlines())

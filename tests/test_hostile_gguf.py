@@ -133,9 +133,7 @@ def run_cli(*args: str) -> tuple[int, str, str]:
 
 
 def expected_inspect_status(case: Case) -> int:
-    # inspect reads the header, metadata and config without torch; tensor contents (missing, shape,
-    # type) are checked when a model is loaded, so those files inspect cleanly
-    return 0 if case.stage == "weights" else 1
+    return 1  # inspect checks the tensors as a load does (missing, shape, type) and says why a file cannot run
 
 
 @pytest.mark.parametrize("case", CASES, ids=lambda c: c.name)
@@ -283,8 +281,9 @@ def test_invalid_utf8_strings_are_kept_and_printable(corpus: Path, tmp_path: Pat
 
 @pytest.mark.parametrize("name", [b"blk." + b"9" * 5000 + b".x", b"blk.1.x\nforged line", b"blk.0.\x1b[31mred"])
 def test_inspect_survives_odd_tensor_names(corpus: Path, tmp_path: Path, name: bytes) -> None:
-    """A 5000-digit layer index once made `int()` raise in inspect; names print on one line, escaped."""
+    """A 5000-digit layer index once made `int()` raise in inspect; names print on one line, escaped. The
+    renamed tensor is missing, so the file cannot run: the report, then one line on stderr."""
     path = write_variant(corpus, tmp_path, lambda f: setattr(f.tensor("output_norm.weight"), "name", name))
     rc, out, err = run_cli("inspect", str(path))
-    assert rc == 0, err
-    assert "\x1b" not in out and "\nforged line" not in out
+    assert rc == 1 and err.count("\n") == 1 and "needs tensors the file lacks: output_norm.weight" in err, err
+    assert "\x1b" not in out + err and "\nforged line" not in out

@@ -249,8 +249,7 @@ def _check_tensor(gguf: GGUFFile, planned: PlannedTensor, info: TensorInfo) -> N
 
 
 def _missing_message(gguf_path: object, spec: Spec, missing: list[str]) -> str:
-    shown = ", ".join(missing[:8]) + (f" and {len(missing) - 8} more" if len(missing) > 8 else "")
-    return f"{gguf_path}: spec `{spec.name}` needs tensors the file lacks: {shown}"
+    return f"{gguf_path}: spec `{spec.name}` needs tensors the file lacks: {_some(missing, 8)}"
 
 
 def check_layers_present(spec: Spec, config: ModelConfig, present: Collection[str], where: str) -> None:
@@ -274,15 +273,28 @@ def check_layers_present(spec: Spec, config: ModelConfig, present: Collection[st
             raise WeightError(_missing_message(where, spec, missing))
 
 
-def load_weights(model: Transformer, spec: Spec, gguf: GGUFFile, *, expand: bool = False,
-                 progress: Progress | None = None) -> None:
+def checked_plan(model: Transformer, spec: Spec, gguf: GGUFFile) -> list[PlannedTensor]:
+    """The tensors a load reads, each present with the planned shape and a supported type, else the
+    WeightError a load raises; nothing converted."""
     plan = [p for p in plan_tensors(model, spec, gguf.tensors.keys()) if p.present or p.need == "required"]
     missing = [p.name for p in plan if not p.present]
     if missing:
         raise WeightError(_missing_message(gguf.path, spec, missing))
-    for p in plan:  # before converting anything: a mismatch must not cost a dequantization
+    for p in plan:
         _check_tensor(gguf, p, gguf.tensors[p.name])
-    _warn_unread(model.config, spec, gguf, {p.name for p in plan})
+    return plan
+
+
+def unread_tensors(config: ModelConfig, spec: Spec, gguf: GGUFFile, plan: list[PlannedTensor]) -> list[str]:
+    """The file's tensors that no slot of the spec reads."""
+    read = names_read(spec, FileFacts.of(config), config.n_layers) | {p.name for p in plan}
+    return [name for name in gguf.tensors if name not in read]
+
+
+def load_weights(model: Transformer, spec: Spec, gguf: GGUFFile, *, expand: bool = False,
+                 progress: Progress | None = None) -> None:
+    plan = checked_plan(model, spec, gguf)  # before converting anything: a mismatch must not cost a dequantization
+    _warn_unread(gguf, spec, unread_tensors(model.config, spec, gguf, plan))
     source = _Source(gguf, model.dtype, expand)
     total = sum(gguf.tensors[p.name].nbytes for p in plan)
     done = 0
@@ -294,17 +306,17 @@ def load_weights(model: Transformer, spec: Spec, gguf: GGUFFile, *, expand: bool
             progress(done, total)
 
 
-def _warn_unread(config: ModelConfig, spec: Spec, gguf: GGUFFile, planned: set[str]) -> None:
+def _warn_unread(gguf: GGUFFile, spec: Spec, unread: list[str]) -> None:
     """A file tensor that no slot reads is a part of the model left out (as llama.cpp, which refuses such
     files, would say): the logits are then likely not the model's."""
-    facts = FileFacts.of(config)
-    read = names_read(spec, facts, config.n_layers) | planned
-    unread = [name for name in gguf.tensors if name not in read]
     if unread:
-        shown = ", ".join(unread[:4]) + (f" and {len(unread) - 4} more" if len(unread) > 4 else "")
-        warnings.warn(f"{gguf.path}: spec `{spec.name}` reads no tensor named {shown}; the logits may not be "
-                      f"the model's (`tfb check {gguf.path}` says which switch would read them)", TfbWarning,
+        warnings.warn(f"{gguf.path}: spec `{spec.name}` reads no tensor named {_some(unread)}; the logits may not "
+                      f"be the model's (`tfb check {gguf.path}` says which switch would read them)", TfbWarning,
                       stacklevel=3)
+
+
+def _some(names: list[str], shown: int = 4) -> str:
+    return ", ".join(names[:shown]) + (f" and {len(names) - shown} more" if len(names) > shown else "")
 
 
 # ------------------------------------------------------------------------------------------------- load

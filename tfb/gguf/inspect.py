@@ -1,4 +1,5 @@
-"""A readable report of a GGUF file, for `tfb inspect`. Needs no torch."""
+"""A readable report of a GGUF file, for `tfb inspect`: header, config and tokenizer need no torch; the check
+of the tensors against the spec builds the modules a load would (torch)."""
 
 from __future__ import annotations
 
@@ -6,11 +7,12 @@ import re
 from collections import defaultdict
 from pathlib import Path
 
-from tfb.config import HPARAM_FIELDS
+from tfb.config import HPARAM_FIELDS, ModelConfig
 from tfb.errors import TfbError
 from tfb.gguf.hparams import build_config
 from tfb.gguf.reader import GGUFFile, MetaValue, TensorInfo
 from tfb.spec.match import spec_for_file
+from tfb.spec.schema import Spec
 
 _LAYER = re.compile(r"blk\.(\d{1,9})\.(.+)", re.DOTALL)  # a 5000-digit index is no layer (and int() refuses it)
 
@@ -101,6 +103,25 @@ def tensor_lines(tensors: list[TensorInfo], all_layers: bool) -> list[str]:
     return out
 
 
+def weights_summary(spec: Spec, config: ModelConfig, f: GGUFFile) -> tuple[list[str], TfbError | None]:
+    """What a load would find wrong with the file's tensors, found as a load finds it (nothing is converted;
+    this imports torch to build the modules the plan comes from)."""
+    from tfb.build import build_modules, check_layers_present, checked_plan, unread_tensors
+
+    try:
+        check_layers_present(spec, config, f.tensors.keys(), str(f.path))
+        plan = checked_plan(build_modules(spec, config), spec, f)
+    except TfbError as e:
+        return [f"weights: cannot load ({e})"], e
+    lines = [f"weights: the {len(plan)} tensors the spec reads are present, of the planned shapes and supported "
+             "types"]
+    unread = unread_tensors(config, spec, f, plan)
+    if unread:
+        shown = ", ".join(unread[:4]) + (f" and {len(unread) - 4} more" if len(unread) > 4 else "")
+        lines.append(f"  not read by the spec: {shown} (a load warns; `tfb check` says which switch would read them)")
+    return lines, None
+
+
 def report(path: str | Path, spec: str | None = None, spec_dirs: tuple[str | Path, ...] = (),
            all_layers: bool = False) -> str:
     return inspect_file(path, spec, spec_dirs, all_layers)[0]
@@ -108,7 +129,8 @@ def report(path: str | Path, spec: str | None = None, spec_dirs: tuple[str | Pat
 
 def inspect_file(path: str | Path, spec: str | None = None, spec_dirs: tuple[str | Path, ...] = (),
                  all_layers: bool = False) -> tuple[str, TfbError | None]:
-    """The report, and the reason the file cannot run (no usable spec or config), if any."""
+    """The report, and the reason the file cannot run (no usable spec or config, a tensor a load would
+    refuse), if any."""
     problem: TfbError | None = None
     with GGUFFile(path) as f:
         meta, tensors = f.metadata, list(f.tensors.values())
@@ -134,6 +156,9 @@ def inspect_file(path: str | Path, spec: str | None = None, spec_dirs: tuple[str
         except TfbError as e:
             lines.append(f"spec: none usable ({e})")
             problem = e
+        else:
+            weights, problem = weights_summary(chosen, config, f)
+            lines += weights
         lines.append("tokenizer:")
         lines += tokenizer_summary(meta)
         lines.append("tensors:")
