@@ -8,10 +8,13 @@ one process; a call's time ends when its result is ready (freeing it is not time
 Columns:
 - tfb, new tensor: `PackedTensor.dequantize()`, what tfb's API and loader call (the native kernels, or
   the torch dequantizers where the native library is unavailable); the reference allocates its result too;
-- tfb, into a buffer: `PackedTensor.dequantize_into(out)` with `out` allocated once, the way llama.cpp's
-  test-quantize-perf times its `to_float` (so without the OS's cost of zeroing fresh pages);
+- tfb, into a buffer: `PackedTensor.dequantize_into(out)` with `out` allocated once (by tfb's allocator for
+  large results: huge pages, as numpy's), the way llama.cpp's test-quantize-perf times its `to_float` (so
+  without the OS's cost of zeroing fresh pages);
 - torch only: tfb's torch dequantizers, the definition the native kernels are tested against and the
-  path without a C compiler, into a new tensor and into a buffer.
+  path without a C compiler, into a new tensor and into a buffer;
+- where llama-cpp-python is installed, a second table: llama.cpp's own dequantizers (ggml's `to_float`,
+  called in the libggml it ships) into a buffer, and whether tfb gives the same float32 bits.
 The reference is single-threaded numpy; `--threads 1 --clock cpu` compares one core against one core by
 CPU time, which stays meaningful when other processes share the machine (wall-clock figures with two
 threads do not: every parallel torch call then waits for the busy core). Prints a markdown table.
@@ -20,11 +23,14 @@ threads do not: every parallel torch call then waits for the busy core). Prints 
 from __future__ import annotations
 
 import argparse
+import ctypes
 import platform
 import subprocess
 import time
 import warnings
 from collections.abc import Callable
+from importlib import metadata
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -33,6 +39,7 @@ import tfb.quant.native as native
 from tfb.gguf.ggml_types import GGML_TYPE_BY_NAME
 from tfb.quant import PackedTensor
 from tfb.quant.blocks import DEQUANTIZERS, KERNELS, dequantize_into
+from tfb.quant.common import empty_float32
 
 TYPES = ["F16", "BF16", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K",
          "IQ1_S", "IQ1_M", "IQ2_XXS", "IQ2_XS", "IQ2_S", "IQ3_XXS", "IQ3_S", "IQ4_NL", "IQ4_XS",
@@ -88,6 +95,38 @@ def reference(name: str) -> Callable[[np.ndarray], np.ndarray] | None:
     return run
 
 
+def llama_cpp_to_float(name: str) -> Callable[[np.ndarray, np.ndarray], None] | None:
+    """llama.cpp's own dequantizer of `name` (ggml's `to_float`, one thread, into a buffer), from the libggml
+    that llama-cpp-python ships; None where it is not installed or has no such type."""
+    try:  # by its distribution: tools/llama_cpp.py shadows the package on this script's path
+        lib_dir = Path(str(metadata.distribution("llama_cpp_python").locate_file("llama_cpp/lib")))
+    except metadata.PackageNotFoundError:
+        return None
+    library = next(iter(sorted(lib_dir.glob("libggml-base.so*"))), None)
+    if library is None:
+        return None
+    ggml = ctypes.CDLL(str(library))
+
+    class TypeTraits(ctypes.Structure):  # struct ggml_type_traits, ggml.h
+        _fields_ = [("type_name", ctypes.c_char_p), ("blck_size", ctypes.c_int64),
+                    ("blck_size_interleave", ctypes.c_int64), ("type_size", ctypes.c_size_t),
+                    ("is_quantized", ctypes.c_bool), ("to_float", ctypes.c_void_p), ("from_float_ref", ctypes.c_void_p)]
+
+    ggml.ggml_get_type_traits.restype = ctypes.POINTER(TypeTraits)
+    ggml.ggml_get_type_traits.argtypes = [ctypes.c_int]
+    gtype = GGML_TYPE_BY_NAME[name]
+    traits = ggml.ggml_get_type_traits(gtype.id).contents
+    found = (traits.type_name or b"").decode("ascii", "replace").lower()
+    if not traits.to_float or found != name.lower() or traits.type_size != gtype.type_size:
+        return None
+    to_float = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64)(traits.to_float)
+
+    def run(raw: np.ndarray, out: np.ndarray) -> None:
+        to_float(raw.ctypes.data, out.ctypes.data, out.size)
+
+    return run
+
+
 def cpu_model() -> str:
     try:
         for line in subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout.splitlines():
@@ -108,19 +147,34 @@ def load_average() -> str:
 
 def measure(name: str, raw: np.ndarray, rows: int, repeats: int) -> list[float | None]:
     """Seconds per call: the reference (None where it has no dequantizer), tfb into a new tensor and into a
-    buffer, then the torch dequantizers alone into a new tensor and into a buffer."""
+    buffer, the torch dequantizers alone into a new tensor and into a buffer, llama.cpp's into a buffer."""
     gtype = GGML_TYPE_BY_NAME[name]
     blocks = torch.from_numpy(raw)
     weight = PackedTensor(blocks, gtype, (rows, blocks.numel() // gtype.type_size * gtype.block_size // rows))
-    out = torch.empty(weight.shape)
+    out = empty_float32(*weight.shape)  # on huge pages, as numpy's large arrays (4 KiB pages cost a third)
     block_size, kernel = KERNELS[name]
     ref = reference(name)
     data = raw.reshape(rows, -1)
+    ggml = llama_cpp_to_float(name)
+    ggml_out = np.empty(out.numel(), dtype=np.float32)
     return [None if ref is None else best_seconds(lambda: ref(data), repeats),
             best_seconds(weight.dequantize, repeats),
             best_seconds(lambda: weight.dequantize_into(out), repeats),
             best_seconds(lambda: DEQUANTIZERS[name](blocks), repeats),
-            best_seconds(lambda: dequantize_into(blocks, out.view(-1, block_size), kernel, block_size), repeats)]
+            best_seconds(lambda: dequantize_into(blocks, out.view(-1, block_size), kernel, block_size), repeats),
+            None if ggml is None else best_seconds(lambda: ggml(raw, ggml_out), repeats)]
+
+
+def same_bits_as_llama_cpp(name: str, raw: np.ndarray, rows: int) -> str:
+    """Whether tfb's dequantizer gives llama.cpp's float32 bits for these blocks."""
+    ggml = llama_cpp_to_float(name)
+    if ggml is None:
+        return "n/a"
+    gtype = GGML_TYPE_BY_NAME[name]
+    weight = PackedTensor(torch.from_numpy(raw), gtype, (rows, raw.size // gtype.type_size * gtype.block_size // rows))
+    theirs = np.empty(weight.shape, dtype=np.float32)
+    ggml(raw, theirs)
+    return "yes" if np.array_equal(weight.dequantize().numpy().view(np.uint32), theirs.view(np.uint32)) else "NO"
 
 
 def main() -> None:
@@ -168,9 +222,18 @@ def main() -> None:
     def ratio(slow: float, fast: float) -> str:
         return f"{slow / fast:.1f}x" if slow < float("inf") and fast < float("inf") else "n/a"
 
-    for name, (theirs, fresh, into, torch_fresh, torch_into) in best.items():
+    for name, (theirs, fresh, into, torch_fresh, torch_into, _) in best.items():
         print(f"| {name} | {mws(theirs)} | {mws(fresh)} | {ratio(theirs, fresh)} | {mws(into)} "
               f"| {ratio(theirs, into)} | {mws(torch_fresh)} | {ratio(theirs, torch_fresh)} | {mws(torch_into)} |")
+    if all(times[5] == float("inf") for times in best.values()):
+        return
+    print("\nAgainst llama.cpp's own dequantizers (ggml's `to_float`, one thread, into a buffer; the libggml of "
+          "llama-cpp-python):\n")
+    print("| type | llama.cpp (Mw/s) | tfb, into a buffer (Mw/s) | tfb / llama.cpp | same float32 bits as llama.cpp |")
+    print("|---|---:|---:|---:|---|")
+    for name, times in best.items():
+        print(f"| {name} | {mws(times[5])} | {mws(times[2])} | {ratio(times[5], times[2])} "
+              f"| {same_bits_as_llama_cpp(name, data[name], args.rows)} |")
 
 
 if __name__ == "__main__":
