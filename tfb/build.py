@@ -249,7 +249,7 @@ def _check_tensor(gguf: GGUFFile, planned: PlannedTensor, info: TensorInfo) -> N
 
 
 def _missing_message(gguf_path: object, spec: Spec, missing: list[str]) -> str:
-    return f"{gguf_path}: spec `{spec.name}` needs tensors the file lacks: {_some(missing, 8)}"
+    return f"{gguf_path}: spec `{spec.name}` needs tensors the file lacks: {first_names(missing, 8)}"
 
 
 def check_layers_present(spec: Spec, config: ModelConfig, present: Collection[str], where: str) -> None:
@@ -310,12 +310,13 @@ def _warn_unread(gguf: GGUFFile, spec: Spec, unread: list[str]) -> None:
     """A file tensor that no slot reads is a part of the model left out (as llama.cpp, which refuses such
     files, would say): the logits are then likely not the model's."""
     if unread:
-        warnings.warn(f"{gguf.path}: spec `{spec.name}` reads no tensor named {_some(unread)}; the logits may not "
-                      f"be the model's (`tfb check {gguf.path}` says which switch would read them)", TfbWarning,
+        warnings.warn(f"{gguf.path}: spec `{spec.name}` reads no tensor named {first_names(unread)}; the logits may "
+                      f"not be the model's (`tfb check {gguf.path}` says which switch would read them)", TfbWarning,
                       stacklevel=3)
 
 
-def _some(names: list[str], shown: int = 4) -> str:
+def first_names(names: list[str], shown: int = 4) -> str:
+    """`a, b, c, d and 7 more`."""
     return ", ".join(names[:shown]) + (f" and {len(names) - shown} more" if len(names) > shown else "")
 
 

@@ -106,7 +106,7 @@ def tensor_lines(tensors: list[TensorInfo], all_layers: bool) -> list[str]:
 def weights_summary(spec: Spec, config: ModelConfig, f: GGUFFile) -> tuple[list[str], TfbError | None]:
     """What a load would find wrong with the file's tensors, found as a load finds it (nothing is converted;
     this imports torch to build the modules the plan comes from)."""
-    from tfb.build import build_modules, check_layers_present, checked_plan, unread_tensors
+    from tfb.build import build_modules, check_layers_present, checked_plan, first_names, unread_tensors
 
     try:
         check_layers_present(spec, config, f.tensors.keys(), str(f.path))
@@ -117,8 +117,8 @@ def weights_summary(spec: Spec, config: ModelConfig, f: GGUFFile) -> tuple[list[
              "types"]
     unread = unread_tensors(config, spec, f, plan)
     if unread:
-        shown = ", ".join(unread[:4]) + (f" and {len(unread) - 4} more" if len(unread) > 4 else "")
-        lines.append(f"  not read by the spec: {shown} (a load warns; `tfb check` says which switch would read them)")
+        lines.append(f"  not read by the spec: {first_names(unread)} (a load warns; `tfb check` says which switch "
+                     "would read them)")
     return lines, None
 
 
