@@ -218,8 +218,11 @@ def packed(name: str, shape: tuple[int, ...], rng: np.random.Generator) -> tuple
     return PackedTensor(torch.from_numpy(raw.reshape(-1)), ggml_type, shape, "blk.0.ffn_up.weight"), expected
 
 
+@pytest.mark.parametrize("huge_pages", [False, True], ids=["small", "huge-page output"])
 @pytest.mark.parametrize("name", ["Q4_K", "IQ2_XS", "Q8_0", "NVFP4"])
-def test_packed_tensor_2d_and_rows(name: str) -> None:
+def test_packed_tensor_2d_and_rows(name: str, huge_pages: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    if huge_pages:  # PackedTensor.dequantize's results of 8 MiB and more: a mapping of their own
+        monkeypatch.setattr(common, "HUGE_OUTPUT_BYTES", 0)
     tensor, expected = packed(name, (6, 512), np.random.default_rng(8))
     assert torch.equal(tensor.dequantize(), torch.from_numpy(expected))
     assert torch.equal(tensor[1:4].dequantize(), torch.from_numpy(expected[1:4]))
