@@ -4,7 +4,8 @@ The reference is `gguf.quants.dequantize` (numpy). Types it does not implement a
 numpy transcriptions of ggml-quants.c below (Q1_0, Q2_0, Q8_K), of the block layout in ggml-common.h
 (Q8_1, which ggml never dequantizes), or of a plain cast (I8, I16, I32, F64). Blocks come from
 `gguf.quants.quantize` where the package can quantize a type, and from random bytes with every float16
-scale field made finite, including extreme, subnormal and zero scales.
+scale field made finite, including extreme, subnormal and zero scales. tests/test_ggml_reference.py checks
+every block format against ggml-quants.c itself as well.
 """
 
 from __future__ import annotations

@@ -1,5 +1,6 @@
 """Fetch llama.cpp's own Python tools (convert_hf_to_gguf.py and its gguf-py) from the llama-cpp-python
-sdist on PyPI, once, into a cache. They need no compiling; tests run the converter unchanged.
+sdist on PyPI, once, into a cache. They need no compiling; tests run the converter unchanged. Also the C
+sources of ggml's block formats (ggml-quants.c and the headers it includes), for tools/ggml_quants.py.
 
     python tools/llama_cpp.py            # prints the directory holding convert_hf_to_gguf.py
 
@@ -22,6 +23,9 @@ SDIST = f"llama_cpp_python-{VERSION}.tar.gz"
 PREFIX = f"llama_cpp_python-{VERSION}/vendor/llama.cpp/"
 # what the converter needs, plus the ggml block layouts for reference
 KEEP = ("convert_hf_to_gguf.py", "conversion/", "gguf-py/", "ggml/src/ggml-common.h", "LICENSE")
+# ggml's reference quantizers and dequantizers, and what they include
+GGML_QUANTS = ("ggml/include/", "ggml/src/ggml-quants.c", "ggml/src/ggml-quants.h", "ggml/src/ggml-impl.h",
+               "ggml/src/ggml-cpu/ggml-cpu-impl.h")
 
 
 def cache_dir() -> Path:
@@ -44,19 +48,39 @@ def _download(dest: Path) -> Path:
 
 def llama_cpp_dir() -> Path:
     """The directory holding convert_hf_to_gguf.py, conversion/ and gguf-py/ (downloaded on first use)."""
+    target = cache_dir() / f"llama.cpp-{VERSION}"
+    if not (target / "convert_hf_to_gguf.py").is_file():
+        _extract(KEEP, target)
+    return target
+
+
+def ggml_quants_dir() -> Path:
+    """The directory holding ggml/src/ggml-quants.c and the headers it includes (downloaded on first use)."""
+    target = llama_cpp_dir()
+    if not (target / "ggml" / "src" / "ggml-quants.c").is_file():
+        _extract(GGML_QUANTS, target)
+    return target
+
+
+def _extract(keep: tuple[str, ...], target: Path) -> None:
+    """The sdist's files under llama.cpp/ whose paths start with one of `keep`, into `target`."""
     root = cache_dir()
-    target = root / f"llama.cpp-{VERSION}"
-    if (target / "convert_hf_to_gguf.py").is_file():
-        return target
     root.mkdir(parents=True, exist_ok=True)
     archive = _download(root)
     with tempfile.TemporaryDirectory(dir=root) as tmp, tarfile.open(archive) as tar:
         members = [m for m in tar.getmembers()
-                   if m.name.startswith(PREFIX) and m.name[len(PREFIX):].startswith(KEEP)
+                   if m.name.startswith(PREFIX) and m.name[len(PREFIX):].startswith(keep)
                    and (m.isfile() or m.isdir())]
         tar.extractall(tmp, members=members, filter="data")
-        Path(tmp, PREFIX).replace(target)
-    return target
+        extracted = Path(tmp, PREFIX)
+        if not target.exists():
+            extracted.replace(target)
+            return
+        for path in sorted(extracted.rglob("*")):  # add to an existing cache without touching what it has
+            if path.is_file():
+                dest = target / path.relative_to(extracted)
+                dest.parent.mkdir(parents=True, exist_ok=True)
+                path.replace(dest)
 
 
 if __name__ == "__main__":
