@@ -40,6 +40,7 @@ KNOWN: dict[str, dict[str, Any]] = {
     "phi3_longrope": {"attention.rope.pairing": "half"},
     "qwen3moe": {"attention.rope.pairing": "half", "hparams.expert_weights_norm": True},
     "mixtral": {"attention.rope.pairing": "adjacent", "hparams.expert_weights_norm": True},
+    "stablelm_qk_norm": {"attention.rope.pairing": "half", "attention.qk_norm.kind": "layernorm"},
     "mistral3": {"attention.rope.pairing": "adjacent",
                  "hparams.attn_temperature_length": {"default": {"field": "rope_original_context"}}},
 }

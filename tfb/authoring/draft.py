@@ -198,11 +198,19 @@ class _Drafter:
         heads = int(inv.value("{arch}.attention.head_count", 1) or 1)
         hidden = int(inv.value("{arch}.embedding_length", 0) or 0)
         head_dim = int(inv.value("{arch}.attention.key_length", hidden // heads) or 0)
-        width = (inv.shape("attn_q_norm") or (0,))[-1]
-        over = "all" if width == heads * head_dim and width != head_dim else "head"
-        why = f"attn_q_norm.weight has {width} values: {'one norm over all heads' if over == 'all' else 'head_dim'}"
+        shape = inv.shape("attn_q_norm") or (0,)
+        width = shape[-1]
+        if len(shape) == 2 and shape[0] == heads:
+            over, why = "each_head", f"attn_q_norm.weight is {list(shape)}: weights of its own for each head"
+        else:
+            over = "all" if width == heads * head_dim and width != head_dim else "head"
+            why = f"attn_q_norm.weight has {width} values: {'one norm over all heads' if over == 'all' else 'head_dim'}"
         kind = (get_path(self.data, "attention.qk_norm") or QKNorm().model_dump())["kind"]
-        self.decide("attention.qk_norm", {"kind": kind, "over": over}, why)
+        norm: dict[str, Any] = {"kind": kind, "over": over}
+        bias = "required" if inv.has("attn_q_norm_bias") else "none"
+        if (bias == "none") != ((get_path(self.data, "norm.bias") or "none") == "none"):
+            norm["bias"] = bias  # unlike the model's other norms
+        self.decide("attention.qk_norm", norm, why)
         if inv.has("attn_q_norm_bias"):
             self.decide("attention.qk_norm.kind", "layernorm", "attn_q_norm bias tensors")
         else:
