@@ -212,7 +212,9 @@ def test_kv_cache_decoding_equals_one_pass() -> None:
     for start, end in ((0, 4), (4, 5), (5, 9)):
         steps.append(attn(x[:, start:end], rotary, cos[:, start:end], sin[:, start:end], pos[:, start:end], cache, 0))
         cache.commit(end - start)
-    torch.testing.assert_close(torch.cat(steps, dim=1), full, atol=1e-6, rtol=1e-5)
+    # float32 rounding only: the one-row steps go through the native decode kernel (its own summation order
+    # and exp), the full pass through torch's attention; a wrong cache slot or mask would differ by ~0.1
+    torch.testing.assert_close(torch.cat(steps, dim=1), full, atol=1e-5, rtol=1e-5)
 
 
 # ------------------------------------------------------------------------------------------ feed-forward
