@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import ctypes
+import functools
 import platform
 import subprocess
 import time
@@ -95,9 +96,9 @@ def reference(name: str) -> Callable[[np.ndarray], np.ndarray] | None:
     return run
 
 
-def llama_cpp_to_float(name: str) -> Callable[[np.ndarray, np.ndarray], None] | None:
-    """llama.cpp's own dequantizer of `name` (ggml's `to_float`, one thread, into a buffer), from the libggml
-    that llama-cpp-python ships; None where it is not installed or has no such type."""
+@functools.cache
+def _libggml() -> ctypes.CDLL | None:
+    """The libggml-base that llama-cpp-python ships, or None where it is not installed."""
     try:  # by its distribution: tools/llama_cpp.py shadows the package on this script's path
         lib_dir = Path(str(metadata.distribution("llama_cpp_python").locate_file("llama_cpp/lib")))
     except metadata.PackageNotFoundError:
@@ -106,14 +107,23 @@ def llama_cpp_to_float(name: str) -> Callable[[np.ndarray, np.ndarray], None] | 
     if library is None:
         return None
     ggml = ctypes.CDLL(str(library))
-
-    class TypeTraits(ctypes.Structure):  # struct ggml_type_traits, ggml.h
-        _fields_ = [("type_name", ctypes.c_char_p), ("blck_size", ctypes.c_int64),
-                    ("blck_size_interleave", ctypes.c_int64), ("type_size", ctypes.c_size_t),
-                    ("is_quantized", ctypes.c_bool), ("to_float", ctypes.c_void_p), ("from_float_ref", ctypes.c_void_p)]
-
     ggml.ggml_get_type_traits.restype = ctypes.POINTER(TypeTraits)
     ggml.ggml_get_type_traits.argtypes = [ctypes.c_int]
+    return ggml
+
+
+class TypeTraits(ctypes.Structure):  # struct ggml_type_traits, ggml.h
+    _fields_ = [("type_name", ctypes.c_char_p), ("blck_size", ctypes.c_int64),
+                ("blck_size_interleave", ctypes.c_int64), ("type_size", ctypes.c_size_t),
+                ("is_quantized", ctypes.c_bool), ("to_float", ctypes.c_void_p), ("from_float_ref", ctypes.c_void_p)]
+
+
+def llama_cpp_to_float(name: str) -> Callable[[np.ndarray, np.ndarray], None] | None:
+    """llama.cpp's own dequantizer of `name` (ggml's `to_float`, one thread, into a buffer), from the libggml
+    that llama-cpp-python ships; None where it is not installed or has no such type."""
+    ggml = _libggml()
+    if ggml is None:
+        return None
     gtype = GGML_TYPE_BY_NAME[name]
     traits = ggml.ggml_get_type_traits(gtype.id).contents
     found = (traits.type_name or b"").decode("ascii", "replace").lower()
@@ -125,6 +135,12 @@ def llama_cpp_to_float(name: str) -> Callable[[np.ndarray, np.ndarray], None] | 
         to_float(raw.ctypes.data, out.ctypes.data, out.size)
 
     return run
+
+
+def packed(name: str, raw: np.ndarray, rows: int) -> PackedTensor:
+    """The blocks as a [rows, cols] weight."""
+    gtype = GGML_TYPE_BY_NAME[name]
+    return PackedTensor(torch.from_numpy(raw), gtype, (rows, raw.size // gtype.type_size * gtype.block_size // rows))
 
 
 def cpu_model() -> str:
@@ -148,9 +164,8 @@ def load_average() -> str:
 def measure(name: str, raw: np.ndarray, rows: int, repeats: int) -> list[float | None]:
     """Seconds per call: the reference (None where it has no dequantizer), tfb into a new tensor and into a
     buffer, the torch dequantizers alone into a new tensor and into a buffer, llama.cpp's into a buffer."""
-    gtype = GGML_TYPE_BY_NAME[name]
-    blocks = torch.from_numpy(raw)
-    weight = PackedTensor(blocks, gtype, (rows, blocks.numel() // gtype.type_size * gtype.block_size // rows))
+    weight = packed(name, raw, rows)
+    blocks = weight.raw.view(-1, weight.ggml_type.type_size)
     out = empty_float32(*weight.shape)  # on huge pages, as numpy's large arrays (4 KiB pages cost a third)
     block_size, kernel = KERNELS[name]
     ref = reference(name)
@@ -170,8 +185,7 @@ def same_bits_as_llama_cpp(name: str, raw: np.ndarray, rows: int) -> str:
     ggml = llama_cpp_to_float(name)
     if ggml is None:
         return "n/a"
-    gtype = GGML_TYPE_BY_NAME[name]
-    weight = PackedTensor(torch.from_numpy(raw), gtype, (rows, raw.size // gtype.type_size * gtype.block_size // rows))
+    weight = packed(name, raw, rows)
     theirs = np.empty(weight.shape, dtype=np.float32)
     ggml(raw, theirs)
     return "yes" if np.array_equal(weight.dequantize().numpy().view(np.uint32), theirs.view(np.uint32)) else "NO"

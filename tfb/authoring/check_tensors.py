@@ -13,12 +13,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from tfb.authoring.findings import Finding, show_mark
-from tfb.build import build_modules, plan_tensors
+from tfb.build import build_modules, plan_tensors, unread_tensors
 from tfb.config import ModelConfig
 from tfb.gguf.reader import GGUFFile
 from tfb.quant.packed import is_supported, weight_types
 from tfb.spec.schema import GLOBAL_SLOTS, Spec
-from tfb.spec.slots import FileFacts, names_read, slot_templates
+from tfb.spec.slots import slot_templates
 from tfb.spec.suggest import did_you_mean
 from tfb.spec.yamlfile import Key, Mark
 
@@ -98,9 +98,7 @@ def check_tensors(spec: Spec, marks: Mapping[Key, Mark], gguf: GGUFFile, config:
     model_path = str(gguf.path)
     present = gguf.tensors
     plan = plan_tensors(build_modules(spec, config), spec, present.keys())
-    facts = FileFacts.of(config)
-    read = names_read(spec, facts, config.n_layers) | {p.name for p in plan}
-    unread = [name for name in present if name not in read]  # what a misspelt template may have meant
+    unread = unread_tensors(config, spec, gguf, plan)  # also what a misspelt template may have meant
     for p in plan:
         where = _mark(marks, ("tensors", _group(p.slot), p.slot)) or model_path
         subject = f"tensor {p.name}"
