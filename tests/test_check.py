@@ -98,7 +98,7 @@ def test_unused_tensors_point_at_the_switch(tiny_model) -> None:
     result = tfb("check", "qwen2", str(path))
     assert result.returncode == 1
     assert ("specs/qwen2.yaml: error: tensor blk.{i}.attn_q_norm.weight (all 2 layers): not read: it is slot "
-            "`attn_q_norm`, which this spec and file leave unread (attention.qk_norm is `none`); [32] F32 in the "
+            "`attn_q_norm`, which this spec and file leave unread (mixer.qk_norm is `none`); [32] F32 in the "
             "file") in result.stdout.splitlines()
     assert result.stdout.splitlines()[-1].startswith("2 problems: spec qwen2")
 
@@ -124,7 +124,7 @@ def test_load_warns_of_tensors_no_slot_reads(tiny_model) -> None:
 def test_missing_tensor_and_wrong_shape_name_the_template_line(tmp_path: Path, tiny_qwen3: Path) -> None:
     spec = tmp_path / "mine.yaml"
     spec.write_text("extends: qwen3\nmatch: [qwen3]\nhparams:\n  head_dim: {key: '{arch}.nokey', default: 8}\n"
-                    "attention:\n  bias: {o: required}\n")
+                    "mixer:\n  bias: {o: required}\n")
     report = check(tiny_qwen3, spec)
     base = ROOT / "specs" / "gguf-decoder.yaml"
     lines = report.lines()

@@ -29,19 +29,19 @@ BASE = "gguf-decoder"
 
 # family -> what llama.cpp decides in code and the file cannot say (given as the CLI options would)
 KNOWN: dict[str, dict[str, Any]] = {
-    "llama": {"attention.rope.pairing": "adjacent"},
-    "llama_tied": {"attention.rope.pairing": "adjacent"},
-    "llama3": {"attention.rope.pairing": "adjacent"},
-    "qwen2": {"attention.rope.pairing": "half"},
-    "qwen3": {"attention.rope.pairing": "half"},
-    "starcoder2": {"attention.rope.pairing": "half", "ffn.activation": "gelu_tanh"},
-    "phi2": {"attention.rope.pairing": "half", "ffn.activation": "gelu_tanh"},
-    "phi3": {"attention.rope.pairing": "half"},
-    "phi3_longrope": {"attention.rope.pairing": "half"},
-    "qwen3moe": {"attention.rope.pairing": "half", "hparams.expert_weights_norm": True},
-    "mixtral": {"attention.rope.pairing": "adjacent", "hparams.expert_weights_norm": True},
-    "stablelm_qk_norm": {"attention.rope.pairing": "half", "attention.qk_norm.kind": "layernorm"},
-    "mistral3": {"attention.rope.pairing": "adjacent",
+    "llama": {"mixer.rope.pairing": "adjacent"},
+    "llama_tied": {"mixer.rope.pairing": "adjacent"},
+    "llama3": {"mixer.rope.pairing": "adjacent"},
+    "qwen2": {"mixer.rope.pairing": "half"},
+    "qwen3": {"mixer.rope.pairing": "half"},
+    "starcoder2": {"mixer.rope.pairing": "half", "ffn.activation": "gelu_tanh"},
+    "phi2": {"mixer.rope.pairing": "half", "ffn.activation": "gelu_tanh"},
+    "phi3": {"mixer.rope.pairing": "half"},
+    "phi3_longrope": {"mixer.rope.pairing": "half"},
+    "qwen3moe": {"mixer.rope.pairing": "half", "hparams.expert_weights_norm": True},
+    "mixtral": {"mixer.rope.pairing": "adjacent", "hparams.expert_weights_norm": True},
+    "stablelm_qk_norm": {"mixer.rope.pairing": "half", "mixer.qk_norm.kind": "layernorm"},
+    "mistral3": {"mixer.rope.pairing": "adjacent",
                  "hparams.attn_temperature_length": {"default": {"field": "rope_original_context"}}},
 }
 
@@ -91,8 +91,8 @@ def test_assumptions_are_listed_with_their_options(tiny_model, tmp_path: Path) -
     with only_the_base(tmp_path):
         text, draft = draft_spec(path)
     assumed = {d.path: d.value for d in draft.decisions if d.assumed}
-    assert assumed == {"attention.rope.pairing": "adjacent", "ffn.activation": "silu"}  # the base's values
-    assert "#   attention.rope.pairing = adjacent   (--rope-pairing)" in text
+    assert assumed == {"mixer.rope.pairing": "adjacent", "ffn.activation": "silu"}  # the base's values
+    assert "#   mixer.rope.pairing = adjacent   (--rope-pairing)" in text
     assert "#   ffn.activation = silu   (--activation)" in text
     # evidence on the lines it decided
     assert "  norm_eps: {key: '{arch}.attention.layer_norm_epsilon'}  # the file has starcoder2.attention." \
@@ -117,7 +117,7 @@ def test_cli_options_settle_the_assumptions(tiny_model, tmp_path: Path) -> None:
 
 def test_draft_to_stdout_and_set_option(tiny_model) -> None:
     _, path = tiny_model("qwen3", "f32")
-    result = tfb_cli("draft", str(path), "--set", "attention.rope.pairing=half", "--set", "ffn.activation=silu")
+    result = tfb_cli("draft", str(path), "--set", "mixer.rope.pairing=half", "--set", "ffn.activation=silu")
     assert result.returncode == 0, result.stderr
     assert "match: [qwen3]" in result.stdout and "extends: gguf-decoder" in result.stdout
     assert "    over: head  # attn_q_norm.weight has 32 values: head_dim" in result.stdout
@@ -133,8 +133,8 @@ def test_extends_writes_only_the_differences(tiny_model, tmp_path: Path) -> None
     assert result.returncode == 0, result.stderr
     body = [line for line in out.read_text().splitlines() if line and not line.startswith("#")]
     assert body[:3] == ["extends: qwen2", "description: qwen3 (Hf, drafted from model-f32.gguf)", "match: [qwen3]"]
-    assert body[3:] == ["attention:", "  qk_norm:",
-                        "    kind: rmsnorm  # assumed (--set attention.qk_norm.kind=...), see above",
+    assert body[3:] == ["mixer:", "  qk_norm:",
+                        "    kind: rmsnorm  # assumed (--set mixer.qk_norm.kind=...), see above",
                         "    over: head  # attn_q_norm.weight has 32 values: head_dim"]
     torch.testing.assert_close(logits(tfb.load(path, spec=out)), logits(tfb.load(path)), rtol=1e-6, atol=1e-6)
 
@@ -142,7 +142,7 @@ def test_extends_writes_only_the_differences(tiny_model, tmp_path: Path) -> None
 def test_a_draft_that_does_not_fit_says_so(tiny_model, tmp_path: Path) -> None:
     _, path = tiny_model("qwen3", "f32")
     out = tmp_path / "wrong.yaml"
-    result = tfb_cli("draft", str(path), "--set", "attention.bias.o=required", "--out", str(out))
+    result = tfb_cli("draft", str(path), "--set", "mixer.bias.o=required", "--out", str(out))
     assert result.returncode == 1
     assert "error: tensor blk.{i}.attn_output.bias (all 2 layers): missing" in result.stderr
     assert "fails tfb check (1 problem above)" in result.stderr

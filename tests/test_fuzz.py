@@ -201,7 +201,7 @@ def load_spec_or_tfb_error(path: Path) -> Any:
 YAML_PIECES = [*"abxyz_{}[]:,-!&*|>'\"#%@`?.0123456789 \n\t\\",
     "extends: llama\n", "match: [x]\n", "hparams:\n", "  ", "\n- ", "!!python/object/apply:os.system ",
     "&a ", "*a", "<<: ", ".nan", ".inf", "1e400", "~", "\x00", "\ufeff", "\udcff", "!!binary ", "? ",
-    "--- ", "...\n", "%YAML 1.1\n", "9" * 50, "norm: ", "rmsnorm", "attention: {", "}", "[[[[", "]]]]",
+    "--- ", "...\n", "%YAML 1.1\n", "9" * 50, "norm: ", "rmsnorm", "mixer: {", "}", "[[[[", "]]]]",
 ]
 
 
@@ -248,7 +248,7 @@ SPEC = st.fixed_dictionaries({"extends": word("llama", "gguf-decoder", "nosuch",
     "norm": st.one_of(word("rmsnorm", "layernorm"), st.fixed_dictionaries({}, optional={
         "kind": word("rmsnorm", "layernorm"), "bias": word("none", "required", "optional"),
         "parametric": st.booleans(), "weight_offset": NUMBER})),
-    "attention": st.fixed_dictionaries({}, optional={
+    "mixer": st.fixed_dictionaries({}, optional={
         "qkv": word("separate", "fused", "auto"), "bias": word("none", "qkv", "optional", {"q": "required"}),
         "qk_norm": word(None, "none", "rmsnorm", {"kind": "layernorm", "over": "all"}),
         "rope": st.one_of(word("none"), st.fixed_dictionaries({}, optional={
@@ -257,7 +257,10 @@ SPEC = st.fixed_dictionaries({"extends": word("llama", "gguf-decoder", "nosuch",
     "ffn": st.fixed_dictionaries({}, optional={
         "gated": st.booleans(), "gate_up": word("separate", "fused"), "bias": word("none", "optional"),
         "activation": word("silu", "gelu_tanh", "gelu_erf", "relu", "relu_squared"),
-        "experts": word(None, {"gating": "sigmoid"}, {"gate_up": "fused"})}),
+        "kind": word("dense", "routed", "nosuch"), "gating": word("softmax", "sigmoid"),
+        "layers": st.one_of(PATTERN, word({"below": "leading_dense_block_count"}, {"nonzero": "expert_count"},
+                                          {"every": "nosuch"}, {"below": "x", "every": "y"})),
+        "shared": word(None, {"gate": "sigmoid"})}),
     "block": st.fixed_dictionaries({}, optional={
         "residual": word("sequential", "parallel"), "pre_norm": st.booleans(), "post_norm": st.booleans()}),
     "embedding": st.fixed_dictionaries({}, optional={"positions": word("none", "learned")}),

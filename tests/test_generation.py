@@ -9,7 +9,7 @@ import torch
 import tfb
 import tfb.quant.native as native
 from tfb.errors import InputError
-from tfb.nn.attention import KVCache
+from tfb.nn.cache import Cache
 from tfb.text.generate import StopStrings, generate_ids
 from tfb.text.sampling import GREEDY, Sampler, Sampling, apply_repeat_penalty, filter_logits
 
@@ -42,7 +42,7 @@ def test_float16_kv_cache_rounds_only_keys_and_values(tiny_model, family: str, m
     ids = torch.randint(0, model.config.vocab_size, (2, 30), generator=torch.Generator().manual_seed(4))
     chunks = ((0, 12), (12, 13), (13, 14), (14, 22), (22, 23), (23, 30))
 
-    def incremental() -> tuple[torch.Tensor, KVCache]:
+    def incremental() -> tuple[torch.Tensor, Cache]:
         cache = model.new_cache()
         with torch.no_grad():
             return torch.cat([model(ids[:, a:b], cache) for a, b in chunks], dim=1), cache
@@ -50,7 +50,7 @@ def test_float16_kv_cache_rounds_only_keys_and_values(tiny_model, family: str, m
     with torch.no_grad():
         full = model(ids)
     steps, cache = incremental()
-    assert all(k is not None and k.dtype == torch.float16 for k in cache.keys)
+    assert all(k is not None and k.dtype == torch.float16 for state in cache.layers for k in state.buffers)
     torch.testing.assert_close(steps, full, atol=2e-2 * full.abs().max().item(), rtol=0)
     assert not torch.equal(steps, full)  # the rounding is real
     monkeypatch.setattr(native, "attend", lambda *a, **kw: None)

@@ -33,28 +33,29 @@ def test_quantized_files(tiny_model, family: str, outtype: str) -> None:
 def test_switches_the_files_exercise(tiny_model) -> None:
     """The tiny models really use what their specs describe (so that agreement above means something)."""
     gemma2 = tfb.load(tiny_model("gemma2", "f32")[1])
-    assert [b.attn.opts.window for b in gemma2.blocks] == [8, 0, 8]
+    assert [b.mixer.opts.window for b in gemma2.blocks] == [8, 0, 8]
     assert gemma2.config.attn_softcap == 3.0 and gemma2.config.final_softcap == 5.0
     gemma3 = tfb.load(tiny_model("gemma3", "f32")[1])
-    assert [bool(b.attn.opts.window) for b in gemma3.blocks] == [True] * 5 + [False, True]
-    assert gemma3.rotary_swa is not None and gemma3.rotary_swa.params.base == 10000.0
-    assert gemma3.rotary.params.base == 1e6 and gemma3.rotary.params.freq_scale == 0.25
+    assert [bool(b.mixer.opts.window) for b in gemma3.blocks] == [True] * 5 + [False, True]
+    local, full = gemma3.blocks[0].mixer.rotary, gemma3.blocks[5].mixer.rotary
+    assert local.params.base == 10000.0 and local is gemma3.blocks[1].mixer.rotary  # one rope for the local layers
+    assert full.params.base == 1e6 and full.params.freq_scale == 0.25
     smollm3 = tfb.load(tiny_model("smollm3", "f32")[1])
-    assert [b.attn.opts.use_rope for b in smollm3.blocks] == [True, True, True, False]
+    assert [b.mixer.opts.use_rope for b in smollm3.blocks] == [True, True, True, False]
     assert tfb.load(tiny_model("stablelm_parallel", "f32")[1]).config.parallel_residual
     assert not tfb.load(tiny_model("stablelm", "f32")[1]).config.parallel_residual
     assert not tfb.load(tiny_model("stablelm", "f32")[1]).config.qk_norm
-    per_head = tfb.load(tiny_model("stablelm_qk_norm", "f32")[1]).blocks[1].attn
+    per_head = tfb.load(tiny_model("stablelm_qk_norm", "f32")[1]).blocks[1].mixer
     assert per_head.q_norm.weight.shape == (4, 16) and per_head.k_norm.weight.shape == (2, 16)
     assert not torch.equal(per_head.q_norm.weight[0], per_head.q_norm.weight[1])  # each head its own weights
     oss = tfb.load(tiny_model("gpt-oss", "f32")[1])
-    assert oss.blocks[0].attn.sinks is not None and oss.config.rope_scaling == "yarn"
+    assert oss.blocks[0].mixer.sinks is not None and oss.config.rope_scaling == "yarn"
 
 
 def test_gemma2_query_scale_follows_the_layer_count_as_llama_cpp_does(tmp_path) -> None:
     """llama.cpp infers gemma2's query scale from the layer count; the spec says it as a `cases` rule."""
-    from tfb.gguf.hparams import build_config
     from tfb.gguf.reader import MetaValue
+    from tfb.hparams import build_config
 
     spec = tfb.load_spec("gemma2")
     base = {"gemma2.context_length": 8192, "gemma2.embedding_length": 4608, "gemma2.attention.head_count": 32,

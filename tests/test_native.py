@@ -21,8 +21,8 @@ from test_quant_dequant import EXTREME_F16, F16_FIELDS, MODEL_TYPES, quantized_b
 
 import tfb.quant.native as native
 from tfb.gguf.ggml_types import GGML_TYPE_BY_NAME
+from tfb.nn.ffn.routed import ExpertLinear
 from tfb.nn.linear import Embedding, Linear
-from tfb.nn.moe import ExpertLinear
 from tfb.quant import PackedTensor
 from tfb.quant.blocks import DEQUANTIZERS
 from tfb.quant.grids import GRIDS, grid
@@ -334,7 +334,9 @@ def test_decode_attention(isa: str, groups: int, window: int, softcap: float, si
                           cache_dtype: torch.dtype, d: int, dv: int, monkeypatch: pytest.MonkeyPatch) -> None:
     """A decoding step's attention by the native kernel, on views of a larger cache (float32 or float16)
     as the KV cache hands them over, against a float64 reference and against the torch path."""
-    from tfb.nn.attention import Attention, AttentionOptions, AttentionShape
+    from tfb.nn.kinds import BuildContext
+    from tfb.nn.mixers.attention import Attention, AttentionOptions, AttentionShape
+    from tfb.nn.rotary import RopeParams, Rotary
 
     torch.manual_seed(keys + groups)
     kv = 3
@@ -342,7 +344,8 @@ def test_decode_attention(isa: str, groups: int, window: int, softcap: float, si
     opts = AttentionOptions(fused_qkv=False, qk_norm=None, qk_norm_over="head", norm_eps=1e-6, scale=d ** -0.5,
                             softcap=softcap, clamp=0.0, window=window, use_rope=False, sinks=sinks,
                             temperature_scale=0.0, temperature_length=1)
-    attn = Attention(shape, opts, "rmsnorm")
+    rotary = Rotary(RopeParams(d, "half", 10000.0, 1.0, 0.0, 1.0, 32.0, 1.0, 4096))
+    attn = Attention(shape, opts, BuildContext("rmsnorm", 0.0, 0), rotary)
     if sinks:
         attn.set_sinks("sinks", torch.randn(kv * groups))
     q = torch.randn(2, kv * groups, 1, d) * 3

@@ -9,12 +9,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from tfb.build import in_pattern
 from tfb.config import ModelConfig
 from tfb.errors import WeightError
-from tfb.nn.attention import Attention, AttentionOptions, AttentionShape, KVCache
+from tfb.nn.cache import SequenceState, Step
+from tfb.nn.ffn.routed import Experts
+from tfb.nn.kinds import BuildContext
+from tfb.nn.mixers.attention import Attention, AttentionOptions, AttentionShape
 from tfb.nn.mlp import MLP, Activation
-from tfb.nn.moe import Experts
 from tfb.nn.norm import Norm
 from tfb.nn.rotary import RopeParams, Rotary
 
@@ -128,12 +129,14 @@ def _attention(**opts: object) -> tuple[Attention, Rotary]:
     shape = AttentionShape(hidden=16, n_heads=4, n_kv_heads=2, head_dim=8, value_dim=8)
     base = dict(fused_qkv=False, qk_norm=None, qk_norm_over="head", norm_eps=1e-6, scale=8 ** -0.5, softcap=0.0,
                 clamp=0.0, window=0, use_rope=False, sinks=False, temperature_scale=0.0, temperature_length=1)
-    attn = Attention(shape, AttentionOptions(**{**base, **opts}), "rmsnorm")  # type: ignore[arg-type]
+    rotary = Rotary(RopeParams.from_config(config(), "half"))
+    attn = Attention(shape, AttentionOptions(**{**base, **opts}), BuildContext("rmsnorm", 0.0, 0),  # type: ignore[arg-type]
+                     rotary)
     if not opts.get("fused_qkv"):
         for name, out in (("q", 32), ("k", 16), ("v", 16)):
             getattr(attn, name).set_weight(name, randn(out, 16, scale=0.5))
     attn.o.set_weight("o", randn(16, 32, scale=0.5))
-    return attn, Rotary(RopeParams.from_config(config(), "half"))
+    return attn, rotary
 
 
 def _reference_attention(attn: Attention, x: torch.Tensor, window: int = 0, softcap: float = 0.0,
@@ -159,59 +162,54 @@ def _reference_attention(attn: Attention, x: torch.Tensor, window: int = 0, soft
 
 @pytest.mark.parametrize("opts", [{}, {"window": 3}, {"softcap": 2.0}, {"sinks": True}])
 def test_attention_variants_match_a_written_out_reference(opts: dict) -> None:
-    attn, rotary = _attention(**opts)
+    attn, _ = _attention(**opts)
     sinks = None
     if opts.get("sinks"):
         sinks = randn(4)
         attn.set_sinks("s", sinks)
     x = randn(2, 7, 16)
     pos = torch.arange(7).expand(2, 7)
-    cos, sin = rotary.angles(pos)
-    ours = attn(x, rotary, cos, sin, pos, None, 0)
+    ours = attn(x, Step(pos, 0), None)
     expected = _reference_attention(attn, x, window=opts.get("window", 0), softcap=opts.get("softcap", 0.0),
                                     sinks=sinks)
     torch.testing.assert_close(ours, expected, atol=1e-5, rtol=1e-5)
 
 
 def test_fused_qkv_equals_separate_projections() -> None:
-    separate, rotary = _attention()
+    separate, _ = _attention()
     fused, _ = _attention(fused_qkv=True)
     weights = [separate.q.weight, separate.k.weight, separate.v.weight]
     fused.qkv.set_weight("qkv", torch.cat(weights))  # type: ignore[arg-type]
     fused.o.set_weight("o", separate.o.weight)  # type: ignore[arg-type]
     x, pos = randn(1, 5, 16), torch.arange(5)[None]
-    cos, sin = rotary.angles(pos)
-    torch.testing.assert_close(fused(x, rotary, cos, sin, pos, None, 0), separate(x, rotary, cos, sin, pos, None, 0))
+    torch.testing.assert_close(fused(x, Step(pos, 0), None), separate(x, Step(pos, 0), None))
 
 
 def test_query_temperature_scales_queries_by_position() -> None:
-    plain, rotary = _attention()
+    plain, _ = _attention()
     warm, _ = _attention(temperature_scale=0.5, temperature_length=4)
     for name in ("q", "k", "v", "o"):
         getattr(warm, name).set_weight(name, getattr(plain, name).weight)
     x, pos = randn(1, 9, 16), torch.arange(9)[None]
-    cos, sin = rotary.angles(pos)
     temp = 1 + 0.5 * torch.log(torch.floor(pos.double() / 4) + 1)
     scaled_q = plain.q.weight
     assert scaled_q is not None
     # the same as multiplying q by the temperature: fold it into a per-position q weight, check row by row
     for t in range(9):
         plain.q.set_weight("q", scaled_q * float(temp[0, t]))
-        expected = plain(x[:, : t + 1], rotary, cos[:, : t + 1], sin[:, : t + 1], pos[:, : t + 1], None, 0)[:, t]
-        torch.testing.assert_close(warm(x, rotary, cos, sin, pos, None, 0)[:, t], expected, atol=1e-5, rtol=1e-5)
+        expected = plain(x[:, : t + 1], Step(pos[:, : t + 1], 0), None)[:, t]
+        torch.testing.assert_close(warm(x, Step(pos, 0), None)[:, t], expected, atol=1e-5, rtol=1e-5)
     plain.q.set_weight("q", scaled_q)
 
 
 def test_kv_cache_decoding_equals_one_pass() -> None:
-    attn, rotary = _attention(use_rope=True)
+    attn, _ = _attention(use_rope=True)
     x, pos = randn(2, 9, 16), torch.arange(9).expand(2, 9)
-    cos, sin = rotary.angles(pos)
-    full = attn(x, rotary, cos, sin, pos, None, 0)
-    cache = KVCache(1)
+    full = attn(x, Step(pos, 0), None)
+    state = SequenceState(2)
     steps = []
     for start, end in ((0, 4), (4, 5), (5, 9)):
-        steps.append(attn(x[:, start:end], rotary, cos[:, start:end], sin[:, start:end], pos[:, start:end], cache, 0))
-        cache.commit(end - start)
+        steps.append(attn(x[:, start:end], Step(pos[:, start:end], start), state))
     # float32 rounding only: the one-row steps go through the native decode kernel (its own summation order
     # and exp), the full pass through torch's attention; a wrong cache slot or mask would differ by ~0.1
     torch.testing.assert_close(torch.cat(steps, dim=1), full, atol=1e-5, rtol=1e-5)
@@ -282,10 +280,21 @@ def test_expert_routing_matches_a_per_token_reference(gating: str, normalize: bo
     torch.testing.assert_close(moe(x[None])[0], expected, atol=1e-4, rtol=1e-5)
 
 
-def test_layer_patterns() -> None:
-    assert [in_pattern("all", i) for i in range(3)] == [True] * 3
-    assert [in_pattern("none", i) for i in range(3)] == [False] * 3
-    assert [in_pattern([True, True, False], i) for i in range(7)] == [True, True, False, True, True, False, True]
+def test_layer_patterns_and_rules() -> None:
+    from tfb.spec.base import LayerRule, selects
+
+    fields = {"lead": (1, 1, 1, 1, 1, 1, 1), "step": (2,) * 7, "kv": (0, 4, 0, 0, 4, 4, 0)}
+
+    def on(selector: object) -> list[bool]:
+        return [selects(selector, i, lambda name, layer: fields[name][layer]) for i in range(7)]  # type: ignore[arg-type]
+
+    assert on("all") == [True] * 7
+    assert on("none") == [False] * 7
+    assert on([True, True, False]) == [True, True, False, True, True, False, True]
+    assert on(LayerRule(below="lead")) == [True] + [False] * 6
+    assert on(LayerRule(every="step")) == [False, True, False, True, False, True, False]  # (i + 1) % 2 == 0
+    assert on(LayerRule(nonzero="kv")) == [False, True, False, False, True, True, False]
+    assert on(LayerRule(zero="kv")) == [True, False, True, True, False, False, True]
 
 
 def test_yarn_mscale_formula_is_llama_cpp_s() -> None:

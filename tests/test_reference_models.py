@@ -9,7 +9,7 @@ import torch
 from compare import compare, ids_for
 
 import tfb
-from tfb.nn.moe import Experts
+from tfb.nn.ffn.routed import Experts
 
 # (family, storage type): every family in F32; storage types on a dense and an expert model
 CASES = [
@@ -33,7 +33,7 @@ def test_logits_match_transformers(tiny_model, family: str, outtype: str) -> Non
 def test_float16_file_runs_in_float16_without_copies(tiny_model) -> None:
     reference, path = tiny_model("llama", "f16")
     model = tfb.load(path, dtype=torch.float16)
-    weight = model.blocks[0].attn.q.weight
+    weight = model.blocks[0].mixer.q.weight
     assert weight is not None and weight.dtype == torch.float16
     ids = ids_for(model.config.vocab_size, 2, 9)
     with torch.no_grad():
@@ -48,7 +48,7 @@ def test_longrope_short_and_long_factors_follow_the_run_context(tiny_model) -> N
     original = 32
     short = tfb.load(path, context_length=original)
     long = tfb.load(path, context_length=128)
-    factors_short, factors_long = short.rotary.freq_factors, long.rotary.freq_factors
+    factors_short, factors_long = short.rotaries[0].freq_factors, long.rotaries[0].freq_factors
     assert factors_short is not None and factors_long is not None and not torch.equal(factors_short, factors_long)
     compare(short, reference, [(2, 1), (2, original)])
     compare(long, reference, [(2, original + 8)])

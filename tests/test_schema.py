@@ -34,12 +34,12 @@ def test_every_packaged_spec_validates(validator, name: str, path: Path) -> None
 
 
 @pytest.mark.parametrize("text", [
-    "norm: layernorm", "norm: {kind: layernorm, bias: required}", "rope: none", "attention: {rope: none}",
-    "attention: {bias: qkv, qk_norm: rmsnorm}", "attention: {qk_norm: none}", "attention: {bias: optional}",
+    "norm: layernorm", "norm: {kind: layernorm, bias: required}", "rope: none", "mixer: {rope: none}",
+    "mixer: {bias: qkv, qk_norm: rmsnorm}", "mixer: {qk_norm: none}", "mixer: {bias: optional}",
     "hparams: {expert_weights_norm: true, rope_base: 1000000.0}",
     "hparams: {head_dim: {key: ['{arch}.a', '{arch}.b'], default: {quotient: [hidden_size, n_heads]}}}",
     "tensors: {global: {output: {name: output.weight, if_absent: token_embd}}, layer: {attn_q: 'blk.{i}.q.weight'}}",
-    "attention: {sliding_window: [true, false]}", "name: x", "extends: ../base.yaml",
+    "mixer: {sliding_window: [true, false]}", "name: x", "extends: ../base.yaml",
 ])
 def test_shorthands_are_accepted(validator, text: str) -> None:
     data = yaml.safe_load(text)
@@ -50,7 +50,7 @@ def test_shorthands_are_accepted(validator, text: str) -> None:
 
 
 @pytest.mark.parametrize("text", [
-    "norm: {kind: rmsnrom}", "nrom: rmsnorm", "attention: {bias: qk}", "attention: {qk_norm: {over: heads}}",
+    "norm: {kind: rmsnrom}", "nrom: rmsnorm", "mixer: {bias: qk}", "mixer: {qk_norm: {over: heads}}",
     "tensors: {layer: {attn_x: a}}", "hparams: {n_heads: {key: [1]}}", "hparams: {no_such_field: 1}",
     "ffn: {activation: swish}", "block: {residual: parallel, post_norm: yes please}", "match: qwen",
 ])

@@ -35,16 +35,16 @@ def test_packaged_specs_validate(name: str) -> None:
 def test_extends_inherits_and_overrides() -> None:
     qwen2, qwen3 = load_spec("qwen2"), load_spec("qwen3")
     assert qwen3.extends == "qwen2"
-    assert qwen3.attention.rope.pairing == qwen2.attention.rope.pairing == "half"
-    assert qwen2.attention.qk_norm is None and qwen3.attention.qk_norm is not None
+    assert qwen3.mixer[0].rope.pairing == qwen2.mixer[0].rope.pairing == "half"
+    assert qwen2.mixer[0].qk_norm is None and qwen3.mixer[0].qk_norm is not None
     assert qwen3.match == ["qwen3"]  # match is not inherited
     assert qwen3.hparams.head_dim == qwen2.hparams.head_dim  # type: ignore[attr-defined]
 
 
 def test_unknown_key_names_line_and_suggests(tmp_path: Path) -> None:
-    path = write(tmp_path, "x", "extends: llama\nmatch: [x]\natention:\n  bias: none\n")
+    path = write(tmp_path, "x", "extends: llama\nmatch: [x]\nmixr:\n  bias: none\n")
     msg = error_of(path)
-    assert f"{path}:3:1: atention: unknown key `atention` (did you mean `attention`?)" in msg
+    assert f"{path}:3:1: mixr: unknown key `mixr` (did you mean `mixer`?)" in msg
     assert "allowed:" in msg and "ffn" in msg
 
 
@@ -110,7 +110,7 @@ def test_contradictory_switches(tmp_path: Path) -> None:
 
 
 def test_a_switch_without_its_tensor_template(tmp_path: Path) -> None:
-    text = "extends: llama\nmatch: [x]\nattention: {qkv: separate}\ntensors:\n  layer:\n    attn_q: null\n"
+    text = "extends: llama\nmatch: [x]\nmixer: {qkv: separate}\ntensors:\n  layer:\n    attn_q: null\n"
     msg = error_of(write(tmp_path, "x", text))
     assert "the switches need tensor slot `attn_q` but it has no name template" in msg
 
@@ -128,4 +128,4 @@ def test_user_spec_overrides_and_extends_its_packaged_namesake(tmp_path: Path) -
     write(tmp_path, "llama", "extends: llama\nmatch: [llama]\ndescription: my llama\n")
     spec = load_spec("llama", spec_dirs=[tmp_path])
     assert spec.description == "my llama"
-    assert spec.attention.rope.pairing == "adjacent"  # inherited from the packaged llama
+    assert spec.mixer[0].rope.pairing == "adjacent"  # inherited from the packaged llama

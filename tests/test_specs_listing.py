@@ -40,7 +40,8 @@ def test_specs_lists_every_spec_without_torch(tmp_path: Path) -> None:
     lines = result.stdout.splitlines()
     assert "gguf-decoder: abstract base  (specs/gguf-decoder.yaml)" in lines
     assert any(line.startswith("phi3: serves phi3, extends gguf-decoder  (specs/phi3.yaml)") for line in lines)
-    phi3 = "  norm rmsnorm · block sequential · qkv auto · rope half · ffn gated silu fused · output norm tied?"
+    phi3 = ("  norm rmsnorm · block sequential · mixer attention · qkv auto · rope half · ffn gated silu fused · "
+            "output norm tied?")
     assert phi3 in lines
     user = next(line for line in lines if line.startswith("qwen3: "))
     assert user == f"qwen3: serves qwen3, extends qwen3  ({tmp_path / 'qwen3.yaml'}); overrides specs/qwen3.yaml"

@@ -76,7 +76,7 @@ def test_load_with_spec_dirs_and_with_the_environment(myfam_file: Path, user_dir
     block = model.blocks[0]
     assert block.attn_norm.kind == "layernorm" and block.attn_norm.bias is not None  # the user's switches
     assert isinstance(block.ffn, MLP) and not block.ffn.gated and block.ffn.activation.kind == "gelu_erf"
-    assert block.attn.q_norm is not None  # inherited from the packaged spec it extends
+    assert block.mixer.q_norm is not None  # inherited from the packaged spec it extends
     first = logits(model)
     assert first.shape == (2, 12, model.config.vocab_size) and torch.isfinite(first).all()
 

@@ -17,21 +17,19 @@ import torch
 from tfb.config import ModelConfig
 from tfb.errors import InputError, TfbWarning, WeightError
 from tfb.gguf.ggml_types import GGMLType
-from tfb.gguf.hparams import build_config
 from tfb.gguf.reader import GGUFFile, TensorInfo
-from tfb.nn.attention import Attention, AttentionOptions, AttentionShape
+from tfb.hparams import build_config
 from tfb.nn.block import Block
-from tfb.nn.linear import Weight
-from tfb.nn.mlp import MLP, Activation
+from tfb.nn.ffn.routed import ExpertLinear
+from tfb.nn.kinds import BuildContext, kind_of
+from tfb.nn.linear import Embedding, Linear, Weight
 from tfb.nn.model import Transformer
-from tfb.nn.moe import Experts
 from tfb.nn.norm import Norm
-from tfb.nn.rotary import RopeParams, Rotary
 from tfb.quant import PackedTensor, is_supported
 from tfb.quant.packed import weight_types
 from tfb.spec.match import SpecRef, spec_for_file
-from tfb.spec.schema import LayerPattern, Spec
-from tfb.spec.slots import FileFacts, global_slots, layer_slots, names_read
+from tfb.spec.schema import Spec
+from tfb.spec.slots import FileFacts, global_slots, layer_sections, layer_slots, names_read
 
 Progress = Callable[[int, int], None]
 DTYPES = (torch.float32, torch.float16, torch.bfloat16)
@@ -41,74 +39,39 @@ _NATIVE = {"F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16}
 # ----------------------------------------------------------------------------------------------- modules
 
 
-def in_pattern(pattern: LayerPattern, layer: int) -> bool:
-    if pattern == "all":
-        return True
-    if pattern == "none":
-        return False
-    return bool(pattern[layer % len(pattern)])
-
-
-def _norm(spec: Spec, config: ModelConfig, dim: int) -> Norm:
-    return Norm(spec.norm.kind, dim, config.norm_eps, spec.norm.weight_offset)
-
-
-def build_block(spec: Spec, c: ModelConfig, layer: int) -> Block:
-    att = spec.attention
-    shape = AttentionShape(c.hidden_size, c.n_heads, c.n_kv_heads, c.head_dim, c.value_dim)
-    opts = AttentionOptions(
-        fused_qkv=c.fused_qkv,
-        qk_norm=att.qk_norm.kind if att.qk_norm and c.qk_norm else None,
-        qk_norm_over=att.qk_norm.over if att.qk_norm else "head",
-        norm_eps=c.norm_eps,
-        scale=c.attention_scale,
-        softcap=c.attn_softcap,
-        clamp=c.clamp_qkv,
-        window=c.sliding_window if in_pattern(att.sliding_window, layer) else 0,
-        use_rope=in_pattern(att.rope.layers, layer),
-        sinks=att.sinks,
-        temperature_scale=c.attn_temperature_scale,
-        temperature_length=c.attn_temperature_length,
-    )
-    ffn = spec.ffn
-    act = Activation(ffn.activation, limit=c.swiglu_limit, clamp_before=ffn.clamp_gate == "before_activation",
-                     silu_beta=c.silu_beta, up_offset=c.up_offset)
-    mlp: MLP | Experts
-    if c.has_experts and ffn.experts is not None:
-        mlp = Experts(c.hidden_size, c.expert_intermediate_size, n_experts=c.expert_count,
-                      top_k=c.expert_used_count, gating=ffn.experts.gating, gated=ffn.gated,
-                      fused_gate_up=ffn.experts.gate_up == "fused", activation=act,
-                      normalize=c.expert_weights_norm, scale=c.expert_weights_scale)
-    else:
-        mlp = MLP(c.hidden_size, c.intermediate_size, gated=ffn.gated, fused_gate_up=ffn.gate_up == "fused",
-                  activation=act)
+def build_block(spec: Spec, config: ModelConfig, layer: int, ctx: BuildContext) -> Block:
+    """Layer `layer`: the mixer and feed-forward of the kinds its spec sections choose, around the norms."""
+    mixer, ffn = layer_sections(spec, config, layer)
+    c = config.layer(layer)
+    ctx.layer = layer
     b = spec.block
+
+    def norm() -> Norm:
+        return ctx.norm(c.hidden_size, c.norm_eps)
+
     return Block(
-        Attention(shape, opts, spec.norm.kind), mlp,
-        norm=_norm(spec, c, c.hidden_size) if b.pre_norm else None,
-        ffn_norm=_norm(spec, c, c.hidden_size) if b.pre_norm and not c.parallel_residual else None,
-        post_attn_norm=_norm(spec, c, c.hidden_size) if b.post_norm else None,
-        post_ffn_norm=_norm(spec, c, c.hidden_size) if b.post_norm else None,
+        kind_of(mixer).build(mixer, c, ctx), kind_of(ffn).build(ffn, c, ctx),
+        norm=norm() if b.pre_norm else None,
+        ffn_norm=norm() if b.pre_norm and not c.parallel_residual else None,
+        post_attn_norm=norm() if b.post_norm else None,
+        post_ffn_norm=norm() if b.post_norm else None,
         parallel=c.parallel_residual,
         residual_scale=c.residual_scale,
     )
 
 
 def build_modules(spec: Spec, config: ModelConfig, dtype: torch.dtype = torch.float32) -> Transformer:
-    pairing = spec.attention.rope.pairing
-    rotary = Rotary(RopeParams.from_config(config, pairing))
-    blocks = [build_block(spec, config, i) for i in range(config.n_layers)]
-    swa = RopeParams.from_config(config, pairing, sliding=True)
-    uses_swa = any(b.attn.opts.window for b in blocks)
-    return Transformer(config, blocks, rotary, rotary_swa=Rotary(swa) if uses_swa and swa != rotary.params else None,
-                       final_norm=_norm(spec, config, config.hidden_size) if spec.output.norm else None,
-                       learned_positions=spec.embedding.positions == "learned", dtype=dtype,
-                       spec_name=spec.name)
+    ctx = BuildContext(spec.norm.kind, spec.norm.weight_offset, 0)
+    blocks = [build_block(spec, config, i, ctx) for i in range(config.n_layers)]
+    final_norm = ctx.norm(config.hidden_size, config.norm_eps) if spec.output.norm else None
+    return Transformer(config, blocks, list(ctx.rotaries.values()), final_norm=final_norm,
+                       learned_positions=spec.embedding.positions == "learned", dtype=dtype, spec_name=spec.name)
 
 
 # ----------------------------------------------------------------------------------------------- weights
 
-# slot -> (module path under the model or under one block, method that takes the tensor)
+# slot -> (module path under the model or under one block, method that takes the tensor); the kinds'
+# own slots are found through their modules' TARGETS (tfb.nn.kinds)
 GLOBAL_TARGETS: dict[str, tuple[str, str]] = {
     "token_embd": ("token_embd", "set_weight"),
     "position_embd": ("position_embd", "set_weight"),
@@ -117,34 +80,25 @@ GLOBAL_TARGETS: dict[str, tuple[str, str]] = {
     "output": ("output", "set_weight"),
     "output_bias": ("output", "set_bias"),
 }
-LAYER_TARGETS: dict[str, tuple[str, str]] = {
+BLOCK_TARGETS: dict[str, tuple[str, str]] = {
     "attn_norm": ("attn_norm", "set_weight"), "attn_norm_bias": ("attn_norm", "set_bias"),
-    "attn_q": ("attn.q", "set_weight"), "attn_q_bias": ("attn.q", "set_bias"),
-    "attn_k": ("attn.k", "set_weight"), "attn_k_bias": ("attn.k", "set_bias"),
-    "attn_v": ("attn.v", "set_weight"), "attn_v_bias": ("attn.v", "set_bias"),
-    "attn_qkv": ("attn.qkv", "set_weight"), "attn_qkv_bias": ("attn.qkv", "set_bias"),
-    "attn_output": ("attn.o", "set_weight"), "attn_output_bias": ("attn.o", "set_bias"),
-    "attn_q_norm": ("attn.q_norm", "set_weight"), "attn_q_norm_bias": ("attn.q_norm", "set_bias"),
-    "attn_k_norm": ("attn.k_norm", "set_weight"), "attn_k_norm_bias": ("attn.k_norm", "set_bias"),
-    "attn_sinks": ("attn", "set_sinks"),
     "post_attention_norm": ("post_attention_norm", "set_weight"),
     "post_attention_norm_bias": ("post_attention_norm", "set_bias"),
     "ffn_norm": ("ffn_norm", "set_weight"), "ffn_norm_bias": ("ffn_norm", "set_bias"),
     "post_ffw_norm": ("post_ffw_norm", "set_weight"), "post_ffw_norm_bias": ("post_ffw_norm", "set_bias"),
-    "ffn_gate": ("ffn.gate", "set_weight"), "ffn_gate_bias": ("ffn.gate", "set_bias"),
-    "ffn_up": ("ffn.up", "set_weight"), "ffn_up_bias": ("ffn.up", "set_bias"),
-    "ffn_down": ("ffn.down", "set_weight"), "ffn_down_bias": ("ffn.down", "set_bias"),
-    "ffn_gate_inp": ("ffn.router", "set_weight"), "ffn_gate_inp_bias": ("ffn.router", "set_bias"),
-    "exp_probs_b": ("ffn", "set_selection_bias"),
-    "ffn_gate_exps": ("ffn.gate", "set_weight"), "ffn_gate_exps_bias": ("ffn.gate", "set_bias"),
-    "ffn_up_exps": ("ffn.up", "set_weight"), "ffn_up_exps_bias": ("ffn.up", "set_bias"),
-    "ffn_gate_up_exps": ("ffn.up", "set_weight"), "ffn_gate_up_exps_bias": ("ffn.up", "set_bias"),
-    "ffn_down_exps": ("ffn.down", "set_weight"), "ffn_down_exps_bias": ("ffn.down", "set_bias"),
 }
-# slots whose tensors are matrices kept in their storage type; everything else is expanded to float
-MATRIX_SLOTS = {"token_embd", "position_embd", "output", "attn_q", "attn_k", "attn_v", "attn_qkv", "attn_output",
-                "ffn_gate", "ffn_up", "ffn_down", "ffn_gate_inp", "ffn_gate_exps", "ffn_up_exps",
-                "ffn_down_exps", "ffn_gate_up_exps"}
+# modules whose weights stay in their storage type (quantized blocks); everything else is expanded to float
+MATRIX_MODULES = (Linear, ExpertLinear, Embedding)
+
+
+def layer_targets(spec: Spec, config: ModelConfig, layer: int) -> dict[str, tuple[str, str]]:
+    """Slot -> (path under the block, method) for one layer's kinds."""
+    mixer, ffn = layer_sections(spec, config, layer)
+    out = dict(BLOCK_TARGETS)
+    for prefix, section in (("mixer", mixer), ("ffn", ffn)):
+        for slot, (path, method) in kind_of(section).targets.items():
+            out[slot] = (f"{prefix}.{path}" if path else prefix, method)
+    return out
 
 
 class _Source:
@@ -160,15 +114,15 @@ class _Source:
     def packed(self, info: TensorInfo) -> PackedTensor:
         return PackedTensor(self.raw(info), info.ggml_type, info.shape, info.name)
 
-    def value(self, slot: str, info: TensorInfo) -> Any:
-        key = f"{info.name}:{slot in MATRIX_SLOTS}"
+    def value(self, slot: str, info: TensorInfo, matrix: bool) -> Any:
+        key = f"{info.name}:{matrix}"
         if key not in self.cache:
-            self.cache[key] = self._convert(slot, info)
+            self.cache[key] = self._convert(slot, info, matrix)
         return self.cache[key]
 
-    def _convert(self, slot: str, info: TensorInfo) -> Weight:
+    def _convert(self, slot: str, info: TensorInfo, matrix: bool) -> Weight:
         gtype: GGMLType = info.ggml_type
-        if slot not in MATRIX_SLOTS:  # vectors: norms stay float32, biases take the compute dtype
+        if not matrix:  # vectors: norms stay float32, biases take the compute dtype
             value = self.packed(info).dequantize(torch.float32)
             return value if "norm" in slot else value.to(self.dtype)
         if _NATIVE.get(gtype.name) is self.dtype and not self.expand:
@@ -223,7 +177,7 @@ def plan_tensors(model: Transformer, spec: Spec, present: Collection[str]) -> li
         if slot in GLOBAL_TARGETS:
             path, method = GLOBAL_TARGETS[slot]
             add("global", slot, need, _target(model, path), method)
-    if spec.attention.rope.layers != "none":
+    if model.rotaries and any(s.uses_rope() for s in spec.mixer):
         # llama.cpp's choice: the fixed factor set if present, else the long factors when the run context
         # exceeds the original context, else the short ones
         fixed = spec.tensors.global_.rope_freqs  # type: ignore[attr-defined]
@@ -232,8 +186,9 @@ def plan_tensors(model: Transformer, spec: Spec, present: Collection[str]) -> li
             "rope_factors_long" if long else "rope_factors_short"
         add("global", slot, "optional", model, "set_freq_factors")
     for i, block in enumerate(model.blocks):
-        for slot, need in layer_slots(spec, facts).items():
-            path, method = LAYER_TARGETS[slot]
+        targets = layer_targets(spec, c, i)
+        for slot, need in layer_slots(spec, facts, *layer_sections(spec, c, i)).items():
+            path, method = targets[slot]
             add("layer", slot, need, _target(block, path), method, i)
     return plan
 
@@ -255,17 +210,16 @@ def _missing_message(gguf_path: object, spec: Spec, missing: list[str]) -> str:
 def check_layers_present(spec: Spec, config: ModelConfig, present: Collection[str], where: str) -> None:
     """Refuse a file that lacks some layer's required tensors before building any block: a block costs
     about a millisecond, and a hostile file may claim thousands of layers it does not hold. The same
-    rules as `plan_tensors`, on one block (every block has the same parts)."""
-    block = build_block(spec, config, 0)
+    rules as `plan_tensors`, from the spec alone."""
     templates = spec.tensors.layer
-    needed = []
     facts = FileFacts.of(config)
-    for slot, need in layer_slots(spec, facts).items():
-        ref = getattr(templates, slot)
-        if need == "required" and not ref.optional and _target(block, LAYER_TARGETS[slot][0]) is not None:
-            alt = getattr(templates, ref.if_absent).name if ref.if_absent is not None else None
-            needed.append((ref.name, alt))
     for i in range(config.n_layers):
+        needed = []
+        for slot, need in layer_slots(spec, facts, *layer_sections(spec, config, i)).items():
+            ref = getattr(templates, slot)
+            if need == "required" and not ref.optional:
+                alt = getattr(templates, ref.if_absent).name if ref.if_absent is not None else None
+                needed.append((ref.name, alt))
         missing = [name.replace("{i}", str(i)) for name, alt in needed
                    if name.replace("{i}", str(i)) not in present
                    and (alt is None or alt.replace("{i}", str(i)) not in present)]
@@ -287,7 +241,7 @@ def checked_plan(model: Transformer, spec: Spec, gguf: GGUFFile) -> list[Planned
 
 def unread_tensors(config: ModelConfig, spec: Spec, gguf: GGUFFile, plan: list[PlannedTensor]) -> list[str]:
     """The file's tensors that no slot of the spec reads."""
-    read = names_read(spec, FileFacts.of(config), config.n_layers) | {p.name for p in plan}
+    read = names_read(spec, config, FileFacts.of(config)) | {p.name for p in plan}
     return [name for name in gguf.tensors if name not in read]
 
 
@@ -300,7 +254,8 @@ def load_weights(model: Transformer, spec: Spec, gguf: GGUFFile, *, expand: bool
     done = 0
     for p in plan:
         info = gguf.tensors[p.name]
-        getattr(p.module, p.method)(p.name, source.value(p.slot, info))
+        matrix = isinstance(p.module, MATRIX_MODULES) and p.method == "set_weight"
+        getattr(p.module, p.method)(p.name, source.value(p.slot, info, matrix))
         done += info.nbytes
         if progress is not None:
             progress(done, total)

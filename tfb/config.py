@@ -27,8 +27,8 @@ class ModelConfig:
     vocab_size: int = hparam("number of tokens in the vocabulary", range="positive")
     hidden_size: int = hparam("width of the residual stream (n_embd)", range="positive")
     n_layers: int = hparam("number of transformer blocks", range="positive")
-    n_heads: int = hparam("query heads per layer", range="positive")
-    n_kv_heads: int = hparam("key/value heads per layer (GQA when fewer than n_heads)", range="positive")
+    n_heads: int = hparam("query heads per layer", range="nonnegative")
+    n_kv_heads: int = hparam("key/value heads per layer (GQA when fewer than n_heads)", range="nonnegative")
     head_dim: int = hparam("width of one query/key head", range="positive")
     value_dim: int = hparam("width of one value head", range="positive")
     intermediate_size: int = hparam("hidden width of the feed-forward network", range="nonnegative")
@@ -75,12 +75,42 @@ class ModelConfig:
     parallel_residual: bool = False
     run_context_length: int = 0  # the context the model runs with (load(context_length=...))
 
+    # the values of the fields the kinds add (tfb.spec.kinds), read as attributes like the others
+    extra: dict[str, Any] = dataclasses.field(default_factory=dict)
+    # fields whose file value is a per-layer array: name -> one value per layer (the field holds the largest)
+    per_layer: dict[str, tuple[Any, ...]] = dataclasses.field(default_factory=dict)
+    _layers: dict[int, ModelConfig] = dataclasses.field(default_factory=dict, compare=False, repr=False)
+
+    def __getattr__(self, name: str) -> Any:
+        extra = self.__dict__.get("extra", {})
+        if name in extra:
+            return extra[name]
+        raise AttributeError(f"ModelConfig has no field {name!r}")
+
+    def layer(self, index: int) -> ModelConfig:
+        """This config as layer `index` sees it: per-layer values in place of the fields."""
+        if not self.per_layer:
+            return self
+        if index not in self._layers:
+            own = {name: values[index] for name, values in self.per_layer.items()}
+            fields = {k: v for k, v in own.items() if k not in self.extra}
+            extra = {**self.extra, **{k: v for k, v in own.items() if k in self.extra}}
+            self._layers[index] = dataclasses.replace(self, **fields, extra=extra, per_layer={}, _layers={})
+        return self._layers[index]
+
+    def value(self, name: str, layer: int) -> Any:
+        """One field at one layer."""
+        values = self.per_layer.get(name)
+        return values[layer] if values is not None else getattr(self, name)
+
     @property
     def has_experts(self) -> bool:
         return self.expert_count > 0
 
     def describe(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)
+               if f.name not in ("extra", "per_layer", "_layers")}
+        return {**out, **self.extra, **{f"{k} (per layer)": list(v) for k, v in self.per_layer.items()}}
 
 
 HPARAM_FIELDS = tuple(f for f in dataclasses.fields(ModelConfig) if f.metadata.get("hparam"))

@@ -198,14 +198,16 @@ config("head_count_string", f"metadata {HEADS} is string '4', expected an intege
        "a head count that is a string", lambda f: f.set(HEADS, scalar("string", "4")))
 config("head_count_negative", "`n_heads` = -4", HEADS, "a head count of -4 (int32)",
        lambda f: f.set(HEADS, scalar("int32", -4)))
-config("head_count_zero", "`n_heads` = 0", HEADS, "a head count of 0", lambda f: f.set(HEADS, scalar("uint32", 0)))
+config("head_count_zero", "hidden_size / n_heads divides by zero", HEADS,
+       "a head count of 0", lambda f: f.set(HEADS, scalar("uint32", 0)))
 config("head_count_float", f"metadata {HEADS} is float32 4.0, expected an integer", HEADS,
        "a head count that is a float", lambda f: f.set(HEADS, scalar("float32", 4.0)))
 config("head_count_1e12", f"`n_heads` = 1000000000000 ({HEADS}) is beyond any real model", HEADS,
        "a head count of 10**12",
        lambda f: f.set(HEADS, scalar("uint64", 10**12)))
-config("head_count_per_layer_differs", f"metadata {HEADS} holds different values per layer", HEADS,
-       "a per-layer head count array [4, 2]", lambda f: f.set(HEADS, array("uint32", [4, 2])))
+config("head_count_per_layer_wrong_length",
+       f"metadata {HEADS} has 3 values, expected one per layer: block_count = 1", HEADS,
+       "a per-layer head count array of 3 values for 1 layer", lambda f: f.set(HEADS, array("uint32", [4, 2, 2])))
 config("head_count_string_array", f"metadata {HEADS} is array[string]", HEADS, "a head count array of strings",
        lambda f: f.set(HEADS, array("string", ["4"])))
 config("head_count_empty_array", f"metadata {HEADS} is array[uint32]", HEADS, "an empty head count array",

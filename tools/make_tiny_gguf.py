@@ -26,8 +26,8 @@ from gguf.quants import quantize
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 from tfb.build import build_modules, plan_tensors  # noqa: E402
-from tfb.gguf.hparams import build_config  # noqa: E402
 from tfb.gguf.reader import MetaValue  # noqa: E402
+from tfb.hparams import build_config  # noqa: E402
 from tfb.spec import Spec, load_spec  # noqa: E402
 
 sys.path.insert(0, str(ROOT / "tools"))

@@ -15,8 +15,8 @@ from dataclasses import dataclass, field
 from tfb.authoring.findings import Finding, show_mark
 from tfb.config import ModelConfig
 from tfb.errors import ConfigError
-from tfb.gguf.hparams import build_config
 from tfb.gguf.reader import MetaValue
+from tfb.hparams import build_config
 from tfb.spec.fields import FIELD_BY_NAME, FIELDS
 from tfb.spec.schema import Derived, HParam, Spec
 from tfb.spec.yamlfile import Key, Mark

@@ -27,23 +27,23 @@ SWITCH_OF_SLOT: dict[str, str] = {
     "position_embd": "embedding.positions", "output_norm": "output.norm", "output_bias": "output.bias",
     "attn_norm": "block.pre_norm", "ffn_norm": "block.residual",
     "post_attention_norm": "block.post_norm", "post_ffw_norm": "block.post_norm",
-    "attn_q": "attention.qkv", "attn_k": "attention.qkv", "attn_v": "attention.qkv", "attn_qkv": "attention.qkv",
-    "attn_q_bias": "attention.bias.q", "attn_k_bias": "attention.bias.k", "attn_v_bias": "attention.bias.v",
-    "attn_qkv_bias": "attention.bias", "attn_output_bias": "attention.bias.o",
-    "attn_q_norm": "attention.qk_norm", "attn_k_norm": "attention.qk_norm",
-    "attn_q_norm_bias": "attention.qk_norm", "attn_k_norm_bias": "attention.qk_norm",
-    "attn_sinks": "attention.sinks",
-    "ffn_gate": "ffn.gated", "ffn_up": "hparams.expert_count", "ffn_down": "hparams.expert_count",
+    "attn_q": "mixer.qkv", "attn_k": "mixer.qkv", "attn_v": "mixer.qkv", "attn_qkv": "mixer.qkv",
+    "attn_q_bias": "mixer.bias.q", "attn_k_bias": "mixer.bias.k", "attn_v_bias": "mixer.bias.v",
+    "attn_qkv_bias": "mixer.bias", "attn_output_bias": "mixer.bias.o",
+    "attn_q_norm": "mixer.qk_norm", "attn_k_norm": "mixer.qk_norm",
+    "attn_q_norm_bias": "mixer.qk_norm", "attn_k_norm_bias": "mixer.qk_norm",
+    "attn_sinks": "mixer.sinks",
+    "ffn_gate": "ffn.gated", "ffn_up": "ffn.kind", "ffn_down": "ffn.kind",
     "ffn_gate_bias": "ffn.bias", "ffn_up_bias": "ffn.bias", "ffn_down_bias": "ffn.bias",
-    "ffn_gate_inp": "ffn.experts", "ffn_gate_inp_bias": "ffn.experts.router_bias",
-    "exp_probs_b": "ffn.experts.selection_bias",
-    "ffn_gate_exps": "ffn.experts.gate_up", "ffn_up_exps": "ffn.experts", "ffn_down_exps": "ffn.experts",
-    "ffn_gate_up_exps": "ffn.experts.gate_up",
+    "ffn_gate_inp": "ffn.kind", "ffn_gate_inp_bias": "ffn.router_bias",
+    "exp_probs_b": "ffn.selection_bias",
+    "ffn_gate_exps": "ffn.gate_up", "ffn_up_exps": "ffn.kind", "ffn_down_exps": "ffn.kind",
+    "ffn_gate_up_exps": "ffn.gate_up",
 }
 for _slot in ("attn_norm", "ffn_norm", "output_norm", "post_attention_norm", "post_ffw_norm"):
     SWITCH_OF_SLOT[f"{_slot}_bias"] = "norm.bias"
 for _slot in ("ffn_gate_exps", "ffn_up_exps", "ffn_down_exps", "ffn_gate_up_exps"):
-    SWITCH_OF_SLOT[f"{_slot}_bias"] = "ffn.experts.bias"
+    SWITCH_OF_SLOT[f"{_slot}_bias"] = "ffn.bias"
 
 
 @dataclass
@@ -60,7 +60,10 @@ def _group(slot: str) -> str:
 def _switch_value(spec: Spec, path: str) -> Any:
     node: Any = spec
     for part in path.split("."):
-        node = getattr(node, part, None)
+        if isinstance(node, list):  # mixer and ffn sections: the first that has the switch
+            node = next((n for n in node if getattr(n, part, None) is not None), None)
+        else:
+            node = getattr(node, part, None)
         if node is None:
             return None
     return node
@@ -78,8 +81,7 @@ def _unused(spec: Spec, marks: Mapping[Key, Mark], name: str, config: ModelConfi
         if not re.fullmatch(pattern, name):
             continue
         switch = SWITCH_OF_SLOT.get(slot, "")
-        value: Any = config.expert_count if switch == "hparams.expert_count" else \
-            _switch_value(spec, switch) if switch else None
+        value: Any = _switch_value(spec, switch) if switch else None
         setting = f"{switch} is `{_plain(value)}`" if switch else "no switch reads it"
         where = _mark(marks, tuple(switch.split("."))) if switch else None
         return where, f"not read: it is slot `{slot}`, which this spec and file leave unread ({setting})"

@@ -25,26 +25,28 @@ from tfb.authoring.known_keys import (
 )
 from tfb.errors import InputError
 from tfb.spec.fields import FIELD_BY_NAME
-from tfb.spec.schema import Experts, HParam, QKNorm, Spec
+from tfb.spec.kinds import FFN_KINDS, MIXER_KINDS
+from tfb.spec.kinds.attention import QKNorm
+from tfb.spec.schema import HParam, Spec
 from tfb.spec.slots import FileFacts, global_slots, layer_slots
 
 GIVEN = "given on the command line"
 
 # assumed switch -> (command-line option, why the file cannot settle it)
 ASSUMPTIONS: dict[str, tuple[str, str]] = {
-    "attention.rope.pairing": ("--rope-pairing", "adjacent pairs (GGML normal mode; llama.cpp's converter then "
+    "mixer.rope.pairing": ("--rope-pairing", "adjacent pairs (GGML normal mode; llama.cpp's converter then "
                                "permutes Q/K rows) or half-split (NEOX): llama.cpp picks it per architecture "
                                "(llama_model_rope_type() in llama.cpp's source); the file does not say"),
     "ffn.activation": ("--activation", "the activation is llama.cpp code (src/models/), not metadata"),
     "block.residual": ("--residual", "no norm tensors tell whether attention and FFN read the same input"),
-    "ffn.experts.gating": ("--expert-gating", f"the file has no {EXPERT_GATING} key; llama.cpp picks the "
+    "ffn.gating": ("--expert-gating", f"the file has no {EXPERT_GATING} key; llama.cpp picks the "
                            "router's gating per architecture"),
     "hparams.expert_weights_norm": ("--expert-weights-norm", "the file has no expert_weights_norm key; whether "
                                     "the chosen experts' weights are renormalised is llama.cpp code per "
                                     "architecture"),
-    "attention.sliding_window": ("--sliding-window", "the file gives a window size but not which layers use it; "
+    "mixer.sliding_window": ("--sliding-window", "the file gives a window size but not which layers use it; "
                                  "llama.cpp applies it to all, some or (for some architectures) none"),
-    "attention.qk_norm.kind": ("--set attention.qk_norm.kind=...", "the Q/K norms have no bias tensors, and "
+    "mixer.qk_norm.kind": ("--set mixer.qk_norm.kind=...", "the Q/K norms have no bias tensors, and "
                                "their weights do not tell layernorm from rmsnorm"),
     "hparams.attn_temperature_length": ("--set hparams.attn_temperature_length=...", "the file gives a query "
                                         "temperature scale but not the positions per step"),
@@ -93,10 +95,26 @@ def _has_experts(inv: Inventory) -> bool:
     return inv.has("ffn_gate_inp") or int(inv.value("{arch}.expert_count", 0) or 0) > 0
 
 
+def _section(sections: list[dict[str, Any]], role: str, kind: str) -> dict[str, Any]:
+    """The settings of the first section of `kind`, else the first section's settings that `kind` shares
+    (a dense MLP's activation for experts), for a draft that gives every layer one mixer and one ffn."""
+    cls = (MIXER_KINDS if role == "mixer" else FFN_KINDS)[kind]
+    chosen = next((s for s in sections if s.get("kind") == kind), None)
+    settings = chosen if chosen is not None else {k: v for k, v in sections[0].items() if k in cls.model_fields}
+    return {**cls.model_validate({**settings, "kind": kind}).model_dump(exclude={"layers"})}
+
+
+def draft_view(data: dict[str, Any], inv: Inventory) -> dict[str, Any]:
+    """A spec's data with one mixer section and one ffn section, of the kinds the file's tensors show."""
+    return {**data, "mixer": _section(data["mixer"], "mixer", "attention"),
+            "ffn": _section(data["ffn"], "ffn", "routed" if _has_experts(inv) else "dense")}
+
+
 class _Drafter:
     def __init__(self, inv: Inventory, base: Spec, given: dict[str, Any]) -> None:
         self.inv, self.base, self.given = inv, base, given
-        self.data: dict[str, Any] = base.model_dump(by_alias=True, exclude={"name", "abstract", "match"})
+        self.data: dict[str, Any] = draft_view(base.model_dump(by_alias=True, exclude={"name", "abstract", "match"}),
+                                               inv)
         self.decisions: list[Decision] = []
 
     # ---------------------------------------------------------------------------------- recording
@@ -172,28 +190,28 @@ class _Drafter:
         if inv.has("position_embd"):
             self.decide("embedding.positions", "learned", "position_embd.weight in the file")
             if not any(k.startswith(f"{inv.arch}.rope.") for k in inv.metadata):
-                self.decide("attention.rope.layers", "none", "learned positions and no rope keys")
-        if get_path(self.data, "attention.rope.layers") != "none":
-            self.assume("attention.rope.pairing")
+                self.decide("mixer.rope.layers", "none", "learned positions and no rope keys")
+        if get_path(self.data, "mixer.rope.layers") != "none":
+            self.assume("mixer.rope.pairing")
 
     def attention(self) -> None:
         inv = self.inv
         fused = inv.has("attn_qkv")
-        if get_path(self.data, "attention.qkv") != "auto":
-            self.decide("attention.qkv", "fused" if fused else "separate",
+        if get_path(self.data, "mixer.qkv") != "auto":
+            self.decide("mixer.qkv", "fused" if fused else "separate",
                         self.tensor_why("attn_qkv", inv.presence("attn_qkv")))
         for p, slot in (("q", "attn_q"), ("k", "attn_k"), ("v", "attn_v"), ("o", "attn_output")):
             bias = "attn_qkv_bias" if fused and p != "o" else f"{slot}_bias"
-            self.presence(f"attention.bias.{p}", inv.presence(bias), self.tensor_why(bias, inv.presence(bias)))
+            self.presence(f"mixer.bias.{p}", inv.presence(bias), self.tensor_why(bias, inv.presence(bias)))
         self.qk_norm()
-        self.decide("attention.sinks", inv.has("attn_sinks"), self.tensor_why("attn_sinks", inv.presence("attn_sinks")))
+        self.decide("mixer.sinks", inv.has("attn_sinks"), self.tensor_why("attn_sinks", inv.presence("attn_sinks")))
         self.sliding_window()
 
     def qk_norm(self) -> None:
         inv = self.inv
         if not inv.has("attn_q_norm"):
-            if get_path(self.data, "attention.qk_norm") is not None:
-                self.decide("attention.qk_norm", None, "no attn_q_norm tensors")
+            if get_path(self.data, "mixer.qk_norm") is not None:
+                self.decide("mixer.qk_norm", None, "no attn_q_norm tensors")
             return
         heads = int(inv.value("{arch}.attention.head_count", 1) or 1)
         hidden = int(inv.value("{arch}.embedding_length", 0) or 0)
@@ -205,16 +223,16 @@ class _Drafter:
         else:
             over = "all" if width == heads * head_dim and width != head_dim else "head"
             why = f"attn_q_norm.weight has {width} values: {'one norm over all heads' if over == 'all' else 'head_dim'}"
-        kind = (get_path(self.data, "attention.qk_norm") or QKNorm().model_dump())["kind"]
+        kind = (get_path(self.data, "mixer.qk_norm") or QKNorm().model_dump())["kind"]
         norm: dict[str, Any] = {"kind": kind, "over": over}
         bias = "required" if inv.has("attn_q_norm_bias") else "none"
         if (bias == "none") != ((get_path(self.data, "norm.bias") or "none") == "none"):
             norm["bias"] = bias  # unlike the model's other norms
-        self.decide("attention.qk_norm", norm, why)
+        self.decide("mixer.qk_norm", norm, why)
         if inv.has("attn_q_norm_bias"):
-            self.decide("attention.qk_norm.kind", "layernorm", "attn_q_norm bias tensors")
+            self.decide("mixer.qk_norm.kind", "layernorm", "attn_q_norm bias tensors")
         else:
-            self.assume("attention.qk_norm.kind")
+            self.assume("mixer.qk_norm.kind")
 
     def sliding_window(self) -> None:
         inv = self.inv
@@ -222,9 +240,9 @@ class _Drafter:
         if pattern is not None:
             period = int(pattern) if isinstance(pattern, int) else 0
             layers = [True] * (period - 1) + [False] if period > 0 else [bool(x) for x in pattern]
-            self.decide("attention.sliding_window", layers or "none", f"{inv.key(SLIDING_WINDOW_PATTERN)}")
+            self.decide("mixer.sliding_window", layers or "none", f"{inv.key(SLIDING_WINDOW_PATTERN)}")
         elif int(inv.value("{arch}.attention.sliding_window", 0) or 0) > 0:
-            self.assume("attention.sliding_window")
+            self.assume("mixer.sliding_window")
 
     def ffn(self) -> None:
         inv = self.inv
@@ -246,24 +264,22 @@ class _Drafter:
 
     def experts(self) -> None:
         inv = self.inv
-        if get_path(self.data, "ffn.experts") is None:
-            set_path(self.data, "ffn.experts", Experts().model_dump())
         fused = inv.has("ffn_gate_up_exps")
         gated = fused or inv.has("ffn_gate_exps")
         self.decide("ffn.gated", gated, "ffn_gate_up_exps tensors" if fused
                     else self.tensor_why("ffn_gate_exps", inv.presence("ffn_gate_exps")))
         if gated:
-            self.decide("ffn.experts.gate_up", "fused" if fused else "separate",
+            self.decide("ffn.gate_up", "fused" if fused else "separate",
                         self.tensor_why("ffn_gate_up_exps", inv.presence("ffn_gate_up_exps")))
         for path, slot in (("router_bias", "ffn_gate_inp_bias"), ("selection_bias", "exp_probs_b"),
                            ("bias", "ffn_down_exps_bias")):
             found = inv.presence(slot)
-            self.presence(f"ffn.experts.{path}", found, self.tensor_why(slot, found))
+            self.presence(f"ffn.{path}", found, self.tensor_why(slot, found))
         gating = EXPERT_GATING_VALUES.get(inv.value(EXPERT_GATING, 0))
         if gating:
-            self.decide("ffn.experts.gating", gating, f"{inv.key(EXPERT_GATING)} = {inv.value(EXPERT_GATING)}")
+            self.decide("ffn.gating", gating, f"{inv.key(EXPERT_GATING)} = {inv.value(EXPERT_GATING)}")
         else:
-            self.assume("ffn.experts.gating")
+            self.assume("ffn.gating")
         if not inv.has_key(KEYS["expert_weights_norm"][0]):
             self.assume_hparam("expert_weights_norm")
 
@@ -304,9 +320,10 @@ class _Drafter:
     def tensors(self, spec: Spec) -> None:
         """Templates for the slots the drafted switches read, where the base has none or another name."""
         inv = self.inv
-        facts = FileFacts(experts=spec.ffn.experts is not None and _has_experts(inv), fused_qkv=inv.has("attn_qkv"))
+        facts = FileFacts(fused_qkv=inv.has("attn_qkv"))
         templates = get_path(self.data, "tensors") or {}
-        for group, slots in (("global", global_slots(spec, facts)), ("layer", layer_slots(spec, facts))):
+        layer = layer_slots(spec, facts, spec.mixer[0], spec.ffn[0])
+        for group, slots in (("global", global_slots(spec, facts)), ("layer", layer)):
             for slot in slots:
                 ref = (templates.get(group) or {}).get(slot)
                 ref = {"name": ref} if isinstance(ref, str) else ref  # a template given with --set

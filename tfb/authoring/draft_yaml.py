@@ -11,16 +11,17 @@ from typing import Any
 
 import yaml
 
-from tfb.authoring.draft import ASSUMPTIONS, Decision, Draft, infer, set_path
+from tfb.authoring.draft import ASSUMPTIONS, Decision, Draft, draft_view, infer, set_path
 from tfb.authoring.inventory import Inventory
 from tfb.errors import SpecError
 from tfb.gguf.reader import GGUFFile
+from tfb.spec.kinds import FFN_KINDS, MIXER_KINDS
 from tfb.spec.loader import load_spec, resolve
 from tfb.spec.registry import all_spec_files, packaged_dir, search_dirs
 from tfb.spec.schema import Spec
 from tfb.spec.yamlfile import read_yaml
 
-SECTIONS = ("norm", "embedding", "attention", "ffn", "block", "output")
+SECTIONS = ("norm", "embedding", "mixer", "ffn", "block", "output")
 _SAME = object()
 
 
@@ -52,7 +53,12 @@ def _diff(base: Any, want: Any) -> Any:
 class _Writer:
     def __init__(self, draft: Draft) -> None:
         self.draft = draft
-        self.base = draft.base.model_dump(by_alias=True)
+        raw = draft.base.model_dump(by_alias=True)
+        self.base = draft_view(raw, draft.inventory)
+        for role, kinds in (("mixer", MIXER_KINDS), ("ffn", FFN_KINDS)):
+            kind = self.base[role]["kind"]
+            if len(raw[role]) != 1 or raw[role][0]["kind"] != kind:  # not the base's one section: say the kind
+                self.base[role] = {**kinds[kind].model_validate({}).model_dump(exclude={"layers"}), "kind": None}
         self.lines: list[str] = []
 
     def comment(self, path: str) -> str:

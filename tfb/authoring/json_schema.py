@@ -10,7 +10,9 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from tfb.spec.schema import HParam, Norm, ProjectionBias, QKNorm, Rope, Spec, TensorRef
+from tfb.spec.kinds import DEFAULT_KIND, FFN_KINDS, MIXER_KINDS
+from tfb.spec.kinds.attention import ProjectionBias, QKNorm, Rope
+from tfb.spec.schema import HParam, Norm, Spec, TensorRef
 
 DIALECT = "https://json-schema.org/draft/2020-12/schema"
 SCALAR = {"type": ["boolean", "number", "string"]}
@@ -43,6 +45,16 @@ def spec_json_schema() -> dict[str, Any]:
                                 "description": full.get("description", ""), "anyOf": [short, full]}
     # `qk_norm: none` reads as no Q/K norm (Attention's validator)
     defs["Attention"]["properties"]["qk_norm"]["anyOf"].append({"const": "none"})
+    # `mixer:` and `ffn:` take one section (every layer) or a list of them; a section without `kind:` is
+    # of the default kind, so the others must name theirs
+    for role, kinds in (("mixer", MIXER_KINDS), ("ffn", FFN_KINDS)):
+        for name, cls in kinds.items():
+            if name != DEFAULT_KIND[role]:
+                defs[cls.__name__]["required"] = sorted({*defs[cls.__name__].get("required", []), "kind"})
+        listed = schema["properties"][role]
+        listed["items"] = {"anyOf": listed["items"]["oneOf"]}
+        schema["properties"][role] = {"description": listed.get("description", ""),
+                                      "anyOf": [listed["items"], {k: v for k, v in listed.items() if k != "default"}]}
     # a spec's name is its file name; writing it is optional
     schema["required"] = [r for r in schema.get("required", []) if r != "name"]
     if not schema["required"]:

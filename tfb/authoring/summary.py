@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
-from tfb.spec.schema import HParam, LayerPattern, ProjectionBias, Spec
+from tfb.spec.base import KindSection, LayerPattern, LayerRule, LayerSelector
+from tfb.spec.kinds.attention import ProjectionBias
+from tfb.spec.schema import HParam, Spec
 
 # column -> what it says, in display order
 COLUMNS: dict[str, str] = {
@@ -15,8 +18,9 @@ COLUMNS: dict[str, str] = {
     "qk norm": "norm of queries and keys (over each head, or all)",
     "rope": "pairing (adjacent or half), layers; none",
     "positions": "learned absolute positions",
-    "ffn": "gated or plain MLP, activation; fused gate/up; +bias",
-    "experts": "gating when the file has experts; renormalised top-k weights; fused gate/up; biases",
+    "mixer": "mixer kinds, with their layers when they differ",
+    "ffn": "feed-forward kind(s) with their layers; gated or plain MLP, activation; fused gate/up; +bias",
+    "experts": "gating of routed experts; renormalised top-k weights; fused gate/up; biases; shared experts",
     "window": "sliding-window layers",
     "sinks": "per-head attention sinks",
     "output": "final norm; output bias; tied to the embedding when output.weight is absent",
@@ -28,6 +32,30 @@ def _pattern(pattern: LayerPattern) -> str:
     if isinstance(pattern, str):
         return pattern
     return "[" + "".join("x" if on else "." for on in pattern) + "]"
+
+
+def _layers(selector: LayerSelector) -> str:
+    if isinstance(selector, LayerRule):
+        return next(f"{k} {v}" for k, v in selector if v is not None)
+    return _pattern(selector)
+
+
+def _kinds(sections: list[Any]) -> str:
+    """`attention` or `dense (below leading_dense_block_count), routed`."""
+    if len(sections) == 1:
+        return str(sections[0].kind)
+    return ", ".join(s.kind + ("" if s.layers == "all" else f" ({_layers(s.layers)})") for s in sections)
+
+
+def _first(sections: list[Any], kind: str) -> Any:
+    return next((s for s in sections if s.kind == kind), None)
+
+
+def _mlp(section: KindSection) -> str:
+    s: Any = section
+    fused = " fused" if s.gated and s.gate_up == "fused" else ""
+    return f"{'gated' if s.gated else 'plain'} {s.activation}{fused}" + \
+        {"required": " +bias", "optional": " +bias?"}.get(s.bias, "")
 
 
 def _presence(name: str, value: str) -> str:
@@ -58,20 +86,23 @@ def switches(spec: Spec) -> dict[str, str]:
         norm_text += " no weights"
     block = spec.block.residual + (" +post" if spec.block.post_norm else "") + \
         ("" if spec.block.pre_norm else " no pre-norm")
-    att = spec.attention
-    qk = f"{att.qk_norm.kind}/{att.qk_norm.over}" if att.qk_norm else NONE
-    rope = NONE if att.rope.layers == "none" else att.rope.pairing + \
+    att = _first(spec.mixer, "attention")
+    qk = f"{att.qk_norm.kind}/{att.qk_norm.over}" if att is not None and att.qk_norm else NONE
+    rope = NONE if att is None or att.rope.layers == "none" else att.rope.pairing + \
         ("" if att.rope.layers == "all" else f" {_pattern(att.rope.layers)}")
-    ffn = spec.ffn
-    ffn_text = f"{'gated' if ffn.gated else 'plain'} {ffn.activation}" + \
-        (" fused" if ffn.gated and ffn.gate_up == "fused" else "") + \
-        {"required": " +bias", "optional": " +bias?"}.get(ffn.bias, "")
+    dense = _first(spec.ffn, "dense")
+    ffn_text = _kinds(spec.ffn) if len(spec.ffn) > 1 else ""
+    if dense is not None:
+        ffn_text = f"{ffn_text}; {_mlp(dense)}" if ffn_text else _mlp(dense)
     experts = NONE
-    if ffn.experts is not None:
-        ex = ffn.experts
+    ex = _first(spec.ffn, "routed")
+    if ex is not None:
+        if dense is None:
+            ffn_text = f"{ffn_text}; experts {_mlp(ex)}" if ffn_text else f"experts {_mlp(ex)}"
         extras = [_renorm(spec), _presence("router bias", ex.router_bias),
                   _presence("selection bias", ex.selection_bias), _presence("bias", ex.bias),
-                  "fused" if ex.gate_up == "fused" else ""]
+                  "weights on input" if ex.weights == "input" else "",
+                  ("shared" + (" gated" if ex.shared.gate != "none" else "")) if ex.shared else ""]
         experts = " ".join([ex.gating, *[e for e in extras if e]])
     output_ref = spec.tensors.global_.output  # type: ignore[attr-defined]
     output = ["norm" if spec.output.norm else "no norm", _presence("bias", spec.output.bias),
@@ -79,15 +110,16 @@ def switches(spec: Spec) -> dict[str, str]:
     return {
         "norm": norm_text,
         "block": block,
-        "qkv": att.qkv,
-        "bias": _biases(att.bias),
+        "mixer": _kinds(spec.mixer),
+        "qkv": att.qkv if att is not None else NONE,
+        "bias": _biases(att.bias) if att is not None else NONE,
         "qk norm": qk,
         "rope": rope,
         "positions": "learned" if spec.embedding.positions == "learned" else NONE,
         "ffn": ffn_text,
         "experts": experts,
-        "window": NONE if att.sliding_window == "none" else _pattern(att.sliding_window),
-        "sinks": "yes" if att.sinks else NONE,
+        "window": NONE if att is None or att.sliding_window == "none" else _pattern(att.sliding_window),
+        "sinks": "yes" if att is not None and att.sinks else NONE,
         "output": " ".join(o for o in output if o),
     }
 

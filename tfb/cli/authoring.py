@@ -25,12 +25,12 @@ def run_check(args: argparse.Namespace) -> int:
 
 # named options for what a file cannot settle: option -> (spec path, allowed values)
 DRAFT_CHOICES: dict[str, tuple[str, tuple[str, ...]]] = {
-    "rope_pairing": ("attention.rope.pairing", ("adjacent", "half")),
+    "rope_pairing": ("mixer.rope.pairing", ("adjacent", "half")),
     "activation": ("ffn.activation", ("silu", "gelu_tanh", "gelu_erf", "relu", "relu_squared")),
     "residual": ("block.residual", ("sequential", "parallel")),
-    "expert_gating": ("ffn.experts.gating", ("softmax", "sigmoid", "softmax_selected")),
+    "expert_gating": ("ffn.gating", ("softmax", "sigmoid", "softmax_selected")),
     "expert_weights_norm": ("hparams.expert_weights_norm", ("true", "false")),
-    "sliding_window": ("attention.sliding_window", ("all", "none")),
+    "sliding_window": ("mixer.sliding_window", ("all", "none")),
 }
 
 

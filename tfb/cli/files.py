@@ -10,7 +10,7 @@ from tfb.cli.common import add_spec_dirs, safe
 
 
 def run_inspect(args: argparse.Namespace) -> int:
-    from tfb.gguf.inspect import inspect_file
+    from tfb.authoring.inspect import inspect_file
 
     text, problem = inspect_file(args.model, spec=args.spec, spec_dirs=tuple(args.spec_dir),
                                  all_layers=args.all_layers)

@@ -8,7 +8,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from tfb.config import ModelConfig
 from tfb.nn.linear import Linear
+from tfb.spec.kinds._mlp import MLPShape
 
 
 @dataclass(frozen=True)
@@ -46,6 +48,12 @@ class Activation:
         return act * (up + self.up_offset if self.up_offset else up)
 
 
+def activation_of(section: MLPShape, c: ModelConfig) -> Activation:
+    """The activation a dense or expert section asks for, with the config's clamp and constants."""
+    return Activation(section.activation, limit=c.swiglu_limit, clamp_before=section.clamp_gate == "before_activation",
+                      silu_beta=c.silu_beta, up_offset=c.up_offset)
+
+
 class MLP(nn.Module):
     def __init__(self, hidden: int, inner: int, *, gated: bool, fused_gate_up: bool, activation: Activation) -> None:
         super().__init__()
@@ -55,7 +63,7 @@ class MLP(nn.Module):
             self.gate = Linear(hidden, inner)
         self.down = Linear(inner, hidden)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, step: object = None) -> torch.Tensor:
         if not self.gated:
             return self.down(self.activation(self.up(x)))
         if self.fused:

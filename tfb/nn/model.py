@@ -2,25 +2,27 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import nn
 
 from tfb.config import ModelConfig
 from tfb.errors import InputError
-from tfb.nn.attention import KVCache
 from tfb.nn.block import Block
+from tfb.nn.cache import Cache, Step
+from tfb.nn.ffn.routed import ExpertLinear
 from tfb.nn.linear import Embedding, Linear
-from tfb.nn.moe import ExpertLinear
 from tfb.nn.norm import Norm
 from tfb.nn.rotary import Rotary
 
 
 class Transformer(nn.Module):
-    """`model(input_ids)` -> float32 logits [batch, seq, vocab]; pass a KVCache to decode incrementally."""
+    """`model(input_ids)` -> float32 logits [batch, seq, vocab]; pass a Cache (`new_cache()`) to decode
+    incrementally."""
 
-    def __init__(self, config: ModelConfig, blocks: list[Block], rotary: Rotary, *, final_norm: Norm | None,
-                 learned_positions: bool, dtype: torch.dtype, spec_name: str,
-                 rotary_swa: Rotary | None = None) -> None:
+    def __init__(self, config: ModelConfig, blocks: list[Block], rotaries: list[Rotary], *,
+                 final_norm: Norm | None, learned_positions: bool, dtype: torch.dtype, spec_name: str) -> None:
         super().__init__()
         self.config, self.dtype, self.spec_name = config, dtype, spec_name
         self.cache_dtype: torch.dtype | None = None  # the KV cache's element type; None: the activations'
@@ -29,18 +31,15 @@ class Transformer(nn.Module):
         self.blocks = nn.ModuleList(blocks)
         self.output_norm = final_norm
         self.output = Linear(config.hidden_size, config.vocab_size)
-        self.rotary = rotary
-        self.rotary_swa = rotary_swa  # sliding-window layers' rope, when it differs
-        self.layer_rotary = [rotary_swa if rotary_swa is not None and b.attn.opts.window else rotary for b in blocks]
+        self.rotaries = rotaries  # every distinct rope of the layers (shared between layers)
 
     def tensor_shape(self, method: str) -> tuple[int, ...]:
-        return self.rotary.tensor_shape(method)
+        return self.rotaries[0].tensor_shape(method)
 
     def set_freq_factors(self, name: str, factors: torch.Tensor) -> None:
         """Frequency factors apply to every layer's rope, as in llama.cpp."""
-        for rotary in (self.rotary, self.rotary_swa):
-            if rotary is not None:
-                rotary.set_freq_factors(name, factors)
+        for rotary in self.rotaries:
+            rotary.set_freq_factors(name, factors)
 
     def use_int8_activations(self, enabled: bool = True) -> None:
         """Round each activation row to 8 bits in the matrix-vector products (decoding steps) of packed
@@ -50,10 +49,12 @@ class Transformer(nn.Module):
             if isinstance(module, (Linear, ExpertLinear)):
                 module.use_int8_activations(enabled)
 
-    def new_cache(self) -> KVCache:
-        return KVCache(self.config.n_layers, self.cache_dtype)
+    def new_cache(self) -> Cache:
+        """An empty cache: each layer's mixer state (keys and values of attention layers)."""
+        mixers: list[Any] = [block.mixer for block in self.blocks]
+        return Cache([mixer.new_state(self.cache_dtype) for mixer in mixers])
 
-    def forward(self, input_ids: torch.Tensor, cache: KVCache | None = None,
+    def forward(self, input_ids: torch.Tensor, cache: Cache | None = None,
                 last_only: bool = False) -> torch.Tensor:
         ids = self._check_ids(input_ids)
         c = self.config
@@ -67,10 +68,9 @@ class Transformer(nn.Module):
             if start + seq > c.context_length:
                 raise InputError(f"position {start + seq - 1} is past the {c.context_length} learned positions")
             x = x + self.position_embd(positions, self.dtype)
-        angles = {id(r): (r, *r.angles(positions)) for r in (self.rotary, self.rotary_swa) if r is not None}
-        for i, (block, rotary) in enumerate(zip(self.blocks, self.layer_rotary, strict=True)):
-            _, cos, sin = angles[id(rotary)]
-            x = block(x, rotary, cos, sin, positions, cache, i)
+        step = Step(positions, start)
+        for i, block in enumerate(self.blocks):
+            x = block(x, step, cache.layers[i] if cache is not None else None)
         if cache is not None:
             cache.commit(seq)
         if last_only:

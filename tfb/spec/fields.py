@@ -1,27 +1,19 @@
 """The config fields a spec's `hparams:` section may fill, as the spec language sees them.
 
-Derived from `ModelConfig`, the one place that defines them.
+Derived from `ModelConfig` (the fields every model has) and from the kinds (the fields each adds).
 """
 
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass
 from typing import Literal, cast
 
 from tfb.config import HPARAM_FIELDS
+from tfb.spec.base import ConfigField
+from tfb.spec.kinds import kind_fields
 
 Kind = Literal["int", "float", "bool", "str"]
-
-
-@dataclass(frozen=True)
-class Field:
-    name: str
-    kind: Kind
-    doc: str
-    default: int | float | bool | str | None  # None: a concrete spec must give a rule
-    range: str
-    choices: tuple[str, ...]
+Field = ConfigField
 
 
 def _field(f: dataclasses.Field) -> Field:
@@ -30,5 +22,6 @@ def _field(f: dataclasses.Field) -> Field:
     return Field(f.name, kind, f.metadata["doc"], default, f.metadata["range"], f.metadata["choices"])
 
 
-FIELDS: tuple[Field, ...] = tuple(_field(f) for f in HPARAM_FIELDS)
+# the model's own fields, then those each kind adds
+FIELDS: tuple[Field, ...] = (*(_field(f) for f in HPARAM_FIELDS), *kind_fields())
 FIELD_BY_NAME: dict[str, Field] = {f.name: f for f in FIELDS}

@@ -17,6 +17,7 @@ from pydantic import BaseModel, ValidationError
 
 from tfb.errors import SpecError
 from tfb.spec.fields import FIELD_BY_NAME, FIELDS
+from tfb.spec.kinds import FFN_KINDS, MIXER_KINDS
 from tfb.spec.registry import find_spec_file, search_dirs
 from tfb.spec.schema import Derived, HParam, Spec
 from tfb.spec.slots import global_slots, layer_slots, possible_facts
@@ -228,24 +229,24 @@ def _contradictions(spec: Spec) -> list[tuple[Key, str]]:
                     "use residual: sequential or post_norm: false"))
     if spec.block.residual == "parallel" and not spec.block.pre_norm:
         out.append((("block", "pre_norm"), "a parallel residual reads one pre-norm; set pre_norm: true"))
-    if not spec.ffn.gated and spec.ffn.gate_up == "fused":
-        out.append((("ffn", "gate_up"), "a fused gate/up projection needs gated: true"))
     if not spec.norm.parametric and spec.norm.bias != "none":
         out.append((("norm", "bias"), "a norm without weights (parametric: false) has no bias either"))
-    if spec.ffn.experts is not None and not spec.ffn.gated and spec.ffn.experts.gate_up == "fused":
-        out.append((("ffn", "experts", "gate_up"), "fused expert gate/up needs gated: true"))
-    for key, pattern in ((("attention", "sliding_window"), spec.attention.sliding_window),
-                         (("attention", "rope", "layers"), spec.attention.rope.layers)):
-        if pattern == []:  # repeated over the layers, an empty list would divide by zero
-            out.append((key, "an empty list of layers; write 'none' for no layers"))
+    for role in ("mixer", "ffn"):
+        sections = getattr(spec, role)
+        for i, section in enumerate(sections):
+            where: Key = (role,) if len(sections) == 1 else (role, i)
+            out += [((*where, *key), msg) for key, msg in section.problems()]
+            if section.layers == []:
+                out.append(((*where, "layers"), "an empty list of layers; write 'none' for no layers"))
     return out
 
 
 def _missing_slots(spec: Spec) -> list[tuple[Key, str]]:
     out: list[tuple[Key, str]] = []
     seen: set[tuple[str, str]] = set()
-    for facts in possible_facts(spec):
-        for group, needs in (("global", global_slots(spec, facts)), ("layer", layer_slots(spec, facts))):
+    combos = [(facts, mixer, ffn) for facts in possible_facts(spec) for mixer in spec.mixer for ffn in spec.ffn]
+    for facts, mixer, ffn in combos:
+        for group, needs in (("global", global_slots(spec, facts)), ("layer", layer_slots(spec, facts, mixer, ffn))):
             templates = spec.tensors.global_ if group == "global" else spec.tensors.layer
             for slot in needs:
                 if getattr(templates, slot) is None and (group, slot) not in seen:
@@ -270,6 +271,7 @@ def _missing_slots(spec: Spec) -> list[tuple[Key, str]]:
 
 # ------------------------------------------------------------------------------------------ explanations
 
+KIND_TAGS = {*MIXER_KINDS, *FFN_KINDS}
 _PRIORITY = ("extra_forbidden", "literal_error", "value_error", "missing")
 
 
@@ -297,6 +299,8 @@ def _data_key(loc: tuple[int | str, ...], data: Any) -> Key:
             node = node[part]
         elif isinstance(node, list) and isinstance(part, int) and 0 <= part < len(node):
             node = node[part]
+        elif part in KIND_TAGS:
+            continue  # the tag of a `kind:` union branch
         elif isinstance(node, dict) and isinstance(part, str) and part.isidentifier() and part.islower() \
                 and part not in ("str", "int", "float", "bool", "list", "dict"):
             key.append(part)  # a missing key: point at its parent, name it in the path

@@ -8,20 +8,15 @@ validation so that every error points at one clear field.
 
 from __future__ import annotations
 
-from typing import Any, Literal, Union
+from typing import TYPE_CHECKING, Any, Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Field, create_model, field_validator, model_validator
 
+from tfb.spec.base import KindSection, NormKind, Presence, Strict
 from tfb.spec.fields import FIELDS
+from tfb.spec.kinds import FFN_KINDS, MIXER_KINDS, all_slots, section_type
 
-Presence = Literal["none", "required", "optional"]
-NormKind = Literal["rmsnorm", "layernorm"]
-Activation = Literal["silu", "gelu_tanh", "gelu_erf", "relu", "relu_squared"]
 Scalar = int | float | bool | str
-
-
-class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
 
 # ---------------------------------------------------------------------------------------------- hparams
@@ -112,10 +107,6 @@ class HParam(Strict):
 
 # --------------------------------------------------------------------------------------------- switches
 
-LayerPattern = Literal["all", "none"] | list[bool]
-LAYER_PATTERN_DOC = ("which layers: 'all', 'none', or a list of booleans repeated over the layers "
-                     "([true, false] is every even layer)")
-
 
 class Norm(Strict):
     """The normalisation used by every norm of the model (epsilon: the `norm_eps` field)."""
@@ -131,103 +122,17 @@ class Norm(Strict):
         return {"kind": data} if isinstance(data, str) else data
 
 
-class QKNorm(Strict):
-    """A norm on queries and keys before rope."""
-
-    kind: NormKind = Field("rmsnorm", description="norm kind of the Q/K norm")
-    over: Literal["head", "each_head", "all"] = Field(
-        "head", description="head: normalise each head, weights of head_dim shared by the heads; each_head: "
-        "the same with weights of its own for each head ([heads, head_dim]); all: the whole projection")
-    bias: Literal["norm", "none", "required", "optional"] = Field(
-        "norm", description="bias of the Q/K norms (layernorm only); norm: as `norm.bias`")
-    presence: Literal["required", "optional"] = Field(
-        "required", description="optional: only in files that have the Q/K norm tensors (the norm applies "
-        "where they are)")
-
-    @model_validator(mode="before")
-    @classmethod
-    def _shorthand(cls, data: Any) -> Any:
-        return {"kind": data} if isinstance(data, str) else data
+if TYPE_CHECKING:
+    MixerSection = KindSection
+    FfnSection = KindSection
+else:  # one kind's section, chosen by its `kind:` (tfb.spec.kinds)
+    MixerSection = section_type("mixer")
+    FfnSection = section_type("ffn")
 
 
-class Rope(Strict):
-    """Rotary position embedding. Frequencies, dimensions and scaling come from the config fields
-    `rope_base`, `rope_dims`, `rope_scaling` and friends; optional frequency-factor tensors
-    (`rope_freqs`, `rope_factors_long`/`short`) divide the frequencies when the file has them."""
-
-    pairing: Literal["adjacent", "half"] = Field(
-        "adjacent", description="adjacent: rotate (x0,x1),(x2,x3)... (GGML normal mode, on the converter's "
-        "permuted Q/K); half: rotate (x_i, x_{i+d/2}) (GGML NEOX mode)")
-    layers: LayerPattern = Field("all", description="layers that apply rope; " + LAYER_PATTERN_DOC)
-
-    @model_validator(mode="before")
-    @classmethod
-    def _shorthand(cls, data: Any) -> Any:
-        return {"layers": "none"} if data == "none" else data
-
-
-class ProjectionBias(Strict):
-    q: Presence = "none"
-    k: Presence = "none"
-    v: Presence = "none"
-    o: Presence = "none"
-
-    @model_validator(mode="before")
-    @classmethod
-    def _shorthand(cls, data: Any) -> Any:
-        if isinstance(data, str):
-            if data == "qkv":
-                return {"q": "required", "k": "required", "v": "required"}
-            return {"q": data, "k": data, "v": data, "o": data}
-        return data
-
-
-class Attention(Strict):
-    qkv: Literal["separate", "fused", "auto"] = Field(
-        "auto", description="separate q/k/v projections, one fused qkv projection split by head counts, "
-        "or auto: fused when the file has the fused tensor")
-    bias: ProjectionBias = Field(
-        ProjectionBias(), description="bias of each projection q, k, v, o: none, required or optional; "
-        "a single value applies to all four, 'qkv' means required on q, k and v")
-    qk_norm: QKNorm | None = Field(None, description="norm of queries and keys before rope; null: none")
-    rope: Rope = Field(Rope(), description="rotary position embedding, or 'none'")
-    sliding_window: LayerPattern = Field(
-        "none", description="layers that attend only to the last `sliding_window` positions; "
-        + LAYER_PATTERN_DOC)
-    sinks: bool = Field(False, description="a learned per-head logit that joins each softmax (attn_sinks)")
-
-    @field_validator("qk_norm", mode="before")
-    @classmethod
-    def _none_string(cls, value: Any) -> Any:
-        return None if value == "none" else value
-
-
-class Experts(Strict):
-    """Mixture of experts, used in the layers of a file whose `expert_count` is above 0. Counts,
-    renormalisation and scale are the config fields `expert_count`, `expert_used_count`,
-    `expert_weights_norm` and `expert_weights_scale`."""
-
-    gating: Literal["softmax", "sigmoid", "softmax_selected"] = Field(
-        "softmax", description="softmax: over all experts, then top-k; sigmoid: per expert, then top-k; "
-        "softmax_selected: top-k of the router logits, then softmax over those k")
-    router_bias: Presence = Field("none", description="bias of the router projection (ffn_gate_inp)")
-    selection_bias: Presence = Field(
-        "none", description="bias added to the probabilities for choosing experts only (exp_probs_b)")
-    bias: Presence = Field("none", description="biases of the expert projections")
-    gate_up: Literal["separate", "fused"] = Field(
-        "separate", description="separate ffn_gate_exps/ffn_up_exps, or one fused ffn_gate_up_exps")
-
-
-class FeedForward(Strict):
-    gated: bool = Field(True, description="act(gate(x)) * up(x); false: act(up(x))")
-    gate_up: Literal["separate", "fused"] = Field(
-        "separate", description="fused: one up tensor holds [gate; up], split in half")
-    activation: Activation = Field("silu", description="activation function")
-    bias: Presence = Field("none", description="biases of the up, gate and down projections")
-    clamp_gate: Literal["after_activation", "before_activation"] = Field(
-        "after_activation", description="where the `swiglu_limit` clamp acts on the gate: on act(gate) "
-        "(act(gate) <= l) or on gate itself (act(min(gate, l))); up is clamped to [-l, l] either way")
-    experts: Experts | None = Field(None, description="how experts behave when the file has experts")
+def _as_list(value: Any) -> Any:
+    """A single section means every layer uses it."""
+    return [value] if isinstance(value, dict) else value
 
 
 class Block(Strict):
@@ -274,19 +179,10 @@ GLOBAL_SLOTS = (
     "token_embd", "position_embd", "output_norm", "output_norm_bias", "output", "output_bias",
     "rope_freqs", "rope_factors_long", "rope_factors_short",
 )
-LAYER_SLOTS = (
-    "attn_norm", "attn_norm_bias",
-    "attn_q", "attn_k", "attn_v", "attn_qkv", "attn_output",
-    "attn_q_bias", "attn_k_bias", "attn_v_bias", "attn_qkv_bias", "attn_output_bias",
-    "attn_q_norm", "attn_k_norm", "attn_q_norm_bias", "attn_k_norm_bias",
-    "attn_sinks", "post_attention_norm", "post_attention_norm_bias",
-    "ffn_norm", "ffn_norm_bias",
-    "ffn_gate", "ffn_up", "ffn_down", "ffn_gate_bias", "ffn_up_bias", "ffn_down_bias",
-    "post_ffw_norm", "post_ffw_norm_bias",
-    "ffn_gate_inp", "ffn_gate_inp_bias", "exp_probs_b",
-    "ffn_gate_exps", "ffn_up_exps", "ffn_down_exps", "ffn_gate_up_exps",
-    "ffn_gate_exps_bias", "ffn_up_exps_bias", "ffn_down_exps_bias", "ffn_gate_up_exps_bias",
-)
+# the block's own slots (the norms around its mixer and feed-forward); the kinds add theirs
+BLOCK_SLOTS = ("attn_norm", "attn_norm_bias", "post_attention_norm", "post_attention_norm_bias",
+               "ffn_norm", "ffn_norm_bias", "post_ffw_norm", "post_ffw_norm_bias")
+LAYER_SLOTS = (*BLOCK_SLOTS, *all_slots())
 
 
 def _slot_model(name: str, slots: tuple[str, ...], doc: str) -> type[BaseModel]:
@@ -331,8 +227,30 @@ class Spec(Strict):
     hparams: HParams = Field(HParams(), description="config field -> rule")
     norm: Norm = Norm()
     embedding: Embedding = Embedding()
-    attention: Attention = Attention()
-    ffn: FeedForward = FeedForward()
+    mixer: list[MixerSection] = Field(
+        default_factory=lambda: [MIXER_KINDS["attention"].model_validate({})],
+        description="the token mixer of each layer: one section (every layer) or a list whose first section "
+        "whose `layers` hold is used; `kind:` picks the kind (default attention)")
+    ffn: list[FfnSection] = Field(
+        default_factory=lambda: [FFN_KINDS["dense"].model_validate({})],
+        description="the feed-forward of each layer: one section or a list, as `mixer`; `kind:` picks the "
+        "kind (default dense)")
     block: Block = Block()
     output: Output = Output()
     tensors: Tensors = Tensors()
+
+    @field_validator("mixer", "ffn", mode="before")
+    @classmethod
+    def _sections(cls, value: Any) -> Any:
+        return _as_list(value)
+
+    @field_validator("mixer", "ffn")
+    @classmethod
+    def _not_empty(cls, value: list[KindSection]) -> list[KindSection]:
+        if not value:
+            raise ValueError("give at least one section")
+        return value
+
+    def sections(self) -> list[KindSection]:
+        """Every mixer and feed-forward section."""
+        return [*self.mixer, *self.ffn]

@@ -14,7 +14,7 @@ from typing import Protocol
 import torch
 
 from tfb.errors import InputError
-from tfb.nn.attention import KVCache
+from tfb.nn.cache import Cache
 from tfb.nn.model import Transformer
 from tfb.text.sampling import GREEDY, Sampler, Sampling
 
@@ -41,7 +41,7 @@ class Session:
     """A KV cache and the tokens in it, kept across generations (a chat) so that a prompt that extends the
     previous one only computes its new tokens."""
 
-    cache: KVCache
+    cache: Cache
     tokens: list[int] = field(default_factory=list)
 
     def reuse(self, prompt: Sequence[int]) -> int:

@@ -1,13 +1,45 @@
-"""Mixture of experts with stacked expert weights (one [experts, out, in] tensor per projection)."""
+"""The `routed` feed-forward kind: a mixture of experts with stacked expert weights (one [experts, out, in]
+tensor per projection), grouped top-k, and optional shared experts. The math: tfb/spec/kinds/routed.py."""
 
 from __future__ import annotations
 
 import torch
 from torch import nn
 
+from tfb.config import ModelConfig
+from tfb.nn.kinds import BuildContext
 from tfb.nn.linear import Linear, Weight, check_shape, packed_matmul
-from tfb.nn.mlp import Activation
+from tfb.nn.mlp import MLP, Activation, activation_of
 from tfb.quant import PackedTensor, native
+from tfb.spec.kinds.routed import Routed
+
+KIND = "routed"
+TARGETS = {
+    "ffn_gate_inp": ("router", "set_weight"), "ffn_gate_inp_bias": ("router", "set_bias"),
+    "exp_probs_b": ("", "set_selection_bias"),
+    "ffn_gate_exps": ("gate", "set_weight"), "ffn_gate_exps_bias": ("gate", "set_bias"),
+    "ffn_up_exps": ("up", "set_weight"), "ffn_up_exps_bias": ("up", "set_bias"),
+    "ffn_gate_up_exps": ("up", "set_weight"), "ffn_gate_up_exps_bias": ("up", "set_bias"),
+    "ffn_down_exps": ("down", "set_weight"), "ffn_down_exps_bias": ("down", "set_bias"),
+    "ffn_gate_shexp": ("shared.gate", "set_weight"), "ffn_gate_shexp_bias": ("shared.gate", "set_bias"),
+    "ffn_up_shexp": ("shared.up", "set_weight"), "ffn_up_shexp_bias": ("shared.up", "set_bias"),
+    "ffn_down_shexp": ("shared.down", "set_weight"), "ffn_down_shexp_bias": ("shared.down", "set_bias"),
+    "ffn_gate_inp_shexp": ("", "set_shared_gate"),
+}
+
+
+def build(section: Routed, c: ModelConfig, ctx: BuildContext) -> Experts:
+    act = activation_of(section, c)
+    shared = None
+    if section.shared is not None:
+        shared = MLP(c.hidden_size, c.expert_shared_intermediate_size, gated=section.gated, fused_gate_up=False,
+                     activation=act)
+    return Experts(c.hidden_size, c.expert_intermediate_size, n_experts=c.expert_count, top_k=c.expert_used_count,
+                   gating=section.gating, gated=section.gated, fused_gate_up=section.gate_up == "fused",
+                   activation=act, normalize=c.expert_weights_norm, scale=c.expert_weights_scale,
+                   groups=(c.expert_group_count, c.expert_group_used_count),
+                   weights_on_input=section.weights == "input",
+                   shared=shared, shared_gated=section.shared is not None and section.shared.gate == "sigmoid")
 
 
 class ExpertLinear(nn.Module):
@@ -52,11 +84,18 @@ class ExpertLinear(nn.Module):
 
 class Experts(nn.Module):
     def __init__(self, hidden: int, inner: int, *, n_experts: int, top_k: int, gating: str, gated: bool,
-                 fused_gate_up: bool, activation: Activation, normalize: bool, scale: float) -> None:
+                 fused_gate_up: bool, activation: Activation, normalize: bool, scale: float,
+                 groups: tuple[int, int] = (0, 0), weights_on_input: bool = False, shared: MLP | None = None,
+                 shared_gated: bool = False) -> None:
         super().__init__()
         self.n_experts, self.top_k, self.gating = n_experts, top_k, gating
         self.gated, self.fused, self.activation = gated, fused_gate_up, activation
         self.normalize, self.scale = normalize, scale
+        self.groups, self.groups_used = groups
+        self.weights_on_input = weights_on_input
+        self.shared = shared
+        self.shared_gate: torch.Tensor | None = None
+        self.shared_gated = shared_gated
         self.router = Linear(hidden, n_experts)
         self.selection_bias: torch.Tensor | None = None
         self.up = ExpertLinear(n_experts, hidden, 2 * inner if fused_gate_up else inner)
@@ -65,7 +104,11 @@ class Experts(nn.Module):
         self.down = ExpertLinear(n_experts, inner, hidden)
 
     def tensor_shape(self, method: str) -> tuple[int, ...]:
-        return (self.n_experts,)
+        return (self.router.in_features,) if method == "set_shared_gate" else (self.n_experts,)
+
+    def set_shared_gate(self, name: str, weight: torch.Tensor) -> None:
+        check_shape(name, tuple(weight.shape), (self.router.in_features,))
+        self.shared_gate = weight
 
     def set_selection_bias(self, name: str, bias: torch.Tensor) -> None:
         check_shape(name, tuple(bias.shape), (self.n_experts,))
@@ -81,6 +124,8 @@ class Experts(nn.Module):
         else:
             probs = logits
         select = probs if self.selection_bias is None else probs + self.selection_bias
+        if self.groups > 1:
+            select = self._best_groups(select)
         chosen = select.topk(self.top_k, dim=-1).indices
         weights = probs.gather(-1, chosen)
         if self.gating == "softmax_selected":
@@ -91,6 +136,15 @@ class Experts(nn.Module):
             weights = weights * self.scale
         return chosen, weights
 
+    def _best_groups(self, select: torch.Tensor) -> torch.Tensor:
+        """`select` with the experts outside each token's best groups at -inf; a group scores the sum of
+        its two best experts (as llama.cpp, whatever the gating)."""
+        grouped = select.view(select.shape[0], self.groups, -1)
+        scores = grouped.topk(min(2, grouped.shape[-1]), dim=-1).values.sum(-1)
+        best = scores.topk(self.groups_used, dim=-1).indices
+        keep = torch.zeros_like(scores, dtype=torch.bool).scatter_(1, best, True)
+        return grouped.masked_fill(~keep[..., None], -torch.inf).view_as(select)
+
     def expert(self, e: int, x: torch.Tensor) -> torch.Tensor:
         if not self.gated:
             return self.down(e, self.activation(self.up(e, x)))
@@ -100,12 +154,19 @@ class Experts(nn.Module):
             gate, up = self.gate(e, x), self.up(e, x)
         return self.down(e, self.activation.gated(gate, up))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, step: object = None) -> torch.Tensor:
         flat = x.reshape(-1, x.shape[-1])
         chosen, weights = self.route(flat)
         out = torch.zeros_like(flat)
         for e in chosen.unique().tolist():
             token, slot = (chosen == e).nonzero(as_tuple=True)
-            y = self.expert(e, flat[token]) * weights[token, slot, None].to(flat.dtype)
+            w = weights[token, slot, None].to(flat.dtype)
+            y = self.expert(e, flat[token] * w) if self.weights_on_input else self.expert(e, flat[token]) * w
             out.index_add_(0, token, y)
+        if self.shared is not None:
+            shared = self.shared(flat)
+            if self.shared_gated:
+                assert self.shared_gate is not None, "shared expert gate not loaded"
+                shared = shared * torch.sigmoid(flat.float() @ self.shared_gate.float())[:, None].to(flat.dtype)
+            out = out + shared
         return out.view_as(x)

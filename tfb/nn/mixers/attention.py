@@ -1,5 +1,6 @@
-"""Causal self-attention: separate or fused projections, GQA, Q/K norm, rope, sliding window,
-soft-capping, sinks and a position-dependent query temperature, with an optional KV cache."""
+"""The `attention` mixer kind: causal self-attention with separate or fused projections, GQA, Q/K norm,
+rope, sliding window, soft-capping, sinks and a position-dependent query temperature; its layer state is
+the keys and values of the positions seen so far."""
 
 from __future__ import annotations
 
@@ -10,10 +11,47 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from tfb.config import ModelConfig
+from tfb.nn.cache import SequenceState, Step
+from tfb.nn.kinds import BuildContext
 from tfb.nn.linear import Linear, check_shape
-from tfb.nn.norm import Norm
-from tfb.nn.rotary import Rotary
+from tfb.nn.rotary import RopeParams, Rotary
 from tfb.quant import native
+from tfb.spec.base import selects
+from tfb.spec.kinds.attention import Attention as Section
+
+KIND = "attention"
+TARGETS = {
+    "attn_q": ("q", "set_weight"), "attn_q_bias": ("q", "set_bias"),
+    "attn_k": ("k", "set_weight"), "attn_k_bias": ("k", "set_bias"),
+    "attn_v": ("v", "set_weight"), "attn_v_bias": ("v", "set_bias"),
+    "attn_qkv": ("qkv", "set_weight"), "attn_qkv_bias": ("qkv", "set_bias"),
+    "attn_output": ("o", "set_weight"), "attn_output_bias": ("o", "set_bias"),
+    "attn_q_norm": ("q_norm", "set_weight"), "attn_q_norm_bias": ("q_norm", "set_bias"),
+    "attn_k_norm": ("k_norm", "set_weight"), "attn_k_norm_bias": ("k_norm", "set_bias"),
+    "attn_sinks": ("", "set_sinks"),
+}
+
+
+def build(section: Section, c: ModelConfig, ctx: BuildContext) -> Attention:
+    shape = AttentionShape(c.hidden_size, c.n_heads, c.n_kv_heads, c.head_dim, c.value_dim)
+    window = c.sliding_window if selects(section.sliding_window, ctx.layer, c.value) else 0
+    opts = AttentionOptions(
+        fused_qkv=c.fused_qkv,
+        qk_norm=section.qk_norm.kind if section.qk_norm and c.qk_norm else None,
+        qk_norm_over=section.qk_norm.over if section.qk_norm else "head",
+        norm_eps=c.norm_eps,
+        scale=c.attention_scale,
+        softcap=c.attn_softcap,
+        clamp=c.clamp_qkv,
+        window=window,
+        use_rope=selects(section.rope.layers, ctx.layer, c.value),
+        sinks=section.sinks,
+        temperature_scale=c.attn_temperature_scale,
+        temperature_length=c.attn_temperature_length,
+    )
+    rotary = ctx.rotary(RopeParams.from_config(c, section.rope.pairing, sliding=window > 0))
+    return Attention(shape, opts, ctx, rotary)
 
 
 @dataclass(frozen=True)
@@ -41,45 +79,10 @@ class AttentionOptions:
     temperature_length: int
 
 
-class KVCache:
-    """Keys and values of the positions seen so far, per layer, in `dtype` (default: as they come);
-    capacity grows geometrically."""
-
-    def __init__(self, n_layers: int, dtype: torch.dtype | None = None) -> None:
-        self.dtype = dtype
-        self.keys: list[torch.Tensor | None] = [None] * n_layers
-        self.values: list[torch.Tensor | None] = [None] * n_layers
-        self.length = 0  # positions stored (committed after a full forward pass)
-
-    def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Store k, v ([batch, kv_heads, new, dim]) after the committed positions; return all of them."""
-        start, new = self.length, k.shape[2]
-        end = start + new
-        for store, x in ((self.keys, k), (self.values, v)):
-            buf = store[layer]
-            if buf is None or buf.shape[2] < end:
-                grown = x.new_empty(*x.shape[:2], max(end, 2 * (0 if buf is None else buf.shape[2]), 16),
-                                    x.shape[3], dtype=self.dtype or x.dtype)
-                if buf is not None:
-                    grown[:, :, :start] = buf[:, :, :start]
-                store[layer] = buf = grown
-            buf[:, :, start:end] = x
-        k_all, v_all = self.keys[layer], self.values[layer]
-        assert k_all is not None and v_all is not None
-        return k_all[:, :, :end], v_all[:, :, :end]
-
-    def commit(self, new: int) -> None:
-        self.length += new
-
-    def truncate(self, length: int) -> None:
-        """Forget positions from `length` on (for a rewound or shared prompt)."""
-        self.length = min(self.length, length)
-
-
 class Attention(nn.Module):
-    def __init__(self, shape: AttentionShape, opts: AttentionOptions, norm_kind: str) -> None:
+    def __init__(self, shape: AttentionShape, opts: AttentionOptions, ctx: BuildContext, rotary: Rotary) -> None:
         super().__init__()
-        self.shape, self.opts = shape, opts
+        self.shape, self.opts, self.rotary = shape, opts, rotary
         s = shape
         self.q_out, self.k_out, self.v_out = s.n_heads * s.head_dim, s.n_kv_heads * s.head_dim, \
             s.n_kv_heads * s.value_dim
@@ -93,10 +96,10 @@ class Attention(nn.Module):
         if opts.qk_norm is not None:
             whole = opts.qk_norm_over == "all"
             own = opts.qk_norm_over == "each_head"  # weights [heads, head_dim]
-            self.q_norm = Norm(opts.qk_norm, self.q_out if whole else s.head_dim, opts.norm_eps,
-                               groups=s.n_heads if own else 0)
-            self.k_norm = Norm(opts.qk_norm, self.k_out if whole else s.head_dim, opts.norm_eps,
-                               groups=s.n_kv_heads if own else 0)
+            self.q_norm = ctx.norm(self.q_out if whole else s.head_dim, opts.norm_eps, opts.qk_norm,
+                                   groups=s.n_heads if own else 0)
+            self.k_norm = ctx.norm(self.k_out if whole else s.head_dim, opts.norm_eps, opts.qk_norm,
+                                   groups=s.n_kv_heads if own else 0)
         self.sinks: torch.Tensor | None = None
 
     def tensor_shape(self, method: str) -> tuple[int, ...]:
@@ -106,9 +109,12 @@ class Attention(nn.Module):
         check_shape(name, tuple(sinks.shape), (self.shape.n_heads,))
         self.sinks = sinks.float()
 
-    def forward(self, x: torch.Tensor, rotary: Rotary, cos: torch.Tensor, sin: torch.Tensor,
-                positions: torch.Tensor, cache: KVCache | None, layer: int) -> torch.Tensor:
+    def new_state(self, dtype: torch.dtype | None) -> SequenceState:
+        return SequenceState(2, dtype)
+
+    def forward(self, x: torch.Tensor, step: Step, state: SequenceState | None) -> torch.Tensor:
         s, o = self.shape, self.opts
+        positions = step.positions
         b, t, _ = x.shape
         if o.fused_qkv:
             q, k, v = self.qkv(x).split([self.q_out, self.k_out, self.v_out], dim=-1)
@@ -124,14 +130,14 @@ class Attention(nn.Module):
         if o.qk_norm is not None and o.qk_norm_over != "all":
             q, k = self.q_norm(q), self.k_norm(k)
         if o.use_rope:
-            q, k = rotary.rotate_pair(q, k, cos, sin)
+            q, k = self.rotary.rotate_pair(q, k, *step.angles(self.rotary))
         if o.temperature_scale:
             steps = torch.floor(positions.double() / o.temperature_length)
             temp = (torch.log(steps + 1.0) * o.temperature_scale + 1.0).to(q.dtype)
             q = q * temp[..., None, None]
         q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
-        if cache is not None:
-            k, v = cache.update(layer, k, v)
+        if state is not None:
+            k, v = state.update(step.start, k, v)
         out = self.attend(q, k, v, positions)
         return self.o(out.transpose(1, 2).reshape(b, t, s.n_heads * s.value_dim))
 

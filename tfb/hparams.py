@@ -1,8 +1,10 @@
-"""Spec + GGUF metadata (+ tensor names) -> ModelConfig.
+"""Spec + metadata (+ tensor names) -> ModelConfig.
 
 Each config field is read with its spec rule: the first metadata key present, else the rule's default
 (a literal or a derived value). Values are type- and range-checked, because a hostile or broken file
-may put a string, a zero or 10**12 where a head count belongs.
+may put a string, a zero or 10**12 where a head count belongs. A numeric field may be a per-layer array
+of `n_layers` values (llama.cpp writes head counts and feed-forward widths so for some families); each
+layer's kinds then check their layer's values.
 """
 
 from __future__ import annotations
@@ -13,11 +15,12 @@ from typing import Any
 
 import numpy as np
 
-from tfb.config import ModelConfig
+from tfb.config import HPARAM_FIELDS, ModelConfig
 from tfb.errors import ConfigError
 from tfb.gguf.reader import MetaValue
 from tfb.spec.fields import FIELD_BY_NAME, Field
 from tfb.spec.schema import Derived, HParam, Spec
+from tfb.spec.slots import NoSection, layer_sections
 from tfb.spec.suggest import did_you_mean
 
 MAX_SIZE = 2**31 - 1  # every size and count fits an int32, as in llama.cpp
@@ -31,6 +34,7 @@ class _Resolver:
         self.spec, self.metadata, self.arch, self.where = spec, metadata, arch, where
         self.values: dict[str, Any] = {}
         self.origin: dict[str, str] = {}
+        self.per_layer: dict[str, tuple[Any, ...]] = {}
 
     def rule(self, name: str) -> HParam | None:
         rule = getattr(self.spec.hparams, name)
@@ -61,6 +65,11 @@ class _Resolver:
                 keys = ", ".join(t.replace("{arch}", self.arch) for t in (rule.keys() if rule else []))
                 raise ConfigError(f"{self.where}: metadata key {keys or '(none)'} is missing and spec "
                                   f"`{self.spec.name}` gives no default for `{name}` ({field.doc})")
+        if isinstance(value, tuple):  # one value per layer; the field itself holds the largest
+            for v in value:
+                self.check_range(v, field)
+            self.per_layer[name] = value
+            value = max(value)
         self.check_range(value, field)
         self.values[name] = value
         return value
@@ -68,13 +77,16 @@ class _Resolver:
     def coerce(self, meta: MetaValue, field: Field, key: str) -> Any:
         value, vtype = meta.value, meta.type
         if meta.is_array:
-            if vtype == "array[string]" or not isinstance(value, np.ndarray) or value.size == 0:
+            if vtype == "array[string]" or not isinstance(value, np.ndarray) or value.size == 0 \
+                    or field.kind not in ("int", "float") or field.name == "n_layers":
                 raise ConfigError(f"{self.where}: metadata {key} is {vtype}, expected one {field.kind}")
-            if not (value == value.flat[0]).all():
-                raise ConfigError(f"{self.where}: metadata {key} holds different values per layer; tfb "
-                                  f"reads one `{field.name}` for all layers")
-            vtype = vtype[6:-1]
-            value = value.flat[0].item()
+            if (value == value.flat[0]).all() and value.ndim == 1:
+                return self.coerce(MetaValue(value.flat[0].item(), vtype[6:-1]), field, key)
+            layers = self.get("n_layers")
+            if value.ndim != 1 or len(value) != layers:
+                raise ConfigError(f"{self.where}: metadata {key} has {value.size} values, expected one per layer: "
+                                  f"block_count = {layers} (or a single value for all layers)")
+            return tuple(self.coerce(MetaValue(v.item(), vtype[6:-1]), field, key) for v in value)
         problem = None
         if field.kind == "int":
             problem = None if vtype in _INT_TYPES else "an integer"
@@ -146,7 +158,9 @@ class _Resolver:
         a, b = (self.evaluate(x, field, stack) for x in rule.quotient)
         names = " / ".join(x if isinstance(x, str) else str(x) for x in rule.quotient)
         if b == 0:
-            raise ConfigError(f"{self.where}: `{field.name}` = {names} divides by zero")
+            divisor = rule.quotient[1]
+            origin = f" ({divisor} = 0 from {self.origin.get(divisor)})" if isinstance(divisor, str) else ""
+            raise ConfigError(f"{self.where}: `{field.name}` = {names} divides by zero{origin}")
         if isinstance(a, int) and isinstance(b, int):
             if a % b == 0:
                 return a // b
@@ -176,46 +190,55 @@ def build_config(spec: Spec, metadata: Mapping[str, MetaValue], tensor_names: Co
     """The model configuration for a file, or a ConfigError that names the key and the fix."""
     resolver = _Resolver(spec, metadata, arch, where)
     values = {name: resolver.get(name) for name in FIELD_BY_NAME}
-    qkv_template = spec.tensors.layer.attn_qkv  # type: ignore[attr-defined]
-    fused = spec.attention.qkv == "fused" or (
-        spec.attention.qkv == "auto" and qkv_template is not None
-        and qkv_template.name.replace("{i}", "0") in tensor_names)
-    ffn_norm = spec.tensors.layer.ffn_norm  # type: ignore[attr-defined]
-    parallel = spec.block.residual == "parallel" or (
-        spec.block.residual == "auto" and (ffn_norm is None or ffn_norm.name.replace("{i}", "0") not in tensor_names))
-    q_norm, qk_norm = spec.tensors.layer.attn_q_norm, spec.attention.qk_norm  # type: ignore[attr-defined]
-    has_qk_norm = qk_norm is not None and (qk_norm.presence == "required" or (
-        q_norm is not None and q_norm.name.replace("{i}", "0") in tensor_names))
+    n_layers = values["n_layers"]
+    if n_layers > MAX_LAYERS:
+        raise ConfigError(f"{where}: n_layers = {n_layers} is more than {MAX_LAYERS}")
+    templates = spec.tensors.layer.model_dump(exclude_none=True)  # type: ignore[attr-defined]  # slot -> {"name": template, ...}
+    present = set(tensor_names)
+
+    def has(slot: str) -> bool:
+        """Some layer of the file has this slot's tensor."""
+        template = templates.get(slot, {}).get("name")
+        return template is not None and any(template.replace("{i}", str(i)) in present for i in range(n_layers))
+
+    facts: dict[str, bool] = {}
+    for section in spec.sections():
+        for name, value in section.file_facts(has).items():
+            facts[name] = facts.get(name, False) or value
+    parallel = spec.block.residual == "parallel" or (spec.block.residual == "auto" and not has("ffn_norm"))
     if context_length is not None and not 0 < context_length <= MAX_SIZE:
         raise ConfigError(f"context_length={context_length} must be a positive number of tokens")
-    config = ModelConfig(architecture=arch, fused_qkv=fused, parallel_residual=parallel, qk_norm=has_qk_norm,
-                         run_context_length=context_length or values["context_length"], **values)
+    own = {name: v for name, v in values.items() if name in MODEL_FIELDS}
+    extra = {name: v for name, v in values.items() if name not in MODEL_FIELDS}
+    config = ModelConfig(architecture=arch, parallel_residual=parallel, fused_qkv=facts.get("fused_qkv", False),
+                         qk_norm=facts.get("qk_norm", False),
+                         run_context_length=context_length or values["context_length"], **own, extra=extra,
+                         per_layer=resolver.per_layer)
     check_config(config, spec, where)
     return config
 
 
-def check_config(c: ModelConfig, spec: Spec, where: str) -> None:
-    def fail(msg: str) -> None:
-        raise ConfigError(f"{where}: {msg}")
+MODEL_FIELDS = {f.name for f in HPARAM_FIELDS}
 
-    if c.n_layers > MAX_LAYERS:
-        fail(f"n_layers = {c.n_layers} is more than {MAX_LAYERS}")
-    if c.n_heads % c.n_kv_heads:
-        fail(f"n_heads = {c.n_heads} is not a multiple of n_kv_heads = {c.n_kv_heads}")
-    if spec.attention.rope.layers != "none" and (c.rope_dims > c.head_dim or c.rope_dims % 2):
-        fail(f"rope_dims = {c.rope_dims} must be even and at most head_dim = {c.head_dim}")
-    if spec.attention.rope.layers != "none" and c.rope_scaling == "yarn" and c.rope_base == 1.0:
-        fail("rope_base = 1 cannot be used with YaRN scaling (its correction dimensions divide by log(base))")
-    if c.has_experts:
-        if spec.ffn.experts is None:
-            fail(f"the file has {c.expert_count} experts per layer but spec `{spec.name}` has no "
-                 "ffn.experts section")
-        if c.expert_count > MAX_EXPERTS:
-            fail(f"expert_count = {c.expert_count} is more than {MAX_EXPERTS}")
-        if not 0 < c.expert_used_count <= c.expert_count:
-            fail(f"expert_used_count = {c.expert_used_count} must be between 1 and expert_count = "
-                 f"{c.expert_count}")
-        if c.expert_intermediate_size == 0:
-            fail("expert_intermediate_size is 0 in a model with experts")
-    elif c.intermediate_size == 0:
-        fail("intermediate_size (feed_forward_length) is 0 in a dense model")
+
+def check_config(c: ModelConfig, spec: Spec, where: str) -> None:
+    """Each layer's values, by the kinds that layer uses."""
+    if c.expert_count > MAX_EXPERTS:
+        raise ConfigError(f"{where}: expert_count = {c.expert_count} is more than {MAX_EXPERTS}")
+    checked: set[tuple[int, int, int]] = set()
+    for i in range(c.n_layers):
+        try:
+            mixer, ffn = layer_sections(spec, c, i)
+        except NoSection:
+            raise ConfigError(f"{where}: no mixer or ffn section of spec `{spec.name}` covers layer {i}; give the "
+                              "last section of the list `layers: all`") from None
+        layer = c.layer(i)
+        key = (id(mixer), id(ffn), id(layer))  # layers alike in kinds and values are checked once
+        if key in checked:
+            continue
+        checked.add(key)
+        for section in (mixer, ffn):
+            problem = section.check(layer)
+            if problem:
+                at = f" in layer {i} ({section.kind})" if c.per_layer or len(spec.mixer) + len(spec.ffn) > 2 else ""
+                raise ConfigError(f"{where}: {problem}{at}")

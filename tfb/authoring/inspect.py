@@ -9,8 +9,8 @@ from pathlib import Path
 
 from tfb.config import HPARAM_FIELDS, ModelConfig
 from tfb.errors import TfbError
-from tfb.gguf.hparams import build_config
 from tfb.gguf.reader import GGUFFile, MetaValue, TensorInfo
+from tfb.hparams import build_config
 from tfb.spec.match import spec_for_file
 from tfb.spec.schema import Spec
 

@@ -1,0 +1,1 @@
+"""Feed-forward kinds: one module each (see tfb.nn.kinds)."""

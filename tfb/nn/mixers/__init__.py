@@ -1,0 +1,1 @@
+"""Mixer kinds: one module each (see tfb.nn.kinds)."""

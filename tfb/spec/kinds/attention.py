@@ -1,0 +1,149 @@
+"""The `attention` mixer kind: causal softmax attention (MHA, GQA, MQA), its projections, Q/K norms, rope
+and windows. Sizes are the config fields n_heads, n_kv_heads, head_dim and value_dim (per layer where the
+file gives arrays)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
+
+from pydantic import Field, field_validator, model_validator
+
+from tfb.spec.base import LAYER_PATTERN_DOC, KindSection, LayerPattern, Need, NormKind, Presence, Strict, add_slot
+
+if TYPE_CHECKING:
+    from tfb.spec.schema import Spec
+    from tfb.spec.slots import FileFacts
+
+
+class QKNorm(Strict):
+    """A norm on queries and keys before rope."""
+
+    kind: NormKind = Field("rmsnorm", description="norm kind of the Q/K norm")
+    over: Literal["head", "each_head", "all"] = Field(
+        "head", description="head: normalise each head, weights of head_dim shared by the heads; each_head: "
+        "the same with weights of its own for each head ([heads, head_dim]); all: the whole projection")
+    bias: Literal["norm", "none", "required", "optional"] = Field(
+        "norm", description="bias of the Q/K norms (layernorm only); norm: as `norm.bias`")
+    presence: Literal["required", "optional"] = Field(
+        "required", description="optional: only in files that have the Q/K norm tensors (the norm applies "
+        "where they are)")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _shorthand(cls, data: Any) -> Any:
+        return {"kind": data} if isinstance(data, str) else data
+
+
+class Rope(Strict):
+    """Rotary position embedding. Frequencies, dimensions and scaling come from the config fields
+    `rope_base`, `rope_dims`, `rope_scaling` and friends; optional frequency-factor tensors
+    (`rope_freqs`, `rope_factors_long`/`short`) divide the frequencies when the file has them."""
+
+    pairing: Literal["adjacent", "half"] = Field(
+        "adjacent", description="adjacent: rotate (x0,x1),(x2,x3)... (GGML normal mode, on the converter's "
+        "permuted Q/K); half: rotate (x_i, x_{i+d/2}) (GGML NEOX mode)")
+    layers: LayerPattern = Field("all", description="layers that apply rope; " + LAYER_PATTERN_DOC)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _shorthand(cls, data: Any) -> Any:
+        return {"layers": "none"} if data == "none" else data
+
+
+class ProjectionBias(Strict):
+    q: Presence = "none"
+    k: Presence = "none"
+    v: Presence = "none"
+    o: Presence = "none"
+
+    @model_validator(mode="before")
+    @classmethod
+    def _shorthand(cls, data: Any) -> Any:
+        if isinstance(data, str):
+            if data == "qkv":
+                return {"q": "required", "k": "required", "v": "required"}
+            return {"q": data, "k": data, "v": data, "o": data}
+        return data
+
+
+class Attention(KindSection):
+    """softmax(scale * q.k^T + mask) v per head, keys and values shared by groups of query heads."""
+
+    role: ClassVar[str] = "mixer"
+    SLOTS: ClassVar[tuple[str, ...]] = (
+        "attn_q", "attn_k", "attn_v", "attn_qkv", "attn_output",
+        "attn_q_bias", "attn_k_bias", "attn_v_bias", "attn_qkv_bias", "attn_output_bias",
+        "attn_q_norm", "attn_k_norm", "attn_q_norm_bias", "attn_k_norm_bias", "attn_sinks")
+
+    kind: Literal["attention"] = "attention"
+    qkv: Literal["separate", "fused", "auto"] = Field(
+        "auto", description="separate q/k/v projections, one fused qkv projection split by head counts, "
+        "or auto: fused when the file has the fused tensor")
+    bias: ProjectionBias = Field(
+        ProjectionBias(), description="bias of each projection q, k, v, o: none, required or optional; "
+        "a single value applies to all four, 'qkv' means required on q, k and v")
+    qk_norm: QKNorm | None = Field(None, description="norm of queries and keys before rope; null: none")
+    rope: Rope = Field(Rope(), description="rotary position embedding, or 'none'")
+    sliding_window: LayerPattern = Field(
+        "none", description="layers that attend only to the last `sliding_window` positions; "
+        + LAYER_PATTERN_DOC)
+    sinks: bool = Field(False, description="a learned per-head logit that joins each softmax (attn_sinks)")
+
+    @field_validator("qk_norm", mode="before")
+    @classmethod
+    def _none_string(cls, value: Any) -> Any:
+        return None if value == "none" else value
+
+    def slots(self, spec: Spec, facts: FileFacts) -> dict[str, Need]:
+        out: dict[str, Need] = {}
+        if facts.fused_qkv:
+            out["attn_qkv"] = "required"
+            biases = {self.bias.q, self.bias.k, self.bias.v} - {"none"}
+            if biases:
+                add_slot(out, "attn_qkv_bias", "required" if biases == {"required"} else "optional")
+        else:
+            for p in "qkv":
+                out[f"attn_{p}"] = "required"
+                add_slot(out, f"attn_{p}_bias", getattr(self.bias, p))
+        out["attn_output"] = "required"
+        add_slot(out, "attn_output_bias", self.bias.o)
+        if self.qk_norm is not None and facts.qk_norm:
+            out["attn_q_norm"] = out["attn_k_norm"] = "required"
+            if self.qk_norm.kind == "layernorm":
+                bias = spec.norm.bias if self.qk_norm.bias == "norm" else self.qk_norm.bias
+                add_slot(out, "attn_q_norm_bias", bias)
+                add_slot(out, "attn_k_norm_bias", bias)
+        if self.sinks:
+            out["attn_sinks"] = "required"
+        return out
+
+    def fact_options(self) -> dict[str, set[bool]]:
+        fused = {"separate": {False}, "fused": {True}, "auto": {False, True}}[self.qkv]
+        qk_norm = {False, True} if self.qk_norm is not None and self.qk_norm.presence == "optional" else {True}
+        return {"fused_qkv": fused, "qk_norm": qk_norm}
+
+    def file_facts(self, has: Callable[[str], bool]) -> dict[str, bool]:
+        return {"fused_qkv": self.qkv == "fused" or (self.qkv == "auto" and has("attn_qkv")),
+                "qk_norm": self.qk_norm is not None and (self.qk_norm.presence == "required" or has("attn_q_norm"))}
+
+    def uses_rope(self) -> bool:
+        return self.rope.layers != "none"
+
+    def problems(self) -> list[tuple[tuple[str, ...], str]]:
+        out: list[tuple[tuple[str, ...], str]] = []
+        for key, pattern in ((("sliding_window",), self.sliding_window), (("rope", "layers"), self.rope.layers)):
+            if pattern == []:  # repeated over the layers, an empty list would divide by zero
+                out.append((key, "an empty list of layers; write 'none' for no layers"))
+        return out
+
+    def check(self, c: Any) -> str | None:
+        if c.n_heads <= 0 or c.n_kv_heads <= 0:
+            return f"`n_heads` = {c.n_heads} and `n_kv_heads` = {c.n_kv_heads} must be positive in an attention layer"
+        if c.n_heads % c.n_kv_heads:
+            return f"n_heads = {c.n_heads} is not a multiple of n_kv_heads = {c.n_kv_heads}"
+        if self.uses_rope() and (c.rope_dims > c.head_dim or c.rope_dims % 2):
+            return f"rope_dims = {c.rope_dims} must be even and at most head_dim = {c.head_dim}"
+        if self.uses_rope() and c.rope_scaling == "yarn" and c.rope_base == 1.0:
+            return "rope_base = 1 cannot be used with YaRN scaling (its correction dimensions divide by log(base))"
+        return None
