@@ -148,7 +148,7 @@ FAMILIES: dict[str, Family] = {
         n_shared_experts=2, routed_scaling_factor=1.5, topk_method="greedy", scoring_func="softmax",
         rope_parameters=dict(MLA["rope_parameters"], mscale=0.707, mscale_all_dim=0.707)), **DEEPSEEK),
     # rows of 256 for k-quants: k_b (qk_nope_head_dim), v_b (kv_lora_rank), q_b (q_lora_rank), the experts'
-    # down (moe_intermediate_size), attn_output (heads x v_head_dim); tied embeddings keep the file ~60 MB
+    # down (moe_intermediate_size), attn_output (heads x v_head_dim); tied embeddings keep the F32 file at 66 MB
     "deepseek_v3_wide": Family("DeepseekV3ForCausalLM", "DeepseekV3Config", dict(
         MLA, hidden_size=256, intermediate_size=512, num_hidden_layers=2, num_attention_heads=2,
         num_key_value_heads=2, q_lora_rank=256, kv_lora_rank=256, qk_nope_head_dim=256, qk_rope_head_dim=64,
