@@ -45,6 +45,7 @@ class Family:
     architecture: str | None = None  # config.json's name, where real checkpoints use another than the class
     transposed: tuple[str, ...] = ()  # parameters stored [.., in, out], which the converter transposes
     stack_per_head_norms: bool = False  # see stack_per_head_norms()
+    nextn_layers: bool = False  # see append_nextn_layers()
 
     @property
     def vocab_size(self) -> int:
@@ -57,6 +58,14 @@ BASE = dict(hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_atten
             num_key_value_heads=2, max_position_embeddings=128)
 
 PARTIAL_ROPE = dict(rope_type="default", rope_theta=10000.0, partial_rotary_factor=0.5)
+
+MLA = dict(BASE, num_hidden_layers=3, num_key_value_heads=4, kv_lora_rank=64, qk_nope_head_dim=32, qk_rope_head_dim=8,
+           v_head_dim=16, n_routed_experts=8, num_experts_per_tok=3, n_group=4, topk_group=2, moe_intermediate_size=32,
+           n_shared_experts=1, routed_scaling_factor=2.5, first_k_dense_replace=1, norm_topk_prob=True,
+           scoring_func="sigmoid", topk_method="noaux_tc", pad_token_id=None,
+           rope_parameters=dict(rope_type="yarn", rope_theta=10000.0, factor=4.0, original_max_position_embeddings=32,
+                                beta_fast=32.0, beta_slow=1.0, mscale=1.0, mscale_all_dim=1.0))
+DEEPSEEK: dict[str, Any] = dict(tokenizer="gpt2", keep_f32=("mlp.gate.weight",))
 
 FAMILIES: dict[str, Family] = {
     "llama": Family("LlamaForCausalLM", "LlamaConfig", dict(BASE)),
@@ -124,6 +133,68 @@ FAMILIES: dict[str, Family] = {
         BASE, num_local_experts=4, num_experts_per_tok=2, attention_bias=True, lm_head_bias=True, pad_token_id=None,
         rope_parameters=dict(rope_type="default", rope_theta=10000.0, original_max_position_embeddings=128)),
         keep_f32=("router.weight",), architecture="PhiMoEForCausalLM"),
+    # DeepSeek V3: MLA with q_lora (v_head_dim differs from qk_nope_head_dim so a mixed-up split shows; every
+    # matrix row a multiple of 32 so Q8_0/Q4_0 files quantize k_b/v_b and the experts too); 8 experts in 4
+    # groups of which 2 are kept, sigmoid scores with a selection bias (scoring_func is what the converter
+    # reads: transformers' config has no such field), renormalised and scaled, a shared expert; layer 0 dense.
+    # YaRN with mscale_all_dim, as the real checkpoints: the softmax scale carries mscale^2.
+    "deepseek_v3": Family("DeepseekV3ForCausalLM", "DeepseekV3Config", dict(MLA, q_lora_rank=96), **DEEPSEEK),
+    # without q_lora_rank llama.cpp reads the file only at 26 or 27 layers (its "lite" rule): see families.md
+    "deepseek_v3_lite": Family("DeepseekV3ForCausalLM", "DeepseekV3Config", dict(
+        MLA, q_lora_rank=None, num_hidden_layers=26), **DEEPSEEK),
+    # DeepSeek-V2-Lite's routing: softmax, greedy top-k, no renormalisation, scaled; 2 shared experts
+    "deepseek_v2": Family("DeepseekV2ForCausalLM", "DeepseekV2Config", dict(
+        MLA, q_lora_rank=None, num_hidden_layers=27, n_group=None, topk_group=None, norm_topk_prob=False,
+        n_shared_experts=2, routed_scaling_factor=1.5, topk_method="greedy", scoring_func="softmax",
+        rope_parameters=dict(MLA["rope_parameters"], mscale=0.707, mscale_all_dim=0.707)), **DEEPSEEK),
+    # rows of 256 for k-quants: k_b (qk_nope_head_dim), v_b (kv_lora_rank), q_b (q_lora_rank), the experts'
+    # down (moe_intermediate_size), attn_output (heads x v_head_dim); tied embeddings keep the F32 file at 66 MB
+    "deepseek_v3_wide": Family("DeepseekV3ForCausalLM", "DeepseekV3Config", dict(
+        MLA, hidden_size=256, intermediate_size=512, num_hidden_layers=2, num_attention_heads=2,
+        num_key_value_heads=2, q_lora_rank=256, kv_lora_rank=256, qk_nope_head_dim=256, qk_rope_head_dim=64,
+        v_head_dim=128, num_experts_per_tok=2, moe_intermediate_size=256, tie_word_embeddings=True), **DEEPSEEK),
+    # GLM-4.5: partial NEOX rope, Q/K norm, QKV bias, layer 0 dense, sigmoid experts with selection bias in 2
+    # groups (1 kept) + a shared expert; the checkpoint carries one next-token-prediction layer past the last
+    "glm4moe": Family("Glm4MoeForCausalLM", "Glm4MoeConfig", dict(
+        BASE, num_hidden_layers=3, head_dim=24, attention_bias=True, use_qk_norm=True, n_routed_experts=8,
+        num_experts_per_tok=3, n_group=2, topk_group=1, moe_intermediate_size=32, n_shared_experts=1,
+        routed_scaling_factor=2.5, first_k_dense_replace=1, norm_topk_prob=True, num_mtp_layers=1,
+        pad_token_id=None, rope_parameters=PARTIAL_ROPE),
+        tokenizer="gpt2", special_tokens=("<|endoftext|>", "[gMASK]", "<|user|>", "<|observation|>"),
+        keep_f32=("mlp.gate.weight",), nextn_layers=True),
+    "qwen2moe": Family("Qwen2MoeForCausalLM", "Qwen2MoeConfig", dict(
+        BASE, intermediate_size=128, num_experts=8, num_experts_per_tok=3, moe_intermediate_size=32,
+        shared_expert_intermediate_size=96,
+        norm_topk_prob=False, pad_token_id=None),
+        tokenizer="gpt2", keep_f32=("mlp.gate.weight", "shared_expert_gate.weight")),
+    # OLMoE: Q/K norms over all heads at once; MHA because llama.cpp's attn_k_norm is n_embd long (transformers'
+    # is kv_heads x head_dim), and no clip_qkv, which llama.cpp's olmoe graph does not apply
+    "olmoe": Family("OlmoeForCausalLM", "OlmoeConfig", dict(
+        BASE, num_key_value_heads=4, num_experts=8, num_experts_per_tok=3, intermediate_size=32, pad_token_id=None),
+        tokenizer="gpt2", keep_f32=("mlp.gate.weight",)),
+    "granitemoe": Family("GraniteMoeForCausalLM", "GraniteMoeConfig", dict(
+        BASE, num_local_experts=4, num_experts_per_tok=2, intermediate_size=32, embedding_multiplier=3.0,
+        residual_multiplier=0.5, attention_multiplier=0.3, logits_scaling=2.0),
+        keep_f32=("router.weight",)),
+    # ERNIE 4.5: layer 0 dense, then every layer MoE (softmax, selection bias, renormalised) + 2 shared experts.
+    # The converter writes the shared experts' length as intermediate_size // num_key_value_heads: 128 // 2 = 64
+    # = 2 x 32, as it happens to be for the real 21B model (12288 // 4 = 2 x 1536).
+    "ernie4_5_moe": Family("Ernie4_5_MoeForCausalLM", "Ernie4_5_MoeConfig", dict(
+        BASE, intermediate_size=128, moe_num_experts=8, moe_k=3, moe_intermediate_size=32, moe_num_shared_experts=2,
+        moe_layer_start_index=1, moe_layer_interval=1, pad_token_id=None),
+        keep_f32=("mlp.gate.weight",)),
+    # Llama 4 text: 4 layers, the 4th without rope (full attention, temperature tuning), the others chunked
+    # with a chunk of 8 < the test length, L2 Q/K norm on rope layers; MoE on odd layers (interleave step 2)
+    # with a top-1 sigmoid router applied to the expert input, and a shared expert. llama.cpp hard-codes the
+    # chunk (8192), the temperature floor (8192) and scale (0.1) and the no-rope step (4); the file carries
+    # none of them: see families.md.
+    "llama4": Family("Llama4ForCausalLM", "Llama4TextConfig", dict(
+        BASE, num_hidden_layers=4, head_dim=16, intermediate_size=32, intermediate_size_mlp=96, num_local_experts=4,
+        num_experts_per_tok=1, interleave_moe_layer_step=2, attention_chunk_size=8, attn_temperature_tuning=True,
+        floor_scale=8, attn_scale=0.1, use_qk_norm=True, pad_token_id=None,
+        rope_parameters=dict(rope_type="llama3", rope_theta=10000.0, factor=8.0, low_freq_factor=1.0,
+                             high_freq_factor=4.0, original_max_position_embeddings=16)),
+        tokenizer="gpt2", keep_f32=("router.weight",), transposed=("experts.gate_up_proj", "experts.down_proj")),
 }
 
 
@@ -140,6 +211,10 @@ def randomize(model: torch.nn.Module, seed: int, std: float = 0.2) -> None:
                 p.copy_(torch.rand(p.shape, generator=gen) + 0.5)
             else:
                 p.copy_(torch.randn(p.shape, generator=gen) * std)
+        saved = model.state_dict()
+        for name, b in model.named_buffers():  # routing selection biases kept as buffers (DeepSeek V3, GLM-4.5)
+            if name in saved and name.endswith("bias"):
+                b.copy_(torch.randn(b.shape, generator=gen) * 0.2)
 
 
 def preround(model: torch.nn.Module, outtype: str, keep_f32: tuple[str, ...], transposed: tuple[str, ...] = ()) -> None:
@@ -227,6 +302,8 @@ def convert(model: torch.nn.Module, family: Family, outtype: str, workdir: Path)
     model.save_pretrained(hf_dir)
     if family.stack_per_head_norms:
         stack_per_head_norms(hf_dir / "model.safetensors")
+    if family.nextn_layers:
+        append_nextn_layers(hf_dir)
     if family.architecture is not None:
         config = json.loads((hf_dir / "config.json").read_text())
         (hf_dir / "config.json").write_text(json.dumps({**config, "architectures": [family.architecture]}))
@@ -265,6 +342,33 @@ def stack_per_head_norms(checkpoint: Path) -> None:
         heads.setdefault(prefix, {})[int(index.split(".")[0])] = tensors.pop(name)
     for prefix, by_head in heads.items():
         tensors[f"{prefix}.weight"] = torch.stack([by_head[h] for h in range(len(by_head))])
+    save_file(tensors, checkpoint, metadata={"format": "pt"})
+
+
+def append_nextn_layers(hf_dir: Path, seed: int = 1) -> None:
+    """Append the next-token-prediction layers that config.json's num_nextn_predict_layers counts, as the
+    real checkpoints store them: `model.layers.{n}` past the last layer, a whole decoder layer (random, shaped
+    like the last) plus `eh_proj` [hidden, 2 x hidden], `enorm`, `hnorm` and `shared_head.norm`. transformers
+    keeps them in a separate MTP model, so the saved causal LM has none; a file made from them shows that a
+    loader skips them as llama.cpp does."""
+    from safetensors.torch import load_file, save_file
+
+    config = json.loads((hf_dir / "config.json").read_text())
+    n_layers, count = config["num_hidden_layers"], config.get("num_nextn_predict_layers") or 0
+    checkpoint = hf_dir / "model.safetensors"
+    tensors = load_file(checkpoint)
+    gen = torch.Generator().manual_seed(seed)
+    last = f"model.layers.{n_layers - 1}."
+    hidden = config["hidden_size"]
+    for k in range(count):
+        prefix = f"model.layers.{n_layers + k}."
+        extra = {name.replace(last, prefix, 1): t for name, t in tensors.items() if name.startswith(last)}
+        extra[prefix + "eh_proj.weight"] = torch.empty(hidden, 2 * hidden)
+        for norm in ("enorm.weight", "hnorm.weight", "shared_head.norm.weight"):
+            extra[prefix + norm] = torch.empty(hidden)
+        for name, t in extra.items():
+            tensors[name] = (torch.rand(t.shape, generator=gen) + 0.5 if t.ndim == 1
+                             else torch.randn(t.shape, generator=gen) * 0.2).to(t.dtype)
     save_file(tensors, checkpoint, metadata={"format": "pt"})
 
 

@@ -33,9 +33,18 @@ def _copy_metadata(reader: GGUFReader, writer: GGUFWriter) -> None:
             writer.add_key_value(key, value, vtype)
 
 
+def _n_dims(shape: tuple[int, ...]) -> int:
+    """ggml_n_dims: the dimensions up to the last one above 1 in ggml order, i.e. leading 1s of the torch
+    shape do not count (qwen2moe's shared-expert gate [1, n_embd] is a vector to llama-quantize)."""
+    dims = list(shape)
+    while len(dims) > 1 and dims[0] == 1:
+        dims.pop(0)
+    return len(dims)
+
+
 def target_type(name: str, shape: tuple[int, ...], qtype: GGMLQuantizationType) -> GGMLQuantizationType | None:
     """The type a tensor is stored in, or None to keep it as it is."""
-    if len(shape) < 2 or name.endswith(KEEP_F32):
+    if _n_dims(shape) < 2 or name.endswith(KEEP_F32):
         return None
     block = GGML_QUANT_SIZES[qtype][0]
     return qtype if shape[-1] % block == 0 else None
