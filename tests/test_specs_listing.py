@@ -24,7 +24,8 @@ def test_support_matrix_is_current() -> None:
 
 def test_support_matrix_has_a_row_per_family() -> None:
     text = OUTPUT.read_text()
-    rows = [line for line in text.splitlines() if line.startswith("| `")]
+    switches = text.split("## llama.cpp architectures")[0]  # the architecture map's rows start alike
+    rows = [line for line in switches.splitlines() if line.startswith("| `")]
     for path in sorted((ROOT / "specs").glob("*.yaml")):
         spec = load_spec(path)
         assert any(row.startswith(f"| `{spec.name}` |") for row in rows) != spec.abstract, spec.name

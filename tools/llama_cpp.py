@@ -1,6 +1,7 @@
 """Fetch llama.cpp's own Python tools (convert_hf_to_gguf.py and its gguf-py) from the llama-cpp-python
 sdist on PyPI, once, into a cache. They need no compiling; tests run the converter unchanged. Also the C
-sources of ggml's block formats (ggml-quants.c and the headers it includes), for tools/ggml_quants.py.
+sources of ggml's block formats (ggml-quants.c and the headers it includes), for tools/ggml_quants.py, and
+the model graphs (src/models/) with the architecture names, for the architecture map's tests.
 
     python tools/llama_cpp.py            # prints the directory holding convert_hf_to_gguf.py
 
@@ -26,6 +27,8 @@ KEEP = ("convert_hf_to_gguf.py", "conversion/", "gguf-py/", "ggml/src/ggml-commo
 # ggml's reference quantizers and dequantizers, and what they include
 GGML_QUANTS = ("ggml/include/", "ggml/src/ggml-quants.c", "ggml/src/ggml-quants.h", "ggml/src/ggml-impl.h",
                "ggml/src/ggml-cpu/ggml-cpu-impl.h")
+# one graph file per architecture, the architecture names, and which graph serves which architecture
+MODEL_SOURCES = ("src/models/", "src/llama-arch.cpp", "src/llama-model.cpp")
 
 
 def cache_dir() -> Path:
@@ -59,6 +62,15 @@ def ggml_quants_dir() -> Path:
     target = llama_cpp_dir()
     if not (target / "ggml" / "src" / "ggml-quants.c").is_file():
         _extract(GGML_QUANTS, target)
+    return target
+
+
+def model_sources_dir() -> Path:
+    """The directory holding src/models/*.cpp, src/llama-arch.cpp and src/llama-model.cpp (downloaded on
+    first use)."""
+    target = llama_cpp_dir()
+    if not (target / "src" / "llama-model.cpp").is_file():
+        _extract(MODEL_SOURCES, target)
     return target
 
 

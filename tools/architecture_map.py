@@ -1,0 +1,150 @@
+"""The map of llama.cpp's decoder-only text architectures against what tfb has: for each one, the packaged
+spec that serves it, or the kinds and features still missing.
+
+The needs of each architecture are written by hand in tools/llama_cpp_architectures.yaml; what tfb has is
+read from tfb itself: the specs' `match:` lists, the kind registry (available_kinds) and the spec
+features listed in the data file. So a status changes by itself when a spec or a kind lands.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+from tfb.spec import Spec, load_spec  # noqa: E402
+
+DATA = Path(__file__).resolve().parent / "llama_cpp_architectures.yaml"
+
+# What tfb had before the kind registry (tfb.spec.kinds) existed: softmax attention, dense and routed MLPs.
+FALLBACK_MIXERS = frozenset({"attention"})
+FALLBACK_FFNS = frozenset({"dense", "routed"})
+
+# Features with a switch in the spec language: whether a spec sets it. A served architecture whose spec
+# leaves one of its features off is served only in part; a spec that sets one the data file does not list
+# means the data file is wrong (a test checks this).
+SPEC_SWITCHES: dict[str, Callable[[Spec], bool]] = {
+    "layernorm": lambda s: s.norm.kind == "layernorm",
+    "weightless_norm": lambda s: not s.norm.parametric,
+    "post_norm": lambda s: s.block.post_norm,
+    "parallel_residual": lambda s: s.block.residual != "sequential",
+    "qk_norm": lambda s: s.attention.qk_norm is not None,
+    "nope_layers": lambda s: isinstance(s.attention.rope.layers, list),
+    "no_rope": lambda s: s.attention.rope.layers == "none",
+    "learned_positions": lambda s: s.embedding.positions == "learned",
+    "sliding_window": lambda s: s.attention.sliding_window != "none",
+    "sinks": lambda s: s.attention.sinks,
+    "sigmoid_gating": lambda s: s.ffn.experts is not None and s.ffn.experts.gating == "sigmoid",
+    "softmax_selected_gating": lambda s: s.ffn.experts is not None and s.ffn.experts.gating == "softmax_selected",
+    "selection_bias": lambda s: s.ffn.experts is not None and s.ffn.experts.selection_bias != "none",
+}
+# Kinds a spec can leave out although tfb has them: a spec without `experts` runs dense files only.
+SPEC_KINDS: dict[str, Callable[[Spec], bool]] = {
+    "routed": lambda s: s.ffn.experts is not None,
+}
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Architecture(_Strict):
+    arch: list[str]
+    mixer: list[str]
+    ffn: list[str]
+    features: list[str]
+    note: str
+
+
+class ArchitectureData(_Strict):
+    """tools/llama_cpp_architectures.yaml, checked: every kind and feature an entry names is defined."""
+
+    llama_cpp_python: str  # the pinned sdist the map describes
+    mixer_kinds: dict[str, str]
+    ffn_kinds: dict[str, str]
+    features: dict[str, str]
+    spec_features: list[str]
+    skipped: dict[str, list[str]]  # why -> src/models file stems
+    architectures: dict[str, Architecture]
+
+    @model_validator(mode="after")
+    def _names_are_defined(self) -> ArchitectureData:
+        problems = [f"spec_features: `{f}` is not under features" for f in self.spec_features
+                    if f not in self.features]
+        for file, entry in self.architectures.items():
+            for field, names, known in (("mixer", entry.mixer, self.mixer_kinds), ("ffn", entry.ffn, self.ffn_kinds),
+                                        ("features", entry.features, self.features)):
+                problems += [f"{file}.{field}: `{n}` is not defined" for n in names if n not in known]
+        skipped = [file for files in self.skipped.values() for file in files]
+        problems += [f"skipped: `{file}` is listed twice, or also under architectures" for file in sorted(set(skipped))
+                     if skipped.count(file) + (file in self.architectures) > 1]
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
+
+
+def load_data(path: Path = DATA) -> ArchitectureData:
+    try:
+        return ArchitectureData.model_validate(yaml.safe_load(path.read_text()))
+    except ValidationError as err:
+        raise SystemExit(f"{path}: {err}") from None
+
+
+def available_kinds() -> tuple[frozenset[str], frozenset[str]]:
+    """The mixer and feed-forward kinds tfb registers (tfb.spec.kinds), or the ones it had before that
+    registry existed."""
+    try:
+        from tfb.spec.kinds import FFN_KINDS, MIXER_KINDS
+    except ImportError:  # also when the module lacks either name
+        return FALLBACK_MIXERS, FALLBACK_FFNS
+    return frozenset(MIXER_KINDS), frozenset(FFN_KINDS)
+
+
+def served_by(spec_dir: Path = ROOT / "specs") -> dict[str, Spec]:
+    """general.architecture -> the packaged spec that matches it (the first by file name, as tfb picks)."""
+    served: dict[str, Spec] = {}
+    for path in sorted(spec_dir.glob("*.yaml")):
+        spec = load_spec(path)
+        if not spec.abstract:
+            for arch in spec.match:
+                served.setdefault(arch, spec)
+    return served
+
+
+@dataclass(frozen=True)
+class Status:
+    spec: str | None  # the packaged spec serving the architecture
+    missing: tuple[str, ...]  # kinds and features tfb lacks, or (when served) that the spec leaves off
+
+    def text(self) -> str:
+        if self.spec is not None:
+            return f"served by `{self.spec}`" + (f"; lacks {', '.join(self.missing)}" if self.missing else "")
+        return f"missing: {', '.join(self.missing)}" if self.missing else "needs only a spec"
+
+
+def status(entry: Architecture, data: ArchitectureData, served: dict[str, Spec],
+           kinds: tuple[frozenset[str], frozenset[str]]) -> Status:
+    mixers, ffns = kinds
+    missing = [k for k in entry.mixer if k not in mixers] + [k for k in entry.ffn if k not in ffns]
+    missing += [f for f in entry.features if f not in data.spec_features]
+    spec = next((served[a] for a in entry.arch if a in served), None)
+    if spec is None:
+        return Status(None, tuple(missing))
+    for name in (*entry.ffn, *entry.features):
+        check = SPEC_KINDS.get(name) or SPEC_SWITCHES.get(name)
+        if check is not None and name not in missing and not check(spec):
+            missing.append(name)
+    return Status(spec.name, tuple(missing))
+
+
+def statuses(data: ArchitectureData, spec_dir: Path = ROOT / "specs",
+             kinds: tuple[frozenset[str], frozenset[str]] | None = None) -> dict[str, Status]:
+    """File stem -> status, for every architecture in the data file."""
+    served, kinds = served_by(spec_dir), kinds or available_kinds()
+    return {file: status(entry, data, served, kinds) for file, entry in data.architectures.items()}
