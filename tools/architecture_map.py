@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Callable
+from typing import Any
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,24 +30,37 @@ FALLBACK_FFNS = frozenset({"dense", "routed"})
 # Features with a switch in the spec language: whether a spec sets it. A served architecture whose spec
 # leaves one of its features off is served only in part; a spec that sets one the data file does not list
 # means the data file is wrong (a test checks this).
+def _any(sections: list[Any], test: Callable[[Any], bool], kind: str) -> bool:
+    """Some section of `kind` passes `test`."""
+    return any(s.kind == kind and test(s) for s in sections)
+
+
+def _attention(s: Spec, test: Callable[[Any], bool]) -> bool:
+    return _any(s.mixer, test, "attention")
+
+
+def _routed(s: Spec, test: Callable[[Any], bool]) -> bool:
+    return _any(s.ffn, test, "routed")
+
+
 SPEC_SWITCHES: dict[str, Callable[[Spec], bool]] = {
     "layernorm": lambda s: s.norm.kind == "layernorm",
     "weightless_norm": lambda s: not s.norm.parametric,
     "post_norm": lambda s: s.block.post_norm,
     "parallel_residual": lambda s: s.block.residual != "sequential",
-    "qk_norm": lambda s: s.attention.qk_norm is not None,
-    "nope_layers": lambda s: isinstance(s.attention.rope.layers, list),
-    "no_rope": lambda s: s.attention.rope.layers == "none",
+    "qk_norm": lambda s: _attention(s, lambda a: a.qk_norm is not None),
+    "nope_layers": lambda s: _attention(s, lambda a: isinstance(a.rope.layers, list)),
+    "no_rope": lambda s: _attention(s, lambda a: a.rope.layers == "none"),
     "learned_positions": lambda s: s.embedding.positions == "learned",
-    "sliding_window": lambda s: s.attention.sliding_window != "none",
-    "sinks": lambda s: s.attention.sinks,
-    "sigmoid_gating": lambda s: s.ffn.experts is not None and s.ffn.experts.gating == "sigmoid",
-    "softmax_selected_gating": lambda s: s.ffn.experts is not None and s.ffn.experts.gating == "softmax_selected",
-    "selection_bias": lambda s: s.ffn.experts is not None and s.ffn.experts.selection_bias != "none",
+    "sliding_window": lambda s: _attention(s, lambda a: a.sliding_window != "none"),
+    "sinks": lambda s: _attention(s, lambda a: a.sinks),
+    "sigmoid_gating": lambda s: _routed(s, lambda r: r.gating == "sigmoid"),
+    "softmax_selected_gating": lambda s: _routed(s, lambda r: r.gating == "softmax_selected"),
+    "selection_bias": lambda s: _routed(s, lambda r: r.selection_bias != "none"),
 }
 # Kinds a spec can leave out although tfb has them: a spec without `experts` runs dense files only.
 SPEC_KINDS: dict[str, Callable[[Spec], bool]] = {
-    "routed": lambda s: s.ffn.experts is not None,
+    "routed": lambda s: _routed(s, lambda r: True),
 }
 
 
