@@ -30,7 +30,8 @@ def _weights(seed: int = 0) -> dict[str, np.ndarray]:
     for i, (kv, ff) in enumerate(zip(KV_HEADS, FF, strict=True)):
         w |= {f"blk.{i}.attn_norm.weight": rand(HIDDEN, norm=True), f"blk.{i}.ffn_norm.weight": rand(HIDDEN, norm=True),
               f"blk.{i}.attn_q.weight": rand(HEADS * HEAD_DIM, HIDDEN),
-              f"blk.{i}.attn_k.weight": rand(kv * HEAD_DIM, HIDDEN), f"blk.{i}.attn_v.weight": rand(kv * HEAD_DIM, HIDDEN),
+              f"blk.{i}.attn_k.weight": rand(kv * HEAD_DIM, HIDDEN),
+              f"blk.{i}.attn_v.weight": rand(kv * HEAD_DIM, HIDDEN),
               f"blk.{i}.attn_output.weight": rand(HIDDEN, HEADS * HEAD_DIM),
               f"blk.{i}.ffn_gate.weight": rand(ff, HIDDEN), f"blk.{i}.ffn_up.weight": rand(ff, HIDDEN),
               f"blk.{i}.ffn_down.weight": rand(HIDDEN, ff)}
