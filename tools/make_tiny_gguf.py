@@ -83,7 +83,8 @@ def storage_type(kind: str, slot: str, shape: tuple[int, ...], layer: int | None
     if kind == "Q4_K_M":
         if slot == output_slot:
             qtype = GGMLQuantizationType.Q6_K
-        elif slot in ("attn_v", "ffn_down") and layer is not None and _more_bits(layer, n_layers):
+        # llama-quantize matches "ffn_down" anywhere in the name: the experts' and shared experts' too
+        elif (slot == "attn_v" or slot.startswith("ffn_down")) and layer is not None and _more_bits(layer, n_layers):
             qtype = GGMLQuantizationType.Q6_K
         else:
             qtype = GGMLQuantizationType.Q4_K
