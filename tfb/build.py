@@ -111,23 +111,24 @@ class _Source:
     def raw(self, info: TensorInfo) -> torch.Tensor:
         return torch.from_numpy(self.gguf.tensor_data(info.name))
 
-    def packed(self, info: TensorInfo) -> PackedTensor:
-        return PackedTensor(self.raw(info), info.ggml_type, info.shape, info.name)
+    def packed(self, info: TensorInfo, shape: tuple[int, ...]) -> PackedTensor:
+        return PackedTensor(self.raw(info), info.ggml_type, shape, info.name)
 
-    def value(self, slot: str, info: TensorInfo, matrix: bool) -> Any:
-        key = f"{info.name}:{matrix}"
+    def value(self, slot: str, info: TensorInfo, matrix: bool, shape: tuple[int, ...]) -> Any:
+        """The tensor as the planned `shape` (the file's, or it with leading 1s dropped: see same_shape)."""
+        key = f"{info.name}:{matrix}:{shape}"
         if key not in self.cache:
-            self.cache[key] = self._convert(slot, info, matrix)
+            self.cache[key] = self._convert(slot, info, matrix, shape)
         return self.cache[key]
 
-    def _convert(self, slot: str, info: TensorInfo, matrix: bool) -> Weight:
+    def _convert(self, slot: str, info: TensorInfo, matrix: bool, shape: tuple[int, ...]) -> Weight:
         gtype: GGMLType = info.ggml_type
         if not matrix:  # vectors: norms stay float32, biases take the compute dtype
-            value = self.packed(info).dequantize(torch.float32)
+            value = self.packed(info, shape).dequantize(torch.float32)
             return value if "norm" in slot else value.to(self.dtype)
         if _NATIVE.get(gtype.name) is self.dtype and not self.expand:
-            return self.raw(info).view(self.dtype).reshape(info.shape)  # zero copy
-        packed = self.packed(info)
+            return self.raw(info).view(self.dtype).reshape(shape)  # zero copy
+        packed = self.packed(info, shape)
         return packed.dequantize(self.dtype) if self.expand or gtype.name == "F32" else packed
 
 
@@ -193,8 +194,16 @@ def plan_tensors(model: Transformer, spec: Spec, present: Collection[str]) -> li
     return plan
 
 
+def same_shape(found: tuple[int, ...], expected: tuple[int, ...]) -> bool:
+    """`found` is `expected`, possibly with leading 1s (torch order): llama.cpp accepts a tensor with extra
+    trailing dimensions of 1 in ggml order (a [n, 1] bias or gate where a vector of n is expected) and ggml
+    counts them out (ggml_n_dims)."""
+    extra = len(found) - len(expected)
+    return extra >= 0 and found[extra:] == expected and all(d == 1 for d in found[:extra])
+
+
 def _check_tensor(gguf: GGUFFile, planned: PlannedTensor, info: TensorInfo) -> None:
-    if info.shape != planned.shape:
+    if not same_shape(info.shape, planned.shape):
         raise WeightError(f"{gguf.path}: tensor {info.name!r} has shape {list(info.shape)}, expected "
                           f"{list(planned.shape)} from the config (check the spec's hparams against the file's "
                           "metadata)")
@@ -255,7 +264,7 @@ def load_weights(model: Transformer, spec: Spec, gguf: GGUFFile, *, expand: bool
     for p in plan:
         info = gguf.tensors[p.name]
         matrix = isinstance(p.module, MATRIX_MODULES) and p.method == "set_weight"
-        getattr(p.module, p.method)(p.name, source.value(p.slot, info, matrix))
+        getattr(p.module, p.method)(p.name, source.value(p.slot, info, matrix, p.shape))
         done += info.nbytes
         if progress is not None:
             progress(done, total)

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from tfb.authoring.findings import Finding, show_mark
-from tfb.build import build_modules, plan_tensors, unread_tensors
+from tfb.build import build_modules, plan_tensors, same_shape, unread_tensors
 from tfb.config import ModelConfig
 from tfb.gguf.reader import GGUFFile
 from tfb.quant.packed import is_supported, weight_types
@@ -113,7 +113,7 @@ def check_tensors(spec: Spec, marks: Mapping[Key, Mark], gguf: GGUFFile, config:
             continue
         info = present[p.name]
         report.checked += 1
-        if info.shape != p.shape:
+        if not same_shape(info.shape, p.shape):
             report.findings.append(Finding("error", where, subject, f"shape {list(info.shape)} in the file, "
                                            f"expected {list(p.shape)} from the config (slot `{p.slot}`)"))
         if not is_supported(info.ggml_type):
