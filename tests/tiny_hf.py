@@ -176,6 +176,12 @@ FAMILIES: dict[str, Family] = {
         BASE, num_local_experts=4, num_experts_per_tok=2, intermediate_size=32, embedding_multiplier=3.0,
         residual_multiplier=0.5, attention_multiplier=0.3, logits_scaling=2.0),
         keep_f32=("router.weight",)),
+    # Granite MoE Shared: the same with an ungated shared expert (llama.cpp's granitemoe reads it when the file
+    # gives expert_shared_feed_forward_length)
+    "granitemoe_shared": Family("GraniteMoeSharedForCausalLM", "GraniteMoeSharedConfig", dict(
+        BASE, num_local_experts=4, num_experts_per_tok=2, intermediate_size=32, shared_intermediate_size=64,
+        embedding_multiplier=3.0, residual_multiplier=0.5, attention_multiplier=0.3, logits_scaling=2.0),
+        keep_f32=("router.weight",)),
     # ERNIE 4.5: layer 0 dense, then every layer MoE (softmax, selection bias, renormalised) + 2 shared experts.
     # The converter writes the shared experts' length as intermediate_size // num_key_value_heads: 128 // 2 = 64
     # = 2 x 32, as it happens to be for the real 21B model (12288 // 4 = 2 x 1536).
