@@ -35,7 +35,7 @@ def build(section: Routed, c: ModelConfig, ctx: BuildContext) -> Experts:
         shared = MLP(c.hidden_size, c.expert_shared_intermediate_size, gated=section.gated, fused_gate_up=False,
                      activation=act)
     return Experts(c.hidden_size, c.expert_intermediate_size, n_experts=c.expert_count, top_k=c.expert_used_count,
-                   gating=section.gating, gated=section.gated, fused_gate_up=section.gate_up == "fused",
+                   gating=section.scores(c), gated=section.gated, fused_gate_up=section.gate_up == "fused",
                    activation=act, normalize=c.expert_weights_norm, scale=c.expert_weights_scale,
                    groups=(c.expert_group_count, c.expert_group_used_count),
                    weights_on_input=section.weights == "input",

@@ -4,6 +4,7 @@ outputs are summed with the routing weights; optionally plus always-on shared ex
 Math, per token x (llama.cpp's build_moe_ffn):
   logits = W_router x (+ router bias)
   probs  = softmax(logits) | sigmoid(logits) | logits (softmax_selected)
+           (gating: expert_gating_func: the one that config field numbers, as llama.cpp's files do)
   select = probs + b_sel                     (selection bias: changes which experts, not their weights)
   groups: with G = expert_group_count > 1, each group of E/G experts scores the sum of its two best
           `select` values; only the best expert_group_used_count groups stay candidates
@@ -28,6 +29,7 @@ if TYPE_CHECKING:
 
 EXPERT_SLOTS = ("ffn_gate_exps", "ffn_up_exps", "ffn_down_exps", "ffn_gate_up_exps")
 SHARED_SLOTS = ("ffn_gate_shexp", "ffn_up_shexp", "ffn_down_shexp")
+GATING_FUNCS = {1: "softmax", 2: "sigmoid", 3: "softmax_selected"}  # llama.cpp's expert_gating_func values
 
 
 class SharedExperts(Strict):
@@ -55,12 +57,17 @@ class Routed(MLPShape):
                     "nonnegative"),
         ConfigField("moe_layer_step", "int", "every n-th layer has experts (interleaved MoE; 0: see spec)", 0,
                     "nonnegative"),
+        ConfigField("expert_shared_count", "int", "number of shared experts (a spec may derive their width from it)",
+                    0, "nonnegative"),
+        ConfigField("expert_gating_func", "int", "the scores of `gating: expert_gating_func` in llama.cpp's numbering: "
+                    "1 softmax, 2 sigmoid, 3 softmax_selected", 0, "nonnegative"),
     )
 
     kind: Literal["routed"] = "routed"
-    gating: Literal["softmax", "sigmoid", "softmax_selected"] = Field(
+    gating: Literal["softmax", "sigmoid", "softmax_selected", "expert_gating_func"] = Field(
         "softmax", description="softmax: over all experts, then top-k; sigmoid: per expert, then top-k; "
-        "softmax_selected: top-k of the router logits, then softmax over those k")
+        "softmax_selected: top-k of the router logits, then softmax over those k; expert_gating_func: the one "
+        "that config field names (the file's key, or the spec's default)")
     router_bias: Presence = Field("none", description="bias of the router projection (ffn_gate_inp)")
     selection_bias: Presence = Field(
         "none", description="bias added to the probabilities for choosing experts only (exp_probs_b)")
@@ -89,7 +96,14 @@ class Routed(MLPShape):
                 out["ffn_gate_inp_shexp"] = "required"
         return out
 
+    def scores(self, c: Any) -> str:
+        """The gating of a layer with config `c`: the section's, or the one expert_gating_func names."""
+        return GATING_FUNCS.get(c.expert_gating_func, "") if self.gating == "expert_gating_func" else self.gating
+
     def check(self, c: Any) -> str | None:
+        if not self.scores(c):
+            return (f"expert_gating_func = {c.expert_gating_func} is not supported (1 softmax, 2 sigmoid, "
+                    "3 softmax_selected); give the file's key a supported value or the spec a default")
         if c.expert_count <= 0:
             return "expert_count is 0 in a layer with routed experts"
         if not 0 < c.expert_used_count <= c.expert_count:
