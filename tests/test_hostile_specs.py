@@ -78,6 +78,16 @@ REJECTED = {
     "empty_rope_layers": (SPEC + "mixer: {rope: {layers: []}}\n", "mixer.rope.layers: an empty list"),
     "if_absent_unknown_slot": (SPEC + "tensors: {global: {output: {name: o.weight, if_absent: nosuch}}}\n",
                                "`nosuch` is not a slot of tensors.global"),
+    # layer selectors
+    "layer_rule_unknown_field": (SPEC + "ffn: [{kind: dense, layers: {below: leading_dense_blocks}}, {kind: dense}]\n",
+                                 ":3:30: ffn.0.layers.below: `leading_dense_blocks` is not a config field (did "
+                                 "you mean `leading_dense_block_count`?)"),
+    "layer_rule_on_a_string_field": (SPEC + "mixer: {layers: {nonzero: rope_scaling}}\n",
+                                     "mixer.layers.nonzero: `rope_scaling` is a str config field; a `nonzero` "
+                                     "rule needs int or float or bool"),
+    "layers_left_uncovered": (SPEC + "ffn:\n  - {kind: dense, layers: [true, false, false]}\n"
+                              "  - {kind: dense, layers: [false, true]}\n",
+                              ":3:1: ffn: no section covers layer 2 (the patterns repeat over the layers)"),
     "key_template_with_code": (SPEC + "hparams: {n_heads: {key: '{arch.__class__}'}}\n",
                                "only '{arch}' may be substituted"),
     "tensor_template_with_code": (SPEC + "tensors: {layer: {attn_q: 'blk.{i.__class__}.q'}}\n",
@@ -193,6 +203,18 @@ def test_config_that_cannot_be_built(tmp_path: Path, tiny_file: Path, name: str)
     with pytest.raises(ConfigError) as info:
         tfb.load(tiny_file, spec=spec)
     assert expected in str(info.value) and str(tiny_file) in str(info.value)
+
+
+def test_layers_no_rule_covers(tmp_path: Path, tiny_file: Path) -> None:
+    """Rules on config fields are settled by the file: a layer no section covers is found at load."""
+    text = SPEC + "ffn:\n  - {kind: routed, layers: {nonzero: expert_count}}\n" \
+        "  - {kind: dense, layers: {below: leading_dense_block_count}}\n"
+    spec = load_spec(write(tmp_path, "uncovered", text))
+    with pytest.raises(ConfigError) as info:
+        tfb.load(tiny_file, spec=spec)
+    assert str(info.value) == (f"{tiny_file}: no ffn section of spec `uncovered` covers layer 0 (their layers: "
+                               "nonzero: expert_count = 0; below: leading_dense_block_count = 0); end the ffn list "
+                               "with a section for the other layers (`layers: all`, the default)")
 
 
 def test_whole_numbers_derived_as_floats_are_integers(tmp_path: Path, tiny_file: Path) -> None:

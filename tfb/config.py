@@ -14,6 +14,7 @@ from typing import Any, Literal
 Range = Literal["positive", "nonnegative", "any"]
 ROPE_SCALING_KINDS = ("none", "linear", "yarn", "longrope")
 _REQUIRED: Any = dataclasses.MISSING
+MAX_LAYERS = 4096  # more blocks than any real model: a file claiming more is refused
 
 
 def hparam(doc: str, default: Any = _REQUIRED, range: Range = "any", choices: tuple[str, ...] = ()) -> Any:

@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from tfb.config import HPARAM_FIELDS, ModelConfig
+from tfb.config import HPARAM_FIELDS, MAX_LAYERS, ModelConfig
 from tfb.errors import ConfigError
 from tfb.gguf.reader import MetaValue
 from tfb.spec.fields import FIELD_BY_NAME, Field
@@ -24,7 +24,6 @@ from tfb.spec.slots import NoSection, layer_sections
 from tfb.spec.suggest import did_you_mean
 
 MAX_SIZE = 2**31 - 1  # every size and count fits an int32, as in llama.cpp
-MAX_LAYERS = 4096
 MAX_EXPERTS = 4096
 _INT_TYPES = ("uint8", "int8", "uint16", "int16", "uint32", "int32", "uint64", "int64")
 
@@ -229,9 +228,10 @@ def check_config(c: ModelConfig, spec: Spec, where: str) -> None:
     for i in range(c.n_layers):
         try:
             mixer, ffn = layer_sections(spec, c, i)
-        except NoSection:
-            raise ConfigError(f"{where}: no mixer or ffn section of spec `{spec.name}` covers layer {i}; give the "
-                              "last section of the list `layers: all`") from None
+        except NoSection as e:
+            raise ConfigError(f"{where}: no {e.role} section of spec `{spec.name}` covers layer {i} (their "
+                              f"layers: {'; '.join(e.selectors)}); end the {e.role} list with a section for the "
+                              "other layers (`layers: all`, the default)") from None
         layer = c.layer(i)
         key = (id(mixer), id(ffn), id(layer))  # layers alike in kinds and values are checked once
         if key in checked:

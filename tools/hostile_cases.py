@@ -244,6 +244,16 @@ config("experts_used_over_count", "expert_used_count = 8 must be between 1 and e
        "expert_used_count", "8 of 4 experts per token",
        lambda f: (f.set(f"{ARCH}.expert_count", scalar("uint32", 4)),
                   f.set(f"{ARCH}.expert_used_count", scalar("uint32", 8))))
+config("expert_groups_not_dividing_experts", "expert_group_count = 3 does not divide expert_count = 4",
+       "expert_group_count", "4 experts in 3 groups (grouped top-k)",
+       lambda f: (f.set(f"{ARCH}.expert_count", scalar("uint32", 4)), f.set(f"{ARCH}.expert_used_count", scalar(
+           "uint32", 2)), f.set(f"{ARCH}.expert_group_count", scalar("uint32", 3)),
+                  f.set(f"{ARCH}.expert_group_used_count", scalar("uint32", 1))))
+config("expert_groups_used_over_count", "expert_group_used_count = 3 must be between 1 and expert_group_count = 2",
+       "expert_group_used_count", "3 of 2 expert groups kept",
+       lambda f: (f.set(f"{ARCH}.expert_count", scalar("uint32", 4)), f.set(f"{ARCH}.expert_used_count", scalar(
+           "uint32", 2)), f.set(f"{ARCH}.expert_group_count", scalar("uint32", 2)),
+                  f.set(f"{ARCH}.expert_group_used_count", scalar("uint32", 3))))
 config("embedding_length_missing", f"metadata key {ARCH}.embedding_length is missing", f"{ARCH}.embedding_length",
        "no width", lambda f: f.drop(f"{ARCH}.embedding_length"))
 config("architecture_missing", "general.architecture is missing", "general.architecture", "no architecture",

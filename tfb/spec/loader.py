@@ -7,6 +7,7 @@ into the file that set the offending value.
 
 from __future__ import annotations
 
+import math
 import re
 import typing
 from collections.abc import Iterable, Sequence
@@ -15,7 +16,9 @@ from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
+from tfb.config import MAX_LAYERS
 from tfb.errors import SpecError
+from tfb.spec.base import LayerRule, selects
 from tfb.spec.fields import FIELD_BY_NAME, FIELDS
 from tfb.spec.kinds import FFN_KINDS, MIXER_KINDS
 from tfb.spec.registry import find_spec_file, search_dirs
@@ -173,6 +176,7 @@ def check_spec(spec: Spec) -> list[tuple[Key, str]]:
     cycle = _find_cycle(rules)
     if cycle:
         problems.append((("hparams", cycle[0]), "derived rules form a cycle: " + " -> ".join(cycle)))
+    problems += _layer_rules(spec)
     if spec.abstract:
         return problems
     for f in FIELDS:
@@ -220,6 +224,54 @@ def _find_cycle(rules: dict[str, HParam]) -> list[str]:
         if found:
             return found
     return []
+
+
+# the config field kinds each layer rule can compare: `below` and `every` count layers
+RULE_KINDS = {"below": ("int",), "every": ("int",), "nonzero": ("int", "float", "bool"),
+              "zero": ("int", "float", "bool")}
+
+
+def _layer_rules(spec: Spec) -> list[tuple[Key, str]]:
+    """Each `layers:` rule reads a config field that exists and is a number: a misspelt field would
+    otherwise surface only when a file is loaded."""
+    out: list[tuple[Key, str]] = []
+    for role in ("mixer", "ffn"):
+        sections = getattr(spec, role)
+        for i, section in enumerate(sections):
+            rule = section.layers
+            if not isinstance(rule, LayerRule):
+                continue
+            (condition, name), = [(c, v) for c, v in rule if v is not None]
+            key: Key = (role, "layers", condition) if len(sections) == 1 else (role, i, "layers", condition)
+            field = FIELD_BY_NAME.get(name)
+            numeric = sorted(f.name for f in FIELDS if f.kind in RULE_KINDS[condition])
+            if field is None:
+                out.append((key, f"`{_shown(name)}` is not a config field{did_you_mean(name, numeric)}; "
+                            "a layer rule reads one, e.g. leading_dense_block_count"))
+            elif field.kind not in RULE_KINDS[condition]:
+                out.append((key, f"`{name}` is a {field.kind} config field; a `{condition}` rule needs "
+                            f"{' or '.join(RULE_KINDS[condition])} (a count of layers or a per-layer number)"))
+        uncovered = _uncovered_layer(sections)
+        if uncovered is not None:
+            out.append(((role,), f"no section covers layer {uncovered} (the patterns repeat over the layers); "
+                        "end the list with a section for the other layers (`layers: all`, the default)"))
+    return out
+
+
+def _uncovered_layer(sections: list[Any]) -> int | None:
+    """The first layer that no section's pattern selects, when every section has a pattern (rules depend
+    on the file's values and are checked when it is loaded)."""
+    patterns = [s.layers for s in sections]
+    if any(isinstance(p, LayerRule) for p in patterns) or any(p == [] for p in patterns):
+        return None
+    period = 1
+    for p in patterns:
+        if isinstance(p, list):
+            period = math.lcm(period, len(p))
+    for layer in range(min(period, MAX_LAYERS)):
+        if not any(selects(p, layer, lambda name, i: 0) for p in patterns):
+            return layer
+    return None
 
 
 def _contradictions(spec: Spec) -> list[tuple[Key, str]]:

@@ -14,7 +14,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from tfb.spec.base import KindSection, Need, add_slot, selects
+from tfb.spec.base import KindSection, LayerRule, Need, add_slot, selects
 from tfb.spec.schema import Spec, TensorRef
 
 
@@ -70,18 +70,30 @@ def layer_slots(spec: Spec, facts: FileFacts, mixer: KindSection, ffn: KindSecti
 class NoSection(LookupError):
     """No section of a spec's `mixer` or `ffn` list covers a layer."""
 
+    def __init__(self, role: str, layer: int, selectors: list[str]) -> None:
+        super().__init__(role, layer)
+        self.role, self.layer, self.selectors = role, layer, selectors  # what each section's `layers` gave
 
-def section_for(sections: list[Any], layer: int, value: Callable[[str, int], Any]) -> KindSection:
+
+def _shown(selector: Any, layer: int, value: Callable[[str, int], Any]) -> str:
+    if isinstance(selector, LayerRule):
+        (condition, name), = [(c, v) for c, v in selector if v is not None]
+        return f"{condition}: {name} = {value(name, layer)}"
+    return str(selector).replace("True", "true").replace("False", "false")
+
+
+def section_for(sections: list[Any], layer: int, value: Callable[[str, int], Any], role: str = "") -> KindSection:
     """The first section whose `layers` hold for `layer`; `value(field, layer)` reads the config."""
     for section in sections:
         if selects(section.layers, layer, value):
             return section
-    raise NoSection(layer)
+    raise NoSection(role, layer, [_shown(s.layers, layer, value) for s in sections])
 
 
 def layer_sections(spec: Spec, config: Any, layer: int) -> tuple[KindSection, KindSection]:
     """The mixer and feed-forward sections of one layer."""
-    return section_for(spec.mixer, layer, config.value), section_for(spec.ffn, layer, config.value)
+    return (section_for(spec.mixer, layer, config.value, "mixer"),
+            section_for(spec.ffn, layer, config.value, "ffn"))
 
 
 def possible_facts(spec: Spec) -> list[FileFacts]:
