@@ -24,7 +24,7 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tools"))
 from llama_cpp import llama_cpp_dir  # noqa: E402
-from requantize import requantize  # noqa: E402
+from requantize import quantize_values, requantize  # noqa: E402
 
 DATA = Path(__file__).resolve().parent / "data"
 CONVERTER_TYPES = ("f32", "f16", "bf16", "q8_0")  # what convert_hf_to_gguf.py writes itself
@@ -227,7 +227,6 @@ def preround(model: torch.nn.Module, outtype: str, keep_f32: tuple[str, ...], tr
     """Round matrices to what `outtype` stores, along rows in ggml blocks, as the file will (the rows of a
     parameter the converter transposes run along its second-to-last dimension)."""
     from gguf import GGMLQuantizationType
-    from gguf.quants import dequantize, quantize
 
     if outtype == "f32":
         return
@@ -241,10 +240,28 @@ def preround(model: torch.nn.Module, outtype: str, keep_f32: tuple[str, ...], tr
                 p.copy_(p.bfloat16().float())
             else:
                 qtype = GGMLQuantizationType[outtype.upper()]
-                flip = any(t in name for t in transposed)
-                values = (p.transpose(-1, -2) if flip else p).contiguous().numpy().astype(np.float32)
-                rounded = torch.from_numpy(dequantize(quantize(values, qtype), qtype).reshape(values.shape))
-                p.copy_(rounded.transpose(-1, -2) if flip else rounded)
+                if name.endswith("kv_b_proj.weight"):  # latent attention: see split_kv_b
+                    p.copy_(split_kv_b(p, model.config, qtype))
+                else:
+                    p.copy_(round_rows(p, qtype, any(t in name for t in transposed)))
+
+
+def round_rows(x: torch.Tensor, qtype: Any, flip: bool = False) -> torch.Tensor:
+    """x rounded to `qtype` along its rows, or along its second-to-last dimension where `flip`."""
+    from gguf.quants import dequantize
+
+    values = (x.transpose(-1, -2) if flip else x).contiguous().numpy().astype(np.float32)
+    out = torch.from_numpy(dequantize(quantize_values(values, qtype), qtype).reshape(values.shape))
+    return out.transpose(-1, -2) if flip else out
+
+
+def split_kv_b(weight: torch.Tensor, config: Any, qtype: Any) -> torch.Tensor:
+    """The DeepSeek converter splits kv_b_proj ([heads x (nope + v), kv_lora]) per head into attn_k_b, the nope
+    rows transposed ([kv_lora, nope]: rows along nope), and attn_v_b (rows along kv_lora): each part is rounded
+    along the rows the file stores."""
+    heads, nope, v = config.num_key_value_heads, config.qk_nope_head_dim, config.v_head_dim
+    k_b, v_b = weight.view(heads, nope + v, -1).split([nope, v], dim=1)
+    return torch.cat((round_rows(k_b, qtype, flip=True), round_rows(v_b, qtype)), dim=1).view_as(weight)
 
 
 # ------------------------------------------------------------------------------------------ tokenizers

@@ -2,9 +2,10 @@
 
     python tools/requantize.py IN.gguf OUT.gguf Q4_0
 
-Matrices are quantized with the `gguf` package's reference quantizers; vectors, norms, the MoE router
-and position embeddings stay F32 (llama.cpp's rules). A matrix whose rows do not split into whole
-blocks keeps its type. Tests use this for types llama.cpp's converter cannot write (Q4_0...).
+Matrices are quantized with the `gguf` package's reference quantizers, or ggml's own (tools/ggml_quants.py,
+built from the pinned sdist) for the types the package cannot write (the k-quants); vectors, norms, the MoE
+router and position embeddings stay F32 (llama.cpp's rules). A matrix whose rows do not split into whole
+blocks keeps its type. Tests use this for types llama.cpp's converter cannot write (Q4_0, Q4_K...).
 """
 
 from __future__ import annotations
@@ -50,6 +51,19 @@ def target_type(name: str, shape: tuple[int, ...], qtype: GGMLQuantizationType) 
     return qtype if shape[-1] % block == 0 else None
 
 
+def quantize_values(values: np.ndarray, qtype: GGMLQuantizationType) -> np.ndarray:
+    """Rows of float32 `values` as `qtype` blocks ([..., bytes per row] uint8): gguf's reference quantizer, or
+    ggml's `quantize_row_*_ref` where gguf has none."""
+    try:
+        return quantize(values, qtype)
+    except NotImplementedError:
+        from ggml_quants import GGMLQuants
+
+        block, type_size = GGML_QUANT_SIZES[qtype]
+        blocks = GGMLQuants().quantize(qtype.name, values, type_size, block)
+        return blocks.reshape(*values.shape[:-1], values.shape[-1] // block * type_size)
+
+
 def requantize(src: str, dst: str, qtype: GGMLQuantizationType) -> None:
     reader = GGUFReader(src)
     arch = reader.fields["general.architecture"].contents()
@@ -63,7 +77,7 @@ def requantize(src: str, dst: str, qtype: GGMLQuantizationType) -> None:
         if store is None:
             writer.add_tensor(t.name, values.astype(np.float32))
         else:
-            writer.add_tensor(t.name, quantize(values, store), raw_dtype=store)
+            writer.add_tensor(t.name, quantize_values(values, store), raw_dtype=store)
     writer.write_header_to_file()
     writer.write_kv_data_to_file()
     writer.write_tensors_to_file()
