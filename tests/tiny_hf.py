@@ -189,6 +189,13 @@ FAMILIES: dict[str, Family] = {
         BASE, intermediate_size=128, moe_num_experts=8, moe_k=3, moe_intermediate_size=32, moe_num_shared_experts=2,
         moe_layer_start_index=1, moe_layer_interval=1, pad_token_id=None),
         keep_f32=("mlp.gate.weight",)),
+    # ERNIE 4.5 MoE without shared experts (as ERNIE-4.5-300B-A47B), experts on every second layer from layer 1
+    # (1 and 3); llama.cpp's graph and transformers agree on that rule, though llama.cpp's loader expects expert
+    # tensors in every layer from the first routed one on and so refuses such a file (it has only step-1 files)
+    "ernie4_5_moe_interleaved": Family("Ernie4_5_MoeForCausalLM", "Ernie4_5_MoeConfig", dict(
+        BASE, num_hidden_layers=4, intermediate_size=128, moe_num_experts=8, moe_k=3, moe_intermediate_size=32,
+        moe_num_shared_experts=0, moe_layer_start_index=1, moe_layer_interval=2, pad_token_id=None),
+        keep_f32=("mlp.gate.weight",)),
     # Llama 4 text: 4 layers, the 4th without rope (full attention, temperature tuning), the others chunked
     # with a chunk of 8 < the test length, L2 Q/K norm on rope layers; MoE on odd layers (interleave step 2)
     # with a top-1 sigmoid router applied to the expert input, and a shared expert. llama.cpp hard-codes the
@@ -247,12 +254,19 @@ def preround(model: torch.nn.Module, outtype: str, keep_f32: tuple[str, ...], tr
 
 
 def round_rows(x: torch.Tensor, qtype: Any, flip: bool = False) -> torch.Tensor:
-    """x rounded to `qtype` along its rows, or along its second-to-last dimension where `flip`."""
+    """x rounded to `qtype` along its rows, or along its second-to-last dimension where `flip`: rounded again
+    until a rounding changes nothing, so that the file's own quantization of the result is exact (ggml's
+    k-quant search moves a few blocks once more on its own output)."""
     from gguf.quants import dequantize
 
     values = (x.transpose(-1, -2) if flip else x).contiguous().numpy().astype(np.float32)
-    out = torch.from_numpy(dequantize(quantize_values(values, qtype), qtype).reshape(values.shape))
-    return out.transpose(-1, -2) if flip else out
+    for _ in range(8):
+        out = dequantize(quantize_values(values, qtype), qtype).reshape(values.shape)
+        if np.array_equal(out, values):
+            break
+        values = out
+    rounded = torch.from_numpy(values)
+    return rounded.transpose(-1, -2) if flip else rounded
 
 
 def split_kv_b(weight: torch.Tensor, config: Any, qtype: Any) -> torch.Tensor:
