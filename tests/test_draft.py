@@ -14,12 +14,15 @@ from typing import Any
 
 import pytest
 import torch
+from compare import compare
 
 import tfb
 import tfb.authoring.draft_yaml as draft_yaml
 import tfb.spec.registry as registry
 from tfb.authoring.check import check
+from tfb.authoring.draft_layout import Part, layout
 from tfb.authoring.draft_yaml import draft_spec
+from tfb.authoring.inventory import Inventory
 from tfb.errors import TfbError
 from tfb.gguf.reader import GGUFFile
 from tfb.spec import load_spec
@@ -146,3 +149,99 @@ def test_a_draft_that_does_not_fit_says_so(tiny_model, tmp_path: Path) -> None:
     assert result.returncode == 1
     assert "error: tensor blk.{i}.attn_output.bias (all 2 layers): missing" in result.stderr
     assert "fails tfb check (1 problem above)" in result.stderr
+
+
+# ------------------------------------------------------------------------- sections chosen per layer
+
+# what llama.cpp decides in code for these families (given as the CLI options would); the drafts are
+# compared with transformers directly, as their own specs are not what the draft is tested against
+MOE_KNOWN: dict[str, dict[str, Any]] = {
+    "qwen2moe": {"mixer.rope.pairing": "half"},
+    # llama.cpp divides this family's stored yarn_log_multiplier by 0.1 (src/models/deepseek2.cpp)
+    "deepseek_v3": {"hparams.yarn_log_multiplier_stored": {"key": "{arch}.rope.scaling.yarn_log_multiplier"},
+                    "hparams.yarn_log_multiplier": {"default": {"quotient": ["yarn_log_multiplier_stored", 0.1]}}},
+}
+
+
+def draft_against(tiny_model, tmp_path: Path, family: str) -> tuple[str, Path]:
+    """The draft for a tiny family's file (only the base spec in sight), checked against the file, and its
+    logits compared with transformers'."""
+    reference, path = tiny_model(family, "f32")
+    out = tmp_path / "draft.yaml"
+    with only_the_base(tmp_path):
+        text, _ = draft_spec(path, given=MOE_KNOWN[family], out=out)
+        out.write_text(text)
+        report = check(path, out)
+    assert report.ok, "\n".join(report.lines()) + "\n" + text
+    compare(tfb.load(path, spec=out), reference, [(1, 1), (2, 40)])
+    return text, path
+
+
+def test_draft_of_a_latent_attention_file_with_leading_dense_layers(tiny_model, tmp_path: Path) -> None:
+    text, _ = draft_against(tiny_model, tmp_path, "deepseek_v3")
+    body = text[text.index("mixer:"):text.index("# Keys in the file")].strip().splitlines()
+    assert body == [
+        "mixer:",
+        "  kind: latent_attention  # blk.{i}.attn_q_a.weight, blk.{i}.attn_q_a_norm.weight in every layer",
+        "  query: low_rank  # blk.{i}.attn_q_a.weight in every layer",
+        "ffn:",
+        "  - kind: dense  # blk.{i}.ffn_gate.weight, blk.{i}.ffn_up.weight in layer 0",
+        "    layers: {below: leading_dense_block_count}  # deepseek2.leading_dense_block_count = 1: layer 0",
+        "  - kind: routed  # blk.{i}.ffn_gate_inp.weight, blk.{i}.exp_probs_b.bias in layers 1, 2",
+        "    gating: sigmoid  # deepseek2.expert_gating_func = 2",
+        "    selection_bias: required  # blk.{i}.exp_probs_b.bias in every layer with experts",
+        "    shared:",
+        "      gate: none  # blk.{i}.ffn_up_shexp.weight in every layer with experts; no "
+        "blk.{i}.ffn_gate_inp_shexp.weight in the file"]
+    # no width key for the shared experts: their count times an expert's width, as the tensors show
+    assert "  expert_shared_intermediate_size: {default: {product: [expert_intermediate_size, " \
+           "expert_shared_count]}}  # no deepseek2.expert_shared_feed_forward_length; ffn_up_shexp has 32 rows = " \
+           "deepseek2.expert_shared_count (1) x deepseek2.expert_feed_forward_length (32)" in text
+    assert "  head_dim: {key: '{arch}.attention.key_length_mla'}" in text  # one head's size, not the cache's
+    # grouped top-k: the base reads the group keys already; the draft adds no rule of its own for them
+    assert "expert_group_count" not in text
+
+
+def test_draft_of_a_gated_shared_expert(tiny_model, tmp_path: Path) -> None:
+    text, _ = draft_against(tiny_model, tmp_path, "qwen2moe")
+    assert "ffn:\n  kind: routed  # blk.{i}.ffn_gate_inp.weight, blk.{i}.ffn_gate_exps.weight in every layer\n" \
+           "  shared:\n    gate: sigmoid  # blk.{i}.ffn_up_shexp.weight in every layer; " \
+           "blk.{i}.ffn_gate_inp_shexp.weight in every layer\n" in text
+
+
+def inventory(n_layers: int, per_layer: dict[str, list[int]], metadata: dict[str, int]) -> Inventory:
+    """An inventory of a file with these per-layer tensors and integer keys (only names are read)."""
+    from tfb.gguf.reader import MetaValue
+
+    tensors: dict[str, Any] = {f"blk.{i}.{name}.weight": None for name, layers in per_layer.items() for i in layers}
+    meta = {f"x.{k}": MetaValue(v, "uint32") for k, v in metadata.items()}
+    return Inventory("x.gguf", "x", meta, tensors, n_layers)
+
+
+INTERLEAVED = {"ffn_gate_inp": [1, 3], "ffn_up_exps": [1, 3], "ffn_up": [0, 2], "ffn_down": [0, 2]}
+
+
+def test_layout_interleaved_experts() -> None:
+    """Experts on every second layer: the routed section first, on the layers its step rule selects."""
+    parts = layout(inventory(4, INTERLEAVED, {"interleave_moe_layer_step": 2}), "ffn")
+    assert [(p.kind, p.layers, sorted(p.members)) for p in parts] == [
+        ("routed", {"every": "moe_layer_step"}, [1, 3]), ("dense", "all", [0, 2])]
+    assert parts[0].why == "x.interleave_moe_layer_step = 2: layers 1, 3"
+
+
+def test_layout_without_a_field_that_says_which_layers() -> None:
+    """No key selects the layers (or its value selects others): the file's own layers, as a pattern."""
+    for metadata in ({}, {"interleave_moe_layer_step": 3}, {"leading_dense_block_count": 2}):
+        parts = layout(inventory(4, INTERLEAVED, metadata), "ffn")
+        assert [(p.kind, p.layers) for p in parts] == [("dense", [True, False, True, False]), ("routed", "all")]
+        assert "no config field says which layers" in parts[0].why
+
+
+def test_layout_of_uniform_files() -> None:
+    dense = inventory(2, {"ffn_up": [0, 1], "ffn_down": [0, 1], "attn_q": [0, 1], "attn_kv_a_mqa": [0, 1]}, {})
+    assert layout(dense, "ffn") == [Part("dense", "all", frozenset({0, 1}),
+                                         "blk.{i}.ffn_up.weight, blk.{i}.ffn_down.weight in every layer")]
+    assert [p.kind for p in layout(dense, "mixer")] == ["latent_attention"]
+    # layers with dense and expert tensors alike are routed ones (tfb check then names the tensors left unread)
+    both = inventory(2, {"ffn_up": [0, 1], "ffn_gate_inp": [0, 1], "ffn_up_exps": [0, 1]}, {})
+    assert [p.kind for p in layout(both, "ffn")] == ["routed"]

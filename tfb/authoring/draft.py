@@ -14,6 +14,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from tfb.authoring.draft_layout import ROLES, Part, draft_view, file_int, get_path, layout, section_path, set_path
 from tfb.authoring.inventory import Inventory, Presence, standard_name
 from tfb.authoring.known_keys import (
     EXPERT_GATING,
@@ -25,7 +26,7 @@ from tfb.authoring.known_keys import (
 )
 from tfb.errors import InputError
 from tfb.spec.fields import FIELD_BY_NAME
-from tfb.spec.kinds import FFN_KINDS, MIXER_KINDS
+from tfb.spec.kinds import DEFAULT_KIND
 from tfb.spec.kinds.attention import QKNorm
 from tfb.spec.schema import HParam, Spec
 from tfb.spec.slots import FileFacts, global_slots, layer_slots
@@ -50,7 +51,16 @@ ASSUMPTIONS: dict[str, tuple[str, str]] = {
                                "their weights do not tell layernorm from rmsnorm"),
     "hparams.attn_temperature_length": ("--set hparams.attn_temperature_length=...", "the file gives a query "
                                         "temperature scale but not the positions per step"),
+    "hparams.yarn_log_multiplier": ("--set hparams.yarn_log_multiplier=...", "llama.cpp reads "
+                                    "rope.scaling.yarn_log_multiplier as it is for some architectures and divides "
+                                    "it by 0.1 for others (their graphs multiply by 0.1 again); the file does not "
+                                    "say which"),
 }
+
+
+def generic(path: str) -> str:
+    """A path without its section numbers (`ffn.0.activation` -> `ffn.activation`), for the options."""
+    return ".".join(p for p in path.split(".") if not p.isdigit())
 
 
 @dataclass(frozen=True)
@@ -62,7 +72,7 @@ class Decision:
 
     @property
     def option(self) -> str:
-        return ASSUMPTIONS.get(self.path, ("", ""))[0]
+        return ASSUMPTIONS.get(generic(self.path), ("", ""))[0]
 
 
 @dataclass
@@ -74,48 +84,18 @@ class Draft:
     unread_keys: list[str] = field(default_factory=list)
 
 
-def get_path(data: Any, path: str) -> Any:
-    for part in path.split("."):
-        if not isinstance(data, dict):
-            return None
-        data = data.get(part)
-    return data
-
-
-def set_path(data: dict[str, Any], path: str, value: Any) -> None:
-    *parents, last = path.split(".")
-    for part in parents:
-        if not isinstance(data.get(part), dict):
-            data[part] = {}
-        data = data[part]
-    data[last] = value
-
-
-def _has_experts(inv: Inventory) -> bool:
-    return inv.has("ffn_gate_inp") or int(inv.value("{arch}.expert_count", 0) or 0) > 0
-
-
-def _section(sections: list[dict[str, Any]], role: str, kind: str) -> dict[str, Any]:
-    """The settings of the first section of `kind`, else the first section's settings that `kind` shares
-    (a dense MLP's activation for experts), for a draft that gives every layer one mixer and one ffn."""
-    cls = (MIXER_KINDS if role == "mixer" else FFN_KINDS)[kind]
-    chosen = next((s for s in sections if s.get("kind") == kind), None)
-    settings = chosen if chosen is not None else {k: v for k, v in sections[0].items() if k in cls.model_fields}
-    return {**cls.model_validate({**settings, "kind": kind}).model_dump(exclude={"layers"})}
-
-
-def draft_view(data: dict[str, Any], inv: Inventory) -> dict[str, Any]:
-    """A spec's data with one mixer section and one ffn section, of the kinds the file's tensors show."""
-    return {**data, "mixer": _section(data["mixer"], "mixer", "attention"),
-            "ffn": _section(data["ffn"], "ffn", "routed" if _has_experts(inv) else "dense")}
-
-
 class _Drafter:
     def __init__(self, inv: Inventory, base: Spec, given: dict[str, Any]) -> None:
         self.inv, self.base, self.given = inv, base, given
+        self.layout = {role: layout(inv, role) for role in ROLES}
         self.data: dict[str, Any] = draft_view(base.model_dump(by_alias=True, exclude={"name", "abstract", "match"}),
                                                inv)
         self.decisions: list[Decision] = []
+
+    def sections(self, role: str) -> list[tuple[str, Part]]:
+        """Each drafted section of `role` with its path (the last one: the role itself)."""
+        parts = self.layout[role]
+        return [(section_path(role, i, len(parts)), p) for i, p in enumerate(parts)]
 
     # ---------------------------------------------------------------------------------- recording
 
@@ -135,16 +115,26 @@ class _Drafter:
         if path in self.given:
             self.decide(path, self.given[path], GIVEN)
             return
-        self.decisions.append(Decision(path, get_path(self.data, path), ASSUMPTIONS[path][1], assumed=True))
+        self.decisions.append(Decision(path, get_path(self.data, path), ASSUMPTIONS[generic(path)][1], assumed=True))
 
-    def tensor_why(self, slot: str, found: Presence) -> str:
+    def tensor_why(self, slot: str, found: Presence, among: str = "layer") -> str:
         name = standard_name(slot)
         if found == "none":
             return f"no {name} in the file"
-        return f"{name} in {'every layer' if found == 'required' else 'some layers'}" if "{i}" in name \
+        return f"{name} in {'every ' + among if found == 'required' else 'some layers'}" if "{i}" in name \
             else f"{name} in the file"
 
     # ----------------------------------------------------------------------------------- switches
+
+    def kinds(self) -> None:
+        """The kind of each section, and the layers of each but the last: evidence for the writer."""
+        for role in ROLES:
+            listed = self.sections(role)
+            for path, part in listed:
+                if part.kind != DEFAULT_KIND[role] or len(listed) > 1:
+                    self.decide(f"{path}.kind", part.kind, part.evidence)
+                if path != role:
+                    self.decide(f"{path}.layers", part.layers, part.why)
 
     def norms(self) -> None:
         inv = self.inv
@@ -185,33 +175,44 @@ class _Drafter:
         else:
             self.decide("block.residual", "sequential", "an ffn_norm in every layer")
 
-    def positions(self) -> None:
+    def mixers(self) -> None:
         inv = self.inv
-        if inv.has("position_embd"):
-            self.decide("embedding.positions", "learned", "position_embd.weight in the file")
-            if not any(k.startswith(f"{inv.arch}.rope.") for k in inv.metadata):
-                self.decide("mixer.rope.layers", "none", "learned positions and no rope keys")
-        if get_path(self.data, "mixer.rope.layers") != "none":
-            self.assume("mixer.rope.pairing")
+        for path, part in self.sections("mixer"):
+            rope = get_path(self.data, f"{path}.rope")
+            if inv.has("position_embd"):
+                self.decide("embedding.positions", "learned", "position_embd.weight in the file")
+                if isinstance(rope, dict) and "layers" in rope and \
+                        not any(k.startswith(f"{inv.arch}.rope.") for k in inv.metadata):
+                    self.decide(f"{path}.rope.layers", "none", "learned positions and no rope keys")
+            if part.kind == "attention":
+                self.attention(path, part.members)
+            elif part.kind == "latent_attention":
+                low_rank = inv.presence("attn_q_a", part.members)
+                self.decide(f"{path}.query", "low_rank" if low_rank == "required" else "direct",
+                            self.tensor_why("attn_q_a", low_rank))
+            if isinstance(rope, dict) and get_path(self.data, f"{path}.rope.layers") != "none":
+                self.assume(f"{path}.rope.pairing")
 
-    def attention(self) -> None:
+    def attention(self, path: str, members: frozenset[int]) -> None:
         inv = self.inv
-        fused = inv.has("attn_qkv")
-        if get_path(self.data, "mixer.qkv") != "auto":
-            self.decide("mixer.qkv", "fused" if fused else "separate",
-                        self.tensor_why("attn_qkv", inv.presence("attn_qkv")))
+        fused = inv.has("attn_qkv", members)
+        if get_path(self.data, f"{path}.qkv") != "auto":
+            self.decide(f"{path}.qkv", "fused" if fused else "separate",
+                        self.tensor_why("attn_qkv", inv.presence("attn_qkv", members)))
         for p, slot in (("q", "attn_q"), ("k", "attn_k"), ("v", "attn_v"), ("o", "attn_output")):
             bias = "attn_qkv_bias" if fused and p != "o" else f"{slot}_bias"
-            self.presence(f"mixer.bias.{p}", inv.presence(bias), self.tensor_why(bias, inv.presence(bias)))
-        self.qk_norm()
-        self.decide("mixer.sinks", inv.has("attn_sinks"), self.tensor_why("attn_sinks", inv.presence("attn_sinks")))
-        self.sliding_window()
+            found = inv.presence(bias, members)
+            self.presence(f"{path}.bias.{p}", found, self.tensor_why(bias, found))
+        self.qk_norm(path)
+        sinks = inv.presence("attn_sinks", members)
+        self.decide(f"{path}.sinks", sinks != "none", self.tensor_why("attn_sinks", sinks))
+        self.sliding_window(path)
 
-    def qk_norm(self) -> None:
+    def qk_norm(self, path: str) -> None:
         inv = self.inv
         if not inv.has("attn_q_norm"):
-            if get_path(self.data, "mixer.qk_norm") is not None:
-                self.decide("mixer.qk_norm", None, "no attn_q_norm tensors")
+            if get_path(self.data, f"{path}.qk_norm") is not None:
+                self.decide(f"{path}.qk_norm", None, "no attn_q_norm tensors")
             return
         heads = int(inv.value("{arch}.attention.head_count", 1) or 1)
         hidden = int(inv.value("{arch}.embedding_length", 0) or 0)
@@ -223,65 +224,107 @@ class _Drafter:
         else:
             over = "all" if width == heads * head_dim and width != head_dim else "head"
             why = f"attn_q_norm.weight has {width} values: {'one norm over all heads' if over == 'all' else 'head_dim'}"
-        kind = (get_path(self.data, "mixer.qk_norm") or QKNorm().model_dump())["kind"]
+        kind = (get_path(self.data, f"{path}.qk_norm") or QKNorm().model_dump())["kind"]
         norm: dict[str, Any] = {"kind": kind, "over": over}
         bias = "required" if inv.has("attn_q_norm_bias") else "none"
         if (bias == "none") != ((get_path(self.data, "norm.bias") or "none") == "none"):
             norm["bias"] = bias  # unlike the model's other norms
-        self.decide("mixer.qk_norm", norm, why)
+        self.decide(f"{path}.qk_norm", norm, why)
         if inv.has("attn_q_norm_bias"):
-            self.decide("mixer.qk_norm.kind", "layernorm", "attn_q_norm bias tensors")
+            self.decide(f"{path}.qk_norm.kind", "layernorm", "attn_q_norm bias tensors")
         else:
-            self.assume("mixer.qk_norm.kind")
+            self.assume(f"{path}.qk_norm.kind")
 
-    def sliding_window(self) -> None:
+    def sliding_window(self, path: str) -> None:
         inv = self.inv
         pattern = inv.value(SLIDING_WINDOW_PATTERN)
         if pattern is not None:
             period = int(pattern) if isinstance(pattern, int) else 0
             layers = [True] * (period - 1) + [False] if period > 0 else [bool(x) for x in pattern]
-            self.decide("mixer.sliding_window", layers or "none", f"{inv.key(SLIDING_WINDOW_PATTERN)}")
+            self.decide(f"{path}.sliding_window", layers or "none", f"{inv.key(SLIDING_WINDOW_PATTERN)}")
         elif int(inv.value("{arch}.attention.sliding_window", 0) or 0) > 0:
-            self.assume("mixer.sliding_window")
+            self.assume(f"{path}.sliding_window")
 
-    def ffn(self) -> None:
-        inv = self.inv
-        if _has_experts(inv):
-            self.experts()
-        else:
-            ff = int(inv.value("{arch}.feed_forward_length", 0) or 0)
-            up_rows = (inv.shape("ffn_up") or (0,))[0]
-            fused = not inv.has("ffn_gate") and ff > 0 and up_rows == 2 * ff
-            gated = fused or inv.has("ffn_gate")
-            self.decide("ffn.gated", gated, self.tensor_why("ffn_gate", inv.presence("ffn_gate")) if not fused
-                        else f"ffn_up has {up_rows} rows = 2 x feed_forward_length: [gate; up]")
-            if gated:
-                self.decide("ffn.gate_up", "fused" if fused else "separate",
-                            f"ffn_up has {up_rows} rows, feed_forward_length is {ff}")
-            found = inv.presence("ffn_down_bias")
-            self.presence("ffn.bias", found, self.tensor_why("ffn_down_bias", found))
+    def ffns(self) -> None:
+        listed = self.sections("ffn")
+        for path, part in listed:
+            if part.kind == "routed":
+                self.experts(path, part.members)
+            elif part.kind == "dense":
+                self.dense(path, part.members)
         self.assume("ffn.activation")
+        activation = get_path(self.data, "ffn.activation")
+        for path, _ in listed[:-1]:  # one activation for the model's MLPs, dense and experts alike
+            self.decide(f"{path}.activation", activation, "as ffn.activation (the last section's)")
 
-    def experts(self) -> None:
+    def dense(self, path: str, members: frozenset[int]) -> None:
         inv = self.inv
-        fused = inv.has("ffn_gate_up_exps")
-        gated = fused or inv.has("ffn_gate_exps")
-        self.decide("ffn.gated", gated, "ffn_gate_up_exps tensors" if fused
-                    else self.tensor_why("ffn_gate_exps", inv.presence("ffn_gate_exps")))
+        among = "layer" if len(members) == inv.n_layers else "dense layer"
+        ff = int(inv.value("{arch}.feed_forward_length", 0) or 0)
+        up_rows = (inv.shape("ffn_up") or (0,))[0]
+        has_gate = inv.presence("ffn_gate", members)
+        fused = has_gate == "none" and ff > 0 and up_rows == 2 * ff
+        gated = fused or has_gate != "none"
+        self.decide(f"{path}.gated", gated, self.tensor_why("ffn_gate", has_gate, among) if not fused
+                    else f"ffn_up has {up_rows} rows = 2 x feed_forward_length: [gate; up]")
         if gated:
-            self.decide("ffn.gate_up", "fused" if fused else "separate",
-                        self.tensor_why("ffn_gate_up_exps", inv.presence("ffn_gate_up_exps")))
-        for path, slot in (("router_bias", "ffn_gate_inp_bias"), ("selection_bias", "exp_probs_b"),
-                           ("bias", "ffn_down_exps_bias")):
-            found = inv.presence(slot)
-            self.presence(f"ffn.{path}", found, self.tensor_why(slot, found))
+            self.decide(f"{path}.gate_up", "fused" if fused else "separate",
+                        f"ffn_up has {up_rows} rows, feed_forward_length is {ff}")
+        found = inv.presence("ffn_down_bias", members)
+        self.presence(f"{path}.bias", found, self.tensor_why("ffn_down_bias", found, among))
+
+    def experts(self, path: str, members: frozenset[int]) -> None:
+        inv = self.inv
+        among = "layer" if len(members) == inv.n_layers else "layer with experts"
+        fused = inv.has("ffn_gate_up_exps", members)
+        gate = inv.presence("ffn_gate_exps", members)
+        gated = fused or gate != "none"
+        self.decide(f"{path}.gated", gated, "ffn_gate_up_exps tensors" if fused
+                    else self.tensor_why("ffn_gate_exps", gate, among))
+        if gated:
+            self.decide(f"{path}.gate_up", "fused" if fused else "separate",
+                        self.tensor_why("ffn_gate_up_exps", inv.presence("ffn_gate_up_exps", members), among))
+        for switch, slot in (("router_bias", "ffn_gate_inp_bias"), ("selection_bias", "exp_probs_b"),
+                             ("bias", "ffn_down_exps_bias")):
+            found = inv.presence(slot, members)
+            self.presence(f"{path}.{switch}", found, self.tensor_why(slot, found, among))
         gating = EXPERT_GATING_VALUES.get(inv.value(EXPERT_GATING, 0))
         if gating:
-            self.decide("ffn.gating", gating, f"{inv.key(EXPERT_GATING)} = {inv.value(EXPERT_GATING)}")
+            self.decide(f"{path}.gating", gating, f"{inv.key(EXPERT_GATING)} = {inv.value(EXPERT_GATING)}")
         else:
-            self.assume("ffn.gating")
+            self.assume(f"{path}.gating")
         if not inv.has_key(KEYS["expert_weights_norm"][0]):
             self.assume_hparam("expert_weights_norm")
+        self.shared(path, members, among)
+
+    def shared(self, path: str, members: frozenset[int], among: str) -> None:
+        """Shared experts from their tensors: a sigmoid gate when ffn_gate_inp_shexp is there; their width
+        from its key, else from the shared expert count, else from the tensor."""
+        inv = self.inv
+        up = inv.presence("ffn_up_shexp", members)
+        if up == "none":
+            if get_path(self.data, f"{path}.shared") is not None:
+                self.decide(f"{path}.shared", None, "no ffn_up_shexp tensors")
+            return
+        gate = inv.presence("ffn_gate_inp_shexp", members)
+        shared: dict[str, Any] = {"gate": "sigmoid" if gate != "none" else "none"}
+        bias = inv.presence("ffn_down_shexp_bias", members)
+        if bias != "none":
+            shared["bias"] = bias
+        why = self.tensor_why("ffn_up_shexp", up, among) + "; " + self.tensor_why("ffn_gate_inp_shexp", gate, among)
+        self.decide(f"{path}.shared", shared, why)
+        if file_int(inv, "expert_shared_intermediate_size") is not None:
+            return  # the width key: the base's rule, or hparams() adds one
+        rows = (inv.shape("ffn_up_shexp") or (0,))[0]
+        count, width = file_int(inv, "expert_shared_count"), file_int(inv, "expert_intermediate_size")
+        absent = f"no {inv.key(KEYS['expert_shared_intermediate_size'][0])}"
+        if count and width and rows == count[1] * width[1]:
+            self.decide("hparams.expert_shared_intermediate_size.default",
+                        {"product": ["expert_intermediate_size", "expert_shared_count"]},
+                        f"{absent}; ffn_up_shexp has {rows} rows = {count[0]} ({count[1]}) x {width[0]} ({width[1]})")
+        else:
+            self.decide("hparams.expert_shared_intermediate_size.default", rows,
+                        f"{absent}; ffn_up_shexp has {rows} rows")
 
     def assume_hparam(self, name: str) -> None:
         path = f"hparams.{name}"
@@ -308,12 +351,17 @@ class _Drafter:
         inv = self.inv
         for name, templates in KEYS.items():
             present = [t for t in templates if inv.has_key(t)]
+            if name not in FIELD_BY_NAME or not present:
+                continue
             rule = getattr(self.base.hparams, name)
             base_keys = rule.keys() if isinstance(rule, HParam) else []
-            if present and present[0] not in base_keys:
+            if present[0] not in base_keys:
                 self.decide(f"hparams.{name}", {"key": present[0]}, f"the file has {inv.key(present[0])}")
         if inv.has_key(KEYS["attn_temperature_scale"][0]) and not inv.has_key(KEYS["attn_temperature_length"][0]):
             self.assume_hparam("attn_temperature_length")
+        path = "hparams.yarn_log_multiplier"
+        if inv.has_key(KEYS["yarn_log_multiplier"][0]) and path not in self.given:
+            self.decisions.append(Decision(path, get_path(self.data, path), ASSUMPTIONS[path][1], assumed=True))
 
     # ------------------------------------------------------------------------------------ tensors
 
@@ -322,7 +370,10 @@ class _Drafter:
         inv = self.inv
         facts = FileFacts(fused_qkv=inv.has("attn_qkv"))
         templates = get_path(self.data, "tensors") or {}
-        layer = layer_slots(spec, facts, spec.mixer[0], spec.ffn[0])
+        layer: dict[str, Any] = {}
+        for mixer in spec.mixer:
+            for ffn in spec.ffn:
+                layer.update(layer_slots(spec, facts, mixer, ffn))
         for group, slots in (("global", global_slots(spec, facts)), ("layer", layer)):
             for slot in slots:
                 ref = (templates.get(group) or {}).get(slot)
@@ -349,11 +400,11 @@ def infer(inv: Inventory, base: Spec, given: dict[str, Any] | None = None) -> Dr
     """Decisions for a spec serving `inv`'s architecture on top of `base`; `given` (dotted path -> value)
     overrides anything, and settles what the file cannot."""
     d = _Drafter(inv, base, dict(given or {}))
+    d.kinds()
     d.norms()
     d.block()
-    d.positions()
-    d.attention()
-    d.ffn()
+    d.mixers()
+    d.ffns()
     d.output()
     d.hparams()
     d.given_rest()

@@ -11,11 +11,11 @@ from typing import Any
 
 import yaml
 
-from tfb.authoring.draft import ASSUMPTIONS, Decision, Draft, draft_view, infer, set_path
+from tfb.authoring.draft import ASSUMPTIONS, Decision, Draft, generic, infer
+from tfb.authoring.draft_layout import ROLES, draft_view, kinds_of, section_path, set_path
 from tfb.authoring.inventory import Inventory
 from tfb.errors import SpecError
 from tfb.gguf.reader import GGUFFile
-from tfb.spec.kinds import FFN_KINDS, MIXER_KINDS
 from tfb.spec.loader import load_spec, resolve
 from tfb.spec.registry import all_spec_files, packaged_dir, search_dirs
 from tfb.spec.schema import Spec
@@ -53,12 +53,8 @@ def _diff(base: Any, want: Any) -> Any:
 class _Writer:
     def __init__(self, draft: Draft) -> None:
         self.draft = draft
-        raw = draft.base.model_dump(by_alias=True)
-        self.base = draft_view(raw, draft.inventory)
-        for role, kinds in (("mixer", MIXER_KINDS), ("ffn", FFN_KINDS)):
-            kind = self.base[role]["kind"]
-            if len(raw[role]) != 1 or raw[role][0]["kind"] != kind:  # not the base's one section: say the kind
-                self.base[role] = {**kinds[kind].model_validate({}).model_dump(exclude={"layers"}), "kind": None}
+        self.raw = draft.base.model_dump(by_alias=True)
+        self.base = draft_view(self.raw, draft.inventory)
         self.lines: list[str] = []
 
     def comment(self, path: str) -> str:
@@ -99,10 +95,15 @@ class _Writer:
         if hparams:
             self.lines += ["", "hparams:"]
             self.emit(hparams, "hparams", 2, flow_depth=1)
-        changed = {s: d for s in SECTIONS if (d := _diff(self.base.get(s), self.draft.data.get(s))) is not _SAME}
-        if changed:
-            self.lines.append("")
-            self.emit(changed, "", 0, flow_depth=None)
+        self.lines.append("")
+        start = len(self.lines)
+        for section in SECTIONS:
+            if section in ROLES:
+                self.sections(section)
+            elif (d := _diff(self.base.get(section), self.draft.data.get(section))) is not _SAME:
+                self.emit({section: d}, "", 0, flow_depth=None)
+        if len(self.lines) == start:
+            self.lines.pop()
         tensors = self.decided("tensors")
         if tensors:
             self.lines += ["", "tensors:"]
@@ -112,6 +113,31 @@ class _Writer:
                            "rules for those that matter):"]
             self.lines += [f"#   {k}" for k in self.draft.unread_keys]
         return "\n".join(self.lines) + "\n"
+
+    def sections(self, role: str) -> None:
+        """`mixer:` or `ffn:`: the changes to the base's one section of the same kind, else every section in
+        full (a child's section or list replaces the base's list), each with its kind and layers."""
+        want: list[dict[str, Any]] = self.draft.data[role]
+        raw = self.raw[role]
+        if len(want) == 1 and len(raw) == 1 and raw[0]["kind"] == want[0]["kind"]:
+            changed = _diff(self.base[role][0], want[0])
+            if changed is not _SAME:
+                self.lines.append(f"{role}:")
+                self.emit(changed, role, 2, flow_depth=None)
+            return
+        self.lines.append(f"{role}:")
+        for i, section in enumerate(want):
+            path = section_path(role, i, len(want))
+            kind = section["kind"]
+            defaults = kinds_of(role)[kind].model_validate({}).model_dump(exclude={"layers"})
+            rest = {k: v for k, v in section.items() if k not in ("kind", "layers")}
+            changed = _diff(defaults, rest)
+            lead, pad = ("  ", "  ") if len(want) == 1 else ("  - ", "    ")
+            self.lines.append(f"{lead}kind: {flow(kind)}{self.comment(f'{path}.kind')}")
+            if "layers" in section:
+                self.lines.append(f"{pad}layers: {flow(section['layers'])}{self.comment(f'{path}.layers')}")
+            if changed is not _SAME:
+                self.emit(changed, path, len(pad), flow_depth=None)
 
     def header(self, extends: str, spec_file: str) -> list[str]:
         inv = self.draft.inventory
@@ -123,8 +149,8 @@ class _Writer:
                     f"`{inv.arch}`;", "# change it here or draft again with the option):"]
             for d in assumed:
                 out.append(f"#   {d.path} = {flow(d.value)}   ({d.option})")
-                out += textwrap.wrap(ASSUMPTIONS[d.path][1], 100, break_on_hyphens=False, initial_indent="#       ",
-                                     subsequent_indent="#       ")
+                out += textwrap.wrap(ASSUMPTIONS[generic(d.path)][1], 100, break_on_hyphens=False,
+                                     initial_indent="#       ", subsequent_indent="#       ")
         out.append("")
         return out
 

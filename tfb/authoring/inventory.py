@@ -4,7 +4,7 @@ tensors each layer has, in llama.cpp's naming (gguf.constants)."""
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -60,17 +60,24 @@ class Inventory:
 
     # ------------------------------------------------------------------------------------- tensors
 
-    def has(self, slot: str) -> bool:
-        """The slot's standard tensor is in the file (in any layer, for per-layer slots)."""
-        return self.presence(slot) != "none"
+    def has(self, slot: str, layers: Collection[int] | None = None) -> bool:
+        """The slot's standard tensor is in the file (in any layer, or any of `layers`, for per-layer slots)."""
+        return self.presence(slot, layers) != "none"
 
-    def presence(self, slot: str) -> Presence:
-        """required: in the file (in every layer); optional: in some layers only; none: absent."""
+    def presence(self, slot: str, layers: Collection[int] | None = None) -> Presence:
+        """required: in the file (in every layer, or every one of `layers`); optional: in some of them only;
+        none: absent."""
         name = standard_name(slot)
         if "{i}" not in name:
             return "required" if name in self.tensors else "none"
-        found = sum(name.replace("{i}", str(i)) in self.tensors for i in range(self.n_layers))
-        return "none" if found == 0 else "required" if found == self.n_layers else "optional"
+        among = range(self.n_layers) if layers is None else layers
+        found = len(self.layers_with(slot) & set(among))
+        return "none" if found == 0 else "required" if found == len(among) else "optional"
+
+    def layers_with(self, slot: str) -> set[int]:
+        """The layers that have the slot's standard tensor."""
+        name = standard_name(slot)
+        return {i for i in range(self.n_layers) if name.replace("{i}", str(i)) in self.tensors}
 
     def shape(self, slot: str) -> tuple[int, ...] | None:
         """The shape of the slot's tensor (of the first layer that has it)."""

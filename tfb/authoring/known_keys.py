@@ -6,6 +6,8 @@ two norm epsilons are one field: which key a file carries tells the norm kind (s
 
 from __future__ import annotations
 
+from tfb.spec.kinds.routed import GATING_FUNCS
+
 NORM_EPS_KEYS = {"rmsnorm": "{arch}.attention.layer_norm_rms_epsilon",
                  "layernorm": "{arch}.attention.layer_norm_epsilon"}
 
@@ -17,8 +19,11 @@ KEYS: dict[str, tuple[str, ...]] = {
     "intermediate_size": ("{arch}.feed_forward_length",),
     "n_heads": ("{arch}.attention.head_count",),
     "n_kv_heads": ("{arch}.attention.head_count_kv",),
-    "head_dim": ("{arch}.attention.key_length",),
-    "value_dim": ("{arch}.attention.value_length",),
+    # latent attention files give one head's sizes in the *_mla keys (key_length is then the latent cache's)
+    "head_dim": ("{arch}.attention.key_length_mla", "{arch}.attention.key_length"),
+    "value_dim": ("{arch}.attention.value_length_mla", "{arch}.attention.value_length"),
+    "q_lora_rank": ("{arch}.attention.q_lora_rank",),
+    "kv_lora_rank": ("{arch}.attention.kv_lora_rank",),
     "attention_scale": ("{arch}.attention.scale",),
     "rope_base": ("{arch}.rope.freq_base",),
     "rope_dims": ("{arch}.rope.dimension_count",),
@@ -43,10 +48,19 @@ KEYS: dict[str, tuple[str, ...]] = {
     "expert_intermediate_size": ("{arch}.expert_feed_forward_length",),
     "expert_weights_norm": ("{arch}.expert_weights_norm",),
     "expert_weights_scale": ("{arch}.expert_weights_scale",),
+    "expert_group_count": ("{arch}.expert_group_count",),
+    "expert_group_used_count": ("{arch}.expert_group_used_count",),
+    "expert_shared_intermediate_size": ("{arch}.expert_shared_feed_forward_length",),
+    "expert_shared_count": ("{arch}.expert_shared_count",),
+    "leading_dense_block_count": ("{arch}.leading_dense_block_count",),
+    "moe_layer_step": ("{arch}.interleave_moe_layer_step",),
 }
+
+# config fields that say which layers take which section of a `mixer:`/`ffn:` list: rule -> fields
+LAYER_RULE_FIELDS = {"below": ("leading_dense_block_count",), "every": ("moe_layer_step",)}
 
 # keys that settle a switch rather than a config field
 PARALLEL_RESIDUAL = "{arch}.use_parallel_residual"
-EXPERT_GATING = "{arch}.expert_gating_func"  # 1: softmax, 2: sigmoid (gguf ExpertGatingFuncType)
-EXPERT_GATING_VALUES = {1: "softmax", 2: "sigmoid"}
+EXPERT_GATING = "{arch}.expert_gating_func"  # llama.cpp: 1 softmax, 2 sigmoid, 3 softmax over the chosen
+EXPERT_GATING_VALUES = GATING_FUNCS
 SLIDING_WINDOW_PATTERN = "{arch}.attention.sliding_window_pattern"  # per-layer booleans, or a period n

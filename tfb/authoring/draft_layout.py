@@ -1,0 +1,193 @@
+"""Which `mixer:` and `ffn:` sections a file's layers show, for `tfb draft`, and the drafted spec's data
+with those sections.
+
+Each layer's kind is the kind whose tensor slots cover most of the layer's tensors (an `attn_kv_a_mqa`
+makes a latent attention layer, an `ffn_gate_inp` a routed one). When the layers take two kinds, the
+draft is a list: the first section takes the layers that a rule on a config field selects (`below:
+leading_dense_block_count`, `every: moe_layer_step`) when the file's value of that field selects exactly
+them, else a pattern of the file's own layers; the last section takes the rest.
+
+Dotted paths into the drafted data (`ffn.gating`) step into a list of sections by number (`ffn.0.layers`),
+and any other word steps into its last section: the one for every other layer.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from pydantic import ValidationError
+
+from tfb.authoring.inventory import Inventory, standard_name
+from tfb.authoring.known_keys import KEYS, LAYER_RULE_FIELDS
+from tfb.spec.base import KindSection, LayerRule, selects
+from tfb.spec.fields import FIELD_BY_NAME
+from tfb.spec.kinds import DEFAULT_KIND, FFN_KINDS, MIXER_KINDS
+
+ROLES = ("mixer", "ffn")
+
+
+def kinds_of(role: str) -> dict[str, type[KindSection]]:
+    return MIXER_KINDS if role == "mixer" else FFN_KINDS
+
+
+# ------------------------------------------------------------------------------------------- paths
+
+
+def get_path(data: Any, path: str) -> Any:
+    for part in path.split("."):
+        if isinstance(data, list):
+            if not part.isdigit():
+                data = data[-1] if data else None  # the last section, then this key in it
+            else:
+                data = data[int(part)] if int(part) < len(data) else None
+                continue
+        if not isinstance(data, dict):
+            return None
+        data = data.get(part)
+    return data
+
+
+def set_path(data: dict[str, Any], path: str, value: Any) -> None:
+    *parents, last = path.split(".")
+    node: Any = data
+    for part in parents:
+        if isinstance(node, list):
+            if part.isdigit():
+                node = node[int(part)]
+                continue
+            node = node[-1]
+        if not isinstance(node.get(part), (dict, list)):
+            node[part] = {}
+        node = node[part]
+    if isinstance(node, list):
+        node = node[-1]
+    node[last] = value
+
+
+def section_path(role: str, index: int, count: int) -> str:
+    """The dotted path of section `index` of `count`: the last one is the role itself."""
+    return role if index == count - 1 else f"{role}.{index}"
+
+
+# ------------------------------------------------------------------------------------------ layout
+
+
+@dataclass(frozen=True)
+class Part:
+    """One drafted section: its kind, its `layers:` selector (the last part takes the rest: all), the
+    file's layers it serves, and the evidence."""
+
+    kind: str
+    layers: Any
+    members: frozenset[int]
+    evidence: str  # the tensors that show the kind
+    why: str = ""  # what shows the layers (all but the last part)
+
+
+def _layer_kind(inv: Inventory, role: str, layer: int) -> str | None:
+    """The kind whose slots cover most of the layer's tensors (the default kind on a tie); None when the
+    layer has no tensor of any kind of this role."""
+    kinds = kinds_of(role)
+    have = {slot for cls in kinds.values() for slot in cls.SLOTS if layer in inv.layers_with(slot)}
+    if not have:
+        return None
+    scores = {name: len(have & set(cls.SLOTS)) for name, cls in kinds.items()}
+    best = max(scores.values())
+    default = DEFAULT_KIND[role]
+    return default if scores.get(default) == best else next(n for n, v in scores.items() if v == best)
+
+
+def file_int(inv: Inventory, name: str) -> tuple[str, int] | None:
+    """The key and value of an integer config field in the file, by llama.cpp's key for it."""
+    for template in KEYS.get(name, ()):
+        value = inv.value(template)
+        if isinstance(value, int) and not isinstance(value, bool):
+            return inv.key(template), value
+    return None
+
+
+def layers_text(layers: frozenset[int] | set[int]) -> str:
+    shown = sorted(layers)
+    more = "..." if len(shown) > 8 else ""
+    return f"layer{'s' * (len(shown) != 1)} {', '.join(map(str, shown[:8]))}{more}"
+
+
+def _kind_evidence(inv: Inventory, role: str, kind: str, members: frozenset[int]) -> str:
+    """The file's tensors of `kind` that the role's default kind does not read, and where."""
+    own = [s for s in kinds_of(role)[kind].SLOTS if s not in kinds_of(role)[DEFAULT_KIND[role]].SLOTS
+           and inv.has(s, members)] or [s for s in kinds_of(role)[kind].SLOTS if inv.has(s, members)]
+    if not own:
+        return f"{inv.key('{arch}.expert_count')} > 0"
+    where = "every layer" if len(members) == inv.n_layers else layers_text(members)
+    return f"{', '.join(standard_name(s) for s in own[:2])} in {where}"
+
+
+def _selected(rule: LayerRule, value: int, n_layers: int) -> frozenset[int]:
+    """The layers a rule selects when its field has `value` in every layer."""
+    return frozenset(i for i in range(n_layers) if selects(rule, i, lambda _field, _layer: value))
+
+
+def layout(inv: Inventory, role: str) -> list[Part]:
+    """The sections `role` needs for the file's layers, first to last."""
+    every = frozenset(range(inv.n_layers))
+    by_kind: dict[str, set[int]] = {}
+    for i in range(inv.n_layers):
+        kind = _layer_kind(inv, role, i)
+        if kind is not None:
+            by_kind.setdefault(kind, set()).add(i)
+    if role == "ffn" and int(inv.value("{arch}.expert_count", 0) or 0) > 0 and not by_kind.get("routed"):
+        by_kind = {"routed": set(every)}  # experts by the metadata, whatever the tensors say
+    if len(by_kind) != 2 or sum(map(len, by_kind.values())) != inv.n_layers:
+        kind = next(iter(by_kind)) if len(by_kind) == 1 else DEFAULT_KIND[role]
+        return [Part(kind, "all", every, _kind_evidence(inv, role, kind, every))]
+    groups = sorted(((k, frozenset(v)) for k, v in by_kind.items()), key=lambda kv: min(kv[1]))
+    for (first, chosen), (rest, others) in (groups, groups[::-1]):
+        for condition, names in LAYER_RULE_FIELDS.items():
+            for name in names:
+                found = file_int(inv, name)
+                if found is None or name not in FIELD_BY_NAME:
+                    continue
+                key, n = found
+                if _selected(LayerRule(**{condition: name}), n, inv.n_layers) == chosen:
+                    return [Part(first, {condition: name}, chosen, _kind_evidence(inv, role, first, chosen),
+                                 f"{key} = {n}: {layers_text(chosen)}"),
+                            Part(rest, "all", others, _kind_evidence(inv, role, rest, others))]
+    (first, chosen), (rest, others) = groups
+    return [Part(first, [i in chosen for i in range(inv.n_layers)], chosen, _kind_evidence(inv, role, first, chosen),
+                 f"{layers_text(chosen)}, as the file's tensors show (no config field says which layers)"),
+            Part(rest, "all", others, _kind_evidence(inv, role, rest, others))]
+
+
+# ------------------------------------------------------------------------------------------- view
+
+
+def _section(sections: list[dict[str, Any]], role: str, kind: str) -> dict[str, Any]:
+    """The settings of the spec's first section of `kind`, else those of its first section that `kind`
+    shares (a dense MLP's activation for experts)."""
+    cls = kinds_of(role)[kind]
+    chosen = next((s for s in sections if s.get("kind") == kind), None)
+    if chosen is not None:
+        return cls.model_validate({**chosen, "kind": kind}).model_dump(exclude={"layers"})
+    shared = {k: v for k, v in sections[0].items() if k in cls.model_fields and k not in ("kind", "layers")
+              and _fits(cls, {k: v, "kind": kind})}
+    return cls.model_validate({**shared, "kind": kind}).model_dump(exclude={"layers"})
+
+
+def _fits(cls: type[KindSection], data: dict[str, Any]) -> bool:
+    try:
+        cls.model_validate(data)
+    except ValidationError:
+        return False
+    return True
+
+
+def draft_view(data: dict[str, Any], inv: Inventory) -> dict[str, Any]:
+    """A spec's data with the mixer and ffn sections the file's layers show, each from the spec's section
+    of that kind (the last takes every layer the others do not)."""
+    out = dict(data)
+    for role in ROLES:
+        parts = layout(inv, role)
+        out[role] = [{**_section(data[role], role, p.kind), **({"layers": p.layers} if i < len(parts) - 1 else {})}
+                     for i, p in enumerate(parts)]
+    return out
