@@ -1,6 +1,7 @@
-"""The `attention` mixer kind: causal self-attention with separate or fused projections, GQA, Q/K norm,
-rope, sliding window, soft-capping, sinks and a position-dependent query temperature; its layer state is
-the keys and values of the positions seen so far."""
+"""The `attention` mixer kind: causal self-attention with separate or fused projections, GQA, Q/K norm
+(before or after rope), rope, sliding window, chunks, soft-capping, sinks and a position-dependent query
+temperature; its layer state is the keys and values of the positions seen so far. The math:
+tfb/spec/kinds/attention.py."""
 
 from __future__ import annotations
 
@@ -36,19 +37,26 @@ TARGETS = {
 def build(section: Section, c: ModelConfig, ctx: BuildContext) -> Attention:
     shape = AttentionShape(c.hidden_size, c.n_heads, c.n_kv_heads, c.head_dim, c.value_dim)
     window = c.sliding_window if selects(section.sliding_window, ctx.layer, c.value) else 0
+    use_rope = selects(section.rope.layers, ctx.layer, c.value)
+    norm = section.qk_norm
+    with_norm = norm is not None and c.qk_norm and c.use_qk_norm != 0 and (norm.layers == "all" or use_rope)
+    warm = c.attn_temperature_scale > 0 and (section.temperature == "all" or not use_rope)
     opts = AttentionOptions(
         fused_qkv=c.fused_qkv,
-        qk_norm=section.qk_norm.kind if section.qk_norm and c.qk_norm else None,
-        qk_norm_over=section.qk_norm.over if section.qk_norm else "head",
+        qk_norm=norm.kind if norm is not None and with_norm else None,
+        qk_norm_over=norm.over if norm else "head",
         norm_eps=c.norm_eps,
         scale=c.attention_scale,
         softcap=c.attn_softcap,
         clamp=c.clamp_qkv,
         window=window,
-        use_rope=selects(section.rope.layers, ctx.layer, c.value),
+        use_rope=use_rope,
         sinks=section.sinks,
-        temperature_scale=c.attn_temperature_scale,
+        temperature_scale=c.attn_temperature_scale if warm else 0.0,
         temperature_length=c.attn_temperature_length,
+        temperature_offset=c.attn_temperature_offset,
+        chunk=c.attention_chunk_size if selects(section.chunked, ctx.layer, c.value) else 0,
+        qk_norm_after_rope=norm is not None and norm.after_rope,
     )
     rotary = ctx.rotary(RopeParams.from_config(c, section.rope.pairing, sliding=window > 0))
     return Attention(shape, opts, ctx, rotary)
@@ -77,6 +85,9 @@ class AttentionOptions:
     sinks: bool
     temperature_scale: float
     temperature_length: int
+    temperature_offset: float = 0.0  # q *= 1 + scale * log(floor((pos + offset) / length) + 1)
+    chunk: int = 0  # 0: no chunks; else a query sees only the keys of its own chunk of `chunk` positions
+    qk_norm_after_rope: bool = False
 
 
 class Attention(nn.Module):
@@ -122,24 +133,34 @@ class Attention(nn.Module):
             q, k, v = self.q(x), self.k(x), self.v(x)
         if o.clamp:
             q, k, v = (z.clamp(-o.clamp, o.clamp) for z in (q, k, v))
-        if o.qk_norm is not None and o.qk_norm_over == "all":
+        before = o.qk_norm is not None and not o.qk_norm_after_rope
+        if before and o.qk_norm_over == "all":
             q, k = self.q_norm(q), self.k_norm(k)
         q = q.view(b, t, s.n_heads, s.head_dim)
         k = k.view(b, t, s.n_kv_heads, s.head_dim)
         v = v.view(b, t, s.n_kv_heads, s.value_dim)
-        if o.qk_norm is not None and o.qk_norm_over != "all":
+        if before and o.qk_norm_over != "all":
             q, k = self.q_norm(q), self.k_norm(k)
         if o.use_rope:
             q, k = self.rotary.rotate_pair(q, k, *step.angles(self.rotary))
         if o.temperature_scale:
-            steps = torch.floor(positions.double() / o.temperature_length)
+            steps = torch.floor((positions.double() + o.temperature_offset) / o.temperature_length)
             temp = (torch.log(steps + 1.0) * o.temperature_scale + 1.0).to(q.dtype)
             q = q * temp[..., None, None]
+        if o.qk_norm is not None and o.qk_norm_after_rope:
+            q, k = self._norm_after_rope(q, k)
         q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
         if state is not None:
             k, v = state.update(step.start, k, v)
         out = self.attend(q, k, v, positions)
         return self.o(out.transpose(1, 2).reshape(b, t, s.n_heads * s.value_dim))
+
+    def _norm_after_rope(self, q: torch.Tensor, k: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The Q/K norm on rotated q and k ([b, t, heads, d]); over the whole projection it sees each
+        position's heads as one vector."""
+        if self.opts.qk_norm_over != "all":
+            return self.q_norm(q), self.k_norm(k)
+        return self.q_norm(q.flatten(2)).view_as(q), self.k_norm(k.flatten(2)).view_as(k)
 
     def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
         """q: [b, heads, t, d]; k, v: [b, kv_heads, s, d]; positions: [b, t] of the queries."""
@@ -167,24 +188,34 @@ class Attention(nn.Module):
 
     def _attend_native(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor | None:
         """A single query by the native kernel (None where it cannot serve): the query is the newest
-        position, so causality lets it see every key, and a window the last `window` of them."""
+        position, so causality lets it see every key, a window the last `window` of them, and a chunk
+        those from the start of its chunk on."""
         o = self.opts
+        first = 0
         if o.window:
-            k, v = k[:, :, -o.window:], v[:, :, -o.window:]
+            first = max(first, k.shape[2] - o.window)
+        if o.chunk:
+            first = max(first, (k.shape[2] - 1) // o.chunk * o.chunk)
+        if first:
+            k, v = k[:, :, first:], v[:, :, first:]
         return native.attend(q, k, v, o.scale, o.softcap, self.sinks)
 
     def _allowed(self, positions: torch.Tensor, s: int) -> torch.Tensor | None:
         """Which of the s keys each query may see, [b, 1, t, s]; None where causality says it all: a
         single query (it comes after every key) or a prompt on an empty cache (query i sees keys <= i),
-        without a window."""
+        without a window or chunks."""
+        o = self.opts
         t = positions.shape[1]
-        if not self.opts.window and (t == 1 or t == s):
+        if not o.window and not o.chunk and (t == 1 or t == s):
             return None
         key_pos = torch.arange(s, device=positions.device)
         q_pos = positions[:, None, :, None]
         allowed = key_pos <= q_pos
-        if self.opts.window:
-            allowed = allowed & (q_pos - key_pos < self.opts.window)
+        if o.window:
+            allowed = allowed & (q_pos - key_pos < o.window)
+        if o.chunk:
+            allowed = allowed & (torch.div(key_pos, o.chunk, rounding_mode="floor")
+                                 == torch.div(q_pos, o.chunk, rounding_mode="floor"))
         return allowed
 
     def _attend_explicit(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, allowed: torch.Tensor | None,

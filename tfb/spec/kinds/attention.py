@@ -1,6 +1,14 @@
-"""The `attention` mixer kind: causal softmax attention (MHA, GQA, MQA), its projections, Q/K norms, rope
-and windows. Sizes are the config fields n_heads, n_kv_heads, head_dim and value_dim (per layer where the
-file gives arrays)."""
+"""The `attention` mixer kind: causal softmax attention (MHA, GQA, MQA), its projections, Q/K norms, rope,
+windows, chunks and a query temperature. Sizes are the config fields n_heads, n_kv_heads, head_dim and
+value_dim (per layer where the file gives arrays).
+
+Per query at position p, key at position j (j <= p):
+  sliding_window layers:  j > p - W                      (W = sliding_window)
+  chunked layers:         floor(j / C) == floor(p / C)   (C = attention_chunk_size; each chunk attends alone)
+  temperature:            q *= 1 + s * log(floor((p + o) / L) + 1)
+                          (s = attn_temperature_scale, L = attn_temperature_length, o = attn_temperature_offset)
+Order on q and k: Q/K norm (before rope), rope, temperature (q only), Q/K norm (after rope).
+"""
 
 from __future__ import annotations
 
@@ -9,7 +17,19 @@ from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from tfb.spec.base import LAYER_PATTERN_DOC, KindSection, LayerPattern, Need, NormKind, Presence, Strict, add_slot
+from tfb.spec.base import (
+    LAYER_PATTERN_DOC,
+    SELECTOR_DOC,
+    ConfigField,
+    KindSection,
+    LayerPattern,
+    LayerSelector,
+    Need,
+    NormKind,
+    Presence,
+    Strict,
+    add_slot,
+)
 
 if TYPE_CHECKING:
     from tfb.spec.schema import Spec
@@ -17,7 +37,7 @@ if TYPE_CHECKING:
 
 
 class QKNorm(Strict):
-    """A norm on queries and keys before rope."""
+    """A norm on queries and keys, before rope unless `after_rope`."""
 
     kind: NormKind = Field("rmsnorm", description="norm kind of the Q/K norm")
     over: Literal["head", "each_head", "all"] = Field(
@@ -28,6 +48,12 @@ class QKNorm(Strict):
     presence: Literal["required", "optional"] = Field(
         "required", description="optional: only in files that have the Q/K norm tensors (the norm applies "
         "where they are)")
+    parametric: bool = Field(True, description="false: no weight tensors, the norm only divides by rms(x) "
+                             "(or centres and divides by the std: layernorm)")
+    after_rope: bool = Field(False, description="true: the norm acts after rope (and after the temperature), "
+                             "not before rope")
+    layers: Literal["all", "rope"] = Field(
+        "all", description="all: every layer of the section; rope: only the layers that apply rope")
 
     @model_validator(mode="before")
     @classmethod
@@ -75,6 +101,14 @@ class Attention(KindSection):
         "attn_q", "attn_k", "attn_v", "attn_qkv", "attn_output",
         "attn_q_bias", "attn_k_bias", "attn_v_bias", "attn_qkv_bias", "attn_output_bias",
         "attn_q_norm", "attn_k_norm", "attn_q_norm_bias", "attn_k_norm_bias", "attn_sinks")
+    FIELDS: ClassVar[tuple[ConfigField, ...]] = (
+        ConfigField("attention_chunk_size", "int", "positions per chunk of the chunked layers (0: no chunks)", 0,
+                    "nonnegative"),
+        ConfigField("attn_temperature_offset", "float", "o in the query temperature 1 + s*log(floor((pos + o)/"
+                    "length) + 1)", 0.0, "nonnegative"),
+        ConfigField("use_qk_norm", "int", "1: the spec's Q/K norm without weights applies, 0: it does not (for "
+                    "families where llama.cpp infers it from another fact of the file)", 1, "nonnegative"),
+    )
 
     kind: Literal["attention"] = "attention"
     qkv: Literal["separate", "fused", "auto"] = Field(
@@ -88,6 +122,12 @@ class Attention(KindSection):
     sliding_window: LayerPattern = Field(
         "none", description="layers that attend only to the last `sliding_window` positions; "
         + LAYER_PATTERN_DOC)
+    chunked: LayerSelector = Field(
+        "none", description="layers where a query sees only the keys of its own chunk: positions are cut "
+        "into chunks of `attention_chunk_size` (none when 0), floor(key/C) == floor(query/C); " + SELECTOR_DOC)
+    temperature: Literal["all", "no_rope"] = Field(
+        "all", description="layers whose queries the temperature (attn_temperature_scale > 0) scales: all, or "
+        "no_rope: only those that do not apply rope")
     sinks: bool = Field(False, description="a learned per-head logit that joins each softmax (attn_sinks)")
 
     @field_validator("qk_norm", mode="before")
@@ -108,7 +148,7 @@ class Attention(KindSection):
                 add_slot(out, f"attn_{p}_bias", getattr(self.bias, p))
         out["attn_output"] = "required"
         add_slot(out, "attn_output_bias", self.bias.o)
-        if self.qk_norm is not None and facts.qk_norm:
+        if self.qk_norm is not None and self.qk_norm.parametric and facts.qk_norm:
             out["attn_q_norm"] = out["attn_k_norm"] = "required"
             if self.qk_norm.kind == "layernorm":
                 bias = spec.norm.bias if self.qk_norm.bias == "norm" else self.qk_norm.bias
@@ -132,12 +172,25 @@ class Attention(KindSection):
 
     def problems(self) -> list[tuple[tuple[str, ...], str]]:
         out: list[tuple[tuple[str, ...], str]] = []
-        for key, pattern in ((("sliding_window",), self.sliding_window), (("rope", "layers"), self.rope.layers)):
+        for key, pattern in ((("sliding_window",), self.sliding_window), (("rope", "layers"), self.rope.layers),
+                             (("chunked",), self.chunked)):
             if pattern == []:  # repeated over the layers, an empty list would divide by zero
                 out.append((key, "an empty list of layers; write 'none' for no layers"))
+        if self.qk_norm is not None and not self.qk_norm.parametric:
+            if self.qk_norm.presence == "optional":
+                out.append((("qk_norm", "presence"), "a Q/K norm without weights has no tensors that could be "
+                            "present or absent; write presence: required"))
+            if self.qk_norm.kind == "layernorm" and self.qk_norm.bias not in ("norm", "none"):
+                out.append((("qk_norm", "bias"), "a Q/K norm without weights has no bias either"))
+        elif self.qk_norm is not None and self.qk_norm.layers != "all":
+            out.append((("qk_norm", "layers"), "a Q/K norm with weight tensors applies on every layer of its "
+                        "section; give the other layers a mixer section of their own, or write parametric: false"))
         return out
 
     def check(self, c: Any) -> str | None:
+        if c.use_qk_norm == 0 and self.qk_norm is not None and self.qk_norm.parametric:
+            return ("use_qk_norm = 0 turns off only a Q/K norm without weights (parametric: false); one with "
+                    "weight tensors follows the file (qk_norm.presence: optional)")
         if c.n_heads <= 0 or c.n_kv_heads <= 0:
             return f"`n_heads` = {c.n_heads} and `n_kv_heads` = {c.n_kv_heads} must be positive in an attention layer"
         if c.n_heads % c.n_kv_heads:
