@@ -81,9 +81,20 @@ FAMILIES: dict[str, Family] = {
     "phi2": Family("PhiForCausalLM", "PhiConfig", dict(
         BASE, num_key_value_heads=4, intermediate_size=256, rope_parameters=PARTIAL_ROPE), tokenizer="gpt2"),
     "phi3": Family("Phi3ForCausalLM", "Phi3Config", dict(BASE, pad_token_id=None, rope_parameters=PARTIAL_ROPE)),
-    "phi3_longrope": Family("Phi3ForCausalLM", "Phi3Config", dict(
+    # a sliding window in the file (the converter writes it), which llama.cpp's phi3 switches off
+    "phi3_window": Family("Phi3ForCausalLM", "Phi3Config", dict(BASE, pad_token_id=None, sliding_window=8,
+                                                                 rope_parameters=PARTIAL_ROPE)),
+    # an original context below llama.cpp's context step of 256: llama.cpp rounds any context past it
+    "phi3_longrope_32": Family("Phi3ForCausalLM", "Phi3Config", dict(
         BASE, pad_token_id=None, max_position_embeddings=128, original_max_position_embeddings=32,
         rope_parameters=dict(rope_type="longrope", rope_theta=10000.0, original_max_position_embeddings=32,
+                             short_factor=[1.0 + 0.1 * i for i in range(8)],
+                             long_factor=[1.0 + 0.9 * i for i in range(8)]))),
+    # an original context of 256 (llama.cpp's context step, see tests/llama_reference.py): llama.cpp runs
+    # the short factors at a context of 256, the long ones beyond
+    "phi3_longrope": Family("Phi3ForCausalLM", "Phi3Config", dict(
+        BASE, pad_token_id=None, max_position_embeddings=1024, original_max_position_embeddings=256,
+        rope_parameters=dict(rope_type="longrope", rope_theta=10000.0, original_max_position_embeddings=256,
                              short_factor=[1.0 + 0.1 * i for i in range(8)],
                              long_factor=[1.0 + 0.9 * i for i in range(8)]))),
     "mistral3": Family("Ministral3ForCausalLM", "Ministral3Config", dict(
@@ -129,9 +140,16 @@ FAMILIES: dict[str, Family] = {
         rope_parameters=dict(rope_type="yarn", rope_theta=10000.0, factor=4.0, original_max_position_embeddings=32,
                              beta_fast=32.0, beta_slow=1.0, truncate=True)),
         tokenizer="gpt2", keep_f32=("router.weight",), transposed=("experts.gate_up_proj", "experts.down_proj")),
+    # Phi-3.5-MoE's layout: longrope factors with short/long mscale (equal, as released), Q/K/V/O and output
+    # biases, a window as long as the context. The original context is 256 (llama.cpp's smallest context
+    # step) so that llama.cpp can run both factor sets: short at a context of 256, long beyond.
     "phimoe": Family("PhimoeForCausalLM", "PhimoeConfig", dict(
         BASE, num_local_experts=4, num_experts_per_tok=2, attention_bias=True, lm_head_bias=True, pad_token_id=None,
-        rope_parameters=dict(rope_type="default", rope_theta=10000.0, original_max_position_embeddings=128)),
+        max_position_embeddings=1024, sliding_window=1024,
+        rope_parameters=dict(rope_type="longrope", rope_theta=10000.0, original_max_position_embeddings=256,
+                             short_factor=[1.0 + 0.1 * i for i in range(8)],
+                             long_factor=[1.0 + 0.9 * i for i in range(8)],
+                             short_mscale=1.243163121016122, long_mscale=1.243163121016122)),
         keep_f32=("router.weight",), architecture="PhiMoEForCausalLM"),
     # DeepSeek V3: MLA with q_lora (v_head_dim differs from qk_nope_head_dim so a mixed-up split shows; every
     # matrix row a multiple of 32 so Q8_0/Q4_0 files quantize k_b/v_b and the experts too); 8 experts in 4

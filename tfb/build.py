@@ -180,9 +180,11 @@ def plan_tensors(model: Transformer, spec: Spec, present: Collection[str]) -> li
             add("global", slot, need, _target(model, path), method)
     if model.rotaries and any(s.uses_rope() for s in spec.mixer):
         # llama.cpp's choice: the fixed factor set if present, else the long factors when the run context
-        # exceeds the original context, else the short ones
+        # exceeds the original context, else the short ones. llama.cpp first rounds the context it is given
+        # up to a multiple of 256, so a context at or below an original context that is not such a
+        # multiple can still take the long factors there; so here.
         fixed = spec.tensors.global_.rope_freqs  # type: ignore[attr-defined]
-        long = c.run_context_length > c.rope_original_context
+        long = -(-c.run_context_length // 256) * 256 > c.rope_original_context
         slot = "rope_freqs" if fixed is not None and fixed.name in present else \
             "rope_factors_long" if long else "rope_factors_short"
         add("global", slot, "optional", model, "set_freq_factors")
