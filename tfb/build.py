@@ -251,9 +251,9 @@ def checked_plan(model: Transformer, spec: Spec, gguf: GGUFFile) -> list[Planned
 
 
 def unread_tensors(config: ModelConfig, spec: Spec, gguf: GGUFFile, plan: list[PlannedTensor]) -> list[str]:
-    """The file's tensors that no slot of the spec reads."""
+    """The file's tensors that no slot of the spec reads, except those the spec leaves unread on purpose."""
     read = names_read(spec, config, FileFacts.of(config)) | {p.name for p in plan}
-    return [name for name in gguf.tensors if name not in read]
+    return [name for name in gguf.tensors if name not in read and not spec.tensors.left_unread(name, config.n_layers)]
 
 
 def load_weights(model: Transformer, spec: Spec, gguf: GGUFFile, *, expand: bool = False,

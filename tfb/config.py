@@ -28,6 +28,10 @@ class ModelConfig:
     vocab_size: int = hparam("number of tokens in the vocabulary", range="positive")
     hidden_size: int = hparam("width of the residual stream (n_embd)", range="positive")
     n_layers: int = hparam("number of transformer blocks", range="positive")
+    block_count: int = hparam("blocks the file holds, next-token-prediction blocks included (0: not read; a spec "
+                              "that builds fewer derives n_layers from it)", 0, "nonnegative")
+    nextn_predict_layers: int = hparam("trailing blocks of the file that predict further tokens (multi-token "
+                                       "prediction), which llama.cpp does not run", 0, "nonnegative")
     n_heads: int = hparam("query heads per layer", range="nonnegative")
     n_kv_heads: int = hparam("key/value heads per layer (GQA when fewer than n_heads)", range="nonnegative")
     head_dim: int = hparam("width of one query/key head", range="positive")

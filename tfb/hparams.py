@@ -153,6 +153,9 @@ class _Resolver:
         if rule.product is not None:
             a, b = (self.evaluate(x, field, stack) for x in rule.product)
             return a * b if isinstance(a, int) and isinstance(b, int) else float(a) * float(b)
+        if rule.difference is not None:
+            a, b = (self.evaluate(x, field, stack) for x in rule.difference)
+            return a - b if isinstance(a, int) and isinstance(b, int) else float(a) - float(b)
         assert rule.quotient is not None
         a, b = (self.evaluate(x, field, stack) for x in rule.quotient)
         names = " / ".join(x if isinstance(x, str) else str(x) for x in rule.quotient)

@@ -50,6 +50,8 @@ def _describe_default(rule: HParam) -> str:
         return "{} / {}".format(*default.quotient)
     if default.product is not None:
         return "{} x {}".format(*default.product)
+    if default.difference is not None:
+        return "{} - {}".format(*default.difference)
     if default.sqrt is not None:
         return f"sqrt({default.sqrt})"
     if default.inverse_sqrt is not None:

@@ -36,7 +36,7 @@ def _pattern(pattern: LayerPattern) -> str:
 
 def _layers(selector: LayerSelector) -> str:
     if isinstance(selector, LayerRule):
-        return next(f"{k} {v}" for k, v in selector if v is not None)
+        return " and ".join(f"{k} {v}" for k, v in selector.conditions())
     return _pattern(selector)
 
 

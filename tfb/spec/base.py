@@ -28,7 +28,7 @@ LAYER_PATTERN_DOC = ("which layers: 'all', 'none', or a list of booleans repeate
 
 
 class LayerRule(Strict):
-    """Which layers, from config fields: exactly one condition."""
+    """Which layers, from config fields: one condition, or several that must all hold."""
 
     below: str | None = Field(None, description="layers i < FIELD (e.g. the leading dense layers)")
     every: str | None = Field(None, description="layers with (i + 1) % FIELD == 0 (an interleave step; none when 0)")
@@ -36,18 +36,31 @@ class LayerRule(Strict):
     zero: str | None = Field(None, description="layers where FIELD (a per-layer value or one for all) is 0")
 
     @model_validator(mode="after")
-    def _one(self) -> LayerRule:
-        chosen = [name for name, value in self if value is not None]
-        if len(chosen) != 1:
-            raise ValueError(f"give exactly one of: below, every, nonzero, zero (got {', '.join(chosen) or 'none'})")
+    def _some(self) -> LayerRule:
+        if not self.conditions():
+            raise ValueError("give one or more of: below, every, nonzero, zero (the layers where all hold)")
         return self
 
-    def field(self) -> str:
-        return next(value for _, value in self if value is not None)
+    def conditions(self) -> list[tuple[str, str]]:
+        """(condition, config field) for each condition given."""
+        return [(name, value) for name, value in self if value is not None]
+
+    def holds(self, layer: int, value: Any) -> bool:
+        """Whether every condition holds at `layer`; `value(field, layer)` reads a config field."""
+        return all(_condition_holds(condition, layer, value(field, layer)) for condition, field in self.conditions())
+
+
+def _condition_holds(condition: str, layer: int, n: Any) -> bool:
+    if condition == "below":
+        return bool(layer < n)
+    if condition == "every":
+        return bool(n > 0 and (layer + 1) % n == 0)
+    return (n != 0) == (condition == "nonzero")
 
 
 LayerSelector = LayerPattern | LayerRule
-SELECTOR_DOC = LAYER_PATTERN_DOC + "; or a rule on config fields: {below: F}, {every: F}, {nonzero: F}, {zero: F}"
+SELECTOR_DOC = LAYER_PATTERN_DOC + ("; or a rule on config fields: {below: F}, {every: F}, {nonzero: F}, {zero: F}, "
+                                   "or several of them, which must all hold")
 
 
 def add_slot(out: dict[str, Need], slot: str, presence: str) -> None:
@@ -65,12 +78,7 @@ def selects(selector: LayerSelector, layer: int, value: Any) -> bool:
     if isinstance(selector, list):
         return bool(selector[layer % len(selector)])
     assert isinstance(selector, LayerRule)
-    n = value(selector.field(), layer)
-    if selector.below is not None:
-        return layer < n
-    if selector.every is not None:
-        return n > 0 and (layer + 1) % n == 0
-    return (n != 0) == (selector.nonzero is not None)
+    return selector.holds(layer, value)
 
 
 @dataclass(frozen=True)

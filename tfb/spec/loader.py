@@ -241,16 +241,16 @@ def _layer_rules(spec: Spec) -> list[tuple[Key, str]]:
             rule = section.layers
             if not isinstance(rule, LayerRule):
                 continue
-            (condition, name), = [(c, v) for c, v in rule if v is not None]
-            key: Key = (role, "layers", condition) if len(sections) == 1 else (role, i, "layers", condition)
-            field = FIELD_BY_NAME.get(name)
-            numeric = sorted(f.name for f in FIELDS if f.kind in RULE_KINDS[condition])
-            if field is None:
-                out.append((key, f"`{_shown(name)}` is not a config field{did_you_mean(name, numeric)}; "
-                            "a layer rule reads one, e.g. leading_dense_block_count"))
-            elif field.kind not in RULE_KINDS[condition]:
-                out.append((key, f"`{name}` is a {field.kind} config field; a `{condition}` rule needs "
-                            f"{' or '.join(RULE_KINDS[condition])} (a count of layers or a per-layer number)"))
+            for condition, name in rule.conditions():
+                key: Key = (role, "layers", condition) if len(sections) == 1 else (role, i, "layers", condition)
+                field = FIELD_BY_NAME.get(name)
+                numeric = sorted(f.name for f in FIELDS if f.kind in RULE_KINDS[condition])
+                if field is None:
+                    out.append((key, f"`{_shown(name)}` is not a config field{did_you_mean(name, numeric)}; "
+                                "a layer rule reads one, e.g. leading_dense_block_count"))
+                elif field.kind not in RULE_KINDS[condition]:
+                    out.append((key, f"`{name}` is a {field.kind} config field; a `{condition}` rule needs "
+                                f"{' or '.join(RULE_KINDS[condition])} (a count of layers or a per-layer number)"))
         uncovered = _uncovered_layer(sections)
         if uncovered is not None:
             out.append(((role,), f"no section covers layer {uncovered} (the patterns repeat over the layers); "

@@ -8,6 +8,7 @@ validation so that every error points at one clear field.
 
 from __future__ import annotations
 
+import re
 from typing import TYPE_CHECKING, Any, Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Field, create_model, field_validator, model_validator
@@ -41,6 +42,7 @@ class Derived(Strict):
     field: str | None = Field(None, description="the value of another config field")
     quotient: tuple[Operand, Operand] | None = Field(None, description="a / b; integer fields need an exact division")
     product: tuple[Operand, Operand] | None = Field(None, description="a * b")
+    difference: tuple[Operand, Operand] | None = Field(None, description="a - b")
     sqrt: Operand | None = Field(None, description="square root")
     inverse_sqrt: Operand | None = Field(None, description="1 / square root")
     length_of: str | None = Field(None, description="number of elements of a metadata array (key template)")
@@ -61,7 +63,7 @@ class Derived(Strict):
         """Every config field name this rule reads, nested rules and case conditions included."""
         out: list[str] = []
         operands: list[Any] = [self.field, self.sqrt, self.inverse_sqrt, self.otherwise,
-                               *(self.quotient or ()), *(self.product or ())]
+                               *(self.quotient or ()), *(self.product or ()), *(self.difference or ())]
         for case in self.cases or []:
             out += list(case.when)
             operands.append(case.value)
@@ -200,8 +202,31 @@ class Tensors(Strict):
     global_: GlobalTensors = Field(GlobalTensors(), alias="global",  # type: ignore[valid-type]
                                    description="model-wide tensors")
     layer: LayerTensors = Field(LayerTensors(), description="per-layer tensors")  # type: ignore[valid-type]
+    unread: list[str] = Field(
+        default_factory=list, description="names of tensors the model leaves unread on purpose (as llama.cpp "
+        "skips them): '*' matches any text, '{i}' the index of a block past the built ones (n_layers and up); "
+        "such tensors are not loaded and not reported as unread")
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+    @field_validator("unread")
+    @classmethod
+    def _patterns(cls, value: list[str]) -> list[str]:
+        for pattern in value:
+            rest = pattern.replace("{i}", "")
+            if "{" in rest or "}" in rest or not rest.strip("*"):
+                raise ValueError(f"pattern {pattern!r}: '*' and '{{i}}' are the only wildcards, and it must name "
+                                 "something besides them")
+        return value
+
+    def left_unread(self, name: str, n_layers: int) -> bool:
+        """Whether `name` matches an `unread` pattern ({i} only matching blocks past the model's n_layers)."""
+        for pattern in self.unread:
+            regex = re.escape(pattern).replace(r"\*", ".*").replace(r"\{i\}", r"(\d+)")
+            found = re.fullmatch(regex, name)
+            if found and all(int(index) >= n_layers for index in found.groups()):
+                return True
+        return False
 
 
 HParams = create_model(

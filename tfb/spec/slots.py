@@ -77,8 +77,7 @@ class NoSection(LookupError):
 
 def _shown(selector: Any, layer: int, value: Callable[[str, int], Any]) -> str:
     if isinstance(selector, LayerRule):
-        (condition, name), = [(c, v) for c, v in selector if v is not None]
-        return f"{condition}: {name} = {value(name, layer)}"
+        return ", ".join(f"{condition}: {name} = {value(name, layer)}" for condition, name in selector.conditions())
     return str(selector).replace("True", "true").replace("False", "false")
 
 
