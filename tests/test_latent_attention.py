@@ -1,7 +1,7 @@
 """Latent attention (MLA) and the deepseek2 spec: tfb's logits against transformers' DeepSeek V2/V3 models on the
 same weights (llama.cpp's converter), with and without the low-rank query, with sigmoid grouped routing and with
-softmax greedy routing, in F32, Q8_0, Q4_0 and Q4_K files; incremental decoding; and the cache holding only the
-latent and the rope part of each position."""
+softmax greedy routing, in F32, Q8_0, Q4_0 and Q4_K files, and against llama.cpp itself on the F32 files;
+incremental decoding; and the cache holding only the latent and the rope part of each position."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import math
 
 import pytest
 import torch
-from compare import compare, ids_for
+from compare import assert_logits_match, compare, ids_for
 
 import tfb
 from tfb.config import ModelConfig
@@ -40,6 +40,21 @@ def _layers(model: tfb.Transformer) -> list[LatentAttentionLayer]:
 def test_logits_match_transformers(tiny_model, family: str) -> None:
     reference, path = tiny_model(family, "f32")
     compare(tfb.load(path), reference, SHAPES)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_logits_match_llama_cpp(tiny_model, family: str) -> None:
+    """llama.cpp itself on the same files (tests/llama_reference.py; float32 KV cache): its absorbed MLA graph,
+    its YaRN magnitude and its routing. The 26/27-layer files are ones llama.cpp's layer-count rule reads
+    without q_lora_rank."""
+    from llama_reference import llama_cpp_logits
+
+    _, path = tiny_model(family, "f32")
+    model = tfb.load(path)
+    ids = ids_for(model.config.vocab_size, 2, 40)
+    with torch.no_grad():
+        ours = model(ids)
+    assert_logits_match(ours, llama_cpp_logits(path, ids), 1e-4)
 
 
 def _types(model: tfb.Transformer, layer: int) -> dict[str, str]:
