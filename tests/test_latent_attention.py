@@ -6,6 +6,7 @@ incremental decoding; and the cache holding only the latent and the rope part of
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -54,6 +55,50 @@ def test_logits_match_llama_cpp(tiny_model, family: str) -> None:
     ids = ids_for(model.config.vocab_size, 2, 40)
     with torch.no_grad():
         ours = model(ids)
+    assert_logits_match(ours, llama_cpp_logits(path, ids), 1e-4)
+
+
+def _rewritten(path: Path, out: Path, drop: str = "", value: tuple[str, object] | None = None) -> Path:
+    """A copy of an F32 GGUF file without the key `drop`, or with key `value[0]` set to the string `value[1]`."""
+    import numpy as np
+    from gguf import GGUFReader, GGUFValueType, GGUFWriter
+
+    reader = GGUFReader(path)
+    writer = GGUFWriter(out, reader.fields["general.architecture"].contents())
+    for key, field in reader.fields.items():
+        if key.startswith("GGUF.") or key in ("general.architecture", drop):
+            continue
+        vtype = GGUFValueType(field.types[0])
+        contents = value[1] if value is not None and key == value[0] else field.contents()
+        sub_type = GGUFValueType(field.types[-1]) if vtype == GGUFValueType.ARRAY else None
+        writer.add_key_value(key, contents, vtype, sub_type=sub_type)
+    for t in reader.tensors:
+        writer.add_tensor(t.name, np.asarray(t.data).reshape([int(d) for d in reversed(t.shape)]))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return out
+
+
+# what llama.cpp does where a file lacks a key or scales rope otherwise: its default gating (softmax), YaRN
+# without mscale_all_dim (the magnitude on rope and on the scores), linear scaling (the magnitude on the scores)
+VARIANTS = {"no_gating_key": {"drop": "deepseek2.expert_gating_func"},
+            "yarn_without_log_multiplier": {"drop": "deepseek2.rope.scaling.yarn_log_multiplier"},
+            "linear_scaling": {"value": ("deepseek2.rope.scaling.type", "linear")}}
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_file_variants_match_llama_cpp(tiny_model, tmp_path, variant: str) -> None:
+    from llama_reference import llama_cpp_logits
+
+    _, original = tiny_model("deepseek_v3", "f32")
+    path = _rewritten(original, tmp_path / "variant.gguf", **VARIANTS[variant])  # type: ignore[arg-type]
+    model = tfb.load(path)
+    ids = ids_for(model.config.vocab_size, 2, 40)
+    with torch.no_grad():
+        ours, before = model(ids), tfb.load(original)(ids)
+    assert (ours - before).abs().max() > 1e-2 * before.abs().max()  # the variant changes the logits
     assert_logits_match(ours, llama_cpp_logits(path, ids), 1e-4)
 
 
