@@ -1,7 +1,7 @@
 """The expert families qwen2moe, olmoe, granitemoe, ernie4_5-moe and glm4moe, verified like the seed families:
 tiny random transformers model -> llama.cpp's own converter -> tfb's logits against transformers' float32 logits
-at every position, KV-cache decoding against the full forward, and quantized files (stacked and shared experts
-quantized, routers F32 as llama.cpp keeps them). Then the generic switches these families brought: layer rules
+at every position (and against llama.cpp's own logits on the same files), KV-cache decoding against the full
+forward, and quantized files (stacked and shared experts quantized, routers F32 as llama.cpp keeps them). Then the generic switches these families brought: layer rules
 with several conditions, tensors stored with extra dimensions of 1, a `difference` rule, and tensors a spec
 leaves unread on purpose (GLM-4.5's next-token-prediction blocks)."""
 
@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from compare import compare
+from compare import assert_logits_match, compare, ids_for
+from llama_reference import llama_cpp_logits
 
 import tfb
 from tfb.build import same_shape
@@ -34,6 +35,25 @@ SHAPES = [(1, 1), (3, 1), (2, 40)]
 def test_logits_match_transformers(tiny_model, family: str) -> None:
     reference, path = tiny_model(family, "f32")
     compare(tfb.load(path), reference, SHAPES)
+
+
+@pytest.mark.parametrize("family", [f for f in FAMILIES if f != "ernie4_5_moe_interleaved"])
+def test_logits_match_llama_cpp(tiny_model, family: str) -> None:
+    """llama.cpp itself on the same files (tests/llama_reference.py; float32, where only the order of sums
+    differs): glm4moe's file loads there with its next-token-prediction block skipped, as here."""
+    _, path = tiny_model(family, "f32")
+    model = tfb.load(path)
+    ids = ids_for(model.config.vocab_size, 2, 40)
+    with torch.no_grad():
+        assert_logits_match(model(ids), llama_cpp_logits(path, ids), 1e-4)
+
+
+def test_llama_cpp_refuses_interleaved_ernie_files(tiny_model) -> None:
+    """llama.cpp's ERNIE loader wants expert tensors in every layer from the first routed one on, although its
+    graph routes only every moe_layer_step-th layer; tfb follows the graph (and transformers, above)."""
+    _, path = tiny_model("ernie4_5_moe_interleaved", "f32")
+    with pytest.raises(RuntimeError, match=r"blk\.2\.ffn_gate_inp\.weight"):
+        llama_cpp_logits(path, ids_for(320, 1, 4))
 
 
 @pytest.mark.parametrize(("family", "outtype"), QUANTIZED)
