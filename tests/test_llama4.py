@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 import torch
 from compare import assert_logits_match, compare, ids_for
+from llama_reference import llama_cpp_logits
 
 import tfb
 import tfb.quant.native as native
@@ -101,6 +102,17 @@ def test_the_packaged_spec_keeps_llama_cpps_constants(tiny_model) -> None:
     assert_logits_match(ours[:, :7], theirs[:, :7])
     scale = theirs.abs().max().item()
     assert ((ours[:, 7:] - theirs[:, 7:]).abs().amax(dim=(0, 2)) > 1e-3 * scale).all()
+
+
+def test_the_packaged_spec_matches_llama_cpp(tiny_model) -> None:
+    """llama.cpp itself on the same file (its own constants: nothing chunked or tempered before position 8191;
+    the experts, the Q/K norm, rope with the llama3 factors and the no-rope layer are all there)."""
+    _, path = tiny_model("llama4", "f32")
+    model = tfb.load(path)
+    ids = ids_for(model.config.vocab_size, 2, 40)
+    with torch.no_grad():
+        ours = model(ids)
+    assert_logits_match(ours, llama_cpp_logits(path, ids), 1e-4)
 
 
 @pytest.mark.parametrize("native_attention", [True, False])
