@@ -1,9 +1,10 @@
 """The expert families qwen2moe, olmoe, granitemoe, ernie4_5-moe and glm4moe, verified like the seed families:
 tiny random transformers model -> llama.cpp's own converter -> tfb's logits against transformers' float32 logits
 at every position (and against llama.cpp's own logits on the same files), KV-cache decoding against the full
-forward, and quantized files (stacked and shared experts quantized, routers F32 as llama.cpp keeps them). Then the generic switches these families brought: layer rules
-with several conditions, tensors stored with extra dimensions of 1, a `difference` rule, and tensors a spec
-leaves unread on purpose (GLM-4.5's next-token-prediction blocks)."""
+forward, and quantized files (stacked and shared experts quantized, routers F32 as llama.cpp keeps them). Then
+the generic switches these families brought: layer rules with several conditions, tensors stored with extra
+dimensions of 1, a `difference` rule, and tensors a spec leaves unread on purpose (GLM-4.5's
+next-token-prediction blocks)."""
 
 from __future__ import annotations
 
