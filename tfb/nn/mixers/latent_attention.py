@@ -49,7 +49,9 @@ def build(section: Section, c: ModelConfig, ctx: BuildContext) -> LatentAttentio
     shape = LatentShape(c.hidden_size, c.n_heads, c.head_dim - c.rope_dims, c.rope_dims, c.value_dim, c.kv_lora_rank,
                         rank)
     params, magnitude = rope_and_magnitude(c, section.rope.pairing)
-    return LatentAttentionLayer(shape, ctx, ctx.rotary(params), c.attention_scale * magnitude ** 2, c.norm_eps)
+    temperature = (c.attn_temperature_scale, c.attn_temperature_length, c.attn_temperature_offset)
+    return LatentAttentionLayer(shape, ctx, ctx.rotary(params), c.attention_scale * magnitude ** 2, c.norm_eps,
+                                temperature)
 
 
 def rope_and_magnitude(c: ModelConfig, pairing: str) -> tuple[RopeParams, float]:
@@ -81,10 +83,12 @@ def per_head(linear: ExpertLinear, x: torch.Tensor) -> torch.Tensor:
 
 
 class LatentAttentionLayer(nn.Module):
-    def __init__(self, shape: LatentShape, ctx: BuildContext, rotary: Rotary, scale: float, eps: float) -> None:
+    def __init__(self, shape: LatentShape, ctx: BuildContext, rotary: Rotary, scale: float, eps: float,
+                 temperature: tuple[float, int, float] = (0.0, 1, 0.0)) -> None:
         super().__init__()
         s = shape
         self.shape, self.rotary, self.scale = shape, rotary, scale
+        self.temperature = temperature  # (scale, length, offset) of the query temperature; scale 0: none
         q_out = s.n_heads * (s.nope + s.rope)
         if s.q_rank:
             self.q_a = Linear(s.hidden, s.q_rank)
@@ -111,6 +115,10 @@ class LatentAttentionLayer(nn.Module):
         q_pe, k_pe = self.rotary.rotate_pair(q_pe.contiguous(), k_pe.reshape(b, t, 1, s.rope),
                                              *step.angles(self.rotary))
         query = torch.cat((per_head(self.k_b, q_nope), q_pe), dim=-1).transpose(1, 2)  # [b, heads, t, latent + rope]
+        temp_scale, temp_length, temp_offset = self.temperature
+        if temp_scale:  # q *= 1 + s * log(floor((pos + offset) / length) + 1); the cached keys stay unscaled
+            steps = torch.floor((step.positions.double() + temp_offset) / temp_length)
+            query = query * (torch.log(steps + 1.0) * temp_scale + 1.0).to(query.dtype)[:, None, :, None]
         keys = torch.cat((latent.unsqueeze(2), k_pe), dim=-1).transpose(1, 2)  # [b, 1, t, latent + rope]
         if state is not None:
             (keys,) = state.update(step.start, keys)

@@ -11,6 +11,7 @@ Math, per token x (H heads, the config fields below; llama.cpp's absorbed form):
   score[h, s] = scale · (q_abs[h] · c_s + q_pe[h] · k_pe_s)
   o[h]   = V_b[h] · sum_s softmax(score[h])_s c_s       V_b[h]: [value_dim, kv_lora_rank] (attn_v_b)
   y      = W_o [o[1] ; ... ; o[H]]
+  temperature (attn_temperature_scale s > 0): [q_abs ; q_pe] *= 1 + s log(floor((pos + o) / L) + 1)
   scale  = attention_scale · m^2, with the YaRN magnitude m = 1 + 0.1 · yarn_log_multiplier · ln(factor)
            on the whole score (rope's cos/sin are left unscaled): the MLA files' rule.
 This equals attention with per-head keys [K_b[h]ᵀ c ; k_pe] and values V_b[h] c (the expanded form).
@@ -78,9 +79,6 @@ class LatentAttention(KindSection):
         if c.rope_dims <= 0 or c.rope_dims % 2 or c.rope_dims >= c.head_dim:
             return (f"rope_dims = {c.rope_dims} must be even, positive and less than head_dim = {c.head_dim} "
                     "(the query head is nope + rope dimensions)")
-        if c.attn_temperature_scale:
-            return (f"attn_temperature_scale = {c.attn_temperature_scale}: latent attention has no query "
-                    "temperature yet (attention.temperature_scale)")
         if c.rope_scaling == "yarn" and c.rope_base == 1.0:
             return "rope_base = 1 cannot be used with YaRN scaling (its correction dimensions divide by log(base))"
         return None
