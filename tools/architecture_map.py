@@ -20,6 +20,8 @@ from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 from tfb.spec import Spec, load_spec  # noqa: E402
+from tfb.spec.base import LayerRule  # noqa: E402
+from tfb.spec.kinds.routed import GATING_FUNCS  # noqa: E402
 
 DATA = Path(__file__).resolve().parent / "llama_cpp_architectures.yaml"
 
@@ -43,6 +45,17 @@ def _routed(s: Spec, test: Callable[[Any], bool]) -> bool:
     return _any(s.ffn, test, "routed")
 
 
+def _ffn_rule(s: Spec, condition: str) -> bool:
+    """Some ffn section's `layers:` rule has this condition (below, every...)."""
+    return any(isinstance(sec.layers, LayerRule) and getattr(sec.layers, condition) is not None for sec in s.ffn)
+
+
+def _gating(s: Spec, r: Any, scores: str) -> bool:
+    """A routed section scores by `scores`: named, or as the default of `gating: expert_gating_func`."""
+    default = getattr(s.hparams.expert_gating_func, "default", None)  # type: ignore[attr-defined]
+    return bool(r.gating == scores or (r.gating == "expert_gating_func" and GATING_FUNCS.get(default) == scores))
+
+
 SPEC_SWITCHES: dict[str, Callable[[Spec], bool]] = {
     "layernorm": lambda s: s.norm.kind == "layernorm",
     "weightless_norm": lambda s: not s.norm.parametric,
@@ -54,9 +67,14 @@ SPEC_SWITCHES: dict[str, Callable[[Spec], bool]] = {
     "learned_positions": lambda s: s.embedding.positions == "learned",
     "sliding_window": lambda s: _attention(s, lambda a: a.sliding_window != "none"),
     "sinks": lambda s: _attention(s, lambda a: a.sinks),
-    "sigmoid_gating": lambda s: _routed(s, lambda r: r.gating == "sigmoid"),
-    "softmax_selected_gating": lambda s: _routed(s, lambda r: r.gating == "softmax_selected"),
+    "sigmoid_gating": lambda s: _routed(s, lambda r: _gating(s, r, "sigmoid")),
+    "softmax_selected_gating": lambda s: _routed(s, lambda r: _gating(s, r, "softmax_selected")),
+    "gating_from_file": lambda s: _routed(s, lambda r: r.gating == "expert_gating_func"),
     "selection_bias": lambda s: _routed(s, lambda r: r.selection_bias != "none"),
+    "shared_experts": lambda s: _routed(s, lambda r: r.shared is not None and r.shared.gate == "none"),
+    "gated_shared_experts": lambda s: _routed(s, lambda r: r.shared is not None and r.shared.gate == "sigmoid"),
+    "leading_dense_layers": lambda s: _ffn_rule(s, "below"),
+    "moe_layer_step": lambda s: _ffn_rule(s, "every"),
 }
 # Kinds a spec can leave out although tfb has them: a spec without `experts` runs dense files only.
 SPEC_KINDS: dict[str, Callable[[Spec], bool]] = {
