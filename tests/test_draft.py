@@ -157,6 +157,7 @@ def test_a_draft_that_does_not_fit_says_so(tiny_model, tmp_path: Path) -> None:
 # compared with transformers directly, as their own specs are not what the draft is tested against
 MOE_KNOWN: dict[str, dict[str, Any]] = {
     "qwen2moe": {"mixer.rope.pairing": "half"},
+    "glm4moe": {"mixer.rope.pairing": "half"},
     # llama.cpp divides this family's stored yarn_log_multiplier by 0.1 (src/models/deepseek2.cpp)
     "deepseek_v3": {"hparams.yarn_log_multiplier_stored": {"key": "{arch}.rope.scaling.yarn_log_multiplier"},
                     "hparams.yarn_log_multiplier": {"default": {"quotient": ["yarn_log_multiplier_stored", 0.1]}}},
@@ -207,6 +208,20 @@ def test_draft_of_a_gated_shared_expert(tiny_model, tmp_path: Path) -> None:
     assert "ffn:\n  kind: routed  # blk.{i}.ffn_gate_inp.weight, blk.{i}.ffn_gate_exps.weight in every layer\n" \
            "  shared:\n    gate: sigmoid  # blk.{i}.ffn_up_shexp.weight in every layer; " \
            "blk.{i}.ffn_gate_inp_shexp.weight in every layer\n" in text
+
+
+def test_draft_of_a_file_with_a_next_token_prediction_block(tiny_model, tmp_path: Path) -> None:
+    """GLM-4.5: the file's last block predicts further tokens (built by neither llama.cpp nor transformers'
+    causal LM), and the norm before the feed-forward is stored as post_attention_norm."""
+    text, _ = draft_against(tiny_model, tmp_path, "glm4moe")
+    assert "  n_layers: {key: null, default: {difference: [block_count, nextn_predict_layers]}}  # " \
+           "glm4moe.nextn_predict_layers = 1: the file's last blocks predict further tokens" in text
+    assert "  unread: ['blk.{i}.*']  # the blocks past n_layers (glm4moe.nextn_predict_layers)" in text
+    assert "    ffn_norm: blk.{i}.post_attention_norm.weight  # no ffn_norm, and a post_attention_norm without " \
+           "post_ffw_norm" in text
+    # the dense layer and the routed ones are told apart on the three built layers, not the fourth block
+    assert "    layers: {below: leading_dense_block_count}  # glm4moe.leading_dense_block_count = 1: layer 0" in text
+    assert "  - kind: routed  # blk.{i}.ffn_gate_inp.weight, blk.{i}.exp_probs_b.bias in layers 1, 2" in text
 
 
 def inventory(n_layers: int, per_layer: dict[str, list[int]], metadata: dict[str, int]) -> Inventory:

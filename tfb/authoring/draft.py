@@ -15,7 +15,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from tfb.authoring.draft_layout import ROLES, Part, draft_view, file_int, get_path, layout, section_path, set_path
-from tfb.authoring.inventory import Inventory, Presence, standard_name
+from tfb.authoring.inventory import NEXTN_KEY, Inventory, Presence, standard_name
 from tfb.authoring.known_keys import (
     EXPERT_GATING,
     EXPERT_GATING_VALUES,
@@ -163,7 +163,13 @@ class _Drafter:
         self.decide("block.pre_norm", pre, self.tensor_why("attn_norm", inv.presence("attn_norm")))
         self.decide("block.post_norm", post, "post_attention_norm and post_ffw_norm tensors" if post
                     else "no post_attention_norm/post_ffw_norm pair")
-        if inv.has_key(PARALLEL_RESIDUAL):
+        if pre and not post and inv.has("post_attention_norm") and not inv.has("ffn_norm"):
+            # a post-norm of the attention alone is no switch; the one reading that runs is this one
+            self.decide("tensors.layer.ffn_norm", standard_name("post_attention_norm"), "no ffn_norm, and a "
+                        "post_attention_norm without post_ffw_norm: the norm before the feed-forward, by the name "
+                        "some of llama.cpp's graphs give it")
+            self.decide("block.residual", "sequential", "the norm before the feed-forward is post_attention_norm")
+        elif inv.has_key(PARALLEL_RESIDUAL):
             parallel = bool(inv.value(PARALLEL_RESIDUAL))
             self.decide("block.residual", "parallel" if parallel else "sequential",
                         f"{inv.key(PARALLEL_RESIDUAL)} = {parallel}")
@@ -174,6 +180,20 @@ class _Drafter:
             self.assume("block.residual")
         else:
             self.decide("block.residual", "sequential", "an ffn_norm in every layer")
+
+    def extra_blocks(self) -> None:
+        """Blocks the file holds past the model's layers (next-token prediction): built as llama.cpp builds,
+        without them, and their tensors left unread on purpose."""
+        inv = self.inv
+        if not inv.extra_blocks:
+            return
+        key = inv.key(NEXTN_KEY)
+        why = f"{key} = {inv.extra_blocks}: the file's last blocks predict further tokens; llama.cpp does not run them"
+        self.decide("hparams.block_count", {"key": "{arch}.block_count"}, why)
+        self.decide("hparams.nextn_predict_layers", {"key": NEXTN_KEY}, why)
+        trunk = {"difference": ["block_count", "nextn_predict_layers"]}
+        self.decide("hparams.n_layers", {"key": None, "default": trunk}, why)
+        self.decide("tensors.unread", ["blk.{i}.*"], f"the blocks past n_layers ({key})")
 
     def mixers(self) -> None:
         inv = self.inv
@@ -401,6 +421,7 @@ def infer(inv: Inventory, base: Spec, given: dict[str, Any] | None = None) -> Dr
     overrides anything, and settles what the file cannot."""
     d = _Drafter(inv, base, dict(given or {}))
     d.kinds()
+    d.extra_blocks()
     d.norms()
     d.block()
     d.mixers()

@@ -13,6 +13,7 @@ from tfb.spec.schema import GLOBAL_SLOTS
 
 Presence = Literal["none", "required", "optional"]
 _LAYER = re.compile(r"^blk\.(\d+)\.")
+NEXTN_KEY = "{arch}.nextn_predict_layers"  # llama.cpp counts these blocks in block_count and does not run them
 
 
 def standard_name(slot: str) -> str:
@@ -33,7 +34,8 @@ class Inventory:
     arch: str
     metadata: Mapping[str, MetaValue]
     tensors: Mapping[str, TensorInfo]
-    n_layers: int
+    n_layers: int  # the layers a model runs: the file's blocks less the next-token-prediction ones
+    extra_blocks: int = 0  # trailing blocks that predict further tokens ({arch}.nextn_predict_layers)
 
     @classmethod
     def read(cls, gguf: GGUFFile) -> Inventory:
@@ -41,7 +43,9 @@ class Inventory:
         layers = [int(m.group(1)) for name in gguf.tensors if (m := _LAYER.match(name))]
         count = gguf.metadata.get(f"{arch}.block_count")
         n_layers = count.value if count is not None and isinstance(count.value, int) else max(layers, default=-1) + 1
-        return cls(str(gguf.path), arch, dict(gguf.metadata), dict(gguf.tensors), n_layers)
+        nextn = gguf.metadata.get(NEXTN_KEY.replace("{arch}", arch))
+        extra = nextn.value if nextn is not None and isinstance(nextn.value, int) and 0 < nextn.value < n_layers else 0
+        return cls(str(gguf.path), arch, dict(gguf.metadata), dict(gguf.tensors), n_layers - extra, extra)
 
     # ------------------------------------------------------------------------------------ metadata
 
