@@ -152,6 +152,17 @@ def test_next_token_prediction_blocks_are_left_unread_as_the_spec_says(tiny_mode
         tfb.load(path, spec=str(bare))
 
 
+def test_check_notes_the_tensors_left_unread(tiny_model) -> None:
+    """`tfb check` passes the glm4moe file and says what it leaves out, and where the spec says so."""
+    from tfb.authoring.check import check
+
+    report = check(tiny_model("glm4moe", "f32")[1])
+    assert not [f for f in report.findings if f.severity == "error"]
+    notes = [f for f in report.findings if f.subject == "tensors"]
+    assert len(notes) == 1 and "glm4moe.yaml:" in notes[0].where  # the line of tensors.unread
+    assert notes[0].message == "23 left unread as the spec says (tensors.unread): in block(s) 3"
+
+
 def test_unread_patterns_match_only_blocks_past_the_model() -> None:
     t = Tensors(unread=["blk.{i}.*", "mtp.*.weight"])
     assert t.left_unread("blk.3.attn_q.weight", 3) and t.left_unread("blk.12.nextn.eh_proj.weight", 3)

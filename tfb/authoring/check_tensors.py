@@ -12,8 +12,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from tfb.authoring.findings import Finding, show_mark
-from tfb.build import build_modules, plan_tensors, same_shape, unread_tensors
+from tfb.authoring.findings import Finding, layer_ranges, show_mark
+from tfb.build import build_modules, first_names, plan_tensors, same_shape, unread_tensors
 from tfb.config import ModelConfig
 from tfb.gguf.reader import GGUFFile
 from tfb.quant.packed import is_supported, weight_types
@@ -124,4 +124,13 @@ def check_tensors(spec: Spec, marks: Mapping[Key, Mark], gguf: GGUFFile, config:
         blamed, why = _unused(spec, marks, name, config)
         report.findings.append(Finding("error", blamed or spec_file, f"tensor {name}",
                                        f"{why}; {list(info.shape)} {info.ggml_type.name} in the file"))
+    planned = {p.name for p in plan}
+    skipped = [name for name in present if name not in planned and spec.tensors.left_unread(name, config.n_layers)]
+    if skipped:  # not a problem, but said: the model is not all the file holds
+        blocks = sorted({int(m.group(1)) for name in skipped if (m := re.match(r"blk\.(\d+)\.", name))})
+        others = [name for name in skipped if not re.match(r"blk\.\d+\.", name)]
+        what = ", ".join(([f"in block(s) {layer_ranges(tuple(blocks))}"] if blocks else [])
+                         + ([first_names(others)] if others else []))
+        report.findings.append(Finding("note", _mark(marks, ("tensors", "unread")) or spec_file, "tensors",
+                                       f"{len(skipped)} left unread as the spec says (tensors.unread): {what}"))
     return report
