@@ -291,6 +291,46 @@ def test_expert_linear_same_with_and_without_native(name: str, monkeypatch: pyte
         assert_close(slow[e], x, torch_values(weight[e]))
 
 
+@needs_native
+@pytest.mark.parametrize("int8", [False, True])
+@pytest.mark.parametrize("name", [*FUSED_TYPES, "IQ2_XS"])
+def test_expert_pairs_equal_one_expert_at_a_time(isa: str, name: str, int8: bool) -> None:
+    """A decoding step's products with its chosen experts in one call (ExpertLinear.pairs: the activation row
+    each pair uses, its expert, the expert's bias) give the bits of one product per expert, on every
+    instruction set, with 8-bit activations or not; types without a fused product (IQ2_XS) take that path."""
+    gtype = GGML_TYPE_BY_NAME[name]
+    cols = widths(name)[0]
+    weight = packed(name, 5 * 24, cols, np.random.default_rng(11), "moderate")
+    experts = ExpertLinear(5, cols, 24)
+    experts.set_weight("w", PackedTensor(weight.raw, gtype, (5, 24, cols)))
+    experts.set_bias("b", torch.randn(5, 24))
+    experts.use_int8_activations(int8)
+    ids = torch.tensor([3, 0, 4, 3, 1, 2])  # two tokens, three experts each; expert 3 twice
+    x = torch.randn(6, cols)
+    for share, rows in ((3, x[:2]), (1, x)):
+        got = experts.pairs(ids, rows, share)
+        one = torch.cat([experts(e, rows[p // share, None]) for p, e in enumerate(ids.tolist())])
+        assert got.shape == (6, 24) and torch.equal(got, one)
+    assert (experts.prepared_pairs is not None) == (name in FUSED_TYPES)
+    before = native.threads()
+    try:
+        native.set_threads(3)
+        assert torch.equal(experts.pairs(ids, x, 1), got)  # each row one thread's work, in a fixed order
+    finally:
+        native.set_threads(before)
+    experts.use_int8_activations(False)
+    assert torch.equal(experts.pairs(ids, x, 1), got) != (int8 and native.supports_int8(gtype))
+
+
+@needs_native
+def test_expert_pairs_refuse_an_expert_out_of_range() -> None:
+    weight = packed("Q8_0", 2 * 8, 64, np.random.default_rng(12))
+    prepared = native.prepare_experts(PackedTensor(weight.raw, weight.ggml_type, (2, 8, 64)))
+    assert prepared is not None
+    with pytest.raises(RuntimeError, match="status -2"):
+        prepared(torch.tensor([0, 2]), torch.randn(1, 64), 2)
+
+
 @pytest.mark.parametrize("name", ["Q4_K", "F16", "IQ2_XS"])
 def test_embedding_same_with_and_without_native(name: str, monkeypatch: pytest.MonkeyPatch) -> None:
     table = packed(name, 50, 256, np.random.default_rng(7))

@@ -1,5 +1,10 @@
 """The `routed` feed-forward kind: a mixture of experts with stacked expert weights (one [experts, out, in]
-tensor per projection), grouped top-k, and optional shared experts. The math: tfb/spec/kinds/routed.py."""
+tensor per projection), grouped top-k, and optional shared experts. The math: tfb/spec/kinds/routed.py.
+
+Only the chosen experts are computed, in two ways. A few tokens (a decoding step) take one product per
+(token, chosen expert) pair, all pairs of a projection in one native call (tfb_matmul_experts): per layer
+three calls, whatever k. More tokens (a prompt) are grouped by expert, each expert's tokens in one product.
+"""
 
 from __future__ import annotations
 
@@ -14,6 +19,7 @@ from tfb.quant import PackedTensor, native
 from tfb.spec.kinds.routed import Routed
 
 KIND = "routed"
+PAIR_TOKENS = 4  # up to this many tokens, each (token, expert) pair is its own product: no grouping
 TARGETS = {
     "ffn_gate_inp": ("router", "set_weight"), "ffn_gate_inp_bias": ("router", "set_bias"),
     "exp_probs_b": ("", "set_selection_bias"),
@@ -51,6 +57,8 @@ class ExpertLinear(nn.Module):
         self.weight: Weight | None = None
         self.bias: torch.Tensor | None = None
         self.prepared: dict[int, native.Prepared | None] = {}  # per expert, made ready for the native kernels
+        self.prepared_pairs: native.PreparedExperts | None = None  # all experts, for `pairs`
+        self.prepared_pairs_for: Weight | None = None
         self.int8_activations = False  # as Linear's
 
     def tensor_shape(self, method: str) -> tuple[int, ...]:
@@ -68,6 +76,7 @@ class ExpertLinear(nn.Module):
     def use_int8_activations(self, enabled: bool) -> None:
         """Transformer.use_int8_activations, for these experts."""
         self.int8_activations, self.prepared = enabled, {}  # prepared again on next use
+        self.prepared_pairs_for = None
 
     def forward(self, expert: int, x: torch.Tensor) -> torch.Tensor:
         assert self.weight is not None, "expert weights not loaded"
@@ -80,6 +89,20 @@ class ExpertLinear(nn.Module):
         else:
             y = x @ w.T
         return y if self.bias is None else y + self.bias[expert]
+
+    def pairs(self, ids: torch.Tensor, x: torch.Tensor, share: int) -> torch.Tensor:
+        """y[p] = x[p // share] @ W[ids[p]].T + b[ids[p]] for P (row, expert) pairs: ids [P] (int64), x
+        [P / share, in] -> [P, out]. A decoding step's token and its k experts: share = k."""
+        assert self.weight is not None, "expert weights not loaded"
+        if self.prepared_pairs_for is not self.weight:
+            weight = self.weight
+            self.prepared_pairs = native.prepare_experts(weight, self.int8_activations) \
+                if isinstance(weight, PackedTensor) else None
+            self.prepared_pairs_for = self.weight
+        if self.prepared_pairs is None:  # float weights, or a format without fused products
+            return torch.cat([self(e, x[p // share, None]) for p, e in enumerate(ids.tolist())])
+        y = self.prepared_pairs(ids, x.to(torch.float32).contiguous(), share).to(x.dtype)
+        return y if self.bias is None else y + self.bias[ids]
 
 
 class Experts(nn.Module):
@@ -154,15 +177,40 @@ class Experts(nn.Module):
             gate, up = self.gate(e, x), self.up(e, x)
         return self.down(e, self.activation.gated(gate, up))
 
-    def forward(self, x: torch.Tensor, step: object = None) -> torch.Tensor:
-        flat = x.reshape(-1, x.shape[-1])
-        chosen, weights = self.route(flat)
+    def by_pairs(self, flat: torch.Tensor, chosen: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+        """The experts' sum for a few tokens: each (token, expert) pair its own product, a projection's
+        pairs in one call."""
+        tokens, k = chosen.shape
+        ids = chosen.reshape(-1).to(torch.int64).contiguous()
+        w = weights.reshape(-1, 1).to(flat.dtype)
+        x, share = (flat.repeat_interleave(k, dim=0) * w, 1) if self.weights_on_input else (flat, k)
+        if not self.gated:
+            h = self.activation(self.up.pairs(ids, x, share))
+        elif self.fused:
+            gate, up = self.up.pairs(ids, x, share).chunk(2, dim=-1)
+            h = self.activation.gated(gate, up)
+        else:
+            h = self.activation.gated(self.gate.pairs(ids, x, share), self.up.pairs(ids, x, share))
+        y = self.down.pairs(ids, h, 1)
+        if not self.weights_on_input:
+            y = y * w
+        return y.view(tokens, k, -1).sum(dim=1)
+
+    def by_expert(self, flat: torch.Tensor, chosen: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+        """The experts' sum for many tokens: each chosen expert's tokens gathered into one product."""
         out = torch.zeros_like(flat)
         for e in chosen.unique().tolist():
             token, slot = (chosen == e).nonzero(as_tuple=True)
             w = weights[token, slot, None].to(flat.dtype)
             y = self.expert(e, flat[token] * w) if self.weights_on_input else self.expert(e, flat[token]) * w
             out.index_add_(0, token, y)
+        return out
+
+    def forward(self, x: torch.Tensor, step: object = None) -> torch.Tensor:
+        flat = x.reshape(-1, x.shape[-1])
+        chosen, weights = self.route(flat)
+        by = self.by_pairs if flat.shape[0] <= PAIR_TOKENS else self.by_expert
+        out = by(flat, chosen, weights)
         if self.shared is not None:
             shared = self.shared(flat)
             if self.shared_gated:

@@ -9,12 +9,14 @@ keep the torch path: no compiler, a failed build, or a storage type without nati
 from tfb.quant.native.ops import (
     NATIVE_MAX_ROWS,
     Prepared,
+    PreparedExperts,
     attend,
     available,
     dequantize_into,
     isa,
     matmul,
     prepare,
+    prepare_experts,
     rms_norm,
     rope,
     set_isa,
@@ -26,6 +28,6 @@ from tfb.quant.native.ops import (
     uses_openmp,
 )
 
-__all__ = ["NATIVE_MAX_ROWS", "Prepared", "attend", "available", "dequantize_into", "isa", "matmul",
-           "prepare", "rms_norm", "rope", "set_isa", "set_threads", "supports", "supports_int8", "threads",
-           "use_openmp", "uses_openmp"]
+__all__ = ["NATIVE_MAX_ROWS", "Prepared", "PreparedExperts", "attend", "available", "dequantize_into", "isa",
+           "matmul", "prepare", "prepare_experts", "rms_norm", "rope", "set_isa", "set_threads", "supports",
+           "supports_int8", "threads", "use_openmp", "uses_openmp"]

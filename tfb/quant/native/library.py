@@ -125,6 +125,8 @@ def _declare(lib: ctypes.CDLL) -> ctypes.CDLL:
     signatures = {
         "tfb_matmul": (ctypes.c_int, [ctypes.c_int, ptr, i64, i64, i64, ptr, i64, ptr]),
         "tfb_matmul_int8": (ctypes.c_int, [ctypes.c_int, ptr, i64, i64, i64, ptr, i64, ptr]),
+        "tfb_matmul_experts": (ctypes.c_int, [ctypes.c_int, ptr, i64, i64, i64, i64, i64, ctypes.c_int, ptr, i64,
+                                              ptr, i64, ptr]),
         "tfb_dequantize": (ctypes.c_int, [ctypes.c_int, ptr, i64, ptr]),
         "tfb_attend": (ctypes.c_int, [ptr, i64, i64, i64, i64, ptr, i64, i64, ptr, i64, i64, i64, i64,
                                       ctypes.c_int, ctypes.c_float, ctypes.c_float, ptr, ptr]),

@@ -131,6 +131,42 @@ def prepare(weight: PackedTensor, int8_activations: bool = False) -> Prepared | 
     return Prepared(lib, weight, int8_activations) if lib is not None and supports(weight.ggml_type) else None
 
 
+class PreparedExperts:
+    """A packed expert weight [experts, out, in] ready for products with chosen experts (one call for all
+    of a decoding step's experts, tfb_matmul_experts). int8_activations as in Prepared."""
+
+    __slots__ = ("_call", "_raw", "name", "out_features")
+
+    def __init__(self, lib: ctypes.CDLL, weight: PackedTensor, int8_activations: bool = False) -> None:
+        self._raw = weight.raw if weight.raw.stride(-1) == 1 else weight.raw.contiguous()
+        experts, self.out_features, in_features = weight.shape
+        self.name = f"{weight.name or 'an expert weight'} ({weight.ggml_type.name})"
+        int8 = int8_activations and bool(lib.tfb_supports_int8(weight.ggml_type.id))
+        self._call = functools.partial(lib.tfb_matmul_experts, weight.ggml_type.id, self._raw.data_ptr(), experts,
+                                       self._raw.stride(0), self._raw.stride(1), self.out_features, in_features,
+                                       int(int8))
+
+    def takes(self) -> bool:
+        """Whether the kernels take this weight (formats with a fused matrix-vector product)."""
+        return self._call(None, 0, None, 1, None) == 0
+
+    def __call__(self, ids: torch.Tensor, x: torch.Tensor, share: int) -> torch.Tensor:
+        """y[p] = x[p // share] @ W[ids[p]].T for contiguous int64 ids [P] and float32 x [P / share, in]."""
+        y = torch.empty(ids.shape[0], self.out_features, dtype=torch.float32)
+        _check(self._call(ids.data_ptr(), ids.shape[0], x.data_ptr(), share, y.data_ptr()),
+               f"expert products of {self.name}")
+        return y
+
+
+def prepare_experts(weight: PackedTensor, int8_activations: bool = False) -> PreparedExperts | None:
+    """An expert weight ready for tfb_matmul_experts; None where its type has no such products."""
+    lib = library()
+    if lib is None or not supports(weight.ggml_type):
+        return None
+    prepared = PreparedExperts(lib, weight, int8_activations)
+    return prepared if prepared.takes() else None
+
+
 def matmul(x: torch.Tensor, weight: PackedTensor, int8_activations: bool = False) -> torch.Tensor | None:
     """x @ W.T for a contiguous float32 x [M, in] and a packed W [out, in]."""
     prepared = prepare(weight, int8_activations)

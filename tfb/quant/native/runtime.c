@@ -488,6 +488,83 @@ EXPORT int tfb_matmul_int8(int type, const uint8_t *w, int64_t stride, int64_t N
     return status;
 }
 
+/* --------------------------------------------------------------------------------------- experts */
+
+/* A mixture of experts' chosen products in one job: P pairs, pair p the matrix-vector product of
+ * activation row p / share with the weights of expert ids[p] (each expert `expert_stride` bytes after
+ * the one before). A decoding step's token meets its k experts in one call per projection instead of
+ * k, and the threads share the k products' rows; each row's arithmetic is that of tfb_matmul(_int8). */
+typedef struct {
+    const format_kernels *f;
+    const int8_kernels *f8;
+    const uint8_t *w;
+    int64_t expert_stride, stride, N, K, nb, P, share, groups;
+    const int64_t *ids;
+    const float *x, *sums; /* sums: `groups` per activation row */
+    const int8_row *a;     /* NULL, or per activation row (q NULL: that row is multiplied in float32) */
+    float *y;              /* [P, N] */
+} experts_job;
+
+static void experts_part(void *arg, int part, int parts) {
+    const experts_job *j = arg;
+    int64_t begin, end;
+    range(j->P * j->N, 8, part, parts, &begin, &end);
+    while (begin < end) {
+        int64_t p = begin / j->N, r = begin % j->N, stop = (p + 1) * j->N < end ? (p + 1) * j->N : end;
+        int64_t row = p / j->share;
+        const uint8_t *w = j->w + j->ids[p] * j->expert_stride + r * j->stride;
+        if (j->a && j->a[row].q)
+            j->f8->rows(w, j->stride, stop - begin, j->K / j->f8->block, j->a + row, j->y + begin);
+        else
+            j->f->rows(w, j->stride, stop - begin, j->nb, j->x + row * j->K, j->sums + row * j->groups, j->y + begin);
+        begin = stop;
+    }
+}
+
+/* y[p, :] = W[ids[p]] . x[p / share] for p < P: W [experts, N, K] stored as ggml blocks, rows `stride`
+ * bytes apart and experts `expert_stride`; x [P / share, K]. int8: round the activation rows to 8 bits
+ * first where the format has such products (as tfb_matmul_int8). ERR_TYPE for formats without a fused
+ * matrix-vector product: the caller takes another path. */
+EXPORT int tfb_matmul_experts(int type, const uint8_t *w, int64_t experts, int64_t expert_stride, int64_t stride,
+                              int64_t N, int64_t K, int int8, const int64_t *ids, int64_t P, const float *x,
+                              int64_t share, float *y) {
+    const format_kernels *f = format(type);
+    if (!f || !f->rows) return ERR_TYPE;
+    if (K <= 0 || K % f->block_size || N < 0 || P < 0 || share < 1 || P % share ||
+        stride < K / f->block_size * f->type_size || expert_stride < N * stride)
+        return ERR_SHAPE;
+    for (int64_t p = 0; p < P; p++)
+        if (ids[p] < 0 || ids[p] >= experts) return ERR_SHAPE;
+    const int8_kernels *f8 = int8 ? int8_format(type) : NULL; /* its block is the format's: K is a multiple */
+    int64_t rows = P / share, groups = f->sum_group ? K / f->sum_group : 0;
+    /* per activation row: its sums, and with 8 bits its rounded values, scales and sums of 16 */
+    size_t row8 = f8 ? (size_t)K + (size_t)(K / f8->block) * sizeof(float) + (size_t)(K / 16) * sizeof(int16_t) : 0;
+    size_t bytes = (size_t)rows * ((size_t)groups * sizeof(float) + (f8 ? sizeof(int8_row) + row8 : 0));
+    char local[32768] __attribute__((aligned(16))), *buffer = bytes <= sizeof local ? local : malloc(bytes);
+    if (!buffer) return ERR_MEMORY;
+    int8_row *a = f8 ? (int8_row *)buffer : NULL;
+    float *sums = (float *)(buffer + (f8 ? (size_t)rows * sizeof(int8_row) : 0));
+    char *rounded = (char *)(sums + rows * groups);
+    for (int64_t m = 0; m < rows; m++) {
+        const float *xm = x + m * K;
+        for (int64_t g = 0; g < groups; g++) {
+            float s = 0.0f;
+            for (int64_t k = 0; k < f->sum_group; k++) s += xm[g * f->sum_group + k];
+            sums[m * groups + g] = s;
+        }
+        if (!a) continue;
+        float *d = (float *)(rounded + (size_t)m * row8);
+        int16_t *sums16 = (int16_t *)(d + K / f8->block);
+        int8_t *q = (int8_t *)(sums16 + K / 16);
+        a[m].q = quantize_activations(xm, K, f8->block, q, d, sums16) ? q : NULL;
+        a[m].d = d, a[m].sums = sums16;
+    }
+    experts_job job = {f, f8, w, expert_stride, stride, N, K, K / f->block_size, P, share, groups, ids, x, sums, a, y};
+    run(experts_part, &job, P * N * stride);
+    if (buffer != local) free(buffer);
+    return OK;
+}
+
 /* ----------------------------------------------------------------------------------- dequantize */
 
 typedef struct {
