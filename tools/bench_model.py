@@ -1,8 +1,10 @@
 """Load, memory and speed of a Qwen3-0.6B-shaped model: tfb against transformers (and llama.cpp through
-llama-cpp-python when it is installed), each in a fresh process.
+llama-cpp-python when it is installed), each in a fresh process. With --moe, decoding speed of a mixture
+of experts against a dense model with as many active parameters.
 
     python tools/bench_model.py                     # Q8_0 and Q4_K_M, everything
     python tools/bench_model.py --types Q4_K_M --skip transformers
+    python tools/bench_model.py --moe --types Q4_K_M --skip transformers --repeats 5
 
 The models are random (hidden 1024, 28 layers, 16 heads, 8 KV heads, head_dim 128, intermediate 3072,
 vocabulary 151936 with the real Qwen2 tokenizer, tied embeddings), made once by tools/make_tiny_gguf.py
@@ -14,6 +16,13 @@ into $TFB_CACHE/bench. Figures:
   --repeats N, the median of N runs, the engines taking turns. tfb is measured twice: as loaded by default
   (float32 products) and with int8_activations=True (activations rounded to 8 bits in the decoding
   products, as llama.cpp computes them).
+
+--moe: a qwen3moe model (hidden 1024, 16 layers, the attention above, 64 experts of width 512 in every
+layer, top-8 chosen per token) against a dense qwen3 twin whose feed-forward is as wide as the 8 chosen
+experts together (4096): per token both multiply the same weights (attention, 3 x 1024 x 4096 in each
+feed-forward, the output layer), the MoE also its router (1024 x 64). Speed only: prompt and decode
+tokens/s of each, and the MoE's time per decoded token over the dense one's; the two models take turns
+within each round (A/B/A/B) and each figure is the median of --repeats rounds.
 """
 
 from __future__ import annotations
@@ -30,20 +39,42 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 SHAPE = {"hidden_size": 1024, "n_layers": 28, "n_heads": 16, "n_kv_heads": 8, "head_dim": 128, "value_dim": 128,
          "intermediate_size": 3072, "context_length": 40960}
+MOE_SHAPE = {**SHAPE, "n_layers": 16, "intermediate_size": 4096, "expert_count": 64, "expert_used_count": 8,
+             "expert_intermediate_size": 512}
+DENSE_TWIN = {**SHAPE, "n_layers": 16, "intermediate_size": 4096}  # 8 x 512: the MoE's active width
+MODELS = {  # name -> (spec, shape)
+    "qwen3-0.6b-shape": ("qwen3", SHAPE),
+    "qwen3moe-a64x8-shape": ("qwen3moe", MOE_SHAPE),
+    "qwen3-dense-twin-shape": ("qwen3", DENSE_TWIN),
+}
 VOCAB = ROOT / "tests" / "data" / "vocab" / "ggml-vocab-qwen2.gguf"
 PROMPT, DECODE = 128, 64
+THREADS = [2]  # threads of every engine (--threads)
 
-# Each engine's work runs in a child process from these snippets: `path`, `prompt`, `decode` are given;
+# Each engine's work runs in a child process from these snippets: `path`, `prompt`, `decode`, `threads` are given;
 # the child prints one JSON line.
 PRELUDE = "import json, resource, sys, time\nt_start = float(sys.argv[1])\n"
 RSS = "rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024\n"
+# On CPUs with AMX, ggml's AMX matrix products crash in llama.cpp's decode (seen on an Intel Xeon VM):
+# there llama.cpp runs without its extra weight buffers (AMX, repacking), ggml's plain CPU kernels, as
+# tests/llama_cpp_worker.py does.
+LLAMA_PLAIN = """
+import llama_cpp.llama_cpp as bindings
+if " amx_int8" in open("/proc/cpuinfo").read():
+    default_params = bindings.llama_model_default_params
+    def plain_params():
+        params = default_params()
+        params.use_extra_bufts = False
+        return params
+    bindings.llama_model_default_params = plain_params
+"""
 CHILDREN = {
     "baseline tfb": "import tfb, torch\n" + RSS + "print(json.dumps({'rss': rss}))\n",
     "baseline transformers": "import transformers, torch\n" + RSS + "print(json.dumps({'rss': rss}))\n",
     "baseline llama.cpp": "import llama_cpp\n" + RSS + "print(json.dumps({'rss': rss}))\n",
-    "llama.cpp load": """
+    "llama.cpp load": LLAMA_PLAIN + """
 from llama_cpp import Llama
-llm = Llama(model_path=path, n_ctx=512, n_threads=2, verbose=False)
+llm = Llama(model_path=path, n_ctx=512, n_threads=threads, verbose=False)
 llm.eval([1, 2, 3, 4])
 first = time.time() - t_start
 """ + RSS + "print(json.dumps({'first_logits_s': first, 'rss': rss}))\n",
@@ -87,10 +118,10 @@ with torch.no_grad():
     total = time.perf_counter() - t
 print(json.dumps({'prompt_tps': prompt / prefill, 'decode_tps': decode / max(total - prefill, 1e-9)}))
 """,
-    "llama.cpp speed": """
+    "llama.cpp speed": LLAMA_PLAIN + """
 from llama_cpp import Llama
 import random
-llm = Llama(model_path=path, n_ctx=512, n_threads=2, verbose=False)
+llm = Llama(model_path=path, n_ctx=512, n_threads=threads, verbose=False)
 ids = [random.Random(0).randrange(150000) for _ in range(prompt)]
 t = time.perf_counter(); llm.eval(ids); prefill = time.perf_counter() - t
 t = time.perf_counter()
@@ -107,26 +138,35 @@ ENGINE_NAMES = {"tfb": "tfb", "tfb int8": "tfb, int8 activations", "tfb expand":
                 "transformers": "transformers", "llama.cpp": "llama.cpp"}
 
 
-def model_file(kind: str) -> Path:
+def model_file(kind: str, model: str = "qwen3-0.6b-shape") -> Path:
     sys.path.insert(0, str(ROOT / "tools"))
     from make_tiny_gguf import make
 
     cache = Path(os.environ.get("TFB_CACHE", Path.home() / ".cache" / "tfb")) / "bench"
-    path = cache / f"qwen3-0.6b-shape-{kind}.gguf"
+    path = cache / f"{model}-{kind}.gguf"
     if not path.is_file():
         from gguf import GGMLQuantizationType
 
         cache.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(".part")
         qtype = kind if kind == "Q4_K_M" else GGMLQuantizationType[kind]
-        make("qwen3", tmp, SHAPE, qtype, VOCAB, std=0.02, tied=True)
+        spec, shape = MODELS[model]
+        make(spec, tmp, shape, qtype, VOCAB, std=0.02, tied=True)
         tmp.replace(path)
     return path
 
 
+def child_env() -> dict[str, str]:
+    """The environment of the children: tfb from this checkout, before whatever PYTHONPATH held; torch's
+    threads (and so tfb's native ones) as --threads says."""
+    return {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
+            "OMP_NUM_THREADS": str(THREADS[0])}
+
+
 def run_child(name: str, path: Path, timeout: int = 1800) -> dict | None:
-    code = PRELUDE + f"path, prompt, decode = {str(path)!r}, {PROMPT}, {DECODE}\n" + CHILDREN[name]
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    given = f"path, prompt, decode, threads = {str(path)!r}, {PROMPT}, {DECODE}, {THREADS[0]}\n"
+    code = PRELUDE + given + CHILDREN[name]
+    env = child_env()
     start = time.time()
     result = subprocess.run([sys.executable, "-c", code, repr(start)], capture_output=True, text=True,
                             timeout=timeout, env=env)
@@ -138,7 +178,8 @@ def run_child(name: str, path: Path, timeout: int = 1800) -> dict | None:
 
 
 def have(module: str) -> bool:
-    return subprocess.run([sys.executable, "-c", f"import {module}"], capture_output=True).returncode == 0
+    return subprocess.run([sys.executable, "-c", f"import {module}"], capture_output=True,
+                          env=child_env()).returncode == 0
 
 
 def medians(runs: list[dict]) -> dict | None:
@@ -161,10 +202,10 @@ def bench(kind: str, skip: set[str], repeats: int = 1) -> dict:
             if base and load:
                 out[f"{name}_first_logits_s"] = load["first_logits_s"]
                 out[f"{name}_rss_over_baseline"] = load["rss"] - base["rss"]
-    speed_engines = [name for engine in engines for name in SPEED_ENGINES[engine]]
-    runs: dict[str, list[dict]] = {name: [] for name in speed_engines}
+    speed_names = [name for engine in engines for name in SPEED_ENGINES[engine]]
+    runs: dict[str, list[dict]] = {name: [] for name in speed_names}
     for _ in range(repeats):
-        for name in speed_engines:
+        for name in speed_names:
             result = run_child(f"{name} speed", path)
             if result:
                 runs[name].append(result)
@@ -173,6 +214,47 @@ def bench(kind: str, skip: set[str], repeats: int = 1) -> dict:
         if speed:
             out[f"{name}_prompt_tps"], out[f"{name}_decode_tps"] = speed["prompt_tps"], speed["decode_tps"]
     return out
+
+
+def speed_engines(skip: set[str]) -> list[str]:
+    engines = [e for e in ("tfb", "transformers", "llama.cpp") if e not in skip]
+    if "llama.cpp" in engines and not have("llama_cpp"):
+        engines.remove("llama.cpp")
+    return [name for engine in engines for name in SPEED_ENGINES[engine]]
+
+
+def bench_moe(kind: str, skip: set[str], repeats: int = 1) -> dict:
+    """Speed of the MoE model and its dense twin: in each round every engine runs the MoE, then the dense
+    model (A/B), so that a slow spell of the shared machine falls on both; medians over the rounds."""
+    files = {"moe": model_file(kind, "qwen3moe-a64x8-shape"), "dense": model_file(kind, "qwen3-dense-twin-shape")}
+    out: dict = {"type": kind, **{f"{m}_file_bytes": path.stat().st_size for m, path in files.items()}}
+    names = speed_engines(skip)
+    runs: dict[tuple[str, str], list[dict]] = {(name, m): [] for name in names for m in files}
+    for _ in range(repeats):
+        for name in names:
+            for m, path in files.items():
+                result = run_child(f"{name} speed", path)
+                if result:
+                    runs[name, m].append(result)
+    for (name, m), results in runs.items():
+        speed = medians(results)
+        if speed:
+            out[f"{name}_{m}_prompt_tps"], out[f"{name}_{m}_decode_tps"] = speed["prompt_tps"], speed["decode_tps"]
+            out[f"{name}_{m}_decode_runs"] = [r["decode_tps"] for r in results]
+    return out
+
+
+def moe_table(rows: list[dict]) -> str:
+    lines = ["| file | engine | dense prompt tok/s | MoE prompt tok/s | dense decode tok/s | MoE decode tok/s | "
+             "MoE time per token / dense |", "|---|---|---:|---:|---:|---:|---:|"]
+    for row in rows:
+        for engine, label in ENGINE_NAMES.items():
+            keys = [f"{engine}_{m}_{what}_tps" for what in ("prompt", "decode") for m in ("dense", "moe")]
+            if not all(key in row for key in keys):
+                continue
+            dp, mp, dd, md = (row[key] for key in keys)
+            lines.append(f"| {row['type']} | {label} | {dp:.1f} | {mp:.1f} | {dd:.1f} | {md:.1f} | {dd / md:.2f}x |")
+    return "\n".join(lines)
 
 
 def table(rows: list[dict]) -> str:
@@ -197,10 +279,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--types", nargs="+", default=["Q8_0", "Q4_K_M"])
     parser.add_argument("--skip", nargs="*", default=[], choices=["tfb", "transformers", "llama.cpp"])
     parser.add_argument("--repeats", type=int, default=1, help="speed runs per engine; the median counts")
+    parser.add_argument("--threads", type=int, default=2, help="threads of every engine")
+    parser.add_argument("--moe", action="store_true", help="decode speed of the MoE model against its dense twin")
     parser.add_argument("--json", type=Path, help="also write the figures here")
     args = parser.parse_args(argv)
-    rows = [bench(kind, set(args.skip), args.repeats) for kind in args.types]
-    print(table(rows))
+    THREADS[0] = args.threads
+    if args.moe:
+        rows = [bench_moe(kind, set(args.skip), args.repeats) for kind in args.types]
+        print(moe_table(rows))
+    else:
+        rows = [bench(kind, set(args.skip), args.repeats) for kind in args.types]
+        print(table(rows))
     if args.json:
         args.json.write_text(json.dumps(rows, indent=1))
     return 0
