@@ -3,6 +3,7 @@ the cache, one state per layer, owned by that layer's mixer."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 import torch
@@ -25,7 +26,23 @@ class Step:
 
 
 class LayerState(Protocol):
+    """A layer's cache state. A rewindable one keeps every position (keys and values) and can forget the
+    last ones; another (a recurrent state: a fixed-size summary of all positions) cannot, and is copied
+    into snapshots instead."""
+
+    rewindable: bool
+
     def truncate(self, length: int) -> None: ...
+
+    def copy(self) -> LayerState: ...
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """A cache as it was after `length` positions: copies of the states that cannot rewind."""
+
+    length: int
+    saved: tuple[Any, ...]  # per layer: a copied state, or None (nothing, or a state that rewinds)
 
 
 class Cache:
@@ -35,21 +52,46 @@ class Cache:
     def __init__(self, layers: list[Any]) -> None:
         self.layers = layers
         self.length = 0
+        self.initial = self.snapshot()  # the empty cache, to start over from
+
+    @property
+    def rewindable(self) -> bool:
+        return all(state is None or state.rewindable for state in self.layers)
 
     def commit(self, new: int) -> None:
         self.length += new
 
-    def truncate(self, length: int) -> None:
-        """Forget positions from `length` on (for a rewound or shared prompt)."""
-        self.length = min(self.length, length)
+    def truncate(self, length: int) -> bool:
+        """Forget positions from `length` on (for a rewound or shared prompt); False, and nothing changed,
+        when a layer's state cannot go back (restore a snapshot instead)."""
+        if length >= self.length:
+            return True
+        if not self.rewindable:
+            return False
+        self.length = length
         for state in self.layers:
             if state is not None:
-                state.truncate(self.length)
+                state.truncate(length)
+        return True
+
+    def snapshot(self) -> Snapshot:
+        return Snapshot(self.length, tuple(None if s is None or s.rewindable else s.copy() for s in self.layers))
+
+    def restore(self, snapshot: Snapshot) -> None:
+        """The cache as it was at `snapshot` (rewindable states forget what came after it)."""
+        self.length = snapshot.length
+        for i, saved in enumerate(snapshot.saved):
+            if saved is not None:
+                self.layers[i] = saved.copy()
+            elif self.layers[i] is not None:
+                self.layers[i].truncate(snapshot.length)
 
 
 class SequenceState:
     """Per-position tensors of one layer ([batch, heads, positions, dim] each: keys and values, or a
     latent and its rope part), stored in `dtype` (default: as they come); capacity grows geometrically."""
+
+    rewindable = True
 
     def __init__(self, count: int, dtype: torch.dtype | None = None) -> None:
         self.dtype = dtype
@@ -73,3 +115,6 @@ class SequenceState:
 
     def truncate(self, length: int) -> None:
         """Positions past `length` are overwritten by the next update; nothing to do."""
+
+    def copy(self) -> SequenceState:
+        return self  # never copied: a rewindable state is truncated instead

@@ -14,7 +14,7 @@ from typing import Protocol
 import torch
 
 from tfb.errors import InputError
-from tfb.nn.cache import Cache
+from tfb.nn.cache import Cache, Snapshot
 from tfb.nn.model import Transformer
 from tfb.text.sampling import GREEDY, Sampler, Sampling
 
@@ -38,11 +38,15 @@ class Stats:
 
 @dataclass
 class Session:
-    """A KV cache and the tokens in it, kept across generations (a chat) so that a prompt that extends the
-    previous one only computes its new tokens."""
+    """A cache and the tokens in it, kept across generations (a chat) so that a prompt that extends the
+    previous one only computes its new tokens. Recurrent layers cannot forget positions the way a KV cache
+    can: the session keeps snapshots of the cache after each prompt (as llama.cpp keeps checkpoints) and goes
+    back to the latest one inside the shared prefix, or starts over."""
 
     cache: Cache
     tokens: list[int] = field(default_factory=list)
+    snapshots: list[Snapshot] = field(default_factory=list)
+    max_snapshots: int = 4
 
     def reuse(self, prompt: Sequence[int]) -> int:
         """Keep the cached prefix shared with `prompt` (at least one prompt token is left to compute)."""
@@ -52,9 +56,19 @@ class Session:
                 break
             shared += 1
         shared = min(shared, self.cache.length)  # the last sampled token was never computed
-        self.cache.truncate(shared)
+        if not self.cache.truncate(shared):
+            usable = [s for s in self.snapshots if s.length <= shared]
+            back = max(usable, key=lambda s: s.length) if usable else self.cache.initial
+            self.cache.restore(back)
+            shared = back.length
+        self.snapshots = [s for s in self.snapshots if s.length <= shared]
         self.tokens = list(prompt)
         return shared
+
+    def checkpoint(self) -> None:
+        """Remember the cache as it is now, where going back would otherwise mean starting over."""
+        if not self.cache.rewindable:
+            self.snapshots = [*self.snapshots, self.cache.snapshot()][-self.max_snapshots:]
 
 
 @torch.no_grad()
@@ -77,6 +91,7 @@ def generate_ids(model: Transformer, prompt: Sequence[int], *, max_tokens: int =
     history = session.tokens
     start = time.perf_counter()
     logits = model(torch.tensor([history[shared:]]), cache, last_only=True)[0, -1]
+    session.checkpoint()
     stats.prompt_tokens, stats.prompt_seconds = len(history) - shared, time.perf_counter() - start
     start = time.perf_counter()
     stops = set(stop_ids)
