@@ -245,7 +245,7 @@ def mla_metadata(**ranks: int) -> dict[str, MetaValue]:
     return {**meta, "x.attention.layer_norm_rms_epsilon": MetaValue(1e-6, "float32")}
 
 
-@pytest.mark.parametrize("key", ["attention.q_lora_rank", "attention.kv_lora_rank"])
+@pytest.mark.parametrize("key", ["attention.kv_lora_rank"])
 def test_latent_rank_wider_than_the_model(tmp_path: Path, key: str) -> None:
     """A low-rank latent wider than the residual stream is no low rank: one error naming the field and both
     values, before any weight is read."""

@@ -76,10 +76,9 @@ class LatentAttention(KindSection):
             return "kv_lora_rank is 0 in a latent attention layer (the file needs attention.kv_lora_rank)"
         if self.query == "low_rank" and c.q_lora_rank <= 0:
             return "query: low_rank needs q_lora_rank > 0 (attention.q_lora_rank)"
-        for name in ("kv_lora_rank", "q_lora_rank"):  # a latent wider than the residual stream is no low rank
-            if getattr(c, name) > c.hidden_size:
-                return (f"{name} = {getattr(c, name)} is larger than hidden_size = {c.hidden_size}: a latent rank "
-                        "is below the model's width (check attention.{name} in the file)".replace("{name}", name))
+        if c.kv_lora_rank > c.hidden_size:  # the cached latent wider than the residual stream compresses nothing
+            return (f"kv_lora_rank = {c.kv_lora_rank} is larger than hidden_size = {c.hidden_size}: the latent "
+                    "compresses keys and values below the model's width (check attention.kv_lora_rank in the file)")
         if c.rope_dims <= 0 or c.rope_dims % 2 or c.rope_dims >= c.head_dim:
             return (f"rope_dims = {c.rope_dims} must be even, positive and less than head_dim = {c.head_dim} "
                     "(the query head is nope + rope dimensions)")
