@@ -66,10 +66,9 @@ class ShortConv(nn.Module):
         return ConvWindow(self.kernel - 1)  # float32 whatever the cache dtype (a summary, not positions)
 
     def forward(self, x: torch.Tensor, step: Step, state: ConvWindow | None) -> torch.Tensor:
-        b, t, _ = x.shape
         gate_in, gate_out, values = self.in_proj(x).float().chunk(3, dim=-1)
         u = (gate_in * values).transpose(1, 2)  # [b, h, t]
-        past = self._past(state, step, b, u)
+        past = self._past(state, step, x.shape[0], u)
         full = torch.cat((past, u), dim=2)  # [b, h, L - 1 + t]: the window in front of the new inputs
         if state is not None:
             state.window = full[:, :, full.shape[2] - state.width:].clone()

@@ -39,8 +39,8 @@ class ShortConv(KindSection):
 
     def check(self, c: Any) -> str | None:
         if c.shortconv_l_cache <= 0:
-            return (f"`shortconv_l_cache` = {c.shortconv_l_cache} (the file's shortconv.l_cache): a short "
-                    "convolution needs a kernel of at least 1 position")
+            return (f"`shortconv_l_cache` = {c.shortconv_l_cache} (the file's shortconv.l_cache) must be at least "
+                    "1: it is the kernel length of the short convolution")
         if c.hidden_size <= 0:
             return f"`hidden_size` = {c.hidden_size} must be positive in a short convolution layer"
         return None
