@@ -15,6 +15,7 @@ from gguf import GGUFReader, GGUFValueType, GGUFWriter
 from llama_reference import llama_cpp_logits
 
 import tfb
+from tfb.authoring.check import check
 from tfb.errors import ConfigError
 from tfb.gguf.reader import GGUFFile
 from tfb.nn.mixers.short_conv import ConvWindow, ShortConv
@@ -39,6 +40,8 @@ def test_layers_come_from_the_file(tiny_model) -> None:
     assert isinstance(conv, ShortConv) and conv.kernel == 3
     torch.testing.assert_close(conv.weight, reference.model.layers[0].conv.conv.weight, rtol=0, atol=0)
     assert model.blocks[2].mixer.opts.qk_norm == "rmsnorm"
+    report = check(path)  # `tfb check`: every tensor of the file read, by the slots of each layer's kind
+    assert report.ok and report.tensors_checked == 38, "\n".join(report.lines())
 
 
 def test_logits_match_transformers(tiny_model) -> None:
