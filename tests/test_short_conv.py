@@ -1,8 +1,8 @@
-"""LFM2 (the `short_conv` mixer kind beside attention): a tiny random Lfm2ForCausalLM through llama.cpp's
-converter against transformers' float32 logits, and against llama.cpp's own (also with the sliding window
-llama.cpp applies when the file gives one, which transformers' Lfm2 has not); the conv window as the layer's
-state (incremental decoding, generation, a session going back to a snapshot); quantized files; a kernel of
-0 refused."""
+"""LFM2 and LFM2-MoE (the `short_conv` mixer kind beside attention): tiny random Lfm2ForCausalLM and
+Lfm2MoeForCausalLM models through llama.cpp's converter against transformers' float32 logits, and against
+llama.cpp's own (also with the sliding window llama.cpp applies when the file gives one, which transformers'
+Lfm2 has not); the conv window as the layer's state (incremental decoding, generation, a session going back
+to a snapshot); quantized files; a kernel of 0 refused."""
 
 from __future__ import annotations
 
@@ -24,6 +24,7 @@ from tfb.text.sampling import GREEDY
 
 SHAPES = [(1, 1), (2, 1), (2, 40)]
 KINDS = ["ShortConv", "ShortConv", "Attention", "ShortConv"]  # the tiny model's layer_types
+FAMILIES = ["lfm2", "lfm2moe"]
 
 
 def _max_diff(ours: torch.Tensor, reference: torch.Tensor) -> float:
@@ -44,15 +45,17 @@ def test_layers_come_from_the_file(tiny_model) -> None:
     assert report.ok and report.tensors_checked == 38, "\n".join(report.lines())
 
 
-def test_logits_match_transformers(tiny_model) -> None:
-    reference, path = tiny_model("lfm2", "f32")
+@pytest.mark.parametrize("family", FAMILIES)
+def test_logits_match_transformers(tiny_model, family: str) -> None:
+    reference, path = tiny_model(family, "f32")
     compare(tfb.load(path), reference, SHAPES)
 
 
+@pytest.mark.parametrize("family", FAMILIES)
 @pytest.mark.parametrize("outtype", ["q8_0", "q4_0"])
-def test_quantized_files(tiny_model, outtype: str) -> None:
+def test_quantized_files(tiny_model, family: str, outtype: str) -> None:
     """The projections quantized, the conv kernels and norms F32 (the converter's and llama-quantize's rule)."""
-    reference, path = tiny_model("lfm2", outtype)
+    reference, path = tiny_model(family, outtype)
     with GGUFFile(path) as gguf:
         types = {name: info.ggml_type.name for name, info in gguf.tensors.items()}
     assert types["blk.0.shortconv.conv.weight"] == "F32" and types["blk.0.attn_norm.weight"] == "F32"
@@ -61,9 +64,10 @@ def test_quantized_files(tiny_model, outtype: str) -> None:
     compare(tfb.load(path), reference, SHAPES)
 
 
-def test_incremental_decoding_gives_the_full_forward_logits(tiny_model) -> None:
+@pytest.mark.parametrize("family", FAMILIES)
+def test_incremental_decoding_gives_the_full_forward_logits(tiny_model, family: str) -> None:
     """Chunked prompts (a chunk shorter than the kernel too) and one token at a time."""
-    _, path = tiny_model("lfm2", "f32")
+    _, path = tiny_model(family, "f32")
     model = tfb.load(path)
     ids = torch.randint(0, model.config.vocab_size, (2, 45), generator=torch.Generator().manual_seed(3))
     with torch.no_grad():
@@ -91,8 +95,9 @@ def test_the_state_is_float32_in_a_bfloat16_model(tiny_model) -> None:
     assert _max_diff(steps, full) < 2e-2
 
 
-def test_greedy_equals_transformers_generate(tiny_model) -> None:
-    reference, path = tiny_model("lfm2", "f32")
+@pytest.mark.parametrize("family", FAMILIES)
+def test_greedy_equals_transformers_generate(tiny_model, family: str) -> None:
+    reference, path = tiny_model(family, "f32")
     model = tfb.load(path)
     prompt = torch.randint(0, model.config.vocab_size, (1, 5), generator=torch.Generator().manual_seed(7)).tolist()[0]
     ours = list(generate_ids(model, prompt, max_tokens=12, sampling=GREEDY))
@@ -144,6 +149,20 @@ def _with_window(path: Path, out: Path, window: int) -> Path:
     writer.write_tensors_to_file()
     writer.close()
     return out
+
+
+def test_lfm2moe_layers_come_from_the_file(tiny_model) -> None:
+    """Conv and attention layers as the file's head_count_kv says; a dense feed-forward in the leading layer,
+    experts after it; the logits equal llama.cpp's."""
+    _, path = tiny_model("lfm2moe", "f32")
+    model = tfb.load(path)
+    assert [type(b.mixer).__name__ for b in model.blocks] == ["ShortConv", "Attention", "ShortConv", "ShortConv"]
+    assert [type(b.ffn).__name__ for b in model.blocks] == ["MLP", "Experts", "Experts", "Experts"]
+    assert model.config.expert_weights_norm and model.config.expert_gating_func == 2
+    assert check(path).ok
+    ids = ids_for(model.config.vocab_size, 2, 40)
+    with torch.no_grad():
+        assert_logits_match(model(ids), llama_cpp_logits(path, ids), rel=1e-5)
 
 
 def test_logits_match_llama_cpp_with_and_without_a_window(tiny_model, tmp_path: Path) -> None:
