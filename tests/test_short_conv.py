@@ -201,3 +201,17 @@ def test_a_kernel_of_zero_is_refused_naming_the_key(tiny_model, tmp_path: Path) 
     # a kernel the tensors do not have: the tensor and both shapes named
     with pytest.raises(tfb.errors.WeightError, match=r"blk\.0\.shortconv\.conv\.weight.*\[64, 3\].*\[64, 4\]"):
         tfb.load(_with_kernel(path, tmp_path / "k4.gguf", 4))
+
+
+def test_tfb_run_generates_on_a_hybrid_file(tiny_model) -> None:
+    """`tfb run` end to end on the lfm2 file: the prompt and the text tfb.generate gives greedily."""
+    import subprocess
+    import sys
+
+    _, path = tiny_model("lfm2", "f32")
+    result = subprocess.run([sys.executable, "-m", "tfb.cli", "run", str(path), "-p", "hello world", "-n", "6",
+                             "--temp", "0"], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    text = "".join(tfb.generate(tfb.load(path), tfb.load_tokenizer(path), "hello world", max_tokens=6,
+                                sampling=GREEDY))
+    assert result.stdout.startswith("hello world" + text) and len(text) > 6
