@@ -215,3 +215,30 @@ def test_tfb_run_generates_on_a_hybrid_file(tiny_model) -> None:
     text = "".join(tfb.generate(tfb.load(path), tfb.load_tokenizer(path), "hello world", max_tokens=6,
                                 sampling=GREEDY))
     assert result.stdout.startswith("hello world" + text) and len(text) > 6
+
+
+@pytest.mark.parametrize("kernel", [1, 2, 4])
+def test_other_kernel_lengths_match_transformers_short_conv(kernel: int) -> None:
+    """The kind on its own against transformers' Lfm2ShortConv for kernels other than the released 3 (1: no
+    state at all), over a whole sequence and step by step."""
+    from transformers import Lfm2Config
+    from transformers.models.lfm2.modeling_lfm2 import Lfm2ShortConv
+
+    from tfb.nn.cache import Step
+
+    torch.manual_seed(kernel)
+    reference = Lfm2ShortConv(Lfm2Config(hidden_size=16, conv_L_cache=kernel, num_hidden_layers=1), 0).eval()
+    ours = ShortConv(16, kernel)
+    ours.in_proj.set_weight("in", reference.in_proj.weight.detach())
+    ours.out_proj.set_weight("out", reference.out_proj.weight.detach())
+    ours.set_kernel("conv", reference.conv.weight.detach().squeeze(1))
+    x = torch.randn(2, 9, 16)
+    with torch.no_grad():
+        expected = reference(x)
+        full = ours(x, Step(torch.arange(9).expand(2, 9), 0), None)
+        state = ours.new_state(None)
+        steps = torch.cat([ours(x[:, a:b], Step(torch.arange(a, b).expand(2, b - a), a), state)
+                           for a, b in ((0, 1), (1, 5), (5, 6), (6, 9))], dim=1)
+    torch.testing.assert_close(full, expected, rtol=0, atol=1e-5)
+    torch.testing.assert_close(steps, expected, rtol=0, atol=1e-5)
+    assert state.window is not None and state.window.shape == (2, 16, kernel - 1)
