@@ -214,6 +214,17 @@ FAMILIES: dict[str, Family] = {
         BASE, num_hidden_layers=4, intermediate_size=128, moe_num_experts=8, moe_k=3, moe_intermediate_size=32,
         moe_num_shared_experts=0, moe_layer_start_index=1, moe_layer_interval=2, pad_token_id=None),
         keep_f32=("mlp.gate.weight",)),
+    # LFM2: short-convolution layers and attention layers (per-layer head_count_kv 0 on the conv layers in the
+    # file), Q/K norms, NEOX rope, tied embeddings; the conv weights stay F32 (the converter and llama-quantize)
+    "lfm2": Family("Lfm2ForCausalLM", "Lfm2Config", dict(
+        BASE, num_hidden_layers=4, layer_types=["conv", "conv", "full_attention", "conv"],
+        block_auto_adjust_ff_dim=False, max_position_embeddings=256), tokenizer="gpt2", keep_f32=("conv.conv.weight",)),
+    # LFM2-MoE: the lfm2 layers with a dense feed-forward in the first num_dense_layers, then sigmoid-scored
+    # experts with a selection bias, renormalised (as released: routed_scaling_factor 1, norm_topk_prob)
+    "lfm2moe": Family("Lfm2MoeForCausalLM", "Lfm2MoeConfig", dict(
+        BASE, num_hidden_layers=4, layer_types=["conv", "full_attention", "conv", "conv"], num_dense_layers=1,
+        num_experts=8, num_experts_per_tok=3, moe_intermediate_size=32, max_position_embeddings=256),
+        tokenizer="gpt2", keep_f32=("conv.conv.weight", "feed_forward.gate.weight")),
     # Llama 4 text: 4 layers, the 4th without rope (full attention, temperature tuning), the others chunked
     # with a chunk of 8 < the test length, L2 Q/K norm on rope layers; MoE on odd layers (interleave step 2)
     # with a top-1 sigmoid router applied to the expert input, and a shared expert. llama.cpp hard-codes the

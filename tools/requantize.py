@@ -18,7 +18,7 @@ from gguf import GGMLQuantizationType, GGUFReader, GGUFValueType, GGUFWriter
 from gguf.constants import GGML_QUANT_SIZES
 from gguf.quants import dequantize, quantize
 
-KEEP_F32 = ("_norm.weight", "ffn_gate_inp.weight", "position_embd.weight", "rope_freqs.weight",
+KEEP_F32 = ("_norm.weight", "ffn_gate_inp.weight", "position_embd.weight", "rope_freqs.weight", "shortconv.conv.weight",
             "rope_factors_long.weight", "rope_factors_short.weight")
 
 
