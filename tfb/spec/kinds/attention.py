@@ -195,6 +195,9 @@ class Attention(KindSection):
             return f"`n_heads` = {c.n_heads} and `n_kv_heads` = {c.n_kv_heads} must be positive in an attention layer"
         if c.n_heads % c.n_kv_heads:
             return f"n_heads = {c.n_heads} is not a multiple of n_kv_heads = {c.n_kv_heads}"
+        for name in ("head_dim", "value_dim", "attention_scale"):
+            if not getattr(c, name) > 0:
+                return f"`{name}` = {getattr(c, name)} must be positive in an attention layer"
         if self.uses_rope() and (c.rope_dims > c.head_dim or c.rope_dims % 2):
             return f"rope_dims = {c.rope_dims} must be even and at most head_dim = {c.head_dim}"
         if self.uses_rope() and c.rope_scaling == "yarn" and c.rope_base == 1.0:
