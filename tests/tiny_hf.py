@@ -226,6 +226,12 @@ FAMILIES: dict[str, Family] = {
         rope_parameters=dict(rope_type="llama3", rope_theta=10000.0, factor=8.0, low_freq_factor=1.0,
                              high_freq_factor=4.0, original_max_position_embeddings=16)),
         tokenizer="gpt2", keep_f32=("router.weight",), transposed=("experts.gate_up_proj", "experts.down_proj")),
+    # Mamba-2: 8 heads of 16 over an inner width of 128, B/C in 2 groups of state 16, a conv of 4; transformers
+    # scans in chunks of 16 (the tests' prompts cross them); the converter keeps the conv weights F32
+    "mamba2": Family("Mamba2ForCausalLM", "Mamba2Config", dict(
+        hidden_size=64, num_hidden_layers=2, num_heads=8, head_dim=16, expand=2, n_groups=2, state_size=16,
+        conv_kernel=4, chunk_size=16, pad_token_id=None, bos_token_id=None, eos_token_id=None),
+        keep_f32=("conv1d.weight",)),
 }
 
 
