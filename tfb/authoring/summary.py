@@ -91,7 +91,7 @@ def switches(spec: Spec) -> dict[str, str]:
     rope = NONE if att is None or att.rope.layers == "none" else att.rope.pairing + \
         ("" if att.rope.layers == "all" else f" {_pattern(att.rope.layers)}")
     dense = _first(spec.ffn, "dense")
-    ffn_text = _kinds(spec.ffn) if len(spec.ffn) > 1 else ""
+    ffn_text = _kinds(spec.ffn) if len(spec.ffn) > 1 or spec.ffn[0].kind == "none" else ""
     if dense is not None:
         ffn_text = f"{ffn_text}; {_mlp(dense)}" if ffn_text else _mlp(dense)
     experts = NONE
