@@ -69,7 +69,8 @@ class Rope(Strict):
     pairing: Literal["adjacent", "half"] = Field(
         "adjacent", description="adjacent: rotate (x0,x1),(x2,x3)... (GGML normal mode, on the converter's "
         "permuted Q/K); half: rotate (x_i, x_{i+d/2}) (GGML NEOX mode)")
-    layers: LayerPattern = Field("all", description="layers that apply rope; " + LAYER_PATTERN_DOC)
+    layers: LayerSelector = Field("all", description="layers that apply rope; " + SELECTOR_DOC + " (e.g. "
+                                  "{nonzero: use_rope}: rope as a file key says)")
 
     @model_validator(mode="before")
     @classmethod
@@ -108,6 +109,8 @@ class Attention(KindSection):
                     "length) + 1)", 0.0, "nonnegative"),
         ConfigField("use_qk_norm", "int", "1: the spec's Q/K norm without weights applies, 0: it does not (for "
                     "families where llama.cpp infers it from another fact of the file)", 1, "nonnegative"),
+        ConfigField("use_rope", "bool", "whether rope applies, for files that carry it as a key (such as "
+                    "rope.scaling.finetuned); a spec's rope.layers reads it with {nonzero: use_rope}", True),
     )
 
     kind: Literal["attention"] = "attention"
