@@ -1,9 +1,10 @@
-"""Mamba-2 (the `mamba2` mixer kind and spec), verified like the other families: a tiny random transformers
-Mamba2ForCausalLM -> llama.cpp's own converter -> tfb's logits against transformers' float32 logits at every
-position; decoding with the recurrent state (token by token, and in chunks that cross the scan's chunk size)
-against the full forward; greedy generation against transformers'; a Session going back to a snapshot; quantized
-files (the matrices quantized, conv weights, A, D and norms F32 as llama.cpp keeps them); bad sizes refused with
-one message naming the key."""
+"""Mamba-2 (the `mamba2` mixer kind, the mamba2 spec) and Granite 4.0-H (granitehybrid: Mamba-2 and rope-free
+attention layers, experts and a shared MLP), verified like the other families: tiny random transformers models
+(Mamba2ForCausalLM, GraniteMoeHybridForCausalLM) -> llama.cpp's own converter -> tfb's logits against
+transformers' float32 logits at every position and against llama.cpp's; decoding with the recurrent state (token
+by token, and in chunks that cross the scan's chunk size) against the full forward; greedy generation against
+transformers'; a Session going back to a snapshot; quantized files (the matrices quantized, conv weights, A, D and
+norms F32 as llama.cpp keeps them); bad sizes refused with one message naming the key."""
 
 from __future__ import annotations
 
@@ -25,6 +26,7 @@ from tfb.quant import PackedTensor
 from tfb.text.generate import GREEDY, Session, generate_ids
 
 SHAPES = [(1, 1), (2, 1), (2, 40), (1, 2 * CHUNK + 13)]  # the last crosses two chunk boundaries
+FAMILIES = ["mamba2", "granitehybrid"]
 
 
 def _close(ours: torch.Tensor, full: torch.Tensor) -> None:
@@ -42,23 +44,49 @@ def test_logits_match_transformers(tiny_model) -> None:
     compare(model, reference, SHAPES)
 
 
-def test_the_spec_fits_the_converted_files(tiny_model) -> None:
+def test_granitehybrid_layers_follow_the_file(tiny_model) -> None:
+    reference, path = tiny_model("granitehybrid", "f32")
+    model = tfb.load(path)
+    assert model.config.per_layer["n_kv_heads"] == (0, 2, 0, 2)
+    kinds = [type(b.mixer).__name__ for b in model.blocks]
+    assert kinds == ["Mamba2Layer", "Attention", "Mamba2Layer", "Attention"]
+    assert not model.blocks[1].mixer.opts.use_rope  # rope.scaling.finetuned = false in the file
+    compare(model, reference, SHAPES)
+
+
+def test_granitehybrid_rope_follows_the_key(tiny_model, tmp_path: Path) -> None:
+    """A file whose rope.scaling.finetuned is true (llama.cpp's default) gets rope on its attention layers."""
+    path = tiny_model("granitehybrid", "f32")[1]
+    roped = tfb.load(rewrite(path, tmp_path / "rope.gguf", {"granitehybrid.rope.scaling.finetuned":
+                                                             (True, GGUFValueType.BOOL)}))
+    assert roped.blocks[1].mixer.opts.use_rope
+    ids = ids_for(320, 1, 12)
+    with torch.no_grad():
+        assert not torch.allclose(roped(ids), tfb.load(path)(ids), atol=1e-3)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_the_spec_fits_the_converted_files(tiny_model, family: str) -> None:
     for outtype in ("f32", "q4_0"):
-        report = check(tiny_model("mamba2", outtype)[1])
+        report = check(tiny_model(family, outtype)[1])
         assert report.ok, "\n".join(report.lines())
-        assert report.tensors_checked == 2 * 9 + 3  # per layer: 8 ssm tensors and the norm; embedding, norm, output
+        assert report.tensors_checked > 0
+    if family == "mamba2":
+        assert check(tiny_model(family, "f32")[1]).tensors_checked == 2 * 9 + 3  # 8 ssm tensors and a norm a layer
 
 
-def test_logits_match_llama_cpp(tiny_model) -> None:
+@pytest.mark.parametrize("family", FAMILIES)
+def test_logits_match_llama_cpp(tiny_model, family: str) -> None:
     """llama.cpp itself on the same file (its sequential ggml_ssm_scan against the chunked form here)."""
-    path = tiny_model("mamba2", "f32")[1]
+    path = tiny_model(family, "f32")[1]
     ids = ids_for(320, 2, 40)
     with torch.no_grad():
         assert_logits_match(tfb.load(path)(ids), llama_cpp_logits(path, ids), 1e-4)
 
 
-def test_decoding_with_the_state_equals_the_full_forward(tiny_model) -> None:
-    model = tfb.load(tiny_model("mamba2", "f32")[1])
+@pytest.mark.parametrize("family", FAMILIES)
+def test_decoding_with_the_state_equals_the_full_forward(tiny_model, family: str) -> None:
+    model = tfb.load(tiny_model(family, "f32")[1])
     length = CHUNK + 36
     ids = torch.randint(0, model.config.vocab_size, (2, length), generator=torch.Generator().manual_seed(5))
     cuts = ((0, 11), (11, 12), (12, CHUNK + 20), (CHUNK + 20, length))
@@ -85,8 +113,9 @@ def test_the_state_is_float32_in_a_bfloat16_model(tiny_model) -> None:
     assert cache.layers[1].ssm.dtype == cache.layers[1].conv.dtype == torch.float32
 
 
-def test_greedy_equals_transformers_generate(tiny_model) -> None:
-    reference, path = tiny_model("mamba2", "f32")
+@pytest.mark.parametrize("family", FAMILIES)
+def test_greedy_equals_transformers_generate(tiny_model, family: str) -> None:
+    reference, path = tiny_model(family, "f32")
     model = tfb.load(path)
     prompt = torch.randint(0, 320, (1, 5), generator=torch.Generator().manual_seed(7)).tolist()[0]
     ours = list(generate_ids(model, prompt, max_tokens=20, sampling=GREEDY))
@@ -96,10 +125,12 @@ def test_greedy_equals_transformers_generate(tiny_model) -> None:
     assert ours == theirs
 
 
-def test_a_session_goes_back_to_a_snapshot(tiny_model) -> None:
+@pytest.mark.parametrize("family", FAMILIES)
+def test_a_session_goes_back_to_a_snapshot(tiny_model, family: str) -> None:
     """A chat over recurrent layers: a prompt extending the history computes only its new tokens, an edited
-    turn goes back to the snapshot after the previous prompt; each reply equals a fresh generation."""
-    model = tfb.load(tiny_model("mamba2", "f32")[1])
+    turn goes back to the snapshot after the previous prompt (attention layers truncated to it); each reply
+    equals a fresh generation."""
+    model = tfb.load(tiny_model(family, "f32")[1])
     session = Session(model.new_cache())
     first = [5, 17, 33, 2, 90, 41]
     reply = list(generate_ids(model, first, max_tokens=6, session=session))
@@ -118,15 +149,16 @@ def test_a_session_goes_back_to_a_snapshot(tiny_model) -> None:
         list(generate_ids(model, other, max_tokens=4))
 
 
+@pytest.mark.parametrize("family", FAMILIES)
 @pytest.mark.parametrize("outtype", ["q8_0", "q4_0"])
-def test_quantized_files(tiny_model, outtype: str) -> None:
-    reference, path = tiny_model("mamba2", outtype)
+def test_quantized_files(tiny_model, family: str, outtype: str) -> None:
+    reference, path = tiny_model(family, outtype)
     with GGUFFile(path) as gguf:
         types = {name: info.ggml_type.name for name, info in gguf.tensors.items()}
     for name, kind in types.items():
         if ".ssm_in." in name or ".ssm_out." in name:
             assert kind == outtype.upper(), name
-        elif name.startswith("blk."):  # conv weights and bias, dt bias, A, D, norms
+        elif ".ssm_" in name or "_norm" in name:  # conv weights and bias, dt bias, A, D, norms
             assert kind == "F32", name
     model = tfb.load(path)
     assert isinstance(model.blocks[0].mixer.in_proj.packed, PackedTensor)  # kept in its blocks
