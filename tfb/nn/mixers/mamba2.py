@@ -75,7 +75,7 @@ class Mamba2Layer(nn.Module):
         self.in_proj = Linear(s.hidden, s.inner + s.conv_dim + s.heads)
         self.out_proj = Linear(s.inner, s.hidden)
         self.norm = ctx.norm(s.inner // s.groups, eps, kind="rmsnorm", groups=s.groups)
-        self.conv_weight = torch.zeros(s.conv_dim, 1, s.kernel)
+        self.conv_weight = torch.zeros(s.conv_dim, s.kernel)
         self.conv_bias: torch.Tensor | None = None
         self.dt_bias = torch.zeros(s.heads)
         self.a = torch.zeros(s.heads)
@@ -91,7 +91,7 @@ class Mamba2Layer(nn.Module):
         return value.float()
 
     def set_conv(self, name: str, w: torch.Tensor) -> None:
-        self.conv_weight = self._checked(name, w, "set_conv").unsqueeze(1).contiguous()
+        self.conv_weight = self._checked(name, w, "set_conv")
 
     def set_conv_bias(self, name: str, b: torch.Tensor) -> None:
         self.conv_bias = self._checked(name, b, "set_conv_bias")
@@ -135,42 +135,55 @@ class Mamba2Layer(nn.Module):
         keep = self.shape.kernel - 1
         if window is None:
             window = xbc.new_zeros(b, channels, keep)
-        full = torch.cat((window, xbc.transpose(1, 2)), dim=2)  # [b, channels, keep + t]
-        out = F.conv1d(full, self.conv_weight, self.conv_bias, groups=channels)  # [b, channels, t]
-        return F.silu(out.transpose(1, 2)), full[:, :, full.shape[2] - keep:].contiguous()
+        full = torch.cat((window.transpose(1, 2), xbc), dim=1)  # [b, keep + t, channels]
+        t = xbc.shape[1]
+        w = self.conv_weight  # [channels, kernel]: K shifted multiply-adds (a depthwise conv of a few taps)
+        out = full[:, :t] * w[:, 0] if self.conv_bias is None else torch.addcmul(self.conv_bias, full[:, :t], w[:, 0])
+        for j in range(1, self.shape.kernel):
+            out = out.addcmul_(full[:, j:j + t], w[:, j])
+        return F.silu(out), full[:, full.shape[1] - keep:].transpose(1, 2).contiguous()
 
     def scan(self, x: torch.Tensor, dt: torch.Tensor, bmat: torch.Tensor, cmat: torch.Tensor,
              ssm: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The selective scan over x [b, t, heads, head_dim], dt [b, t, heads], B/C [b, t, groups, state] from
         the SSM state [b, heads, head_dim, state]: the outputs y [b, t, heads, head_dim] (without D) and the
-        state after the last position, CHUNK positions at a time."""
-        repeat = self.shape.heads // self.shape.groups
-        bmat, cmat = bmat.repeat_interleave(repeat, dim=2), cmat.repeat_interleave(repeat, dim=2)  # per head
+        state after the last position, CHUNK positions at a time. Inside, heads are [groups, heads per group]
+        so that B and C are used per group, never copied per head."""
+        b, t, heads, dim = x.shape
+        g, n = self.shape.groups, self.shape.state
+        r = heads // g
+        xs = x.permute(0, 2, 1, 3).reshape(b, g, r, t, dim)  # [b, g, r, t, p]
+        logs = (dt * self.a).permute(0, 2, 1).reshape(b, g, r, t)  # dt A, the log decay of each step
+        dts = dt.permute(0, 2, 1).reshape(b, g, r, t)
+        bs, cs = bmat.permute(0, 2, 1, 3).unsqueeze(2), cmat.permute(0, 2, 1, 3).unsqueeze(2)  # [b, g, 1, t, n]
+        state = ssm.view(b, g, r, dim, n)
         outs = []
-        for start in range(0, x.shape[1], CHUNK):
-            end = start + CHUNK
-            y, ssm = self._chunk(x[:, start:end], dt[:, start:end], bmat[:, start:end], cmat[:, start:end], ssm)
+        for start in range(0, t, CHUNK):
+            part = slice(start, start + CHUNK)
+            y, state = self._chunk(xs[..., part, :], logs[..., part], dts[..., part], bs[..., part, :],
+                                   cs[..., part, :], state)
             outs.append(y)
-        return (outs[0] if len(outs) == 1 else torch.cat(outs, dim=1)), ssm
+        y = outs[0] if len(outs) == 1 else torch.cat(outs, dim=3)
+        return y.reshape(b, heads, t, dim).transpose(1, 2), state.reshape(b, heads, dim, n)
 
-    def _chunk(self, x: torch.Tensor, dt: torch.Tensor, bmat: torch.Tensor, cmat: torch.Tensor,
+    @staticmethod
+    def _chunk(x: torch.Tensor, logs: torch.Tensor, dt: torch.Tensor, bmat: torch.Tensor, cmat: torch.Tensor,
                ssm: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """One chunk in closed form: cum = running sum of dt A (log decay, <= 0 per step);
+        """One chunk in closed form (x [b, g, r, l, p], logs and dt [b, g, r, l], B/C [b, g, 1, l, n], the state
+        [b, g, r, p, n]); cum = running sum of dt A (log decay, <= 0 per step):
         y_l = sum_{s<=l} exp(cum_l - cum_s) (C_l . B_s) dt_s x_s + exp(cum_l) C_l S_0,
         S_end = exp(cum_last) S_0 + sum_s exp(cum_last - cum_s) dt_s x_s B_s^T."""
-        t = x.shape[1]
-        cum = torch.cumsum(dt * self.a, dim=1).transpose(1, 2)  # [b, heads, t]
+        t = x.shape[3]
+        cum = torch.cumsum(logs, dim=-1)
         if t == 1:  # a decoding step: the recurrence itself
-            decay = torch.exp(cum)[..., None]  # [b, heads, 1, 1]
-            ssm = ssm * decay + torch.einsum("bhp,bhn->bhpn", x[:, 0] * dt[:, 0, :, None], bmat[:, 0])
-            return torch.einsum("bhpn,bhn->bhp", ssm, cmat[:, 0]).unsqueeze(1), ssm
-        gaps = cum[..., :, None] - cum[..., None, :]  # [b, heads, l, s]: cum_l - cum_s
+            ssm = ssm * torch.exp(cum)[..., None] + (x * dt[..., None]).transpose(-1, -2) @ bmat
+            return cmat @ ssm.transpose(-1, -2), ssm
+        gaps = cum[..., :, None] - cum[..., None, :]  # [.., l, s]: cum_l - cum_s
         causal = torch.ones(t, t, dtype=torch.bool, device=x.device).tril()
-        weights = torch.exp(gaps.masked_fill(~causal, float("-inf")))
-        scores = torch.einsum("blhn,bshn->bhls", cmat, bmat) * weights * dt.transpose(1, 2)[:, :, None, :]
-        y = torch.einsum("bhls,bshp->blhp", scores, x)
-        y = y + torch.einsum("blhn,bhpn->blhp", cmat, ssm) * torch.exp(cum).transpose(1, 2)[..., None]
-        last = cum[..., -1:]  # [b, heads, 1]
-        carry = (torch.exp(last - cum) * dt.transpose(1, 2)).transpose(1, 2)  # [b, s, heads]
-        ssm = ssm * torch.exp(last)[..., None] + torch.einsum("bshp,bshn->bhpn", x * carry[..., None], bmat)
+        weights = torch.exp(gaps.masked_fill(~causal, float("-inf"))) * dt[..., None, :]
+        y = ((cmat @ bmat.transpose(-1, -2)) * weights) @ x  # C_l . B_s once per group
+        y = y + (cmat @ ssm.transpose(-1, -2)) * torch.exp(cum)[..., None]
+        last = cum[..., -1:]
+        carry = torch.exp(last - cum) * dt  # [b, g, r, l]
+        ssm = ssm * torch.exp(last)[..., None] + (x * carry[..., None]).transpose(-1, -2) @ bmat
         return y, ssm
