@@ -103,18 +103,18 @@ def test_every_kind_and_feature_defined_is_used() -> None:
 
 
 def test_status_follows_the_kinds_features_and_specs_tfb_has(tmp_path: Path) -> None:
-    mamba2 = MAP.architectures["mamba2"]
-    assert status(mamba2, MAP, {}, FALLBACK).text() == "missing: mamba2, no_ffn"
-    with_kind = (FALLBACK_MIXERS | {"mamba2"}, FALLBACK_FFNS)
-    assert status(mamba2, MAP, {}, with_kind).text() == "missing: no_ffn"
-    with_feature = MAP.model_copy(update={"spec_features": [*MAP.spec_features, "no_ffn"]})
-    assert status(mamba2, with_feature, {}, with_kind).text() == "needs only a spec"
+    mamba = MAP.architectures["mamba"]  # Mamba-1: a kind and a feature (no_ffn) to have
+    without = MAP.model_copy(update={"spec_features": [f for f in MAP.spec_features if f != "no_ffn"]})
+    assert status(mamba, without, {}, FALLBACK).text() == "missing: mamba1, no_ffn"
+    with_kind = (FALLBACK_MIXERS | {"mamba1"}, FALLBACK_FFNS)
+    assert status(mamba, without, {}, with_kind).text() == "missing: no_ffn"
+    assert status(mamba, MAP, {}, with_kind).text() == "needs only a spec"
 
-    (tmp_path / "my-mamba.yaml").write_text("extends: llama\nmatch: [mamba2]\n")
+    (tmp_path / "my-mamba.yaml").write_text("extends: llama\nmatch: [mamba]\n")
     # a spec that names gpt-oss without its switches serves it only in part
     (tmp_path / "plain-oss.yaml").write_text("extends: llama\nmatch: [gpt-oss]\n")
     specs = served_by(tmp_path)
-    assert status(mamba2, MAP, specs, FALLBACK).text() == "served by `my-mamba`; lacks mamba2, no_ffn"
+    assert status(mamba, MAP, specs, FALLBACK).text() == "served by `my-mamba`; lacks mamba1, no_ffn"
     oss = status(MAP.architectures["openai-moe"], MAP, specs, FALLBACK)
     assert oss.text() == "served by `plain-oss`; lacks sliding_window, sinks, softmax_selected_gating"
 

@@ -46,6 +46,7 @@ class Family:
     transposed: tuple[str, ...] = ()  # parameters stored [.., in, out], which the converter transposes
     stack_per_head_norms: bool = False  # see stack_per_head_norms()
     nextn_layers: bool = False  # see append_nextn_layers()
+    config_json: tuple[tuple[str, Any], ...] = ()  # config.json entries as real checkpoints write them
 
     @property
     def vocab_size(self) -> int:
@@ -237,6 +238,23 @@ FAMILIES: dict[str, Family] = {
         rope_parameters=dict(rope_type="llama3", rope_theta=10000.0, factor=8.0, low_freq_factor=1.0,
                              high_freq_factor=4.0, original_max_position_embeddings=16)),
         tokenizer="gpt2", keep_f32=("router.weight",), transposed=("experts.gate_up_proj", "experts.down_proj")),
+    # Mamba-2: 8 heads of 16 over an inner width of 128, B/C in 2 groups of state 16, a conv of 4; transformers
+    # scans in chunks of 16 (the tests' prompts cross them); the converter keeps the conv weights F32
+    "mamba2": Family("Mamba2ForCausalLM", "Mamba2Config", dict(
+        hidden_size=64, num_hidden_layers=2, num_heads=8, head_dim=16, expand=2, n_groups=2, state_size=16,
+        conv_kernel=4, chunk_size=16, pad_token_id=None, bos_token_id=None, eos_token_id=None),
+        keep_f32=("conv1d.weight",)),
+    # Granite 4.0-H: Mamba-2 layers (8 heads of 16, 2 groups) and rope-free attention on layers 1 and 3 (the file's
+    # per-layer head_count_kv is 0 on the others); softmax experts renormalised plus an ungated shared MLP
+    "granitehybrid": Family("GraniteMoeHybridForCausalLM", "GraniteMoeHybridConfig", dict(
+        BASE, num_hidden_layers=4, layer_types=["mamba", "attention", "mamba", "attention"], num_local_experts=4,
+        num_experts_per_tok=2, intermediate_size=32, shared_intermediate_size=96, embedding_multiplier=3.0,
+        residual_multiplier=0.5, attention_multiplier=0.3, logits_scaling=2.0, mamba_n_heads=8, mamba_d_head=16,
+        mamba_expand=2, mamba_n_groups=2, mamba_d_state=16, mamba_d_conv=4, mamba_chunk_size=16),
+        keep_f32=("router.layer.weight", "conv1d.weight"),
+        # transformers 5 saves layer_types as linear_attention / full_attention; the checkpoints (and the
+        # converter, which looks for "attention") name them mamba / attention
+        config_json=(("layer_types", ["mamba", "attention", "mamba", "attention"]),)),
 }
 
 
@@ -373,6 +391,9 @@ def convert(model: torch.nn.Module, family: Family, outtype: str, workdir: Path)
     if family.architecture is not None:
         config = json.loads((hf_dir / "config.json").read_text())
         (hf_dir / "config.json").write_text(json.dumps({**config, "architectures": [family.architecture]}))
+    if family.config_json:
+        config = json.loads((hf_dir / "config.json").read_text())
+        (hf_dir / "config.json").write_text(json.dumps({**config, **dict(family.config_json)}))
     if family.tokenizer == "gpt2":
         write_gpt2_tokenizer(hf_dir, family.special_tokens)
     else:

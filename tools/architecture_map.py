@@ -78,6 +78,7 @@ SPEC_SWITCHES: dict[str, Callable[[Spec], bool]] = {
     "gated_shared_experts": lambda s: _routed(s, lambda r: r.shared is not None and r.shared.gate == "sigmoid"),
     "leading_dense_layers": lambda s: _ffn_rule(s, "below"),
     "moe_layer_step": lambda s: _ffn_rule(s, "every"),
+    "no_ffn": lambda s: any(f.kind == "none" for f in s.ffn),
 }
 # Kinds a spec can leave out although tfb has them: a spec without `experts` runs dense files only.
 SPEC_KINDS: dict[str, Callable[[Spec], bool]] = {

@@ -4,8 +4,8 @@
 
 Matrices are quantized with the `gguf` package's reference quantizers, or ggml's own (tools/ggml_quants.py,
 built from the pinned sdist) for the types the package cannot write (the k-quants); vectors, norms, the MoE
-router and position embeddings stay F32 (llama.cpp's rules). A matrix whose rows do not split into whole
-blocks keeps its type. Tests use this for types llama.cpp's converter cannot write (Q4_0, Q4_K...).
+router, position embeddings and Mamba's conv weights stay F32 (llama.cpp's rules). A matrix whose rows do not
+split into whole blocks keeps its type. Tests use this for types llama.cpp's converter cannot write (Q4_0, Q4_K...).
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from gguf.constants import GGML_QUANT_SIZES
 from gguf.quants import dequantize, quantize
 
 KEEP_F32 = ("_norm.weight", "ffn_gate_inp.weight", "position_embd.weight", "rope_freqs.weight", "shortconv.conv.weight",
-            "rope_factors_long.weight", "rope_factors_short.weight")
+            "rope_factors_long.weight", "rope_factors_short.weight", "ssm_conv1d.weight")
 
 
 def _copy_metadata(reader: GGUFReader, writer: GGUFWriter) -> None:
@@ -45,7 +45,8 @@ def _n_dims(shape: tuple[int, ...]) -> int:
 
 def target_type(name: str, shape: tuple[int, ...], qtype: GGMLQuantizationType) -> GGMLQuantizationType | None:
     """The type a tensor is stored in, or None to keep it as it is."""
-    if _n_dims(shape) < 2 or name.endswith(KEEP_F32):
+    # llama-quantize: only tensors named *weight (not Mamba's ssm_a / ssm_d), never the small conv weights
+    if _n_dims(shape) < 2 or name.endswith(KEEP_F32) or not name.endswith("weight"):
         return None
     block = GGML_QUANT_SIZES[qtype][0]
     return qtype if shape[-1] % block == 0 else None

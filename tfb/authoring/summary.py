@@ -89,9 +89,9 @@ def switches(spec: Spec) -> dict[str, str]:
     att = _first(spec.mixer, "attention")
     qk = f"{att.qk_norm.kind}/{att.qk_norm.over}" if att is not None and att.qk_norm else NONE
     rope = NONE if att is None or att.rope.layers == "none" else att.rope.pairing + \
-        ("" if att.rope.layers == "all" else f" {_pattern(att.rope.layers)}")
+        ("" if att.rope.layers == "all" else f" {_layers(att.rope.layers)}")
     dense = _first(spec.ffn, "dense")
-    ffn_text = _kinds(spec.ffn) if len(spec.ffn) > 1 else ""
+    ffn_text = _kinds(spec.ffn) if len(spec.ffn) > 1 or spec.ffn[0].kind == "none" else ""
     if dense is not None:
         ffn_text = f"{ffn_text}; {_mlp(dense)}" if ffn_text else _mlp(dense)
     experts = NONE

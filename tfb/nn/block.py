@@ -13,13 +13,14 @@ from tfb.nn.norm import Norm
 
 
 class Block(nn.Module):
-    """sequential: x += mixer(n1(x)); x += ffn(n2(x)). parallel: x += mixer(n1(x)) + ffn(n1(x)).
+    """sequential: x += mixer(n1(x)); x += ffn(n2(x)). parallel: x += mixer(n1(x)) + ffn(n1(x)). Without a
+    feed-forward (ffn None): x += mixer(n1(x)).
 
     Pre-norms (n1, n2) and post-norms (on each branch output) are present as configured; each branch
     output is multiplied by `residual_scale` before it is added.
     """
 
-    def __init__(self, mixer: nn.Module, ffn: nn.Module, *, norm: Norm | None, ffn_norm: Norm | None,
+    def __init__(self, mixer: nn.Module, ffn: nn.Module | None, *, norm: Norm | None, ffn_norm: Norm | None,
                  post_attn_norm: Norm | None, post_ffn_norm: Norm | None, parallel: bool,
                  residual_scale: float) -> None:
         super().__init__()
@@ -33,6 +34,8 @@ class Block(nn.Module):
         a = self.mixer(h, step, state)
         if self.post_attention_norm is not None:
             a = self.post_attention_norm(a)
+        if self.ffn is None:  # a block without a feed-forward (the `none` kind)
+            return x + self._scaled(a)
         if self.parallel:
             return x + self._scaled(a + self.ffn(h, step))
         x = x + self._scaled(a)

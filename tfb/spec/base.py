@@ -99,6 +99,7 @@ class KindSection(Strict):
     role: ClassVar[str]  # "mixer" or "ffn"
     SLOTS: ClassVar[tuple[str, ...]] = ()  # every per-layer tensor slot the kind may read
     FIELDS: ClassVar[tuple[ConfigField, ...]] = ()  # config fields the kind adds to the spec language
+    ABSENT: ClassVar[bool] = False  # the kind is "nothing here": the block leaves out this branch and its norms
 
     kind: str
     layers: LayerSelector = Field("all", description="layers using this section; the first section of the "

@@ -60,8 +60,9 @@ def layer_slots(spec: Spec, facts: FileFacts, mixer: KindSection, ffn: KindSecti
     out.update(mixer.slots(spec, facts))
     if block.post_norm:
         _norm(out, spec, "post_attention_norm")
-        _norm(out, spec, "post_ffw_norm")
-    if block.pre_norm and not facts.parallel_residual:
+        if not ffn.ABSENT:
+            _norm(out, spec, "post_ffw_norm")
+    if block.pre_norm and not facts.parallel_residual and not ffn.ABSENT:
         _norm(out, spec, "ffn_norm")
     out.update(ffn.slots(spec, facts))
     return out

@@ -69,7 +69,8 @@ class Rope(Strict):
     pairing: Literal["adjacent", "half"] = Field(
         "adjacent", description="adjacent: rotate (x0,x1),(x2,x3)... (GGML normal mode, on the converter's "
         "permuted Q/K); half: rotate (x_i, x_{i+d/2}) (GGML NEOX mode)")
-    layers: LayerPattern = Field("all", description="layers that apply rope; " + LAYER_PATTERN_DOC)
+    layers: LayerSelector = Field("all", description="layers that apply rope; " + SELECTOR_DOC + " (e.g. "
+                                  "{nonzero: use_rope}: rope as a file key says)")
 
     @model_validator(mode="before")
     @classmethod
@@ -108,6 +109,8 @@ class Attention(KindSection):
                     "length) + 1)", 0.0, "nonnegative"),
         ConfigField("use_qk_norm", "int", "1: the spec's Q/K norm without weights applies, 0: it does not (for "
                     "families where llama.cpp infers it from another fact of the file)", 1, "nonnegative"),
+        ConfigField("use_rope", "bool", "whether rope applies, for files that carry it as a key (such as "
+                    "rope.scaling.finetuned); a spec's rope.layers reads it with {nonzero: use_rope}", True),
     )
 
     kind: Literal["attention"] = "attention"
@@ -195,6 +198,9 @@ class Attention(KindSection):
             return f"`n_heads` = {c.n_heads} and `n_kv_heads` = {c.n_kv_heads} must be positive in an attention layer"
         if c.n_heads % c.n_kv_heads:
             return f"n_heads = {c.n_heads} is not a multiple of n_kv_heads = {c.n_kv_heads}"
+        for name in ("head_dim", "value_dim", "attention_scale"):
+            if not getattr(c, name) > 0:
+                return f"`{name}` = {getattr(c, name)} must be positive in an attention layer"
         if self.uses_rope() and (c.rope_dims > c.head_dim or c.rope_dims % 2):
             return f"rope_dims = {c.rope_dims} must be even and at most head_dim = {c.head_dim}"
         if self.uses_rope() and c.rope_scaling == "yarn" and c.rope_base == 1.0:

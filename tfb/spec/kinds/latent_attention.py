@@ -72,6 +72,9 @@ class LatentAttention(KindSection):
     def check(self, c: Any) -> str | None:
         if c.n_heads <= 0:
             return f"`n_heads` = {c.n_heads} must be positive in a latent attention layer"
+        for name in ("head_dim", "value_dim", "attention_scale"):
+            if not getattr(c, name) > 0:
+                return f"`{name}` = {getattr(c, name)} must be positive in a latent attention layer"
         if c.kv_lora_rank <= 0:
             return "kv_lora_rank is 0 in a latent attention layer (the file needs attention.kv_lora_rank)"
         if self.query == "low_rank" and c.q_lora_rank <= 0:
