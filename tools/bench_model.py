@@ -245,15 +245,17 @@ def bench_moe(kind: str, skip: set[str], repeats: int = 1) -> dict:
 
 
 def moe_table(rows: list[dict]) -> str:
-    lines = ["| file | engine | dense prompt tok/s | MoE prompt tok/s | dense decode tok/s | MoE decode tok/s | "
-             "MoE time per token / dense |", "|---|---|---:|---:|---:|---:|---:|"]
+    lines = ["| file (dense / MoE size) | engine | dense prompt tok/s | MoE prompt tok/s | dense decode tok/s | "
+             "MoE decode tok/s | MoE time per token / dense |", "|---|---|---:|---:|---:|---:|---:|"]
     for row in rows:
         for engine, label in ENGINE_NAMES.items():
             keys = [f"{engine}_{m}_{what}_tps" for what in ("prompt", "decode") for m in ("dense", "moe")]
             if not all(key in row for key in keys):
                 continue
             dp, mp, dd, md = (row[key] for key in keys)
-            lines.append(f"| {row['type']} | {label} | {dp:.1f} | {mp:.1f} | {dd:.1f} | {md:.1f} | {dd / md:.2f}x |")
+            sizes = f"{row['dense_file_bytes'] / 2**20:.0f} / {row['moe_file_bytes'] / 2**20:.0f} MiB"
+            lines.append(f"| {row['type']} ({sizes}) | {label} | {dp:.1f} | {mp:.1f} | {dd:.1f} | {md:.1f} | "
+                         f"{dd / md:.2f}x |")
     return "\n".join(lines)
 
 
