@@ -46,6 +46,7 @@ class Family:
     transposed: tuple[str, ...] = ()  # parameters stored [.., in, out], which the converter transposes
     stack_per_head_norms: bool = False  # see stack_per_head_norms()
     nextn_layers: bool = False  # see append_nextn_layers()
+    converter_args: tuple[str, ...] = ()  # extra arguments to convert_hf_to_gguf.py (e.g. --no-mtp)
 
     @property
     def vocab_size(self) -> int:
@@ -226,6 +227,15 @@ FAMILIES: dict[str, Family] = {
         rope_parameters=dict(rope_type="llama3", rope_theta=10000.0, factor=8.0, low_freq_factor=1.0,
                              high_freq_factor=4.0, original_max_position_embeddings=16)),
         tokenizer="gpt2", keep_f32=("router.weight",), transposed=("experts.gate_up_proj", "experts.down_proj")),
+    # Qwen3-Next: gated delta-net layers with a full (gated) attention layer every 4th (layer 3; 4 layers), 2
+    # value heads per key head in the delta-net, a quarter of each attention head rotated, experts with a
+    # sigmoid-gated shared expert. The checkpoint has no MTP layers: --no-mtp.
+    "qwen3next": Family("Qwen3NextForCausalLM", "Qwen3NextConfig", dict(
+        BASE, num_hidden_layers=4, head_dim=16, linear_conv_kernel_dim=4, linear_key_head_dim=8,
+        linear_value_head_dim=12, linear_num_key_heads=2, linear_num_value_heads=4, num_experts=8,
+        num_experts_per_tok=3, moe_intermediate_size=32, shared_expert_intermediate_size=48, norm_topk_prob=True,
+        pad_token_id=None, rope_parameters=dict(rope_type="default", rope_theta=10000.0, partial_rotary_factor=0.5)),
+        tokenizer="gpt2", keep_f32=("mlp.gate.weight", "shared_expert_gate.weight"), converter_args=("--no-mtp",)),
 }
 
 
@@ -370,7 +380,7 @@ def convert(model: torch.nn.Module, family: Family, outtype: str, workdir: Path)
     out = workdir / f"model-{base}.gguf"
     converter = llama_cpp_dir()
     result = subprocess.run([sys.executable, str(converter / "convert_hf_to_gguf.py"), str(hf_dir),
-                             "--outfile", str(out), "--outtype", base],
+                             "--outfile", str(out), "--outtype", base, *family.converter_args],
                             cwd=converter, capture_output=True, text=True)
     if result.returncode != 0:
         raise RuntimeError(f"convert_hf_to_gguf.py failed:\n{result.stderr[-4000:]}")
