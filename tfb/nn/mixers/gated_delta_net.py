@@ -153,7 +153,7 @@ class GatedDeltaNetLayer(nn.Module):
         """silu of the causal depthwise convolution of x [b, t, channels] over the last `kernel` inputs (those
         before the call from the state, zeros at the start); the state keeps the last kernel - 1 inputs."""
         s = self.shape
-        b, t, _ = x.shape
+        b = x.shape[0]
         x = x.transpose(1, 2)
         past = state.conv if state is not None and state.conv is not None else x.new_zeros(b, s.channels, s.kernel - 1)
         window = torch.cat((past, x), dim=2)
