@@ -8,7 +8,7 @@ Per query at position p, key at position j (j <= p):
   temperature:            q *= 1 + s * log(floor((p + o) / L) + 1)
                           (s = attn_temperature_scale, L = attn_temperature_length, o = attn_temperature_offset)
 Order on q and k: Q/K norm (before rope), rope, temperature (q only), Q/K norm (after rope).
-Output gate (output_gate: sigmoid; Qwen3-Next, Qwen3.5): the Q projection gives, per head, head_dim query
+Output gate (output_gate: sigmoid): the Q projection gives, per head, head_dim query
 values then head_dim gate values g; each head's attention output is multiplied by sigmoid(g) before W_o.
 """
 

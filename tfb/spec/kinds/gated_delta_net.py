@@ -1,5 +1,5 @@
-"""The `gated_delta_net` mixer kind: the gated delta rule of Qwen3-Next and Qwen3.5 (linear attention with a
-decaying, error-correcting state per head).
+"""The `gated_delta_net` mixer kind: the gated delta rule (linear attention with a decaying, error-correcting
+state per head), as llama.cpp's delta-net graph runs it.
 
 Sizes (llama.cpp's ssm keys): K = ssm_group_count key heads of d_k = ssm_state_size, H = ssm_time_step_rank
 value heads of d_v = ssm_inner_size / H, conv kernel L = ssm_conv_kernel. Per token x:
@@ -7,7 +7,7 @@ value heads of d_v = ssm_inner_size / H, conv kernel L = ssm_conv_kernel. Per to
   [b ; a]     = W_ba x   (per key head: H/K b's then H/K a's; or ssm_beta, ssm_alpha)
   [q ; k ; v] = silu(causal depthwise conv over the last L inputs, weights ssm_conv1d [channels, L])
   q, k        = q / sqrt(|q|^2 + eps), k alike, per head (eps = norm_eps); q *= 1 / sqrt(d_k)
-  value head h reads key head h // (H/K) (grouped) or h % K (tiled: Qwen3.5's reordered files)
+  value head h reads key head h // (H/K) (grouped) or h % K (tiled: files whose value heads the converter reordered)
   g_h   = ssm_a_h * softplus(a_h + dt_bias_h)     (ssm_a = -exp(A_log) as the converter stores it)
   beta_h = sigmoid(b_h)
   S_t   = exp(g_t) S_{t-1} + beta_t k_t (v_t - exp(g_t) S_{t-1}^T k_t)^T      (S: [d_k, d_v] per value head)
@@ -31,7 +31,7 @@ if TYPE_CHECKING:
 
 
 class GatedDeltaNet(KindSection):
-    """Gated delta-rule linear attention (Qwen3-Next, Qwen3.5)."""
+    """Gated delta-rule linear attention."""
 
     role: ClassVar[str] = "mixer"
     SLOTS: ClassVar[tuple[str, ...]] = (
@@ -57,10 +57,10 @@ class GatedDeltaNet(KindSection):
     kind: Literal["gated_delta_net"] = "gated_delta_net"
     beta_alpha: Literal["fused", "separate"] = Field(
         "fused", description="fused: one ssm_ba projection, per key head the betas then the alphas of its value "
-        "heads (Qwen3-Next); separate: ssm_beta and ssm_alpha (Qwen3.5)")
+        "heads; separate: ssm_beta and ssm_alpha")
     value_heads: Literal["grouped", "tiled"] = Field(
         "grouped", description="order of the value heads: grouped: value head h reads key head h // (H/K); tiled: "
-        "key head h % K (files whose converter reordered the value heads for broadcasting, Qwen3.5)")
+        "key head h % K (files whose converter reordered the value heads for broadcasting)")
 
     def slots(self, spec: Spec, facts: FileFacts) -> dict[str, Need]:
         ba = ("ssm_ba",) if self.beta_alpha == "fused" else ("ssm_beta", "ssm_alpha")
