@@ -1,6 +1,8 @@
-"""The gated delta-net mixer and the qwen3next family: a tiny random Qwen3NextForCausalLM converted by llama.cpp's
-own converter (--no-mtp) against transformers' float32 logits at every position, incremental decoding against the
-full forward, a session going back to a snapshot, quantized files, which layers are attention, and bad sizes."""
+"""The gated delta-net mixer and the qwen3next and qwen35 families: tiny random Qwen3NextForCausalLM and
+Qwen3_5ForCausalLM models converted by llama.cpp's own converter (--no-mtp) against transformers' float32 logits at
+every position and llama.cpp's own, incremental decoding against the full forward, a session going back to a
+snapshot, quantized files, which layers are attention, and bad sizes. qwen35 exercises the separate beta/alpha
+projections and the tiled value-head order (2 value heads per key head)."""
 
 from __future__ import annotations
 
@@ -21,6 +23,7 @@ from tfb.quant import PackedTensor
 from tfb.text.generate import Session
 
 SHAPES = [(1, 1), (2, 1), (2, 40)]
+FAMILIES = ["qwen3next", "qwen35"]
 
 
 def _rewrite(src: Path, dst: Path, meta: dict[str, tuple[object, GGUFValueType]], drop: tuple[str, ...] = ()) -> Path:
@@ -45,8 +48,9 @@ def _rewrite(src: Path, dst: Path, meta: dict[str, tuple[object, GGUFValueType]]
     return dst
 
 
-def test_logits_match_transformers(tiny_model) -> None:
-    reference, path = tiny_model("qwen3next", "f32")
+@pytest.mark.parametrize("family", FAMILIES)
+def test_logits_match_transformers(tiny_model, family: str) -> None:
+    reference, path = tiny_model(family, "f32")
     model = tfb.load(path)
     kinds = [type(b.mixer) for b in model.blocks]
     assert kinds == [GatedDeltaNetLayer] * 3 + [Attention]  # the file's recurrent_layers
@@ -54,9 +58,10 @@ def test_logits_match_transformers(tiny_model) -> None:
     compare(model, reference, SHAPES)
 
 
-def test_logits_match_llama_cpp(tiny_model) -> None:
+@pytest.mark.parametrize("family", FAMILIES)
+def test_logits_match_llama_cpp(tiny_model, family: str) -> None:
     """llama.cpp itself on the same file (its delta-net graph and recurrent memory), float32."""
-    _, path = tiny_model("qwen3next", "f32")
+    _, path = tiny_model(family, "f32")
     model = tfb.load(path)
     ids = ids_for(model.config.vocab_size, 2, 40)
     with torch.no_grad():
@@ -85,8 +90,9 @@ def test_chunks_equal_the_recurrence() -> None:
     torch.testing.assert_close(final.double(), S, atol=1e-5, rtol=0)
 
 
-def test_incremental_decoding_equals_the_full_forward(tiny_model) -> None:
-    model = tfb.load(tiny_model("qwen3next", "f32")[1])
+@pytest.mark.parametrize("family", FAMILIES)
+def test_incremental_decoding_equals_the_full_forward(tiny_model, family: str) -> None:
+    model = tfb.load(tiny_model(family, "f32")[1])
     ids = torch.randint(0, model.config.vocab_size, (2, 30), generator=torch.Generator().manual_seed(5))
     with torch.no_grad():
         full = model(ids)
@@ -97,9 +103,9 @@ def test_incremental_decoding_equals_the_full_forward(tiny_model) -> None:
     # output, which the tiny model's strong decays (g down to -17) make small, so float32 rounding shows there
     for steps in (in_chunks, one_by_one):
         torch.testing.assert_close(steps, full, atol=1e-4 * full.abs().max().item(), rtol=0)
-    state = single.layers[0]
-    assert state.ssm.dtype == torch.float32 and state.ssm.shape == (2, 4, 16, 16)  # value heads, d_k, d_v
-    assert state.conv.shape == (2, 128, 3)  # the last kernel - 1 inputs of q, k and v
+    state, width = single.layers[0], {"qwen3next": 16, "qwen35": 32}[family]
+    assert state.ssm.dtype == torch.float32 and state.ssm.shape == (2, 4, width, width)  # value heads, d_k, d_v
+    assert state.conv.shape == (2, 8 * width, 3)  # the last kernel - 1 inputs of q, k (2 heads) and v (4 heads)
     assert not single.truncate(10)  # a recurrent state cannot forget positions
 
 
@@ -123,9 +129,9 @@ def test_a_session_goes_back_to_a_snapshot(tiny_model) -> None:
     torch.testing.assert_close(resumed, fresh[:, shared:], atol=1e-4 * fresh.abs().max().item(), rtol=0)
 
 
-@pytest.mark.parametrize("outtype", ["q8_0", "q4_0"])
-def test_quantized_files(tiny_model, outtype: str) -> None:
-    reference, path = tiny_model("qwen3next", outtype)
+@pytest.mark.parametrize(("family", "outtype"), [("qwen3next", "q8_0"), ("qwen3next", "q4_0"), ("qwen35", "q4_0")])
+def test_quantized_files(tiny_model, family: str, outtype: str) -> None:
+    reference, path = tiny_model(family, outtype)
     types = {t.name: t.tensor_type.name for t in GGUFReader(path).tensors}
     assert types["blk.0.attn_qkv.weight"] == types["blk.0.ssm_out.weight"] == outtype.upper()
     assert types["blk.0.ssm_conv1d.weight"] == types["blk.0.ssm_a"] == "F32"  # kept F32 by the converter

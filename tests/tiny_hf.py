@@ -241,6 +241,17 @@ FAMILIES: dict[str, Family] = {
         pad_token_id=None, rope_parameters=dict(rope_type="default", rope_theta=10000.0, partial_rotary_factor=0.5)),
         tokenizer="gpt2", keep_f32=("mlp.gate.weight", "shared_expert_gate.weight", "conv1d"),
         converter_args=("--no-mtp",), adjust=(("in_proj_ba", 0.3, 0.0), ("A_log", 1.0, -3.0))),
+    # Qwen3.5 (dense): as qwen3next with separate beta/alpha projections, value heads the converter reorders (2 per
+    # key head here), a dense feed-forward, and M-RoPE sections (text positions: every section the same position).
+    # Value heads of 32, one quantization block each: the converter's reordering of out_proj's columns then moves
+    # whole blocks, so rounding the transformers weights row by row matches the file.
+    "qwen35": Family("Qwen3_5ForCausalLM", "Qwen3_5TextConfig", dict(
+        BASE, num_hidden_layers=4, head_dim=16, linear_conv_kernel_dim=4, linear_key_head_dim=32,
+        linear_value_head_dim=32, linear_num_key_heads=2, linear_num_value_heads=4, pad_token_id=None,
+        rope_parameters=dict(rope_type="default", rope_theta=10000.0, partial_rotary_factor=0.5,
+                             mrope_section=[2, 1, 1], mrope_interleaved=True)),
+        tokenizer="gpt2", keep_f32=("conv1d",), converter_args=("--no-mtp",),
+        adjust=(("in_proj_a", 0.3, 0.0), ("in_proj_b", 0.3, 0.0), ("A_log", 1.0, -3.0))),
 }
 
 
