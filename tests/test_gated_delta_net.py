@@ -1,8 +1,9 @@
-"""The gated delta-net mixer and the qwen3next and qwen35 families: tiny random Qwen3NextForCausalLM and
-Qwen3_5ForCausalLM models converted by llama.cpp's own converter (--no-mtp) against transformers' float32 logits at
-every position and llama.cpp's own, incremental decoding against the full forward, a session going back to a
-snapshot, quantized files, which layers are attention, and bad sizes. qwen35 exercises the separate beta/alpha
-projections and the tiled value-head order (2 value heads per key head)."""
+"""The gated delta-net mixer and the qwen3next, qwen35 and qwen35moe families: tiny random transformers models
+(Qwen3NextForCausalLM, Qwen3_5ForCausalLM, Qwen3_5MoeForCausalLM) converted by llama.cpp's own converter
+(--no-mtp) against transformers' float32 logits at every position and llama.cpp's own, incremental decoding
+against the full forward, a session going back to a snapshot, quantized files, which layers are attention, and
+bad sizes. The qwen35 families exercise the separate beta/alpha projections and the tiled value-head order (2
+value heads per key head)."""
 
 from __future__ import annotations
 
@@ -23,7 +24,7 @@ from tfb.quant import PackedTensor
 from tfb.text.generate import Session
 
 SHAPES = [(1, 1), (2, 1), (2, 40)]
-FAMILIES = ["qwen3next", "qwen35"]
+FAMILIES = ["qwen3next", "qwen35", "qwen35moe"]
 
 
 def _rewrite(src: Path, dst: Path, meta: dict[str, tuple[object, GGUFValueType]], drop: tuple[str, ...] = ()) -> Path:
@@ -103,7 +104,7 @@ def test_incremental_decoding_equals_the_full_forward(tiny_model, family: str) -
     # output, which the tiny model's strong decays (g down to -17) make small, so float32 rounding shows there
     for steps in (in_chunks, one_by_one):
         torch.testing.assert_close(steps, full, atol=1e-4 * full.abs().max().item(), rtol=0)
-    state, width = single.layers[0], {"qwen3next": 16, "qwen35": 32}[family]
+    state, width = single.layers[0], {"qwen3next": 16, "qwen35": 32, "qwen35moe": 32}[family]
     assert state.ssm.dtype == torch.float32 and state.ssm.shape == (2, 4, width, width)  # value heads, d_k, d_v
     assert state.conv.shape == (2, 8 * width, 3)  # the last kernel - 1 inputs of q, k (2 heads) and v (4 heads)
     assert not single.truncate(10)  # a recurrent state cannot forget positions

@@ -48,6 +48,7 @@ class Family:
     nextn_layers: bool = False  # see append_nextn_layers()
     converter_args: tuple[str, ...] = ()  # extra arguments to convert_hf_to_gguf.py (e.g. --no-mtp)
     adjust: tuple[tuple[str, float, float], ...] = ()  # (name part, factor, shift) applied after randomising
+    model_type: str | None = None  # config.json's model_type for the converter's tokenizer lookup (see qwen35moe)
 
     @property
     def vocab_size(self) -> int:
@@ -252,6 +253,18 @@ FAMILIES: dict[str, Family] = {
                              mrope_section=[2, 1, 1], mrope_interleaved=True)),
         tokenizer="gpt2", keep_f32=("conv1d",), converter_args=("--no-mtp",),
         adjust=(("in_proj_a", 0.3, 0.0), ("in_proj_b", 0.3, 0.0), ("A_log", 1.0, -3.0))),
+    # Qwen3.5 MoE: qwen35's delta-net and attention with qwen3next's experts and sigmoid-gated shared expert. Its
+    # model_type makes AutoTokenizer (which the converter's pre-tokenizer check runs) pick a Qwen3.5 tokenizer
+    # class over tokenizer_config's GPT2Tokenizer; the dense text model's type does not.
+    "qwen35moe": Family("Qwen3_5MoeForCausalLM", "Qwen3_5MoeTextConfig", dict(
+        BASE, num_hidden_layers=4, head_dim=16, linear_conv_kernel_dim=4, linear_key_head_dim=32,
+        linear_value_head_dim=32, linear_num_key_heads=2, linear_num_value_heads=4, num_experts=8,
+        num_experts_per_tok=3, moe_intermediate_size=32, shared_expert_intermediate_size=64, pad_token_id=None,
+        rope_parameters=dict(rope_type="default", rope_theta=10000.0, partial_rotary_factor=0.5,
+                             mrope_section=[2, 1, 1], mrope_interleaved=True)),
+        tokenizer="gpt2", keep_f32=("mlp.gate.weight", "shared_expert_gate.weight", "conv1d"),
+        converter_args=("--no-mtp",), model_type="qwen3_5_text",
+        adjust=(("in_proj_a", 0.3, 0.0), ("in_proj_b", 0.3, 0.0), ("A_log", 1.0, -3.0))),
 }
 
 
@@ -393,6 +406,9 @@ def convert(model: torch.nn.Module, family: Family, outtype: str, workdir: Path)
     if family.architecture is not None:
         config = json.loads((hf_dir / "config.json").read_text())
         (hf_dir / "config.json").write_text(json.dumps({**config, "architectures": [family.architecture]}))
+    if family.model_type is not None:
+        config = json.loads((hf_dir / "config.json").read_text())
+        (hf_dir / "config.json").write_text(json.dumps({**config, "model_type": family.model_type}))
     if family.tokenizer == "gpt2":
         write_gpt2_tokenizer(hf_dir, family.special_tokens)
     else:
