@@ -21,7 +21,7 @@ from tfb.errors import ConfigError
 from tfb.nn.mixers.attention import Attention
 from tfb.nn.mixers.gated_delta_net import GatedDeltaNetLayer, chunked_delta_rule
 from tfb.quant import PackedTensor
-from tfb.text.generate import Session
+from tfb.text.generate import GREEDY, Session, generate_ids
 
 SHAPES = [(1, 1), (2, 1), (2, 40)]
 FAMILIES = ["qwen3next", "qwen35", "qwen35moe"]
@@ -128,6 +128,26 @@ def test_a_session_goes_back_to_a_snapshot(tiny_model) -> None:
         resumed = model(torch.tensor([edited[shared:]]), session.cache)
         fresh = model(torch.tensor([edited]))
     torch.testing.assert_close(resumed, fresh[:, shared:], atol=1e-4 * fresh.abs().max().item(), rtol=0)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_greedy_generation_equals_transformers_generate(tiny_model, family: str) -> None:
+    """tfb's generation loop (prompt in one pass, then one token at a time on the recurrent state) against
+    transformers' generate with its own cache; then a second turn through the same session, which extends the
+    first and so continues from its state."""
+    reference, path = tiny_model(family, "f32")
+    model = tfb.load(path)
+    prompt = ids_for(model.config.vocab_size, 1, 7)[0].tolist()
+    session = Session(model.new_cache())
+    ours = list(generate_ids(model, prompt, max_tokens=12, sampling=GREEDY, session=session))
+    reference.generation_config.eos_token_id = None
+    theirs = reference.generate(torch.tensor([prompt]), max_new_tokens=12, do_sample=False,
+                                pad_token_id=0)[0, len(prompt):].tolist()
+    assert ours == theirs
+    follow = [*prompt, *ours, 5, 6]
+    again = list(generate_ids(model, follow, max_tokens=4, sampling=GREEDY, session=session))
+    fresh = list(generate_ids(model, follow, max_tokens=4, sampling=GREEDY))
+    assert again == fresh
 
 
 @pytest.mark.parametrize(("family", "outtype"), [("qwen3next", "q8_0"), ("qwen3next", "q4_0"), ("qwen35", "q4_0")])
