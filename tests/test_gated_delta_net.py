@@ -175,6 +175,15 @@ def test_attention_layers_from_the_interval_without_the_array(tiny_model, tmp_pa
     assert [type(b.mixer) for b in flags.blocks] == [GatedDeltaNetLayer] * 3 + [Attention]
 
 
+def test_a_layer_array_of_the_wrong_length_is_refused(tiny_model, tmp_path: Path) -> None:
+    _, path = tiny_model("qwen3next", "f32")
+    bad = _rewrite(path, tmp_path / "bad.gguf", {"qwen3next.attention.recurrent_layers": (
+        [True, True, False], GGUFValueType.ARRAY)})
+    with pytest.raises(ConfigError, match=r"qwen3next\.attention\.recurrent_layers has 3 values, expected one per "
+                       r"layer: block_count = 4"):
+        tfb.load(bad)
+
+
 @pytest.mark.parametrize(("key", "value", "message"), [
     ("qwen3next.ssm.group_count", 3, "ssm_time_step_rank = 4 (value heads) is not a multiple of ssm_group_count = 3"),
     ("qwen3next.ssm.inner_size", 66, "ssm_inner_size = 66 is not a multiple of ssm_time_step_rank = 4"),
