@@ -154,7 +154,7 @@ class GatedDeltaNetLayer(nn.Module):
         before the call from the state, zeros at the start); the state keeps the last kernel - 1 inputs."""
         s = self.shape
         b = x.shape[0]
-        x = x.transpose(1, 2)
+        x = x.transpose(1, 2)  # [b, channels, t]
         past = state.conv if state is not None and state.conv is not None else x.new_zeros(b, s.channels, s.kernel - 1)
         window = torch.cat((past, x), dim=2)
         if state is not None:
@@ -167,26 +167,36 @@ def chunked_delta_rule(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, g: tor
                        state: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
     """The gated delta rule over t positions, CHUNK at a time. q, k: [b, t, h, d_k]; v: [b, t, h, d_v]; g, beta:
     [b, t, h]; state: [b, h, d_k, d_v] or None (zeros). Returns the outputs [b, t, h, d_v] and the final state,
-    float32."""
+    float32.
+
+    Everything that does not depend on the state entering a chunk is computed for all chunks at once: with
+    T = (I + A)^-1, the chunk's updates are U = T beta V - (T beta exp(G) K) S_0, so only the state's recurrence
+    over the chunks is a loop. The positions are padded to whole chunks with g = beta = 0 and zero vectors,
+    which leave the state as it is."""
     b, t, h, dk = q.shape
     dv = v.shape[-1]
-    q, k, v = (z.float().transpose(1, 2) for z in (q, k, v))  # [b, h, t, d]
-    g, beta = g.float().transpose(1, 2), beta.float().transpose(1, 2)  # [b, h, t]
+    c = min(CHUNK, t)
+    n = -(-t // c)
+    pad = n * c - t
+    q, k, v = (F.pad(z.float(), (0, 0, 0, 0, 0, pad)).transpose(1, 2).reshape(b, h, n, c, -1) for z in (q, k, v))
+    g, beta = (F.pad(z.float(), (0, 0, 0, pad)).transpose(1, 2).reshape(b, h, n, c) for z in (g, beta))
+    G = g.cumsum(-1)  # [b, h, n, c]: cumulative decay within each chunk
+    lower = torch.ones(c, c, dtype=torch.bool, device=q.device).tril()
+    D = torch.exp((G[..., :, None] - G[..., None, :]).masked_fill(~lower, -torch.inf))  # D_ij, 0 above
+    decay = G.exp()[..., None]  # exp(G_i)
+    A = (beta[..., None] * D * (k @ k.transpose(-1, -2))).tril(-1)
+    eye = torch.eye(c, dtype=q.dtype, device=q.device)
+    rhs = torch.cat((beta[..., None] * v, beta[..., None] * decay * k), dim=-1)
+    W, Y = torch.linalg.solve_triangular(eye + A, rhs, upper=False, unitriangular=True).split([dv, dk], dim=-1)
+    inner = D * (q @ k.transpose(-1, -2))  # [b, h, n, c, c]
+    q_decayed = decay * q
+    last = D[..., -1, :, None]  # D_Cj: from each position to the chunk's end
+    k_last = (k * last).transpose(-1, -2)  # [b, h, n, d_k, c]
+    chunk_decay = G[..., -1, None, None].exp()  # [b, h, n, 1, 1]
     S = state.float().clone() if state is not None else q.new_zeros(b, h, dk, dv)
-    outs = []
-    for first in range(0, t, CHUNK):
-        end = min(first + CHUNK, t)
-        qc, kc, vc, bc = q[:, :, first:end], k[:, :, first:end], v[:, :, first:end], beta[:, :, first:end]
-        G = g[:, :, first:end].cumsum(-1)  # [b, h, c]
-        n = end - first
-        lower = torch.ones(n, n, dtype=torch.bool, device=q.device).tril()
-        D = torch.exp((G[..., :, None] - G[..., None, :]).masked_fill(~lower, -torch.inf))  # D_ij, 0 above
-        decay = G.exp()[..., None]  # exp(G_i)
-        A = (bc[..., None] * D * (kc @ kc.transpose(-1, -2))).tril(-1)
-        rhs = bc[..., None] * (vc - decay * (kc @ S))
-        eye = torch.eye(n, dtype=q.dtype, device=q.device)
-        U = torch.linalg.solve_triangular(eye + A, rhs, upper=False, unitriangular=True)
-        outs.append(decay * (qc @ S) + (D * (qc @ kc.transpose(-1, -2))) @ U)
-        last = D[..., -1, :, None]  # D_Cj
-        S = G[..., -1, None, None].exp() * S + kc.transpose(-1, -2) @ (last * U)
-    return torch.cat(outs, dim=2).transpose(1, 2), S
+    out = q.new_empty(b, h, n, c, dv)
+    for i in range(n):
+        U = W[:, :, i] - Y[:, :, i] @ S
+        out[:, :, i] = q_decayed[:, :, i] @ S + inner[:, :, i] @ U
+        S = chunk_decay[:, :, i] * S + k_last[:, :, i] @ U
+    return out.reshape(b, h, n * c, dv)[:, :, :t].transpose(1, 2), S
