@@ -47,6 +47,9 @@ class Family:
     stack_per_head_norms: bool = False  # see stack_per_head_norms()
     nextn_layers: bool = False  # see append_nextn_layers()
     config_json: tuple[tuple[str, Any], ...] = ()  # config.json entries as real checkpoints write them
+    converter_args: tuple[str, ...] = ()  # extra arguments to convert_hf_to_gguf.py (e.g. --no-mtp)
+    adjust: tuple[tuple[str, float, float], ...] = ()  # (name part, factor, shift) applied after randomising
+    model_type: str | None = None  # config.json's model_type for the converter's tokenizer lookup (see qwen35moe)
 
     @property
     def vocab_size(self) -> int:
@@ -255,6 +258,42 @@ FAMILIES: dict[str, Family] = {
         # transformers 5 saves layer_types as linear_attention / full_attention; the checkpoints (and the
         # converter, which looks for "attention") name them mamba / attention
         config_json=(("layer_types", ["mamba", "attention", "mamba", "attention"]),)),
+    # Qwen3-Next: gated delta-net layers with a full (gated) attention layer every 4th (layer 3; 4 layers), 2
+    # value heads per key head in the delta-net, a quarter of each attention head rotated, experts with a
+    # sigmoid-gated shared expert. The checkpoint has no MTP layers: --no-mtp. Decays and betas are kept moderate
+    # (A = -exp(A_log) near -0.1..-0.3, beta/alpha projections scaled down), as in trained models: fully random
+    # ones wipe the state at once and leave some heads' outputs near zero, where the gated RMS norm magnifies
+    # float32 rounding ~100x per layer and the reference's own precision falls below the 1e-4 the tests ask.
+    "qwen3next": Family("Qwen3NextForCausalLM", "Qwen3NextConfig", dict(
+        BASE, num_hidden_layers=4, head_dim=16, linear_conv_kernel_dim=4, linear_key_head_dim=16,
+        linear_value_head_dim=16, linear_num_key_heads=2, linear_num_value_heads=4, num_experts=8,
+        num_experts_per_tok=3, moe_intermediate_size=32, shared_expert_intermediate_size=64, norm_topk_prob=True,
+        pad_token_id=None, rope_parameters=dict(rope_type="default", rope_theta=10000.0, partial_rotary_factor=0.5)),
+        tokenizer="gpt2", keep_f32=("mlp.gate.weight", "shared_expert_gate.weight", "conv1d"),
+        converter_args=("--no-mtp",), adjust=(("in_proj_ba", 0.3, 0.0), ("A_log", 1.0, -3.0))),
+    # Qwen3.5 (dense): as qwen3next with separate beta/alpha projections, value heads the converter reorders (2 per
+    # key head here), a dense feed-forward, and M-RoPE sections (text positions: every section the same position).
+    # Value heads of 32, one quantization block each: the converter's reordering of out_proj's columns then moves
+    # whole blocks, so rounding the transformers weights row by row matches the file.
+    "qwen35": Family("Qwen3_5ForCausalLM", "Qwen3_5TextConfig", dict(
+        BASE, num_hidden_layers=4, head_dim=16, linear_conv_kernel_dim=4, linear_key_head_dim=32,
+        linear_value_head_dim=32, linear_num_key_heads=2, linear_num_value_heads=4, pad_token_id=None,
+        rope_parameters=dict(rope_type="default", rope_theta=10000.0, partial_rotary_factor=0.5,
+                             mrope_section=[2, 1, 1], mrope_interleaved=True)),
+        tokenizer="gpt2", keep_f32=("conv1d",), converter_args=("--no-mtp",),
+        adjust=(("in_proj_a", 0.3, 0.0), ("in_proj_b", 0.3, 0.0), ("A_log", 1.0, -3.0))),
+    # Qwen3.5 MoE: qwen35's delta-net and attention with qwen3next's experts and sigmoid-gated shared expert. Its
+    # model_type makes AutoTokenizer (which the converter's pre-tokenizer check runs) pick a Qwen3.5 tokenizer
+    # class over tokenizer_config's GPT2Tokenizer; the dense text model's type does not.
+    "qwen35moe": Family("Qwen3_5MoeForCausalLM", "Qwen3_5MoeTextConfig", dict(
+        BASE, num_hidden_layers=4, head_dim=16, linear_conv_kernel_dim=4, linear_key_head_dim=32,
+        linear_value_head_dim=32, linear_num_key_heads=2, linear_num_value_heads=4, num_experts=8,
+        num_experts_per_tok=3, moe_intermediate_size=32, shared_expert_intermediate_size=64, pad_token_id=None,
+        rope_parameters=dict(rope_type="default", rope_theta=10000.0, partial_rotary_factor=0.5,
+                             mrope_section=[2, 1, 1], mrope_interleaved=True)),
+        tokenizer="gpt2", keep_f32=("mlp.gate.weight", "shared_expert_gate.weight", "conv1d"),
+        converter_args=("--no-mtp",), model_type="qwen3_5_text",
+        adjust=(("in_proj_a", 0.3, 0.0), ("in_proj_b", 0.3, 0.0), ("A_log", 1.0, -3.0))),
 }
 
 
@@ -377,6 +416,11 @@ def build_hf(name: str, seed: int = 0) -> tuple[torch.nn.Module, Family]:
     torch.manual_seed(seed)
     model = getattr(transformers, family.model_class)(config).eval()
     randomize(model, seed)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            for part, factor, shift in family.adjust:
+                if part in name:
+                    p.mul_(factor).add_(shift)
     return model, family
 
 
@@ -394,6 +438,9 @@ def convert(model: torch.nn.Module, family: Family, outtype: str, workdir: Path)
     if family.config_json:
         config = json.loads((hf_dir / "config.json").read_text())
         (hf_dir / "config.json").write_text(json.dumps({**config, **dict(family.config_json)}))
+    if family.model_type is not None:
+        config = json.loads((hf_dir / "config.json").read_text())
+        (hf_dir / "config.json").write_text(json.dumps({**config, "model_type": family.model_type}))
     if family.tokenizer == "gpt2":
         write_gpt2_tokenizer(hf_dir, family.special_tokens)
     else:
@@ -402,7 +449,7 @@ def convert(model: torch.nn.Module, family: Family, outtype: str, workdir: Path)
     out = workdir / f"model-{base}.gguf"
     converter = llama_cpp_dir()
     result = subprocess.run([sys.executable, str(converter / "convert_hf_to_gguf.py"), str(hf_dir),
-                             "--outfile", str(out), "--outtype", base],
+                             "--outfile", str(out), "--outtype", base, *family.converter_args],
                             cwd=converter, capture_output=True, text=True)
     if result.returncode != 0:
         raise RuntimeError(f"convert_hf_to_gguf.py failed:\n{result.stderr[-4000:]}")

@@ -75,6 +75,9 @@ class _Resolver:
 
     def coerce(self, meta: MetaValue, field: Field, key: str) -> Any:
         value, vtype = meta.value, meta.type
+        if meta.is_array and vtype == "array[bool]" and field.kind == "int":  # per-layer flags as 0 and 1
+            meta = MetaValue(np.asarray(meta.value, dtype=np.int32), "array[int32]")
+            value, vtype = meta.value, meta.type
         if meta.is_array:
             if vtype == "array[string]" or not isinstance(value, np.ndarray) or value.size == 0 \
                     or field.kind not in ("int", "float") or field.name == "n_layers":
@@ -107,7 +110,10 @@ class _Resolver:
     def derive(self, rule: Any, field: Field, stack: tuple[str, ...]) -> Any:
         if not isinstance(rule, Derived):
             return float(rule) if field.kind == "float" and not isinstance(rule, bool) else rule
-        return self.of_kind(self.evaluate(rule, field, stack), field)
+        value = self.evaluate(rule, field, stack)
+        if isinstance(value, tuple):  # a per-layer pattern (zero_every)
+            return tuple(self.of_kind(v, field) for v in value)
+        return self.of_kind(value, field)
 
     def of_kind(self, value: Any, field: Field) -> Any:
         """A derived value as its field's kind: a rule may compute a float (a square root, a quotient)
@@ -138,6 +144,12 @@ class _Resolver:
             return len(meta.value)
         if rule.field is not None:
             return self.get(rule.field, stack)
+        if rule.zero_every is not None:
+            step = self.evaluate(rule.zero_every, field, stack)
+            if not isinstance(step, int) or step <= 0:
+                raise ConfigError(f"{self.where}: `{field.name}` repeats every {rule.zero_every} = {step} layers, "
+                                  "which must be a positive whole number")
+            return tuple(0 if (i + 1) % step == 0 else 1 for i in range(self.get("n_layers", stack)))
         if rule.cases is not None:
             for case in rule.cases:
                 if all(self.get(name, stack) == want for name, want in case.when.items()):

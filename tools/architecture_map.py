@@ -70,6 +70,7 @@ SPEC_SWITCHES: dict[str, Callable[[Spec], bool]] = {
     "learned_positions": lambda s: s.embedding.positions == "learned",
     "sliding_window": lambda s: _attention(s, lambda a: a.sliding_window != "none"),
     "sinks": lambda s: _attention(s, lambda a: a.sinks),
+    "q_output_gate": lambda s: _attention(s, lambda a: a.output_gate != "none"),
     "sigmoid_gating": lambda s: _routed(s, lambda r: _gating(s, r, "sigmoid")),
     "softmax_selected_gating": lambda s: _routed(s, lambda r: _gating(s, r, "softmax_selected")),
     "gating_from_file": lambda s: _routed(s, lambda r: r.gating == "expert_gating_func"),

@@ -46,6 +46,8 @@ class Derived(Strict):
     sqrt: Operand | None = Field(None, description="square root")
     inverse_sqrt: Operand | None = Field(None, description="1 / square root")
     length_of: str | None = Field(None, description="number of elements of a metadata array (key template)")
+    zero_every: Operand | None = Field(None, description="one value per layer: 0 on layers with (i + 1) % F == 0, "
+                                       "1 on the others (e.g. recurrent layers between full-attention layers)")
     cases: list[Case] | None = Field(None, description="the first case whose `when` holds; else `otherwise`")
     otherwise: Operand | None = Field(None, description="the value when no case holds (with `cases` only)")
 
@@ -62,7 +64,7 @@ class Derived(Strict):
     def fields(self) -> list[str]:
         """Every config field name this rule reads, nested rules and case conditions included."""
         out: list[str] = []
-        operands: list[Any] = [self.field, self.sqrt, self.inverse_sqrt, self.otherwise,
+        operands: list[Any] = [self.field, self.sqrt, self.inverse_sqrt, self.otherwise, self.zero_every,
                                *(self.quotient or ()), *(self.product or ()), *(self.difference or ())]
         for case in self.cases or []:
             out += list(case.when)

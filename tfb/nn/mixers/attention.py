@@ -57,6 +57,7 @@ def build(section: Section, c: ModelConfig, ctx: BuildContext) -> Attention:
         temperature_offset=c.attn_temperature_offset,
         chunk=c.attention_chunk_size if selects(section.chunked, ctx.layer, c.value) else 0,
         qk_norm_after_rope=norm is not None and norm.after_rope,
+        output_gate=section.output_gate == "sigmoid",
     )
     rotary = ctx.rotary(RopeParams.from_config(c, section.rope.pairing, sliding=window > 0))
     return Attention(shape, opts, ctx, rotary)
@@ -88,6 +89,7 @@ class AttentionOptions:
     temperature_offset: float = 0.0  # q *= 1 + scale * log(floor((pos + offset) / length) + 1)
     chunk: int = 0  # 0: no chunks; else a query sees only the keys of its own chunk of `chunk` positions
     qk_norm_after_rope: bool = False
+    output_gate: bool = False  # the Q projection also gives a sigmoid gate per head (after each head's queries)
 
 
 class Attention(nn.Module):
@@ -97,10 +99,11 @@ class Attention(nn.Module):
         s = shape
         self.q_out, self.k_out, self.v_out = s.n_heads * s.head_dim, s.n_kv_heads * s.head_dim, \
             s.n_kv_heads * s.value_dim
+        q_proj = self.q_out * (2 if opts.output_gate else 1)
         if opts.fused_qkv:
-            self.qkv = Linear(s.hidden, self.q_out + self.k_out + self.v_out)
+            self.qkv = Linear(s.hidden, q_proj + self.k_out + self.v_out)
         else:
-            self.q = Linear(s.hidden, self.q_out)
+            self.q = Linear(s.hidden, q_proj)
             self.k = Linear(s.hidden, self.k_out)
             self.v = Linear(s.hidden, self.v_out)
         self.o = Linear(s.n_heads * s.value_dim, s.hidden)
@@ -128,9 +131,14 @@ class Attention(nn.Module):
         positions = step.positions
         b, t, _ = x.shape
         if o.fused_qkv:
-            q, k, v = self.qkv(x).split([self.q_out, self.k_out, self.v_out], dim=-1)
+            q_proj = self.q_out * (2 if o.output_gate else 1)
+            q, k, v = self.qkv(x).split([q_proj, self.k_out, self.v_out], dim=-1)
         else:
             q, k, v = self.q(x), self.k(x), self.v(x)
+        gate = None
+        if o.output_gate:  # per head: head_dim queries, then head_dim gate values
+            q, gate = q.view(b, t, s.n_heads, 2, s.head_dim).unbind(3)
+            q, gate = q.reshape(b, t, self.q_out), gate.reshape(b, t, self.q_out)
         if o.clamp:
             q, k, v = (z.clamp(-o.clamp, o.clamp) for z in (q, k, v))
         before = o.qk_norm is not None and not o.qk_norm_after_rope
@@ -152,8 +160,10 @@ class Attention(nn.Module):
         q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
         if state is not None:
             k, v = state.update(step.start, k, v)
-        out = self.attend(q, k, v, positions)
-        return self.o(out.transpose(1, 2).reshape(b, t, s.n_heads * s.value_dim))
+        out = self.attend(q, k, v, positions).transpose(1, 2).reshape(b, t, s.n_heads * s.value_dim)
+        if gate is not None:
+            out = out * torch.sigmoid(gate).to(out.dtype)
+        return self.o(out)
 
     def _norm_after_rope(self, q: torch.Tensor, k: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The Q/K norm on rotated q and k ([b, t, heads, d]); over the whole projection it sees each

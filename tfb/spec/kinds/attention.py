@@ -8,6 +8,8 @@ Per query at position p, key at position j (j <= p):
   temperature:            q *= 1 + s * log(floor((p + o) / L) + 1)
                           (s = attn_temperature_scale, L = attn_temperature_length, o = attn_temperature_offset)
 Order on q and k: Q/K norm (before rope), rope, temperature (q only), Q/K norm (after rope).
+Output gate (output_gate: sigmoid): the Q projection gives, per head, head_dim query
+values then head_dim gate values g; each head's attention output is multiplied by sigmoid(g) before W_o.
 """
 
 from __future__ import annotations
@@ -132,6 +134,9 @@ class Attention(KindSection):
         "all", description="layers whose queries the temperature (attn_temperature_scale > 0) scales: all, or "
         "no_rope: only those that do not apply rope")
     sinks: bool = Field(False, description="a learned per-head logit that joins each softmax (attn_sinks)")
+    output_gate: Literal["none", "sigmoid"] = Field(
+        "none", description="sigmoid: the Q projection carries per head head_dim query values then head_dim gate "
+        "values, and each head's output is multiplied by sigmoid(gate) before the output projection")
 
     @field_validator("qk_norm", mode="before")
     @classmethod
@@ -201,6 +206,9 @@ class Attention(KindSection):
         for name in ("head_dim", "value_dim", "attention_scale"):
             if not getattr(c, name) > 0:
                 return f"`{name}` = {getattr(c, name)} must be positive in an attention layer"
+        if self.output_gate != "none" and c.value_dim != c.head_dim:
+            return (f"output_gate needs value_dim = {c.value_dim} equal to head_dim = {c.head_dim} (one gate value per "
+                    "output value)")
         if self.uses_rope() and (c.rope_dims > c.head_dim or c.rope_dims % 2):
             return f"rope_dims = {c.rope_dims} must be even and at most head_dim = {c.head_dim}"
         if self.uses_rope() and c.rope_scaling == "yarn" and c.rope_base == 1.0:
