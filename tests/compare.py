@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import torch
 
@@ -27,3 +29,18 @@ def compare(model: torch.nn.Module, reference: torch.nn.Module, shapes: Sequence
         ids = ids_for(model.config.vocab_size, batch, seq)  # type: ignore[union-attr]
         with torch.no_grad():
             check(model(ids), reference(ids).logits)
+
+
+def assert_decoding_equals_full(model: Any, length: int = 30, rel: float = 1e-4) -> tuple[Any, Any]:
+    """Decoding with the model's cache, in uneven chunks and one token at a time, gives the logits of one
+    full forward pass, within `rel` of the largest logit. Returns the two caches (chunked, one by one)."""
+    ids = torch.randint(0, model.config.vocab_size, (2, length), generator=torch.Generator().manual_seed(5))
+    cuts = [0, length * 11 // 30, length * 12 // 30, length * 25 // 30, length]
+    with torch.no_grad():
+        full = model(ids)
+        chunked, single = model.new_cache(), model.new_cache()
+        in_chunks = torch.cat([model(ids[:, a:b], chunked) for a, b in itertools.pairwise(cuts)], dim=1)
+        one_by_one = torch.cat([model(ids[:, t:t + 1], single) for t in range(length)], dim=1)
+    for steps in (in_chunks, one_by_one):
+        torch.testing.assert_close(steps, full, atol=rel * full.abs().max().item(), rtol=0)
+    return chunked, single

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from compare import assert_logits_match, compare, ids_for
+from compare import assert_decoding_equals_full, assert_logits_match, compare, ids_for
 from llama_reference import llama_cpp_logits
 
 import tfb
@@ -74,15 +74,7 @@ def test_quantized_files(tiny_model, family: str, outtype: str) -> None:
 
 @pytest.mark.parametrize("family", ["qwen2moe", "olmoe", "granitemoe_shared", "ernie4_5_moe", "glm4moe"])
 def test_kv_cache_decoding_equals_the_full_forward(tiny_model, family: str) -> None:
-    model = tfb.load(tiny_model(family, "f32")[1])
-    ids = torch.randint(0, model.config.vocab_size, (2, 30), generator=torch.Generator().manual_seed(5))
-    with torch.no_grad():
-        full = model(ids)
-        chunked, single = model.new_cache(), model.new_cache()
-        in_chunks = torch.cat([model(ids[:, a:b], chunked) for a, b in ((0, 11), (11, 12), (12, 25), (25, 30))], 1)
-        one_by_one = torch.cat([model(ids[:, t:t + 1], single) for t in range(30)], dim=1)
-    for steps in (in_chunks, one_by_one):
-        torch.testing.assert_close(steps, full, atol=1e-4 * full.abs().max().item(), rtol=0)
+    chunked, single = assert_decoding_equals_full(tfb.load(tiny_model(family, "f32")[1]))
     assert chunked.length == single.length == 30
 
 
