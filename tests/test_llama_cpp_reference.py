@@ -80,8 +80,8 @@ def test_longrope_factors_follow_llama_cpp_context(tiny_model, family: str, cont
 def test_phi3_longrope_32_runs_long_factors_at_its_original_context(tiny_model) -> None:
     """The case above is the long factor set (else the comparison would say nothing about rounding)."""
     _, path = tiny_model("phi3_longrope_32", "f32")
-    at_original = tfb.load(path, context_length=32).rotary.freq_factors
-    long = tfb.load(path, context_length=128).rotary.freq_factors
+    at_original = tfb.load(path, context_length=32).rotaries[0].freq_factors
+    long = tfb.load(path, context_length=128).rotaries[0].freq_factors
     assert at_original is not None and long is not None and torch.equal(at_original, long)
     assert float(long.max()) > 7.0  # the long factors 1.0 ... 7.3, not the short 1.0 ... 1.7
 

@@ -10,6 +10,7 @@ layer's kinds then check their layer's values.
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Collection, Mapping
 from typing import Any
 
@@ -228,15 +229,16 @@ def build_config(spec: Spec, metadata: Mapping[str, MetaValue], tensor_names: Co
                          qk_norm=facts.get("qk_norm", False),
                          run_context_length=context_length or values["context_length"], **own, extra=extra,
                          per_layer=resolver.per_layer)
-    check_config(config, spec, where)
+    check_config(config, spec, where, resolver.origin)
     return config
 
 
 MODEL_FIELDS = {f.name for f in HPARAM_FIELDS}
 
 
-def check_config(c: ModelConfig, spec: Spec, where: str) -> None:
-    """Each layer's values, by the kinds that layer uses."""
+def check_config(c: ModelConfig, spec: Spec, where: str, origin: Mapping[str, str] | None = None) -> None:
+    """Each layer's values, by the kinds that layer uses; a refusal names the metadata keys of the fields it
+    quotes (`origin`: field -> key)."""
     if c.expert_count > MAX_EXPERTS:
         raise ConfigError(f"{where}: expert_count = {c.expert_count} is more than {MAX_EXPERTS}")
     checked: set[tuple[int, int, int]] = set()
@@ -256,4 +258,6 @@ def check_config(c: ModelConfig, spec: Spec, where: str) -> None:
             problem = section.check(layer)
             if problem:
                 at = f" in layer {i} ({section.kind})" if c.per_layer or len(spec.mixer) + len(spec.ffn) > 2 else ""
-                raise ConfigError(f"{where}: {problem}{at}")
+                keys = [f"{name} from {origin[name]}" for name in dict.fromkeys(re.findall(r"`(\w+)`", problem))
+                        if origin and "." in origin.get(name, "")]
+                raise ConfigError(f"{where}: {problem}{at}" + (f" ({'; '.join(keys)})" if keys else ""))

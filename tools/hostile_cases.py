@@ -198,7 +198,7 @@ config("head_count_string", f"metadata {HEADS} is string '4', expected an intege
        "a head count that is a string", lambda f: f.set(HEADS, scalar("string", "4")))
 config("head_count_negative", "`n_heads` = -4", HEADS, "a head count of -4 (int32)",
        lambda f: f.set(HEADS, scalar("int32", -4)))
-config("head_count_zero", "hidden_size / n_heads divides by zero", HEADS,
+config("head_count_zero", "`n_heads` = 0 and `n_kv_heads` = 2 must be positive in an attention layer", HEADS,
        "a head count of 0", lambda f: f.set(HEADS, scalar("uint32", 0)))
 config("head_count_float", f"metadata {HEADS} is float32 4.0, expected an integer", HEADS,
        "a head count that is a float", lambda f: f.set(HEADS, scalar("float32", 4.0)))
