@@ -126,9 +126,9 @@ def test_available_kinds_reads_the_registry_and_falls_back_without_it(monkeypatc
     registry.MIXER_KINDS = {"attention": object()}  # type: ignore[attr-defined]
     monkeypatch.setitem(sys.modules, "tfb.spec.kinds", registry)
     assert available_kinds() == FALLBACK  # a registry without FFN_KINDS is not one yet
-    registry.MIXER_KINDS = {"attention": object(), "mamba2": object()}  # type: ignore[attr-defined]
+    registry.MIXER_KINDS = {"attention": object(), "ssd": object()}  # type: ignore[attr-defined]
     registry.FFN_KINDS = {"dense": object()}  # type: ignore[attr-defined]
-    assert available_kinds() == ({"attention", "mamba2"}, {"dense"})
+    assert available_kinds() == ({"attention", "ssd"}, {"dense"})
 
 
 def test_an_undefined_kind_or_feature_is_named(tmp_path: Path) -> None:

@@ -21,7 +21,7 @@ import tfb
 from tfb.authoring.check import check
 from tfb.errors import ConfigError, WeightError
 from tfb.gguf.reader import GGUFFile
-from tfb.nn.mixers.mamba2 import CHUNK, Mamba2Layer, SSMState
+from tfb.nn.mixers.ssd import CHUNK, SSDLayer, SSMState
 from tfb.quant import PackedTensor
 from tfb.text.generate import GREEDY, Session, generate_ids
 
@@ -37,7 +37,7 @@ def test_logits_match_transformers(tiny_model) -> None:
     reference, path = tiny_model("mamba2", "f32")
     model = tfb.load(path)
     mixer = model.blocks[0].mixer
-    assert isinstance(mixer, Mamba2Layer) and model.blocks[0].ffn is None
+    assert isinstance(mixer, SSDLayer) and model.blocks[0].ffn is None
     s = mixer.shape
     assert (s.heads, s.head_dim, s.groups, s.state, s.kernel) == (8, 16, 2, 16, 4)  # what the file exercises
     assert mixer.norm.groups == 2 and mixer.conv_bias is not None
@@ -49,7 +49,7 @@ def test_granitehybrid_layers_follow_the_file(tiny_model) -> None:
     model = tfb.load(path)
     assert model.config.per_layer["n_kv_heads"] == (0, 2, 0, 2)
     kinds = [type(b.mixer).__name__ for b in model.blocks]
-    assert kinds == ["Mamba2Layer", "Attention", "Mamba2Layer", "Attention"]
+    assert kinds == ["SSDLayer", "Attention", "SSDLayer", "Attention"]
     assert not model.blocks[1].mixer.opts.use_rope  # rope.scaling.finetuned = false in the file
     compare(model, reference, SHAPES)
 

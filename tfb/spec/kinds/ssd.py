@@ -1,4 +1,4 @@
-"""The `mamba2` mixer kind: the Mamba-2 selective state space (SSD) layer, a recurrent mixer whose state per
+"""The `ssd` mixer kind: the Mamba-2 selective state space (SSD) layer, a recurrent mixer whose state per
 sequence is a fixed-size conv window and one [head_dim, state] matrix per head, whatever the context length.
 
 Math, per token x (H = ssm_head_count heads of P = ssm_inner_size / H, G = ssm_group_count groups of
@@ -27,7 +27,7 @@ if TYPE_CHECKING:
     from tfb.spec.slots import FileFacts
 
 
-class Mamba2(KindSection):
+class SSD(KindSection):
     """A Mamba-2 (SSD) layer: in-projection, causal conv, selective scan, gated RMS norm, out-projection."""
 
     role: ClassVar[str] = "mixer"
@@ -46,7 +46,7 @@ class Mamba2(KindSection):
                     "groups of its gated norm)", 0, "nonnegative"),
     )
 
-    kind: Literal["mamba2"] = "mamba2"
+    kind: Literal["ssd"] = "ssd"
     conv_bias: Literal["required", "optional"] = Field(
         "required", description="the conv's bias: required (Mamba-2) or optional (read when the file has it)")
 
@@ -58,7 +58,7 @@ class Mamba2(KindSection):
     def check(self, c: Any) -> str | None:
         for name in ("ssm_conv_kernel", "ssm_inner_size", "ssm_state_size", "ssm_head_count", "ssm_group_count"):
             if getattr(c, name) <= 0:
-                return (f"{name} = {getattr(c, name)} must be positive in a mamba2 layer (the file's ssm.* keys: "
+                return (f"{name} = {getattr(c, name)} must be positive in an ssd layer (the file's ssm.* keys: "
                         "conv_kernel, inner_size, state_size, time_step_rank, group_count)")
         if c.ssm_inner_size % c.ssm_head_count:
             return (f"ssm_inner_size = {c.ssm_inner_size} does not split into ssm_head_count = {c.ssm_head_count} "

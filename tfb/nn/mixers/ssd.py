@@ -1,7 +1,7 @@
-"""The `mamba2` mixer kind (Mamba-2, SSD): its layer state is the conv window (the last kernel - 1 inputs of
+"""The `ssd` mixer kind (Mamba-2, SSD): its layer state is the conv window (the last kernel - 1 inputs of
 the conv) and the SSM state [heads, head_dim, state] of each sequence, float32 whatever the weights' type,
 of constant size in the context length. A prompt is scanned in chunks of CHUNK positions with the SSD closed
-form, a decoding step is the same with one position. The math: tfb/spec/kinds/mamba2.py.
+form, a decoding step is the same with one position. The math: tfb/spec/kinds/ssd.py.
 """
 
 from __future__ import annotations
@@ -16,9 +16,9 @@ from tfb.config import ModelConfig
 from tfb.nn.cache import Step
 from tfb.nn.kinds import BuildContext
 from tfb.nn.linear import Linear, check_shape
-from tfb.spec.kinds.mamba2 import Mamba2 as Section
+from tfb.spec.kinds.ssd import SSD as Section
 
-KIND = "mamba2"
+KIND = "ssd"
 TARGETS = {
     "ssm_in": ("in_proj", "set_weight"), "ssm_out": ("out_proj", "set_weight"),
     "ssm_conv1d": ("", "set_conv"), "ssm_conv1d_bias": ("", "set_conv_bias"), "ssm_dt_bias": ("", "set_dt_bias"),
@@ -45,10 +45,10 @@ class SSMShape:
         return self.inner + 2 * self.groups * self.state
 
 
-def build(section: Section, c: ModelConfig, ctx: BuildContext) -> Mamba2Layer:
+def build(section: Section, c: ModelConfig, ctx: BuildContext) -> SSDLayer:
     shape = SSMShape(c.hidden_size, c.ssm_head_count, c.ssm_inner_size // c.ssm_head_count, c.ssm_group_count,
                      c.ssm_state_size, c.ssm_conv_kernel)
-    return Mamba2Layer(shape, ctx, c.norm_eps)
+    return SSDLayer(shape, ctx, c.norm_eps)
 
 
 class SSMState:
@@ -68,7 +68,7 @@ class SSMState:
                         None if self.ssm is None else self.ssm.clone())
 
 
-class Mamba2Layer(nn.Module):
+class SSDLayer(nn.Module):
     def __init__(self, shape: SSMShape, ctx: BuildContext, eps: float) -> None:
         super().__init__()
         s = self.shape = shape
