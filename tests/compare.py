@@ -44,3 +44,19 @@ def assert_decoding_equals_full(model: Any, length: int = 30, rel: float = 1e-4)
     for steps in (in_chunks, one_by_one):
         torch.testing.assert_close(steps, full, atol=rel * full.abs().max().item(), rtol=0)
     return chunked, single
+
+
+def record_routes(routers: Sequence[Any]) -> list[torch.Tensor]:
+    """Wrap each expert layer's `route` so that the experts it chooses ([tokens, k]) are recorded, in call order."""
+    chosen: list[torch.Tensor] = []
+
+    def recording(route: Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]) -> Callable[..., Any]:
+        def wrapper(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            experts, weights = route(x)
+            chosen.append(experts)
+            return experts, weights
+        return wrapper
+
+    for moe in routers:
+        moe.route = recording(moe.route)
+    return chosen

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from compare import assert_decoding_equals_full, assert_logits_match, compare, ids_for
+from compare import assert_decoding_equals_full, assert_logits_match, compare, ids_for, record_routes
 from llama_reference import llama_cpp_logits
 
 import tfb
@@ -116,18 +116,7 @@ def test_grouped_selection_keeps_each_token_in_its_best_group(tiny_model) -> Non
     """GLM's 8 experts are 2 groups of 4, one kept: every token's 3 experts share a group, and both groups serve."""
     reference, path = tiny_model("glm4moe", "f32")
     model = tfb.load(path)
-    chosen: list[torch.Tensor] = []
-
-    def recording(route):
-        def wrapper(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-            experts, weights = route(x)
-            chosen.append(experts)
-            return experts, weights
-        return wrapper
-
-    for moe in _experts(model):
-        if moe is not None:
-            moe.route = recording(moe.route)  # type: ignore[method-assign]
+    chosen = record_routes([moe for moe in _experts(model) if moe is not None])
     compare(model, reference, [(2, 40)])
     groups = torch.cat(chosen) // 4
     assert (groups == groups[:, :1]).all() and groups.unique().tolist() == [0, 1]

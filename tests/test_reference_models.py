@@ -6,7 +6,7 @@ import copy
 
 import pytest
 import torch
-from compare import compare, ids_for
+from compare import compare, ids_for, record_routes
 
 import tfb
 from tfb.nn.ffn.routed import Experts
@@ -66,18 +66,8 @@ def test_yarn_and_temperature_beyond_the_original_context(tiny_model) -> None:
 def test_moe_routes_tokens_to_many_experts(tiny_model, family: str) -> None:
     reference, path = tiny_model(family, "f32")
     model = tfb.load(path)
-    chosen: list[torch.Tensor] = []
-
-    def recording(route):
-        def wrapper(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-            experts, weights = route(x)
-            chosen.append(experts)
-            return experts, weights
-        return wrapper
-
-    for block in model.blocks:
-        assert isinstance(block.ffn, Experts)
-        block.ffn.route = recording(block.ffn.route)
+    assert all(isinstance(block.ffn, Experts) for block in model.blocks)
+    chosen = record_routes([block.ffn for block in model.blocks])
     compare(model, reference, [(2, 40)])
     experts = torch.cat([c.flatten() for c in chosen]).unique()
     assert len(experts) == model.config.expert_count  # every expert did some work
