@@ -48,3 +48,12 @@ def test_readme_support_table_is_current() -> None:
         row = re.search(rf"^\| `{re.escape(path.stem)}` \|[^|]*\| (\d+) \|", readme, re.MULTILINE)
         assert row, f"README's support table has no row for {path.stem}"
         assert int(row.group(1)) == code_lines(path), f"{path.stem}: README says {row.group(1)} lines"
+
+
+def test_every_package_ships() -> None:
+    """A non-editable install ships only the packages pyproject lists: a new subpackage must be listed."""
+    import tomllib
+
+    listed = set(tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
+    found = {".".join(p.parent.relative_to(ROOT).parts) for p in (ROOT / "tfb").rglob("__init__.py")}
+    assert found <= listed, f"add to [tool.setuptools] packages in pyproject.toml: {sorted(found - listed)}"
