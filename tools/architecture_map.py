@@ -33,8 +33,8 @@ FALLBACK_FFNS = frozenset({"dense", "routed"})
 # leaves one of its features off is served only in part; a spec that sets one the data file does not list
 # means the data file is wrong (a test checks this).
 def _any(sections: list[Any], test: Callable[[Any], bool], kind: str) -> bool:
-    """Some section of `kind` passes `test`."""
-    return any(s.kind == kind and test(s) for s in sections)
+    """Some section of `kind` passes `test` (a parallel section's branches included)."""
+    return any((s.kind == kind and test(s)) or _any(getattr(s, "branches", []), test, kind) for s in sections)
 
 
 def _attention(s: Spec, test: Callable[[Any], bool]) -> bool:
@@ -80,6 +80,7 @@ SPEC_SWITCHES: dict[str, Callable[[Spec], bool]] = {
     "leading_dense_layers": lambda s: _ffn_rule(s, "below"),
     "moe_layer_step": lambda s: _ffn_rule(s, "every"),
     "no_ffn": lambda s: any(f.kind == "none" for f in s.ffn),
+    "parallel_mixers": lambda s: any(m.kind == "parallel" for m in s.mixer),
 }
 # Kinds a spec can leave out although tfb has them: a spec without `experts` runs dense files only.
 SPEC_KINDS: dict[str, Callable[[Spec], bool]] = {
