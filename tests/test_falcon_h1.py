@@ -1,9 +1,10 @@
-"""Falcon-H1 (the falcon-h1 spec: a `parallel` mixer of attention and Mam-2 (ssd) in every layer, then a SwiGLU
+"""Falcon-H1 (the falcon-h1 spec: a `parallel` mixer of attention and Mamba-2 (ssd) in every layer, then a SwiGLU
 MLP), verified like the other families: tiny random FalconH1ForCausalLM models, every multiplier away from 1,
 through llama.cpp's own converter (which folds the multipliers into the weights) -> tfb's logits against
 transformers' float32 logits at every position and against llama.cpp's; decoding with the per-branch state (in
-chunks and token by token) against the full forward; a Session going back to a snapshot; a Q8_0 file; the gated
-norm present (mamba_rms_norm) or absent; bad sizes and bad parallel sections refused with one clear message."""
+chunks and token by token) against the full forward; a Session going back to a snapshot; Q8_0 and Q4_0 files;
+the gated norm present (mamba_rms_norm) or absent; tied embeddings; bad sizes and bad parallel sections refused
+with one clear message."""
 
 from __future__ import annotations
 
@@ -129,14 +130,16 @@ def test_a_session_goes_back_to_a_snapshot(tiny_model) -> None:
         list(generate_ids(model, edited, max_tokens=6))
 
 
-def test_q8_0_file(tiny_model) -> None:
-    """The projections Q8_0, the conv weights, A, D and norms F32 (the converter's rule), kept packed."""
-    reference, path = tiny_model("falcon_h1", "q8_0")
+@pytest.mark.parametrize("outtype", ["q8_0", "q4_0"])
+def test_quantized_files(tiny_model, outtype: str) -> None:
+    """The projections quantized, the conv weights, A, D and norms F32 (the converter's and llama-quantize's
+    rule), kept packed."""
+    reference, path = tiny_model("falcon_h1", outtype)
     with GGUFFile(path) as gguf:
         types = {name: info.ggml_type.name for name, info in gguf.tensors.items()}
     for name, kind in types.items():
         if name.endswith(("ssm_in.weight", "ssm_out.weight", "attn_q.weight", "ffn_down.weight")):
-            assert kind == "Q8_0", name
+            assert kind == outtype.upper(), name
         elif ".ssm_" in name or "norm" in name:
             assert kind == "F32", name
     model = tfb.load(path)
