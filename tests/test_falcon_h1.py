@@ -152,7 +152,7 @@ def test_bad_ssm_sizes_are_refused_naming_the_key(tiny_model, tmp_path: Path) ->
     bad = rewrite(tiny_model("falcon_h1", "f32")[1], tmp_path / "bad.gguf",
                   {"falcon-h1.ssm.time_step_rank": (3, GGUFValueType.UINT32)})
     with pytest.raises(ConfigError, match="ssm_inner_size = 128 does not split into ssm_head_count = 3 .*"
-                       r"\(a ssd branch of a parallel mixer\)"):
+                       r"\(the ssd branch of a parallel mixer\)"):
         tfb.load(bad)
 
 

@@ -93,7 +93,7 @@ class Parallel(KindSection):
         for branch in self.branches:
             problem = branch.check(c)
             if problem:
-                return f"{problem} (a {branch.kind} branch of a parallel mixer)"
+                return f"{problem} (the {branch.kind} branch of a parallel mixer)"
         for name in self.scales:
             if name is not None and not isinstance(getattr(c, name), (int, float)):
                 return f"`{name}` = {getattr(c, name)!r} is not a number (a scale of a parallel mixer's branch)"
