@@ -173,6 +173,8 @@ BAD_SECTIONS = {
                           "`ssm_scael` is not a numeric config field"),
     "scales_count": ("  kind: parallel\n  scales: [null]\n  branches:\n" + BRANCH_A + BRANCH_S,
                      "1 scales for 2 branches"),
+    "nested": ("  kind: parallel\n  branches:\n    - {kind: parallel, branches: [{kind: attention}, {kind: ssd}]}\n"
+               + BRANCH_A, "a branch cannot itself be parallel"),
     "unknown_branch_key": ("  kind: parallel\n  branches:\n    - {kind: ssd, nrom: optional}\n" + BRANCH_A, "nrom"),
 }
 

@@ -78,6 +78,8 @@ class Parallel(KindSection):
         seen: dict[str, int] = {}
         for i, branch in enumerate(self.branches):
             where = ("branches", str(i))
+            if isinstance(branch, Parallel):
+                out.append(((*where, "kind"), "a branch cannot itself be parallel: list its branches here instead"))
             if branch.layers != "all":
                 out.append(((*where, "layers"), "a branch runs in every layer of its parallel section; give "
                             "`layers:` on the parallel section instead"))
