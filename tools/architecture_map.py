@@ -61,6 +61,7 @@ SPEC_SWITCHES: dict[str, Callable[[Spec], bool]] = {
     "weightless_norm": lambda s: not s.norm.parametric,
     "post_norm": lambda s: s.block.post_norm,
     "parallel_residual": lambda s: s.block.residual != "sequential",
+    "parallel_mixers": lambda s: any(m.kind == "parallel" for m in s.mixer),
     "qk_norm": lambda s: _attention(s, lambda a: a.qk_norm is not None and a.qk_norm.parametric),
     "qk_l2_norm": lambda s: _attention(s, lambda a: a.qk_norm is not None and not a.qk_norm.parametric),
     "chunked_attention": lambda s: _attention(s, lambda a: a.chunked != "none"),
@@ -80,7 +81,6 @@ SPEC_SWITCHES: dict[str, Callable[[Spec], bool]] = {
     "leading_dense_layers": lambda s: _ffn_rule(s, "below"),
     "moe_layer_step": lambda s: _ffn_rule(s, "every"),
     "no_ffn": lambda s: any(f.kind == "none" for f in s.ffn),
-    "parallel_mixers": lambda s: any(m.kind == "parallel" for m in s.mixer),
 }
 # Kinds a spec can leave out although tfb has them: a spec without `experts` runs dense files only.
 SPEC_KINDS: dict[str, Callable[[Spec], bool]] = {
