@@ -258,6 +258,34 @@ FAMILIES: dict[str, Family] = {
         # transformers 5 saves layer_types as linear_attention / full_attention; the checkpoints (and the
         # converter, which looks for "attention") name them mamba / attention
         config_json=(("layer_types", ["mamba", "attention", "mamba", "attention"]),)),
+    # Falcon-H1: attention and Mamba-2 side by side in every layer (4 query heads of 16, 2 KV heads; 8 SSM heads of
+    # 16 over an inner width of 128 that differs from 2 x hidden, 2 groups of state 16), then a SwiGLU MLP. Every
+    # multiplier is set away from 1 so that each place the converter folds one into the weights shows, each a power
+    # of 2 so that the folding commutes with quantization (the converter scales the pre-rounded weights before it
+    # quantizes them); the gated norm groups as llama.cpp does (gate, then norm: mamba_norm_before_gate false, as
+    # in the trained models). The converter reads head_dim from config.json, which transformers 5 does not save.
+    "falcon_h1": Family("FalconH1ForCausalLM", "FalconH1Config", dict(
+        BASE, mamba_d_ssm=128, mamba_n_heads=8, mamba_d_head=16, mamba_n_groups=2, mamba_d_state=16, mamba_d_conv=4,
+        mamba_chunk_size=16, mamba_rms_norm=True, mamba_norm_before_gate=False, embedding_multiplier=2.0,
+        lm_head_multiplier=0.5, mlp_multipliers=[2.0, 0.5], key_multiplier=0.25, attention_in_multiplier=2.0,
+        attention_out_multiplier=0.5, ssm_multipliers=[0.5, 2.0, 0.25, 4.0, 0.5], ssm_in_multiplier=2.0,
+        ssm_out_multiplier=0.5, pad_token_id=None, rope_parameters=dict(rope_type="default", rope_theta=10000.0)),
+        tokenizer="gpt2", keep_f32=("conv1d.weight",), config_json=(("head_dim", 16),)),
+    # Falcon-H1 without the gated norm (mamba_rms_norm false, as in Falcon-H1-0.5B..34B): y * silu(z) goes
+    # straight to the out-projection, and the file has no ssm_norm tensor
+    "falcon_h1_no_norm": Family("FalconH1ForCausalLM", "FalconH1Config", dict(
+        BASE, mamba_d_ssm=128, mamba_n_heads=8, mamba_d_head=16, mamba_n_groups=2, mamba_d_state=16, mamba_d_conv=4,
+        mamba_chunk_size=16, mamba_rms_norm=False, embedding_multiplier=1.5, lm_head_multiplier=0.7,
+        ssm_multipliers=[0.5, 1.2, 0.8, 1.1, 0.6], key_multiplier=0.8, ssm_out_multiplier=0.75, pad_token_id=None,
+        rope_parameters=dict(rope_type="default", rope_theta=10000.0)),
+        tokenizer="gpt2", keep_f32=("conv1d.weight",), config_json=(("head_dim", 16),)),
+    # Falcon-H1 with tied embeddings (as Falcon-H1-Tiny): the converter folds embedding_multiplier into token_embd,
+    # which is also the output, and lm_head_multiplier into nothing
+    "falcon_h1_tied": Family("FalconH1ForCausalLM", "FalconH1Config", dict(
+        BASE, mamba_d_ssm=128, mamba_n_heads=8, mamba_d_head=16, mamba_n_groups=2, mamba_d_state=16, mamba_d_conv=4,
+        mamba_chunk_size=16, embedding_multiplier=2.0, lm_head_multiplier=0.5, tie_word_embeddings=True,
+        pad_token_id=None, rope_parameters=dict(rope_type="default", rope_theta=10000.0)),
+        tokenizer="gpt2", keep_f32=("conv1d.weight",), config_json=(("head_dim", 16),)),
     # Qwen3-Next: gated delta-net layers with a full (gated) attention layer every 4th (layer 3; 4 layers), 2
     # value heads per key head in the delta-net, a quarter of each attention head rotated, experts with a
     # sigmoid-gated shared expert. The checkpoint has no MTP layers: --no-mtp. Decays and betas are kept moderate

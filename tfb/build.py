@@ -96,7 +96,7 @@ def layer_targets(spec: Spec, config: ModelConfig, layer: int) -> dict[str, tupl
     mixer, ffn = layer_sections(spec, config, layer)
     out = dict(BLOCK_TARGETS)
     for prefix, section in (("mixer", mixer), ("ffn", ffn)):
-        for slot, (path, method) in kind_of(section).targets.items():
+        for slot, (path, method) in kind_of(section).targets_of(section).items():
             out[slot] = (f"{prefix}.{path}" if path else prefix, method)
     return out
 

@@ -33,8 +33,8 @@ FALLBACK_FFNS = frozenset({"dense", "routed"})
 # leaves one of its features off is served only in part; a spec that sets one the data file does not list
 # means the data file is wrong (a test checks this).
 def _any(sections: list[Any], test: Callable[[Any], bool], kind: str) -> bool:
-    """Some section of `kind` passes `test`."""
-    return any(s.kind == kind and test(s) for s in sections)
+    """Some section of `kind` passes `test` (a parallel section's branches included)."""
+    return any((s.kind == kind and test(s)) or _any(getattr(s, "branches", []), test, kind) for s in sections)
 
 
 def _attention(s: Spec, test: Callable[[Any], bool]) -> bool:
@@ -61,6 +61,7 @@ SPEC_SWITCHES: dict[str, Callable[[Spec], bool]] = {
     "weightless_norm": lambda s: not s.norm.parametric,
     "post_norm": lambda s: s.block.post_norm,
     "parallel_residual": lambda s: s.block.residual != "sequential",
+    "parallel_mixers": lambda s: any(m.kind == "parallel" for m in s.mixer),
     "qk_norm": lambda s: _attention(s, lambda a: a.qk_norm is not None and a.qk_norm.parametric),
     "qk_l2_norm": lambda s: _attention(s, lambda a: a.qk_norm is not None and not a.qk_norm.parametric),
     "chunked_attention": lambda s: _attention(s, lambda a: a.chunked != "none"),

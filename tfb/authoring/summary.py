@@ -40,15 +40,26 @@ def _layers(selector: LayerSelector) -> str:
     return _pattern(selector)
 
 
+def _kind(section: Any) -> str:
+    """A section's kind; one that holds branches, with theirs: `parallel (attention + ssd)`."""
+    branches = getattr(section, "branches", None)
+    return str(section.kind) + (f" ({' + '.join(_kind(b) for b in branches)})" if branches else "")
+
+
 def _kinds(sections: list[Any]) -> str:
     """`attention` or `dense (below leading_dense_block_count), routed`."""
     if len(sections) == 1:
-        return str(sections[0].kind)
-    return ", ".join(s.kind + ("" if s.layers == "all" else f" ({_layers(s.layers)})") for s in sections)
+        return _kind(sections[0])
+    return ", ".join(_kind(s) + ("" if s.layers == "all" else f" ({_layers(s.layers)})") for s in sections)
 
 
 def _first(sections: list[Any], kind: str) -> Any:
-    return next((s for s in sections if s.kind == kind), None)
+    """The first section of `kind`, looking into the branches of sections that hold some."""
+    for s in sections:
+        found = s if s.kind == kind else _first(getattr(s, "branches", []), kind)
+        if found is not None:
+            return found
+    return None
 
 
 def _mlp(section: KindSection) -> str:

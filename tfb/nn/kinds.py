@@ -2,9 +2,9 @@
 kind (tfb/nn/ffn), each found by the kind name its schema section (tfb/spec/kinds) declares.
 
 A kind module defines `KIND` (its name), `TARGETS` (tensor slot -> attribute path under the module and
-the method that takes the tensor) and `build(section, config, context) -> nn.Module`, the module taking
-`forward(x, step, state)` (a mixer; `new_state(dtype)` makes its layer's cache state) or
-`forward(x, step)` (a feed-forward).
+the method that takes the tensor; or `section_targets(section)`, where they depend on the section) and
+`build(section, config, context) -> nn.Module`, the module taking `forward(x, step, state)` (a mixer;
+`new_state(dtype)` makes its layer's cache state) or `forward(x, step)` (a feed-forward).
 """
 
 from __future__ import annotations
@@ -50,6 +50,12 @@ class Kind:
     name: str
     build: Callable[[Any, ModelConfig, BuildContext], nn.Module]
     targets: dict[str, tuple[str, str]]
+    section_targets: Callable[[Any], dict[str, tuple[str, str]]] | None = None  # targets that depend on the section
+
+    def targets_of(self, section: KindSection) -> dict[str, tuple[str, str]]:
+        """Slot -> (attribute path, method) for a module built from `section`: `TARGETS`, or what the kind's
+        `section_targets(section)` says (a kind whose module holds modules of other kinds)."""
+        return self.targets if self.section_targets is None else self.section_targets(section)
 
 
 def _discover(package: ModuleType) -> dict[str, Kind]:
@@ -57,7 +63,8 @@ def _discover(package: ModuleType) -> dict[str, Kind]:
     for info in sorted(pkgutil.iter_modules(package.__path__), key=lambda m: m.name):
         if not info.name.startswith("_"):
             module = importlib.import_module(f"{package.__name__}.{info.name}")
-            found[module.KIND] = Kind(module.KIND, module.build, module.TARGETS)
+            found[module.KIND] = Kind(module.KIND, module.build, module.TARGETS,
+                                      getattr(module, "section_targets", None))
     return found
 
 

@@ -125,7 +125,8 @@ class SSDLayer(nn.Module):
             state.conv, state.ssm = window, ssm
         y = y + self.d[:, None] * h.view(b, t, s.heads, s.head_dim)
         y = y.reshape(b, t, s.inner) * F.silu(z)
-        y = self.norm(y.view(b, t, s.groups, s.inner // s.groups)).reshape(b, t, s.inner)
+        if self.norm.weight is not None:  # absent only where the section's norm is optional and the file lacks it
+            y = self.norm(y.view(b, t, s.groups, s.inner // s.groups)).reshape(b, t, s.inner)
         return self.out_proj(y.to(x.dtype))
 
     def conv(self, xbc: torch.Tensor, window: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:

@@ -53,6 +53,19 @@ def section_type(role: str) -> Any:
     return Annotated[Union[members], Discriminator(_kind_of(DEFAULT_KIND[role]))]  # noqa: UP007
 
 
+def _complete_nested() -> None:
+    """Sections that hold sections of other kinds (a `MixerSection` or `FfnSection` annotation, such as the
+    parallel kind's branches) are completed once every kind is known."""
+    namespace = {"MixerSection": section_type("mixer"), "FfnSection": section_type("ffn")}
+    for kinds in _KINDS.values():
+        for cls in kinds.values():
+            if not cls.__pydantic_complete__:
+                cls.model_rebuild(_types_namespace=namespace)
+
+
+_complete_nested()
+
+
 def all_slots() -> tuple[str, ...]:
     """Every per-layer tensor slot some kind reads, in registry order."""
     out: list[str] = []

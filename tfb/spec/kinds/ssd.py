@@ -10,6 +10,7 @@ B/C with N = ssm_state_size, conv kernel K = ssm_conv_kernel):
   S_h   = exp(dt_h A_h) S_h + dt_h x_h B_g^T   the state [P, N] per head, carried across tokens
   y_h   = S_h C_g + D_h x_h
   y     = W_out · rmsnorm_grouped(y * silu(z))  RMS norm over each of G groups of inner / G (weights [G, inner/G])
+          (norm: optional: y = W_out · (y * silu(z)) in files without the norm's weights)
 The prompt is processed in chunks with the equivalent closed form (the SSD "dual"): within a chunk,
 y_l = sum_{s<=l} exp(cum_l - cum_s) (C_l · B_s) dt_s x_s + exp(cum_l) C_l S_0, cum the running sum of dt A.
 """
@@ -49,10 +50,14 @@ class SSD(KindSection):
     kind: Literal["ssd"] = "ssd"
     conv_bias: Literal["required", "optional"] = Field(
         "required", description="the conv's bias: required (Mamba-2) or optional (read when the file has it)")
+    norm: Literal["required", "optional"] = Field(
+        "required", description="the gated RMS norm: required, or optional (it applies where the file has its "
+        "ssm_norm weights; without them y * silu(z) goes to the out-projection as it is)")
 
     def slots(self, spec: Spec, facts: FileFacts) -> dict[str, Need]:
         out: dict[str, Need] = {slot: "required" for slot in self.SLOTS}
         out["ssm_conv1d_bias"] = self.conv_bias
+        out["ssm_norm"] = self.norm
         return out
 
     def check(self, c: Any) -> str | None:
