@@ -14,7 +14,7 @@ import pytest
 
 from tfb.errors import InputError, TfbError, TokenizerError
 from tfb.gguf.reader import GGUFFile, MetaValue
-from tfb.text.bpe import ByteLevelBPE
+from tfb.text.bpe import MergeBPE
 from tfb.text.pretokenizers import PRE_TOKENIZERS
 from tfb.text.regex_split import RegexSplitter
 from tfb.text.tokenizer import Tokenizer, load_tokenizer, tokenizer_from_metadata
@@ -88,7 +88,7 @@ def test_other_pre_tokenizers_match_llama_cpp() -> None:
     """Each distinct pre-tokenizer of the table, run over the gpt-2 vocabulary, against llama.cpp's ids."""
     data = json.loads((VOCAB_DIR / "pre-tokenizers.gpt-2.json").read_text(encoding="utf-8"))
     vocab = tokenizer("gpt-2").vocab
-    bpe = {flag: ByteLevelBPE(vocab.token_to_id, vocab.merges, ignore_merges=flag) for flag in (False, True)}
+    bpe = {flag: MergeBPE(vocab.token_to_id, vocab.merges, ignore_merges=flag) for flag in (False, True)}
     for name, expected in data["ids"].items():
         pre = PRE_TOKENIZERS[name]
         splitter = RegexSplitter(pre.regexes)

@@ -41,7 +41,9 @@ def piece_bytes(vocab: Vocab, token: int, special: bool) -> bytes:
     if attr & (_HIDDEN_UNLESS_SPECIAL | Attr.USER_DEFINED):
         return _raw(text)
     if attr & Attr.NORMAL:
-        return _raw(text.replace(_SPACE, " ")) if vocab.kind is Kind.SPM else _byte_level(text)
+        if vocab.kind is Kind.BPE and (vocab.pre is None or not vocab.pre.escape_spaces):
+            return _byte_level(text)
+        return _raw(text.replace(_SPACE, " "))
     if attr & Attr.BYTE:
         return bytes([int(text[3:5], 16)])
     return b""  # unused and undefined tokens are written as nothing

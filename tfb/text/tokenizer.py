@@ -16,7 +16,7 @@ from typing import Any
 
 from tfb.errors import InputError, TokenizerError
 from tfb.gguf.reader import GGUFFile, MetaValue
-from tfb.text.bpe import ByteLevelBPE
+from tfb.text.bpe import MergeBPE
 from tfb.text.chat_template import render_chat_template
 from tfb.text.detokenize import Detokenizer, Pieces, detokenize
 from tfb.text.regex_split import RegexSplitter
@@ -41,7 +41,7 @@ class Tokenizer:
         else:
             assert vocab.pre is not None
             self._splitter = RegexSplitter(vocab.pre.regexes)
-            self._bpe = ByteLevelBPE(vocab.token_to_id, vocab.merges, vocab.ignore_merges)
+            self._bpe = MergeBPE(vocab.token_to_id, vocab.merges, vocab.ignore_merges, vocab.pre.byte_encode)
 
     # ------------------------------------------------------------------------------------- properties
 
@@ -116,7 +116,7 @@ class Tokenizer:
                 if isinstance(fragment, int):
                     out.append(fragment)
                 else:
-                    out.extend(self._bpe.encode_words(self._splitter.split(fragment)))
+                    self._encode_bpe(fragment, out)
         if add_special and self.vocab.add_eos:
             out.append(self._required("eos", "tokenizer.ggml.add_eos_token"))
         return out
@@ -133,6 +133,27 @@ class Tokenizer:
                 fragment = " " + fragment
             out.extend(self._spm.tokenize(fragment.replace(" ", "\u2581")))
             after_special = False
+
+    def _encode_bpe(self, text: str, out: list[int]) -> None:
+        pre = self.vocab.pre
+        assert pre is not None
+        if pre.escape_spaces:
+            text = text.replace(" ", "\u2581")
+        words = self._splitter.split(text)
+        if not pre.newline_runs_whole:
+            out.extend(self._bpe.encode_words(words))
+            return
+        # a run of newlines that is a token stays one token (merging could split it differently)
+        pending: list[str] = []
+        for word in words:
+            token = self.vocab.token_to_id.get(word) if not word.strip("\n") else None
+            if token is None:
+                pending.append(word)
+                continue
+            out.extend(self._bpe.encode_words(pending))
+            out.append(token)
+            pending = []
+        out.extend(self._bpe.encode_words(pending))
 
     def _byte_token(self, byte: int) -> int:
         # llama.cpp looks for <0xNN>, then for a token that is that single byte (and fails without one; the

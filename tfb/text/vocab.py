@@ -104,9 +104,10 @@ def read_vocab(metadata: Mapping[str, MetaValue], where: str) -> Vocab:
     r = _Reader(metadata, where)
     model = r.string("model", required=True)
     if model not in TOKENIZER_MODELS:
-        known = ", ".join(f"{m!r} ({kind.upper()})" for m, kind in TOKENIZER_MODELS.items())
+        known = ", ".join(f"{m!r} ({spec.kind.upper()})" for m, spec in TOKENIZER_MODELS.items())
         raise TokenizerError(f"{where}: {PREFIX}model is {model!r}; tfb tokenizes {known} vocabularies")
-    kind = Kind(TOKENIZER_MODELS[model])
+    model_spec = TOKENIZER_MODELS[model]
+    kind = Kind(model_spec.kind)
     tokens = r.strings("tokens", required=True)
     if not tokens:
         raise TokenizerError(f"{where}: {PREFIX}tokens is empty")
@@ -120,7 +121,7 @@ def read_vocab(metadata: Mapping[str, MetaValue], where: str) -> Vocab:
 
     pre_name, pre, merges = "", None, []
     if kind is Kind.BPE:
-        pre_name = r.string("pre") or "default"
+        pre_name = model_spec.pre or r.string("pre") or "default"
         if pre_name in UNSUPPORTED_PRE:
             raise TokenizerError(f"{where}: {PREFIX}pre is {pre_name!r}, a pre-tokenizer that llama.cpp implements "
                                  "with its own code; tfb does not support it")
@@ -130,7 +131,7 @@ def read_vocab(metadata: Mapping[str, MetaValue], where: str) -> Vocab:
                                  f"knows (known: {', '.join(sorted(PRE_TOKENIZERS))})")
         merges = _split_merges(r.strings("merges", required=True))
 
-    ids = _default_ids(kind, pre, n)
+    ids = _default_ids(model_spec.ids, pre, n)
     for role, key in _ID_KEYS:
         value = r.integer(key)
         if value is not None and value < n:  # llama.cpp keeps the default for an out-of-range id
@@ -141,7 +142,7 @@ def read_vocab(metadata: Mapping[str, MetaValue], where: str) -> Vocab:
         assert pre is not None
         add_bos, add_space_prefix, clean_spaces, ignore_merges = pre.add_bos, False, pre.clean_spaces, pre.ignore_merges
     add_space_prefix = r.boolean("add_space_prefix", add_space_prefix)
-    add_bos = r.boolean("add_bos_token", add_bos)
+    add_bos = r.boolean("add_bos_token", add_bos) or (pre is not None and pre.force_bos)
     add_eos = r.boolean("add_eos_token", False)
 
     _find_roles_by_text(ids, token_to_id, attrs)
@@ -164,12 +165,11 @@ def _attr_of_type(token_type: int) -> Attr:
         return Attr.NONE
 
 
-def _default_ids(kind: Kind, pre: PreTokenizer | None, n: int) -> dict[str, int | None]:
+def _default_ids(defaults: Mapping[str, int], pre: PreTokenizer | None, n: int) -> dict[str, int | None]:
     ids: dict[str, int | None] = dict.fromkeys((role for role, _ in _ID_KEYS), None)
-    if kind is Kind.SPM:
-        ids.update(bos=1, eos=2, unk=0)
-    else:
-        ids.update(bos=None if pre is not None and pre.no_bos else 11, eos=11)
+    ids.update(defaults)
+    if pre is not None and pre.no_bos:
+        ids["bos"] = None
     # a default beyond the vocabulary is dropped, as llama.cpp does
     return {role: i if i is None or i < n else None for role, i in ids.items()}
 

@@ -1,0 +1,134 @@
+"""Every vocabulary file llama.cpp ships for its tokenizer tests, against llama.cpp's expected ids.
+
+The files come from the pinned llama-cpp-python sdist (tools/llama_cpp.py `vocab_dir`, extracted once into
+the cache): models/ggml-vocab-NAME.gguf, and for most of them NAME.gguf.inp (texts separated by a marker
+line) and NAME.gguf.out (llama.cpp's ids, one line per text). Like llama.cpp's tests/test-tokenizer-0, each
+text is tokenized without BOS/EOS and without parsing special tokens, and the ids must be equal.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+from tfb.errors import TokenizerError
+from tfb.gguf.reader import GGUFFile, MetaValue
+from tfb.text.tokenizer import Tokenizer, load_tokenizer, tokenizer_from_metadata
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tools"))
+from llama_cpp import vocab_dir  # tools/llama_cpp.py, not the package
+from llama_reference import llama_cpp_tokenize
+
+# the files that carry .inp/.out test vectors, and those that carry none
+WITH_VECTORS = ["bert-bge", "command-r", "deepseek-coder", "deepseek-llm", "falcon", "gemma-4", "gpt-2",
+                "llama-bpe", "llama-spm", "mpt", "phi-3", "qwen2", "qwen35", "refact", "starcoder"]
+WITHOUT_VECTORS = ["aquila", "baichuan", "gpt-neox", "nomic-bert-moe"]
+UNSUPPORTED = {"nomic-bert-moe"}  # tokenizer.ggml.model t5 (Unigram): refused with a clear error
+SEPARATOR = "\n__ggml_vocab_test__\n"
+_CACHE: dict[str, Tokenizer] = {}
+
+
+@pytest.fixture(scope="module")
+def vocabs() -> Path:
+    return vocab_dir()
+
+
+def tokenizer(directory: Path, name: str) -> Tokenizer:
+    if name not in _CACHE:
+        _CACHE[name] = load_tokenizer(directory / f"ggml-vocab-{name}.gguf")
+    return _CACHE[name]
+
+
+def vectors(directory: Path, name: str) -> list[tuple[str, list[int]]]:
+    """Pairs (text, ids), the texts split exactly as llama.cpp's tests/test-tokenizer-0.cpp splits them."""
+    raw = (directory / f"ggml-vocab-{name}.gguf.inp").read_bytes().decode("utf-8")
+    texts, pos = [], 0
+    while pos < len(raw):
+        nxt = raw.find(SEPARATOR, pos)
+        if nxt < 0:
+            texts.append(raw[pos:])
+            break
+        texts.append(raw[pos:nxt])
+        pos = nxt + len(SEPARATOR)
+    lines = (directory / f"ggml-vocab-{name}.gguf.out").read_text(encoding="utf-8").splitlines()
+    assert len(texts) == len(lines), "the .inp and .out files disagree on the number of tests"
+    return [(t, [int(x) for x in line.split()]) for t, line in zip(texts, lines, strict=True)]
+
+
+def test_the_list_is_every_shipped_file(vocabs: Path) -> None:
+    shipped = {p.name[len("ggml-vocab-"):-len(".gguf")] for p in vocabs.glob("ggml-vocab-*.gguf")}
+    with_vectors = {p.name[len("ggml-vocab-"):-len(".gguf.inp")] for p in vocabs.glob("ggml-vocab-*.gguf.inp")}
+    assert shipped == set(WITH_VECTORS) | set(WITHOUT_VECTORS)
+    assert with_vectors == set(WITH_VECTORS)
+
+
+@pytest.mark.parametrize("name", WITH_VECTORS)
+def test_ids_match_llama_cpp(vocabs: Path, name: str) -> None:
+    tok = tokenizer(vocabs, name)
+    cases = vectors(vocabs, name)
+    assert len(cases) >= 46
+    wrong = [(text, got, ids) for text, ids in cases
+             if (got := tok.encode(text, add_special=False, parse_special=False)) != ids]
+    assert not wrong, f"{len(wrong)} of {len(cases)} vectors differ, first (text, tfb, llama.cpp): {wrong[0]!r}"
+
+
+@pytest.mark.parametrize("name", [n for n in WITH_VECTORS if n != "bert-bge"])
+def test_pieces_spell_the_text(vocabs: Path, name: str) -> None:
+    """The pieces of llama.cpp's ids, streamed, give the text back (with SentencePiece's leading space)."""
+    tok = tokenizer(vocabs, name)
+    prefix = " " if tok.vocab.add_space_prefix else ""
+    for text, ids in vectors(vocabs, name):
+        stream = tok.stream()
+        assert "".join([stream.push(i) for i in ids] + [stream.flush()]) == (prefix + text if text else "")
+
+
+# texts beyond the .inp files: special-token texts of several vocabularies, Unicode spaces, controls
+EXTRA_TEXTS = ["Hello  world \u0fff 🦙", "x\n\n\ny", "<bos>hi<eos> there", "<s>a</s>", "[CLS] x [SEP]", "\n\n\n\n",
+               "  lead", "a\u00a0b\u3000c", "Ünïcödé ÀÉÎ straße ﬁ ℌ ①", "\t tab\r\nx", "\x00\x01 ctrl", ""]
+
+
+@pytest.mark.parametrize("name", [*WITHOUT_VECTORS, "gemma-4", "bert-bge"])
+def test_special_tokens_and_decoding_match_llama_cpp(vocabs: Path, name: str) -> None:
+    """With BOS/EOS added and special tokens parsed (and for files without vectors), ids and decoded text
+    against llama.cpp run on the same file."""
+    if name in UNSUPPORTED:
+        with pytest.raises(TokenizerError, match=r"tokenizer\.ggml\.model"):
+            tokenizer(vocabs, name)
+        return
+    tok = tokenizer(vocabs, name)
+    texts = [text for text, _ in vectors(vocabs, "qwen35")] + EXTRA_TEXTS
+    ids, decoded = llama_cpp_tokenize(vocabs / f"ggml-vocab-{name}.gguf", texts, add_special=True, parse_special=True)
+    wrong = [(text, got, want) for text, want in zip(texts, ids, strict=True)
+             if (got := tok.encode(text, add_special=True, parse_special=True)) != want]
+    assert not wrong, f"{len(wrong)} of {len(texts)} texts differ, first (text, tfb, llama.cpp): {wrong[0]!r}"
+    wrong = [(i, got, want) for i, want in zip(ids, decoded, strict=True) if (got := tok.decode(i)) != want]
+    assert not wrong, f"{len(wrong)} of {len(texts)} decodings differ, first (ids, tfb, llama.cpp): {wrong[0]!r}"
+
+
+# ------------------------------------------------------------------------------------------ gemma4
+
+
+def gemma4_metadata(directory: Path) -> dict[str, MetaValue]:
+    with GGUFFile(directory / "ggml-vocab-gemma-4.gguf") as gguf:
+        return dict(gguf.metadata)
+
+
+def test_gemma4_model_fixes_its_pre_tokenizer_and_bos(vocabs: Path) -> None:
+    """llama.cpp ignores tokenizer.ggml.pre for the gemma4 model and always adds BOS."""
+    meta = gemma4_metadata(vocabs)
+    meta["tokenizer.ggml.pre"] = MetaValue("gpt-2", "string")
+    meta["tokenizer.ggml.add_bos_token"] = MetaValue(False, "bool")
+    tok = tokenizer_from_metadata(meta)
+    reference = tokenizer(vocabs, "gemma-4")
+    text = "Hello  world\n\n\nagain 🦙"
+    assert tok.vocab.pre_name == "gemma4"
+    assert tok.encode(text) == reference.encode(text) == [reference.bos_id, *reference.encode(text, add_special=False)]
+
+
+def test_gemma4_spells_missing_characters_as_bytes(vocabs: Path) -> None:
+    tok = tokenizer(vocabs, "gemma-4")
+    ids = tok.encode("a \u0fff")  # U+0FFF is no piece: its UTF-8 bytes become <0xNN> tokens
+    assert [tok.id_to_piece(i) for i in ids[-3:]] == ["<0xE0>", "<0xBF>", "<0xBF>"]
+    assert tok.decode(ids, skip_special=True) == "a \u0fff"
