@@ -48,9 +48,9 @@ TOKENIZE_WORKER = Path(__file__).resolve().parent / "llama_cpp_tokenize_worker.p
 
 
 def llama_cpp_tokenize(path: Path, texts: list[str], add_special: bool = False,
-                       parse_special: bool = False) -> tuple[list[list[int]], list[str]]:
+                       parse_special: bool = False) -> tuple[list[list[int]], list[str], list[str]]:
     """llama.cpp's ids for each text (llama_tokenize) on the vocabulary of `path`, and its text for those ids
-    (llama_detokenize, special tokens kept)."""
+    (llama_detokenize) with special tokens kept and with them removed."""
     directory = llama_cpp_python_dir()
     with tempfile.TemporaryDirectory() as tmp:
         request, out = Path(tmp, "request.json"), Path(tmp, "out.json")
@@ -62,4 +62,4 @@ def llama_cpp_tokenize(path: Path, texts: list[str], add_special: bool = False,
         if result.returncode != 0:
             raise RuntimeError(f"llama.cpp failed on {path} (exit {result.returncode}):\n{result.stderr[-4000:]}")
         data = json.loads(out.read_text(encoding="utf-8"))
-        return data["ids"], data["text"]
+        return data["ids"], data["text"], data["plain"]

@@ -99,12 +99,15 @@ def test_special_tokens_and_decoding_match_llama_cpp(vocabs: Path, name: str) ->
         return
     tok = tokenizer(vocabs, name)
     texts = [text for text, _ in vectors(vocabs, "qwen35")] + EXTRA_TEXTS
-    ids, decoded = llama_cpp_tokenize(vocabs / f"ggml-vocab-{name}.gguf", texts, add_special=True, parse_special=True)
+    ids, decoded, plain = llama_cpp_tokenize(vocabs / f"ggml-vocab-{name}.gguf", texts, add_special=True,
+                                             parse_special=True)
     wrong = [(text, got, want) for text, want in zip(texts, ids, strict=True)
              if (got := tok.encode(text, add_special=True, parse_special=True)) != want]
     assert not wrong, f"{len(wrong)} of {len(texts)} texts differ, first (text, tfb, llama.cpp): {wrong[0]!r}"
-    wrong = [(i, got, want) for i, want in zip(ids, decoded, strict=True) if (got := tok.decode(i)) != want]
-    assert not wrong, f"{len(wrong)} of {len(texts)} decodings differ, first (ids, tfb, llama.cpp): {wrong[0]!r}"
+    for skip, expected in ((False, decoded), (True, plain)):
+        wrong = [(i, got, want) for i, want in zip(ids, expected, strict=True)
+                 if (got := tok.decode(i, skip_special=skip)) != want]
+        assert not wrong, f"{len(wrong)} decodings differ (skip_special={skip}), first: {wrong[0]!r}"
 
 
 # ------------------------------------------------------------------------------------------ gemma4

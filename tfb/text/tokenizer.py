@@ -22,7 +22,8 @@ from tfb.text.detokenize import Detokenizer, Pieces, detokenize
 from tfb.text.regex_split import RegexSplitter
 from tfb.text.special import SpecialToken, partition, sort_specials
 from tfb.text.spm import ScoreMerger
-from tfb.text.vocab import SPECIAL_ATTRS, Attr, Kind, Vocab, read_vocab
+from tfb.text.vocab import ID_KEYS, SPECIAL_ATTRS, Attr, Kind, Vocab, read_vocab
+from tfb.text.wpm import WordPiece
 
 _SURROGATES = re.compile("[\ud800-\udfff]")
 
@@ -38,6 +39,8 @@ class Tokenizer:
                                         for i, a in enumerate(vocab.attrs) if a & SPECIAL_ATTRS])
         if vocab.kind is Kind.SPM:
             self._spm = ScoreMerger(vocab.token_to_id, vocab.scores, self._byte_token)
+        elif vocab.kind is Kind.WPM:
+            self._wpm = WordPiece(vocab.token_to_id, vocab.ids["unk"], vocab.lowercase, vocab.strip_accents, where)
         else:
             assert vocab.pre is not None
             self._splitter = RegexSplitter(vocab.pre.regexes)
@@ -107,6 +110,14 @@ class Tokenizer:
         text = _SURROGATES.sub("\ufffd", text)
         fragments = partition(text, self._specials, parse)
         out: list[int] = []
+        if self.vocab.kind is Kind.WPM:
+            # llama.cpp frames WordPiece text with BOS (the [CLS] token) and SEP whatever the flags say
+            if add_special:
+                out.append(self._required("bos", "encoding WordPiece text with add_special"))
+            out.extend(t for f in fragments for t in ([f] if isinstance(f, int) else self._wpm.tokenize(f)))
+            if add_special:
+                out.append(self._required("sep", "encoding WordPiece text with add_special"))
+            return out
         if add_special and self.vocab.add_bos:
             out.append(self._required("bos", "tokenizer.ggml.add_bos_token"))
         if self.vocab.kind is Kind.SPM:
@@ -167,11 +178,11 @@ class Tokenizer:
                                  "it cannot spell")
         return token
 
-    def _required(self, role: str, flag: str) -> int:
+    def _required(self, role: str, why: str) -> int:
         token = self.vocab.ids[role]
         if token is None:
-            raise TokenizerError(f"{self.where}: {flag} is set but the vocabulary has no {role.upper()} token "
-                                 f"(tokenizer.ggml.{role}_token_id)")
+            raise TokenizerError(f"{self.where}: {why} needs a {role.upper()} token but the vocabulary has none "
+                                 f"(tokenizer.ggml.{ID_KEYS[role]})")
         return token
 
     # ----------------------------------------------------------------------------------------- decode

@@ -64,6 +64,7 @@ SPECIAL_ATTRS = Attr.CONTROL | Attr.USER_DEFINED | Attr.UNKNOWN
 class Kind(enum.Enum):
     SPM = "spm"  # SentencePiece pieces merged by score, <0xNN> byte fallback, "▁" for spaces
     BPE = "bpe"  # byte-level BPE with merges and a pre-tokenizer
+    WPM = "wpm"  # WordPiece: longest pieces first, "▁" starting a word, BERT-style normalisation
 
 
 # The role keys (bos, eos, ...), in llama.cpp's order; later keys of the same role win, as there.
@@ -75,6 +76,9 @@ _ID_KEYS = (
     ("fim_sep", "fim_sep_token_id"), ("fim_pre", "prefix_token_id"), ("fim_suf", "suffix_token_id"),
     ("fim_mid", "middle_token_id"),
 )
+
+# role -> the key that names its id (the first of several)
+ID_KEYS = {role: key for role, key in reversed(_ID_KEYS)}
 
 
 @dataclass
@@ -97,6 +101,8 @@ class Vocab:
     stop_ids: frozenset[int]
     chat_template: str | None
     token_to_id: dict[str, int] = field(default_factory=dict)
+    lowercase: bool = False  # WordPiece normalisation (tokenizer.ggml.normalizer.*)
+    strip_accents: bool = False
 
 
 def read_vocab(metadata: Mapping[str, MetaValue], where: str) -> Vocab:
@@ -138,12 +144,17 @@ def read_vocab(metadata: Mapping[str, MetaValue], where: str) -> Vocab:
             ids[role] = value
     if kind is Kind.SPM:
         add_bos, add_space_prefix, clean_spaces, ignore_merges = True, True, False, False
+    elif kind is Kind.WPM:
+        add_bos, add_space_prefix, clean_spaces, ignore_merges = True, False, True, False
     else:
         assert pre is not None
         add_bos, add_space_prefix, clean_spaces, ignore_merges = pre.add_bos, False, pre.clean_spaces, pre.ignore_merges
     add_space_prefix = r.boolean("add_space_prefix", add_space_prefix)
     add_bos = r.boolean("add_bos_token", add_bos) or (pre is not None and pre.force_bos)
     add_eos = r.boolean("add_eos_token", False)
+    # llama.cpp's defaults: lowercase, and strip accents where it lowercases
+    lowercase = r.boolean("normalizer.lowercase", True)
+    strip_accents = r.boolean("normalizer.strip_accents", lowercase)
 
     _find_roles_by_text(ids, token_to_id, attrs)
     stop_ids = _end_of_generation(ids, token_to_id, tokens, attrs)
@@ -154,7 +165,8 @@ def read_vocab(metadata: Mapping[str, MetaValue], where: str) -> Vocab:
     template = metadata.get("tokenizer.chat_template")
     chat_template = template.value if template is not None and template.type == "string" else None
     return Vocab(kind, tokens, [0.0] * n if scores is None else scores.tolist(), attrs, merges, pre_name, pre, ids,
-                 add_bos, add_eos, add_space_prefix, clean_spaces, ignore_merges, stop_ids, chat_template, token_to_id)
+                 add_bos, add_eos, add_space_prefix, clean_spaces, ignore_merges, stop_ids, chat_template, token_to_id,
+                 lowercase, strip_accents)
 
 
 def _attr_of_type(token_type: int) -> Attr:
