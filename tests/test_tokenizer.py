@@ -306,7 +306,7 @@ def test_spm_ignores_the_pre_tokenizer_name() -> None:
 
 
 @pytest.mark.parametrize(("key", "value", "match"), [
-    ("tokenizer.ggml.model", MetaValue("t5", "string"), "model"),
+    ("tokenizer.ggml.model", MetaValue("rwkv", "string"), "model"),
     ("tokenizer.ggml.tokens", MetaValue(np.zeros(3, np.int32), "array[int32]"), "tokens"),
     ("tokenizer.ggml.bos_token_id", MetaValue("1", "string"), "bos_token_id"),
     ("tokenizer.ggml.add_bos_token", MetaValue(1, "uint8"), "add_bos_token"),

@@ -14,8 +14,7 @@ the model's byte fallback.
 from __future__ import annotations
 
 from functools import lru_cache
-
-from tokenizers import Tokenizer, models, pre_tokenizers
+from typing import Any
 
 from tfb.errors import TokenizerError
 
@@ -52,6 +51,9 @@ class MergeBPE:
 
     def __init__(self, token_to_id: dict[str, int], merges: list[tuple[str, str]], ignore_merges: bool,
                  byte_encode: bool = True) -> None:
+        # imported here: only BPE vocabularies need the library, and it takes a while to load
+        from tokenizers import Tokenizer, models, pre_tokenizers
+
         vocab = {t: i for t, i in token_to_id.items() if _valid_utf8(t)}
         seen: set[tuple[str, str]] = set()
         usable: list[tuple[str, str]] = []
@@ -64,7 +66,7 @@ class MergeBPE:
                                byte_fallback=not byte_encode)
         except Exception as e:  # the library reports bad input as plain exceptions
             raise TokenizerError(f"cannot build the BPE model from tokenizer.ggml.tokens/merges: {e}") from None
-        self._tokenizer = Tokenizer(model)
+        self._tokenizer: Any = Tokenizer(model)
         if byte_encode:
             # words arrive already split; this step only maps bytes to GPT-2's characters
             self._tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)

@@ -58,7 +58,9 @@ UNSUPPORTED_PRE: frozenset[str] = frozenset(_DATA["unsupported"])
 class TokenizerModel:
     """How llama.cpp treats one `tokenizer.ggml.model` value."""
 
-    kind: str  # "spm" (pieces merged by score), "bpe" (merges ranked by order) or "wpm" (longest pieces first)
+    # "spm" (pieces merged by score), "bpe" (merges ranked by order), "wpm" (longest pieces first) or "ugm"
+    # (the highest-scoring spelling)
+    kind: str
     pre: str | None  # the pre-tokenizer this model value implies, whatever tokenizer.ggml.pre says
     ids: dict[str, int]  # default special-token ids (role -> id), used where the file names none
 

@@ -22,6 +22,7 @@ from tfb.text.detokenize import Detokenizer, Pieces, detokenize
 from tfb.text.regex_split import RegexSplitter
 from tfb.text.special import SpecialToken, partition, sort_specials
 from tfb.text.spm import ScoreMerger
+from tfb.text.ugm import CharsMap, Unigram
 from tfb.text.vocab import ID_KEYS, SPECIAL_ATTRS, Attr, Kind, Vocab, read_vocab
 from tfb.text.wpm import WordPiece
 
@@ -35,12 +36,22 @@ class Tokenizer:
         self.vocab = vocab
         self.where = where
         self._pieces = Pieces(vocab)
-        self._specials = sort_specials([SpecialToken(vocab.tokens[i], i, not a & (Attr.CONTROL | Attr.UNKNOWN))
-                                        for i, a in enumerate(vocab.attrs) if a & SPECIAL_ATTRS])
+        flags = [int(a) for a in vocab.attrs]  # plain ints: IntFlag operations are slow over 250k tokens
+        special, hidden = int(SPECIAL_ATTRS), int(Attr.CONTROL | Attr.UNKNOWN)
+        self._specials = sort_specials([SpecialToken(vocab.tokens[i], i, not a & hidden)
+                                        for i, a in enumerate(flags) if a & special])
         if vocab.kind is Kind.SPM:
             self._spm = ScoreMerger(vocab.token_to_id, vocab.scores, self._byte_token)
         elif vocab.kind is Kind.WPM:
             self._wpm = WordPiece(vocab.token_to_id, vocab.ids["unk"], vocab.lowercase, vocab.strip_accents, where)
+        elif vocab.kind is Kind.UGM:
+            normal_bit, user_bit, unused_bit = int(Attr.NORMAL), int(Attr.USER_DEFINED), int(Attr.UNUSED)
+            normal = [bool(a & normal_bit) for a in flags]
+            user = [bool(a & user_bit) for a in flags]
+            matchable = [bool(a & (normal_bit | user_bit | unused_bit)) for a in flags]
+            charsmap = CharsMap(vocab.charsmap, where) if vocab.charsmap else None
+            self._ugm = Unigram(vocab.tokens, vocab.scores, matchable, user, normal, vocab.ids["unk"], charsmap,
+                                vocab.add_space_prefix, vocab.remove_extra_whitespaces)
         else:
             assert vocab.pre is not None
             self._splitter = RegexSplitter(vocab.pre.regexes)
@@ -122,6 +133,8 @@ class Tokenizer:
             out.append(self._required("bos", "tokenizer.ggml.add_bos_token"))
         if self.vocab.kind is Kind.SPM:
             self._encode_spm(fragments, out)
+        elif self.vocab.kind is Kind.UGM:
+            out.extend(t for f in fragments for t in ([f] if isinstance(f, int) else self._ugm.tokenize(f)))
         else:
             for fragment in fragments:
                 if isinstance(fragment, int):

@@ -64,7 +64,8 @@ SPECIAL_ATTRS = Attr.CONTROL | Attr.USER_DEFINED | Attr.UNKNOWN
 class Kind(enum.Enum):
     SPM = "spm"  # SentencePiece pieces merged by score, <0xNN> byte fallback, "▁" for spaces
     BPE = "bpe"  # byte-level BPE with merges and a pre-tokenizer
-    WPM = "wpm"  # WordPiece: longest pieces first, "▁" starting a word, BERT-style normalisation
+    WPM = "wpm"  # WordPiece: longest pieces first, "▁" starting a word, lowercasing and accent stripping
+    UGM = "ugm"  # Unigram: the highest-scoring spelling after SentencePiece's character-map normalisation
 
 
 # The role keys (bos, eos, ...), in llama.cpp's order; later keys of the same role win, as there.
@@ -103,6 +104,8 @@ class Vocab:
     token_to_id: dict[str, int] = field(default_factory=dict)
     lowercase: bool = False  # WordPiece normalisation (tokenizer.ggml.normalizer.*)
     strip_accents: bool = False
+    charsmap: bytes | None = None  # Unigram normalisation (tokenizer.ggml.precompiled_charsmap)
+    remove_extra_whitespaces: bool = False
 
 
 def read_vocab(metadata: Mapping[str, MetaValue], where: str) -> Vocab:
@@ -146,12 +149,16 @@ def read_vocab(metadata: Mapping[str, MetaValue], where: str) -> Vocab:
         add_bos, add_space_prefix, clean_spaces, ignore_merges = True, True, False, False
     elif kind is Kind.WPM:
         add_bos, add_space_prefix, clean_spaces, ignore_merges = True, False, True, False
+    elif kind is Kind.UGM:
+        add_bos, add_space_prefix, clean_spaces, ignore_merges = False, False, False, False
     else:
         assert pre is not None
         add_bos, add_space_prefix, clean_spaces, ignore_merges = pre.add_bos, False, pre.clean_spaces, pre.ignore_merges
     add_space_prefix = r.boolean("add_space_prefix", add_space_prefix)
     add_bos = r.boolean("add_bos_token", add_bos) or (pre is not None and pre.force_bos)
-    add_eos = r.boolean("add_eos_token", False)
+    add_eos = r.boolean("add_eos_token", kind is Kind.UGM)
+    remove_extra_whitespaces = r.boolean("remove_extra_whitespaces", False)
+    charsmap = r.blob("precompiled_charsmap") if kind is Kind.UGM else None
     # llama.cpp's defaults: lowercase, and strip accents where it lowercases
     lowercase = r.boolean("normalizer.lowercase", True)
     strip_accents = r.boolean("normalizer.strip_accents", lowercase)
@@ -166,7 +173,7 @@ def read_vocab(metadata: Mapping[str, MetaValue], where: str) -> Vocab:
     chat_template = template.value if template is not None and template.type == "string" else None
     return Vocab(kind, tokens, [0.0] * n if scores is None else scores.tolist(), attrs, merges, pre_name, pre, ids,
                  add_bos, add_eos, add_space_prefix, clean_spaces, ignore_merges, stop_ids, chat_template, token_to_id,
-                 lowercase, strip_accents)
+                 lowercase, strip_accents, charsmap, remove_extra_whitespaces)
 
 
 def _attr_of_type(token_type: int) -> Attr:
@@ -261,6 +268,14 @@ class _Reader:
         if len(meta.value) < n:
             raise TokenizerError(f"{self.where}: {PREFIX}{name} has {len(meta.value)} entries for {n} tokens")
         return np.asarray(meta.value[:n])
+
+    def blob(self, name: str) -> bytes | None:
+        meta = self._get(name, False)
+        if meta is None:
+            return None
+        if meta.type not in ("array[uint8]", "array[int8]"):
+            raise self._bad(name, meta, "array[uint8] or array[int8]")
+        return np.asarray(meta.value).astype(np.uint8).tobytes()
 
     def integer(self, name: str) -> int | None:
         meta = self._get(name, False)

@@ -11,7 +11,7 @@ without the "##" of the pieces that continue one. llama.cpp then:
 3. spells "▁" + word greedily, longest vocabulary piece first from the left; a word with a position no
    piece starts at becomes the unknown token as a whole.
 
-HF `tokenizers` has a WordPiece model and a BERT normaliser, but not this scheme: it looks continuation
+HF `tokenizers` has a WordPiece model and a normaliser made for it, but not this scheme: it looks continuation
 pieces up with a "##" prefix where llama.cpp looks "▁word" up whole (so a "▁" piece can match alone),
 caps words at 100 characters, and its normaliser keeps accents as separate marks and handles controls and
 Chinese characters by its own tables. The ids must be llama.cpp's, so its steps are written out here.
