@@ -87,7 +87,9 @@ def test_pieces_spell_the_text(vocabs: Path, name: str) -> None:
 EXTRA_TEXTS = ["Hello  world \u0fff 🦙", "x\n\n\ny", "<bos>hi<eos> there", "<s>a</s>", "[CLS] x [SEP]", "\n\n\n\n",
                "  lead", "a\u00a0b\u3000c", "Ünïcödé ÀÉÎ straße ﬁ ℌ ①", "\t tab\r\nx", "\x00\x01 ctrl", "",
                "a   b  ", "   lead and trail   ", "ＡＢＣ１２３\u3000x", "\ue000\ue001 pua 𠀋𠀋 x", "e\u0301 café",
-               "<mask> x<mask>y", "<unk>", "\u2581 ▁▁x", " \n \n\t x"]
+               "<mask> x<mask>y", "<unk>", "\u2581 ▁▁x", " \n \n\t x", "한국어 텍스트", "हिन्दी किताब", "ñandú Ωmega",
+               "İstanbul ǅ x\u200bz \u00ad", "a" * 150, "ﾊﾞﾅﾅ ｶﾞｷﾞ", "\u1112\u1161\u11ab \u1100\u1161\u11a8\u11a8",
+               "a\u0308\u0301 \u00a8\u0301 ǅ\u0301 \u2126\u0301 \u1e9b\u0323", "Ⅻ ㍿ ﬃ"]
 
 
 @pytest.mark.parametrize("name", [*WITHOUT_VECTORS, "gemma-4", "bert-bge"])

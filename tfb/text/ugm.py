@@ -15,9 +15,10 @@ Two steps, on each stretch of text between special tokens:
 The character map is a XOR-compressed double array (Kanda 2018), looked up byte by byte: each 32-bit
 entry packs BASE (bits 10-30, shifted left by 8 when bit 9 is set), LCHECK (the byte that leads there,
 bits 0-7 with bit 31) and LEAF (bit 8); a leaf's value is an offset into the NUL-terminated replacement
-strings that follow the array. HF `tokenizers` has a Unigram model and a Precompiled normaliser, but it
-normalises by grapheme cluster and scores unknown and user-defined pieces its own way; exact ids are
-the point, so llama.cpp's steps are written out here.
+strings that follow the array. HF `tokenizers` has a Unigram model and a Precompiled normaliser for the
+same map, but the normaliser looks whole grapheme clusters up where llama.cpp takes the longest byte
+prefix: halfwidth katakana with sound marks, Hangul jamo sequences and letters with several accents come
+out differently (tests/test_llama_cpp_vocabs.py has such texts). So llama.cpp's steps are written out.
 """
 
 from __future__ import annotations

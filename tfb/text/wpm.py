@@ -11,10 +11,11 @@ without the "##" of the pieces that continue one. llama.cpp then:
 3. spells "▁" + word greedily, longest vocabulary piece first from the left; a word with a position no
    piece starts at becomes the unknown token as a whole.
 
-HF `tokenizers` has a WordPiece model and a normaliser made for it, but not this scheme: it looks continuation
-pieces up with a "##" prefix where llama.cpp looks "▁word" up whole (so a "▁" piece can match alone),
-caps words at 100 characters, and its normaliser keeps accents as separate marks and handles controls and
-Chinese characters by its own tables. The ids must be llama.cpp's, so its steps are written out here.
+HF `tokenizers` has a WordPiece model and a normaliser made for it; fed this vocabulary (with "▁x" as "x"
+and "x" as "##x") it gives llama.cpp's ids on the .inp texts except a word over its 100-character limit,
+but its normaliser keeps the whole canonical decomposition and strips only nonspacing marks, where
+llama.cpp keeps the first character and strips every mark: Korean syllables and Devanagari vowel signs
+come out differently (tests/test_llama_cpp_vocabs.py has such texts). So llama.cpp's steps are written out.
 """
 
 from __future__ import annotations
