@@ -9,12 +9,15 @@ text is tokenized without BOS/EOS and without parsing special tokens, and the id
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
+from gguf import GGUFValueType, GGUFWriter
 
 from tfb.gguf.reader import GGUFFile, MetaValue
-from tfb.text.tokenizer import Tokenizer, load_tokenizer, tokenizer_from_metadata
+from tfb.text.tokenizer import Tokenizer, load_tokenizer
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tools"))
 from llama_cpp import vocab_dir  # tools/llama_cpp.py, not the package
@@ -112,25 +115,66 @@ def test_special_tokens_and_decoding_match_llama_cpp(vocabs: Path, name: str) ->
 # ------------------------------------------------------------------------------------------ gemma4
 
 
-def gemma4_metadata(directory: Path) -> dict[str, MetaValue]:
-    with GGUFFile(directory / "ggml-vocab-gemma-4.gguf") as gguf:
-        return dict(gguf.metadata)
-
-
-def test_gemma4_model_fixes_its_pre_tokenizer_and_bos(vocabs: Path) -> None:
-    """llama.cpp ignores tokenizer.ggml.pre for the gemma4 model and always adds BOS."""
-    meta = gemma4_metadata(vocabs)
-    meta["tokenizer.ggml.pre"] = MetaValue("gpt-2", "string")
-    meta["tokenizer.ggml.add_bos_token"] = MetaValue(False, "bool")
-    tok = tokenizer_from_metadata(meta)
-    reference = tokenizer(vocabs, "gemma-4")
-    text = "Hello  world\n\n\nagain 🦙"
-    assert tok.vocab.pre_name == "gemma4"
-    assert tok.encode(text) == reference.encode(text) == [reference.bos_id, *reference.encode(text, add_special=False)]
-
-
 def test_gemma4_spells_missing_characters_as_bytes(vocabs: Path) -> None:
     tok = tokenizer(vocabs, "gemma-4")
     ids = tok.encode("a \u0fff")  # U+0FFF is no piece: its UTF-8 bytes become <0xNN> tokens
     assert [tok.id_to_piece(i) for i in ids[-3:]] == ["<0xE0>", "<0xBF>", "<0xBF>"]
     assert tok.decode(ids, skip_special=True) == "a \u0fff"
+
+
+# ------------------------------------------------------------------------- flags the shipped files leave out
+
+
+def rewrite(source: Path, out: Path, changes: dict[str, Callable[[Any], Any]]) -> Path:
+    """A copy of a vocabulary file with some values changed (key -> old value -> new value; a key the file
+    lacks is added as a string or a bool)."""
+    with GGUFFile(source) as gguf:
+        metadata = dict(gguf.metadata)
+    writer = GGUFWriter(str(out), str(metadata.pop("general.architecture").value))
+    for key, change in changes.items():
+        old = metadata.get(key)
+        value = change(None if old is None else old.value)
+        metadata[key] = MetaValue(value, old.type if old else "string" if isinstance(value, str) else "bool")
+    for key, meta in metadata.items():
+        if meta.type.startswith("array["):
+            writer.add_key_value(key, list(meta.value), GGUFValueType.ARRAY,
+                                 sub_type=GGUFValueType[meta.type[len("array["):-1].upper()])
+        else:
+            writer.add_key_value(key, meta.value, GGUFValueType[meta.type.upper()])
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return out
+
+
+def _no_newline_merges(merges: list[str]) -> list[str]:
+    return [m for m in merges if m.replace("\n", "").strip() != ""]
+
+
+VARIANTS: dict[str, tuple[str, dict[str, Callable[[Any], Any]]]] = {
+    # without merges between newlines, only the rule that keeps a newline run whole gives its token; the
+    # model value fixes the pre-tokenizer and BOS whatever the file says
+    "gemma4-without-newline-merges": ("gemma-4", {"tokenizer.ggml.merges": _no_newline_merges,
+                                                  "tokenizer.ggml.add_bos_token": lambda _: False,
+                                                  "tokenizer.ggml.pre": lambda _: "gpt-2"}),
+    "wordpiece-cased": ("bert-bge", {"tokenizer.ggml.normalizer.lowercase": lambda _: False}),
+    "wordpiece-accents-kept": ("bert-bge", {"tokenizer.ggml.normalizer.strip_accents": lambda _: False}),
+    "unigram-spaces-kept": ("nomic-bert-moe", {"tokenizer.ggml.remove_extra_whitespaces": lambda _: False,
+                                               "tokenizer.ggml.add_space_prefix": lambda _: False}),
+}
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_flag_variants_match_llama_cpp(vocabs: Path, tmp_path: Path, variant: str) -> None:
+    name, changes = VARIANTS[variant]
+    path = rewrite(vocabs / f"ggml-vocab-{name}.gguf", tmp_path / f"{variant}.gguf", changes)
+    tok = load_tokenizer(path)
+    texts = [text for text, _ in vectors(vocabs, "qwen35")] + EXTRA_TEXTS + ["a\n\n\n\nb\n\n", "É Ñ ÀÉÎ Straße"]
+    ids, _, plain = llama_cpp_tokenize(path, texts, add_special=True, parse_special=True)
+    wrong = [(text, got, want) for text, want in zip(texts, ids, strict=True)
+             if (got := tok.encode(text, add_special=True, parse_special=True)) != want]
+    assert not wrong, f"{len(wrong)} of {len(texts)} texts differ, first (text, tfb, llama.cpp): {wrong[0]!r}"
+    wrong = [(i, got, want) for i, want in zip(ids, plain, strict=True)
+             if (got := tok.decode(i, skip_special=True)) != want]
+    assert not wrong, f"{len(wrong)} decodings differ, first: {wrong[0]!r}"
