@@ -13,11 +13,14 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 from gguf import GGUFValueType, GGUFWriter
 
+from tfb.errors import TokenizerError
 from tfb.gguf.reader import GGUFFile, MetaValue
-from tfb.text.tokenizer import Tokenizer, load_tokenizer
+from tfb.text.tokenizer import Tokenizer, load_tokenizer, tokenizer_from_metadata
+from tfb.text.wpm import WordPiece
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tools"))
 from llama_cpp import vocab_dir  # tools/llama_cpp.py, not the package
@@ -178,3 +181,38 @@ def test_flag_variants_match_llama_cpp(vocabs: Path, tmp_path: Path, variant: st
     wrong = [(i, got, want) for i, want in zip(ids, plain, strict=True)
              if (got := tok.decode(i, skip_special=True)) != want]
     assert not wrong, f"{len(wrong)} decodings differ, first: {wrong[0]!r}"
+
+
+# ------------------------------------------------------------------------------------------- errors
+
+
+def metadata(directory: Path, name: str) -> dict[str, MetaValue]:
+    with GGUFFile(directory / f"ggml-vocab-{name}.gguf") as gguf:
+        return dict(gguf.metadata)
+
+
+@pytest.mark.parametrize(("name", "key", "value", "match"), [
+    ("nomic-bert-moe", "tokenizer.ggml.precompiled_charsmap", MetaValue(np.zeros(3, np.uint8), "array[uint8]"),
+     r"precompiled_charsmap is malformed"),
+    ("nomic-bert-moe", "tokenizer.ggml.precompiled_charsmap", MetaValue(np.zeros(8, np.float32), "array[float32]"),
+     r"precompiled_charsmap is array\[float32\], expected array\[uint8\]"),
+    ("gemma-4", "tokenizer.ggml.merges", None, r"merges is missing"),
+    ("bert-bge", "tokenizer.ggml.normalizer.lowercase", MetaValue(1, "uint8"), r"normalizer\.lowercase is uint8"),
+])
+def test_bad_values_are_one_clear_error(vocabs: Path, name: str, key: str, value: MetaValue | None,
+                                        match: str) -> None:
+    meta = metadata(vocabs, name)
+    if value is None:
+        del meta[key]
+    else:
+        meta[key] = value
+    with pytest.raises(TokenizerError, match=match):
+        tokenizer_from_metadata(meta, "bad.gguf")
+
+
+def test_wordpiece_without_unknown_token_says_so(vocabs: Path) -> None:
+    vocab = tokenizer(vocabs, "bert-bge").vocab
+    wordpiece = WordPiece(vocab.token_to_id, None, lowercase=True, strip_accents=True, where="bad.gguf")
+    assert wordpiece.tokenize("Hello") == tokenizer(vocabs, "bert-bge").encode("Hello", add_special=False)
+    with pytest.raises(TokenizerError, match=r"bad\.gguf: .*unknown_token_id"):
+        wordpiece.tokenize("\u0fff")

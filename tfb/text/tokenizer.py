@@ -51,7 +51,7 @@ class Tokenizer:
             matchable = [bool(a & (normal_bit | user_bit | unused_bit)) for a in flags]
             charsmap = CharsMap(vocab.charsmap, where) if vocab.charsmap else None
             self._ugm = Unigram(vocab.tokens, vocab.scores, matchable, user, normal, vocab.ids["unk"], charsmap,
-                                vocab.add_space_prefix, vocab.remove_extra_whitespaces)
+                                vocab.add_space_prefix, vocab.remove_extra_whitespaces, where)
         else:
             assert vocab.pre is not None
             self._splitter = RegexSplitter(vocab.pre.regexes)

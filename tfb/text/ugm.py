@@ -87,7 +87,7 @@ class Unigram:
 
     def __init__(self, tokens: Sequence[str], scores: Sequence[float], matchable: Sequence[bool],
                  user_defined: Sequence[bool], normal: Sequence[bool], unk: int | None, charsmap: CharsMap | None,
-                 add_space_prefix: bool, remove_extra_whitespaces: bool) -> None:
+                 add_space_prefix: bool, remove_extra_whitespaces: bool, where: str) -> None:
         self.pieces: dict[str, int] = {}
         for i, text in enumerate(tokens):
             if matchable[i]:
@@ -103,6 +103,7 @@ class Unigram:
         self.charsmap = charsmap
         self.add_space_prefix = add_space_prefix
         self.merge_spaces = remove_extra_whitespaces
+        self.where = where
 
     def normalize(self, text: str) -> str:
         data = text.encode("utf-8", "surrogatepass")
@@ -174,7 +175,7 @@ class Unigram:
             previous_unknown, end = unknown, start
         out.reverse()
         if -1 in out:
-            raise TokenizerError("a character has no piece and the vocabulary has no unknown token "
+            raise TokenizerError(f"{self.where}: a character has no piece and the vocabulary has no unknown token "
                                  "(tokenizer.ggml.unknown_token_id)")
         return out
 
