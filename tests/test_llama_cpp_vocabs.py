@@ -161,6 +161,10 @@ VARIANTS: dict[str, tuple[str, dict[str, Callable[[Any], Any]]]] = {
     "gemma4-without-newline-merges": ("gemma-4", {"tokenizer.ggml.merges": _no_newline_merges,
                                                   "tokenizer.ggml.add_bos_token": lambda _: False,
                                                   "tokenizer.ggml.pre": lambda _: "gpt-2"}),
+    # the same vocabulary as a gpt2 model with the other pre-tokenizer that merges UTF-8 text with "▁" for
+    # spaces (no newline rule, no forced BOS, no space clean-up)
+    "gpt2-sarvam-moe": ("gemma-4", {"tokenizer.ggml.model": lambda _: "gpt2",
+                                    "tokenizer.ggml.pre": lambda _: "sarvam-moe"}),
     "wordpiece-cased": ("bert-bge", {"tokenizer.ggml.normalizer.lowercase": lambda _: False}),
     "wordpiece-accents-kept": ("bert-bge", {"tokenizer.ggml.normalizer.strip_accents": lambda _: False}),
     "unigram-spaces-kept": ("nomic-bert-moe", {"tokenizer.ggml.remove_extra_whitespaces": lambda _: False,
