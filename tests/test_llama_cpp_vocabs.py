@@ -9,7 +9,7 @@ text is tokenized without BOS/EOS and without parsing special tokens, and the id
 from __future__ import annotations
 
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -35,8 +35,9 @@ _CACHE: dict[str, Tokenizer] = {}
 
 
 @pytest.fixture(scope="module")
-def vocabs() -> Path:
-    return vocab_dir()
+def vocabs() -> Iterator[Path]:
+    yield vocab_dir()
+    _CACHE.clear()  # all the vocabularies together hold about a gigabyte: not for the rest of the suite
 
 
 def tokenizer(directory: Path, name: str) -> Tokenizer:
