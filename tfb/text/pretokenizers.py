@@ -53,7 +53,6 @@ PRE_TOKENIZERS: dict[str, PreTokenizer] = {
 UNSUPPORTED_PRE: frozenset[str] = frozenset(_DATA["unsupported"])
 
 
-
 @dataclass(frozen=True)
 class TokenizerModel:
     """How llama.cpp treats one `tokenizer.ggml.model` value."""

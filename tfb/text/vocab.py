@@ -63,7 +63,7 @@ SPECIAL_ATTRS = Attr.CONTROL | Attr.USER_DEFINED | Attr.UNKNOWN
 
 class Kind(enum.Enum):
     SPM = "spm"  # SentencePiece pieces merged by score, <0xNN> byte fallback, "▁" for spaces
-    BPE = "bpe"  # byte-level BPE with merges and a pre-tokenizer
+    BPE = "bpe"  # BPE with merges and a pre-tokenizer (byte-level unless the pre-tokenizer says otherwise)
     WPM = "wpm"  # WordPiece: longest pieces first, "▁" starting a word, lowercasing and accent stripping
     UGM = "ugm"  # Unigram: the highest-scoring spelling after SentencePiece's character-map normalisation
 
