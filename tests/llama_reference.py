@@ -9,6 +9,7 @@ table of its GELU; the tolerances are in tests/test_llama_cpp_reference.py.
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -41,3 +42,24 @@ def llama_cpp_logits(path: Path, ids: torch.Tensor, context_length: int = CONTEX
         if result.returncode != 0:
             raise RuntimeError(f"llama.cpp failed on {path} (exit {result.returncode}):\n{result.stderr[-4000:]}")
         return torch.from_numpy(np.load(out_path))
+
+
+TOKENIZE_WORKER = Path(__file__).resolve().parent / "llama_cpp_tokenize_worker.py"
+
+
+def llama_cpp_tokenize(path: Path, texts: list[str], add_special: bool = False,
+                       parse_special: bool = False) -> tuple[list[list[int]], list[str], list[str]]:
+    """llama.cpp's ids for each text (llama_tokenize) on the vocabulary of `path`, and its text for those ids
+    (llama_detokenize) with special tokens kept and with them removed."""
+    directory = llama_cpp_python_dir()
+    with tempfile.TemporaryDirectory() as tmp:
+        request, out = Path(tmp, "request.json"), Path(tmp, "out.json")
+        request.write_text(json.dumps({"texts": texts, "add_special": add_special, "parse_special": parse_special}),
+                           encoding="utf-8")
+        env = {**os.environ, "PYTHONPATH": str(directory)}
+        result = subprocess.run([sys.executable, str(TOKENIZE_WORKER), str(path), str(request), str(out)],
+                                env=env, capture_output=True, text=True)
+        if result.returncode != 0:
+            raise RuntimeError(f"llama.cpp failed on {path} (exit {result.returncode}):\n{result.stderr[-4000:]}")
+        data = json.loads(out.read_text(encoding="utf-8"))
+        return data["ids"], data["text"], data["plain"]

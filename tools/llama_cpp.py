@@ -1,7 +1,8 @@
 """Fetch llama.cpp's own Python tools (convert_hf_to_gguf.py and its gguf-py) from the llama-cpp-python
 sdist on PyPI, once, into a cache. They need no compiling; tests run the converter unchanged. Also the C
 sources of ggml's block formats (ggml-quants.c and the headers it includes), for tools/ggml_quants.py, and
-the model graphs (src/models/) with the architecture names, for the architecture map's tests; and
+the model graphs (src/models/) with the architecture names, for the architecture map's tests; the
+vocabulary files with their tokenizer test vectors (models/ggml-vocab-*), for the tokenizer's tests; and
 llama-cpp-python itself built from the same sdist (`llama_cpp_python_dir`), the second reference of the tests.
 
     python tools/llama_cpp.py            # prints the directory holding convert_hf_to_gguf.py
@@ -32,6 +33,8 @@ GGML_QUANTS = ("ggml/include/", "ggml/src/ggml-quants.c", "ggml/src/ggml-quants.
                "ggml/src/ggml-cpu/ggml-cpu-impl.h")
 # one graph file per architecture, the architecture names, and which graph serves which architecture
 MODEL_SOURCES = ("src/models/", "src/llama-arch.cpp", "src/llama-model.cpp")
+# llama.cpp's vocabulary-only files with the test vectors of its tests/test-tokenizer-0 (NAME.gguf.inp/.out)
+VOCABS = ("models/ggml-vocab-",)
 
 
 # what a CPU build of the llama library needs: its CMake project, ggml and the vendored headers, and the
@@ -93,6 +96,15 @@ def model_sources_dir() -> Path:
     if not (target / "src" / "llama-model.cpp").is_file():
         _extract(MODEL_SOURCES, target)
     return target
+
+
+def vocab_dir() -> Path:
+    """The directory holding llama.cpp's models/ggml-vocab-*.gguf and their .inp/.out test vectors
+    (downloaded on first use)."""
+    target = llama_cpp_dir()
+    if not (target / "models" / "ggml-vocab-gpt-2.gguf.out").is_file():
+        _extract(VOCABS, target)
+    return target / "models"
 
 
 def _extract(keep: tuple[str, ...], target: Path) -> None:

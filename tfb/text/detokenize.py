@@ -41,7 +41,9 @@ def piece_bytes(vocab: Vocab, token: int, special: bool) -> bytes:
     if attr & (_HIDDEN_UNLESS_SPECIAL | Attr.USER_DEFINED):
         return _raw(text)
     if attr & Attr.NORMAL:
-        return _raw(text.replace(_SPACE, " ")) if vocab.kind is Kind.SPM else _byte_level(text)
+        if vocab.kind is Kind.BPE and (vocab.pre is None or not vocab.pre.escape_spaces):
+            return _byte_level(text)
+        return _raw(text.replace(_SPACE, " "))
     if attr & Attr.BYTE:
         return bytes([int(text[3:5], 16)])
     return b""  # unused and undefined tokens are written as nothing
@@ -71,7 +73,8 @@ def clean_spaces(text: bytes) -> bytes:
         if text[i - 1] == 0x20 and text[i] in b"?!.,":
             out.pop()
         out.append(text[i])
-    text, out = bytes(out), bytearray(text[:1])
+    text = bytes(out)
+    out = bytearray(text[:1])
     marks = bytearray(text)  # a space taken after an apostrophe no longer counts as one
     i = 1
     while i < len(marks):
@@ -82,7 +85,8 @@ def clean_spaces(text: bytes) -> bytes:
             i += 1
         out.append(x)
         i += 1
-    text, out = bytes(out), bytearray(text[:1])
+    text = bytes(out)  # the pass before may have removed the first byte: start from its output
+    out = bytearray(text[:1])
     for i in range(1, len(text)):
         x = text[i]
         if text[i - 1] == 0x20 and x == 0x27 and i + 1 < len(text):

@@ -2,7 +2,7 @@
 
 The table is data (pretokenizers.json next to this module): names, regexes and per-name flags copied from
 llama.cpp, so that our ids match the ones it produces from the same file. It also maps the values of
-`tokenizer.ggml.model` to the two algorithms tfb implements. Regexes are applied one after the other, each
+`tokenizer.ggml.model` to the algorithms tfb implements. Regexes are applied one after the other, each
 splitting every piece the previous one left, and both the matches and the text between them become pieces
 (see regex_split).
 """
@@ -24,6 +24,12 @@ class PreTokenizer:
     ignore_merges: bool = False  # a word that is already a token is not merged from its characters
     add_bos: bool = False  # default of tokenizer.ggml.add_bos_token when the file does not say
     no_bos: bool = False  # the vocabulary has no BOS token unless the file names one
+    # False: words are merged as UTF-8 text (characters missing from the vocabulary are spelled as <0xNN>
+    # tokens), not in GPT-2's byte-to-character mapping
+    byte_encode: bool = True
+    escape_spaces: bool = False  # spaces become "▁" before splitting, and "▁" decodes back to a space
+    newline_runs_whole: bool = False  # a word of only newlines that is itself a token is never merged
+    force_bos: bool = False  # BOS is added even where tokenizer.ggml.add_bos_token says false
 
 
 def _load() -> dict[str, Any]:
@@ -33,7 +39,8 @@ def _load() -> dict[str, Any]:
 
 
 _DATA = _load()
-_FLAGS = ("clean_spaces", "ignore_merges", "add_bos", "no_bos")
+_FLAGS = ("clean_spaces", "ignore_merges", "add_bos", "no_bos", "byte_encode", "escape_spaces", "newline_runs_whole",
+          "force_bos")
 
 # `tokenizer.ggml.pre` -> pre-tokenizer
 PRE_TOKENIZERS: dict[str, PreTokenizer] = {
@@ -45,5 +52,19 @@ PRE_TOKENIZERS: dict[str, PreTokenizer] = {
 # byte-level encoding; tfb does not reproduce those and says so instead of tokenizing differently.
 UNSUPPORTED_PRE: frozenset[str] = frozenset(_DATA["unsupported"])
 
-# `tokenizer.ggml.model` -> "spm" (pieces merged by score) or "bpe" (byte-level BPE)
-TOKENIZER_MODELS: dict[str, str] = dict(_DATA["tokenizer_models"])
+
+@dataclass(frozen=True)
+class TokenizerModel:
+    """How llama.cpp treats one `tokenizer.ggml.model` value."""
+
+    # "spm" (pieces merged by score), "bpe" (merges ranked by order), "wpm" (longest pieces first) or "ugm"
+    # (the highest-scoring spelling)
+    kind: str
+    pre: str | None  # the pre-tokenizer this model value implies, whatever tokenizer.ggml.pre says
+    ids: dict[str, int]  # default special-token ids (role -> id), used where the file names none
+
+
+TOKENIZER_MODELS: dict[str, TokenizerModel] = {
+    name: TokenizerModel(entry["kind"], entry.get("pre"), dict(entry["ids"]))
+    for name, entry in _DATA["tokenizer_models"].items()
+}

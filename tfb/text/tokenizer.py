@@ -16,13 +16,15 @@ from typing import Any
 
 from tfb.errors import InputError, TokenizerError
 from tfb.gguf.reader import GGUFFile, MetaValue
-from tfb.text.bpe import ByteLevelBPE
+from tfb.text.bpe import MergeBPE
 from tfb.text.chat_template import render_chat_template
 from tfb.text.detokenize import Detokenizer, Pieces, detokenize
 from tfb.text.regex_split import RegexSplitter
 from tfb.text.special import SpecialToken, partition, sort_specials
 from tfb.text.spm import ScoreMerger
-from tfb.text.vocab import SPECIAL_ATTRS, Attr, Kind, Vocab, read_vocab
+from tfb.text.ugm import CharsMap, Unigram
+from tfb.text.vocab import ID_KEYS, SPECIAL_ATTRS, Attr, Kind, Vocab, read_vocab
+from tfb.text.wpm import WordPiece
 
 _SURROGATES = re.compile("[\ud800-\udfff]")
 
@@ -34,14 +36,26 @@ class Tokenizer:
         self.vocab = vocab
         self.where = where
         self._pieces = Pieces(vocab)
-        self._specials = sort_specials([SpecialToken(vocab.tokens[i], i, not a & (Attr.CONTROL | Attr.UNKNOWN))
-                                        for i, a in enumerate(vocab.attrs) if a & SPECIAL_ATTRS])
+        flags = [int(a) for a in vocab.attrs]  # plain ints: IntFlag operations are slow over 250k tokens
+        special, hidden = int(SPECIAL_ATTRS), int(Attr.CONTROL | Attr.UNKNOWN)
+        self._specials = sort_specials([SpecialToken(vocab.tokens[i], i, not a & hidden)
+                                        for i, a in enumerate(flags) if a & special])
         if vocab.kind is Kind.SPM:
             self._spm = ScoreMerger(vocab.token_to_id, vocab.scores, self._byte_token)
+        elif vocab.kind is Kind.WPM:
+            self._wpm = WordPiece(vocab.token_to_id, vocab.ids["unk"], vocab.lowercase, vocab.strip_accents, where)
+        elif vocab.kind is Kind.UGM:
+            normal_bit, user_bit, unused_bit = int(Attr.NORMAL), int(Attr.USER_DEFINED), int(Attr.UNUSED)
+            normal = [bool(a & normal_bit) for a in flags]
+            user = [bool(a & user_bit) for a in flags]
+            matchable = [bool(a & (normal_bit | user_bit | unused_bit)) for a in flags]
+            charsmap = CharsMap(vocab.charsmap, where) if vocab.charsmap else None
+            self._ugm = Unigram(vocab.tokens, vocab.scores, matchable, user, normal, vocab.ids["unk"], charsmap,
+                                vocab.add_space_prefix, vocab.remove_extra_whitespaces, where)
         else:
             assert vocab.pre is not None
             self._splitter = RegexSplitter(vocab.pre.regexes)
-            self._bpe = ByteLevelBPE(vocab.token_to_id, vocab.merges, vocab.ignore_merges)
+            self._bpe = MergeBPE(vocab.token_to_id, vocab.merges, vocab.ignore_merges, vocab.pre.byte_encode)
 
     # ------------------------------------------------------------------------------------- properties
 
@@ -107,16 +121,26 @@ class Tokenizer:
         text = _SURROGATES.sub("\ufffd", text)
         fragments = partition(text, self._specials, parse)
         out: list[int] = []
+        if self.vocab.kind is Kind.WPM:
+            # llama.cpp frames WordPiece text with BOS (the [CLS] token) and SEP whatever the flags say
+            if add_special:
+                out.append(self._required("bos", "encoding WordPiece text with add_special"))
+            out.extend(t for f in fragments for t in ([f] if isinstance(f, int) else self._wpm.tokenize(f)))
+            if add_special:
+                out.append(self._required("sep", "encoding WordPiece text with add_special"))
+            return out
         if add_special and self.vocab.add_bos:
             out.append(self._required("bos", "tokenizer.ggml.add_bos_token"))
         if self.vocab.kind is Kind.SPM:
             self._encode_spm(fragments, out)
+        elif self.vocab.kind is Kind.UGM:
+            out.extend(t for f in fragments for t in ([f] if isinstance(f, int) else self._ugm.tokenize(f)))
         else:
             for fragment in fragments:
                 if isinstance(fragment, int):
                     out.append(fragment)
                 else:
-                    out.extend(self._bpe.encode_words(self._splitter.split(fragment)))
+                    self._encode_bpe(fragment, out)
         if add_special and self.vocab.add_eos:
             out.append(self._required("eos", "tokenizer.ggml.add_eos_token"))
         return out
@@ -134,6 +158,27 @@ class Tokenizer:
             out.extend(self._spm.tokenize(fragment.replace(" ", "\u2581")))
             after_special = False
 
+    def _encode_bpe(self, text: str, out: list[int]) -> None:
+        pre = self.vocab.pre
+        assert pre is not None
+        if pre.escape_spaces:
+            text = text.replace(" ", "\u2581")
+        words = self._splitter.split(text)
+        if not pre.newline_runs_whole:
+            out.extend(self._bpe.encode_words(words))
+            return
+        # a run of newlines that is a token stays one token (merging could split it differently)
+        pending: list[str] = []
+        for word in words:
+            token = self.vocab.token_to_id.get(word) if not word.strip("\n") else None
+            if token is None:
+                pending.append(word)
+                continue
+            out.extend(self._bpe.encode_words(pending))
+            out.append(token)
+            pending = []
+        out.extend(self._bpe.encode_words(pending))
+
     def _byte_token(self, byte: int) -> int:
         # llama.cpp looks for <0xNN>, then for a token that is that single byte (and fails without one; the
         # unknown token, where there is one, is kinder)
@@ -146,11 +191,11 @@ class Tokenizer:
                                  "it cannot spell")
         return token
 
-    def _required(self, role: str, flag: str) -> int:
+    def _required(self, role: str, why: str) -> int:
         token = self.vocab.ids[role]
         if token is None:
-            raise TokenizerError(f"{self.where}: {flag} is set but the vocabulary has no {role.upper()} token "
-                                 f"(tokenizer.ggml.{role}_token_id)")
+            raise TokenizerError(f"{self.where}: {why} needs a {role.upper()} token but the vocabulary has none "
+                                 f"(tokenizer.ggml.{ID_KEYS[role]})")
         return token
 
     # ----------------------------------------------------------------------------------------- decode

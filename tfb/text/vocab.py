@@ -63,7 +63,9 @@ SPECIAL_ATTRS = Attr.CONTROL | Attr.USER_DEFINED | Attr.UNKNOWN
 
 class Kind(enum.Enum):
     SPM = "spm"  # SentencePiece pieces merged by score, <0xNN> byte fallback, "▁" for spaces
-    BPE = "bpe"  # byte-level BPE with merges and a pre-tokenizer
+    BPE = "bpe"  # BPE with merges and a pre-tokenizer (byte-level unless the pre-tokenizer says otherwise)
+    WPM = "wpm"  # WordPiece: longest pieces first, "▁" starting a word, lowercasing and accent stripping
+    UGM = "ugm"  # Unigram: the highest-scoring spelling after SentencePiece's character-map normalisation
 
 
 # The role keys (bos, eos, ...), in llama.cpp's order; later keys of the same role win, as there.
@@ -75,6 +77,9 @@ _ID_KEYS = (
     ("fim_sep", "fim_sep_token_id"), ("fim_pre", "prefix_token_id"), ("fim_suf", "suffix_token_id"),
     ("fim_mid", "middle_token_id"),
 )
+
+# role -> the key that names its id (the first of several)
+ID_KEYS = {role: key for role, key in reversed(_ID_KEYS)}
 
 
 @dataclass
@@ -97,6 +102,10 @@ class Vocab:
     stop_ids: frozenset[int]
     chat_template: str | None
     token_to_id: dict[str, int] = field(default_factory=dict)
+    lowercase: bool = False  # WordPiece normalisation (tokenizer.ggml.normalizer.*)
+    strip_accents: bool = False
+    charsmap: bytes | None = None  # Unigram normalisation (tokenizer.ggml.precompiled_charsmap)
+    remove_extra_whitespaces: bool = False
 
 
 def read_vocab(metadata: Mapping[str, MetaValue], where: str) -> Vocab:
@@ -104,9 +113,10 @@ def read_vocab(metadata: Mapping[str, MetaValue], where: str) -> Vocab:
     r = _Reader(metadata, where)
     model = r.string("model", required=True)
     if model not in TOKENIZER_MODELS:
-        known = ", ".join(f"{m!r} ({kind.upper()})" for m, kind in TOKENIZER_MODELS.items())
+        known = ", ".join(f"{m!r} ({spec.kind.upper()})" for m, spec in TOKENIZER_MODELS.items())
         raise TokenizerError(f"{where}: {PREFIX}model is {model!r}; tfb tokenizes {known} vocabularies")
-    kind = Kind(TOKENIZER_MODELS[model])
+    model_spec = TOKENIZER_MODELS[model]
+    kind = Kind(model_spec.kind)
     tokens = r.strings("tokens", required=True)
     if not tokens:
         raise TokenizerError(f"{where}: {PREFIX}tokens is empty")
@@ -120,7 +130,7 @@ def read_vocab(metadata: Mapping[str, MetaValue], where: str) -> Vocab:
 
     pre_name, pre, merges = "", None, []
     if kind is Kind.BPE:
-        pre_name = r.string("pre") or "default"
+        pre_name = model_spec.pre or r.string("pre") or "default"
         if pre_name in UNSUPPORTED_PRE:
             raise TokenizerError(f"{where}: {PREFIX}pre is {pre_name!r}, a pre-tokenizer that llama.cpp implements "
                                  "with its own code; tfb does not support it")
@@ -130,19 +140,28 @@ def read_vocab(metadata: Mapping[str, MetaValue], where: str) -> Vocab:
                                  f"knows (known: {', '.join(sorted(PRE_TOKENIZERS))})")
         merges = _split_merges(r.strings("merges", required=True))
 
-    ids = _default_ids(kind, pre, n)
+    ids = _default_ids(model_spec.ids, pre, n)
     for role, key in _ID_KEYS:
         value = r.integer(key)
         if value is not None and value < n:  # llama.cpp keeps the default for an out-of-range id
             ids[role] = value
     if kind is Kind.SPM:
         add_bos, add_space_prefix, clean_spaces, ignore_merges = True, True, False, False
+    elif kind is Kind.WPM:
+        add_bos, add_space_prefix, clean_spaces, ignore_merges = True, False, True, False
+    elif kind is Kind.UGM:
+        add_bos, add_space_prefix, clean_spaces, ignore_merges = False, False, False, False
     else:
         assert pre is not None
         add_bos, add_space_prefix, clean_spaces, ignore_merges = pre.add_bos, False, pre.clean_spaces, pre.ignore_merges
     add_space_prefix = r.boolean("add_space_prefix", add_space_prefix)
-    add_bos = r.boolean("add_bos_token", add_bos)
-    add_eos = r.boolean("add_eos_token", False)
+    add_bos = r.boolean("add_bos_token", add_bos) or (pre is not None and pre.force_bos)
+    add_eos = r.boolean("add_eos_token", kind is Kind.UGM)
+    remove_extra_whitespaces = r.boolean("remove_extra_whitespaces", False)
+    charsmap = r.blob("precompiled_charsmap") if kind is Kind.UGM else None
+    # llama.cpp's defaults: lowercase, and strip accents where it lowercases
+    lowercase = r.boolean("normalizer.lowercase", True)
+    strip_accents = r.boolean("normalizer.strip_accents", lowercase)
 
     _find_roles_by_text(ids, token_to_id, attrs)
     stop_ids = _end_of_generation(ids, token_to_id, tokens, attrs)
@@ -153,7 +172,8 @@ def read_vocab(metadata: Mapping[str, MetaValue], where: str) -> Vocab:
     template = metadata.get("tokenizer.chat_template")
     chat_template = template.value if template is not None and template.type == "string" else None
     return Vocab(kind, tokens, [0.0] * n if scores is None else scores.tolist(), attrs, merges, pre_name, pre, ids,
-                 add_bos, add_eos, add_space_prefix, clean_spaces, ignore_merges, stop_ids, chat_template, token_to_id)
+                 add_bos, add_eos, add_space_prefix, clean_spaces, ignore_merges, stop_ids, chat_template, token_to_id,
+                 lowercase, strip_accents, charsmap, remove_extra_whitespaces)
 
 
 def _attr_of_type(token_type: int) -> Attr:
@@ -164,12 +184,11 @@ def _attr_of_type(token_type: int) -> Attr:
         return Attr.NONE
 
 
-def _default_ids(kind: Kind, pre: PreTokenizer | None, n: int) -> dict[str, int | None]:
+def _default_ids(defaults: Mapping[str, int], pre: PreTokenizer | None, n: int) -> dict[str, int | None]:
     ids: dict[str, int | None] = dict.fromkeys((role for role, _ in _ID_KEYS), None)
-    if kind is Kind.SPM:
-        ids.update(bos=1, eos=2, unk=0)
-    else:
-        ids.update(bos=None if pre is not None and pre.no_bos else 11, eos=11)
+    ids.update(defaults)
+    if pre is not None and pre.no_bos:
+        ids["bos"] = None
     # a default beyond the vocabulary is dropped, as llama.cpp does
     return {role: i if i is None or i < n else None for role, i in ids.items()}
 
@@ -249,6 +268,14 @@ class _Reader:
         if len(meta.value) < n:
             raise TokenizerError(f"{self.where}: {PREFIX}{name} has {len(meta.value)} entries for {n} tokens")
         return np.asarray(meta.value[:n])
+
+    def blob(self, name: str) -> bytes | None:
+        meta = self._get(name, False)
+        if meta is None:
+            return None
+        if meta.type not in ("array[uint8]", "array[int8]"):
+            raise self._bad(name, meta, "array[uint8] or array[int8]")
+        return np.asarray(meta.value).astype(np.uint8).tobytes()
 
     def integer(self, name: str) -> int | None:
         meta = self._get(name, False)
