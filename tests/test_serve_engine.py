@@ -11,6 +11,7 @@ import pytest
 import torch
 
 import tfb
+import tfb.serve.engine as engine_module
 from tfb.serve.engine import Chunk, Engine, Job
 from tfb.text.sampling import GREEDY
 
@@ -53,7 +54,10 @@ def _run(engine: Engine, jobs: list[tuple[list[int], int, dict[str, Any]]]) -> l
     return outs
 
 
-def test_jobs_decoded_together_equal_generate_alone(loaded) -> None:
+@pytest.mark.parametrize("budget", [256, 5])
+def test_jobs_decoded_together_equal_generate_alone(loaded, budget: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    """With a budget of 5 prompt tokens a turn, prompts are computed in chunks while others decode."""
+    monkeypatch.setattr(engine_module, "PREFILL_BUDGET", budget)
     model, tok = loaded
     engine = Engine(model, tok, parallel=8)
     engine.start()
@@ -61,7 +65,7 @@ def test_jobs_decoded_together_equal_generate_alone(loaded) -> None:
         outs = _run(engine, [(tok.encode(p), 10, {"sampling": GREEDY}) for p in PROMPTS])
     finally:
         engine.stop()
-    assert engine.max_batch == len(PROMPTS)
+    assert engine.max_batch == len(PROMPTS) or budget < 256
     for prompt, out in zip(PROMPTS, outs, strict=True):
         gen = tfb.generate(model, tok, prompt, max_tokens=10, sampling=GREEDY)
         assert out.text == "".join(gen)

@@ -1,8 +1,10 @@
 """Continuous batching: one thread runs the model for every request being served.
 
-Each request is a Job with its own cache. The loop admits waiting jobs while fewer than `parallel` run,
-computes their prompts (in chunks, so that a long prompt does not stall the others for long), then runs
-one decoding step for every running job at once: the new tokens are the rows of one forward call
+Each request is a Job with its own cache. The loop admits waiting jobs while fewer than `parallel` run;
+each turn computes at most PREFILL_BUDGET prompt tokens (the oldest starting jobs first, a long prompt in
+chunks: the running jobs are never stalled for long, and a job's first token comes as soon as its own
+prompt is done), samples a token for every job whose logits are ready, then runs one decoding step for
+every running job at once: the new tokens are the rows of one forward call
 (tfb.nn.cache.RowCaches), so each weight matrix is read once per step for all of them. A job that finishes,
 or whose client went away (`cancel()`), leaves the batch before the next step and its cache is dropped.
 
@@ -26,7 +28,7 @@ from tfb.nn.model import Transformer
 from tfb.text.generate import StopStrings
 from tfb.text.sampling import Sampler, Sampling
 
-PREFILL_CHUNK = 256  # prompt tokens computed per loop turn for a job that is starting
+PREFILL_BUDGET = 256  # prompt tokens computed per loop turn, over the jobs that are starting
 
 
 @dataclass(frozen=True)
@@ -150,9 +152,10 @@ class Engine:
         if gone:
             self.cancelled += len(gone)
             self.running = [r for r in self.running if not r.job.cancelled]
+        budget = PREFILL_BUDGET
         for run in self.running:
-            if run.computed < len(run.job.prompt):
-                self._prefill(run)
+            if budget > 0 and run.computed < len(run.job.prompt):
+                budget -= self._prefill(run, budget)
         decoding = [r for r in self.running if r.logits is not None and self._sample(r)]
         # what stays: the jobs going on, and those whose prompt is not all computed yet
         self.running = [r for r in self.running if r.computed < len(r.job.prompt) or r in decoding]
@@ -168,13 +171,15 @@ class Engine:
         for run, row in zip(decoding, logits, strict=True):
             run.logits = row
 
-    def _prefill(self, run: _Running) -> None:
+    def _prefill(self, run: _Running, budget: int) -> int:
+        """Compute up to `budget` more of the job's prompt; returns how many tokens that was."""
         prompt = run.job.prompt
-        chunk = prompt[run.computed:run.computed + PREFILL_CHUNK]
+        chunk = prompt[run.computed:run.computed + budget]
         logits = self.model(torch.tensor([chunk]), run.cache, last_only=True)[0, -1]
         run.computed += len(chunk)
         if run.computed == len(prompt):
             run.logits = logits
+        return len(chunk)
 
     def _sample(self, run: _Running) -> bool:
         """Choose the next token and report it; False when the job is finished."""
