@@ -201,6 +201,12 @@ def test_bad_requests_get_openai_errors(server: Server) -> None:
     _error(*server.post(chat, {**ok, "max_completion_tokens": -3}), 400, "max_completion_tokens")
     _error(*server.post(chat, {**ok, "max_tokens": 100_000}), 400, "max_tokens")
     _error(*server.post(completions, {"model": MODEL, "prompt": "word " * 600}), 400, "prompt")
+    _error(*server.post(chat, {**ok, "messages": [{"role": "user", "content": "word " * 600}]}), 400, "messages")
+    _error(*server.post(chat, {**ok, "messages": [{"role": "user", "content": [{"type": "image_url"}]}]}), 400)
+    parts = [{"role": "user", "content": [{"type": "text", "text": "Tell me "}, {"type": "text", "text": "a story"}]}]
+    status, answer = server.post(chat, {**ok, "messages": parts, "max_tokens": 4, "temperature": 0})
+    assert status == 200 and answer == {**answer, **server.post(chat, {**ok, "max_tokens": 4, "temperature": 0})[1],
+                                        "id": answer["id"], "created": answer["created"]}  # the same prompt
     assert _error(*server.post(chat, {**ok, "stop": 5}), 400)["param"].startswith("stop")
     assert _error(*server.post(chat, {**ok, "stop": ["a", 5]}), 400)["param"].startswith("stop")
     _error(*server.post(chat, {**ok, "temperature": "hot"}), 400, "temperature")

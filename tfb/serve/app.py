@@ -21,6 +21,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, ValidationError
+from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -54,6 +55,8 @@ def create_app(engine: Engine, config: ServeConfig) -> ASGIApp:
 
     app = FastAPI(title="tfb", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
     tokenizer = engine.tokenizer
+    if tokenizer.chat_template is None and config.chat_template_fallback:
+        tokenizer.chat_template = config.chat_template_fallback
     created = int(time.time())
 
     @app.exception_handler(ApiError)
@@ -101,10 +104,8 @@ def create_app(engine: Engine, config: ServeConfig) -> ASGIApp:
         if body.tools:
             raise ApiError(400, "tools are not supported by this server", "tools", "unsupported_parameter")
         messages = [m.for_template() for m in body.messages]
-        try:
-            if tokenizer.chat_template is None and config.chat_template_fallback:
-                tokenizer.chat_template = config.chat_template_fallback
-            prompt = tokenizer.encode_chat(messages, add_generation_prompt=True)
+        try:  # off the event loop: a template may take its whole (bounded) time
+            prompt = await run_in_threadpool(tokenizer.encode_chat, messages, True)
         except TfbError as e:
             raise ApiError(400, f"the chat template could not render the messages: {e}", "messages",
                            "template_error") from None
@@ -124,7 +125,7 @@ def create_app(engine: Engine, config: ServeConfig) -> ASGIApp:
                 raise ApiError(400, f"prompt token ids must be in [0, {tokenizer.vocab_size})", "prompt")
         else:
             text = body.prompt if isinstance(body.prompt, str) else str(body.prompt[0])
-            prompt = tokenizer.encode(text, add_special=True)
+            prompt = await run_in_threadpool(tokenizer.encode, text, True)
         limit, field = body.token_limit()
         job = _job(body, prompt, limit, field, body.logprobs)
         return await _answer(request, job, body, "text_completion", partial(_text_choice, tokenizer),
@@ -140,9 +141,9 @@ def create_app(engine: Engine, config: ServeConfig) -> ASGIApp:
         if not prompt:
             raise ApiError(400, "the prompt has no tokens", "prompt")
         if len(prompt) >= context:
+            where = "messages" if isinstance(body, ChatCompletionRequest) else "prompt"
             raise ApiError(400, f"the prompt has {len(prompt)} tokens; the context holds {context} (start the "
-                                "server with a larger --ctx-size)", "messages" if field != "max_tokens" or
-                           isinstance(body, ChatCompletionRequest) else "prompt", "context_length_exceeded")
+                                "server with a larger --ctx-size)", where, "context_length_exceeded")
         if limit is not None and limit <= 0:
             raise ApiError(400, f"{field} must be at least 1, got {limit}", field, "invalid_value")
         room = context - len(prompt)
