@@ -219,26 +219,41 @@ def test_bad_requests_get_openai_errors(server: Server) -> None:
     assert server.health()["status"] == "ok"  # the server is still there
 
 
-def test_a_client_that_disconnects_frees_its_slot(server: Server) -> None:
-    before = server.health()["cancelled"]
+def _send(server: Server, body: dict[str, Any]) -> socket.socket:
     sock = socket.create_connection(("127.0.0.1", server.port), timeout=30)
-    body = json.dumps({"model": MODEL, "prompt": "go", "max_tokens": 500, "stream": True}).encode()
+    data = json.dumps(body).encode()
     sock.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-                 b"Authorization: Bearer " + KEY.encode() + b"\r\nContent-Length: " + str(len(body)).encode() +
-                 b"\r\n\r\n" + body)
-    received = b""
-    while b"data: " not in received:  # streaming has begun
-        more = sock.recv(4096)
-        assert more, received
-        received += more
-    sock.close()
+                 b"Authorization: Bearer " + KEY.encode() + b"\r\nContent-Length: " + str(len(data)).encode() +
+                 b"\r\n\r\n" + data)
+    return sock
+
+
+def _wait_cancelled(server: Server, count: int) -> None:
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         health = server.health()
-        if health["running"] == 0 and health["cancelled"] > before:
+        if health["running"] == 0 and health["cancelled"] >= count:
             break
         time.sleep(0.05)
-    assert health["running"] == 0 and health["cancelled"] == before + 1
+    assert health["running"] == 0 and health["cancelled"] == count
+
+
+@pytest.mark.parametrize("streaming", [True, False])
+def test_a_client_that_disconnects_frees_its_slot(server: Server, streaming: bool) -> None:
+    before = server.health()["cancelled"]
+    sock = _send(server, {"model": MODEL, "prompt": "go", "max_tokens": 500, "stream": streaming})
+    if streaming:
+        received = b""
+        while b"data: " not in received:  # streaming has begun
+            more = sock.recv(4096)
+            assert more, received
+            received += more
+    else:
+        deadline = time.monotonic() + 30
+        while server.health()["running"] == 0 and time.monotonic() < deadline:
+            time.sleep(0.01)
+    sock.close()
+    _wait_cancelled(server, before + 1)
     reply = server.client().completions.create(model=MODEL, prompt="still here", max_tokens=2)
     assert reply.usage.completion_tokens == 2
 

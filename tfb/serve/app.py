@@ -220,19 +220,33 @@ async def _parse(request: Request, kind: type[Body]) -> Body:
 async def _until_done(request: Request, chunks: asyncio.Queue[Chunk]) -> tuple[str, list[TokenLogprob], Chunk]:
     """Collect a job's chunks until the last one. A client that disconnects meanwhile ends the wait with
     an error nobody reads (the caller then cancels the job)."""
-    text: list[str] = []
-    logprobs: list[TokenLogprob] = []
-    while True:
-        try:
-            chunk = await asyncio.wait_for(chunks.get(), timeout=0.5)
-        except asyncio.TimeoutError:
-            if await request.is_disconnected():
-                raise ApiError(499, "the client closed the connection") from None
-            continue
-        text.append(chunk.text)
-        logprobs.extend(chunk.logprobs)
-        if chunk.finish is not None:
-            return "".join(text), logprobs, chunk
+
+    async def collect() -> tuple[str, list[TokenLogprob], Chunk]:
+        text: list[str] = []
+        logprobs: list[TokenLogprob] = []
+        while True:
+            chunk = await chunks.get()
+            text.append(chunk.text)
+            logprobs.extend(chunk.logprobs)
+            if chunk.finish is not None:
+                return "".join(text), logprobs, chunk
+
+    async def gone() -> None:
+        while (await request.receive())["type"] != "http.disconnect":
+            pass
+
+    done = asyncio.ensure_future(collect())
+    watch = asyncio.ensure_future(gone())
+    try:
+        await asyncio.wait({done, watch}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        watch.cancel()
+        if not done.done():
+            done.cancel()
+        await asyncio.gather(done, watch, return_exceptions=True)
+    if done.cancelled():
+        raise ApiError(499, "the client closed the connection")
+    return done.result()
 
 
 def _sampling(body: _Generation) -> Sampling:
