@@ -1,5 +1,5 @@
 """Every command that reads a model answers a broken file with a non-zero exit and a one-line message, no
-traceback: the hostile corpus (tools/make_hostile_gguf.py) through run, chat, check and draft."""
+traceback: the hostile corpus (tools/make_hostile_gguf.py) through run, chat, serve, check and draft."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from tfb.cli import main
 SAMPLE = ["empty", "magic_wrong", "big_endian", "last_tensor_truncated", "numeric_array_count_1e9", "tensors_overlap",
           "offset_wraps_uint64", "head_count_string", "heads_not_dividing_hidden", "architecture_unknown",
           "tensor_missing", "matrix_shape_mismatch", "matrix_type_unsupported"]
-COMMANDS = [["run", "{path}", "-p", "hi", "-n", "2"], ["chat", "{path}"]]
+COMMANDS = [["run", "{path}", "-p", "hi", "-n", "2"], ["chat", "{path}"], ["serve", "{path}", "--port", "0"]]
 # draft and check report on files they can read; a file they cannot read is one line too
 UNREADABLE = [c for c in SAMPLE if next(x for x in CASES if x.name == c).stage == "reader"]
 

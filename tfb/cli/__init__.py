@@ -13,11 +13,11 @@ import warnings
 from collections.abc import Sequence
 from typing import TextIO
 
-from tfb.cli import authoring, files, generate, specs
+from tfb.cli import authoring, files, generate, serve, specs
 from tfb.cli.common import EXIT_INTERRUPTED, EXIT_INVALID, safe
 from tfb.errors import TfbError
 
-MODULES = (specs, authoring, files, generate)
+MODULES = (specs, authoring, files, generate, serve)
 
 
 def build_parser() -> argparse.ArgumentParser:

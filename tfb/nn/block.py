@@ -8,7 +8,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from tfb.nn.cache import Step
+from tfb.nn.cache import RowStates, Step
 from tfb.nn.norm import Norm
 
 
@@ -17,7 +17,8 @@ class Block(nn.Module):
     feed-forward (ffn None): x += mixer(n1(x)).
 
     Pre-norms (n1, n2) and post-norms (on each branch output) are present as configured; each branch
-    output is multiplied by `residual_scale` before it is added.
+    output is multiplied by `residual_scale` before it is added. Rows that are separate sequences
+    (RowStates) go through a mixer one at a time unless it says it `takes_rows`.
     """
 
     def __init__(self, mixer: nn.Module, ffn: nn.Module | None, *, norm: Norm | None, ffn_norm: Norm | None,
@@ -31,7 +32,10 @@ class Block(nn.Module):
 
     def forward(self, x: torch.Tensor, step: Step, state: Any) -> torch.Tensor:
         h = self.attn_norm(x) if self.attn_norm is not None else x
-        a = self.mixer(h, step, state)
+        if isinstance(state, RowStates) and not getattr(self.mixer, "takes_rows", False):
+            a = torch.cat([self.mixer(h[i:i + 1], step.row(i), row) for i, row in enumerate(state.rows)])
+        else:
+            a = self.mixer(h, step, state)
         if self.post_attention_norm is not None:
             a = self.post_attention_norm(a)
         if self.ffn is None:  # a block without a feed-forward (the `none` kind)

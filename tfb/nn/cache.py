@@ -13,11 +13,16 @@ from tfb.nn.rotary import Rotary
 
 class Step:
     """The positions of one forward call ([batch, seq]), its first position, and rope angles computed
-    once per rotary for every layer that shares it."""
+    once per rotary for every layer that shares it. In a step over rows that are separate sequences
+    (RowCaches), `starts` holds each row's first position and `start` is not used."""
 
-    def __init__(self, positions: torch.Tensor, start: int) -> None:
-        self.positions, self.start = positions, start
+    def __init__(self, positions: torch.Tensor, start: int, starts: list[int] | None = None) -> None:
+        self.positions, self.start, self.starts = positions, start, starts
         self._angles: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+
+    def row(self, i: int) -> Step:
+        """The step of row i alone (its own first position)."""
+        return Step(self.positions[i:i + 1], self.starts[i] if self.starts is not None else self.start)
 
     def angles(self, rotary: Rotary) -> tuple[torch.Tensor, torch.Tensor]:
         if id(rotary) not in self._angles:
@@ -57,6 +62,10 @@ class Cache:
     @property
     def rewindable(self) -> bool:
         return all(state is None or state.rewindable for state in self.layers)
+
+    def step(self, batch: int, seq: int, device: torch.device) -> Step:
+        """The step of a forward call of `seq` new positions for each of `batch` rows."""
+        return Step((self.length + torch.arange(seq, device=device)).expand(batch, seq), self.length)
 
     def commit(self, new: int) -> None:
         self.length += new
@@ -118,3 +127,35 @@ class SequenceState:
 
     def copy(self) -> SequenceState:
         return self  # never copied: a rewindable state is truncated instead
+
+
+class RowStates:
+    """One layer's states of a batch whose rows are separate sequences, each with its own cache (continuous
+    batching: the rows share the weight products, not their positions). A mixer that takes a RowStates
+    runs its per-sequence part row by row (`state.rows[i]`, at `step.starts[i]`); the block runs any other
+    mixer once per row."""
+
+    def __init__(self, rows: list[Any]) -> None:
+        self.rows = rows
+
+
+class RowCaches:
+    """A batch of caches, one per row of a forward call of one new position per sequence (a decoding step
+    of several sequences at once); duck-types Cache for Transformer.forward."""
+
+    def __init__(self, caches: list[Cache]) -> None:
+        self.caches = caches
+        count = len(caches[0].layers) if caches else 0
+        self.layers = [None if all(c.layers[i] is None for c in caches) else RowStates([c.layers[i] for c in caches])
+                       for i in range(count)]
+
+    def step(self, batch: int, seq: int, device: torch.device) -> Step:
+        if batch != len(self.caches):
+            raise ValueError(f"{batch} rows for {len(self.caches)} caches")
+        starts = [c.length for c in self.caches]
+        positions = torch.tensor(starts, device=device)[:, None] + torch.arange(seq, device=device)
+        return Step(positions, 0, starts)
+
+    def commit(self, new: int) -> None:
+        for cache in self.caches:
+            cache.commit(new)

@@ -10,7 +10,7 @@ from torch import nn
 from tfb.config import ModelConfig
 from tfb.errors import InputError
 from tfb.nn.block import Block
-from tfb.nn.cache import Cache, Step
+from tfb.nn.cache import Cache, RowCaches, Step
 from tfb.nn.ffn.routed import ExpertLinear
 from tfb.nn.linear import Embedding, Linear
 from tfb.nn.norm import Norm
@@ -54,21 +54,24 @@ class Transformer(nn.Module):
         mixers: list[Any] = [block.mixer for block in self.blocks]
         return Cache([mixer.new_state(self.cache_dtype) for mixer in mixers])
 
-    def forward(self, input_ids: torch.Tensor, cache: Cache | None = None,
+    def forward(self, input_ids: torch.Tensor, cache: Cache | RowCaches | None = None,
                 last_only: bool = False) -> torch.Tensor:
+        """Logits of `input_ids` after what `cache` holds; with RowCaches each row continues its own
+        sequence (a batched decoding step of separate sequences)."""
         ids = self._check_ids(input_ids)
         c = self.config
         batch, seq = ids.shape
-        start = cache.length if cache is not None else 0
-        positions = (start + torch.arange(seq, device=ids.device)).expand(batch, seq)
+        step = cache.step(batch, seq, ids.device) if cache is not None else \
+            Step(torch.arange(seq, device=ids.device).expand(batch, seq), 0)
+        positions = step.positions
         x = self.token_embd(ids, self.dtype)
         if c.embedding_scale != 1.0:
             x = x * c.embedding_scale
         if self.position_embd is not None:
-            if start + seq > c.context_length:
-                raise InputError(f"position {start + seq - 1} is past the {c.context_length} learned positions")
+            last = int(positions[:, -1].max())
+            if last >= c.context_length:
+                raise InputError(f"position {last} is past the {c.context_length} learned positions")
             x = x + self.position_embd(positions, self.dtype)
-        step = Step(positions, start)
         for i, block in enumerate(self.blocks):
             x = block(x, step, cache.layers[i] if cache is not None else None)
         if cache is not None:

@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from tfb.config import ModelConfig
-from tfb.nn.cache import SequenceState, Step
+from tfb.nn.cache import RowStates, SequenceState, Step
 from tfb.nn.kinds import BuildContext
 from tfb.nn.linear import Linear, check_shape
 from tfb.nn.rotary import RopeParams, Rotary
@@ -93,6 +93,8 @@ class AttentionOptions:
 
 
 class Attention(nn.Module):
+    takes_rows = True  # the projections run once for rows that are separate sequences (RowStates)
+
     def __init__(self, shape: AttentionShape, opts: AttentionOptions, ctx: BuildContext, rotary: Rotary) -> None:
         super().__init__()
         self.shape, self.opts, self.rotary = shape, opts, rotary
@@ -126,7 +128,7 @@ class Attention(nn.Module):
     def new_state(self, dtype: torch.dtype | None) -> SequenceState:
         return SequenceState(2, dtype)
 
-    def forward(self, x: torch.Tensor, step: Step, state: SequenceState | None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, step: Step, state: SequenceState | RowStates | None) -> torch.Tensor:
         s, o = self.shape, self.opts
         positions = step.positions
         b, t, _ = x.shape
@@ -158,12 +160,22 @@ class Attention(nn.Module):
         if o.qk_norm is not None and o.qk_norm_after_rope:
             q, k = self._norm_after_rope(q, k)
         q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
-        if state is not None:
-            k, v = state.update(step.start, k, v)
-        out = self.attend(q, k, v, positions).transpose(1, 2).reshape(b, t, s.n_heads * s.value_dim)
+        if isinstance(state, RowStates):  # separate sequences: the projections above were shared
+            out = torch.cat([self._attend_row(q[i:i + 1], k[i:i + 1], v[i:i + 1], step.row(i), row)
+                             for i, row in enumerate(state.rows)])
+        else:
+            if state is not None:
+                k, v = state.update(step.start, k, v)
+            out = self.attend(q, k, v, positions)
+        out = out.transpose(1, 2).reshape(b, t, s.n_heads * s.value_dim)
         if gate is not None:
             out = out * torch.sigmoid(gate).to(out.dtype)
         return self.o(out)
+
+    def _attend_row(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, step: Step,
+                    state: SequenceState) -> torch.Tensor:
+        keys, values = state.update(step.start, k, v)
+        return self.attend(q, keys, values, step.positions)
 
     def _norm_after_rope(self, q: torch.Tensor, k: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The Q/K norm on rotated q and k ([b, t, heads, d]); over the whole projection it sees each

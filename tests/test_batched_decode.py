@@ -1,0 +1,64 @@
+"""A decoding step over several sequences at once (RowCaches: one row per sequence, each with its own cache
+and position) gives each sequence what decoding it alone gives: the server's continuous batching rests on it."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import tfb
+from tfb.nn.cache import RowCaches
+
+PROMPTS = [[5, 9, 13, 2, 7, 31], [3], [40, 41, 42, 43, 44, 45, 46, 47, 48, 49, 50], [8, 8, 8]]
+
+
+def _decode(model: torch.nn.Module, batched: bool, steps: int = 6) -> tuple[list[list[int]], list[torch.Tensor]]:
+    """Greedy decoding of PROMPTS, the steps batched (rows joining at different lengths) or one by one."""
+    caches = [model.new_cache() for _ in PROMPTS]
+    logits = [model(torch.tensor([p]), c, last_only=True)[0, -1] for p, c in zip(PROMPTS, caches, strict=True)]
+    tokens: list[list[int]] = [[] for _ in PROMPTS]
+    seen: list[torch.Tensor] = []
+    for _ in range(steps):
+        nexts = [int(torch.argmax(x)) for x in logits]
+        for out, t in zip(tokens, nexts, strict=True):
+            out.append(t)
+        if batched:
+            ids = torch.tensor([[t] for t in nexts])
+            rows = model(ids, RowCaches(caches), last_only=True)[:, -1]
+            logits = list(rows)
+        else:
+            logits = [model(torch.tensor([[t]]), c, last_only=True)[0, -1] for t, c in zip(nexts, caches, strict=True)]
+        seen.extend(logits)
+    assert [c.length for c in caches] == [len(p) + steps for p in PROMPTS]
+    return tokens, seen
+
+
+@pytest.mark.parametrize("spec", ["qwen3", "gemma3", "lfm2"])
+def test_batched_steps_equal_each_sequence_alone(tiny_gguf, spec: str) -> None:
+    """Attention (projections shared, attention per row), a window, and a recurrent mixer (run per row)."""
+    model = tfb.load(tiny_gguf(spec))
+    alone, alone_logits = _decode(model, batched=False)
+    together, together_logits = _decode(model, batched=True)
+    assert together == alone
+    for a, b in zip(alone_logits, together_logits, strict=True):
+        torch.testing.assert_close(b, a, atol=2e-5, rtol=1e-4)
+
+
+def test_batched_steps_of_a_hybrid_model(tiny_model) -> None:
+    """Mamba-2 layers (a recurrent state per sequence) between attention layers."""
+    model = tfb.load(tiny_model("granitehybrid", "f32")[1])
+    alone, alone_logits = _decode(model, batched=False)
+    together, together_logits = _decode(model, batched=True)
+    assert together == alone
+    for a, b in zip(alone_logits, together_logits, strict=True):
+        torch.testing.assert_close(b, a, atol=2e-5, rtol=1e-4)
+
+
+def test_rows_of_a_quantized_model(tiny_gguf) -> None:
+    """Packed weights take the many-row kernel for a batch and the matrix-vector one alone: same tokens."""
+    model = tfb.load(tiny_gguf("qwen3", qtype="Q4_K"))
+    alone, alone_logits = _decode(model, batched=False)
+    together, together_logits = _decode(model, batched=True)
+    assert together == alone
+    for a, b in zip(alone_logits, together_logits, strict=True):
+        torch.testing.assert_close(b, a, atol=1e-3, rtol=1e-3)

@@ -1,0 +1,129 @@
+"""The serving engine in-process: jobs decoded together give what tfb.generate gives each alone; finishing,
+cancelling and a failing step free the slots and leave the engine serving."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+import torch
+
+import tfb
+import tfb.serve.engine as engine_module
+from tfb.serve.engine import Chunk, Engine, Job
+from tfb.text.sampling import GREEDY
+
+PROMPTS = ["Once upon a time", "The", "In a galaxy far away there was", "1 2 3 4", "Hello", "a b", "x", "Why?"]
+
+
+class Collect:
+    def __init__(self) -> None:
+        self.chunks: list[Chunk] = []
+        self.done = threading.Event()
+
+    def __call__(self, chunk: Chunk) -> None:
+        self.chunks.append(chunk)
+        if chunk.finish is not None:
+            self.done.set()
+
+    @property
+    def text(self) -> str:
+        return "".join(c.text for c in self.chunks)
+
+    @property
+    def finish(self) -> str | None:
+        return self.chunks[-1].finish if self.chunks else None
+
+
+@pytest.fixture(scope="module")
+def loaded(tiny_gguf) -> tuple[Any, Any]:
+    path = tiny_gguf()
+    return tfb.load(path), tfb.load_tokenizer(path)
+
+
+def _run(engine: Engine, jobs: list[tuple[list[int], int, dict[str, Any]]]) -> list[Collect]:
+    outs = []
+    for prompt, max_tokens, options in jobs:
+        out = Collect()
+        engine.submit(Job(prompt=prompt, max_tokens=max_tokens, emit=out, **options))
+        outs.append(out)
+    for out in outs:
+        assert out.done.wait(120)
+    return outs
+
+
+@pytest.mark.parametrize("budget", [256, 5])
+def test_jobs_decoded_together_equal_generate_alone(loaded, budget: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    """With a budget of 5 prompt tokens a turn, prompts are computed in chunks while others decode."""
+    monkeypatch.setattr(engine_module, "PREFILL_BUDGET", budget)
+    model, tok = loaded
+    engine = Engine(model, tok, parallel=8)
+    engine.start()
+    try:
+        outs = _run(engine, [(tok.encode(p), 10, {"sampling": GREEDY}) for p in PROMPTS])
+    finally:
+        engine.stop()
+    assert engine.max_batch == len(PROMPTS) or budget < 256
+    for prompt, out in zip(PROMPTS, outs, strict=True):
+        gen = tfb.generate(model, tok, prompt, max_tokens=10, sampling=GREEDY)
+        assert out.text == "".join(gen)
+        assert out.finish == ("length" if gen.stats.stop_reason == "max tokens" else "stop")
+        assert out.chunks[-1].completion_tokens == len(gen.tokens)
+
+
+def test_more_jobs_than_slots_wait_their_turn(loaded) -> None:
+    model, tok = loaded
+    engine = Engine(model, tok, parallel=3)
+    engine.start()
+    try:
+        outs = _run(engine, [(tok.encode(p), 5, {"sampling": GREEDY}) for p in PROMPTS])
+    finally:
+        engine.stop()
+    assert engine.max_batch == 3 and engine.stats()["running"] == 0
+    assert all(out.finish in ("length", "stop") for out in outs)
+
+
+def test_stop_strings_and_logprobs(loaded) -> None:
+    model, tok = loaded
+    engine = Engine(model, tok, parallel=2)
+    engine.start()
+    try:
+        (full,) = _run(engine, [(tok.encode("Once"), 12, {"sampling": GREEDY, "top_logprobs": 3})])
+        stop = full.text[4:7]
+        (cut,) = _run(engine, [(tok.encode("Once"), 12, {"sampling": GREEDY, "stop": [stop]})])
+    finally:
+        engine.stop()
+    lps = [lp for c in full.chunks for lp in c.logprobs]
+    assert len(lps) == 12 and all(len(lp.top) == 3 and lp.top[0][1] >= lp.logprob for lp in lps)
+    assert cut.text == full.text[:full.text.index(stop)] and cut.finish == "stop"
+
+
+def test_cancel_frees_the_slot_and_a_failing_step_ends_only_its_jobs(loaded) -> None:
+    model, tok = loaded
+    engine = Engine(model, tok, parallel=2)
+    engine.start()
+    try:
+        first = Collect()
+        job = Job(prompt=tok.encode("go"), max_tokens=400, emit=first, sampling=GREEDY)
+        engine.submit(job)
+        job.cancel()
+        (after,) = _run(engine, [(tok.encode("next"), 3, {"sampling": GREEDY})])
+        assert after.finish == "length" and engine.stats()["running"] == 0
+        assert first.finish is None  # a cancelled job is dropped without a word
+
+        real: Callable[..., torch.Tensor] = engine.model.forward
+
+        def broken(*args: Any, **kwargs: Any) -> torch.Tensor:
+            raise RuntimeError("boom")
+
+        engine.model.forward = broken  # type: ignore[method-assign]
+        (failed,) = _run(engine, [(tok.encode("fail"), 3, {"sampling": GREEDY})])
+        engine.model.forward = real  # type: ignore[method-assign]
+        assert failed.finish == "error" and "boom" in failed.chunks[-1].error
+        (again,) = _run(engine, [(tok.encode("again"), 2, {"sampling": GREEDY})])
+        assert again.finish == "length"
+    finally:
+        engine.model.__dict__.pop("forward", None)
+        engine.stop()
