@@ -59,10 +59,12 @@ def layer_slots(spec: Spec, facts: FileFacts, mixer: KindSection, ffn: KindSecti
         _norm(out, spec, "attn_norm")
     out.update(mixer.slots(spec, facts))
     if block.post_norm:
-        _norm(out, spec, "post_attention_norm")
+        if not mixer.ABSENT:
+            _norm(out, spec, "post_attention_norm")
         if not ffn.ABSENT:
             _norm(out, spec, "post_ffw_norm")
-    if block.pre_norm and not facts.parallel_residual and not ffn.ABSENT:
+    # without a mixer the first norm feeds the feed-forward (tfb.spec.kinds.none)
+    if block.pre_norm and not facts.parallel_residual and not ffn.ABSENT and not mixer.ABSENT:
         _norm(out, spec, "ffn_norm")
     out.update(ffn.slots(spec, facts))
     return out
