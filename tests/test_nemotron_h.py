@@ -66,7 +66,19 @@ def test_the_experts_are_relu_squared_up_and_down_sigmoid_routed(tiny_model) -> 
     assert torch.cat(chosen).unique().numel() == 8  # every expert serves some token
 
 
-@pytest.mark.parametrize("family", FAMILIES)
+def test_latent_experts(tiny_model) -> None:
+    """Nemotron 3 Super's experts run in a smaller width (moe_latent_size) between two projections; the router
+    and the shared expert read the full width."""
+    reference, path = tiny_model("nemotron_h_moe_latent", "f32")
+    model = tfb.load(path)
+    moe = model.blocks[1].ffn
+    assert isinstance(moe, Experts) and moe.latent_down is not None and moe.latent_up is not None
+    assert moe.up.shape == (8, 32, 32) and moe.down.shape == (8, 32, 32) and moe.router.in_features == 64
+    assert tfb.load(tiny_model("nemotron_h_moe", "f32")[1]).blocks[1].ffn.latent_down is None
+    compare(model, reference, SHAPES[:3])
+
+
+@pytest.mark.parametrize("family", [*FAMILIES, "nemotron_h_moe_latent"])
 def test_logits_match_llama_cpp(tiny_model, family: str) -> None:
     """llama.cpp itself on the same file (the same layer rule: feed_forward_length, then head_count_kv)."""
     path = tiny_model(family, "f32")[1]

@@ -70,9 +70,10 @@ MLA = dict(BASE, num_hidden_layers=3, num_key_value_heads=4, kv_lora_rank=64, qk
            scoring_func="sigmoid", topk_method="noaux_tc", pad_token_id=None,
            rope_parameters=dict(rope_type="yarn", rope_theta=10000.0, factor=4.0, original_max_position_embeddings=32,
                                 beta_fast=32.0, beta_slow=1.0, mscale=1.0, mscale_all_dim=1.0))
-NEMOTRON_H = dict(BASE, num_hidden_layers=6, head_dim=16, mamba_num_heads=8, mamba_head_dim=16, n_groups=2,
-                  ssm_state_size=16, conv_kernel=4, chunk_size=16, pad_token_id=None, bos_token_id=None,
-                  eos_token_id=None)
+# (the layer count is the length of layers_block_type)
+NEMOTRON_H = dict({k: v for k, v in BASE.items() if k != "num_hidden_layers"}, head_dim=16, mamba_num_heads=8,
+                  mamba_head_dim=16, n_groups=2, ssm_state_size=16, conv_kernel=4, chunk_size=16, pad_token_id=None,
+                  bos_token_id=None, eos_token_id=None)
 # the converter pads the vocabulary to a multiple of 8 (not the embeddings, which llama.cpp then refuses): 7
 # special tokens make GPT-2's 50257 a multiple, as real checkpoints' 131072 is
 NEMOTRON_H_TOKENS = tuple(f"<SPECIAL_{i}>" for i in range(7))
@@ -325,6 +326,12 @@ FAMILIES: dict[str, Family] = {
                                        "full_attention"], n_routed_experts=8, num_experts_per_tok=3,
         moe_intermediate_size=32, moe_shared_expert_intermediate_size=64, n_shared_experts=1,
         routed_scaling_factor=2.5, norm_topk_prob=True, n_group=1, topk_group=1),
+        tokenizer="gpt2", special_tokens=NEMOTRON_H_TOKENS, keep_f32=("conv1d.weight", "gate.weight")),
+    # Nemotron 3 Super's latent experts: the experts run in 32 of the 64 (fc1/fc2_latent_proj around them)
+    "nemotron_h_moe_latent": Family("NemotronHForCausalLM", "NemotronHConfig", dict(
+        NEMOTRON_H, layers_block_type=["linear_attention", "moe", "full_attention", "moe"], n_routed_experts=8,
+        num_experts_per_tok=3, moe_intermediate_size=32, moe_shared_expert_intermediate_size=64, n_shared_experts=1,
+        routed_scaling_factor=2.5, norm_topk_prob=True, n_group=1, topk_group=1, moe_latent_size=32),
         tokenizer="gpt2", special_tokens=NEMOTRON_H_TOKENS, keep_f32=("conv1d.weight", "gate.weight")),
 }
 
