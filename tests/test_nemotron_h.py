@@ -1,6 +1,7 @@
 """Nemotron-H (nemotron_h: Mamba-2 / relu² MLP / attention) and Nemotron-H MoE (nemotron_h_moe: Mamba-2 / relu²
 experts, sigmoid-routed with a selection bias, plus a relu² shared expert / attention), verified like the other
-families: tiny random transformers models (NemotronHForCausalLM) -> llama.cpp's own converter -> tfb's logits
+families: tiny random transformers models (NemotronHForCausalLM; the MoE one also with Nemotron 3 Super's latent
+experts and multi-token-prediction head) -> llama.cpp's own converter -> tfb's logits
 against transformers' float32 logits at every position and against llama.cpp's; decoding with the recurrent
 state against the full forward; greedy generation against transformers'; a Q8_0 file; and files whose layer
 arrays disagree with each other or with the tensors, refused with one clear message. Each layer is ONE of a
@@ -66,11 +67,16 @@ def test_the_experts_are_relu_squared_up_and_down_sigmoid_routed(tiny_model) -> 
     assert torch.cat(chosen).unique().numel() == 8  # every expert serves some token
 
 
-def test_latent_experts(tiny_model) -> None:
+def test_latent_experts_and_the_prediction_head_left_unread(tiny_model) -> None:
     """Nemotron 3 Super's experts run in a smaller width (moe_latent_size) between two projections; the router
-    and the shared expert read the full width."""
+    and the shared expert read the full width. Its multi-token-prediction head is one more block, counted in
+    block_count and the per-layer arrays: not run (as llama.cpp), nor reported as unread."""
     reference, path = tiny_model("nemotron_h_moe_latent", "f32")
-    model = tfb.load(path)
+    model = tfb.load(path)  # a tensor left unread would warn, an error in these tests
+    assert (model.config.block_count, model.config.n_layers, len(model.blocks)) == (5, 4, 4)
+    assert model.config.per_layer["n_kv_heads"] == (0, 0, 2, 0)  # the head's value (2) dropped with it
+    report = check(path)
+    assert report.ok and any("left unread as the spec says" in f.message for f in report.findings)
     moe = model.blocks[1].ffn
     assert isinstance(moe, Experts) and moe.latent_down is not None and moe.latent_up is not None
     assert moe.up.shape == (8, 32, 32) and moe.down.shape == (8, 32, 32) and moe.router.in_features == 64

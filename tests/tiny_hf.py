@@ -46,6 +46,7 @@ class Family:
     transposed: tuple[str, ...] = ()  # parameters stored [.., in, out], which the converter transposes
     stack_per_head_norms: bool = False  # see stack_per_head_norms()
     nextn_layers: bool = False  # see append_nextn_layers()
+    mtp_like: tuple[int, ...] = ()  # see append_mtp_layers()
     config_json: tuple[tuple[str, Any], ...] = ()  # config.json entries as real checkpoints write them
     config_drop: tuple[str, ...] = ()  # config.json entries real checkpoints lack (transformers saves every field)
     converter_args: tuple[str, ...] = ()  # extra arguments to convert_hf_to_gguf.py (e.g. --no-mtp)
@@ -327,12 +328,15 @@ FAMILIES: dict[str, Family] = {
         moe_intermediate_size=32, moe_shared_expert_intermediate_size=64, n_shared_experts=1,
         routed_scaling_factor=2.5, norm_topk_prob=True, n_group=1, topk_group=1),
         tokenizer="gpt2", special_tokens=NEMOTRON_H_TOKENS, keep_f32=("conv1d.weight", "gate.weight")),
-    # Nemotron 3 Super's latent experts: the experts run in 32 of the 64 (fc1/fc2_latent_proj around them)
+    # Nemotron 3 Super: latent experts (they run in 32 of the 64, fc1/fc2_latent_proj around them) and a
+    # multi-token-prediction head (an attention and a MoE sub-layer), which the converter appends as block 4
     "nemotron_h_moe_latent": Family("NemotronHForCausalLM", "NemotronHConfig", dict(
         NEMOTRON_H, layers_block_type=["linear_attention", "moe", "full_attention", "moe"], n_routed_experts=8,
         num_experts_per_tok=3, moe_intermediate_size=32, moe_shared_expert_intermediate_size=64, n_shared_experts=1,
-        routed_scaling_factor=2.5, norm_topk_prob=True, n_group=1, topk_group=1, moe_latent_size=32),
-        tokenizer="gpt2", special_tokens=NEMOTRON_H_TOKENS, keep_f32=("conv1d.weight", "gate.weight")),
+        routed_scaling_factor=2.5, norm_topk_prob=True, n_group=1, topk_group=1, moe_latent_size=32,
+        num_nextn_predict_layers=1),
+        tokenizer="gpt2", special_tokens=NEMOTRON_H_TOKENS, keep_f32=("conv1d.weight", "gate.weight"),
+        mtp_like=(2, 1)),
 }
 
 
@@ -471,6 +475,8 @@ def convert(model: torch.nn.Module, family: Family, outtype: str, workdir: Path)
         stack_per_head_norms(hf_dir / "model.safetensors")
     if family.nextn_layers:
         append_nextn_layers(hf_dir)
+    if family.mtp_like:
+        append_mtp_layers(hf_dir, family.mtp_like)
     if family.architecture is not None:
         config = json.loads((hf_dir / "config.json").read_text())
         (hf_dir / "config.json").write_text(json.dumps({**config, "architectures": [family.architecture]}))
@@ -546,6 +552,32 @@ def append_nextn_layers(hf_dir: Path, seed: int = 1) -> None:
         for name, t in extra.items():
             tensors[name] = (torch.rand(t.shape, generator=gen) + 0.5 if t.ndim == 1
                              else torch.randn(t.shape, generator=gen) * 0.2).to(t.dtype)
+    save_file(tensors, checkpoint, metadata={"format": "pt"})
+
+
+def append_mtp_layers(hf_dir: Path, like: tuple[int, ...], seed: int = 1) -> None:
+    """Append a multi-token-prediction head as Nemotron-H checkpoints store it: `mtp.layers.{j}.`, each shaped
+    like the model's layer like[j] (random), the first with `eh_proj` [hidden, 2 x hidden], `enorm` and `hnorm`,
+    the last with `final_layernorm`. transformers' causal LM has no MTP weights; the converter folds them into
+    one block past the last layer."""
+    from safetensors.torch import load_file, save_file
+
+    hidden = json.loads((hf_dir / "config.json").read_text())["hidden_size"]
+    checkpoint = hf_dir / "model.safetensors"
+    tensors = load_file(checkpoint)
+    gen = torch.Generator().manual_seed(seed)
+    extra: dict[str, torch.Tensor] = {}
+    for j, layer in enumerate(like):
+        source = f"backbone.layers.{layer}."
+        extra.update({name.replace(source, f"mtp.layers.{j}.", 1): t for name, t in tensors.items()
+                      if name.startswith(source)})
+    extra["mtp.layers.0.eh_proj.weight"] = torch.empty(hidden, 2 * hidden)
+    last = f"mtp.layers.{len(like) - 1}."
+    for norm in ("mtp.layers.0.enorm.weight", "mtp.layers.0.hnorm.weight", last + "final_layernorm.weight"):
+        extra[norm] = torch.empty(hidden)
+    for name, t in extra.items():
+        tensors[name] = (torch.rand(t.shape, generator=gen) + 0.5 if t.ndim == 1
+                         else torch.randn(t.shape, generator=gen) * 0.2).to(t.dtype)
     save_file(tensors, checkpoint, metadata={"format": "pt"})
 
 
