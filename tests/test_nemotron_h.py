@@ -149,11 +149,15 @@ BAD = {
                         r"feed_forward_length has 5 values, expected one per layer: block_count = 6"),
     "long_kv_array": ({"n_kv": [0, 0, 2, 0, 0, 2, 2]}, ConfigError,
                       r"head_count_kv has 7 values, expected one per layer: block_count = 6"),
-    # arrays that make a layer another kind than its tensors are
+    # arrays that make a layer another kind than its tensors are: the missing tensors, and why the layer is
+    # that kind
     "ffn_on_a_mamba_layer": ({"ff": [96, 96, 0, 0, 96, 0]}, WeightError,
-                             r"blk\.0\.ffn_up\.weight, blk\.0\.ffn_down\.weight"),
-    "attention_on_a_mamba_layer": ({"n_kv": [2, 0, 2, 0, 0, 2]}, WeightError, r"blk\.0\.attn_q\.weight"),
-    "mamba_on_an_attention_layer": ({"n_kv": [0, 0, 0, 0, 0, 2]}, WeightError, r"blk\.2\.ssm_in\.weight"),
+                             r"blk\.0\.ffn_up\.weight, blk\.0\.ffn_down\.weight \(layer 0 is mixer `none` "
+                             r"\(nonzero: intermediate_size = 96\) and ffn `dense`"),
+    "attention_on_a_mamba_layer": ({"n_kv": [2, 0, 2, 0, 0, 2]}, WeightError,
+                                   r"blk\.0\.attn_q\.weight.*not ssd: zero: n_kv_heads = 2"),
+    "mamba_on_an_attention_layer": ({"n_kv": [0, 0, 0, 0, 0, 2]}, WeightError,
+                                    r"blk\.2\.ssm_in\.weight.*layer 2 is mixer `ssd`"),
 }
 
 

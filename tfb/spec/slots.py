@@ -78,7 +78,8 @@ class NoSection(LookupError):
         self.role, self.layer, self.selectors = role, layer, selectors  # what each section's `layers` gave
 
 
-def _shown(selector: Any, layer: int, value: Callable[[str, int], Any]) -> str:
+def shown_selector(selector: Any, layer: int, value: Callable[[str, int], Any]) -> str:
+    """A section's `layers` as it read layer `layer`: `nonzero: intermediate_size = 96`, or the pattern."""
     if isinstance(selector, LayerRule):
         return ", ".join(f"{condition}: {name} = {value(name, layer)}" for condition, name in selector.conditions())
     return str(selector).replace("True", "true").replace("False", "false")
@@ -89,7 +90,7 @@ def section_for(sections: list[Any], layer: int, value: Callable[[str, int], Any
     for section in sections:
         if selects(section.layers, layer, value):
             return section
-    raise NoSection(role, layer, [_shown(s.layers, layer, value) for s in sections])
+    raise NoSection(role, layer, [shown_selector(s.layers, layer, value) for s in sections])
 
 
 def layer_sections(spec: Spec, config: Any, layer: int) -> tuple[KindSection, KindSection]:
