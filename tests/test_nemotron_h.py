@@ -28,7 +28,7 @@ from tfb.nn.mixers.attention import Attention
 from tfb.nn.mixers.ssd import CHUNK, SSDLayer, SSMState
 from tfb.nn.mlp import MLP
 from tfb.quant import PackedTensor
-from tfb.text.generate import GREEDY, generate_ids
+from tfb.text.generate import GREEDY, Session, generate_ids
 
 FAMILIES = ["nemotron_h", "nemotron_h_moe"]
 SHAPES = [(1, 1), (2, 1), (2, 40), (1, 2 * CHUNK + 13)]  # the last crosses two of the scan's chunks
@@ -119,6 +119,21 @@ def test_greedy_equals_transformers_generate(tiny_model) -> None:
     theirs = reference.generate(torch.tensor([prompt]), max_new_tokens=12, do_sample=False,
                                 pad_token_id=0)[0, len(prompt):].tolist()
     assert ours == theirs
+
+
+def test_a_session_goes_back_to_a_snapshot(tiny_model) -> None:
+    """A chat over layers with a recurrent state, a KV cache or nothing: an edited turn goes back to the
+    snapshot after the previous prompt, and each reply equals a fresh generation."""
+    model = tfb.load(tiny_model("nemotron_h_moe", "f32")[1])
+    session = Session(model.new_cache())
+    first = [5, 17, 33, 2, 90, 41]
+    list(generate_ids(model, first, max_tokens=4, session=session))
+    assert len(session.snapshots) == 1 and session.snapshots[0].saved[1] is None  # a feed-forward layer
+    edited = [*first, 99, 98, 97]
+    assert session.reuse(edited) == len(first) and session.cache.length == len(first)
+    session.tokens = first[:]
+    assert list(generate_ids(model, edited, max_tokens=4, session=session)) == \
+        list(generate_ids(model, edited, max_tokens=4))
 
 
 @pytest.mark.parametrize("family", FAMILIES)
