@@ -46,7 +46,9 @@ class Family:
     transposed: tuple[str, ...] = ()  # parameters stored [.., in, out], which the converter transposes
     stack_per_head_norms: bool = False  # see stack_per_head_norms()
     nextn_layers: bool = False  # see append_nextn_layers()
+    mtp_like: tuple[int, ...] = ()  # see append_mtp_layers()
     config_json: tuple[tuple[str, Any], ...] = ()  # config.json entries as real checkpoints write them
+    config_drop: tuple[str, ...] = ()  # config.json entries real checkpoints lack (transformers saves every field)
     converter_args: tuple[str, ...] = ()  # extra arguments to convert_hf_to_gguf.py (e.g. --no-mtp)
     adjust: tuple[tuple[str, float, float], ...] = ()  # (name part, factor, shift) applied after randomising
     model_type: str | None = None  # config.json's model_type for the converter's tokenizer lookup (see qwen35moe)
@@ -69,6 +71,18 @@ MLA = dict(BASE, num_hidden_layers=3, num_key_value_heads=4, kv_lora_rank=64, qk
            scoring_func="sigmoid", topk_method="noaux_tc", pad_token_id=None,
            rope_parameters=dict(rope_type="yarn", rope_theta=10000.0, factor=4.0, original_max_position_embeddings=32,
                                 beta_fast=32.0, beta_slow=1.0, mscale=1.0, mscale_all_dim=1.0))
+# (the layer count is the length of layers_block_type)
+NEMOTRON_H = dict({k: v for k, v in BASE.items() if k != "num_hidden_layers"}, head_dim=16, mamba_num_heads=8,
+                  mamba_head_dim=16, n_groups=2, ssm_state_size=16, conv_kernel=4, chunk_size=16, pad_token_id=None,
+                  bos_token_id=None, eos_token_id=None)
+# the converter pads the vocabulary to a multiple of 8 (not the embeddings, which llama.cpp then refuses): 7
+# special tokens make GPT-2's 50257 a multiple, as real checkpoints' 131072 is
+NEMOTRON_H_TOKENS = tuple(f"<SPECIAL_{i}>" for i in range(7))
+# what transformers 5 saves for every NemotronHConfig and dense checkpoints lack
+NEMOTRON_H_MOE_KEYS = ("num_experts_per_tok", "n_routed_experts", "n_shared_experts", "moe_intermediate_size",
+                       "moe_shared_expert_intermediate_size", "moe_latent_size", "moe_shared_expert_overlap", "n_group",
+                       "topk_group", "norm_topk_prob", "routed_scaling_factor", "mtp_layers_block_type",
+                       "num_nextn_predict_layers")
 DEEPSEEK: dict[str, Any] = dict(tokenizer="gpt2", keep_f32=("mlp.gate.weight",))
 
 FAMILIES: dict[str, Family] = {
@@ -322,6 +336,35 @@ FAMILIES: dict[str, Family] = {
         tokenizer="gpt2", keep_f32=("mlp.gate.weight", "shared_expert_gate.weight", "conv1d"),
         converter_args=("--no-mtp",), model_type="qwen3_5_text",
         adjust=(("in_proj_a", 0.3, 0.0), ("in_proj_b", 0.3, 0.0), ("A_log", 1.0, -3.0))),
+    # Nemotron-H: each layer is ONE of Mamba-2 (8 heads of 16, 2 groups), rope-free attention, or a relu^2 MLP (up,
+    # down), after one norm. transformers 5 saves the MoE fields of every NemotronHConfig, and the converter writes
+    # nemotron_h_moe whenever it finds num_experts_per_tok, reading the config through AutoConfig (which adds it
+    # back). Dense checkpoints, as the converter expects them, have no MoE fields and give the layer pattern as
+    # hybrid_override_pattern (M, -, *: it reads "-" layers as MLPs only from that string) and num_hidden_layers.
+    # An unknown model_type makes AutoConfig fail and the converter read config.json as it is.
+    "nemotron_h": Family("NemotronHForCausalLM", "NemotronHConfig", dict(
+        NEMOTRON_H, layers_block_type=["linear_attention", "mlp", "full_attention", "linear_attention", "mlp",
+                                       "full_attention"]),
+        tokenizer="gpt2", special_tokens=NEMOTRON_H_TOKENS, keep_f32=("conv1d.weight",),
+        config_json=(("hybrid_override_pattern", "M-*M-*"), ("num_hidden_layers", 6)),
+        config_drop=(*NEMOTRON_H_MOE_KEYS, "layers_block_type"), model_type="nemotron_h_dense"),
+    # Nemotron-H MoE (Nemotron 3): Mamba-2 / relu^2 experts (up, down; 8 of 32, top 3) sigmoid-routed with a
+    # selection bias, renormalised and scaled by 2.5, plus a relu^2 shared expert (64) / rope-free attention
+    "nemotron_h_moe": Family("NemotronHForCausalLM", "NemotronHConfig", dict(
+        NEMOTRON_H, layers_block_type=["linear_attention", "moe", "full_attention", "linear_attention", "moe",
+                                       "full_attention"], n_routed_experts=8, num_experts_per_tok=3,
+        moe_intermediate_size=32, moe_shared_expert_intermediate_size=64, n_shared_experts=1,
+        routed_scaling_factor=2.5, norm_topk_prob=True, n_group=1, topk_group=1),
+        tokenizer="gpt2", special_tokens=NEMOTRON_H_TOKENS, keep_f32=("conv1d.weight", "gate.weight")),
+    # Nemotron 3 Super: latent experts (they run in 32 of the 64, fc1/fc2_latent_proj around them) and a
+    # multi-token-prediction head (an attention and a MoE sub-layer), which the converter appends as block 4
+    "nemotron_h_moe_latent": Family("NemotronHForCausalLM", "NemotronHConfig", dict(
+        NEMOTRON_H, layers_block_type=["linear_attention", "moe", "full_attention", "moe"], n_routed_experts=8,
+        num_experts_per_tok=3, moe_intermediate_size=32, moe_shared_expert_intermediate_size=64, n_shared_experts=1,
+        routed_scaling_factor=2.5, norm_topk_prob=True, n_group=1, topk_group=1, moe_latent_size=32,
+        num_nextn_predict_layers=1),
+        tokenizer="gpt2", special_tokens=NEMOTRON_H_TOKENS, keep_f32=("conv1d.weight", "gate.weight"),
+        mtp_like=(2, 1)),
 }
 
 
@@ -460,12 +503,18 @@ def convert(model: torch.nn.Module, family: Family, outtype: str, workdir: Path)
         stack_per_head_norms(hf_dir / "model.safetensors")
     if family.nextn_layers:
         append_nextn_layers(hf_dir)
+    if family.mtp_like:
+        append_mtp_layers(hf_dir, family.mtp_like)
     if family.architecture is not None:
         config = json.loads((hf_dir / "config.json").read_text())
         (hf_dir / "config.json").write_text(json.dumps({**config, "architectures": [family.architecture]}))
     if family.config_json:
         config = json.loads((hf_dir / "config.json").read_text())
         (hf_dir / "config.json").write_text(json.dumps({**config, **dict(family.config_json)}))
+    if family.config_drop:
+        config = json.loads((hf_dir / "config.json").read_text())
+        kept = {k: v for k, v in config.items() if k not in family.config_drop}
+        (hf_dir / "config.json").write_text(json.dumps(kept))
     if family.model_type is not None:
         config = json.loads((hf_dir / "config.json").read_text())
         (hf_dir / "config.json").write_text(json.dumps({**config, "model_type": family.model_type}))
@@ -531,6 +580,32 @@ def append_nextn_layers(hf_dir: Path, seed: int = 1) -> None:
         for name, t in extra.items():
             tensors[name] = (torch.rand(t.shape, generator=gen) + 0.5 if t.ndim == 1
                              else torch.randn(t.shape, generator=gen) * 0.2).to(t.dtype)
+    save_file(tensors, checkpoint, metadata={"format": "pt"})
+
+
+def append_mtp_layers(hf_dir: Path, like: tuple[int, ...], seed: int = 1) -> None:
+    """Append a multi-token-prediction head as Nemotron-H checkpoints store it: `mtp.layers.{j}.`, each shaped
+    like the model's layer like[j] (random), the first with `eh_proj` [hidden, 2 x hidden], `enorm` and `hnorm`,
+    the last with `final_layernorm`. transformers' causal LM has no MTP weights; the converter folds them into
+    one block past the last layer."""
+    from safetensors.torch import load_file, save_file
+
+    hidden = json.loads((hf_dir / "config.json").read_text())["hidden_size"]
+    checkpoint = hf_dir / "model.safetensors"
+    tensors = load_file(checkpoint)
+    gen = torch.Generator().manual_seed(seed)
+    extra: dict[str, torch.Tensor] = {}
+    for j, layer in enumerate(like):
+        source = f"backbone.layers.{layer}."
+        extra.update({name.replace(source, f"mtp.layers.{j}.", 1): t for name, t in tensors.items()
+                      if name.startswith(source)})
+    extra["mtp.layers.0.eh_proj.weight"] = torch.empty(hidden, 2 * hidden)
+    last = f"mtp.layers.{len(like) - 1}."
+    for norm in ("mtp.layers.0.enorm.weight", "mtp.layers.0.hnorm.weight", last + "final_layernorm.weight"):
+        extra[norm] = torch.empty(hidden)
+    for name, t in extra.items():
+        tensors[name] = (torch.rand(t.shape, generator=gen) + 0.5 if t.ndim == 1
+                         else torch.randn(t.shape, generator=gen) * 0.2).to(t.dtype)
     save_file(tensors, checkpoint, metadata={"format": "pt"})
 
 

@@ -29,7 +29,7 @@ from tfb.quant import PackedTensor, is_supported
 from tfb.quant.packed import weight_types
 from tfb.spec.match import SpecRef, spec_for_file
 from tfb.spec.schema import Spec
-from tfb.spec.slots import FileFacts, global_slots, layer_sections, layer_slots, names_read
+from tfb.spec.slots import FileFacts, global_slots, layer_sections, layer_slots, names_read, shown_selector
 
 Progress = Callable[[int, int], None]
 DTYPES = (torch.float32, torch.float16, torch.bfloat16)
@@ -52,8 +52,8 @@ def build_block(spec: Spec, config: ModelConfig, layer: int, ctx: BuildContext) 
     return Block(
         kind_of(mixer).build(mixer, c, ctx), kind_of(ffn).build(ffn, c, ctx),
         norm=norm() if b.pre_norm else None,
-        ffn_norm=norm() if b.pre_norm and not c.parallel_residual and not ffn.ABSENT else None,
-        post_attn_norm=norm() if b.post_norm else None,
+        ffn_norm=norm() if b.pre_norm and not c.parallel_residual and not ffn.ABSENT and not mixer.ABSENT else None,
+        post_attn_norm=norm() if b.post_norm and not mixer.ABSENT else None,
         post_ffn_norm=norm() if b.post_norm and not ffn.ABSENT else None,
         parallel=c.parallel_residual,
         residual_scale=c.residual_scale,
@@ -235,7 +235,28 @@ def check_layers_present(spec: Spec, config: ModelConfig, present: Collection[st
                    if name.replace("{i}", str(i)) not in present
                    and (alt is None or alt.replace("{i}", str(i)) not in present)]
         if missing:
-            raise WeightError(_missing_message(where, spec, missing))
+            raise WeightError(_missing_message(where, spec, missing) + _layer_kinds(spec, config, i))
+
+
+def _layer_kinds(spec: Spec, config: ModelConfig, layer: int) -> str:
+    """Which kinds the spec's layer rules chose for `layer` and why, where it has a choice: a file whose
+    per-layer values make a layer another kind than its tensors are shows it here."""
+    if len(spec.mixer) == 1 and len(spec.ffn) == 1:
+        return ""
+
+    def why(sections: list[Any], chosen: Any) -> str:
+        parts = []
+        for section in sections:  # the rules that failed before the chosen one, and the chosen one's
+            shown = shown_selector(section.layers, layer, config.value)
+            if section is chosen:
+                parts += [] if section.layers == "all" else [shown]
+                break
+            parts.append(f"not {section.kind}: {shown}")
+        return "; ".join(parts) or "every layer"
+
+    mixer, ffn = layer_sections(spec, config, layer)
+    return (f" (layer {layer} is mixer `{mixer.kind}` ({why(spec.mixer, mixer)}) and ffn `{ffn.kind}` "
+            f"({why(spec.ffn, ffn)}), as the spec's layer rules read the file)")
 
 
 def checked_plan(model: Transformer, spec: Spec, gguf: GGUFFile) -> list[PlannedTensor]:

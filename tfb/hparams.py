@@ -86,6 +86,10 @@ class _Resolver:
             if (value == value.flat[0]).all() and value.ndim == 1:
                 return self.coerce(MetaValue(value.flat[0].item(), vtype[6:-1]), field, key)
             layers = self.get("n_layers")
+            if value.ndim == 1 and layers < len(value) == self.get("block_count"):
+                # one value per block of the file, which holds blocks the model does not run after its
+                # n_layers (next-token prediction): those values are theirs
+                value = value[:layers]
             if value.ndim != 1 or len(value) != layers:
                 raise ConfigError(f"{self.where}: metadata {key} has {value.size} values, expected one per layer: "
                                   f"block_count = {layers} (or a single value for all layers)")

@@ -81,6 +81,8 @@ SPEC_SWITCHES: dict[str, Callable[[Spec], bool]] = {
     "leading_dense_layers": lambda s: _ffn_rule(s, "below"),
     "moe_layer_step": lambda s: _ffn_rule(s, "every"),
     "no_ffn": lambda s: any(f.kind == "none" for f in s.ffn),
+    "split_layers": lambda s: any(m.kind == "none" for m in s.mixer),
+    "latent_experts": lambda s: _routed(s, lambda r: r.latent != "none"),
 }
 # Kinds a spec can leave out although tfb has them: a spec without `experts` runs dense files only.
 SPEC_KINDS: dict[str, Callable[[Spec], bool]] = {

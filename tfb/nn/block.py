@@ -14,14 +14,14 @@ from tfb.nn.norm import Norm
 
 class Block(nn.Module):
     """sequential: x += mixer(n1(x)); x += ffn(n2(x)). parallel: x += mixer(n1(x)) + ffn(n1(x)). Without a
-    feed-forward (ffn None): x += mixer(n1(x)).
+    feed-forward (ffn None): x += mixer(n1(x)). Without a mixer (mixer None): x += ffn(n1(x)).
 
     Pre-norms (n1, n2) and post-norms (on each branch output) are present as configured; each branch
     output is multiplied by `residual_scale` before it is added. Rows that are separate sequences
     (RowStates) go through a mixer one at a time unless it says it `takes_rows`.
     """
 
-    def __init__(self, mixer: nn.Module, ffn: nn.Module | None, *, norm: Norm | None, ffn_norm: Norm | None,
+    def __init__(self, mixer: nn.Module | None, ffn: nn.Module | None, *, norm: Norm | None, ffn_norm: Norm | None,
                  post_attn_norm: Norm | None, post_ffn_norm: Norm | None, parallel: bool,
                  residual_scale: float) -> None:
         super().__init__()
@@ -32,6 +32,8 @@ class Block(nn.Module):
 
     def forward(self, x: torch.Tensor, step: Step, state: Any) -> torch.Tensor:
         h = self.attn_norm(x) if self.attn_norm is not None else x
+        if self.mixer is None:  # a block without a mixer (the `none` kind): its first norm feeds the ffn
+            return x if self.ffn is None else x + self._scaled(self._ffn(h, step))
         if isinstance(state, RowStates) and not getattr(self.mixer, "takes_rows", False):
             a = torch.cat([self.mixer(h[i:i + 1], step.row(i), row) for i, row in enumerate(state.rows)])
         else:
@@ -44,10 +46,12 @@ class Block(nn.Module):
             return x + self._scaled(a + self.ffn(h, step))
         x = x + self._scaled(a)
         h = self.ffn_norm(x) if self.ffn_norm is not None else x
+        return x + self._scaled(self._ffn(h, step))
+
+    def _ffn(self, h: torch.Tensor, step: Step) -> torch.Tensor:
+        assert self.ffn is not None
         f = self.ffn(h, step)
-        if self.post_ffw_norm is not None:
-            f = self.post_ffw_norm(f)
-        return x + self._scaled(f)
+        return f if self.post_ffw_norm is None else self.post_ffw_norm(f)
 
     def _scaled(self, branch: torch.Tensor) -> torch.Tensor:
         return branch if self.residual_scale == 1.0 else branch * self.residual_scale

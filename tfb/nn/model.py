@@ -52,7 +52,7 @@ class Transformer(nn.Module):
     def new_cache(self) -> Cache:
         """An empty cache: each layer's mixer state (keys and values of attention layers)."""
         mixers: list[Any] = [block.mixer for block in self.blocks]
-        return Cache([mixer.new_state(self.cache_dtype) for mixer in mixers])
+        return Cache([None if mixer is None else mixer.new_state(self.cache_dtype) for mixer in mixers])
 
     def forward(self, input_ids: torch.Tensor, cache: Cache | RowCaches | None = None,
                 last_only: bool = False) -> torch.Tensor:

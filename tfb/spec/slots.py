@@ -59,10 +59,12 @@ def layer_slots(spec: Spec, facts: FileFacts, mixer: KindSection, ffn: KindSecti
         _norm(out, spec, "attn_norm")
     out.update(mixer.slots(spec, facts))
     if block.post_norm:
-        _norm(out, spec, "post_attention_norm")
+        if not mixer.ABSENT:
+            _norm(out, spec, "post_attention_norm")
         if not ffn.ABSENT:
             _norm(out, spec, "post_ffw_norm")
-    if block.pre_norm and not facts.parallel_residual and not ffn.ABSENT:
+    # without a mixer the first norm feeds the feed-forward (tfb.spec.kinds.none)
+    if block.pre_norm and not facts.parallel_residual and not ffn.ABSENT and not mixer.ABSENT:
         _norm(out, spec, "ffn_norm")
     out.update(ffn.slots(spec, facts))
     return out
@@ -76,7 +78,8 @@ class NoSection(LookupError):
         self.role, self.layer, self.selectors = role, layer, selectors  # what each section's `layers` gave
 
 
-def _shown(selector: Any, layer: int, value: Callable[[str, int], Any]) -> str:
+def shown_selector(selector: Any, layer: int, value: Callable[[str, int], Any]) -> str:
+    """A section's `layers` as it read layer `layer`: `nonzero: intermediate_size = 96`, or the pattern."""
     if isinstance(selector, LayerRule):
         return ", ".join(f"{condition}: {name} = {value(name, layer)}" for condition, name in selector.conditions())
     return str(selector).replace("True", "true").replace("False", "false")
@@ -87,7 +90,7 @@ def section_for(sections: list[Any], layer: int, value: Callable[[str, int], Any
     for section in sections:
         if selects(section.layers, layer, value):
             return section
-    raise NoSection(role, layer, [_shown(s.layers, layer, value) for s in sections])
+    raise NoSection(role, layer, [shown_selector(s.layers, layer, value) for s in sections])
 
 
 def layer_sections(spec: Spec, config: Any, layer: int) -> tuple[KindSection, KindSection]:

@@ -31,6 +31,7 @@ TARGETS = {
     "ffn_up_shexp": ("shared.up", "set_weight"), "ffn_up_shexp_bias": ("shared.up", "set_bias"),
     "ffn_down_shexp": ("shared.down", "set_weight"), "ffn_down_shexp_bias": ("shared.down", "set_bias"),
     "ffn_gate_inp_shexp": ("", "set_shared_gate"),
+    "ffn_latent_down": ("latent_down", "set_weight"), "ffn_latent_up": ("latent_up", "set_weight"),
 }
 
 
@@ -45,7 +46,8 @@ def build(section: Routed, c: ModelConfig, ctx: BuildContext) -> Experts:
                    activation=act, normalize=c.expert_weights_norm, scale=c.expert_weights_scale,
                    groups=(c.expert_group_count, c.expert_group_used_count),
                    weights_on_input=section.weights == "input",
-                   shared=shared, shared_gated=section.shared is not None and section.shared.gate == "sigmoid")
+                   shared=shared, shared_gated=section.shared is not None and section.shared.gate == "sigmoid",
+                   latent=c.expert_latent_size if section.latent != "none" else 0)
 
 
 class ExpertLinear(nn.Module):
@@ -109,7 +111,7 @@ class Experts(nn.Module):
     def __init__(self, hidden: int, inner: int, *, n_experts: int, top_k: int, gating: str, gated: bool,
                  fused_gate_up: bool, activation: Activation, normalize: bool, scale: float,
                  groups: tuple[int, int] = (0, 0), weights_on_input: bool = False, shared: MLP | None = None,
-                 shared_gated: bool = False) -> None:
+                 shared_gated: bool = False, latent: int = 0) -> None:
         super().__init__()
         self.n_experts, self.top_k, self.gating = n_experts, top_k, gating
         self.gated, self.fused, self.activation = gated, fused_gate_up, activation
@@ -121,10 +123,14 @@ class Experts(nn.Module):
         self.shared_gated = shared_gated
         self.router = Linear(hidden, n_experts)
         self.selection_bias: torch.Tensor | None = None
-        self.up = ExpertLinear(n_experts, hidden, 2 * inner if fused_gate_up else inner)
+        # latent experts: projected into a smaller width and back (read when the file has the projections)
+        self.latent_down = Linear(hidden, latent) if latent else None
+        self.latent_up = Linear(latent, hidden) if latent else None
+        width = latent or hidden  # what the experts read and write
+        self.up = ExpertLinear(n_experts, width, 2 * inner if fused_gate_up else inner)
         if gated and not fused_gate_up:
-            self.gate = ExpertLinear(n_experts, hidden, inner)
-        self.down = ExpertLinear(n_experts, inner, hidden)
+            self.gate = ExpertLinear(n_experts, width, inner)
+        self.down = ExpertLinear(n_experts, inner, width)
 
     def tensor_shape(self, method: str) -> tuple[int, ...]:
         return (self.router.in_features,) if method == "set_shared_gate" else (self.n_experts,)
@@ -210,7 +216,11 @@ class Experts(nn.Module):
         flat = x.reshape(-1, x.shape[-1])
         chosen, weights = self.route(flat)
         by = self.by_pairs if flat.shape[0] <= PAIR_TOKENS else self.by_expert
-        out = by(flat, chosen, weights)
+        down, up = self.latent_down, self.latent_up
+        if down is not None and up is not None and _loaded(down) and _loaded(up):
+            out = up(by(down(flat), chosen, weights))
+        else:
+            out = by(flat, chosen, weights)
         if self.shared is not None:
             shared = self.shared(flat)
             if self.shared_gated:
@@ -218,3 +228,7 @@ class Experts(nn.Module):
                 shared = shared * torch.sigmoid(flat.float() @ self.shared_gate.float())[:, None].to(flat.dtype)
             out = out + shared
         return out.view_as(x)
+
+
+def _loaded(linear: Linear) -> bool:
+    return linear.weight is not None or linear.packed is not None

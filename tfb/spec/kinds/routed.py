@@ -12,6 +12,9 @@ Math, per token x (llama.cpp's build_moe_ffn):
   w = softmax(w) (softmax_selected); w = w / sum(w) (expert_weights_norm); w = w * expert_weights_scale
   y = sum_e w_e * expert_e(x)      or, weights on the input (top-1 routers): y = sum_e expert_e(w_e * x)
   y += shared(x) * [sigmoid(W_gate_shexp x) when the shared expert is gated]
+Latent experts (latent: the file's ffn_latent_down / ffn_latent_up): the experts run in a smaller width L =
+expert_latent_size; the router and the shared experts still read x:
+  y = W_latent_up · sum_e w_e * expert_e(W_latent_down x)
 """
 
 from __future__ import annotations
@@ -45,7 +48,7 @@ class Routed(MLPShape):
     role: ClassVar[str] = "ffn"
     SLOTS: ClassVar[tuple[str, ...]] = (
         "ffn_gate_inp", "ffn_gate_inp_bias", "exp_probs_b", *EXPERT_SLOTS, *(f"{s}_bias" for s in EXPERT_SLOTS),
-        *SHARED_SLOTS, *(f"{s}_bias" for s in SHARED_SLOTS), "ffn_gate_inp_shexp")
+        *SHARED_SLOTS, *(f"{s}_bias" for s in SHARED_SLOTS), "ffn_gate_inp_shexp", "ffn_latent_down", "ffn_latent_up")
     FIELDS: ClassVar[tuple[ConfigField, ...]] = (
         ConfigField("expert_group_count", "int", "groups of experts for grouped top-k (0 or 1: no groups)", 0,
                     "nonnegative"),
@@ -59,6 +62,8 @@ class Routed(MLPShape):
                     "nonnegative"),
         ConfigField("expert_shared_count", "int", "number of shared experts (a spec may derive their width from it)",
                     0, "nonnegative"),
+        ConfigField("expert_latent_size", "int", "width the routed experts run in, between the latent down and up "
+                    "projections (`latent:`; 0: the hidden size)", 0, "nonnegative"),
         ConfigField("expert_gating_func", "int", "the scores of `gating: expert_gating_func` in llama.cpp's numbering: "
                     "1 softmax, 2 sigmoid, 3 softmax_selected", 0, "nonnegative"),
     )
@@ -75,6 +80,9 @@ class Routed(MLPShape):
         "output", description="output: each chosen expert's output is multiplied by its weight; input: its "
         "input is (top-1 routers that scale the token before the expert)")
     shared: SharedExperts | None = Field(None, description="always-on shared experts beside the routed ones")
+    latent: Presence = Field(
+        "none", description="projections into the experts' smaller width and back (ffn_latent_down, ffn_latent_up; "
+        "width expert_latent_size) around the routed experts; optional: when the file has them")
 
     def slots(self, spec: Spec, facts: FileFacts) -> dict[str, Need]:
         out: dict[str, Need] = {"ffn_gate_inp": "required"}
@@ -88,6 +96,8 @@ class Routed(MLPShape):
         for slot in projections:
             out[slot] = "required"
             add_slot(out, f"{slot}_bias", self.bias)
+        add_slot(out, "ffn_latent_down", self.latent)
+        add_slot(out, "ffn_latent_up", self.latent)
         if self.shared is not None:
             for slot in SHARED_SLOTS if self.gated else ("ffn_up_shexp", "ffn_down_shexp"):
                 out[slot] = "required"
