@@ -13,11 +13,14 @@ from tfb.nn.rotary import Rotary
 
 class Step:
     """The positions of one forward call ([batch, seq]), its first position, and rope angles computed
-    once per rotary for every layer that shares it."""
+    once per rotary for every layer that shares it. `layer_inputs`: the per-layer input embeddings of
+    the call's tokens ([batch, seq, layers, width]; tfb.nn.per_layer), if the model has them; `kv`: the keys
+    and values (every position) of the layers whose K/V later layers read, by layer index."""
 
-    def __init__(self, positions: torch.Tensor, start: int) -> None:
-        self.positions, self.start = positions, start
+    def __init__(self, positions: torch.Tensor, start: int, layer_inputs: torch.Tensor | None = None) -> None:
+        self.positions, self.start, self.layer_inputs = positions, start, layer_inputs
         self._angles: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+        self.kv: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
 
     def angles(self, rotary: Rotary) -> tuple[torch.Tensor, torch.Tensor]:
         if id(rotary) not in self._angles:
