@@ -20,6 +20,7 @@ from compare import assert_decoding_equals_full, compare
 
 import tfb
 from tfb.errors import ConfigError, TfbError
+from tfb.nn.ffn.dense_and_routed import DenseAndExperts
 from tfb.nn.mixers.attention import Attention
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -64,6 +65,29 @@ def test_the_file_builds_what_the_spec_says(tiny_model) -> None:
     assert model.per_layer_inputs is not None and all(b.per_layer is not None for b in model.blocks)
     assert all(b.layer_output_scale.weight is not None for b in model.blocks)
     assert model.config.final_softcap == 5.0
+
+
+# ------------------------------------------------------------------------------------- the variant with experts
+
+
+def test_experts_variant_matches_transformers_on_every_position(tiny_model) -> None:
+    reference, path = tiny_model("gemma4moe", "f32")
+    compare(tfb.load(path), reference, SHAPES)
+
+
+def test_experts_variant_decodes_as_the_full_pass(tiny_model) -> None:
+    assert_decoding_equals_full(tfb.load(tiny_model("gemma4moe", "f32")[1]), length=15)
+
+
+def test_experts_variant_builds_both_branches(tiny_model) -> None:
+    model = tfb.load(tiny_model("gemma4moe", "f32")[1])
+    for block in model.blocks:
+        ffn = block.ffn
+        assert isinstance(ffn, DenseAndExperts)
+        assert block.ffn_norm is None and ffn.dense_norm.weight is not None  # the branch norms itself
+        assert ffn.router_scale is not None and ffn.expert_scale is not None
+        assert ffn.experts.fused and ffn.experts.top_k == 2 and ffn.experts.normalize
+    assert model.per_layer_inputs is None  # this file has no per-layer embeddings (size 0)
 
 
 def _close(rel: float):

@@ -310,6 +310,16 @@ FAMILIES: dict[str, Family] = {
                          "full_attention": dict(rope_type="proportional", partial_rotary_factor=0.25,
                                                 rope_theta=1000000.0)}),
         tokenizer="spm_json", random_buffers=("layer_scalar",), chat_template="google-gemma-4-31B-it.jinja"),
+    # Gemma 4 with experts: each layer's dense MLP beside 4 routed experts (2 per token); no per-layer embeddings
+    "gemma4moe": Family("Gemma4ForCausalLM", "Gemma4TextConfig", dict(
+        BASE, num_hidden_layers=3, head_dim=16, global_head_dim=32, sliding_window=4,
+        layer_types=["sliding_attention", "sliding_attention", "full_attention"], hidden_size_per_layer_input=0,
+        enable_moe_block=True, num_experts=4, top_k_experts=2, moe_intermediate_size=32, final_logit_softcapping=5.0,
+        pad_token_id=0, bos_token_id=1, eos_token_id=2,
+        rope_parameters={"sliding_attention": dict(rope_type="default", rope_theta=10000.0),
+                         "full_attention": dict(rope_type="proportional", partial_rotary_factor=0.25,
+                                                rope_theta=1000000.0)}),
+        tokenizer="spm_json", random_buffers=("layer_scalar",)),
 }
 
 

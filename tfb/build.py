@@ -59,7 +59,7 @@ def build_block(spec: Spec, config: ModelConfig, layer: int, ctx: BuildContext) 
     return Block(
         kind_of(mixer).build(mixer, c, ctx), kind_of(ffn).build(ffn, c, ctx),
         norm=norm() if b.pre_norm else None,
-        ffn_norm=norm() if b.pre_norm and not c.parallel_residual and not ffn.ABSENT else None,
+        ffn_norm=norm() if b.pre_norm and not c.parallel_residual and not ffn.ABSENT and not ffn.OWN_PRE_NORM else None,
         post_attn_norm=norm() if b.post_norm else None,
         post_ffn_norm=norm() if b.post_norm and not ffn.ABSENT else None,
         parallel=c.parallel_residual,

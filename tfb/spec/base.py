@@ -105,6 +105,7 @@ class KindSection(Strict):
     SLOTS: ClassVar[tuple[str, ...]] = ()  # every per-layer tensor slot the kind may read
     FIELDS: ClassVar[tuple[ConfigField, ...]] = ()  # config fields the kind adds to the spec language
     ABSENT: ClassVar[bool] = False  # the kind is "nothing here": the block leaves out this branch and its norms
+    OWN_PRE_NORM: ClassVar[bool] = False  # the kind takes the un-normed residual and applies the ffn_norm itself
 
     kind: str
     layers: LayerSelector = Field("all", description="layers using this section; the first section of the "
