@@ -16,7 +16,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from compare import assert_decoding_equals_full, compare
+from compare import assert_decoding_equals_full, assert_logits_match, compare, ids_for
+from llama_reference import llama_cpp_logits
 
 import tfb
 from tfb.errors import ConfigError, TfbError
@@ -65,6 +66,18 @@ def test_the_file_builds_what_the_spec_says(tiny_model) -> None:
     assert model.per_layer_inputs is not None and all(b.per_layer is not None for b in model.blocks)
     assert all(b.layer_output_scale.weight is not None for b in model.blocks)
     assert model.config.final_softcap == 5.0
+
+
+@pytest.mark.parametrize("family", ["gemma4", "gemma4moe"])
+def test_logits_match_llama_cpp(tiny_model, family: str) -> None:
+    """llama.cpp itself on the same files: the shared layers' sources it hard-codes, the rope factors on the full
+    layers only, the experts. Its GELU reads a float16 table (tests/test_llama_cpp_reference.py: GELU_REL)."""
+    path = tiny_model(family, "f32")[1]
+    model = tfb.load(path)
+    ids = ids_for(model.config.vocab_size, 2, 21)
+    with torch.no_grad():
+        ours = model(ids)
+    assert_logits_match(ours, llama_cpp_logits(path, ids), 5e-3)
 
 
 # ------------------------------------------------------------------------------------- the variant with experts
@@ -196,3 +209,13 @@ def test_chat_uses_the_files_template(spm_copy: Path) -> None:
     assert rendered.startswith("<s><|turn>user\nhello<turn|>\n<|turn>model\n")
     prompt = int(result.stderr.split("prompt: ")[1].split(" ")[0])
     assert prompt == len(tok.encode(rendered, add_special=False, parse_special=True))
+
+
+def test_a_shared_layer_whose_source_differs_is_refused(tiny_model, tmp_path: Path) -> None:
+    """llama.cpp's rule names layer 1 for the shared sliding layer 3; a file where layer 1 is a full layer gives
+    keys of another width and window, which layer 3 cannot read."""
+    path = tiny_model("gemma4", "f32")[1]
+    bad = _rewrite(path, tmp_path / "bad.gguf",
+                   metadata={"gemma4.attention.sliding_window_pattern": [True, False, False, True, False]})
+    with pytest.raises(ConfigError, match=r"layer 3 reads the keys and values of layer 1 \(kv_from\), whose KV heads"):
+        tfb.load(bad)
