@@ -39,7 +39,9 @@ class Family:
     model_class: str
     config_class: str
     config: dict[str, Any]
-    tokenizer: str = "spm"  # "spm" (tokenizer.model) or "gpt2" (byte-level BPE tokenizer.json)
+    tokenizer: str = "spm"  # "spm" (tokenizer.model), "gpt2" (byte-level BPE tokenizer.json) or "spm_json"
+    # (the spm model as a byte-fallback BPE tokenizer.json, which converters reading tokenizer.json with
+    # gguf.LlamaHfVocab want)
     keep_f32: tuple[str, ...] = ()
     special_tokens: tuple[str, ...] = ()  # added to the gpt2 tokenizer (converters that look them up)
     architecture: str | None = None  # config.json's name, where real checkpoints use another than the class
@@ -52,6 +54,8 @@ class Family:
     converter_args: tuple[str, ...] = ()  # extra arguments to convert_hf_to_gguf.py (e.g. --no-mtp)
     adjust: tuple[tuple[str, float, float], ...] = ()  # (name part, factor, shift) applied after randomising
     model_type: str | None = None  # config.json's model_type for the converter's tokenizer lookup (see qwen35moe)
+    random_buffers: tuple[str, ...] = ()  # buffers (name parts) randomised like norm weights (gemma4's layer_scalar)
+    chat_template: str | None = None  # a file of data/chat_templates, put in tokenizer_config.json for the converter
 
     @property
     def vocab_size(self) -> int:
@@ -365,6 +369,28 @@ FAMILIES: dict[str, Family] = {
         num_nextn_predict_layers=1),
         tokenizer="gpt2", special_tokens=NEMOTRON_H_TOKENS, keep_f32=("conv1d.weight", "gate.weight"),
         mtp_like=(2, 1)),
+    # Gemma 4: sliding (S) and full (F) layers S S F S F, the last two reading layers 1 and 2's keys and values;
+    # full layers with wider heads, one KV head, their keys as values and a quarter of each head rotated
+    "gemma4": Family("Gemma4ForCausalLM", "Gemma4TextConfig", dict(
+        BASE, num_hidden_layers=5, head_dim=16, global_head_dim=32, num_global_key_value_heads=1, sliding_window=4,
+        layer_types=["sliding_attention", "sliding_attention", "full_attention", "sliding_attention",
+                     "full_attention"],
+        hidden_size_per_layer_input=32, vocab_size_per_layer_input=320, attention_k_eq_v=True, num_kv_shared_layers=2,
+        final_logit_softcapping=5.0, pad_token_id=0, bos_token_id=1, eos_token_id=2,
+        rope_parameters={"sliding_attention": dict(rope_type="default", rope_theta=10000.0),
+                         "full_attention": dict(rope_type="proportional", partial_rotary_factor=0.25,
+                                                rope_theta=1000000.0)}),
+        tokenizer="spm_json", random_buffers=("layer_scalar",), chat_template="google-gemma-4-31B-it.jinja"),
+    # Gemma 4 with experts: each layer's dense MLP beside 4 routed experts (2 per token); no per-layer embeddings
+    "gemma4moe": Family("Gemma4ForCausalLM", "Gemma4TextConfig", dict(
+        BASE, num_hidden_layers=3, head_dim=16, global_head_dim=32, sliding_window=4,
+        layer_types=["sliding_attention", "sliding_attention", "full_attention"], hidden_size_per_layer_input=0,
+        enable_moe_block=True, num_experts=4, top_k_experts=2, moe_intermediate_size=32, final_logit_softcapping=5.0,
+        pad_token_id=0, bos_token_id=1, eos_token_id=2,
+        rope_parameters={"sliding_attention": dict(rope_type="default", rope_theta=10000.0),
+                         "full_attention": dict(rope_type="proportional", partial_rotary_factor=0.25,
+                                                rope_theta=1000000.0)}),
+        tokenizer="spm_json", random_buffers=("layer_scalar",)),
 }
 
 
@@ -476,6 +502,30 @@ def write_gpt2_tokenizer(directory: Path, special_tokens: tuple[str, ...] = ()) 
     return tok.get_vocab_size()
 
 
+def write_spm_json_tokenizer(directory: Path) -> None:
+    """spm_model() as tokenizer.json: its pieces and merges in a BPE with byte fallback, the pieces' word
+    boundary marker (U+2581) for spaces and a decoder that undoes both, as Llama-style tokenizer.json files
+    are (what gguf.LlamaHfVocab reads)."""
+    import tempfile
+
+    from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers
+    from transformers.convert_slow_tokenizer import SentencePieceExtractor
+
+    with tempfile.NamedTemporaryFile(suffix=".model") as f:
+        f.write(spm_model())
+        f.flush()
+        parts = SentencePieceExtractor(f.name).extract(models.BPE)
+    tok = Tokenizer(models.BPE(dict(parts["vocab"]), parts["merges"], unk_token="<unk>", fuse_unk=True,
+                               byte_fallback=True))
+    tok.pre_tokenizer = pre_tokenizers.Metaspace(replacement="\u2581", prepend_scheme="first", split=False)
+    tok.decoder = decoders.Sequence([decoders.Replace("\u2581", " "), decoders.ByteFallback(), decoders.Fuse(),
+                                     decoders.Strip(" ", 1, 0)])
+    tok.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in ("<unk>", "<s>", "</s>")])
+    tok.save(str(directory / "tokenizer.json"))
+    (directory / "tokenizer_config.json").write_text(json.dumps(
+        {"tokenizer_class": "PreTrainedTokenizerFast", "bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>"}))
+
+
 # ------------------------------------------------------------------------------------------ conversion
 
 
@@ -492,6 +542,10 @@ def build_hf(name: str, seed: int = 0) -> tuple[torch.nn.Module, Family]:
             for part, factor, shift in family.adjust:
                 if part in name:
                     p.mul_(factor).add_(shift)
+        gen = torch.Generator().manual_seed(seed)
+        for name, b in model.named_buffers():
+            if any(part in name for part in family.random_buffers):
+                b.copy_(torch.rand(b.shape, generator=gen) + 0.5)
     return model, family
 
 
@@ -520,8 +574,14 @@ def convert(model: torch.nn.Module, family: Family, outtype: str, workdir: Path)
         (hf_dir / "config.json").write_text(json.dumps({**config, "model_type": family.model_type}))
     if family.tokenizer == "gpt2":
         write_gpt2_tokenizer(hf_dir, family.special_tokens)
+    elif family.tokenizer == "spm_json":
+        write_spm_json_tokenizer(hf_dir)
     else:
         (hf_dir / "tokenizer.model").write_bytes(spm_model())
+    if family.chat_template is not None:
+        config = json.loads((hf_dir / "tokenizer_config.json").read_text())
+        template = (DATA / "chat_templates" / family.chat_template).read_text(encoding="utf-8")
+        (hf_dir / "tokenizer_config.json").write_text(json.dumps({**config, "chat_template": template}))
     base = "f32" if outtype not in CONVERTER_TYPES else outtype
     out = workdir / f"model-{base}.gguf"
     converter = llama_cpp_dir()

@@ -23,8 +23,11 @@ from tfb.nn.block import Block
 from tfb.nn.ffn.routed import ExpertLinear
 from tfb.nn.kinds import BuildContext, kind_of
 from tfb.nn.linear import Embedding, Linear, Weight
+from tfb.nn.mixers.attention import link_shared_kv
+from tfb.nn.mlp import Activation
 from tfb.nn.model import Transformer
 from tfb.nn.norm import Norm
+from tfb.nn.per_layer import OutputScale, PerLayerInput, PerLayerInputs
 from tfb.quant import PackedTensor, is_supported
 from tfb.quant.packed import weight_types
 from tfb.spec.match import SpecRef, spec_for_file
@@ -49,23 +52,37 @@ def build_block(spec: Spec, config: ModelConfig, layer: int, ctx: BuildContext) 
     def norm() -> Norm:
         return ctx.norm(c.hidden_size, c.norm_eps)
 
+    per_layer = None
+    if spec.embedding.per_layer is not None and c.per_layer_embedding_size:
+        per_layer = PerLayerInput(layer, c.hidden_size, c.per_layer_embedding_size,
+                                  Activation(spec.embedding.per_layer.activation), norm())
     return Block(
         kind_of(mixer).build(mixer, c, ctx), kind_of(ffn).build(ffn, c, ctx),
         norm=norm() if b.pre_norm else None,
-        ffn_norm=norm() if b.pre_norm and not c.parallel_residual and not ffn.ABSENT and not mixer.ABSENT else None,
+        ffn_norm=norm() if b.pre_norm and not c.parallel_residual and not ffn.ABSENT and not mixer.ABSENT
+        and not ffn.OWN_PRE_NORM else None,
         post_attn_norm=norm() if b.post_norm and not mixer.ABSENT else None,
         post_ffn_norm=norm() if b.post_norm and not ffn.ABSENT else None,
         parallel=c.parallel_residual,
         residual_scale=c.residual_scale,
+        per_layer=per_layer,
+        output_scale=OutputScale() if b.output_scale != "none" else None,
     )
 
 
 def build_modules(spec: Spec, config: ModelConfig, dtype: torch.dtype = torch.float32) -> Transformer:
     ctx = BuildContext(spec.norm.kind, spec.norm.weight_offset, 0)
     blocks = [build_block(spec, config, i, ctx) for i in range(config.n_layers)]
+    link_shared_kv([block.mixer for block in blocks])
     final_norm = ctx.norm(config.hidden_size, config.norm_eps) if spec.output.norm else None
+    per_layer = None
+    if spec.embedding.per_layer is not None and config.per_layer_embedding_size:
+        width = config.per_layer_embedding_size
+        per_layer = PerLayerInputs(config.vocab_size, config.hidden_size, config.n_layers, width,
+                                   ctx.norm(width, config.norm_eps))
     return Transformer(config, blocks, list(ctx.rotaries.values()), final_norm=final_norm,
-                       learned_positions=spec.embedding.positions == "learned", dtype=dtype, spec_name=spec.name)
+                       learned_positions=spec.embedding.positions == "learned", dtype=dtype, spec_name=spec.name,
+                       per_layer_inputs=per_layer)
 
 
 # ----------------------------------------------------------------------------------------------- weights
@@ -79,6 +96,9 @@ GLOBAL_TARGETS: dict[str, tuple[str, str]] = {
     "output_norm_bias": ("output_norm", "set_bias"),
     "output": ("output", "set_weight"),
     "output_bias": ("output", "set_bias"),
+    "per_layer_token_embd": ("per_layer_inputs.token_embd", "set_weight"),
+    "per_layer_model_proj": ("per_layer_inputs.model_proj", "set_weight"),
+    "per_layer_proj_norm": ("per_layer_inputs.proj_norm", "set_weight"),
 }
 BLOCK_TARGETS: dict[str, tuple[str, str]] = {
     "attn_norm": ("attn_norm", "set_weight"), "attn_norm_bias": ("attn_norm", "set_bias"),
@@ -86,6 +106,9 @@ BLOCK_TARGETS: dict[str, tuple[str, str]] = {
     "post_attention_norm_bias": ("post_attention_norm", "set_bias"),
     "ffn_norm": ("ffn_norm", "set_weight"), "ffn_norm_bias": ("ffn_norm", "set_bias"),
     "post_ffw_norm": ("post_ffw_norm", "set_weight"), "post_ffw_norm_bias": ("post_ffw_norm", "set_bias"),
+    "layer_output_scale": ("layer_output_scale", "set_weight"),
+    "per_layer_inp_gate": ("per_layer.inp_gate", "set_weight"), "per_layer_proj": ("per_layer.proj", "set_weight"),
+    "per_layer_post_norm": ("per_layer.post_norm", "set_weight"),
 }
 # modules whose weights stay in their storage type (quantized blocks); everything else is expanded to float
 MATRIX_MODULES = (Linear, ExpertLinear, Embedding)

@@ -73,6 +73,8 @@ class ModelConfig:
     rope_base_swa: float = hparam("rope base of the sliding-window layers", 10000.0, "positive")
     rope_scale_factor_swa: float = hparam("rope scale factor of the sliding-window layers (0 or 1: none)", 1.0,
                                           "nonnegative")
+    per_layer_embedding_size: int = hparam("width of each layer's slice of the per-layer token embedding (0: none; "
+                                           "see embedding.per_layer)", 0, "nonnegative")
 
     # facts from the file's tensors and from the caller
     fused_qkv: bool = False

@@ -83,6 +83,11 @@ SPEC_SWITCHES: dict[str, Callable[[Spec], bool]] = {
     "no_ffn": lambda s: any(f.kind == "none" for f in s.ffn),
     "split_layers": lambda s: any(m.kind == "none" for m in s.mixer),
     "latent_experts": lambda s: _routed(s, lambda r: r.latent != "none"),
+    "kv_sharing": lambda s: _attention(s, lambda a: a.kv_from is not None),
+    "k_equals_v": lambda s: _attention(s, lambda a: a.v_proj == "optional"),
+    "v_norm": lambda s: _attention(s, lambda a: a.v_norm != "none"),
+    "per_layer_embeddings": lambda s: s.embedding.per_layer is not None,
+    "layer_output_scale": lambda s: s.block.output_scale != "none",
 }
 # Kinds a spec can leave out although tfb has them: a spec without `experts` runs dense files only.
 SPEC_KINDS: dict[str, Callable[[Spec], bool]] = {

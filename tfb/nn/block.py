@@ -10,6 +10,7 @@ from torch import nn
 
 from tfb.nn.cache import RowStates, Step
 from tfb.nn.norm import Norm
+from tfb.nn.per_layer import OutputScale, PerLayerInput
 
 
 class Block(nn.Module):
@@ -17,20 +18,29 @@ class Block(nn.Module):
     feed-forward (ffn None): x += mixer(n1(x)). Without a mixer (mixer None): x += ffn(n1(x)).
 
     Pre-norms (n1, n2) and post-norms (on each branch output) are present as configured; each branch
-    output is multiplied by `residual_scale` before it is added. Rows that are separate sequences
+    output is multiplied by `residual_scale` before it is added. Then, where configured, the layer's
+    per-layer input is added and the output scaled (tfb.nn.per_layer). Rows that are separate sequences
     (RowStates) go through a mixer one at a time unless it says it `takes_rows`.
     """
 
     def __init__(self, mixer: nn.Module | None, ffn: nn.Module | None, *, norm: Norm | None, ffn_norm: Norm | None,
                  post_attn_norm: Norm | None, post_ffn_norm: Norm | None, parallel: bool,
-                 residual_scale: float) -> None:
+                 residual_scale: float, per_layer: PerLayerInput | None = None,
+                 output_scale: OutputScale | None = None) -> None:
         super().__init__()
         self.mixer, self.ffn = mixer, ffn
         self.attn_norm, self.ffn_norm = norm, ffn_norm
         self.post_attention_norm, self.post_ffw_norm = post_attn_norm, post_ffn_norm
         self.parallel, self.residual_scale = parallel, residual_scale
+        self.per_layer, self.layer_output_scale = per_layer, output_scale
 
     def forward(self, x: torch.Tensor, step: Step, state: Any) -> torch.Tensor:
+        x = self._branches(x, step, state)
+        if self.per_layer is not None:
+            x = self.per_layer(x, step.layer_inputs)
+        return x if self.layer_output_scale is None else self.layer_output_scale(x)
+
+    def _branches(self, x: torch.Tensor, step: Step, state: Any) -> torch.Tensor:
         h = self.attn_norm(x) if self.attn_norm is not None else x
         if self.mixer is None:  # a block without a mixer (the `none` kind): its first norm feeds the ffn
             return x if self.ffn is None else x + self._scaled(self._ffn(h, step))

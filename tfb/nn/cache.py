@@ -14,15 +14,26 @@ from tfb.nn.rotary import Rotary
 class Step:
     """The positions of one forward call ([batch, seq]), its first position, and rope angles computed
     once per rotary for every layer that shares it. In a step over rows that are separate sequences
-    (RowCaches), `starts` holds each row's first position and `start` is not used."""
+    (RowCaches), `starts` holds each row's first position and `start` is not used. `layer_inputs`: the
+    per-layer input embeddings of the call's tokens ([batch, seq, layers, width]; tfb.nn.per_layer), if the
+    model has them; `kv`: the keys and values (every position) of the layers whose K/V later layers read, by
+    layer index."""
 
-    def __init__(self, positions: torch.Tensor, start: int, starts: list[int] | None = None) -> None:
-        self.positions, self.start, self.starts = positions, start, starts
+    def __init__(self, positions: torch.Tensor, start: int, starts: list[int] | None = None,
+                 layer_inputs: torch.Tensor | None = None) -> None:
+        self.positions, self.start, self.starts, self.layer_inputs = positions, start, starts, layer_inputs
+        self._rows: dict[int, Step] = {}
         self._angles: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+        self.kv: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
 
     def row(self, i: int) -> Step:
-        """The step of row i alone (its own first position)."""
-        return Step(self.positions[i:i + 1], self.starts[i] if self.starts is not None else self.start)
+        """The step of row i alone (its own first position); the same object for every layer of the call,
+        so that what one layer leaves in it (`kv`) reaches the later layers of that row."""
+        if i not in self._rows:
+            inputs = self.layer_inputs[i:i + 1] if self.layer_inputs is not None else None
+            start = self.starts[i] if self.starts is not None else self.start
+            self._rows[i] = Step(self.positions[i:i + 1], start, layer_inputs=inputs)
+        return self._rows[i]
 
     def angles(self, rotary: Rotary) -> tuple[torch.Tensor, torch.Tensor]:
         if id(rotary) not in self._angles:

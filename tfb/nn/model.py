@@ -14,6 +14,7 @@ from tfb.nn.cache import Cache, RowCaches, Step
 from tfb.nn.ffn.routed import ExpertLinear
 from tfb.nn.linear import Embedding, Linear
 from tfb.nn.norm import Norm
+from tfb.nn.per_layer import PerLayerInputs
 from tfb.nn.rotary import Rotary
 
 
@@ -22,7 +23,8 @@ class Transformer(nn.Module):
     incrementally."""
 
     def __init__(self, config: ModelConfig, blocks: list[Block], rotaries: list[Rotary], *,
-                 final_norm: Norm | None, learned_positions: bool, dtype: torch.dtype, spec_name: str) -> None:
+                 final_norm: Norm | None, learned_positions: bool, dtype: torch.dtype, spec_name: str,
+                 per_layer_inputs: PerLayerInputs | None = None) -> None:
         super().__init__()
         self.config, self.dtype, self.spec_name = config, dtype, spec_name
         self.cache_dtype: torch.dtype | None = None  # the KV cache's element type; None: the activations'
@@ -32,14 +34,19 @@ class Transformer(nn.Module):
         self.output_norm = final_norm
         self.output = Linear(config.hidden_size, config.vocab_size)
         self.rotaries = rotaries  # every distinct rope of the layers (shared between layers)
+        self.per_layer_inputs = per_layer_inputs
 
     def tensor_shape(self, method: str) -> tuple[int, ...]:
-        return self.rotaries[0].tensor_shape(method)
+        return self._factored()[0].tensor_shape(method)
 
     def set_freq_factors(self, name: str, factors: torch.Tensor) -> None:
-        """Frequency factors apply to every layer's rope, as in llama.cpp."""
-        for rotary in self.rotaries:
+        """Frequency factors apply to every layer's rope, as in llama.cpp (except the ropes a spec keeps
+        them from: attention rope.factors)."""
+        for rotary in self._factored():
             rotary.set_freq_factors(name, factors)
+
+    def _factored(self) -> list[Rotary]:
+        return [r for r in self.rotaries if r.params.factors] or self.rotaries
 
     def use_int8_activations(self, enabled: bool = True) -> None:
         """Round each activation row to 8 bits in the matrix-vector products (decoding steps) of packed
@@ -72,6 +79,8 @@ class Transformer(nn.Module):
             if last >= c.context_length:
                 raise InputError(f"position {last} is past the {c.context_length} learned positions")
             x = x + self.position_embd(positions, self.dtype)
+        if self.per_layer_inputs is not None:
+            step.layer_inputs = self.per_layer_inputs(ids, x)
         for i, block in enumerate(self.blocks):
             x = block(x, step, cache.layers[i] if cache is not None else None)
         if cache is not None:

@@ -30,6 +30,7 @@ class RopeParams:
     beta_fast: float
     beta_slow: float
     original_context: int
+    factors: bool = True  # the file's frequency-factor tensor applies to this rope
 
     @classmethod
     def from_config(cls, c: ModelConfig, pairing: str, sliding: bool = False) -> RopeParams:

@@ -34,11 +34,12 @@ class LayerRule(Strict):
     every: str | None = Field(None, description="layers with (i + 1) % FIELD == 0 (an interleave step; none when 0)")
     nonzero: str | None = Field(None, description="layers where FIELD (a per-layer value or one for all) is not 0")
     zero: str | None = Field(None, description="layers where FIELD (a per-layer value or one for all) is 0")
+    last: str | None = Field(None, description="the last FIELD layers: i >= n_layers - FIELD")
 
     @model_validator(mode="after")
     def _some(self) -> LayerRule:
         if not self.conditions():
-            raise ValueError("give one or more of: below, every, nonzero, zero (the layers where all hold)")
+            raise ValueError("give one or more of: below, every, nonzero, zero, last (the layers where all hold)")
         return self
 
     def conditions(self) -> list[tuple[str, str]]:
@@ -47,10 +48,13 @@ class LayerRule(Strict):
 
     def holds(self, layer: int, value: Any) -> bool:
         """Whether every condition holds at `layer`; `value(field, layer)` reads a config field."""
-        return all(_condition_holds(condition, layer, value(field, layer)) for condition, field in self.conditions())
+        return all(_condition_holds(condition, layer, value(field, layer), value) for condition, field in
+                   self.conditions())
 
 
-def _condition_holds(condition: str, layer: int, n: Any) -> bool:
+def _condition_holds(condition: str, layer: int, n: Any, value: Any) -> bool:
+    if condition == "last":
+        return bool(layer >= value("n_layers", layer) - n)
     if condition == "below":
         return bool(layer < n)
     if condition == "every":
@@ -60,6 +64,7 @@ def _condition_holds(condition: str, layer: int, n: Any) -> bool:
 
 LayerSelector = LayerPattern | LayerRule
 SELECTOR_DOC = LAYER_PATTERN_DOC + ("; or a rule on config fields: {below: F}, {every: F}, {nonzero: F}, {zero: F}, "
+                                   "{last: F}, "
                                    "or several of them, which must all hold")
 
 
@@ -100,6 +105,7 @@ class KindSection(Strict):
     SLOTS: ClassVar[tuple[str, ...]] = ()  # every per-layer tensor slot the kind may read
     FIELDS: ClassVar[tuple[ConfigField, ...]] = ()  # config fields the kind adds to the spec language
     ABSENT: ClassVar[bool] = False  # the kind is "nothing here": the block leaves out this branch and its norms
+    OWN_PRE_NORM: ClassVar[bool] = False  # the kind takes the un-normed residual and applies the ffn_norm itself
 
     kind: str
     layers: LayerSelector = Field("all", description="layers using this section; the first section of the "

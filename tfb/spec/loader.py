@@ -226,9 +226,9 @@ def _find_cycle(rules: dict[str, HParam]) -> list[str]:
     return []
 
 
-# the config field kinds each layer rule can compare: `below` and `every` count layers
+# the config field kinds each layer rule can compare: `below`, `every` and `last` count layers
 RULE_KINDS = {"below": ("int",), "every": ("int",), "nonzero": ("int", "float", "bool"),
-              "zero": ("int", "float", "bool")}
+              "zero": ("int", "float", "bool"), "last": ("int",)}
 
 
 def _layer_rules(spec: Spec) -> list[tuple[Key, str]]:

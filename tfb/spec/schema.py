@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any, Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Field, create_model, field_validator, model_validator
 
-from tfb.spec.base import KindSection, NormKind, Presence, Strict
+from tfb.spec.base import Activation, KindSection, NormKind, Presence, Strict
 from tfb.spec.fields import FIELDS
 from tfb.spec.kinds import FFN_KINDS, MIXER_KINDS, all_slots, section_type
 
@@ -145,11 +145,24 @@ class Block(Strict):
         "auto: parallel when the file has no ffn_norm tensors (as llama.cpp decides)")
     pre_norm: bool = Field(True, description="norm before attention and before the feed-forward")
     post_norm: bool = Field(False, description="norm on the attention and feed-forward outputs")
+    output_scale: Presence = Field("none", description="a per-layer factor on the block's output (the whole "
+                                   "residual stream), tensor layer_output_scale")
+
+
+class PerLayerEmbedding(Strict):
+    """Per-layer input embeddings (in files whose per_layer_embedding_size is not 0): a second token
+    embedding with a slice of per_layer_embedding_size values for each layer, mixed with a projection of the
+    input embedding; each block adds a gated projection of its slice to its output."""
+
+    activation: Activation = Field("gelu_tanh", description="activation of each layer's input gate")
 
 
 class Embedding(Strict):
     positions: Literal["none", "learned"] = Field(
         "none", description="learned: add a learned absolute position embedding (position_embd)")
+    per_layer: PerLayerEmbedding | None = Field(
+        None, description="per-layer input embeddings, where the file's per_layer_embedding_size is not 0 "
+        "(docs/spec-language.md, embedding); null: none")
 
 
 class Output(Strict):
@@ -182,10 +195,12 @@ class TensorRef(Strict):
 GLOBAL_SLOTS = (
     "token_embd", "position_embd", "output_norm", "output_norm_bias", "output", "output_bias",
     "rope_freqs", "rope_factors_long", "rope_factors_short",
+    "per_layer_token_embd", "per_layer_model_proj", "per_layer_proj_norm",
 )
 # the block's own slots (the norms around its mixer and feed-forward); the kinds add theirs
 BLOCK_SLOTS = ("attn_norm", "attn_norm_bias", "post_attention_norm", "post_attention_norm_bias",
-               "ffn_norm", "ffn_norm_bias", "post_ffw_norm", "post_ffw_norm_bias")
+               "ffn_norm", "ffn_norm_bias", "post_ffw_norm", "post_ffw_norm_bias",
+               "layer_output_scale", "per_layer_inp_gate", "per_layer_proj", "per_layer_post_norm")
 LAYER_SLOTS = (*BLOCK_SLOTS, *all_slots())
 
 

@@ -20,15 +20,17 @@ from tfb.spec.schema import Spec, TensorRef
 
 @dataclass(frozen=True)
 class FileFacts:
-    """What the file decides: fused QKV, parallel residual, an optional Q/K norm present."""
+    """What the file decides: fused QKV, parallel residual, an optional Q/K norm present, per-layer input
+    embeddings (a nonzero per_layer_embedding_size)."""
 
     fused_qkv: bool = False
     parallel_residual: bool = False
     qk_norm: bool = True
+    per_layer_embedding: bool = False
 
     @classmethod
     def of(cls, config: Any) -> FileFacts:
-        return cls(config.fused_qkv, config.parallel_residual, config.qk_norm)
+        return cls(config.fused_qkv, config.parallel_residual, config.qk_norm, config.per_layer_embedding_size > 0)
 
 
 def _norm(out: dict[str, Need], spec: Spec, slot: str) -> None:
@@ -44,6 +46,9 @@ def global_slots(spec: Spec, facts: FileFacts) -> dict[str, Need]:
     if spec.output.norm:
         _norm(out, spec, "output_norm")
     add_slot(out, "output_bias", spec.output.bias)
+    if spec.embedding.per_layer is not None and facts.per_layer_embedding:
+        for slot in ("per_layer_token_embd", "per_layer_model_proj", "per_layer_proj_norm"):
+            out[slot] = "required"
     if any(s.uses_rope() for s in spec.mixer):
         # frequency factors: one fixed set, or long/short sets chosen by the run context (as llama.cpp)
         for slot in ("rope_freqs", "rope_factors_long", "rope_factors_short"):
@@ -67,6 +72,9 @@ def layer_slots(spec: Spec, facts: FileFacts, mixer: KindSection, ffn: KindSecti
     if block.pre_norm and not facts.parallel_residual and not ffn.ABSENT and not mixer.ABSENT:
         _norm(out, spec, "ffn_norm")
     out.update(ffn.slots(spec, facts))
+    add_slot(out, "layer_output_scale", block.output_scale)
+    if spec.embedding.per_layer is not None and facts.per_layer_embedding:
+        out["per_layer_inp_gate"] = out["per_layer_proj"] = out["per_layer_post_norm"] = "required"
     return out
 
 
@@ -103,6 +111,8 @@ def possible_facts(spec: Spec) -> list[FileFacts]:
     """Every combination of file facts a spec can meet, for the static check."""
     options: dict[str, set[bool]] = {"parallel_residual": {
         "sequential": {False}, "parallel": {True}, "auto": {False, True}}[spec.block.residual]}
+    if spec.embedding.per_layer is not None:
+        options["per_layer_embedding"] = {False, True}
     for section in spec.sections():
         for name, values in section.fact_options().items():
             options[name] = options.get(name, set()) | values

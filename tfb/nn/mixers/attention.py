@@ -5,6 +5,7 @@ tfb/spec/kinds/attention.py."""
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 
@@ -13,6 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from tfb.config import ModelConfig
+from tfb.errors import ConfigError
 from tfb.nn.cache import RowStates, SequenceState, Step
 from tfb.nn.kinds import BuildContext
 from tfb.nn.linear import Linear, check_shape
@@ -35,8 +37,9 @@ TARGETS = {
 
 
 def build(section: Section, c: ModelConfig, ctx: BuildContext) -> Attention:
-    shape = AttentionShape(c.hidden_size, c.n_heads, c.n_kv_heads, c.head_dim, c.value_dim)
     window = c.sliding_window if selects(section.sliding_window, ctx.layer, c.value) else 0
+    c = section.sized(c, window > 0)
+    shape = AttentionShape(c.hidden_size, c.n_heads, c.n_kv_heads, c.head_dim, c.value_dim)
     use_rope = selects(section.rope.layers, ctx.layer, c.value)
     norm = section.qk_norm
     with_norm = norm is not None and c.qk_norm and c.use_qk_norm != 0 and (norm.layers == "all" or use_rope)
@@ -58,9 +61,42 @@ def build(section: Section, c: ModelConfig, ctx: BuildContext) -> Attention:
         chunk=c.attention_chunk_size if selects(section.chunked, ctx.layer, c.value) else 0,
         qk_norm_after_rope=norm is not None and norm.after_rope,
         output_gate=section.output_gate == "sigmoid",
+        v_norm=section.v_norm == "rms",
+        kv_from=getattr(c, section.kv_from) if section.kv_from is not None else None,
+        layer=ctx.layer,
     )
-    rotary = ctx.rotary(RopeParams.from_config(c, section.rope.pairing, sliding=window > 0))
-    return Attention(shape, opts, ctx, rotary)
+    params = RopeParams.from_config(c, section.rope.pairing, sliding=window > 0)
+    if window and section.rope.factors == "unwindowed":
+        params = dataclasses.replace(params, factors=False)
+    return Attention(shape, opts, ctx, ctx.rotary(params))
+
+
+def link_shared_kv(mixers: list[nn.Module]) -> None:
+    """Let each layer whose keys and values a later layer reads (kv_from) hand them on, after checking that
+    the two layers agree on what those keys and values are."""
+    for i, reader in enumerate(mixers):
+        if not isinstance(reader, Attention) or reader.opts.kv_from is None:
+            continue
+        source = reader.opts.kv_from
+        giver = mixers[source] if 0 <= source < i else None
+        problem = _kv_mismatch(giver, reader)
+        if problem:
+            raise ConfigError(f"layer {i} reads the keys and values of layer {source} (kv_from), {problem}; check the "
+                              "spec's kv_from fields against the file's layers")
+        assert isinstance(giver, Attention)
+        giver.gives_kv = True
+
+
+def _kv_mismatch(giver: nn.Module | None, reader: Attention) -> str | None:
+    if not isinstance(giver, Attention) or giver.opts.kv_from is not None:
+        return "which is not an earlier attention layer with keys and values of its own"
+    g, r = giver.shape, reader.shape
+    if (g.n_kv_heads, g.head_dim, g.value_dim) != (r.n_kv_heads, r.head_dim, r.value_dim):
+        return (f"whose KV heads x head width x value width {g.n_kv_heads} x {g.head_dim} x {g.value_dim} differ "
+                f"from its own {r.n_kv_heads} x {r.head_dim} x {r.value_dim}")
+    if giver.opts.window != reader.opts.window:
+        return f"whose window ({giver.opts.window}) differs from its own ({reader.opts.window})"
+    return None
 
 
 @dataclass(frozen=True)
@@ -90,6 +126,9 @@ class AttentionOptions:
     chunk: int = 0  # 0: no chunks; else a query sees only the keys of its own chunk of `chunk` positions
     qk_norm_after_rope: bool = False
     output_gate: bool = False  # the Q projection also gives a sigmoid gate per head (after each head's queries)
+    v_norm: bool = False  # values divided by their RMS per head (no weights)
+    kv_from: int | None = None  # the layer whose keys and values this one reads (it computes none)
+    layer: int = 0
 
 
 class Attention(nn.Module):
@@ -102,7 +141,10 @@ class Attention(nn.Module):
         self.q_out, self.k_out, self.v_out = s.n_heads * s.head_dim, s.n_kv_heads * s.head_dim, \
             s.n_kv_heads * s.value_dim
         q_proj = self.q_out * (2 if opts.output_gate else 1)
-        if opts.fused_qkv:
+        self.gives_kv = False  # a later layer reads this one's keys and values (link_shared_kv)
+        if opts.kv_from is not None:
+            self.q = Linear(s.hidden, q_proj)
+        elif opts.fused_qkv:
             self.qkv = Linear(s.hidden, q_proj + self.k_out + self.v_out)
         else:
             self.q = Linear(s.hidden, q_proj)
@@ -114,8 +156,9 @@ class Attention(nn.Module):
             own = opts.qk_norm_over == "each_head"  # weights [heads, head_dim]
             self.q_norm = ctx.norm(self.q_out if whole else s.head_dim, opts.norm_eps, opts.qk_norm,
                                    groups=s.n_heads if own else 0)
-            self.k_norm = ctx.norm(self.k_out if whole else s.head_dim, opts.norm_eps, opts.qk_norm,
-                                   groups=s.n_kv_heads if own else 0)
+            if opts.kv_from is None:
+                self.k_norm = ctx.norm(self.k_out if whole else s.head_dim, opts.norm_eps, opts.qk_norm,
+                                       groups=s.n_kv_heads if own else 0)
         self.sinks: torch.Tensor | None = None
 
     def tensor_shape(self, method: str) -> tuple[int, ...]:
@@ -125,10 +168,12 @@ class Attention(nn.Module):
         check_shape(name, tuple(sinks.shape), (self.shape.n_heads,))
         self.sinks = sinks.float()
 
-    def new_state(self, dtype: torch.dtype | None) -> SequenceState:
-        return SequenceState(2, dtype)
+    def new_state(self, dtype: torch.dtype | None) -> SequenceState | None:
+        return SequenceState(2, dtype) if self.opts.kv_from is None else None  # a reader keeps nothing
 
     def forward(self, x: torch.Tensor, step: Step, state: SequenceState | RowStates | None) -> torch.Tensor:
+        if self.opts.kv_from is not None:
+            return self._forward_shared(x, step)
         s, o = self.shape, self.opts
         positions = step.positions
         b, t, _ = x.shape
@@ -136,7 +181,8 @@ class Attention(nn.Module):
             q_proj = self.q_out * (2 if o.output_gate else 1)
             q, k, v = self.qkv(x).split([q_proj, self.k_out, self.v_out], dim=-1)
         else:
-            q, k, v = self.q(x), self.k(x), self.v(x)
+            q, k = self.q(x), self.k(x)
+            v = k if self.v.weight is None and self.v.packed is None else self.v(x)  # v_proj: optional
         gate = None
         if o.output_gate:  # per head: head_dim queries, then head_dim gate values
             q, gate = q.view(b, t, s.n_heads, 2, s.head_dim).unbind(3)
@@ -151,6 +197,8 @@ class Attention(nn.Module):
         v = v.view(b, t, s.n_kv_heads, s.value_dim)
         if before and o.qk_norm_over != "all":
             q, k = self.q_norm(q), self.k_norm(k)
+        if o.v_norm:
+            v = F.rms_norm(v.float(), (s.value_dim,), eps=o.norm_eps).to(v.dtype)
         if o.use_rope:
             q, k = self.rotary.rotate_pair(q, k, *step.angles(self.rotary))
         if o.temperature_scale:
@@ -166,6 +214,8 @@ class Attention(nn.Module):
         else:
             if state is not None:
                 k, v = state.update(step.start, k, v)
+            if self.gives_kv:
+                step.kv[o.layer] = (k, v)
             out = self.attend(q, k, v, positions)
         out = out.transpose(1, 2).reshape(b, t, s.n_heads * s.value_dim)
         if gate is not None:
@@ -175,7 +225,33 @@ class Attention(nn.Module):
     def _attend_row(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, step: Step,
                     state: SequenceState) -> torch.Tensor:
         keys, values = state.update(step.start, k, v)
+        if self.gives_kv:
+            step.kv[self.opts.layer] = (keys, values)
         return self.attend(q, keys, values, step.positions)
+
+    def _forward_shared(self, x: torch.Tensor, step: Step) -> torch.Tensor:
+        """Queries only, against the keys and values an earlier layer computed in this call (kv_from); in a
+        step over separate sequences each row reads its own row's."""
+        s, o = self.shape, self.opts
+        b, t, _ = x.shape
+        q = self.q(x)
+        if o.qk_norm is not None and o.qk_norm_over == "all":
+            q = self.q_norm(q)
+        q = q.view(b, t, s.n_heads, s.head_dim)
+        if o.qk_norm is not None and o.qk_norm_over != "all":
+            q = self.q_norm(q)
+        if o.use_rope:
+            q = self.rotary.rotate(q, *step.angles(self.rotary))
+        q = q.transpose(1, 2)
+        if step.starts is not None:
+            out = torch.cat([self._attend_shared(q[i:i + 1], step.row(i)) for i in range(b)])
+        else:
+            out = self._attend_shared(q, step)
+        return self.o(out.transpose(1, 2).reshape(b, t, s.n_heads * s.value_dim))
+
+    def _attend_shared(self, q: torch.Tensor, step: Step) -> torch.Tensor:
+        k, v = step.kv[self.opts.kv_from]  # type: ignore[index]
+        return self.attend(q, k, v, step.positions)
 
     def _norm_after_rope(self, q: torch.Tensor, k: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The Q/K norm on rotated q and k ([b, t, heads, d]); over the whole projection it sees each

@@ -10,6 +10,11 @@ Per query at position p, key at position j (j <= p):
 Order on q and k: Q/K norm (before rope), rope, temperature (q only), Q/K norm (after rope).
 Output gate (output_gate: sigmoid): the Q projection gives, per head, head_dim query
 values then head_dim gate values g; each head's attention output is multiplied by sigmoid(g) before W_o.
+Value norm (v_norm: rms): v / sqrt(mean(v^2) + eps) over each head, no weights.
+Optional V projection (v_proj: optional): a layer without attn_v takes v = W_k x (before the K norm and rope).
+Shared keys and values (kv_from: F): the section's layers compute queries only and attend to the keys and
+values (every position, as stored) of layer F, which the cache holds once.
+Sliding-window layers take head_dim_swa, value_dim_swa and rope_dims_swa where those are not 0.
 """
 
 from __future__ import annotations
@@ -73,6 +78,9 @@ class Rope(Strict):
         "permuted Q/K); half: rotate (x_i, x_{i+d/2}) (GGML NEOX mode)")
     layers: LayerSelector = Field("all", description="layers that apply rope; " + SELECTOR_DOC + " (e.g. "
                                   "{nonzero: use_rope}: rope as a file key says)")
+    factors: Literal["all", "unwindowed"] = Field(
+        "all", description="layers whose rope the frequency-factor tensors divide: all, or unwindowed: only the "
+        "layers without a sliding window")
 
     @model_validator(mode="before")
     @classmethod
@@ -113,6 +121,20 @@ class Attention(KindSection):
                     "families where llama.cpp infers it from another fact of the file)", 1, "nonnegative"),
         ConfigField("use_rope", "bool", "whether rope applies, for files that carry it as a key (such as "
                     "rope.scaling.finetuned); a spec's rope.layers reads it with {nonzero: use_rope}", True),
+        ConfigField("sliding_window_layers", "int", "1 on the layers with a sliding window, 0 on the others (a "
+                    "per-layer array, for layer rules: {nonzero: sliding_window_layers})", 0, "nonnegative"),
+        ConfigField("head_dim_swa", "int", "width of a query/key head in the sliding-window layers (0: head_dim)", 0,
+                    "nonnegative"),
+        ConfigField("value_dim_swa", "int", "width of a value head in the sliding-window layers (0: value_dim)", 0,
+                    "nonnegative"),
+        ConfigField("rope_dims_swa", "int", "dimensions rope rotates in the sliding-window layers (0: rope_dims)", 0,
+                    "nonnegative"),
+        ConfigField("shared_kv_layers", "int", "the last N layers compute no keys and values but read an earlier "
+                    "layer's (kv_from); for layer rules: {last: shared_kv_layers}", 0, "nonnegative"),
+        ConfigField("kv_source_layer", "int", "the layer whose keys and values a kv_from section reads (full "
+                    "attention layers)", 0),
+        ConfigField("kv_source_layer_swa", "int", "the layer whose keys and values a kv_from section reads "
+                    "(sliding-window layers)", 0),
     )
 
     kind: Literal["attention"] = "attention"
@@ -134,6 +156,14 @@ class Attention(KindSection):
         "all", description="layers whose queries the temperature (attn_temperature_scale > 0) scales: all, or "
         "no_rope: only those that do not apply rope")
     sinks: bool = Field(False, description="a learned per-head logit that joins each softmax (attn_sinks)")
+    v_proj: Literal["required", "optional"] = Field(
+        "required", description="optional: a layer whose file has no attn_v uses its K projection (before the K "
+        "norm and rope) as values")
+    v_norm: Literal["none", "rms"] = Field("none", description="rms: values divided by their RMS over each head "
+                                           "(no weights)")
+    kv_from: str | None = Field(
+        None, description="a config field holding a layer index: this section's layers compute no keys and values "
+        "and attend to that layer's (same sizes and window), which the cache stores once")
     output_gate: Literal["none", "sigmoid"] = Field(
         "none", description="sigmoid: the Q projection carries per head head_dim query values then head_dim gate "
         "values, and each head's output is multiplied by sigmoid(gate) before the output projection")
@@ -145,6 +175,16 @@ class Attention(KindSection):
 
     def slots(self, spec: Spec, facts: FileFacts) -> dict[str, Need]:
         out: dict[str, Need] = {}
+        if self.kv_from is not None:  # queries only
+            out["attn_q"] = out["attn_output"] = "required"
+            add_slot(out, "attn_q_bias", self.bias.q)
+            add_slot(out, "attn_output_bias", self.bias.o)
+            if self.qk_norm is not None and self.qk_norm.parametric and facts.qk_norm:
+                out["attn_q_norm"] = "required"
+                if self.qk_norm.kind == "layernorm":
+                    bias = spec.norm.bias if self.qk_norm.bias == "norm" else self.qk_norm.bias
+                    add_slot(out, "attn_q_norm_bias", bias)
+            return out
         if facts.fused_qkv:
             out["attn_qkv"] = "required"
             biases = {self.bias.q, self.bias.k, self.bias.v} - {"none"}
@@ -154,6 +194,7 @@ class Attention(KindSection):
             for p in "qkv":
                 out[f"attn_{p}"] = "required"
                 add_slot(out, f"attn_{p}_bias", getattr(self.bias, p))
+            out["attn_v"] = self.v_proj
         out["attn_output"] = "required"
         add_slot(out, "attn_output_bias", self.bias.o)
         if self.qk_norm is not None and self.qk_norm.parametric and facts.qk_norm:
@@ -193,9 +234,44 @@ class Attention(KindSection):
         elif self.qk_norm is not None and self.qk_norm.layers != "all":
             out.append((("qk_norm", "layers"), "a Q/K norm with weight tensors applies on every layer of its "
                         "section; give the other layers a mixer section of their own, or write parametric: false"))
+        if self.kv_from is not None:
+            from tfb.spec.fields import FIELD_BY_NAME
+
+            field = FIELD_BY_NAME.get(self.kv_from)
+            if field is None or field.kind != "int":
+                out.append((("kv_from",), f"`{self.kv_from}` is not an integer config field; kv_from names the "
+                            "field that holds the layer to read, e.g. kv_source_layer"))
+            if self.qkv == "fused":
+                out.append((("kv_from",), "a layer that reads another layer's keys and values has no fused QKV "
+                            "projection; write qkv: separate"))
+            if self.output_gate != "none" or (self.qk_norm is not None and self.qk_norm.after_rope):
+                out.append((("kv_from",), "layers that read another layer's keys and values take neither an output "
+                            "gate nor a Q norm after rope"))
         return out
 
+    def sized(self, c: Any, windowed: bool) -> Any:
+        """The config with a sliding-window layer's own head sizes (head_dim_swa...) where it has them."""
+        if not windowed or not c.head_dim_swa:
+            return c
+        import dataclasses
+
+        return dataclasses.replace(c, head_dim=c.head_dim_swa, value_dim=c.value_dim_swa or c.head_dim_swa,
+                                   rope_dims=c.rope_dims_swa or c.head_dim_swa)
+
     def check(self, c: Any) -> str | None:
+        c = self.sized(c, self.sliding_window == "all" and c.sliding_window > 0)
+        if self.kv_from is not None:
+            first = c.n_layers - c.shared_kv_layers
+            if first <= 0:
+                return (f"`shared_kv_layers` = {c.shared_kv_layers} must be less than `n_layers` = {c.n_layers}: the "
+                        "shared layers read the keys and values of an earlier layer, which must compute its own")
+            source = getattr(c, self.kv_from)
+            if not 0 <= source < first:
+                return (f"`{self.kv_from}` = {source} must be a layer before the {c.shared_kv_layers} shared ones "
+                        f"(0 to {first - 1})")
+        if self.v_proj == "optional" and c.value_dim != c.head_dim:
+            return (f"v_proj: optional needs value_dim = {c.value_dim} equal to head_dim = {c.head_dim} (a layer "
+                    "without attn_v takes its keys as values)")
         if c.use_qk_norm == 0 and self.qk_norm is not None and self.qk_norm.parametric:
             return ("use_qk_norm = 0 turns off only a Q/K norm without weights (parametric: false); one with "
                     "weight tensors follows the file (qk_norm.presence: optional)")
