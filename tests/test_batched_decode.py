@@ -54,6 +54,17 @@ def test_batched_steps_of_a_hybrid_model(tiny_model) -> None:
         torch.testing.assert_close(b, a, atol=2e-5, rtol=1e-4)
 
 
+def test_batched_steps_with_shared_keys_and_per_layer_inputs(tiny_model) -> None:
+    """Gemma 4: layers that read an earlier layer's keys and values read their own row's, and each row gets its
+    own per-layer input embeddings."""
+    model = tfb.load(tiny_model("gemma4", "f32")[1])
+    alone, alone_logits = _decode(model, batched=False)
+    together, together_logits = _decode(model, batched=True)
+    assert together == alone
+    for a, b in zip(alone_logits, together_logits, strict=True):
+        torch.testing.assert_close(b, a, atol=2e-5, rtol=1e-4)
+
+
 def test_rows_of_a_quantized_model(tiny_gguf) -> None:
     """Packed weights take the many-row kernel for a batch and the matrix-vector one alone: same tokens."""
     model = tfb.load(tiny_gguf("qwen3", qtype="Q4_K"))

@@ -160,13 +160,9 @@ def test_as_many_shared_layers_as_layers_is_refused(tiny_model, tmp_path: Path, 
 
 
 @pytest.fixture(scope="module")
-def spm_copy(tiny_model, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """TOKENIZER STAND-IN: the converted file with `tokenizer.ggml.model` declared `llama` (its SentencePiece
-    pieces and scores unchanged), because tfb does not read the `gemma4` tokenizer yet. Drop this once it does and
-    run the CLI on the converted file itself."""
-    path = tiny_model("gemma4", "f32")[1]
-    return _rewrite(path, tmp_path_factory.mktemp("gemma4-cli") / "spm.gguf",
-                    metadata={"tokenizer.ggml.model": "llama"})
+def gemma4_file(tiny_model) -> Path:
+    """The converted file as it is: its tokenizer is declared `gemma4`."""
+    return tiny_model("gemma4", "f32")[1]
 
 
 def _cli(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
@@ -182,21 +178,21 @@ def test_inspect_describes_the_converted_file(tiny_model) -> None:
     assert "tensors the spec reads are present, of the planned shapes" in result.stdout
 
 
-def test_run_completes_a_prompt(spm_copy: Path) -> None:
-    result = _cli("run", str(spm_copy), "-p", "hello world", "-n", "6", "--temp", "0")
+def test_run_completes_a_prompt(gemma4_file: Path) -> None:
+    result = _cli("run", str(gemma4_file), "-p", "hello world", "-n", "6", "--temp", "0")
     assert result.returncode == 0, result.stderr
     assert result.stdout.startswith("hello world") and "generation: 6 tokens" in result.stderr
 
 
-def test_chat_uses_the_files_template(spm_copy: Path) -> None:
+def test_chat_uses_the_files_template(gemma4_file: Path) -> None:
     """The converter wrote Gemma 4's template (tokenizer.chat_template); `tfb chat` renders the conversation with
     it: the prompt is exactly that rendering's tokens."""
     from tfb.text.chat_template import render_chat_template
 
-    tok = tfb.load_tokenizer(spm_copy)
+    tok = tfb.load_tokenizer(gemma4_file)
     template = (ROOT / "tests" / "data" / "chat_templates" / "google-gemma-4-31B-it.jinja").read_text(encoding="utf-8")
     assert tok.chat_template == template
-    result = _cli("chat", str(spm_copy), "-n", "3", "--temp", "0", "-v", stdin="hello\n\n")
+    result = _cli("chat", str(gemma4_file), "-n", "3", "--temp", "0", "-v", stdin="hello\n\n")
     assert result.returncode == 0, result.stderr
     assert "ChatML" not in result.stderr
     rendered = render_chat_template(template, [{"role": "user", "content": "hello"}], True, bos_token="<s>",
