@@ -30,9 +30,7 @@ import platform
 import statistics
 import subprocess
 import sys
-import time
 from pathlib import Path
-
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tools"))
@@ -206,7 +204,8 @@ def bench(shape: str, kind: str, engines: list[str], repeats: int, env: dict[str
 
 def table(rows: list[dict]) -> str:
     lines = ["| shape | type | file | engine | prompt tok/s | decode tok/s | prompt / llama.cpp | "
-             "decode / llama.cpp | RSS over baseline | RSS / file |", "|---|---|---:|---|---:|---:|---:|---:|---:|---:|"]
+             "decode / llama.cpp | RSS over baseline | RSS / file |",
+             "|---|---|---:|---|---:|---:|---:|---:|---:|---:|"]
     for row in rows:
         size = row["file_bytes"]
         ref = row.get("llama.cpp")
