@@ -63,6 +63,11 @@ DEFAULT_SHAPES = ["smollm2-135m", "gemma3-270m", "qwen3-0.6b", "qwen3moe-30b-a3b
 
 PRELUDE = "import json, resource, sys, time\n"
 RSS = "rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024\n"
+# tokens per second of wall time, and of the process's CPU time (user + system, all threads): on a shared machine
+# with --threads 1 the latter is what the engine would do on a core of its own (less the memory bandwidth
+# that the neighbours take); with more threads it counts the time threads spin waiting for each other
+REPORT = ("print(json.dumps({'prompt_tps': prompt / prefill, 'decode_tps': decode / steps, 'rss': rss, "
+          "'prompt_cpu_tps': prompt / prefill_cpu, 'decode_cpu_tps': decode / steps_cpu}))\n")
 # Each child is given `path`, `prompt`, `decode`, `threads`, `vocab` and prints one JSON line.
 CHILDREN = {
     "baseline tfb": "import tfb, torch\n" + RSS + "print(json.dumps({'rss': rss}))\n",
@@ -77,12 +82,14 @@ with torch.no_grad():
     for _ in range(4):
         logits = model(logits[:, -1].argmax(-1, keepdim=True), cache, last_only=True)
     cache = model.new_cache()
-    t = time.perf_counter(); logits = model(ids[None], cache, last_only=True); prefill = time.perf_counter() - t
-    t = time.perf_counter()
+    c, t = time.process_time(), time.perf_counter()
+    logits = model(ids[None], cache, last_only=True)
+    prefill, prefill_cpu = time.perf_counter() - t, time.process_time() - c
+    c, t = time.process_time(), time.perf_counter()
     for _ in range(decode):
         logits = model(logits[:, -1].argmax(-1, keepdim=True), cache, last_only=True)
-    steps = time.perf_counter() - t
-""" + RSS + "print(json.dumps({'prompt_tps': prompt / prefill, 'decode_tps': decode / steps, 'rss': rss}))\n",
+    steps, steps_cpu = time.perf_counter() - t, time.process_time() - c
+""" + RSS + REPORT,
     "llama.cpp": LLAMA_PLAIN + """
 from llama_cpp import Llama
 import numpy as np
@@ -92,12 +99,14 @@ llm.eval(ids[:16])  # warm-up: a short prompt and a few steps
 for _ in range(4):
     llm.eval([int(np.argmax(llm.scores[llm.n_tokens - 1]))])
 llm.reset()
-t = time.perf_counter(); llm.eval(ids); prefill = time.perf_counter() - t
-t = time.perf_counter()
+c, t = time.process_time(), time.perf_counter()
+llm.eval(ids)
+prefill, prefill_cpu = time.perf_counter() - t, time.process_time() - c
+c, t = time.process_time(), time.perf_counter()
 for _ in range(decode):
     llm.eval([int(np.argmax(llm.scores[llm.n_tokens - 1]))])
-steps = time.perf_counter() - t
-""" + RSS + "print(json.dumps({'prompt_tps': prompt / prefill, 'decode_tps': decode / steps, 'rss': rss}))\n",
+steps, steps_cpu = time.perf_counter() - t, time.process_time() - c
+""" + RSS + REPORT,
 }
 CHILDREN["tfb int8"] = CHILDREN["tfb"].replace("context_length=1024)", "context_length=1024, int8_activations=True)")
 ENGINES = ["tfb", "tfb int8", "llama.cpp"]
@@ -186,7 +195,8 @@ def bench(shape: str, kind: str, engines: list[str], repeats: int, env: dict[str
             if result:
                 runs[engine].append(result)
                 print(f"  {shape} {kind} {engine}: prompt {result['prompt_tps']:.1f} tok/s, "
-                      f"decode {result['decode_tps']:.1f} tok/s", file=sys.stderr)
+                      f"decode {result['decode_tps']:.1f} tok/s (by CPU time {result['prompt_cpu_tps']:.1f}, "
+                      f"{result['decode_cpu_tps']:.1f})", file=sys.stderr)
     out: dict = {"shape": shape, "type": kind, "file_bytes": path.stat().st_size}
     for engine, results in runs.items():
         if not results:
@@ -195,6 +205,8 @@ def bench(shape: str, kind: str, engines: list[str], repeats: int, env: dict[str
         out[engine] = {
             "prompt_tps": statistics.median(r["prompt_tps"] for r in results),
             "decode_tps": statistics.median(r["decode_tps"] for r in results),
+            "prompt_cpu_tps": statistics.median(r["prompt_cpu_tps"] for r in results),
+            "decode_cpu_tps": statistics.median(r["decode_cpu_tps"] for r in results),
             "rss_over_baseline": statistics.median(r["rss"] for r in results) - baseline["rss"] if baseline else None,
             "decode_runs": [round(r["decode_tps"], 2) for r in results],
             "prompt_runs": [round(r["prompt_tps"], 2) for r in results],
@@ -203,9 +215,10 @@ def bench(shape: str, kind: str, engines: list[str], repeats: int, env: dict[str
 
 
 def table(rows: list[dict]) -> str:
+    """Wall-time figures, tfb's over llama.cpp's, memory; then the same speeds by CPU time (see REPORT)."""
     lines = ["| shape | type | file | engine | prompt tok/s | decode tok/s | prompt / llama.cpp | "
-             "decode / llama.cpp | RSS over baseline | RSS / file |",
-             "|---|---|---:|---|---:|---:|---:|---:|---:|---:|"]
+             "decode / llama.cpp | by CPU time: prompt, decode / llama.cpp | RSS over baseline | RSS / file |",
+             "|---|---|---:|---|---:|---:|---:|---:|---:|---:|---:|"]
     for row in rows:
         size = row["file_bytes"]
         ref = row.get("llama.cpp")
@@ -213,8 +226,12 @@ def table(rows: list[dict]) -> str:
             fig = row.get(engine)
             if not fig:
                 continue
-            ratios = (f"{fig['prompt_tps'] / ref['prompt_tps']:.2f}x | {fig['decode_tps'] / ref['decode_tps']:.2f}x"
-                      if ref and engine != "llama.cpp" else "– | –")
+            if ref and engine != "llama.cpp":
+                ratios = (f"{fig['prompt_tps'] / ref['prompt_tps']:.2f}x | {fig['decode_tps'] / ref['decode_tps']:.2f}x"
+                          f" | {fig['prompt_cpu_tps'] / ref['prompt_cpu_tps']:.2f}x, "
+                          f"{fig['decode_cpu_tps'] / ref['decode_cpu_tps']:.2f}x")
+            else:
+                ratios = "– | – | –"
             rss = fig["rss_over_baseline"]
             memory = "– | –" if rss is None else f"{rss / 2**20:.0f} MiB | {rss / size:.2f}x"
             lines.append(f"| {row['shape']} | {row['type']} | {size / 2**20:.0f} MiB | {engine} | "
