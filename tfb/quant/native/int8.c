@@ -49,6 +49,16 @@ static inline acc_f32 q4_0_dot(acc_f32 acc, const uint8_t *qs, const int8_t *a, 
     return dot32_signed_v(acc, _mm256_sub_epi8(q, _mm256_set1_epi8(8)), _mm256_loadu_si256((const __m256i *)a), scale);
 }
 
+/* Q4_1's 32 weights as unsigned nibbles 0..15 (layout as Q4_0's), times the activations: maddubs takes them
+ * as they are (pair sums within 2 * 15 * 128 < 2^15) */
+static inline acc_f32 q4_1_dot(acc_f32 acc, const uint8_t *qs, const int8_t *a, float scale) {
+    __m128i packed = _mm_loadu_si128((const __m128i *)qs), nibbles = _mm_set1_epi8(15);
+    __m256i q = _mm256_set_m128i(_mm_and_si128(_mm_srli_epi16(packed, 4), nibbles), _mm_and_si128(packed, nibbles));
+    __m256i pairs = _mm256_maddubs_epi16(q, _mm256_loadu_si256((const __m256i *)a));
+    __m256i sums = _mm256_madd_epi16(pairs, _mm256_set1_epi16(1));
+    return _mm256_fmadd_ps(_mm256_cvtepi32_ps(sums), _mm256_set1_ps(scale), acc);
+}
+
 #else
 /* ------------------------------------------------------------------------------------- portable */
 typedef float acc_f32;
@@ -65,6 +75,12 @@ static inline acc_f32 dot32_signed(acc_f32 acc, const int8_t *w, const int8_t *a
 static inline acc_f32 q4_0_dot(acc_f32 acc, const uint8_t *qs, const int8_t *a, float scale) {
     int32_t s = 0;
     for (int i = 0; i < 16; i++) s += ((qs[i] & 15) - 8) * a[i] + ((qs[i] >> 4) - 8) * a[i + 16];
+    return acc + (float)s * scale;
+}
+
+static inline acc_f32 q4_1_dot(acc_f32 acc, const uint8_t *qs, const int8_t *a, float scale) {
+    int32_t s = 0;
+    for (int i = 0; i < 16; i++) s += (qs[i] & 15) * a[i] + (qs[i] >> 4) * a[i + 16];
     return acc + (float)s * scale;
 }
 #endif
@@ -101,6 +117,26 @@ static inline acc_f32 block_q4_0(acc_f32 acc, const uint8_t *blk, const int8_t *
     return q4_0_dot(acc, blk + 2, a, load_half(blk) * da);
 }
 DEFINE_INT8_ROWS(q4_0, 18)
+
+/* Q4_1, 20 bytes: d (f16), m (f16), qs[16] as Q4_0's; weight = d * q + m with q = 0..15. A block adds
+ * d * da * sum(q * a) + m * da * sum(a), the activations' sum from their runs of 16 (as llama.cpp's Q8_1
+ * blocks carry it); the offset terms are summed apart, in float32. */
+static void rows_q4_1(const uint8_t *w, int64_t stride, int64_t nrows, int64_t nb, const int8_row *a, float *y) {
+    for (int64_t r = 0; r < nrows; r++) {
+        const uint8_t *row = w + r * stride;
+        acc_f32 acc0 = acc_f32_zero(), acc1 = acc_f32_zero();
+        float offsets = 0.0f;
+        for (int64_t b = 0; b < nb; b++) {
+            const uint8_t *blk = row + 20 * b;
+            if (b & 1)
+                acc1 = q4_1_dot(acc1, blk + 4, a->q + 32 * b, load_half(blk) * a->d[b]);
+            else
+                acc0 = q4_1_dot(acc0, blk + 4, a->q + 32 * b, load_half(blk) * a->d[b]);
+            offsets += load_half(blk + 2) * a->d[b] * (float)(a->sums[2 * b] + a->sums[2 * b + 1]);
+        }
+        y[r] = acc_f32_sum(acc0, acc1) + offsets;
+    }
+}
 
 /* ------------------------------------------------------------------------------------ k-quants */
 
@@ -295,6 +331,7 @@ static void rows_q6_k(const uint8_t *w, int64_t stride, int64_t nrows, int64_t n
 const int8_kernels INT8_TABLE(TFB_ISA_SYMBOL)[] = {
     {TYPE_Q8_0, 32, rows_q8_0},
     {TYPE_Q4_0, 32, rows_q4_0},
+    {TYPE_Q4_1, 32, rows_q4_1},
     {TYPE_Q4_K, 256, rows_q4_k},
     {TYPE_Q5_K, 256, rows_q5_k},
     {TYPE_Q6_K, 256, rows_q6_k},
