@@ -159,7 +159,8 @@ def model_file(shape: str, kind: str) -> Path:
         info = SHAPES[shape]
         tmp = path.with_suffix(".part")
         qtype = kind if kind in MIXES else GGMLQuantizationType[kind]
-        make(info["spec"], tmp, info["sizes"], qtype, padded_vocab(info["vocab"]), std=0.02, tied=info["tied"])
+        make(info["spec"], tmp, info["sizes"], qtype, padded_vocab(info["vocab"]), std=0.02, tied=info["tied"],
+             fallback=True)
         tmp.replace(path)
     return path
 
@@ -208,6 +209,7 @@ def bench(shape: str, kind: str, engines: list[str], repeats: int, env: dict[str
             "prompt_cpu_tps": statistics.median(r["prompt_cpu_tps"] for r in results),
             "decode_cpu_tps": statistics.median(r["decode_cpu_tps"] for r in results),
             "rss_over_baseline": statistics.median(r["rss"] for r in results) - baseline["rss"] if baseline else None,
+            "rss": statistics.median(r["rss"] for r in results), "baseline_rss": baseline["rss"] if baseline else None,
             "decode_runs": [round(r["decode_tps"], 2) for r in results],
             "prompt_runs": [round(r["prompt_tps"], 2) for r in results],
         }
