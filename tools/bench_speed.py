@@ -13,7 +13,7 @@ Every run is a fresh process per engine: load, a short warm-up, then one forward
 (timed: "prompt") and 64 greedy steps of one token each (timed: "decode"). The engines take turns within
 each round, in a rotated order each round, so a slow spell of a shared machine does not fall on one engine
 alone; each figure is the median over --repeats rounds, and the ratios are tfb's median over llama.cpp's.
-"RSS" is the child's peak resident memory (ru_maxrss) minus that of a process that only imports the engine.
+"RSS" is the child's peak resident memory (VmHWM) minus that of a process that only imports the engine.
 
 Engines: "tfb" as loaded by default (exact float32 products on the packed weights), "tfb int8" with
 int8_activations=True (activations rounded to 8 bits in the products, as llama.cpp computes them),
@@ -62,7 +62,10 @@ SHAPES: dict[str, dict] = {
 DEFAULT_SHAPES = ["smollm2-135m", "gemma3-270m", "qwen3-0.6b", "qwen3moe-30b-a3b-8l"]
 
 PRELUDE = "import json, resource, sys, time\n"
-RSS = "rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024\n"
+# Peak RSS of this process image: VmHWM. Not ru_maxrss, which Linux carries across exec from the forking
+# process (this script, grown large by making a model file) and so reads the parent's size.
+RSS = ("rss = next((int(line.split()[1]) * 1024 for line in open('/proc/self/status') if line.startswith('VmHWM:')),"
+       " None) or resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024\n")
 # tokens per second of wall time, and of the process's CPU time (user + system, all threads): on a shared machine
 # with --threads 1 the latter is what the engine would do on a core of its own (less the memory bandwidth
 # that the neighbours take); with more threads it counts the time threads spin waiting for each other
