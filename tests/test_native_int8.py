@@ -114,7 +114,8 @@ def test_zero_blocks_and_types_without_int8() -> None:
 
 
 @needs_native
-@pytest.mark.parametrize(("family", "outtype"), [("qwen3", "q8_0"), ("llama", "q4_0"), ("qwen3moe", "q4_0")])
+@pytest.mark.parametrize(("family", "outtype"), [("qwen3", "q8_0"), ("llama", "q4_0"), ("qwen3moe", "q4_0"),
+                                                 ("llama", "q4_1"), ("llama", "q5_0"), ("llama", "q5_1")])
 def test_a_model_with_int8_activations(tiny_model, family: str, outtype: str) -> None:
     """Decoding-step logits stay near transformers' (rounding activations to 8 bits moves them by a few
     hundredths of the largest logit at most); the option can be turned off again, back to the exact path."""
