@@ -51,8 +51,8 @@ SHAPES: dict[str, dict] = {
     "qwen3-0.6b": {"spec": "qwen3", "vocab": 151936, "tied": True, "types": ["Q4_K_M", "Q8_0", "BF16"],
                    "sizes": {"hidden_size": 1024, "n_layers": 28, "n_heads": 16, "n_kv_heads": 8, "head_dim": 128,
                              "value_dim": 128, "intermediate_size": 3072, "context_length": 40960}},
-    # Qwen3-30B-A3B's layer (hidden 2048, 32/4 heads of 128, 128 experts of 768, top 8) at 8 layers: 3.7 G
-    # weights in Q4_K_M (~2 GiB), the active ones per token as in the real model's layers
+    # Qwen3-30B-A3B's layer (hidden 2048, 32/4 heads of 128, 128 experts of 768, top 8) at 8 layers: ~5.4 G
+    # weights (4.8 G of them experts), about 3 GiB in Q4_K_M; per token each layer reads what the real one reads
     "qwen3moe-30b-a3b-8l": {"spec": "qwen3moe", "vocab": 151936, "tied": False, "types": ["Q4_K_M"],
                             "sizes": {"hidden_size": 2048, "n_layers": 8, "n_heads": 32, "n_kv_heads": 4,
                                       "head_dim": 128, "value_dim": 128, "intermediate_size": 6144,
