@@ -14,7 +14,7 @@ import tfb
 import tfb.quant.native as native
 from tfb.gguf.ggml_types import GGML_TYPE_BY_NAME
 
-INT8_TYPES = ["Q8_0", "Q4_0", "Q4_K", "Q5_K", "Q6_K"]
+INT8_TYPES = ["Q8_0", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q4_K", "Q5_K", "Q6_K"]
 
 
 def rounded(x: np.ndarray, block: int) -> tuple[np.ndarray, np.ndarray]:
@@ -108,13 +108,14 @@ def test_zero_blocks_and_types_without_int8() -> None:
     x[0, 300] = 2.0  # the first block is all zero
     want, _ = expected(x, torch_values(weight), 256)
     assert torch.allclose(native.matmul(x, weight, int8_activations=True).double(), want, rtol=1e-5, atol=1e-6)
-    other = packed("Q4_1", 8, 512, rng, "moderate")  # no int8 products: the float32 path, whatever was asked
+    other = packed("Q2_K", 8, 512, rng, "moderate")  # no int8 products: the float32 path, whatever was asked
     x = torch.randn(1, 512)
     assert torch.equal(native.matmul(x, other, int8_activations=True), native.matmul(x, other))
 
 
 @needs_native
-@pytest.mark.parametrize(("family", "outtype"), [("qwen3", "q8_0"), ("llama", "q4_0"), ("qwen3moe", "q4_0")])
+@pytest.mark.parametrize(("family", "outtype"), [("qwen3", "q8_0"), ("llama", "q4_0"), ("qwen3moe", "q4_0"),
+                                                 ("llama", "q4_1"), ("llama", "q5_0"), ("llama", "q5_1")])
 def test_a_model_with_int8_activations(tiny_model, family: str, outtype: str) -> None:
     """Decoding-step logits stay near transformers' (rounding activations to 8 bits moves them by a few
     hundredths of the largest logit at most); the option can be turned off again, back to the exact path."""

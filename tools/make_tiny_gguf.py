@@ -74,9 +74,15 @@ def _more_bits(layer: int, n_layers: int) -> bool:
     return layer < n_layers // 8 or layer >= 7 * n_layers // 8 or (layer - n_layers // 8) % 3 == 2
 
 
+# llama-quantize's fallback for rows whose length is not a multiple of the type's block (tensor_type_fallback in
+# src/llama-quant.cpp): a 32-weight type of about the same size; F16 where even that does not fit
+FALLBACK = {"Q2_K": "Q4_0", "Q3_K": "Q4_0", "Q4_K": "Q5_0", "Q5_K": "Q5_1", "Q6_K": "Q8_0", "IQ4_XS": "IQ4_NL"}
+
+
 def storage_type(kind: str, slot: str, shape: tuple[int, ...], layer: int | None, n_layers: int,
-                 output_slot: str) -> GGMLQuantizationType:
-    """The type a tensor is stored in: F32 for vectors and the router; else `kind`, or for a mix its rule."""
+                 output_slot: str, fallback: bool = False) -> GGMLQuantizationType:
+    """The type a tensor is stored in: F32 for vectors and the router; else `kind`, or for a mix its rule.
+    Rows that the type's blocks do not divide: F32, or with `fallback` the type llama-quantize falls back to."""
     f32 = GGMLQuantizationType.F32
     if len(shape) < 2 or slot == "ffn_gate_inp":
         return f32
@@ -90,14 +96,21 @@ def storage_type(kind: str, slot: str, shape: tuple[int, ...], layer: int | None
             qtype = GGMLQuantizationType.Q4_K
     else:
         qtype = GGMLQuantizationType[kind]
-    return qtype if shape[-1] % GGML_QUANT_SIZES[qtype][0] == 0 else f32
+    if shape[-1] % GGML_QUANT_SIZES[qtype][0] == 0:
+        return qtype
+    if not fallback:
+        return f32
+    qtype = GGMLQuantizationType[FALLBACK.get(qtype.name, qtype.name)]
+    return qtype if shape[-1] % GGML_QUANT_SIZES[qtype][0] == 0 else GGMLQuantizationType.F16
 
 
 def make(spec_name: str, out: Path, sizes: dict[str, int], qtype: GGMLQuantizationType | str, vocab_file: Path,
-         seed: int = 0, std: float = 0.2, spec_dirs: Sequence[str | Path] = (), tied: bool = False) -> None:
+         seed: int = 0, std: float = 0.2, spec_dirs: Sequence[str | Path] = (), tied: bool = False,
+         fallback: bool = False) -> None:
     """spec_name: a name looked up on the spec search path (spec_dirs, then TFB_SPEC_PATH, then the
     packaged specs) or a path. qtype: a ggml type or a mix name. tied: no output tensor (the token
-    embedding stands in)."""
+    embedding stands in). fallback: rows the type's blocks do not divide get llama-quantize's fallback type
+    (storage_type), not F32."""
     spec = load_spec(spec_name, spec_dirs)
     arch = spec.match[0] if spec.match else spec.name
     vocab = GGUFReader(vocab_file)
@@ -129,7 +142,7 @@ def make(spec_name: str, out: Path, sizes: dict[str, int], qtype: GGMLQuantizati
         else:
             values_t = torch.randn(t.shape, generator=gen) * std
         layer = int(t.name.split(".")[1]) if t.name.startswith("blk.") else None
-        store = storage_type(kind, t.slot, t.shape, layer, config.n_layers, output_slot)
+        store = storage_type(kind, t.slot, t.shape, layer, config.n_layers, output_slot, fallback)
         data = encode(values_t, store, rng)
         writer.add_tensor(t.name, data, raw_dtype=None if store == GGMLQuantizationType.F32 else store)
     writer.write_header_to_file()

@@ -49,6 +49,42 @@ static inline acc_f32 q4_0_dot(acc_f32 acc, const uint8_t *qs, const int8_t *a, 
     return dot32_signed_v(acc, _mm256_sub_epi8(q, _mm256_set1_epi8(8)), _mm256_loadu_si256((const __m256i *)a), scale);
 }
 
+/* Q4_1's 32 weights as unsigned nibbles 0..15 (layout as Q4_0's), times the activations: maddubs takes them
+ * as they are (pair sums within 2 * 15 * 128 < 2^15) */
+static inline acc_f32 q4_1_dot(acc_f32 acc, const uint8_t *qs, const int8_t *a, float scale) {
+    __m128i packed = _mm_loadu_si128((const __m128i *)qs), nibbles = _mm_set1_epi8(15);
+    __m256i q = _mm256_set_m128i(_mm_and_si128(_mm_srli_epi16(packed, 4), nibbles), _mm_and_si128(packed, nibbles));
+    __m256i pairs = _mm256_maddubs_epi16(q, _mm256_loadu_si256((const __m256i *)a));
+    __m256i sums = _mm256_madd_epi16(pairs, _mm256_set1_epi16(1));
+    return _mm256_fmadd_ps(_mm256_cvtepi32_ps(sums), _mm256_set1_ps(scale), acc);
+}
+
+/* Q5_0 / Q5_1's 32 five-bit values: the nibbles as Q4_1's, bit 4 of value j from bit j of qh (byte j / 8 of
+ * qh broadcast to byte j, kept where it has bit j % 8, then compared to that bit); minus `bias` (16 for Q5_0) */
+static inline __m256i q5_values(const uint8_t *qh, const uint8_t *qs, int bias) {
+    uint32_t high;
+    memcpy(&high, qh, 4);
+    const __m256i spread = _mm256_setr_epi8(0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1,
+                                            2, 2, 2, 2, 2, 2, 2, 2, 3, 3, 3, 3, 3, 3, 3, 3);
+    const __m256i bit = _mm256_set1_epi64x(0x8040201008040201LL);
+    __m256i bytes = _mm256_and_si256(_mm256_shuffle_epi8(_mm256_set1_epi32((int)high), spread), bit);
+    __m256i fifth = _mm256_and_si256(_mm256_cmpeq_epi8(bytes, bit), _mm256_set1_epi8(16));
+    __m128i packed = _mm_loadu_si128((const __m128i *)qs), nibbles = _mm_set1_epi8(15);
+    __m256i q = _mm256_set_m128i(_mm_and_si128(_mm_srli_epi16(packed, 4), nibbles), _mm_and_si128(packed, nibbles));
+    return _mm256_sub_epi8(_mm256_or_si256(q, fifth), _mm256_set1_epi8((char)bias));
+}
+
+static inline acc_f32 q5_0_dot(acc_f32 acc, const uint8_t *qh, const uint8_t *qs, const int8_t *a, float scale) {
+    return dot32_signed_v(acc, q5_values(qh, qs, 16), _mm256_loadu_si256((const __m256i *)a), scale);
+}
+
+/* Q5_1's values 0..31 unsigned: maddubs takes them as they are (pair sums within 2 * 31 * 128 < 2^15) */
+static inline acc_f32 q5_1_dot(acc_f32 acc, const uint8_t *qh, const uint8_t *qs, const int8_t *a, float scale) {
+    __m256i pairs = _mm256_maddubs_epi16(q5_values(qh, qs, 0), _mm256_loadu_si256((const __m256i *)a));
+    __m256i sums = _mm256_madd_epi16(pairs, _mm256_set1_epi16(1));
+    return _mm256_fmadd_ps(_mm256_cvtepi32_ps(sums), _mm256_set1_ps(scale), acc);
+}
+
 #else
 /* ------------------------------------------------------------------------------------- portable */
 typedef float acc_f32;
@@ -65,6 +101,31 @@ static inline acc_f32 dot32_signed(acc_f32 acc, const int8_t *w, const int8_t *a
 static inline acc_f32 q4_0_dot(acc_f32 acc, const uint8_t *qs, const int8_t *a, float scale) {
     int32_t s = 0;
     for (int i = 0; i < 16; i++) s += ((qs[i] & 15) - 8) * a[i] + ((qs[i] >> 4) - 8) * a[i + 16];
+    return acc + (float)s * scale;
+}
+
+static inline acc_f32 q4_1_dot(acc_f32 acc, const uint8_t *qs, const int8_t *a, float scale) {
+    int32_t s = 0;
+    for (int i = 0; i < 16; i++) s += (qs[i] & 15) * a[i] + (qs[i] >> 4) * a[i + 16];
+    return acc + (float)s * scale;
+}
+
+/* value j of a Q5 block: nibble j (layout as Q4_0's) with bit j of qh as bit 4 */
+static inline int32_t q5_value(const uint8_t *qh, const uint8_t *qs, int j) {
+    uint32_t high = (uint32_t)qh[0] | (uint32_t)qh[1] << 8 | (uint32_t)qh[2] << 16 | (uint32_t)qh[3] << 24;
+    int nibble = j < 16 ? qs[j] & 15 : qs[j - 16] >> 4;
+    return nibble | (int)((high >> j) & 1) << 4;
+}
+
+static inline acc_f32 q5_0_dot(acc_f32 acc, const uint8_t *qh, const uint8_t *qs, const int8_t *a, float scale) {
+    int32_t s = 0;
+    for (int j = 0; j < 32; j++) s += (q5_value(qh, qs, j) - 16) * a[j];
+    return acc + (float)s * scale;
+}
+
+static inline acc_f32 q5_1_dot(acc_f32 acc, const uint8_t *qh, const uint8_t *qs, const int8_t *a, float scale) {
+    int32_t s = 0;
+    for (int j = 0; j < 32; j++) s += q5_value(qh, qs, j) * a[j];
     return acc + (float)s * scale;
 }
 #endif
@@ -101,6 +162,50 @@ static inline acc_f32 block_q4_0(acc_f32 acc, const uint8_t *blk, const int8_t *
     return q4_0_dot(acc, blk + 2, a, load_half(blk) * da);
 }
 DEFINE_INT8_ROWS(q4_0, 18)
+
+/* Q4_1, 20 bytes: d (f16), m (f16), qs[16] as Q4_0's; weight = d * q + m with q = 0..15. A block adds
+ * d * da * sum(q * a) + m * da * sum(a), the activations' sum from their runs of 16 (as llama.cpp's Q8_1
+ * blocks carry it); the offset terms are summed apart, in float32. */
+static void rows_q4_1(const uint8_t *w, int64_t stride, int64_t nrows, int64_t nb, const int8_row *a, float *y) {
+    for (int64_t r = 0; r < nrows; r++) {
+        const uint8_t *row = w + r * stride;
+        acc_f32 acc0 = acc_f32_zero(), acc1 = acc_f32_zero();
+        float offsets = 0.0f;
+        for (int64_t b = 0; b < nb; b++) {
+            const uint8_t *blk = row + 20 * b;
+            if (b & 1)
+                acc1 = q4_1_dot(acc1, blk + 4, a->q + 32 * b, load_half(blk) * a->d[b]);
+            else
+                acc0 = q4_1_dot(acc0, blk + 4, a->q + 32 * b, load_half(blk) * a->d[b]);
+            offsets += load_half(blk + 2) * a->d[b] * (float)(a->sums[2 * b] + a->sums[2 * b + 1]);
+        }
+        y[r] = acc_f32_sum(acc0, acc1) + offsets;
+    }
+}
+
+/* Q5_0, 22 bytes: d (f16), qh[4], qs[16]; weight = d * (q - 16), q the 5-bit value (q5_values) */
+static inline acc_f32 block_q5_0(acc_f32 acc, const uint8_t *blk, const int8_t *a, float da) {
+    return q5_0_dot(acc, blk + 2, blk + 6, a, load_half(blk) * da);
+}
+DEFINE_INT8_ROWS(q5_0, 22)
+
+/* Q5_1, 24 bytes: d (f16), m (f16), qh[4], qs[16]; weight = d * q + m, q = 0..31: as Q4_1, offsets apart */
+static void rows_q5_1(const uint8_t *w, int64_t stride, int64_t nrows, int64_t nb, const int8_row *a, float *y) {
+    for (int64_t r = 0; r < nrows; r++) {
+        const uint8_t *row = w + r * stride;
+        acc_f32 acc0 = acc_f32_zero(), acc1 = acc_f32_zero();
+        float offsets = 0.0f;
+        for (int64_t b = 0; b < nb; b++) {
+            const uint8_t *blk = row + 24 * b;
+            if (b & 1)
+                acc1 = q5_1_dot(acc1, blk + 4, blk + 8, a->q + 32 * b, load_half(blk) * a->d[b]);
+            else
+                acc0 = q5_1_dot(acc0, blk + 4, blk + 8, a->q + 32 * b, load_half(blk) * a->d[b]);
+            offsets += load_half(blk + 2) * a->d[b] * (float)(a->sums[2 * b] + a->sums[2 * b + 1]);
+        }
+        y[r] = acc_f32_sum(acc0, acc1) + offsets;
+    }
+}
 
 /* ------------------------------------------------------------------------------------ k-quants */
 
@@ -295,6 +400,9 @@ static void rows_q6_k(const uint8_t *w, int64_t stride, int64_t nrows, int64_t n
 const int8_kernels INT8_TABLE(TFB_ISA_SYMBOL)[] = {
     {TYPE_Q8_0, 32, rows_q8_0},
     {TYPE_Q4_0, 32, rows_q4_0},
+    {TYPE_Q4_1, 32, rows_q4_1},
+    {TYPE_Q5_0, 32, rows_q5_0},
+    {TYPE_Q5_1, 32, rows_q5_1},
     {TYPE_Q4_K, 256, rows_q4_k},
     {TYPE_Q5_K, 256, rows_q5_k},
     {TYPE_Q6_K, 256, rows_q6_k},
