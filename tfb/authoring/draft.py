@@ -14,8 +14,18 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from tfb.authoring.draft_layout import ROLES, Part, draft_view, file_int, get_path, layout, section_path, set_path
-from tfb.authoring.inventory import NEXTN_KEY, Inventory, Presence, standard_name
+from tfb.authoring.draft_layout import (
+    ROLES,
+    Part,
+    draft_view,
+    file_int,
+    get_path,
+    kinds_of,
+    layout,
+    section_path,
+    set_path,
+)
+from tfb.authoring.inventory import NEXTN_KEY, Inventory, Presence
 from tfb.authoring.known_keys import (
     EXPERT_GATING,
     EXPERT_GATING_VALUES,
@@ -25,8 +35,9 @@ from tfb.authoring.known_keys import (
     SLIDING_WINDOW_PATTERN,
 )
 from tfb.errors import InputError
+from tfb.spec.base import KindSection
 from tfb.spec.fields import FIELD_BY_NAME
-from tfb.spec.kinds import DEFAULT_KIND
+from tfb.spec.kinds import DEFAULT_KIND, FFN_KINDS, MIXER_KINDS
 from tfb.spec.kinds.attention import QKNorm
 from tfb.spec.schema import HParam, Spec
 from tfb.spec.slots import FileFacts, global_slots, layer_slots
@@ -118,7 +129,7 @@ class _Drafter:
         self.decisions.append(Decision(path, get_path(self.data, path), ASSUMPTIONS[generic(path)][1], assumed=True))
 
     def tensor_why(self, slot: str, found: Presence, among: str = "layer") -> str:
-        name = standard_name(slot)
+        name = self.inv.name(slot)
         if found == "none":
             return f"no {name} in the file"
         return f"{name} in {'every ' + among if found == 'required' else 'some layers'}" if "{i}" in name \
@@ -165,10 +176,12 @@ class _Drafter:
                     else "no post_attention_norm/post_ffw_norm pair")
         if pre and not post and inv.has("post_attention_norm") and not inv.has("ffn_norm"):
             # a post-norm of the attention alone is no switch; the one reading that runs is this one
-            self.decide("tensors.layer.ffn_norm", standard_name("post_attention_norm"), "no ffn_norm, and a "
+            self.decide("tensors.layer.ffn_norm", inv.name("post_attention_norm"), "no ffn_norm, and a "
                         "post_attention_norm without post_ffw_norm: the norm before the feed-forward, by the name "
                         "some of llama.cpp's graphs give it")
             self.decide("block.residual", "sequential", "the norm before the feed-forward is post_attention_norm")
+        elif all(getattr(kinds_of("ffn")[p.kind], "ABSENT", False) for p in self.layout["ffn"]):
+            return  # no feed-forward: nothing reads the stream after the mixer
         elif inv.has_key(PARALLEL_RESIDUAL):
             parallel = bool(inv.value(PARALLEL_RESIDUAL))
             self.decide("block.residual", "parallel" if parallel else "sequential",
@@ -272,6 +285,8 @@ class _Drafter:
                 self.experts(path, part.members)
             elif part.kind == "dense":
                 self.dense(path, part.members)
+        if "activation" not in get_path(self.data, "ffn"):
+            return  # no MLP
         self.assume("ffn.activation")
         activation = get_path(self.data, "ffn.activation")
         for path, _ in listed[:-1]:  # one activation for the model's MLPs, dense and experts alike
@@ -369,9 +384,11 @@ class _Drafter:
 
     def hparams(self) -> None:
         inv = self.inv
+        unused = _kind_fields(list(MIXER_KINDS.values()) + list(FFN_KINDS.values())) - _kind_fields(
+            [type(s) for s in _sections(_validated(self.data))])
         for name, templates in KEYS.items():
             present = [t for t in templates if inv.has_key(t)]
-            if name not in FIELD_BY_NAME or not present:
+            if name not in FIELD_BY_NAME or not present or name in unused:  # a field of kinds not drafted
                 continue
             rule = getattr(self.base.hparams, name)
             base_keys = rule.keys() if isinstance(rule, HParam) else []
@@ -398,7 +415,7 @@ class _Drafter:
             for slot in slots:
                 ref = (templates.get(group) or {}).get(slot)
                 ref = {"name": ref} if isinstance(ref, str) else ref  # a template given with --set
-                standard = standard_name(slot)
+                standard = inv.name(slot)
                 if ref is None:
                     self.decide(f"tensors.{group}.{slot}", standard, "llama.cpp's tensor name")
                 elif ref["name"] != standard and inv.has(slot) and \
@@ -406,7 +423,7 @@ class _Drafter:
                     self.decide(f"tensors.{group}.{slot}.name", standard, f"the file has {standard}")
         output = (templates.get("global") or {}).get("output")
         if not inv.has("output") and (output is None or output.get("if_absent") is None):
-            self.decide("tensors.global.output", {"name": standard_name("output"), "if_absent": "token_embd"},
+            self.decide("tensors.global.output", {"name": inv.name("output"), "if_absent": "token_embd"},
                         "no output.weight: the token embedding stands in (tied)")
 
     def given_rest(self) -> None:
@@ -419,6 +436,9 @@ class _Drafter:
 def infer(inv: Inventory, base: Spec, given: dict[str, Any] | None = None) -> Draft:
     """Decisions for a spec serving `inv`'s architecture on top of `base`; `given` (dotted path -> value)
     overrides anything, and settles what the file cannot."""
+    given_names = {path.split(".")[-1]: value for path, value in (given or {}).items()
+                   if path.startswith(("tensors.global.", "tensors.layer.")) and isinstance(value, str)}
+    inv = inv.named({**_templates(base), **given_names})  # names given on the command line: the file's
     d = _Drafter(inv, base, dict(given or {}))
     d.kinds()
     d.extra_blocks()
@@ -431,6 +451,25 @@ def infer(inv: Inventory, base: Spec, given: dict[str, Any] | None = None) -> Dr
     d.given_rest()
     d.tensors(_validated(d.data))
     return Draft(inv, base, d.decisions, d.data, _unread(inv, _validated(d.data)))
+
+
+def _kind_fields(kinds: list[type[KindSection]]) -> set[str]:
+    return {f.name for cls in kinds for f in cls.FIELDS}
+
+
+def _sections(spec: Spec) -> list[KindSection]:
+    """The spec's mixer and ffn sections, and the branches of those that have some."""
+    out: list[KindSection] = []
+    for section in [*spec.mixer, *spec.ffn]:
+        out += [section, *getattr(section, "branches", [])]
+    return out
+
+
+def _templates(spec: Spec) -> dict[str, str]:
+    """The spec's tensor name template of each slot."""
+    tensors = spec.model_dump(by_alias=True)["tensors"]
+    return {slot: ref["name"] for group in ("global", "layer") for slot, ref in (tensors.get(group) or {}).items()
+            if isinstance(ref, dict)}
 
 
 def _validated(data: dict[str, Any]) -> Spec:

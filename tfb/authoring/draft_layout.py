@@ -18,7 +18,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from tfb.authoring.inventory import Inventory, standard_name
+from tfb.authoring.inventory import Inventory
 from tfb.authoring.known_keys import KEYS, LAYER_RULE_FIELDS
 from tfb.spec.base import KindSection, LayerRule, selects
 from tfb.spec.fields import FIELD_BY_NAME
@@ -107,6 +107,22 @@ def file_int(inv: Inventory, name: str) -> tuple[str, int] | None:
     return None
 
 
+def file_values(inv: Inventory, name: str) -> tuple[str, list[int]] | None:
+    """The key of a config field in the file and its value at each layer (one integer or boolean for all, or
+    an array of one per layer), by llama.cpp's key for it."""
+    for template in KEYS.get(name, ()):
+        value = inv.value(template)
+        if isinstance(value, (bool, int)):
+            return inv.key(template), [int(value)] * inv.n_layers
+        try:
+            values = [int(v) for v in value]  # type: ignore[union-attr]
+        except (TypeError, ValueError):
+            continue
+        if len(values) == inv.n_layers:
+            return inv.key(template), values
+    return None
+
+
 def layers_text(layers: frozenset[int] | set[int]) -> str:
     shown = sorted(layers)
     more = "..." if len(shown) > 8 else ""
@@ -115,25 +131,28 @@ def layers_text(layers: frozenset[int] | set[int]) -> str:
 
 def _kind_evidence(inv: Inventory, role: str, kind: str, members: frozenset[int]) -> str:
     """The file's tensors of `kind` that the role's default kind does not read, and where."""
+    where = "every layer" if len(members) == inv.n_layers else layers_text(members)
+    if getattr(kinds_of(role)[kind], "ABSENT", False):
+        return f"no {role} tensors in {where}"
     own = [s for s in kinds_of(role)[kind].SLOTS if s not in kinds_of(role)[DEFAULT_KIND[role]].SLOTS
            and inv.has(s, members)] or [s for s in kinds_of(role)[kind].SLOTS if inv.has(s, members)]
     if not own:
         return f"{inv.key('{arch}.expert_count')} > 0"
-    where = "every layer" if len(members) == inv.n_layers else layers_text(members)
-    return f"{', '.join(standard_name(s) for s in own[:2])} in {where}"
+    return f"{', '.join(inv.name(s) for s in own[:2])} in {where}"
 
 
-def _selected(rule: LayerRule, value: int, n_layers: int) -> frozenset[int]:
-    """The layers a rule selects when its field has `value` in every layer."""
-    return frozenset(i for i in range(n_layers) if selects(rule, i, lambda _field, _layer: value))
+def _selected(rule: LayerRule, values: list[int]) -> frozenset[int]:
+    """The layers a rule selects when its field has `values[i]` at layer i."""
+    return frozenset(i for i in range(len(values)) if selects(rule, i, lambda _field, layer: values[layer]))
 
 
 def layout(inv: Inventory, role: str) -> list[Part]:
     """The sections `role` needs for the file's layers, first to last."""
     every = frozenset(range(inv.n_layers))
     by_kind: dict[str, set[int]] = {}
+    absent = next((name for name, cls in kinds_of(role).items() if getattr(cls, "ABSENT", False)), None)
     for i in range(inv.n_layers):
-        kind = _layer_kind(inv, role, i)
+        kind = _layer_kind(inv, role, i) or absent  # no tensor of the role: the kind that has none, if any
         if kind is not None:
             by_kind.setdefault(kind, set()).add(i)
     if role == "ffn" and int(inv.value("{arch}.expert_count", 0) or 0) > 0 and not by_kind.get("routed"):
@@ -145,13 +164,14 @@ def layout(inv: Inventory, role: str) -> list[Part]:
     for (first, chosen), (rest, others) in (groups, groups[::-1]):
         for condition, names in LAYER_RULE_FIELDS.items():
             for name in names:
-                found = file_int(inv, name)
+                found = file_values(inv, name)
                 if found is None or name not in FIELD_BY_NAME:
                     continue
-                key, n = found
-                if _selected(LayerRule(**{condition: name}), n, inv.n_layers) == chosen:
+                key, values = found
+                if _selected(LayerRule(**{condition: name}), values) == chosen:
+                    shown = values[0] if len(set(values)) == 1 else f"[{', '.join(map(str, values))}]"
                     return [Part(first, {condition: name}, chosen, _kind_evidence(inv, role, first, chosen),
-                                 f"{key} = {n}: {layers_text(chosen)}"),
+                                 f"{key} = {shown}: {layers_text(chosen)}"),
                             Part(rest, "all", others, _kind_evidence(inv, role, rest, others))]
     (first, chosen), (rest, others) = groups
     return [Part(first, [i in chosen for i in range(inv.n_layers)], chosen, _kind_evidence(inv, role, first, chosen),
