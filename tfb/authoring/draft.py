@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal, get_args, get_origin
 
 from pydantic import ValidationError
 
@@ -21,6 +21,7 @@ from tfb.authoring.draft_layout import (
     file_int,
     get_path,
     kinds_of,
+    layers_text,
     layout,
     section_path,
     set_path,
@@ -56,6 +57,9 @@ ASSUMPTIONS: dict[str, tuple[str, str]] = {
     "hparams.expert_weights_norm": ("--expert-weights-norm", "the file has no expert_weights_norm key; whether "
                                     "the chosen experts' weights are renormalised is llama.cpp code per "
                                     "architecture"),
+    "mixer.value_heads": ("--set mixer.value_heads=...", "the order of a delta-net's value heads (grouped by key "
+                          "head, or tiled) is the converter's choice per architecture; the tensors' shapes are the "
+                          "same either way"),
     "mixer.sliding_window": ("--sliding-window", "the file gives a window size but not which layers use it; "
                                  "llama.cpp applies it to all, some or (for some architectures) none"),
     "mixer.qk_norm.kind": ("--set mixer.qk_norm.kind=...", "the Q/K norms have no bias tensors, and "
@@ -70,8 +74,9 @@ ASSUMPTIONS: dict[str, tuple[str, str]] = {
 
 
 def generic(path: str) -> str:
-    """A path without its section numbers (`ffn.0.activation` -> `ffn.activation`), for the options."""
-    return ".".join(p for p in path.split(".") if not p.isdigit())
+    """A path without its section numbers and branches (`ffn.0.activation` -> `ffn.activation`,
+    `mixer.branches.0.rope.pairing` -> `mixer.rope.pairing`), for the options."""
+    return ".".join(p for p in path.split(".") if not p.isdigit() and p != "branches")
 
 
 @dataclass(frozen=True)
@@ -102,6 +107,7 @@ class _Drafter:
         self.data: dict[str, Any] = draft_view(base.model_dump(by_alias=True, exclude={"name", "abstract", "match"}),
                                                inv)
         self.decisions: list[Decision] = []
+        self.used: set[str] = set()  # the given paths a decision took
 
     def sections(self, role: str) -> list[tuple[str, Part]]:
         """Each drafted section of `role` with its path (the last one: the role itself)."""
@@ -110,30 +116,43 @@ class _Drafter:
 
     # ---------------------------------------------------------------------------------- recording
 
+    def given_at(self, path: str) -> str | None:
+        """The given path that settles `path`: itself, or its generic form (for every section it names)."""
+        for key in (path, generic(path)):
+            if key in self.given:
+                self.used.add(key)
+                return key
+        return None
+
     def decide(self, path: str, value: Any, why: str) -> None:
-        if path in self.given:
-            value, why = self.given[path], GIVEN
+        if (key := self.given_at(path)) is not None:
+            value, why = self.given[key], GIVEN
         self.decisions.append(Decision(path, value, why))
         set_path(self.data, path, value)
 
     def presence(self, path: str, found: Presence, why: str) -> None:
         """A presence switch; `optional` in the base already accepts the file either way."""
-        if get_path(self.data, path) != "optional" or path in self.given:
+        if get_path(self.data, path) != "optional" or self.given_at(path) is not None:
             self.decide(path, found, why)
 
     def assume(self, path: str) -> None:
         """A switch the file cannot settle: the command line's value, else the base's, listed as assumed."""
-        if path in self.given:
-            self.decide(path, self.given[path], GIVEN)
+        if (key := self.given_at(path)) is not None:
+            self.decide(path, self.given[key], GIVEN)
             return
         self.decisions.append(Decision(path, get_path(self.data, path), ASSUMPTIONS[generic(path)][1], assumed=True))
 
     def tensor_why(self, slot: str, found: Presence, among: str = "layer") -> str:
         name = self.inv.name(slot)
+        if among.startswith(("layer ", "layers ")):  # some layers, by number
+            return f"{'no ' * (found == 'none')}{name} in {'some of ' * (found == 'optional')}{among}"
         if found == "none":
             return f"no {name} in the file"
         return f"{name} in {'every ' + among if found == 'required' else 'some layers'}" if "{i}" in name \
             else f"{name} in the file"
+
+    def among(self, members: frozenset[int]) -> str:
+        return "layer" if len(members) == self.inv.n_layers else layers_text(members)
 
     # ----------------------------------------------------------------------------------- switches
 
@@ -210,36 +229,90 @@ class _Drafter:
 
     def mixers(self) -> None:
         inv = self.inv
-        for path, part in self.sections("mixer"):
-            rope = get_path(self.data, f"{path}.rope")
-            if inv.has("position_embd"):
-                self.decide("embedding.positions", "learned", "position_embd.weight in the file")
-                if isinstance(rope, dict) and "layers" in rope and \
-                        not any(k.startswith(f"{inv.arch}.rope.") for k in inv.metadata):
-                    self.decide(f"{path}.rope.layers", "none", "learned positions and no rope keys")
-            if part.kind == "attention":
-                self.attention(path, part.members)
-            elif part.kind == "latent_attention":
-                low_rank = inv.presence("attn_q_a", part.members)
-                self.decide(f"{path}.query", "low_rank" if low_rank == "required" else "direct",
-                            self.tensor_why("attn_q_a", low_rank))
-            if isinstance(rope, dict) and get_path(self.data, f"{path}.rope.layers") != "none":
-                self.assume(f"{path}.rope.pairing")
+        for section, part in self.sections("mixer"):
+            units = [(f"{section}.branches.{j}", kind) for j, kind in enumerate(part.branches)] or \
+                [(section, part.kind)]
+            for path, kind in units:
+                self.mixer(path, kind, part.members)
+        if inv.has("position_embd"):
+            self.decide("embedding.positions", "learned", "position_embd.weight in the file")
+
+    def mixer(self, path: str, kind: str, members: frozenset[int]) -> None:
+        inv = self.inv
+        rope = get_path(self.data, f"{path}.rope")
+        if inv.has("position_embd") and isinstance(rope, dict) and "layers" in rope and \
+                not any(k.startswith(f"{inv.arch}.rope.") for k in inv.metadata):
+            self.decide(f"{path}.rope.layers", "none", "learned positions and no rope keys")
+        if kind == "attention":
+            self.attention(path, members)
+        elif kind == "latent_attention":
+            low_rank = inv.presence("attn_q_a", members)
+            self.decide(f"{path}.query", "low_rank" if low_rank == "required" else "direct",
+                        self.tensor_why("attn_q_a", low_rank))
+        else:
+            self.by_slots("mixer", path, kind, members)
+        if isinstance(rope, dict) and get_path(self.data, f"{path}.rope.layers") != "none":
+            self.assume(f"{path}.rope.pairing")
+
+    def by_slots(self, role: str, path: str, kind: str, members: frozenset[int]) -> None:
+        """Each switch of a kind whose values read different tensors (asked of the kind's own `slots()`):
+        the value whose required tensors the layers all have, and that reads most of theirs. A switch whose
+        values the tensors do not tell apart keeps the base's value (the file cannot settle it)."""
+        inv, cls = self.inv, kinds_of(role)[kind]
+        spec, current = _validated(self.data), get_path(self.data, path)
+        for name, info in cls.model_fields.items():
+            values = get_args(info.annotation) if get_origin(info.annotation) is Literal else ()
+            if name in ("kind", "layers") or len(values) < 2:
+                continue
+            needs = {v: cls.model_validate({**current, name: v}).slots(spec, FileFacts()) for v in values}
+            fits = {v: sum(inv.has(s, members) for s in need) for v, need in needs.items()
+                    if all(n != "required" or inv.presence(s, members) == "required" for s, n in need.items())}
+            if not fits or (len(fits) == len(values) and len(set(fits.values())) == 1):
+                # nothing fits (tfb check says which tensor), or the tensors cannot tell
+                if generic(f"{path}.{name}") in ASSUMPTIONS:
+                    self.assume(f"{path}.{name}")
+                elif (key := self.given_at(f"{path}.{name}")) is not None:
+                    self.decide(f"{path}.{name}", self.given[key], GIVEN)
+                continue
+            best = max(fits, key=lambda v: (fits[v], v == current[name]))
+            differ = sorted({s for need in needs.values() for s in need} - set.intersection(
+                *(set(need) for need in needs.values())) or {s for s, n in needs[best].items() if n != "required"})
+            among = self.among(members)
+            self.decide(f"{path}.{name}", best, "; ".join(self.tensor_why(s, inv.presence(s, members), among)
+                                                           for s in differ[:3]))
 
     def attention(self, path: str, members: frozenset[int]) -> None:
         inv = self.inv
         fused = inv.has("attn_qkv", members)
-        if get_path(self.data, f"{path}.qkv") != "auto":
+        if get_path(self.data, f"{path}.qkv") != "auto" or fused != inv.has("attn_qkv"):  # (other kinds' layers)
             self.decide(f"{path}.qkv", "fused" if fused else "separate",
-                        self.tensor_why("attn_qkv", inv.presence("attn_qkv", members)))
+                        self.tensor_why("attn_qkv", inv.presence("attn_qkv", members), self.among(members)))
         for p, slot in (("q", "attn_q"), ("k", "attn_k"), ("v", "attn_v"), ("o", "attn_output")):
             bias = "attn_qkv_bias" if fused and p != "o" else f"{slot}_bias"
             found = inv.presence(bias, members)
             self.presence(f"{path}.bias.{p}", found, self.tensor_why(bias, found))
         self.qk_norm(path)
+        self.output_gate(path, members, fused)
         sinks = inv.presence("attn_sinks", members)
         self.decide(f"{path}.sinks", sinks != "none", self.tensor_why("attn_sinks", sinks))
         self.sliding_window(path)
+
+    def output_gate(self, path: str, members: frozenset[int], fused: bool) -> None:
+        """A gate of each head's output, stored after its queries in attn_q: twice the query rows."""
+        inv = self.inv
+        heads = int(inv.value("{arch}.attention.head_count", 0) or 0)
+        hidden = int(inv.value("{arch}.embedding_length", 0) or 0)
+        head_dim = int(inv.value("{arch}.attention.key_length", hidden // heads if heads else 0) or 0)
+        shapes = {inv.tensors[n].shape[0] for i in members
+                  if (n := inv.name("attn_q").replace("{i}", str(i))) in inv.tensors}
+        if fused or len(shapes) != 1 or not heads:
+            return
+        rows = shapes.pop()
+        gated = rows == 2 * heads * head_dim
+        if gated or get_path(self.data, f"{path}.output_gate") != "none":
+            self.decide(f"{path}.output_gate", "sigmoid" if gated else "none",
+                        f"attn_q has {rows} rows{' = 2' if gated else ', not 2'} x head_count ({heads}) x head_dim "
+                        f"({head_dim}){': queries then gates' if gated else ''}")
 
     def qk_norm(self, path: str) -> None:
         inv = self.inv
@@ -285,7 +358,9 @@ class _Drafter:
                 self.experts(path, part.members)
             elif part.kind == "dense":
                 self.dense(path, part.members)
-        if "activation" not in get_path(self.data, "ffn"):
+            else:
+                self.by_slots("ffn", path, part.kind, part.members)
+        if get_path(self.data, "ffn.activation") is None:
             return  # no MLP
         self.assume("ffn.activation")
         activation = get_path(self.data, "ffn.activation")
@@ -363,8 +438,8 @@ class _Drafter:
 
     def assume_hparam(self, name: str) -> None:
         path = f"hparams.{name}"
-        if path in self.given:
-            self.decide(path, self.given[path], GIVEN)
+        if (key := self.given_at(path)) is not None:
+            self.decide(path, self.given[key], GIVEN)
             return
         rule = get_path(self.data, path)
         value = rule.get("default") if isinstance(rule, dict) else None
@@ -397,7 +472,7 @@ class _Drafter:
         if inv.has_key(KEYS["attn_temperature_scale"][0]) and not inv.has_key(KEYS["attn_temperature_length"][0]):
             self.assume_hparam("attn_temperature_length")
         path = "hparams.yarn_log_multiplier"
-        if inv.has_key(KEYS["yarn_log_multiplier"][0]) and path not in self.given:
+        if inv.has_key(KEYS["yarn_log_multiplier"][0]) and self.given_at(path) is None:
             self.decisions.append(Decision(path, get_path(self.data, path), ASSUMPTIONS[path][1], assumed=True))
 
     # ------------------------------------------------------------------------------------ tensors
@@ -429,7 +504,7 @@ class _Drafter:
     def given_rest(self) -> None:
         decided = {d.path for d in self.decisions}
         for path, value in self.given.items():
-            if path not in decided:
+            if path not in decided and path not in self.used:
                 self.decide(path, value, GIVEN)
 
 
