@@ -9,6 +9,7 @@ YAML writer (draft_yaml.py) keeps those that differ from the base.
 from __future__ import annotations
 
 import copy
+import itertools
 from dataclasses import dataclass, field
 from typing import Any, Literal, get_args, get_origin
 
@@ -255,31 +256,46 @@ class _Drafter:
             self.assume(f"{path}.rope.pairing")
 
     def by_slots(self, role: str, path: str, kind: str, members: frozenset[int]) -> None:
-        """Each switch of a kind whose values read different tensors (asked of the kind's own `slots()`):
-        the value whose required tensors the layers all have, and that reads most of theirs. A switch whose
-        values the tensors do not tell apart keeps the base's value (the file cannot settle it)."""
+        """The switches of a kind whose values read different tensors (asked of the kind's own `slots()`),
+        together: the values whose required tensors the layers all have, and that read most of theirs. A
+        switch whose values the tensors do not tell apart keeps the base's value (the file cannot settle it)."""
         inv, cls = self.inv, kinds_of(role)[kind]
         spec, current = _validated(self.data), get_path(self.data, path)
-        for name, info in cls.model_fields.items():
-            values = get_args(info.annotation) if get_origin(info.annotation) is Literal else ()
-            if name in ("kind", "layers") or len(values) < 2:
-                continue
-            needs = {v: cls.model_validate({**current, name: v}).slots(spec, FileFacts()) for v in values}
-            fits = {v: sum(inv.has(s, members) for s in need) for v, need in needs.items()
-                    if all(n != "required" or inv.presence(s, members) == "required" for s, n in need.items())}
-            if not fits or (len(fits) == len(values) and len(set(fits.values())) == 1):
-                # nothing fits (tfb check says which tensor), or the tensors cannot tell
+        current = current[-1] if isinstance(current, list) else current  # the role: its last section
+        switches = {name: get_args(info.annotation) for name, info in cls.model_fields.items()
+                    if get_origin(info.annotation) is Literal and len(get_args(info.annotation)) > 1}
+        if not switches:
+            return
+
+        def reads(values: tuple[Any, ...]) -> dict[str, str]:
+            section = cls.model_validate({**current, **dict(zip(switches, values, strict=True))})
+            return dict(section.slots(spec, FileFacts()))
+
+        def score(values: tuple[Any, ...]) -> tuple[int, int] | None:
+            need = reads(values)
+            if any(n == "required" and inv.presence(s, members) != "required" for s, n in need.items()):
+                return None
+            kept = sum(v == current[k] for k, v in zip(switches, values, strict=True))
+            return sum(inv.has(s, members) for s in need), kept
+
+        scored = {values: sc for values in itertools.product(*switches.values()) if (sc := score(values))}
+        if not scored:
+            return  # nothing fits: tfb check names the tensor
+        best = max(scored, key=lambda values: scored[values])
+        among = self.among(members)
+        for i, (name, values) in enumerate(switches.items()):
+            others = [(*best[:i], v, *best[i + 1:]) for v in values if v != best[i]]
+            if any(o in scored and scored[o][0] == scored[best][0] for o in others):  # the tensors cannot tell
                 if generic(f"{path}.{name}") in ASSUMPTIONS:
                     self.assume(f"{path}.{name}")
                 elif (key := self.given_at(f"{path}.{name}")) is not None:
                     self.decide(f"{path}.{name}", self.given[key], GIVEN)
                 continue
-            best = max(fits, key=lambda v: (fits[v], v == current[name]))
-            differ = sorted({s for need in needs.values() for s in need} - set.intersection(
-                *(set(need) for need in needs.values())) or {s for s, n in needs[best].items() if n != "required"})
-            among = self.among(members)
-            self.decide(f"{path}.{name}", best, "; ".join(self.tensor_why(s, inv.presence(s, members), among)
-                                                           for s in differ[:3]))
+            mine = reads(best)
+            differ = sorted({s for o in others for s, n in reads(o).items() if mine.get(s) != n} |
+                            {s for o in others for s in mine if s not in reads(o)})
+            self.decide(f"{path}.{name}", best[i], "; ".join(
+                self.tensor_why(s, inv.presence(s, members), among) for s in differ[:3]))
 
     def attention(self, path: str, members: frozenset[int]) -> None:
         inv = self.inv

@@ -132,7 +132,7 @@ def file_values(inv: Inventory, name: str) -> tuple[str, list[int]] | None:
         if isinstance(value, (bool, int)):
             return inv.key(template), [int(value)] * inv.n_layers
         try:
-            values = [int(v) for v in value]  # type: ignore[union-attr]
+            values = [int(v) for v in value]
         except (TypeError, ValueError):
             continue
         if len(values) == inv.n_layers:
