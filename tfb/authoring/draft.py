@@ -145,7 +145,7 @@ class _Drafter:
 
     def tensor_why(self, slot: str, found: Presence, among: str = "layer") -> str:
         name = self.inv.name(slot)
-        if among.startswith(("layer ", "layers ")):  # some layers, by number
+        if among.removeprefix("layers ").removeprefix("layer ")[:1].isdigit():  # some layers, by number
             return f"{'no ' * (found == 'none')}{name} in {'some of ' * (found == 'optional')}{among}"
         if found == "none":
             return f"no {name} in the file"
