@@ -24,7 +24,7 @@ from tfb.authoring.draft_layout import Part, layout
 from tfb.authoring.draft_yaml import draft_spec
 from tfb.authoring.inventory import Inventory
 from tfb.errors import TfbError
-from tfb.gguf.reader import GGUFFile
+from tfb.gguf.reader import GGUFFile, MetaValue
 from tfb.spec import load_spec
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -46,6 +46,21 @@ KNOWN: dict[str, dict[str, Any]] = {
     "stablelm_qk_norm": {"mixer.rope.pairing": "half", "mixer.qk_norm.kind": "layernorm"},
     "mistral3": {"mixer.rope.pairing": "adjacent",
                  "hparams.attn_temperature_length": {"default": {"field": "rope_original_context"}}},
+    # recurrent and hybrid files: which layers are which, and the recurrent kinds, come from the tensors
+    "mamba2": {},
+    # llama.cpp's graph norms the output by token_embd_norm (src/models/lfm2.cpp)
+    "lfm2": {"mixer.rope.pairing": "half", "tensors.global.output_norm": "token_embd_norm.weight"},
+    "lfm2moe": {"mixer.rope.pairing": "half", "tensors.global.output_norm": "token_embd_norm.weight",
+                "hparams.expert_weights_norm": True},
+    # llama.cpp reads rope.scaling.finetuned as "rope on" for this family (src/models/granite-hybrid.cpp)
+    "granitehybrid": {"mixer.rope.pairing": "adjacent", "hparams.expert_weights_norm": True,
+                      "hparams.use_rope": {"key": "{arch}.rope.scaling.finetuned", "default": True},
+                      "mixer.rope.layers": {"nonzero": "use_rope"}},
+    "qwen3next": {"mixer.rope.pairing": "half", "hparams.expert_weights_norm": True},
+    # the converter reorders these families' value heads (tiled); the shapes do not show it
+    "qwen35": {"mixer.rope.pairing": "half", "mixer.value_heads": "tiled"},
+    "qwen35moe": {"mixer.rope.pairing": "half", "hparams.expert_weights_norm": True, "mixer.value_heads": "tiled"},
+    "falcon_h1": {"mixer.rope.pairing": "half"},
 }
 
 
@@ -224,10 +239,8 @@ def test_draft_of_a_file_with_a_next_token_prediction_block(tiny_model, tmp_path
     assert "  - kind: routed  # blk.{i}.ffn_gate_inp.weight, blk.{i}.exp_probs_b.bias in layers 1, 2" in text
 
 
-def inventory(n_layers: int, per_layer: dict[str, list[int]], metadata: dict[str, int]) -> Inventory:
+def inventory(n_layers: int, per_layer: dict[str, list[int]], metadata: dict[str, int | list[int]]) -> Inventory:
     """An inventory of a file with these per-layer tensors and integer keys (only names are read)."""
-    from tfb.gguf.reader import MetaValue
-
     tensors: dict[str, Any] = {f"blk.{i}.{name}.weight": None for name, layers in per_layer.items() for i in layers}
     meta = {f"x.{k}": MetaValue(v, "uint32") for k, v in metadata.items()}
     return Inventory("x.gguf", "x", meta, tensors, n_layers)
@@ -260,3 +273,41 @@ def test_layout_of_uniform_files() -> None:
     # layers with dense and expert tensors alike are routed ones (tfb check then names the tensors left unread)
     both = inventory(2, {"ffn_up": [0, 1], "ffn_gate_inp": [0, 1], "ffn_up_exps": [0, 1]}, {})
     assert [p.kind for p in layout(both, "ffn")] == ["routed"]
+
+
+HYBRID = {"attn_q": [1, 3], "attn_k": [1, 3], "attn_v": [1, 3], "attn_output": [1, 3],
+          "ssm_in": [0, 2], "ssm_conv1d": [0, 2], "ssm_out": [0, 2], "ssm_norm": [0, 2]}
+
+
+def test_layout_of_a_hybrid_by_a_per_layer_array() -> None:
+    """head_count_kv 0 in the recurrent layers: the rule reads the per-layer array."""
+    inv = inventory(4, HYBRID, {"attention.head_count_kv": [0, 2, 0, 2]})
+    parts = layout(inv, "mixer")
+    assert [(p.kind, p.layers, sorted(p.members)) for p in parts] == [
+        ("ssd", {"zero": "n_kv_heads"}, [0, 2]), ("attention", "all", [1, 3])]
+    assert parts[0].why == "x.attention.head_count_kv = [0, 2, 0, 2]: layers 0, 2"
+    assert parts[0].evidence == "blk.{i}.ssm_in.weight, blk.{i}.ssm_conv1d.weight in layers 0, 2"
+    # no feed-forward tensors anywhere: the kind without any
+    assert [p.kind for p in layout(inv, "ffn")] == ["none"]
+
+
+def test_layout_of_two_mixers_in_one_layer() -> None:
+    """Attention and state space tensors in the same layers: one section running both side by side; the
+    delta-net's own tensors make a delta-net layer, not a parallel one, though it shares some ssm_* names."""
+    both = {name: [0, 1] for name in HYBRID}
+    assert [(p.kind, p.branches) for p in layout(inventory(2, both, {}), "mixer")] == [
+        ("parallel", ("attention", "ssd"))]
+    delta = {name: [0, 1] for name in ("attn_qkv", "attn_gate", "ssm_ba", "ssm_conv1d", "ssm_out", "ssm_norm")}
+    assert [(p.kind, p.branches) for p in layout(inventory(2, delta, {}), "mixer")] == [("gated_delta_net", ())]
+
+
+def test_draft_of_attention_beside_a_state_space_layer(tiny_model, tmp_path: Path) -> None:
+    _, path = tiny_model("falcon_h1", "f32")
+    with only_the_base(tmp_path):
+        text, _ = draft_spec(path, given=KNOWN["falcon_h1"])
+    assert "mixer:\n  kind: parallel  # blk.{i}.attn_q.weight, blk.{i}.attn_k.weight in every layer; " \
+           "blk.{i}.ssm_in.weight, blk.{i}.ssm_conv1d.weight in every layer\n  branches:" in text
+    assert "    - kind: attention\n      rope:\n        pairing: half  # given on the command line\n" \
+           "    - kind: ssd\n" in text
+    # the converter writes this norm without its .weight suffix
+    assert "    ffn_norm: {name: 'blk.{i}.ffn_norm'}  # the file has blk.{i}.ffn_norm" in text

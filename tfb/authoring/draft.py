@@ -9,13 +9,25 @@ YAML writer (draft_yaml.py) keeps those that differ from the base.
 from __future__ import annotations
 
 import copy
+import itertools
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal, get_args, get_origin
 
 from pydantic import ValidationError
 
-from tfb.authoring.draft_layout import ROLES, Part, draft_view, file_int, get_path, layout, section_path, set_path
-from tfb.authoring.inventory import NEXTN_KEY, Inventory, Presence, standard_name
+from tfb.authoring.draft_layout import (
+    ROLES,
+    Part,
+    draft_view,
+    file_int,
+    get_path,
+    kinds_of,
+    layers_text,
+    layout,
+    section_path,
+    set_path,
+)
+from tfb.authoring.inventory import NEXTN_KEY, Inventory, Presence
 from tfb.authoring.known_keys import (
     EXPERT_GATING,
     EXPERT_GATING_VALUES,
@@ -25,8 +37,9 @@ from tfb.authoring.known_keys import (
     SLIDING_WINDOW_PATTERN,
 )
 from tfb.errors import InputError
+from tfb.spec.base import KindSection
 from tfb.spec.fields import FIELD_BY_NAME
-from tfb.spec.kinds import DEFAULT_KIND
+from tfb.spec.kinds import DEFAULT_KIND, FFN_KINDS, MIXER_KINDS
 from tfb.spec.kinds.attention import QKNorm
 from tfb.spec.schema import HParam, Spec
 from tfb.spec.slots import FileFacts, global_slots, layer_slots
@@ -45,6 +58,9 @@ ASSUMPTIONS: dict[str, tuple[str, str]] = {
     "hparams.expert_weights_norm": ("--expert-weights-norm", "the file has no expert_weights_norm key; whether "
                                     "the chosen experts' weights are renormalised is llama.cpp code per "
                                     "architecture"),
+    "mixer.value_heads": ("--set mixer.value_heads=...", "the order of a delta-net's value heads (grouped by key "
+                          "head, or tiled) is the converter's choice per architecture; the tensors' shapes are the "
+                          "same either way"),
     "mixer.sliding_window": ("--sliding-window", "the file gives a window size but not which layers use it; "
                                  "llama.cpp applies it to all, some or (for some architectures) none"),
     "mixer.qk_norm.kind": ("--set mixer.qk_norm.kind=...", "the Q/K norms have no bias tensors, and "
@@ -59,8 +75,9 @@ ASSUMPTIONS: dict[str, tuple[str, str]] = {
 
 
 def generic(path: str) -> str:
-    """A path without its section numbers (`ffn.0.activation` -> `ffn.activation`), for the options."""
-    return ".".join(p for p in path.split(".") if not p.isdigit())
+    """A path without its section numbers and branches (`ffn.0.activation` -> `ffn.activation`,
+    `mixer.branches.0.rope.pairing` -> `mixer.rope.pairing`), for the options."""
+    return ".".join(p for p in path.split(".") if not p.isdigit() and p != "branches")
 
 
 @dataclass(frozen=True)
@@ -91,6 +108,7 @@ class _Drafter:
         self.data: dict[str, Any] = draft_view(base.model_dump(by_alias=True, exclude={"name", "abstract", "match"}),
                                                inv)
         self.decisions: list[Decision] = []
+        self.used: set[str] = set()  # the given paths a decision took
 
     def sections(self, role: str) -> list[tuple[str, Part]]:
         """Each drafted section of `role` with its path (the last one: the role itself)."""
@@ -99,30 +117,43 @@ class _Drafter:
 
     # ---------------------------------------------------------------------------------- recording
 
+    def given_at(self, path: str) -> str | None:
+        """The given path that settles `path`: itself, or its generic form (for every section it names)."""
+        for key in (path, generic(path)):
+            if key in self.given:
+                self.used.add(key)
+                return key
+        return None
+
     def decide(self, path: str, value: Any, why: str) -> None:
-        if path in self.given:
-            value, why = self.given[path], GIVEN
+        if (key := self.given_at(path)) is not None:
+            value, why = self.given[key], GIVEN
         self.decisions.append(Decision(path, value, why))
         set_path(self.data, path, value)
 
     def presence(self, path: str, found: Presence, why: str) -> None:
         """A presence switch; `optional` in the base already accepts the file either way."""
-        if get_path(self.data, path) != "optional" or path in self.given:
+        if get_path(self.data, path) != "optional" or self.given_at(path) is not None:
             self.decide(path, found, why)
 
     def assume(self, path: str) -> None:
         """A switch the file cannot settle: the command line's value, else the base's, listed as assumed."""
-        if path in self.given:
-            self.decide(path, self.given[path], GIVEN)
+        if (key := self.given_at(path)) is not None:
+            self.decide(path, self.given[key], GIVEN)
             return
         self.decisions.append(Decision(path, get_path(self.data, path), ASSUMPTIONS[generic(path)][1], assumed=True))
 
     def tensor_why(self, slot: str, found: Presence, among: str = "layer") -> str:
-        name = standard_name(slot)
+        name = self.inv.name(slot)
+        if among.removeprefix("layers ").removeprefix("layer ")[:1].isdigit():  # some layers, by number
+            return f"{'no ' * (found == 'none')}{name} in {'some of ' * (found == 'optional')}{among}"
         if found == "none":
             return f"no {name} in the file"
         return f"{name} in {'every ' + among if found == 'required' else 'some layers'}" if "{i}" in name \
             else f"{name} in the file"
+
+    def among(self, members: frozenset[int]) -> str:
+        return "layer" if len(members) == self.inv.n_layers else layers_text(members)
 
     # ----------------------------------------------------------------------------------- switches
 
@@ -165,10 +196,12 @@ class _Drafter:
                     else "no post_attention_norm/post_ffw_norm pair")
         if pre and not post and inv.has("post_attention_norm") and not inv.has("ffn_norm"):
             # a post-norm of the attention alone is no switch; the one reading that runs is this one
-            self.decide("tensors.layer.ffn_norm", standard_name("post_attention_norm"), "no ffn_norm, and a "
+            self.decide("tensors.layer.ffn_norm", inv.name("post_attention_norm"), "no ffn_norm, and a "
                         "post_attention_norm without post_ffw_norm: the norm before the feed-forward, by the name "
                         "some of llama.cpp's graphs give it")
             self.decide("block.residual", "sequential", "the norm before the feed-forward is post_attention_norm")
+        elif all(getattr(kinds_of("ffn")[p.kind], "ABSENT", False) for p in self.layout["ffn"]):
+            return  # no feed-forward: nothing reads the stream after the mixer
         elif inv.has_key(PARALLEL_RESIDUAL):
             parallel = bool(inv.value(PARALLEL_RESIDUAL))
             self.decide("block.residual", "parallel" if parallel else "sequential",
@@ -197,36 +230,105 @@ class _Drafter:
 
     def mixers(self) -> None:
         inv = self.inv
-        for path, part in self.sections("mixer"):
-            rope = get_path(self.data, f"{path}.rope")
-            if inv.has("position_embd"):
-                self.decide("embedding.positions", "learned", "position_embd.weight in the file")
-                if isinstance(rope, dict) and "layers" in rope and \
-                        not any(k.startswith(f"{inv.arch}.rope.") for k in inv.metadata):
-                    self.decide(f"{path}.rope.layers", "none", "learned positions and no rope keys")
-            if part.kind == "attention":
-                self.attention(path, part.members)
-            elif part.kind == "latent_attention":
-                low_rank = inv.presence("attn_q_a", part.members)
-                self.decide(f"{path}.query", "low_rank" if low_rank == "required" else "direct",
-                            self.tensor_why("attn_q_a", low_rank))
-            if isinstance(rope, dict) and get_path(self.data, f"{path}.rope.layers") != "none":
-                self.assume(f"{path}.rope.pairing")
+        for section, part in self.sections("mixer"):
+            units = [(f"{section}.branches.{j}", kind) for j, kind in enumerate(part.branches)] or \
+                [(section, part.kind)]
+            for path, kind in units:
+                self.mixer(path, kind, part.members)
+        if inv.has("position_embd"):
+            self.decide("embedding.positions", "learned", "position_embd.weight in the file")
+
+    def mixer(self, path: str, kind: str, members: frozenset[int]) -> None:
+        inv = self.inv
+        rope = get_path(self.data, f"{path}.rope")
+        if inv.has("position_embd") and isinstance(rope, dict) and "layers" in rope and \
+                not any(k.startswith(f"{inv.arch}.rope.") for k in inv.metadata):
+            self.decide(f"{path}.rope.layers", "none", "learned positions and no rope keys")
+        if kind == "attention":
+            self.attention(path, members)
+        elif kind == "latent_attention":
+            low_rank = inv.presence("attn_q_a", members)
+            self.decide(f"{path}.query", "low_rank" if low_rank == "required" else "direct",
+                        self.tensor_why("attn_q_a", low_rank))
+        else:
+            self.by_slots("mixer", path, kind, members)
+        if isinstance(rope, dict) and get_path(self.data, f"{path}.rope.layers") != "none":
+            self.assume(f"{path}.rope.pairing")
+
+    def by_slots(self, role: str, path: str, kind: str, members: frozenset[int]) -> None:
+        """The switches of a kind whose values read different tensors (asked of the kind's own `slots()`),
+        together: the values whose required tensors the layers all have, and that read most of theirs. A
+        switch whose values the tensors do not tell apart keeps the base's value (the file cannot settle it)."""
+        inv, cls = self.inv, kinds_of(role)[kind]
+        spec, current = _validated(self.data), get_path(self.data, path)
+        current = current[-1] if isinstance(current, list) else current  # the role: its last section
+        switches = {name: get_args(info.annotation) for name, info in cls.model_fields.items()
+                    if get_origin(info.annotation) is Literal and len(get_args(info.annotation)) > 1}
+        if not switches:
+            return
+
+        def reads(values: tuple[Any, ...]) -> dict[str, str]:
+            section = cls.model_validate({**current, **dict(zip(switches, values, strict=True))})
+            return dict(section.slots(spec, FileFacts()))
+
+        def score(values: tuple[Any, ...]) -> tuple[int, int] | None:
+            need = reads(values)
+            if any(n == "required" and inv.presence(s, members) != "required" for s, n in need.items()):
+                return None
+            kept = sum(v == current[k] for k, v in zip(switches, values, strict=True))
+            return sum(inv.has(s, members) for s in need), kept
+
+        scored = {values: sc for values in itertools.product(*switches.values()) if (sc := score(values))}
+        if not scored:
+            return  # nothing fits: tfb check names the tensor
+        best = max(scored, key=lambda values: scored[values])
+        among = self.among(members)
+        for i, (name, values) in enumerate(switches.items()):
+            others = [(*best[:i], v, *best[i + 1:]) for v in values if v != best[i]]
+            if any(o in scored and scored[o][0] == scored[best][0] for o in others):  # the tensors cannot tell
+                if generic(f"{path}.{name}") in ASSUMPTIONS:
+                    self.assume(f"{path}.{name}")
+                elif (key := self.given_at(f"{path}.{name}")) is not None:
+                    self.decide(f"{path}.{name}", self.given[key], GIVEN)
+                continue
+            mine = reads(best)
+            differ = sorted({s for o in others for s, n in reads(o).items() if mine.get(s) != n} |
+                            {s for o in others for s in mine if s not in reads(o)})
+            self.decide(f"{path}.{name}", best[i], "; ".join(
+                self.tensor_why(s, inv.presence(s, members), among) for s in differ[:3]))
 
     def attention(self, path: str, members: frozenset[int]) -> None:
         inv = self.inv
         fused = inv.has("attn_qkv", members)
-        if get_path(self.data, f"{path}.qkv") != "auto":
+        if get_path(self.data, f"{path}.qkv") != "auto" or fused != inv.has("attn_qkv"):  # (other kinds' layers)
             self.decide(f"{path}.qkv", "fused" if fused else "separate",
-                        self.tensor_why("attn_qkv", inv.presence("attn_qkv", members)))
+                        self.tensor_why("attn_qkv", inv.presence("attn_qkv", members), self.among(members)))
         for p, slot in (("q", "attn_q"), ("k", "attn_k"), ("v", "attn_v"), ("o", "attn_output")):
             bias = "attn_qkv_bias" if fused and p != "o" else f"{slot}_bias"
             found = inv.presence(bias, members)
             self.presence(f"{path}.bias.{p}", found, self.tensor_why(bias, found))
         self.qk_norm(path)
+        self.output_gate(path, members, fused)
         sinks = inv.presence("attn_sinks", members)
         self.decide(f"{path}.sinks", sinks != "none", self.tensor_why("attn_sinks", sinks))
         self.sliding_window(path)
+
+    def output_gate(self, path: str, members: frozenset[int], fused: bool) -> None:
+        """A gate of each head's output, stored after its queries in attn_q: twice the query rows."""
+        inv = self.inv
+        heads = int(inv.value("{arch}.attention.head_count", 0) or 0)
+        hidden = int(inv.value("{arch}.embedding_length", 0) or 0)
+        head_dim = int(inv.value("{arch}.attention.key_length", hidden // heads if heads else 0) or 0)
+        shapes = {inv.tensors[n].shape[0] for i in members
+                  if (n := inv.name("attn_q").replace("{i}", str(i))) in inv.tensors}
+        if fused or len(shapes) != 1 or not heads:
+            return
+        rows = shapes.pop()
+        gated = rows == 2 * heads * head_dim
+        if gated or get_path(self.data, f"{path}.output_gate") != "none":
+            self.decide(f"{path}.output_gate", "sigmoid" if gated else "none",
+                        f"attn_q has {rows} rows{' = 2' if gated else ', not 2'} x head_count ({heads}) x head_dim "
+                        f"({head_dim}){': queries then gates' if gated else ''}")
 
     def qk_norm(self, path: str) -> None:
         inv = self.inv
@@ -272,6 +374,10 @@ class _Drafter:
                 self.experts(path, part.members)
             elif part.kind == "dense":
                 self.dense(path, part.members)
+            else:
+                self.by_slots("ffn", path, part.kind, part.members)
+        if get_path(self.data, "ffn.activation") is None:
+            return  # no MLP
         self.assume("ffn.activation")
         activation = get_path(self.data, "ffn.activation")
         for path, _ in listed[:-1]:  # one activation for the model's MLPs, dense and experts alike
@@ -348,8 +454,8 @@ class _Drafter:
 
     def assume_hparam(self, name: str) -> None:
         path = f"hparams.{name}"
-        if path in self.given:
-            self.decide(path, self.given[path], GIVEN)
+        if (key := self.given_at(path)) is not None:
+            self.decide(path, self.given[key], GIVEN)
             return
         rule = get_path(self.data, path)
         value = rule.get("default") if isinstance(rule, dict) else None
@@ -369,9 +475,11 @@ class _Drafter:
 
     def hparams(self) -> None:
         inv = self.inv
+        unused = _kind_fields(list(MIXER_KINDS.values()) + list(FFN_KINDS.values())) - _kind_fields(
+            [type(s) for s in _sections(_validated(self.data))])
         for name, templates in KEYS.items():
             present = [t for t in templates if inv.has_key(t)]
-            if name not in FIELD_BY_NAME or not present:
+            if name not in FIELD_BY_NAME or not present or name in unused:  # a field of kinds not drafted
                 continue
             rule = getattr(self.base.hparams, name)
             base_keys = rule.keys() if isinstance(rule, HParam) else []
@@ -380,7 +488,7 @@ class _Drafter:
         if inv.has_key(KEYS["attn_temperature_scale"][0]) and not inv.has_key(KEYS["attn_temperature_length"][0]):
             self.assume_hparam("attn_temperature_length")
         path = "hparams.yarn_log_multiplier"
-        if inv.has_key(KEYS["yarn_log_multiplier"][0]) and path not in self.given:
+        if inv.has_key(KEYS["yarn_log_multiplier"][0]) and self.given_at(path) is None:
             self.decisions.append(Decision(path, get_path(self.data, path), ASSUMPTIONS[path][1], assumed=True))
 
     # ------------------------------------------------------------------------------------ tensors
@@ -398,7 +506,7 @@ class _Drafter:
             for slot in slots:
                 ref = (templates.get(group) or {}).get(slot)
                 ref = {"name": ref} if isinstance(ref, str) else ref  # a template given with --set
-                standard = standard_name(slot)
+                standard = inv.name(slot)
                 if ref is None:
                     self.decide(f"tensors.{group}.{slot}", standard, "llama.cpp's tensor name")
                 elif ref["name"] != standard and inv.has(slot) and \
@@ -406,19 +514,22 @@ class _Drafter:
                     self.decide(f"tensors.{group}.{slot}.name", standard, f"the file has {standard}")
         output = (templates.get("global") or {}).get("output")
         if not inv.has("output") and (output is None or output.get("if_absent") is None):
-            self.decide("tensors.global.output", {"name": standard_name("output"), "if_absent": "token_embd"},
+            self.decide("tensors.global.output", {"name": inv.name("output"), "if_absent": "token_embd"},
                         "no output.weight: the token embedding stands in (tied)")
 
     def given_rest(self) -> None:
         decided = {d.path for d in self.decisions}
         for path, value in self.given.items():
-            if path not in decided:
+            if path not in decided and path not in self.used:
                 self.decide(path, value, GIVEN)
 
 
 def infer(inv: Inventory, base: Spec, given: dict[str, Any] | None = None) -> Draft:
     """Decisions for a spec serving `inv`'s architecture on top of `base`; `given` (dotted path -> value)
     overrides anything, and settles what the file cannot."""
+    given_names = {path.split(".")[-1]: value for path, value in (given or {}).items()
+                   if path.startswith(("tensors.global.", "tensors.layer.")) and isinstance(value, str)}
+    inv = inv.named({**_templates(base), **given_names})  # names given on the command line: the file's
     d = _Drafter(inv, base, dict(given or {}))
     d.kinds()
     d.extra_blocks()
@@ -431,6 +542,25 @@ def infer(inv: Inventory, base: Spec, given: dict[str, Any] | None = None) -> Dr
     d.given_rest()
     d.tensors(_validated(d.data))
     return Draft(inv, base, d.decisions, d.data, _unread(inv, _validated(d.data)))
+
+
+def _kind_fields(kinds: list[type[KindSection]]) -> set[str]:
+    return {f.name for cls in kinds for f in cls.FIELDS}
+
+
+def _sections(spec: Spec) -> list[KindSection]:
+    """The spec's mixer and ffn sections, and the branches of those that have some."""
+    out: list[KindSection] = []
+    for section in [*spec.mixer, *spec.ffn]:
+        out += [section, *getattr(section, "branches", [])]
+    return out
+
+
+def _templates(spec: Spec) -> dict[str, str]:
+    """The spec's tensor name template of each slot."""
+    tensors = spec.model_dump(by_alias=True)["tensors"]
+    return {slot: ref["name"] for group in ("global", "layer") for slot, ref in (tensors.get(group) or {}).items()
+            if isinstance(ref, dict)}
 
 
 def _validated(data: dict[str, Any]) -> Spec:

@@ -127,17 +127,27 @@ class _Writer:
             return
         self.lines.append(f"{role}:")
         for i, section in enumerate(want):
-            path = section_path(role, i, len(want))
-            kind = section["kind"]
-            defaults = kinds_of(role)[kind].model_validate({}).model_dump(exclude={"layers"})
-            rest = {k: v for k, v in section.items() if k not in ("kind", "layers")}
-            changed = _diff(defaults, rest)
             lead, pad = ("  ", "  ") if len(want) == 1 else ("  - ", "    ")
-            self.lines.append(f"{lead}kind: {flow(kind)}{self.comment(f'{path}.kind')}")
-            if "layers" in section:
-                self.lines.append(f"{pad}layers: {flow(section['layers'])}{self.comment(f'{path}.layers')}")
-            if changed is not _SAME:
-                self.emit(changed, path, len(pad), flow_depth=None)
+            self.section(role, section, section_path(role, i, len(want)), lead, pad)
+
+    def section(self, role: str, section: dict[str, Any], path: str, lead: str, pad: str) -> None:
+        """One section in full: its kind, its layers, the settings that differ from the kind's defaults,
+        and its branches (each a section of its own)."""
+        kind = section["kind"]
+        rest = {k: v for k, v in section.items() if k not in ("kind", "layers", "branches")}
+        defaults = kinds_of(role)[kind].model_validate({**rest, "kind": kind, "branches": section.get("branches", [])}
+                                                       if "branches" in section else {})
+        changed = _diff(defaults.model_dump(exclude={"layers", "branches"}), rest)
+        self.lines.append(f"{lead}kind: {flow(kind)}{self.comment(f'{path}.kind')}")
+        if "layers" in section:
+            self.lines.append(f"{pad}layers: {flow(section['layers'])}{self.comment(f'{path}.layers')}")
+        if changed is not _SAME:
+            self.emit(changed, path, len(pad), flow_depth=None)
+        if "branches" in section:
+            self.lines.append(f"{pad}branches:  # the layer's tensors show both kinds: they run side by side")
+            for j, branch in enumerate(section["branches"]):
+                self.section(role, {k: v for k, v in branch.items() if k != "layers"}, f"{path}.branches.{j}",
+                             f"{pad}  - ", f"{pad}    ")
 
     def header(self, extends: str, spec_file: str) -> list[str]:
         inv = self.draft.inventory

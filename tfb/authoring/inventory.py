@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Collection, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
 from tfb.gguf.reader import GGUFFile, MetaValue, TensorInfo
@@ -36,6 +36,12 @@ class Inventory:
     tensors: Mapping[str, TensorInfo]
     n_layers: int  # the layers a model runs: the file's blocks less the next-token-prediction ones
     extra_blocks: int = 0  # trailing blocks that predict further tokens ({arch}.nextn_predict_layers)
+    templates: Mapping[str, str] = field(default_factory=dict)  # slot -> a base spec's name for it
+
+    def named(self, templates: Mapping[str, str]) -> Inventory:
+        """This inventory reading each slot by `templates` (a base spec's tensor names: `ssm_a` ->
+        `blk.{i}.ssm_a`) where they differ from the names the slot's own name makes."""
+        return replace(self, templates=dict(templates))
 
     @classmethod
     def read(cls, gguf: GGUFFile) -> Inventory:
@@ -64,6 +70,19 @@ class Inventory:
 
     # ------------------------------------------------------------------------------------- tensors
 
+    def name(self, slot: str) -> str:
+        """The slot's tensor name template as this file stores it: the base spec's name, else the standard
+        one, else either without its `.weight` suffix (converters write some norms so); when the file has
+        none of them, the base spec's name."""
+        names = [self.templates.get(slot) or standard_name(slot), standard_name(slot)]
+        names += [n.removesuffix(".weight") for n in names if n.endswith(".weight")]
+        return next((n for n in names if self._stored(n)), names[0])
+
+    def _stored(self, name: str) -> bool:
+        if "{i}" not in name:
+            return name in self.tensors
+        return any(name.replace("{i}", str(i)) in self.tensors for i in range(self.n_layers))
+
     def has(self, slot: str, layers: Collection[int] | None = None) -> bool:
         """The slot's standard tensor is in the file (in any layer, or any of `layers`, for per-layer slots)."""
         return self.presence(slot, layers) != "none"
@@ -71,7 +90,7 @@ class Inventory:
     def presence(self, slot: str, layers: Collection[int] | None = None) -> Presence:
         """required: in the file (in every layer, or every one of `layers`); optional: in some of them only;
         none: absent."""
-        name = standard_name(slot)
+        name = self.name(slot)
         if "{i}" not in name:
             return "required" if name in self.tensors else "none"
         among = range(self.n_layers) if layers is None else layers
@@ -79,13 +98,13 @@ class Inventory:
         return "none" if found == 0 else "required" if found == len(among) else "optional"
 
     def layers_with(self, slot: str) -> set[int]:
-        """The layers that have the slot's standard tensor."""
-        name = standard_name(slot)
+        """The layers that have the slot's tensor."""
+        name = self.name(slot)
         return {i for i in range(self.n_layers) if name.replace("{i}", str(i)) in self.tensors}
 
     def shape(self, slot: str) -> tuple[int, ...] | None:
         """The shape of the slot's tensor (of the first layer that has it)."""
-        name = standard_name(slot)
+        name = self.name(slot)
         for i in range(max(self.n_layers, 1)):
             info = self.tensors.get(name.replace("{i}", str(i)))
             if info is not None:

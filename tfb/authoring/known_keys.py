@@ -54,10 +54,22 @@ KEYS: dict[str, tuple[str, ...]] = {
     "expert_shared_count": ("{arch}.expert_shared_count",),
     "leading_dense_block_count": ("{arch}.leading_dense_block_count",),
     "moe_layer_step": ("{arch}.interleave_moe_layer_step",),
+    # recurrent layers (short convolution, state space, delta-net) and the hybrids' layer choice
+    "shortconv_l_cache": ("{arch}.shortconv.l_cache",),
+    "ssm_conv_kernel": ("{arch}.ssm.conv_kernel",),
+    "ssm_inner_size": ("{arch}.ssm.inner_size",),
+    "ssm_state_size": ("{arch}.ssm.state_size",),
+    "ssm_group_count": ("{arch}.ssm.group_count",),
+    "ssm_head_count": ("{arch}.ssm.time_step_rank",),
+    "ssm_time_step_rank": ("{arch}.ssm.time_step_rank",),
+    "recurrent_layers": ("{arch}.attention.recurrent_layers",),
+    "full_attention_interval": ("{arch}.full_attention_interval",),
 }
 
 # config fields that say which layers take which section of a `mixer:`/`ffn:` list: rule -> fields
-LAYER_RULE_FIELDS = {"below": ("leading_dense_block_count",), "every": ("moe_layer_step",)}
+# (per-layer arrays too: head_count_kv 0 marks a hybrid's layers without attention)
+LAYER_RULE_FIELDS = {"below": ("leading_dense_block_count",), "every": ("moe_layer_step", "full_attention_interval"),
+                     "zero": ("n_kv_heads", "recurrent_layers"), "nonzero": ("recurrent_layers", "n_kv_heads")}
 
 # keys that settle a switch rather than a config field
 PARALLEL_RESIDUAL = "{arch}.use_parallel_residual"
