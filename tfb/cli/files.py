@@ -22,7 +22,7 @@ def run_inspect(args: argparse.Namespace) -> int:
 
 def register(sub: Any) -> None:
     p = sub.add_parser("inspect", help="show a GGUF file: architecture, matching spec, config, tokenizer, tensors")
-    p.add_argument("model", type=Path, help="a .gguf file")
+    p.add_argument("model", type=Path, help="a .gguf file or a checkpoint directory (config.json + *.safetensors)")
     p.add_argument("--spec", help="spec name or path (default: the one serving general.architecture)")
     p.add_argument("--all-layers", action="store_true", help="list every layer's tensors, not only the first")
     add_spec_dirs(p)
