@@ -67,3 +67,37 @@ def test_bf16_checkpoint_stays_bf16_and_mapped(tiny_model, tmp_path) -> None:
     with torch.no_grad():
         ours, theirs = model(ids).float(), half(ids).logits.float()
     assert (ours - theirs).abs().max() <= 0.05 * theirs.abs().max()
+
+
+@pytest.mark.parametrize("family", ["qwen3moe", "starcoder2"])
+def test_checkpoint_tokenizer_is_the_converters(tiny_model, family: str) -> None:
+    """tokenizer.json read as the converter writes it: the same tokenizer.* keys, hence the same ids."""
+    from tfb.sources.checkpoint import checkpoint_tokenizer_metadata
+
+    _, gguf_path, directory = checkpoint(tiny_model, family)
+    ours = checkpoint_tokenizer_metadata(directory)
+    with GGUFFile(gguf_path) as g:
+        theirs = {k: v for k, v in g.metadata.items() if k.startswith("tokenizer.")}
+    assert set(ours) == set(theirs)
+    for key, meta in theirs.items():
+        assert ours[key].type == meta.type, key
+        assert np.array_equal(np.asarray(ours[key].value), np.asarray(meta.value)), key
+    text = "Hello world, it's 2026!  <|endoftext|> ünïcödé  \n\n tabs\tand 12345"
+    assert tfb.load_tokenizer(directory).encode(text) == tfb.load_tokenizer(gguf_path).encode(text)
+
+
+def test_unknown_pre_tokenizer_is_refused_naming_vocab_pre(tiny_model, tmp_path) -> None:
+    import json
+    import shutil
+
+    _, _, directory = checkpoint(tiny_model, "qwen3moe")
+    d = tmp_path / "c"
+    shutil.copytree(directory, d)
+    spec = json.loads((d / "tokenizer.json").read_text())
+    spec["pre_tokenizer"] = {"type": "Sequence", "pretokenizers": [
+        {"type": "Digits", "individual_digits": True}, spec["pre_tokenizer"]]}
+    (d / "tokenizer.json").write_text(json.dumps(spec))
+    with pytest.raises(tfb.TfbError, match=r"tokenizer.json: the BPE pre-tokenizer is not one llama.cpp's converter "
+                                           r"knows .* pass --vocab-pre NAME"):
+        tfb.load_tokenizer(d)
+    assert tfb.load_tokenizer(d, vocab_pre="gpt-2").vocab.pre is not None

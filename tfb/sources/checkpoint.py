@@ -295,6 +295,16 @@ class CheckpointSource:
         self.close()
 
 
-def is_checkpoint(path: str | Path) -> bool:
-    return Path(path).is_dir()
+def checkpoint_tokenizer_metadata(directory: Path, vocab_pre: str | None = None) -> dict[str, MetaValue]:
+    """The `tokenizer.*` keys of a checkpoint directory (tfb.sources.vocab), sized by config.json's vocab_size."""
+    from tfb.sources.vocab import tokenizer_metadata
+
+    try:
+        config = json.loads((directory / CONFIG).read_text())
+    except (OSError, ValueError):
+        config = {}
+    size = config.get("vocab_size") if isinstance(config, dict) else None
+    if size is not None and (not isinstance(size, int) or isinstance(size, bool) or size <= 0):
+        raise ConfigError(f"{directory / CONFIG}: key `vocab_size` is {size!r:.60}, expected a positive whole number")
+    return tokenizer_metadata(directory, size, vocab_pre)
 
