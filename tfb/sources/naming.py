@@ -65,6 +65,8 @@ class Table(_Strict):
     gguf_architecture: str | None = Field(None, description="general.architecture (default: the spec's first match)")
     metadata: dict[str, MetaRule | None] = Field(default_factory=dict)
     tensors: dict[str, TensorRule | None] = Field(default_factory=dict)
+    keep_f32: list[str] = Field(default_factory=list, description="GGUF tensor names ({i}: any layer) the "
+                                "converter always writes as F32, whatever the output type")
 
 
 def table_dir(spec_file: Path) -> Path:
@@ -103,7 +105,9 @@ def load_table(chain: list[Path]) -> Table | None:
         found = True
         data = read_table(path)
         for key, value in data.items():
-            if key in ("metadata", "tensors"):
+            if key == "keep_f32":
+                merged[key] = [*merged.get(key, []), *(value or [])]
+            elif key in ("metadata", "tensors"):
                 merged[key].update(value or {})
             else:
                 merged[key] = value
