@@ -21,8 +21,11 @@ import numpy as np
 
 from tfb.errors import TokenizerError
 from tfb.gguf.reader import MetaValue
+from tfb.text.pretokenizers import TOKENIZER_MODELS
 
 TOKENIZER_JSON = "tokenizer.json"
+# the `tokenizer.ggml.model` value of byte-level BPE vocabularies
+BPE_MODEL = next(name for name, algorithm in TOKENIZER_MODELS.items() if algorithm == "bpe")
 # gguf.TokenType values
 NORMAL, CONTROL, USER_DEFINED, UNUSED = 1, 3, 4, 5
 
@@ -48,7 +51,7 @@ def pre_tokenizer_name(tokenizer: Any, where: Path) -> str:
         raise TokenizerError(f"{where}: the BPE pre-tokenizer is not one llama.cpp's converter knows (fingerprint "
                              f"{digest[:16]}...); as the converter does, tfb refuses to guess it. If you know which it "
                              "is, pass --vocab-pre NAME (vocab_pre=NAME): NAME is written as tokenizer.ggml.pre "
-                             "(a llama.cpp pre-tokenizer name such as llama-bpe, qwen2, gpt-2)")
+                             "(a `tokenizer.ggml.pre` value llama.cpp knows: see tfb/text/pretokenizers.json)")
     return str(name)
 
 
@@ -99,7 +102,7 @@ def tokenizer_metadata(directory: Path, vocab_size: int | None, vocab_pre: str |
         else:
             types.append(NORMAL)
         tokens.append(text)
-    out = {"tokenizer.ggml.model": MetaValue("gpt2", "string"), "tokenizer.ggml.pre": MetaValue(pre, "string"),
+    out = {"tokenizer.ggml.model": MetaValue(BPE_MODEL, "string"), "tokenizer.ggml.pre": MetaValue(pre, "string"),
            "tokenizer.ggml.tokens": MetaValue(tokens, "array[string]"),
            "tokenizer.ggml.token_type": MetaValue(np.asarray(types, dtype=np.int32), "array[int32]")}
     out.update(special_metadata(directory, len(tokens)))
