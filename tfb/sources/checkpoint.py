@@ -107,7 +107,7 @@ def _json_type(value: Any) -> str:
 class CheckpointSource:
     """A checkpoint directory with GGUFFile's reading interface (metadata, tensors, tensor_data)."""
 
-    def __init__(self, directory: str | Path, spec_dirs: Sequence[str | Path] = ()) -> None:
+    def __init__(self, directory: str | Path, spec_dirs: Sequence[str | Path] = (), streaming: bool = False) -> None:
         self.path = Path(directory)
         config_path = self.path / CONFIG
         try:
@@ -132,7 +132,7 @@ class CheckpointSource:
                 value = self._meta(key.replace("{arch}", self.arch), rule, config_path)
                 if value is not None:
                     self.metadata[key.replace("{arch}", self.arch)] = value
-        self.store = SafetensorsDir(self.path)
+        self.store = SafetensorsDir(self.path, streaming)
         self._rules: dict[str, tuple[TensorRule, list[str], int | None]] = {}
         self.tensors: dict[str, TensorInfo] = {}
         self._plan()

@@ -12,6 +12,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -41,16 +42,27 @@ def storage_type(name: str, shape: tuple[int, ...], outtype: str, keep: list[re.
     return wanted
 
 
-def _encoded(x: torch.Tensor, gtype: str) -> np.ndarray:
-    """The tensor's bytes in `gtype`, by gguf-py's quantizers as the converter calls them."""
-    from gguf import GGMLQuantizationType
-    from gguf.quants import quantize
+CHUNK = 1 << 22  # elements encoded at once: the converter's types all encode row by row
 
-    if x.dtype == torch.bfloat16:  # the converter widens bfloat16 before anything else
-        x = x.float()
-    data = x.numpy()
-    out: np.ndarray = quantize(data, GGMLQuantizationType[gtype])
-    return out
+
+class _Encoded:
+    """A tensor's bytes in `gtype`, by gguf-py's quantizers as the converter calls them, produced a few rows at a
+    time as the writer stores them (`tofile`), so that a large tensor is never widened to float32 whole."""
+
+    def __init__(self, x: torch.Tensor, gtype: str, nbytes: int) -> None:
+        self.x, self.gtype, self.nbytes = x, gtype, nbytes
+
+    def tofile(self, out: Any) -> None:
+        from gguf import GGMLQuantizationType
+        from gguf.quants import quantize
+
+        rows = self.x.reshape(-1, self.x.shape[-1]) if self.x.ndim else self.x.reshape(1, 1)
+        step = max(1, CHUNK // max(rows.shape[1], 1))
+        for start in range(0, rows.shape[0], step):
+            chunk = rows[start:start + step]
+            if chunk.dtype == torch.bfloat16:  # the converter widens bfloat16 before anything else
+                chunk = chunk.float()
+            quantize(chunk.numpy(), GGMLQuantizationType[self.gtype]).tofile(out)
 
 
 def _write_meta(writer: object, key: str, meta: MetaValue) -> None:
@@ -73,7 +85,7 @@ def convert(directory: str | Path, out: str | Path, outtype: str = "f16", vocab_
     if outtype not in OUTTYPES:
         raise InputError(f"--outtype {outtype!r} is not one the converter writes; use one of {', '.join(OUTTYPES)}")
     out = Path(out)
-    with CheckpointSource(directory, spec_dirs) as source:
+    with CheckpointSource(directory, spec_dirs, streaming=True) as source:
         tokenizer = checkpoint_tokenizer_metadata(source.path, vocab_pre)
         keep = _f32_patterns(source)
         written = {k.replace("{arch}", source.arch) for k, r in source.table.metadata.items() if r and r.written}
@@ -110,8 +122,7 @@ def convert(directory: str | Path, out: str | Path, outtype: str = "f16", vocab_
         writer.write_ti_data_to_file()
         total, done = sum(n for _, _, n in plan), 0
         for name, gtype, nbytes in plan:
-            data = _encoded(source.tensor(name), gtype)
-            writer.write_tensor_data(data)
+            writer.write_tensor_data(_Encoded(source.tensor(name), gtype, nbytes))  # type: ignore[arg-type]
             done += nbytes
             if progress is not None:
                 progress(done, total)

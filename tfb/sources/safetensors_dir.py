@@ -94,8 +94,11 @@ def _entry(path: Path, name: str, entry: Any, data_size: int) -> StoredTensor:
 class SafetensorsDir:
     """Every tensor of a checkpoint directory by name, and their values, memory-mapped."""
 
-    def __init__(self, directory: Path) -> None:
+    def __init__(self, directory: Path, streaming: bool = False) -> None:
         self.directory = directory
+        # streaming: each tensor maps its shard anew and unmaps it when freed, so that a pass over every tensor
+        # (tfb convert) keeps one tensor's pages resident, not the whole checkpoint's
+        self.streaming = streaming
         self.tensors: dict[str, StoredTensor] = {}
         index = directory / INDEX
         if index.is_file():
@@ -138,7 +141,9 @@ class SafetensorsDir:
         stored = self.tensors[name]
         handle = self._open.get(stored.shard)
         if handle is None:
-            handle = self._open[stored.shard] = safe_open(str(stored.shard), framework="pt")
+            handle = safe_open(str(stored.shard), framework="pt")
+            if not self.streaming:
+                self._open[stored.shard] = handle
         tensor: torch.Tensor = handle.get_tensor(name)
         return tensor
 
