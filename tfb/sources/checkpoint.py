@@ -273,6 +273,18 @@ class CheckpointSource:
         x = self.tensor(name).contiguous()
         return x.reshape(-1).view(torch.uint8).numpy()
 
+    def tokenizer_metadata(self, vocab_pre: str | None = None) -> dict[str, MetaValue]:
+        """See checkpoint_tokenizer_metadata."""
+        from tfb.sources.vocab import tokenizer_metadata
+
+        size = self.config.get("vocab_size")
+        if size is not None and (not isinstance(size, int) or isinstance(size, bool) or size <= 0):
+            raise ConfigError(f"{self.path / CONFIG}: key `vocab_size` is {size!r:.60}, expected a positive whole "
+                              "number")
+        meta = tokenizer_metadata(self.path, size, vocab_pre, tuple(self.table.vocab))
+        meta.update({k: v for k, v in self.metadata.items() if k.startswith("tokenizer.")})
+        return meta
+
     # ------------------------------------------------------------------------- GGUFFile's interface
 
     @property
@@ -296,15 +308,8 @@ class CheckpointSource:
 
 
 def checkpoint_tokenizer_metadata(directory: Path, vocab_pre: str | None = None) -> dict[str, MetaValue]:
-    """The `tokenizer.*` keys of a checkpoint directory (tfb.sources.vocab), sized by config.json's vocab_size."""
-    from tfb.sources.vocab import tokenizer_metadata
-
-    try:
-        config = json.loads((directory / CONFIG).read_text())
-    except (OSError, ValueError):
-        config = {}
-    size = config.get("vocab_size") if isinstance(config, dict) else None
-    if size is not None and (not isinstance(size, int) or isinstance(size, bool) or size <= 0):
-        raise ConfigError(f"{directory / CONFIG}: key `vocab_size` is {size!r:.60}, expected a positive whole number")
-    return tokenizer_metadata(directory, size, vocab_pre)
-
+    """The `tokenizer.*` keys of a checkpoint directory: its tokenizer files read as the converter reads them
+    (tfb.sources.vocab, in the order of attempts the naming table gives), sized by config.json's vocab_size,
+    with the table's own tokenizer keys (the converter's hard-coded ones) on top."""
+    with CheckpointSource(directory) as source:
+        return source.tokenizer_metadata(vocab_pre)

@@ -19,7 +19,7 @@ import torch
 
 from tfb.errors import InputError
 from tfb.gguf.reader import MetaValue
-from tfb.sources.checkpoint import CheckpointSource, checkpoint_tokenizer_metadata
+from tfb.sources.checkpoint import CheckpointSource
 
 OUTTYPES = ("f32", "f16", "bf16", "q8_0")
 # gguf.LlamaFileType of each output type (general.file_type)
@@ -86,14 +86,14 @@ def convert(directory: str | Path, out: str | Path, outtype: str = "f16", vocab_
         raise InputError(f"--outtype {outtype!r} is not one the converter writes; use one of {', '.join(OUTTYPES)}")
     out = Path(out)
     with CheckpointSource(directory, spec_dirs, streaming=True) as source:
-        tokenizer = checkpoint_tokenizer_metadata(source.path, vocab_pre)
+        tokenizer = source.tokenizer_metadata(vocab_pre)
         keep = _f32_patterns(source)
         written = {k.replace("{arch}", source.arch) for k, r in source.table.metadata.items() if r and r.written}
         writer = GGUFWriter(path=None, arch=source.arch)  # writes general.architecture itself
         writer.add_type("model")
         writer.add_name(source.path.resolve().name)
         for key, meta in source.metadata.items():
-            if key in written:
+            if key in written and not key.startswith("tokenizer."):
                 _write_meta(writer, key, meta)
         writer.add_file_type(FILE_TYPES[outtype])
         writer.add_quantization_version(2)

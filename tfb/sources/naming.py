@@ -65,6 +65,8 @@ class Table(_Strict):
     gguf_architecture: str | None = Field(None, description="general.architecture (default: the spec's first match)")
     metadata: dict[str, MetaRule | None] = Field(default_factory=dict)
     tensors: dict[str, TensorRule | None] = Field(default_factory=dict)
+    vocab: list[Literal["spm", "bpe"]] = Field(["spm", "bpe"], description="tokenizer files in the converter's "
+                                               "order of attempts: spm (tokenizer.model), bpe (tokenizer.json)")
     keep_f32: list[str] = Field(default_factory=list, description="GGUF tensor names ({i}: any layer) the "
                                 "converter always writes as F32, whatever the output type")
 

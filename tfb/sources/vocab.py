@@ -26,8 +26,11 @@ from tfb.text.pretokenizers import TOKENIZER_MODELS
 TOKENIZER_JSON = "tokenizer.json"
 # the `tokenizer.ggml.model` value of byte-level BPE vocabularies
 BPE_MODEL = next(name for name, algorithm in TOKENIZER_MODELS.items() if algorithm == "bpe")
+SPM_MODEL = "tokenizer.model"
+# the `tokenizer.ggml.model` value of SentencePiece vocabularies
+SPM_MODEL_NAME = next(name for name, algorithm in TOKENIZER_MODELS.items() if algorithm == "spm")
 # gguf.TokenType values
-NORMAL, CONTROL, USER_DEFINED, UNUSED = 1, 3, 4, 5
+NORMAL, UNKNOWN, CONTROL, USER_DEFINED, UNUSED, BYTE = 1, 2, 3, 4, 5, 6
 
 
 def _fingerprints() -> dict[str, Any]:
@@ -55,8 +58,21 @@ def pre_tokenizer_name(tokenizer: Any, where: Path) -> str:
     return str(name)
 
 
-def tokenizer_metadata(directory: Path, vocab_size: int | None, vocab_pre: str | None = None) -> dict[str, MetaValue]:
-    """The `tokenizer.*` keys for a checkpoint directory with a byte-level BPE tokenizer.json."""
+def tokenizer_metadata(directory: Path, vocab_size: int | None, vocab_pre: str | None = None,
+                       kinds: tuple[str, ...] = ("spm", "bpe")) -> dict[str, MetaValue]:
+    """The `tokenizer.*` keys of a checkpoint directory: the first of `kinds` (the converter's order of attempts
+    for the family) whose file is there: `spm` (tokenizer.model), `bpe` (byte-level BPE tokenizer.json)."""
+    for kind in kinds:
+        if kind == "spm" and (directory / SPM_MODEL).is_file():
+            return spm_metadata(directory, vocab_size)
+        if kind == "bpe" and (directory / TOKENIZER_JSON).is_file():
+            return bpe_metadata(directory, vocab_size, vocab_pre)
+    raise TokenizerError(f"{directory}: no tokenizer file tfb reads ({', '.join(kinds)}: "
+                         f"{' or '.join(SPM_MODEL if k == 'spm' else TOKENIZER_JSON for k in kinds)})")
+
+
+def bpe_metadata(directory: Path, vocab_size: int | None, vocab_pre: str | None = None) -> dict[str, MetaValue]:
+    """The `tokenizer.*` keys for a byte-level BPE tokenizer.json."""
     from tokenizers import Tokenizer
 
     path = directory / TOKENIZER_JSON
@@ -109,6 +125,62 @@ def tokenizer_metadata(directory: Path, vocab_size: int | None, vocab_pre: str |
     return out
 
 
+def spm_metadata(directory: Path, vocab_size: int | None) -> dict[str, MetaValue]:
+    """The `tokenizer.*` keys the converter writes for a SentencePiece tokenizer.model (its
+    `_set_vocab_sentencepiece`): pieces, scores and types in id order, `[PAD{i}]` (UNUSED, score -10000) up to
+    config.json's vocab_size, added_tokens.json entries USER_DEFINED, tokenizer_config.json's
+    added_tokens_decoder entries CONTROL when special (or special-looking) else USER_DEFINED, both scored -1000."""
+    try:
+        from sentencepiece import SentencePieceProcessor
+    except ImportError:
+        raise TokenizerError(f"{directory}: reading tokenizer.model needs the sentencepiece package "
+                             "(pip install sentencepiece)") from None
+    sp = SentencePieceProcessor()
+    try:
+        sp.LoadFromFile(str(directory / SPM_MODEL))
+    except Exception as e:  # sentencepiece raises plain exceptions
+        raise TokenizerError(f"{directory / SPM_MODEL}: not a SentencePiece model: {e}") from None
+    size = vocab_size or sp.vocab_size()
+    tokens = [f"[PAD{i}]" for i in range(size)]
+    scores = [-10000.0] * size
+    types = [UNUSED] * size
+    for i in range(min(sp.vocab_size(), size)):
+        tokens[i], scores[i] = sp.IdToPiece(i), sp.GetScore(i)
+        types[i] = (UNKNOWN if sp.IsUnknown(i) else CONTROL if sp.IsControl(i) else UNUSED if sp.IsUnused(i)
+                    else BYTE if sp.IsByte(i) else NORMAL)
+    added = _json(directory / "added_tokens.json")
+    for text, i in added.items():
+        if isinstance(i, int) and 0 <= i < size:
+            tokens[i], scores[i], types[i] = text, -1000.0, USER_DEFINED
+    decoder = _json(directory / "tokenizer_config.json").get("added_tokens_decoder") or {}
+    for key, entry in decoder.items() if isinstance(decoder, dict) else []:
+        i = int(key) if str(key).isdigit() else -1
+        if not 0 <= i < size or not isinstance(entry, dict) or not isinstance(entry.get("content"), str):
+            continue
+        text = entry["content"]
+        if entry.get("special") or _looks_special(text):
+            types[i] = CONTROL
+        else:
+            text = text.replace("\u2581", " ")
+            types[i] = USER_DEFINED
+        tokens[i], scores[i] = text, -1000.0
+    out = {"tokenizer.ggml.model": MetaValue(SPM_MODEL_NAME, "string"),
+           "tokenizer.ggml.pre": MetaValue("default", "string"),
+           "tokenizer.ggml.tokens": MetaValue(tokens, "array[string]"),
+           "tokenizer.ggml.scores": MetaValue(np.asarray(scores, dtype=np.float32), "array[float32]"),
+           "tokenizer.ggml.token_type": MetaValue(np.asarray(types, dtype=np.int32), "array[int32]")}
+    out.update(special_metadata(directory, len(tokens), merges=False))
+    return out
+
+
+def _json(path: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
 def configured_specials(directory: Path) -> list[str]:
     """The special tokens tokenizer_config.json names (bos_token... and additional_special_tokens)."""
     try:
@@ -124,12 +196,12 @@ def configured_specials(directory: Path) -> list[str]:
     return [t for t in texts if isinstance(t, str)]
 
 
-def special_metadata(directory: Path, n_vocab: int) -> dict[str, MetaValue]:
+def special_metadata(directory: Path, n_vocab: int, merges: bool = True) -> dict[str, MetaValue]:
     """Merges, special ids, add flags and chat template, as gguf-py's SpecialVocab writes them."""
     from gguf import GGUFWriter, SpecialVocab
 
     writer = GGUFWriter(path=None, arch="none")
-    SpecialVocab(directory, load_merges=True, n_vocab=n_vocab).add_to_gguf(writer, quiet=True)
+    SpecialVocab(directory, load_merges=merges, n_vocab=n_vocab).add_to_gguf(writer, quiet=True)
     return {key: as_meta(value) for key, value in writer.kv_data[0].items() if key.startswith("tokenizer.")}
 
 
