@@ -162,6 +162,10 @@ class CheckpointSource:
             a, b = (_lookup(self.config, k) for k in rule.quotient)
             if isinstance(a, int) and isinstance(b, int) and b > 0:
                 return _typed(a // b, rule, f"{config_path}: {rule.quotient[0]} // {rule.quotient[1]} (for {key})")
+        if rule.product is not None:
+            a, b = (v if isinstance(v, int) else _lookup(self.config, v) for v in rule.product)
+            if isinstance(a, int) and isinstance(b, int):
+                return _typed(a * b, rule, f"{config_path}: {rule.product[0]} * {rule.product[1]} (for {key})")
         if rule.value is not None:
             return _typed(rule.value, rule, f"naming table value for {key}")
         return None

@@ -55,6 +55,8 @@ class MetaRule(_Strict):
     from_: list[str] = Field(default_factory=list, alias="from", description="config.json keys, first present")
     value: Any = Field(None, description="a constant, written when no `from` key is present")
     quotient: tuple[str, str] | None = Field(None, description="config a // config b, when no `from` key is present")
+    product: tuple[str | int, str | int] | None = Field(None, description="a * b (config keys or numbers), when no "
+                                                        "`from` key is present")
     map: dict[str, Any] | None = Field(None, description="config value -> written value")
     type: MetaType = "uint32"
     written: bool = Field(True, description="false: read by the spec's rules but not a key the converter writes")
@@ -63,6 +65,8 @@ class MetaRule(_Strict):
 class Table(_Strict):
     architectures: list[str] = Field(default_factory=list)
     gguf_architecture: str | None = Field(None, description="general.architecture (default: the spec's first match)")
+    own_metadata: bool = Field(False, description="the base tables' metadata entries do not apply (a converter "
+                               "class that writes its own keys only)")
     metadata: dict[str, MetaRule | None] = Field(default_factory=dict)
     tensors: dict[str, TensorRule | None] = Field(default_factory=dict)
     vocab: list[Literal["spm", "bpe"]] = Field(["spm", "bpe"], description="tokenizer files in the converter's "
@@ -109,6 +113,8 @@ def load_table(chain: list[Path]) -> Table | None:
         for key, value in data.items():
             if key == "keep_f32":
                 merged[key] = [*merged.get(key, []), *(value or [])]
+            elif key == "metadata" and data.get("own_metadata"):
+                merged[key] = dict(value or {})
             elif key in ("metadata", "tensors"):
                 merged[key].update(value or {})
             else:
