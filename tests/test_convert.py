@@ -20,10 +20,10 @@ sys.path.insert(0, str(ROOT / "tools"))
 from llama_cpp import llama_cpp_dir  # noqa: E402
 
 PROVENANCE = ("general.name", "general.size_label", "general.basename", "general.finetune", "general.version")
-# every family with a checkpoint naming table; qwen3moe, starcoder2 and gpt2 carry a byte-level BPE tokenizer.json,
+# every family with a checkpoint naming table; qwen3moe, starcoder2, gpt2, deepseek: byte-level BPE tokenizer.json,
 # the others a SentencePiece tokenizer.model (tests/tiny_hf.py)
 FAMILIES = ["llama", "llama_tied", "qwen2", "qwen3", "gemma", "gemma2", "starcoder2", "mistral", "mixtral", "qwen3moe",
-            "gpt2"]
+            "gpt2", "deepseek_v3"]
 
 
 def reference_file(directory: Path, outtype: str, out: Path) -> Path:

@@ -162,16 +162,25 @@ class CheckpointSource:
             a, b = (_lookup(self.config, k) for k in rule.quotient)
             if isinstance(a, int) and isinstance(b, int) and b > 0:
                 return _typed(a // b, rule, f"{config_path}: {rule.quotient[0]} // {rule.quotient[1]} (for {key})")
-        if rule.product is not None:
-            a, b = (v if isinstance(v, int) else _lookup(self.config, v) for v in rule.product)
-            if isinstance(a, int) and isinstance(b, int):
-                return _typed(a * b, rule, f"{config_path}: {rule.product[0]} * {rule.product[1]} (for {key})")
+        for op, operands in (("*", rule.product), ("+", rule.sum)):
+            if operands is None:
+                continue
+            x, y = (_lookup(self.config, v) if isinstance(v, str) else v for v in operands)
+            if all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in (x, y)):
+                value = x * y if op == "*" else x + y  # type: ignore[operator]
+                return _typed(value, rule, f"{config_path}: {operands[0]} {op} {operands[1]} (for {key})")
         if rule.value is not None:
             return _typed(rule.value, rule, f"naming table value for {key}")
         return None
 
     def count(self, key: str) -> int:
-        """An integer metadata value that a tensor rule depends on."""
+        """An integer that a tensor rule depends on: a metadata value ({arch} in the key) or a config.json one."""
+        if "{arch}" not in key:
+            value = _lookup(self.config, key)
+            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+                raise ConfigError(f"{self.path / CONFIG}: key `{key}` is {value!r:.60}, expected a positive whole "
+                                  "number (the checkpoint's tensor layout depends on it)")
+            return value
         meta = self.metadata.get(key.replace("{arch}", self.arch))
         if meta is None or not isinstance(meta.value, int):
             raise ConfigError(f"{self.path / CONFIG}: the checkpoint gives no {key.replace('{arch}', self.arch)}, "
@@ -243,7 +252,7 @@ class CheckpointSource:
             raise WeightError(f"{self.path}: {rule.from_} has shape {shape}, expected [{groups} x {sum(sizes)}, n] to "
                               f"split into {name}")
         part = sizes[rule.split.part]
-        return [groups, shape[1], part] if rule.split.transpose else [groups * part, shape[1]]
+        return [groups, shape[1], part] if rule.split.transpose else [groups, part, shape[1]]
 
     def tensor(self, name: str) -> torch.Tensor:
         """A tensor as the converter would write it before choosing the output type (torch order)."""
@@ -258,7 +267,7 @@ class CheckpointSource:
         if rule.split is not None:
             groups, sizes = self._sizes(rule)
             x = x.reshape(groups, sum(sizes), -1).split(sizes, dim=1)[rule.split.part]
-            x = x.transpose(1, 2).contiguous() if rule.split.transpose else x.reshape(-1, x.shape[-1])
+            x = x.transpose(1, 2).contiguous() if rule.split.transpose else x.contiguous()
         if rule.permute_rows:
             heads = self.count(rule.permute_rows)
             x = x.reshape(heads, 2, x.shape[0] // heads // 2, *x.shape[1:]).swapaxes(1, 2).reshape(x.shape)

@@ -36,8 +36,9 @@ class _Strict(BaseModel):
 
 
 class Split(_Strict):
-    groups: str = Field(description="metadata key of the number of head groups the rows form")
-    sizes: list[str | int] = Field(description="rows of each group's parts: metadata keys or numbers")
+    groups: str = Field(description="the number of head groups the rows form: a metadata key ({arch}) or a "
+                        "config.json key")
+    sizes: list[str | int] = Field(description="rows of each group's parts: keys as `groups`, or numbers")
     part: int = Field(description="which part this tensor is")
     transpose: bool = Field(False, description="each group's part transposed ([rows, in] -> [in, rows])")
 
@@ -55,8 +56,10 @@ class MetaRule(_Strict):
     from_: list[str] = Field(default_factory=list, alias="from", description="config.json keys, first present")
     value: Any = Field(None, description="a constant, written when no `from` key is present")
     quotient: tuple[str, str] | None = Field(None, description="config a // config b, when no `from` key is present")
-    product: tuple[str | int, str | int] | None = Field(None, description="a * b (config keys or numbers), when no "
-                                                        "`from` key is present")
+    product: tuple[str | int | float, str | int | float] | None = Field(
+        None, description="a * b (config keys or numbers), when no `from` key is present")
+    sum: tuple[str | int, str | int] | None = Field(None, description="a + b (config keys or numbers), when no "
+                                                    "`from` key is present")
     map: dict[str, Any] | None = Field(None, description="config value -> written value")
     type: MetaType = "uint32"
     written: bool = Field(True, description="false: read by the spec's rules but not a key the converter writes")
