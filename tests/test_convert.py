@@ -20,10 +20,11 @@ sys.path.insert(0, str(ROOT / "tools"))
 from llama_cpp import llama_cpp_dir  # noqa: E402
 
 PROVENANCE = ("general.name", "general.size_label", "general.basename", "general.finetune", "general.version")
-# every family with a checkpoint naming table; qwen3moe, starcoder2, gpt2, deepseek: byte-level BPE tokenizer.json,
-# the others a SentencePiece tokenizer.model (tests/tiny_hf.py)
+# every family with a checkpoint naming table, with a byte-level BPE tokenizer.json or a SentencePiece
+# tokenizer.model as tests/tiny_hf.py gives it
 FAMILIES = ["llama", "llama_tied", "qwen2", "qwen3", "gemma", "gemma2", "starcoder2", "mistral", "mixtral", "qwen3moe",
-            "gpt2", "deepseek_v3"]
+            "gpt2", "deepseek_v3", "deepseek_v2", "qwen2moe", "olmoe", "olmo2", "granite", "granitemoe", "smollm3",
+            "glm4"]
 
 
 def reference_file(directory: Path, outtype: str, out: Path) -> Path:

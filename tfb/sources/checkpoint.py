@@ -128,7 +128,7 @@ class CheckpointSource:
         self.arch = self.table.gguf_architecture or self._first_match()
         self.metadata: dict[str, MetaValue] = {"general.architecture": MetaValue(self.arch, "string")}
         for key, rule in self.table.metadata.items():
-            if rule is not None:
+            if rule is not None and rule.token is None:  # token ids wait for the vocabulary
                 value = self._meta(key.replace("{arch}", self.arch), rule, config_path)
                 if value is not None:
                     self.metadata[key.replace("{arch}", self.arch)] = value
@@ -168,6 +168,8 @@ class CheckpointSource:
             x, y = (_lookup(self.config, v) if isinstance(v, str) else v for v in operands)
             if all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in (x, y)):
                 value = x * y if op == "*" else x + y  # type: ignore[operator]
+                if rule.type in ("uint32", "int32", "uint64") and isinstance(value, float):
+                    value = int(value)  # the converter's int(): a size computed from a fraction
                 return _typed(value, rule, f"{config_path}: {operands[0]} {op} {operands[1]} (for {key})")
         if rule.value is not None:
             return _typed(rule.value, rule, f"naming table value for {key}")
@@ -248,11 +250,11 @@ class CheckpointSource:
     def _split_shape(self, name: str, rule: TensorRule, shape: list[int]) -> list[int]:
         assert rule.split is not None
         groups, sizes = self._sizes(rule)
-        if len(shape) != 2 or shape[0] != groups * sum(sizes):
-            raise WeightError(f"{self.path}: {rule.from_} has shape {shape}, expected [{groups} x {sum(sizes)}, n] to "
-                              f"split into {name}")
+        if len(shape) < 2 or math.prod(shape[:-1]) != groups * sum(sizes):
+            raise WeightError(f"{self.path}: {rule.from_} has shape {shape}, expected {groups} x {sum(sizes)} rows "
+                              f"to split into {name}")
         part = sizes[rule.split.part]
-        return [groups, shape[1], part] if rule.split.transpose else [groups, part, shape[1]]
+        return [groups, shape[-1], part] if rule.split.transpose else [groups, part, shape[-1]]
 
     def tensor(self, name: str) -> torch.Tensor:
         """A tensor as the converter would write it before choosing the output type (torch order)."""
@@ -296,6 +298,13 @@ class CheckpointSource:
                               "number")
         meta = tokenizer_metadata(self.path, size, vocab_pre, tuple(self.table.vocab))
         meta.update({k: v for k, v in self.metadata.items() if k.startswith("tokenizer.")})
+        tokens = meta["tokenizer.ggml.tokens"].value
+        for key, rule in self.table.metadata.items():
+            if rule is not None and rule.token is not None:
+                if rule.token not in tokens:
+                    raise ConfigError(f"{self.path}: the vocabulary has no token {rule.token!r}, which the naming "
+                                      f"table of spec `{self.spec_name}` names for {key}")
+                meta[key] = MetaValue(tokens.index(rule.token), "uint32")
         return meta
 
     # ------------------------------------------------------------------------- GGUFFile's interface

@@ -61,6 +61,8 @@ class MetaRule(_Strict):
     sum: tuple[str | int, str | int] | None = Field(None, description="a + b (config keys or numbers), when no "
                                                     "`from` key is present")
     map: dict[str, Any] | None = Field(None, description="config value -> written value")
+    token: str | None = Field(None, description="the id of this token text in the vocabulary (special token ids "
+                              "a converter sets by text)")
     type: MetaType = "uint32"
     written: bool = Field(True, description="false: read by the spec's rules but not a key the converter writes")
 

@@ -121,7 +121,7 @@ def bpe_metadata(directory: Path, vocab_size: int | None, vocab_pre: str | None 
     out = {"tokenizer.ggml.model": MetaValue(BPE_MODEL, "string"), "tokenizer.ggml.pre": MetaValue(pre, "string"),
            "tokenizer.ggml.tokens": MetaValue(tokens, "array[string]"),
            "tokenizer.ggml.token_type": MetaValue(np.asarray(types, dtype=np.int32), "array[int32]")}
-    out.update(special_metadata(directory, len(tokens)))
+    out.update(special_metadata(directory, None))  # the converter's BPE path checks no id against the vocabulary
     return out
 
 
@@ -196,7 +196,7 @@ def configured_specials(directory: Path) -> list[str]:
     return [t for t in texts if isinstance(t, str)]
 
 
-def special_metadata(directory: Path, n_vocab: int, merges: bool = True) -> dict[str, MetaValue]:
+def special_metadata(directory: Path, n_vocab: int | None, merges: bool = True) -> dict[str, MetaValue]:
     """Merges, special ids, add flags and chat template, as gguf-py's SpecialVocab writes them."""
     from gguf import GGUFWriter, SpecialVocab
 
