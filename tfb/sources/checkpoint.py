@@ -167,7 +167,7 @@ class CheckpointSource:
                 continue
             x, y = (_lookup(self.config, v) if isinstance(v, str) else v for v in operands)
             if all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in (x, y)):
-                value = x * y if op == "*" else x + y  # type: ignore[operator]
+                value = x * y if op == "*" else x + y
                 if rule.type in ("uint32", "int32", "uint64") and isinstance(value, float):
                     value = int(value)  # the converter's int(): a size computed from a fraction
                 return _typed(value, rule, f"{config_path}: {operands[0]} {op} {operands[1]} (for {key})")
