@@ -158,22 +158,43 @@ class CheckpointSource:
                 if value is None:  # a config value the converter writes no key for
                     return None
             return _typed(value, rule, where)
-        if rule.quotient is not None:
-            a, b = (_lookup(self.config, k) for k in rule.quotient)
-            if isinstance(a, int) and isinstance(b, int) and b > 0:
-                return _typed(a // b, rule, f"{config_path}: {rule.quotient[0]} // {rule.quotient[1]} (for {key})")
-        for op, operands in (("*", rule.product), ("+", rule.sum)):
-            if operands is None:
-                continue
-            x, y = (_lookup(self.config, v) if isinstance(v, str) else v for v in operands)
-            if all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in (x, y)):
-                value = x * y if op == "*" else x + y
+        for op in ("sum", "product", "quotient"):
+            operands = getattr(rule, op)
+            if operands is not None:
+                value = self._evaluate({op: list(operands)})
+                if value is None:
+                    continue  # a config value it needs is absent: the key is not written
                 if rule.type in ("uint32", "int32", "uint64") and isinstance(value, float):
                     value = int(value)  # the converter's int(): a size computed from a fraction
-                return _typed(value, rule, f"{config_path}: {operands[0]} {op} {operands[1]} (for {key})")
+                return _typed(value, rule, f"{config_path}: {op} {list(operands)} (for {key})")
         if rule.value is not None:
             return _typed(rule.value, rule, f"naming table value for {key}")
         return None
+
+    def _evaluate(self, operand: Any) -> Any:
+        """A number from config.json values: a key, a number, or {sum|product|quotient: [a, b]}; None when a
+        key is absent or not a number."""
+        if isinstance(operand, bool):
+            return None
+        if isinstance(operand, (int, float)):
+            return operand
+        if isinstance(operand, str):
+            value = _lookup(self.config, operand)
+            return value if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+        if isinstance(operand, dict) and len(operand) == 1:
+            (op, pair), = operand.items()
+            if isinstance(pair, list) and len(pair) == 2:
+                a, b = (self._evaluate(x) for x in pair)
+                if a is None or b is None:
+                    return None
+                if op == "sum":
+                    return a + b
+                if op == "product":
+                    return a * b
+                if op == "quotient" and int(b) != 0:
+                    return int(a) // int(b)
+        raise ConfigError(f"naming table of spec `{self.spec_name}`: {operand!r} is not a config key, a number or "
+                          "{sum|product|quotient: [a, b]}")
 
     def count(self, key: str) -> int:
         """An integer that a tensor rule depends on: a metadata value ({arch} in the key) or a config.json one."""

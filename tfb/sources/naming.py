@@ -55,11 +55,11 @@ class TensorRule(_Strict):
 class MetaRule(_Strict):
     from_: list[str] = Field(default_factory=list, alias="from", description="config.json keys, first present")
     value: Any = Field(None, description="a constant, written when no `from` key is present")
-    quotient: tuple[str, str] | None = Field(None, description="config a // config b, when no `from` key is present")
-    product: tuple[str | int | float, str | int | float] | None = Field(
-        None, description="a * b (config keys or numbers), when no `from` key is present")
-    sum: tuple[str | int, str | int] | None = Field(None, description="a + b (config keys or numbers), when no "
-                                                    "`from` key is present")
+    # arithmetic on config.json values, used when no `from` key is present; an operand is a config key, a number or
+    # a nested {sum|product|quotient: [a, b]}; quotients divide whole numbers (int(a) // int(b)), as the converter
+    sum: tuple[Any, Any] | None = Field(None, description="a + b")
+    product: tuple[Any, Any] | None = Field(None, description="a * b")
+    quotient: tuple[Any, Any] | None = Field(None, description="int(a) // int(b)")
     map: dict[str, Any] | None = Field(None, description="config value -> written value")
     token: str | None = Field(None, description="the id of this token text in the vocabulary (special token ids "
                               "a converter sets by text)")
