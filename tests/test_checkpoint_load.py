@@ -104,3 +104,19 @@ def test_unknown_pre_tokenizer_is_refused_naming_vocab_pre(tiny_model, tmp_path)
                                            r"knows .* pass --vocab-pre NAME"):
         tfb.load_tokenizer(d)
     assert tfb.load_tokenizer(d, vocab_pre="gpt-2").vocab.pre is not None
+
+
+def test_cli_runs_a_checkpoint_directory(tiny_model) -> None:
+    """`tfb run DIR`: the model and its tokenizer from the directory, greedy text as from the converted file."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    _, gguf_path, directory = checkpoint(tiny_model, "qwen3moe")
+    root = Path(__file__).resolve().parent.parent
+    command = [sys.executable, "-m", "tfb.cli", "run", "-p", "Hello world", "-n", "6", "--temp", "0"]
+    outputs = [subprocess.run([*command, str(path)], capture_output=True, text=True, cwd=root)
+               for path in (directory, gguf_path)]
+    for out in outputs:
+        assert out.returncode == 0, out.stderr
+    assert outputs[0].stdout == outputs[1].stdout and len(outputs[0].stdout) > len("Hello world")
