@@ -146,6 +146,9 @@ class CheckpointSource:
         return spec.match[0] if spec.match else spec.name
 
     def _meta(self, key: str, rule: MetaRule, config_path: Path) -> MetaValue | None:
+        for name, wanted in rule.when.items():
+            if _lookup(self.config, name) not in (wanted if isinstance(wanted, list) else [wanted]):
+                return None
         for name in rule.from_:
             value = _lookup(self.config, name)
             if value is None:
@@ -219,6 +222,14 @@ class CheckpointSource:
         for gguf_name, rule in self.table.tensors.items():
             if rule is None or (rule.stack and rule.stack.replace("{arch}", self.arch) not in self.metadata):
                 continue  # a stacked tensor without its count: the model has no such experts
+            if any(_lookup(self.config, k) != v for k, v in rule.when.items()):
+                continue
+            if rule.wavelength_bands is not None:
+                dims = self._first(rule.wavelength_bands.dims, gguf_name)
+                self._rules[gguf_name] = (rule, [], None)
+                self.tensors[gguf_name] = TensorInfo(gguf_name, (int(dims) // 2,), GGML_TYPE_BY_NAME["F32"], 0,
+                                                     int(dims) // 2 * 4)
+                continue
             for i in (range(n_layers) if "{i}" in gguf_name or "{i}" in rule.from_ else [None]):
                 name = gguf_name.replace("{i}", str(i))
                 source = rule.from_.replace("{i}", str(i))
@@ -277,9 +288,38 @@ class CheckpointSource:
         part = sizes[rule.split.part]
         return [groups, shape[-1], part] if rule.split.transpose else [groups, part, shape[-1]]
 
+    def _first(self, operands: list[Any], what: str) -> Any:
+        for operand in operands:
+            value = self._evaluate(operand)
+            if value is not None:
+                return value
+        raise ConfigError(f"{self.path / CONFIG}: none of {operands} is given, which {what} needs")
+
+    def _wavelength_bands(self, name: str, rule: TensorRule) -> torch.Tensor:
+        """See naming.WavelengthBands; computed in float32 step by step as the converter computes it."""
+        p = rule.wavelength_bands
+        assert p is not None
+        base, dims, factor, low, high, context = (self._first(getattr(p, k), name)
+                                                  for k in ("base", "dims", "factor", "low", "high", "context"))
+        freqs = 1.0 / (base ** (torch.arange(0, int(dims), 2, dtype=torch.float32) / int(dims)))
+        low_wavelength, high_wavelength = context / low, context / high
+        out: list[Any] = []
+        for freq in freqs:
+            wavelength = 2 * math.pi / freq
+            if wavelength < high_wavelength:
+                out.append(1)
+            elif wavelength > low_wavelength:
+                out.append(factor)
+            else:
+                smooth = (context / wavelength - low) / (high - low)
+                out.append(1 / ((1 - smooth) / factor + smooth))
+        return torch.tensor(out, dtype=torch.float32)
+
     def tensor(self, name: str) -> torch.Tensor:
         """A tensor as the converter would write it before choosing the output type (torch order)."""
         rule, sources, _ = self._rules[name]
+        if rule.wavelength_bands is not None:
+            return self._wavelength_bands(name, rule)
         parts = [self.store.get(s) for s in sources]
         for p in range(len(parts)):
             if parts[p].dtype not in (torch.float32, torch.float16, torch.bfloat16):

@@ -43,8 +43,24 @@ class Split(_Strict):
     transpose: bool = Field(False, description="each group's part transposed ([rows, in] -> [in, rows])")
 
 
+class WavelengthBands(_Strict):
+    """Rope frequency factors by wavelength band: for each rotated pair's frequency f_j = base^(-2j/dims), with
+    wavelength w = 2 pi / f_j and the original context C: 1 where w < C / high, `factor` where w > C / low, else
+    1 / ((1 - s) / factor + s) with s = (C / w - low) / (high - low). Each parameter is a list of operands (config
+    keys, numbers, arithmetic), the first present wins."""
+
+    base: list[Any]
+    dims: list[Any]
+    factor: list[Any]
+    low: list[Any]
+    high: list[Any]
+    context: list[Any]
+
+
 class TensorRule(_Strict):
-    from_: str = Field(alias="from", description="checkpoint tensor name; {i} layer, {e} expert")
+    from_: str = Field("", alias="from", description="checkpoint tensor name; {i} layer, {e} expert")
+    when: dict[str, Any] = Field(default_factory=dict, description="config.json key -> value this rule needs")
+    wavelength_bands: WavelengthBands | None = Field(None, description="a tensor computed from config.json, not read")
     permute_rows: str | None = Field(None, description="metadata key of the head count for the rope row regrouping")
     stack: str | None = Field(None, description="metadata key of the expert count: {e} stacked along dim 0")
     add: float = Field(0.0, description="constant added to the values (norm weights stored as 1 + w)")
@@ -65,6 +81,8 @@ class MetaRule(_Strict):
                               "a converter sets by text)")
     type: MetaType = "uint32"
     written: bool = Field(True, description="false: read by the spec's rules but not a key the converter writes")
+    when: dict[str, Any] = Field(default_factory=dict, description="config.json key -> value (or list of values) "
+                                 "this key needs")
 
 
 class Table(_Strict):
