@@ -17,7 +17,7 @@ import torch
 from tfb.config import ModelConfig
 from tfb.errors import InputError, TfbWarning, WeightError
 from tfb.gguf.ggml_types import GGMLType
-from tfb.gguf.reader import GGUFFile, TensorInfo
+from tfb.gguf.reader import TensorInfo
 from tfb.hparams import build_config
 from tfb.nn.block import Block
 from tfb.nn.ffn.routed import ExpertLinear
@@ -30,6 +30,7 @@ from tfb.nn.norm import Norm
 from tfb.nn.per_layer import OutputScale, PerLayerInput, PerLayerInputs
 from tfb.quant import PackedTensor, is_supported
 from tfb.quant.packed import weight_types
+from tfb.sources import WeightSource, open_source
 from tfb.spec.match import SpecRef, spec_for_file
 from tfb.spec.schema import Spec
 from tfb.spec.slots import FileFacts, global_slots, layer_sections, layer_slots, names_read, shown_selector
@@ -127,7 +128,7 @@ def layer_targets(spec: Spec, config: ModelConfig, layer: int) -> dict[str, tupl
 class _Source:
     """Turns file tensors into torch values, keeping matrices compact and mmap-backed where possible."""
 
-    def __init__(self, gguf: GGUFFile, dtype: torch.dtype, expand: bool) -> None:
+    def __init__(self, gguf: WeightSource, dtype: torch.dtype, expand: bool) -> None:
         self.gguf, self.dtype, self.expand = gguf, dtype, expand
         self.cache: dict[str, Any] = {}
 
@@ -227,7 +228,7 @@ def same_shape(found: tuple[int, ...], expected: tuple[int, ...]) -> bool:
     return extra >= 0 and found[extra:] == expected and all(d == 1 for d in found[:extra])
 
 
-def _check_tensor(gguf: GGUFFile, planned: PlannedTensor, info: TensorInfo) -> None:
+def _check_tensor(gguf: WeightSource, planned: PlannedTensor, info: TensorInfo) -> None:
     if not same_shape(info.shape, planned.shape):
         raise WeightError(f"{gguf.path}: tensor {info.name!r} has shape {list(info.shape)}, expected "
                           f"{list(planned.shape)} from the config (check the spec's hparams against the file's "
@@ -282,7 +283,7 @@ def _layer_kinds(spec: Spec, config: ModelConfig, layer: int) -> str:
             f"({why(spec.ffn, ffn)}), as the spec's layer rules read the file)")
 
 
-def checked_plan(model: Transformer, spec: Spec, gguf: GGUFFile) -> list[PlannedTensor]:
+def checked_plan(model: Transformer, spec: Spec, gguf: WeightSource) -> list[PlannedTensor]:
     """The tensors a load reads, each present with the planned shape and a supported type, else the
     WeightError a load raises; nothing converted."""
     plan = [p for p in plan_tensors(model, spec, gguf.tensors.keys()) if p.present or p.need == "required"]
@@ -294,13 +295,13 @@ def checked_plan(model: Transformer, spec: Spec, gguf: GGUFFile) -> list[Planned
     return plan
 
 
-def unread_tensors(config: ModelConfig, spec: Spec, gguf: GGUFFile, plan: list[PlannedTensor]) -> list[str]:
+def unread_tensors(config: ModelConfig, spec: Spec, gguf: WeightSource, plan: list[PlannedTensor]) -> list[str]:
     """The file's tensors that no slot of the spec reads, except those the spec leaves unread on purpose."""
     read = names_read(spec, config, FileFacts.of(config)) | {p.name for p in plan}
     return [name for name in gguf.tensors if name not in read and not spec.tensors.left_unread(name, config.n_layers)]
 
 
-def load_weights(model: Transformer, spec: Spec, gguf: GGUFFile, *, expand: bool = False,
+def load_weights(model: Transformer, spec: Spec, gguf: WeightSource, *, expand: bool = False,
                  progress: Progress | None = None) -> None:
     plan = checked_plan(model, spec, gguf)  # before converting anything: a mismatch must not cost a dequantization
     _warn_unread(gguf, spec, unread_tensors(model.config, spec, gguf, plan))
@@ -316,7 +317,7 @@ def load_weights(model: Transformer, spec: Spec, gguf: GGUFFile, *, expand: bool
             progress(done, total)
 
 
-def _warn_unread(gguf: GGUFFile, spec: Spec, unread: list[str]) -> None:
+def _warn_unread(gguf: WeightSource, spec: Spec, unread: list[str]) -> None:
     """A file tensor that no slot reads is a part of the model left out (as llama.cpp, which refuses such
     files, would say): the logits are then likely not the model's."""
     if unread:
@@ -352,7 +353,7 @@ def load(path: str | Path, spec: SpecRef = None, *, dtype: torch.dtype = torch.f
     for what, value in (("dtype", dtype), ("cache_dtype", cache_dtype)):
         if value is not None and value not in DTYPES:
             raise InputError(f"{what} {value} is not supported; use one of float32, float16, bfloat16")
-    with GGUFFile(path) as gguf:  # closed on errors too: a rejected file must not hold a descriptor
+    with open_source(path, spec_dirs) as gguf:  # closed on errors too: a rejected file must not hold a descriptor
         chosen = spec_for_file(gguf, spec, spec_dirs)
         config = build_config(chosen, gguf.metadata, gguf.tensors.keys(), arch=gguf.architecture or chosen.name,
                               where=str(gguf.path), context_length=context_length)

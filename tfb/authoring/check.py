@@ -14,7 +14,7 @@ from pathlib import Path
 from tfb.authoring.check_keys import build_checked_config, finish_notes, scan_keys
 from tfb.authoring.check_tensors import check_tensors
 from tfb.authoring.findings import Finding, group_layers, show_mark, show_path
-from tfb.gguf.reader import GGUFFile
+from tfb.sources import WeightSource, open_source
 from tfb.spec.loader import load_spec_with_marks
 from tfb.spec.match import match_architecture
 from tfb.spec.registry import find_spec_file, search_dirs
@@ -57,7 +57,7 @@ class CheckReport:
         return [*shown, self.summary()]
 
 
-def _spec_with_marks(gguf: GGUFFile, spec: str | Path | None,
+def _spec_with_marks(gguf: WeightSource, spec: str | Path | None,
                      spec_dirs: Iterable[str | Path]) -> tuple[Spec, dict[Key, Mark]]:
     dirs = tuple(spec_dirs)
     if spec is not None:
@@ -68,8 +68,9 @@ def _spec_with_marks(gguf: GGUFFile, spec: str | Path | None,
 
 
 def check(model: str | Path, spec: str | Path | None = None, spec_dirs: Iterable[str | Path] = ()) -> CheckReport:
-    """Check `spec` (default: the spec serving the file's architecture) against a GGUF file."""
-    with GGUFFile(model) as gguf:
+    """Check `spec` (default: the spec serving the file's architecture) against a GGUF file or a checkpoint
+    directory (read through its naming table as the GGUF file the converter would write)."""
+    with open_source(model, spec_dirs) as gguf:
         chosen, marks = _spec_with_marks(gguf, spec, spec_dirs)
         spec_file = show_path(marks[()].file) if () in marks else chosen.name
         model_path = str(gguf.path)

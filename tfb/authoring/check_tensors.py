@@ -15,8 +15,8 @@ from typing import Any
 from tfb.authoring.findings import Finding, layer_ranges, show_mark
 from tfb.build import build_modules, first_names, plan_tensors, same_shape, unread_tensors
 from tfb.config import ModelConfig
-from tfb.gguf.reader import GGUFFile
 from tfb.quant.packed import is_supported, weight_types
+from tfb.sources import WeightSource
 from tfb.spec.schema import GLOBAL_SLOTS, Spec
 from tfb.spec.slots import slot_templates
 from tfb.spec.suggest import did_you_mean
@@ -94,7 +94,7 @@ def _plain(value: Any) -> str:
     return str(value).lower() if isinstance(value, bool) or value is None else str(value)
 
 
-def check_tensors(spec: Spec, marks: Mapping[Key, Mark], gguf: GGUFFile, config: ModelConfig,
+def check_tensors(spec: Spec, marks: Mapping[Key, Mark], gguf: WeightSource, config: ModelConfig,
                   spec_file: str) -> TensorReport:
     report = TensorReport()
     model_path = str(gguf.path)

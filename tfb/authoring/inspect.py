@@ -11,6 +11,7 @@ from tfb.config import HPARAM_FIELDS, ModelConfig
 from tfb.errors import TfbError
 from tfb.gguf.reader import GGUFFile, MetaValue, TensorInfo
 from tfb.hparams import build_config
+from tfb.sources import WeightSource, open_source
 from tfb.spec.match import spec_for_file
 from tfb.spec.schema import Spec
 
@@ -103,7 +104,7 @@ def tensor_lines(tensors: list[TensorInfo], all_layers: bool) -> list[str]:
     return out
 
 
-def weights_summary(spec: Spec, config: ModelConfig, f: GGUFFile) -> tuple[list[str], TfbError | None]:
+def weights_summary(spec: Spec, config: ModelConfig, f: WeightSource) -> tuple[list[str], TfbError | None]:
     """What a load would find wrong with the file's tensors, found as a load finds it (nothing is converted;
     this imports torch to build the modules the plan comes from)."""
     from tfb.build import build_modules, check_layers_present, checked_plan, first_names, unread_tensors
@@ -132,13 +133,14 @@ def inspect_file(path: str | Path, spec: str | None = None, spec_dirs: tuple[str
     """The report, and the reason the file cannot run (no usable spec or config, a tensor a load would
     refuse), if any."""
     problem: TfbError | None = None
-    with GGUFFile(path) as f:
+    with open_source(path, spec_dirs) as f:
         meta, tensors = f.metadata, list(f.tensors.values())
         total = sum(t.nbytes for t in tensors)
         types: dict[str, int] = defaultdict(int)
         for t in tensors:
             types[t.ggml_type.name] += t.nbytes
-        lines = [f"file: {f.path}   GGUF v{f.version}   {len(meta)} keys   {len(tensors)} tensors   "
+        kind = f"GGUF v{f.version}" if isinstance(f, GGUFFile) else "checkpoint directory (config.json + safetensors)"
+        lines = [f"file: {f.path}   {kind}   {len(meta)} keys   {len(tensors)} tensors   "
                  f"{_size(total)} of weights",
                  f"architecture: {f.architecture or '(none)'}   name: "
                  f"{_plain(meta['general.name'].value) if 'general.name' in meta else '(none)'}",

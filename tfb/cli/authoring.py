@@ -142,7 +142,7 @@ def register(sub: Any) -> None:
     p = sub.add_parser("check", help="check a spec against a GGUF file: tensors, shapes, storage types, "
                        "metadata keys, config; one line per problem, exit 1 on any")
     p.add_argument("paths", nargs="+", metavar="[SPEC] MODEL", help="spec name or path (default: the spec "
-                   "serving the file's general.architecture), then a .gguf file")
+                   "serving the file's general.architecture), then a .gguf file or a checkpoint directory")
     p.add_argument("-v", "--verbose", action="store_true", help="one note per absent key, with its rule's line")
     add_spec_dirs(p)
     p.set_defaults(run=run_check)

@@ -39,7 +39,7 @@ class ProgressBar:
 
 
 def add_model_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("model", type=Path, help="a .gguf file")
+    p.add_argument("model", type=Path, help="a .gguf file or a checkpoint directory (config.json + *.safetensors)")
     p.add_argument("--spec", help="spec name or path (default: the one serving general.architecture)")
     p.add_argument("-c", "--ctx-size", type=int, default=None, help="context to run with (default: the file's)")
     p.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default="float32", help="compute dtype")

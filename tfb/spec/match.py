@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from tfb.errors import TfbError
-from tfb.gguf.reader import GGUFFile
+from tfb.sources import WeightSource
 from tfb.spec.loader import load_spec
 from tfb.spec.registry import all_spec_files, search_dirs
 from tfb.spec.schema import Spec
@@ -15,7 +15,7 @@ from tfb.spec.suggest import did_you_mean
 SpecRef = Spec | str | Path | None
 
 
-def spec_for_file(gguf: GGUFFile, spec: SpecRef = None, spec_dirs: tuple[str | Path, ...] = ()) -> Spec:
+def spec_for_file(gguf: WeightSource, spec: SpecRef = None, spec_dirs: tuple[str | Path, ...] = ()) -> Spec:
     if isinstance(spec, Spec):
         chosen = spec
     elif spec is not None:

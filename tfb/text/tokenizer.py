@@ -250,8 +250,14 @@ class Tokenizer:
         return self.encode(prompt, add_special=True, parse_special=True)
 
 
-def load_tokenizer(path: str | Path) -> Tokenizer:
-    """The tokenizer of a GGUF file (a full model or a vocabulary-only file)."""
+def load_tokenizer(path: str | Path, vocab_pre: str | None = None) -> Tokenizer:
+    """The tokenizer of a GGUF file (a full model or a vocabulary-only file), or of a checkpoint directory
+    (its tokenizer.json, read as the converter would write it; `vocab_pre` names the pre-tokenizer of one whose
+    fingerprint the converter does not know)."""
+    if Path(path).is_dir():
+        from tfb.sources.checkpoint import checkpoint_tokenizer_metadata
+
+        return tokenizer_from_metadata(checkpoint_tokenizer_metadata(Path(path), vocab_pre), str(path))
     with GGUFFile(path) as gguf:
         metadata: Mapping[str, MetaValue] = gguf.metadata
     return tokenizer_from_metadata(metadata, str(path))

@@ -1,0 +1,122 @@
+"""tfb.load on a transformers checkpoint directory (config.json + safetensors) through the spec's naming table:
+the logits equal transformers' on the very weights llama.cpp's converter turned into the GGUF fixture, and the
+checkpoint reads as the same metadata and tensors as that converter's file."""
+
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import pytest
+import torch
+from compare import assert_logits_match, compare
+
+import tfb
+from tfb.gguf.reader import GGUFFile
+from tfb.sources.checkpoint import CheckpointSource
+
+# mistral: llama.cpp ignores the window, transformers applies it: sequences within the window of 8
+FAMILIES = {"llama": 12, "llama_tied": 12, "qwen2": 12, "qwen3": 12, "gemma": 12, "gemma2": 12, "starcoder2": 12,
+            "mistral": 8, "mixtral": 12, "qwen3moe": 12, "gpt2": 12, "deepseek_v3": 12, "deepseek_v2": 12,
+            "qwen2moe": 12, "olmoe": 12, "olmo2": 12, "granite": 12, "granitemoe": 12, "smollm3": 12, "glm4": 12,
+            "olmo": 12, "phi2": 12, "stablelm": 12, "llama3": 30}
+
+
+def checkpoint(tiny_model, family: str):
+    reference, gguf_path = tiny_model(family, "f32")
+    return reference, gguf_path, gguf_path.parent / "hf"
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_checkpoint_logits_equal_transformers(tiny_model, family: str) -> None:
+    reference, _, directory = checkpoint(tiny_model, family)
+    model = tfb.load(directory)
+    compare(model, reference, [(1, FAMILIES[family]), (2, 5)], assert_logits_match)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_checkpoint_reads_as_the_converters_file(tiny_model, family: str) -> None:
+    """Every metadata key the converter writes (tokenizer and provenance keys aside) with its type and value,
+    and every tensor with its name, shape and values."""
+    _, gguf_path, directory = checkpoint(tiny_model, family)
+    with GGUFFile(gguf_path) as g, CheckpointSource(directory) as c:
+        theirs = {k: v for k, v in g.metadata.items() if not k.startswith(("tokenizer.", "general."))}
+        for key, meta in theirs.items():
+            assert key in c.metadata, key
+            assert c.metadata[key].type == meta.type, key
+            assert np.array_equal(np.asarray(c.metadata[key].value), np.asarray(meta.value)), key
+        assert set(c.tensors) == set(g.tensors)
+        for name, info in g.tensors.items():
+            assert c.tensors[name].shape == info.shape, name
+            assert info.ggml_type.name == "F32"
+            assert torch.equal(c.tensor(name).float().reshape(-1),
+                               torch.from_numpy(g.tensor_data(name)).view(torch.float32)), name
+
+
+def test_bf16_checkpoint_stays_bf16_and_mapped(tiny_model, tmp_path) -> None:
+    """A bfloat16 checkpoint loads as bfloat16 weights that are views of the shard's map (no copy), and gives
+    transformers' bfloat16 logits within bfloat16 rounding."""
+    reference, _, _ = checkpoint(tiny_model, "qwen3")
+    half = copy.deepcopy(reference).to(torch.bfloat16)  # the cached reference stays float32
+    half.save_pretrained(tmp_path)
+    with CheckpointSource(tmp_path) as c:
+        assert c.tensors["blk.0.attn_q.weight"].ggml_type.name == "BF16"
+        assert c.tensors["blk.0.attn_norm.weight"].ggml_type.name == "F32"  # vectors float32, as the converter's
+        mapped = c.store.get("model.layers.0.self_attn.q_proj.weight")
+        assert c.tensor("blk.0.attn_q.weight").data_ptr() == mapped.data_ptr()  # no transform: the map itself
+    model = tfb.load(tmp_path, dtype=torch.bfloat16)
+    ids = torch.tensor([[1, 5, 9, 20, 7, 3]])
+    with torch.no_grad():
+        ours, theirs = model(ids).float(), half(ids).logits.float()
+    assert (ours - theirs).abs().max() <= 0.05 * theirs.abs().max()
+
+
+@pytest.mark.parametrize("family", ["qwen3moe", "starcoder2", "llama", "gemma"])
+def test_checkpoint_tokenizer_is_the_converters(tiny_model, family: str) -> None:
+    """tokenizer.json read as the converter writes it: the same tokenizer.* keys, hence the same ids."""
+    from tfb.sources.checkpoint import checkpoint_tokenizer_metadata
+
+    _, gguf_path, directory = checkpoint(tiny_model, family)
+    ours = checkpoint_tokenizer_metadata(directory)
+    with GGUFFile(gguf_path) as g:
+        theirs = {k: v for k, v in g.metadata.items() if k.startswith("tokenizer.")}
+    assert set(ours) == set(theirs)
+    for key, meta in theirs.items():
+        assert ours[key].type == meta.type, key
+        assert np.array_equal(np.asarray(ours[key].value), np.asarray(meta.value)), key
+    text = "the quick brown fox jumps over the lazy dog, hello world" if family in ("llama", "gemma") else \
+        "Hello world, it's 2026!  <|endoftext|> ünïcödé  \n\n tabs\tand 12345"
+    assert tfb.load_tokenizer(directory).encode(text) == tfb.load_tokenizer(gguf_path).encode(text)
+
+
+def test_unknown_pre_tokenizer_is_refused_naming_vocab_pre(tiny_model, tmp_path) -> None:
+    import json
+    import shutil
+
+    _, _, directory = checkpoint(tiny_model, "qwen3moe")
+    d = tmp_path / "c"
+    shutil.copytree(directory, d)
+    spec = json.loads((d / "tokenizer.json").read_text())
+    spec["pre_tokenizer"] = {"type": "Sequence", "pretokenizers": [
+        {"type": "Digits", "individual_digits": True}, spec["pre_tokenizer"]]}
+    (d / "tokenizer.json").write_text(json.dumps(spec))
+    with pytest.raises(tfb.TfbError, match=r"tokenizer.json: the BPE pre-tokenizer is not one llama.cpp's converter "
+                                           r"knows .* pass --vocab-pre NAME"):
+        tfb.load_tokenizer(d)
+    assert tfb.load_tokenizer(d, vocab_pre="gpt-2").vocab.pre is not None
+
+
+def test_cli_runs_a_checkpoint_directory(tiny_model) -> None:
+    """`tfb run DIR`: the model and its tokenizer from the directory, greedy text as from the converted file."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    _, gguf_path, directory = checkpoint(tiny_model, "qwen3moe")
+    root = Path(__file__).resolve().parent.parent
+    command = [sys.executable, "-m", "tfb.cli", "run", "-p", "Hello world", "-n", "6", "--temp", "0"]
+    outputs = [subprocess.run([*command, str(path)], capture_output=True, text=True, cwd=root)
+               for path in (directory, gguf_path)]
+    for out in outputs:
+        assert out.returncode == 0, out.stderr
+    assert outputs[0].stdout == outputs[1].stdout and len(outputs[0].stdout) > len("Hello world")

@@ -1,0 +1,101 @@
+"""`tfb convert` writes what llama.cpp's convert_hf_to_gguf.py writes from the same checkpoint: every metadata key
+with its type and value (general.* provenance aside), every tensor with its name, shape, storage type and bytes;
+its Q8_0 blocks are ggml's own reference quantizer's."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tfb.gguf.reader import GGUFFile
+from tfb.sources.checkpoint import CheckpointSource
+from tfb.sources.convert import convert
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "tools"))
+from llama_cpp import llama_cpp_dir  # noqa: E402
+
+PROVENANCE = ("general.name", "general.size_label", "general.basename", "general.finetune", "general.version")
+# every family with a checkpoint naming table, with a byte-level BPE tokenizer.json or a SentencePiece
+# tokenizer.model as tests/tiny_hf.py gives it
+FAMILIES = ["llama", "llama_tied", "qwen2", "qwen3", "gemma", "gemma2", "starcoder2", "mistral", "mixtral", "qwen3moe",
+            "gpt2", "deepseek_v3", "deepseek_v2", "qwen2moe", "olmoe", "olmo2", "granite", "granitemoe", "smollm3",
+            "glm4", "olmo", "phi2", "stablelm", "llama3"]
+
+
+def reference_file(directory: Path, outtype: str, out: Path) -> Path:
+    result = subprocess.run([sys.executable, str(llama_cpp_dir() / "convert_hf_to_gguf.py"), str(directory),
+                             "--outfile", str(out), "--outtype", outtype], cwd=llama_cpp_dir(),
+                            capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return out
+
+
+def assert_same_gguf(ours: Path, theirs: Path) -> None:
+    with GGUFFile(ours) as a, GGUFFile(theirs) as b:
+        keys_a = {k for k in a.metadata if k not in PROVENANCE}
+        keys_b = {k for k in b.metadata if k not in PROVENANCE}
+        assert keys_a == keys_b, (sorted(keys_a - keys_b), sorted(keys_b - keys_a))
+        for key in keys_b:
+            x, y = a.metadata[key], b.metadata[key]
+            assert x.type == y.type, key
+            assert np.array_equal(np.asarray(x.value), np.asarray(y.value)), key
+        assert set(a.tensors) == set(b.tensors)
+        for name, info in b.tensors.items():
+            mine = a.tensors[name]
+            assert (mine.shape, mine.ggml_type.name) == (info.shape, info.ggml_type.name), name
+            assert np.array_equal(a.tensor_data(name), b.tensor_data(name)), name
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_convert_f32_equals_the_converter(tiny_model, tmp_path: Path, family: str) -> None:
+    theirs = tiny_model(family, "f32")[1]
+    directory = theirs.parent / "hf"
+    assert_same_gguf(convert(directory, tmp_path / "ours.gguf", "f32"), theirs)
+
+
+@pytest.mark.parametrize("outtype", ["f16", "bf16", "q8_0"])
+def test_convert_each_outtype_equals_the_converter(tiny_model, tmp_path: Path, outtype: str) -> None:
+    directory = tiny_model("qwen3moe", "f32")[1].parent / "hf"
+    theirs = reference_file(directory, outtype, tmp_path / "theirs.gguf")
+    assert_same_gguf(convert(directory, tmp_path / "ours.gguf", outtype), theirs)
+
+
+def test_q8_0_is_ggmls_reference_quantizer(tiny_model, tmp_path: Path) -> None:
+    from ggml_quants import GGMLQuants
+
+    directory = tiny_model("qwen3moe", "f32")[1].parent / "hf"
+    ours = convert(directory, tmp_path / "ours.gguf", "q8_0")
+    ggml = GGMLQuants()
+    with GGUFFile(ours) as f, CheckpointSource(directory) as c:
+        quantized = [t for t in f.tensors.values() if t.ggml_type.name == "Q8_0"]
+        assert len(quantized) > 10
+        for info in quantized:
+            values = c.tensor(info.name).float().numpy()
+            blocks = ggml.quantize("Q8_0", values, 34, 32)
+            assert np.array_equal(blocks.reshape(-1), f.tensor_data(info.name)), info.name
+
+
+def test_cli_convert_refuses_unknown_pre_tokenizer_and_takes_vocab_pre(tiny_model, tmp_path: Path) -> None:
+    import json
+    import shutil
+
+    directory = tiny_model("qwen3moe", "f32")[1].parent / "hf"
+    d = tmp_path / "c"
+    shutil.copytree(directory, d)
+    spec = json.loads((d / "tokenizer.json").read_text())
+    spec["pre_tokenizer"] = {"type": "Sequence", "pretokenizers": [
+        {"type": "Digits", "individual_digits": True}, spec["pre_tokenizer"]]}
+    (d / "tokenizer.json").write_text(json.dumps(spec))
+    run = [sys.executable, "-m", "tfb.cli", "convert", str(d), str(tmp_path / "out.gguf"), "--outtype", "f32"]
+    refused = subprocess.run(run, capture_output=True, text=True, cwd=ROOT)
+    assert refused.returncode != 0 and "Traceback" not in refused.stderr
+    assert "pass --vocab-pre NAME" in refused.stderr and not (tmp_path / "out.gguf").exists()
+    done = subprocess.run([*run, "--vocab-pre", "gpt-2"], capture_output=True, text=True, cwd=ROOT)
+    assert done.returncode == 0, done.stderr
+    with GGUFFile(tmp_path / "out.gguf") as f:
+        assert f.metadata["tokenizer.ggml.pre"].value == "gpt-2"
