@@ -71,7 +71,7 @@ def build(section: Section, c: ModelConfig, ctx: BuildContext) -> Attention:
     return Attention(shape, opts, ctx, ctx.rotary(params))
 
 
-def link_shared_kv(mixers: list[nn.Module]) -> None:
+def link_shared_kv(mixers: list[nn.Module | None]) -> None:
     """Let each layer whose keys and values a later layer reads (kv_from) hand them on, after checking that
     the two layers agree on what those keys and values are."""
     for i, reader in enumerate(mixers):
