@@ -151,16 +151,21 @@ class GatedDeltaNetLayer(nn.Module):
 
     def convolve(self, x: torch.Tensor, state: DeltaState | None) -> torch.Tensor:
         """silu of the causal depthwise convolution of x [b, t, channels] over the last `kernel` inputs (those
-        before the call from the state, zeros at the start); the state keeps the last kernel - 1 inputs."""
+        before the call from the state, zeros at the start); the state keeps the last kernel - 1 inputs
+        [b, channels, kernel - 1]. Computed as `kernel` shifted multiply-adds in the [t, channels] layout, so
+        that the outputs come out contiguous for the per-head views after it."""
         s = self.shape
-        b = x.shape[0]
-        x = x.transpose(1, 2)  # [b, channels, t]
-        past = state.conv if state is not None and state.conv is not None else x.new_zeros(b, s.channels, s.kernel - 1)
-        window = torch.cat((past, x), dim=2)
+        b, t, _ = x.shape
+        keep = s.kernel - 1
+        past = state.conv if state is not None and state.conv is not None else x.new_zeros(b, s.channels, keep)
+        window = torch.cat((past.transpose(1, 2), x), dim=1)  # [b, keep + t, channels]
         if state is not None:
-            state.conv = window[:, :, window.shape[2] - (s.kernel - 1):].clone()
-        out = F.conv1d(window, self.conv.unsqueeze(1), groups=s.channels)
-        return F.silu(out).transpose(1, 2)
+            state.conv = window[:, window.shape[1] - keep:].transpose(1, 2).contiguous()
+        w = self.conv  # [channels, kernel]
+        out = window[:, :t] * w[:, 0]
+        for j in range(1, s.kernel):
+            out.addcmul_(window[:, j:j + t], w[:, j])
+        return F.silu(out, inplace=True)
 
 
 def chunked_delta_rule(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, g: torch.Tensor, beta: torch.Tensor,
