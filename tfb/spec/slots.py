@@ -20,15 +20,16 @@ from tfb.spec.schema import Spec, TensorRef
 
 @dataclass(frozen=True)
 class FileFacts:
-    """What the file decides: fused QKV, parallel residual, an optional Q/K norm present."""
+    """What the file decides: fused QKV, parallel residual, an optional Q/K norm present, fused QKVZ."""
 
     fused_qkv: bool = False
     parallel_residual: bool = False
     qk_norm: bool = True
+    fused_qkvz: bool = False  # a gated delta-net's q, k, v and z in one projection (ssm_in)
 
     @classmethod
     def of(cls, config: Any) -> FileFacts:
-        return cls(config.fused_qkv, config.parallel_residual, config.qk_norm)
+        return cls(config.fused_qkv, config.parallel_residual, config.qk_norm, config.fused_qkvz)
 
 
 def _norm(out: dict[str, Need], spec: Spec, slot: str) -> None:
