@@ -27,9 +27,11 @@ within each round (A/B/A/B) and each figure is the median of --repeats rounds.
 --hybrid: a qwen35 model of Qwen3.5-0.8B's shapes (hidden 1024, 24 layers: three gated delta-net layers to one
 gated attention layer; see HYBRID_SHAPE) against an attention-only qwen3 of the same hidden size, depth and
 feed-forward. Prompt processing: one forward call from an empty cache for 256 and for 1024 tokens, the models
-taking turns, medians of --repeats rounds. Memory while decoding at contexts of 1024 and 16384 positions
-(--contexts): resident memory after loading and after the prompt and 64 greedy tokens, and the bytes the cache
-holds in attention layers (keys and values: grow with the context) and recurrent ones (constant).
+taking turns, medians of --repeats rounds, in tokens per second of wall clock and of the process's CPU time (with
+--threads 1 the two agree on an idle machine; on a shared one CPU time is the steadier). Memory while decoding at
+contexts of 1024 and 16384 positions (--contexts): resident memory after loading and after the prompt and 64 greedy
+tokens, and the bytes the cache holds in attention layers (keys and values: grow with the context) and recurrent
+ones (constant).
 
     python tools/bench_model.py --hybrid --types Q8_0 --threads 1 --repeats 5
 """
@@ -162,9 +164,9 @@ with torch.no_grad():
     model(torch.randint(0, 150000, (1, 16), generator=gen), model.new_cache(), last_only=True)
     for n in prompts:
         ids = torch.randint(0, 150000, (1, n), generator=gen)
-        t = time.perf_counter()
+        t, cpu = time.perf_counter(), time.process_time()
         model(ids, model.new_cache(), last_only=True)
-        out[str(n)] = n / (time.perf_counter() - t)
+        out[str(n)], out[f"{n} cpu"] = n / (time.perf_counter() - t), n / (time.process_time() - cpu)
 print(json.dumps(out))
 """
 # --hybrid: memory while decoding at a context of `context` positions: the prompt goes in 1024 positions a call,
@@ -333,10 +335,11 @@ def bench_hybrid(kind: str, repeats: int = 1) -> dict:
                 runs[m].append(result)
     for m, results in runs.items():
         for n in HYBRID_PROMPTS:
-            values = [r[str(n)] for r in results]
-            if values:
-                out[f"{m}_prompt{n}_tps"] = statistics.median(values)
-                out[f"{m}_prompt{n}_runs"] = values
+            for key, name in ((str(n), f"{m}_prompt{n}"), (f"{n} cpu", f"{m}_prompt{n}_cpu")):
+                values = [r[key] for r in results if key in r]
+                if values:
+                    out[f"{name}_tps"] = statistics.median(values)
+                    out[f"{name}_runs"] = values
     for context in HYBRID_CONTEXTS:
         for m, path in files.items():
             result = run_child("tfb context", path, timeout=3600, context=context)
@@ -348,12 +351,13 @@ def bench_hybrid(kind: str, repeats: int = 1) -> dict:
 def hybrid_table(row: dict) -> str:
     size = f"{row['hybrid_file_bytes'] / 2**20:.0f} / {row['attention_file_bytes'] / 2**20:.0f} MiB"
     lines = [f"{row['type']} (hybrid / attention-only: {size})", "",
-             "| prompt tokens | hybrid tok/s | attention-only tok/s | attention-only / hybrid time |",
-             "|---:|---:|---:|---:|"]
+             "| prompt tokens | clock | hybrid tok/s | attention-only tok/s | hybrid time / attention-only time |",
+             "|---:|---|---:|---:|---:|"]
     for n in HYBRID_PROMPTS:
-        h, a = row.get(f"hybrid_prompt{n}_tps"), row.get(f"attention_prompt{n}_tps")
-        if h and a:
-            lines.append(f"| {n} | {h:.1f} | {a:.1f} | {a / h:.2f}x |")
+        for suffix, clock in (("", "wall"), ("_cpu", "CPU")):
+            h, a = row.get(f"hybrid_prompt{n}{suffix}_tps"), row.get(f"attention_prompt{n}{suffix}_tps")
+            if h and a:
+                lines.append(f"| {n} | {clock} | {h:.1f} | {a:.1f} | {a / h:.2f}x |")
     lines += ["", "| model | context | RSS after load | RSS decoding | attention cache | recurrent state | "
               "decode tok/s |", "|---|---:|---:|---:|---:|---:|---:|"]
     mib = 2 ** 20
