@@ -78,6 +78,7 @@ class ModelConfig:
 
     # facts from the file's tensors and from the caller
     fused_qkv: bool = False
+    fused_qkvz: bool = False  # a gated delta-net's q, k, v and z come from one projection (ssm_in)
     qk_norm: bool = False  # the spec's Q/K norm applies (an optional one: the file has its tensors)
     parallel_residual: bool = False
     run_context_length: int = 0  # the context the model runs with (load(context_length=...))

@@ -230,7 +230,7 @@ def build_config(spec: Spec, metadata: Mapping[str, MetaValue], tensor_names: Co
     own = {name: v for name, v in values.items() if name in MODEL_FIELDS}
     extra = {name: v for name, v in values.items() if name not in MODEL_FIELDS}
     config = ModelConfig(architecture=arch, parallel_residual=parallel, fused_qkv=facts.get("fused_qkv", False),
-                         qk_norm=facts.get("qk_norm", False),
+                         fused_qkvz=facts.get("fused_qkvz", False), qk_norm=facts.get("qk_norm", False),
                          run_context_length=context_length or values["context_length"], **own, extra=extra,
                          per_layer=resolver.per_layer)
     check_config(config, spec, where, resolver.origin)

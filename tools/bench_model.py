@@ -23,6 +23,17 @@ experts together (4096): per token both multiply the same weights (attention, 3 
 feed-forward, the output layer), the MoE also its router (1024 x 64). Speed only: prompt and decode
 tokens/s of each, and the MoE's time per decoded token over the dense one's; the two models take turns
 within each round (A/B/A/B) and each figure is the median of --repeats rounds.
+
+--hybrid: a qwen35 model of Qwen3.5-0.8B's shapes (hidden 1024, 24 layers: three gated delta-net layers to one
+gated attention layer; see HYBRID_SHAPE) against an attention-only qwen3 of the same hidden size, depth and
+feed-forward. Prompt processing: one forward call from an empty cache for 256 and for 1024 tokens, the models
+taking turns, medians of --repeats rounds, in tokens per second of wall clock and of the process's CPU time (with
+--threads 1 the two agree on an idle machine; on a shared one CPU time is the steadier). Memory while decoding at
+contexts of 1024 and 16384 positions (--contexts): resident memory after loading and after the prompt and 64 greedy
+tokens, and the bytes the cache holds in attention layers (keys and values: grow with the context) and recurrent
+ones (constant).
+
+    python tools/bench_model.py --hybrid --types Q8_0 --threads 1 --repeats 5
 """
 
 from __future__ import annotations
@@ -42,11 +53,24 @@ SHAPE = {"hidden_size": 1024, "n_layers": 28, "n_heads": 16, "n_kv_heads": 8, "h
 MOE_SHAPE = {**SHAPE, "n_layers": 16, "intermediate_size": 4096, "expert_count": 64, "expert_used_count": 8,
              "expert_intermediate_size": 512}
 DENSE_TWIN = {**SHAPE, "n_layers": 16, "intermediate_size": 4096}  # 8 x 512: the MoE's active width
+# --hybrid: Qwen3.5-0.8B's shapes (hidden 1024, 24 layers, every 4th full attention: 8 heads of 256, 2 KV heads,
+# rope over 64 dims, a sigmoid output gate; the others gated delta-nets: 16 key and 16 value heads of 128, conv
+# kernel 4; feed-forward 3584), against an attention-only qwen3 of the same hidden size, depth and feed-forward
+# with Qwen3-0.6B's attention (16 heads of 128, 8 KV heads)
+HYBRID_SHAPE = {"hidden_size": 1024, "n_layers": 24, "n_heads": 8, "n_kv_heads": 2, "head_dim": 256, "value_dim": 256,
+                "rope_dims": 64, "intermediate_size": 3584, "context_length": 32768, "full_attention_interval": 4,
+                "ssm_conv_kernel": 4, "ssm_state_size": 128, "ssm_group_count": 16, "ssm_time_step_rank": 16,
+                "ssm_inner_size": 2048}
+ATTENTION_TWIN = {**SHAPE, "n_layers": 24, "intermediate_size": 3584, "context_length": 32768}
 MODELS = {  # name -> (spec, shape)
     "qwen3-0.6b-shape": ("qwen3", SHAPE),
     "qwen3moe-a64x8-shape": ("qwen3moe", MOE_SHAPE),
     "qwen3-dense-twin-shape": ("qwen3", DENSE_TWIN),
+    "qwen35-0.8b-shape": ("qwen35", HYBRID_SHAPE),
+    "qwen3-24l-twin-shape": ("qwen3", ATTENTION_TWIN),
 }
+HYBRID_PROMPTS = [256, 1024]  # prompt lengths of --hybrid, each one forward call from an empty cache
+HYBRID_CONTEXTS = [1024, 16384]  # contexts of the --hybrid memory figures
 VOCAB = ROOT / "tests" / "data" / "vocab" / "ggml-vocab-qwen2.gguf"
 PROMPT, DECODE = 128, 64
 THREADS = [2]  # threads of every engine (--threads)
@@ -130,6 +154,58 @@ for _ in range(decode):
 print(json.dumps({'prompt_tps': prompt / prefill, 'decode_tps': decode / (time.perf_counter() - t)}))
 """,
 }
+# --hybrid: prompt speed, one forward from an empty cache per prompt length (after a 16-token warm-up)
+CHILDREN["tfb prompt"] = """
+import torch, tfb
+model = tfb.load(path)
+gen = torch.Generator().manual_seed(0)
+out = {}
+with torch.no_grad():
+    model(torch.randint(0, 150000, (1, 16), generator=gen), model.new_cache(), last_only=True)
+    for n in prompts:
+        ids = torch.randint(0, 150000, (1, n), generator=gen)
+        t, cpu = time.perf_counter(), time.process_time()
+        model(ids, model.new_cache(), last_only=True)
+        out[str(n)], out[f"{n} cpu"] = n / (time.perf_counter() - t), n / (time.process_time() - cpu)
+print(json.dumps(out))
+"""
+# --hybrid: memory while decoding at a context of `context` positions: the prompt goes in 1024 positions a call,
+# then `decode` greedy steps. RSS is the process's resident memory now (VmRSS, after gc and malloc_trim give back
+# the prompt's temporaries), once after loading and the first logits and once after the decoding; the cache's
+# own tensors are counted by layer state (attention: SequenceState, allocated capacity; recurrent: the rest).
+CHILDREN["tfb context"] = """
+import ctypes, gc, torch, tfb
+from tfb.nn.cache import SequenceState
+libc = ctypes.CDLL("libc.so.6")
+def rss():
+    gc.collect(); libc.malloc_trim(0)
+    return next(int(line.split()[1]) * 1024 for line in open("/proc/self/status") if line.startswith("VmRSS:"))
+def nbytes(state):
+    values = [v for x in vars(state).values() for v in (x if isinstance(x, list) else [x])]
+    return sum(v.numel() * v.element_size() for v in values if isinstance(v, torch.Tensor))
+model = tfb.load(path)
+gen = torch.Generator().manual_seed(0)
+with torch.no_grad():
+    model(torch.tensor([[1, 2, 3, 4]]), last_only=True)
+    loaded = rss()
+    cache = model.new_cache()
+    ids = torch.randint(0, 150000, (1, context - decode), generator=gen)
+    t = time.perf_counter()
+    for s in range(0, ids.shape[1], 1024):
+        logits = model(ids[:, s:s + 1024], cache, last_only=True)
+    fill = time.perf_counter() - t
+    token = int(logits[0, -1].argmax())
+    t = time.perf_counter()
+    for _ in range(decode):
+        token = int(model(torch.tensor([[token]]), cache, last_only=True)[0, -1].argmax())
+    decode_tps = decode / (time.perf_counter() - t)
+    after = rss()
+states = [s for s in cache.layers if s is not None]
+attention = sum(nbytes(s) for s in states if isinstance(s, SequenceState))
+recurrent = sum(nbytes(s) for s in states if not isinstance(s, SequenceState))
+print(json.dumps({'loaded_rss': loaded, 'rss': after, 'attention_cache': attention, 'recurrent_state': recurrent,
+                  'positions': cache.length, 'fill_s': fill, 'decode_tps': decode_tps}))
+"""
 CHILDREN["tfb int8 speed"] = CHILDREN["tfb speed"].replace("tfb.load(path)", "tfb.load(path, int8_activations=True)")
 CHILDREN["tfb expand load"] = CHILDREN["tfb load"].replace("tfb.load(path)", "tfb.load(path, expand=True)")
 LOAD_ENGINES = {"tfb": ["tfb", "tfb expand"], "transformers": ["transformers"], "llama.cpp": ["llama.cpp"]}
@@ -163,8 +239,9 @@ def child_env() -> dict[str, str]:
             "OMP_NUM_THREADS": str(THREADS[0])}
 
 
-def run_child(name: str, path: Path, timeout: int = 1800) -> dict | None:
-    given = f"path, prompt, decode, threads = {str(path)!r}, {PROMPT}, {DECODE}, {THREADS[0]}\n"
+def run_child(name: str, path: Path, timeout: int = 1800, context: int = 0) -> dict | None:
+    given = (f"path, prompt, decode, threads = {str(path)!r}, {PROMPT}, {DECODE}, {THREADS[0]}\n"
+             f"prompts, context = {HYBRID_PROMPTS!r}, {context}\n")
     code = PRELUDE + given + CHILDREN[name]
     env = child_env()
     start = time.time()
@@ -244,6 +321,57 @@ def bench_moe(kind: str, skip: set[str], repeats: int = 1) -> dict:
     return out
 
 
+def bench_hybrid(kind: str, repeats: int = 1) -> dict:
+    """Prompt speed of the Qwen3.5-shaped hybrid and its attention-only twin (in each round the hybrid, then
+    the twin: A/B; medians over the rounds), then each one's memory at the contexts of HYBRID_CONTEXTS (once:
+    memory does not depend on the neighbours)."""
+    files = {"hybrid": model_file(kind, "qwen35-0.8b-shape"), "attention": model_file(kind, "qwen3-24l-twin-shape")}
+    out: dict = {"type": kind, **{f"{m}_file_bytes": path.stat().st_size for m, path in files.items()}}
+    runs: dict[str, list[dict]] = {m: [] for m in files}
+    for _ in range(repeats):
+        for m, path in files.items():
+            result = run_child("tfb prompt", path)
+            if result:
+                runs[m].append(result)
+    for m, results in runs.items():
+        for n in HYBRID_PROMPTS:
+            for key, name in ((str(n), f"{m}_prompt{n}"), (f"{n} cpu", f"{m}_prompt{n}_cpu")):
+                values = [r[key] for r in results if key in r]
+                if values:
+                    out[f"{name}_tps"] = statistics.median(values)
+                    out[f"{name}_runs"] = values
+    for context in HYBRID_CONTEXTS:
+        for m, path in files.items():
+            result = run_child("tfb context", path, timeout=3600, context=context)
+            if result:
+                out[f"{m}_context{context}"] = result
+    return out
+
+
+def hybrid_table(row: dict) -> str:
+    size = f"{row['hybrid_file_bytes'] / 2**20:.0f} / {row['attention_file_bytes'] / 2**20:.0f} MiB"
+    lines = [f"{row['type']} (hybrid / attention-only: {size})", "",
+             "| prompt tokens | clock | hybrid tok/s | attention-only tok/s | hybrid time / attention-only time |",
+             "|---:|---|---:|---:|---:|"]
+    for n in HYBRID_PROMPTS:
+        for suffix, clock in (("", "wall"), ("_cpu", "CPU")):
+            h, a = row.get(f"hybrid_prompt{n}{suffix}_tps"), row.get(f"attention_prompt{n}{suffix}_tps")
+            if h and a:
+                lines.append(f"| {n} | {clock} | {h:.1f} | {a:.1f} | {a / h:.2f}x |")
+    lines += ["", "| model | context | RSS after load | RSS decoding | attention cache | recurrent state | "
+              "decode tok/s |", "|---|---:|---:|---:|---:|---:|---:|"]
+    mib = 2 ** 20
+    for m, label in (("hybrid", "hybrid"), ("attention", "attention-only")):
+        for context in HYBRID_CONTEXTS:
+            r = row.get(f"{m}_context{context}")
+            if r:
+                lines.append(f"| {label} | {r['positions']} | {r['loaded_rss'] / mib:.0f} MiB | "
+                             f"{r['rss'] / mib:.0f} MiB | {r['attention_cache'] / mib:.1f} MiB | "
+                             f"{r['recurrent_state'] / mib:.2f} MiB | "
+                             f"{r['decode_tps']:.1f} |")
+    return "\n".join(lines)
+
+
 def moe_table(rows: list[dict]) -> str:
     lines = ["| file (dense / MoE size) | engine | dense prompt tok/s | MoE prompt tok/s | dense decode tok/s | "
              "MoE decode tok/s | MoE time per token / dense |", "|---|---|---:|---:|---:|---:|---:|"]
@@ -283,10 +411,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=1, help="speed runs per engine; the median counts")
     parser.add_argument("--threads", type=int, default=2, help="threads of every engine")
     parser.add_argument("--moe", action="store_true", help="decode speed of the MoE model against its dense twin")
+    parser.add_argument("--hybrid", action="store_true",
+                        help="prompt speed and decoding memory of a Qwen3.5-shaped hybrid and an attention-only twin")
+    parser.add_argument("--contexts", type=int, nargs="*", help=f"--hybrid: contexts of the memory figures "
+                        f"(default {HYBRID_CONTEXTS}; none: skip them)")
     parser.add_argument("--json", type=Path, help="also write the figures here")
     args = parser.parse_args(argv)
     THREADS[0] = args.threads
-    if args.moe:
+    if args.contexts is not None:
+        HYBRID_CONTEXTS[:] = args.contexts
+    if args.hybrid:
+        rows = [bench_hybrid(kind, args.repeats) for kind in args.types]
+        print("\n\n".join(hybrid_table(row) for row in rows))
+    elif args.moe:
         rows = [bench_moe(kind, set(args.skip), args.repeats) for kind in args.types]
         print(moe_table(rows))
     else:

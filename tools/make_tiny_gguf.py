@@ -137,8 +137,10 @@ def make(spec_name: str, out: Path, sizes: dict[str, int], qtype: GGMLQuantizati
             continue
         if t.slot.endswith("bias"):
             values_t = torch.randn(t.shape, generator=gen) * 0.1
-        elif len(t.shape) == 1:
+        elif len(t.shape) == 1 or t.slot == "ssm_a":
             values_t = torch.rand(t.shape, generator=gen) + 0.5
+            if t.slot == "ssm_a":  # the converters store A = -exp(A_log) < 0: a decay, never a growth
+                values_t = -values_t
         else:
             values_t = torch.randn(t.shape, generator=gen) * std
         layer = int(t.name.split(".")[1]) if t.name.startswith("blk.") else None

@@ -21,16 +21,18 @@ from tfb.spec.schema import Spec, TensorRef
 @dataclass(frozen=True)
 class FileFacts:
     """What the file decides: fused QKV, parallel residual, an optional Q/K norm present, per-layer input
-    embeddings (a nonzero per_layer_embedding_size)."""
+    embeddings (a nonzero per_layer_embedding_size), fused QKVZ."""
 
     fused_qkv: bool = False
     parallel_residual: bool = False
     qk_norm: bool = True
     per_layer_embedding: bool = False
+    fused_qkvz: bool = False  # a gated delta-net's q, k, v and z in one projection (ssm_in)
 
     @classmethod
     def of(cls, config: Any) -> FileFacts:
-        return cls(config.fused_qkv, config.parallel_residual, config.qk_norm, config.per_layer_embedding_size > 0)
+        return cls(fused_qkv=config.fused_qkv, parallel_residual=config.parallel_residual, qk_norm=config.qk_norm,
+                   per_layer_embedding=config.per_layer_embedding_size > 0, fused_qkvz=config.fused_qkvz)
 
 
 def _norm(out: dict[str, Need], spec: Spec, slot: str) -> None:

@@ -27,7 +27,7 @@ from tfb.spec.kinds.gated_delta_net import GatedDeltaNet as Section
 
 KIND = "gated_delta_net"
 TARGETS = {
-    "attn_qkv": ("qkv", "set_weight"), "attn_gate": ("z", "set_weight"),
+    "attn_qkv": ("qkv", "set_weight"), "attn_gate": ("z", "set_weight"), "ssm_in": ("qkvz", "set_weight"),
     "ssm_ba": ("ba", "set_weight"), "ssm_beta": ("b", "set_weight"), "ssm_alpha": ("a", "set_weight"),
     "ssm_conv1d": ("", "set_conv"), "ssm_dt_bias": ("", "set_dt_bias"), "ssm_a": ("", "set_a"),
     "ssm_norm": ("norm", "set_weight"), "ssm_out": ("out", "set_weight"),
@@ -44,6 +44,7 @@ class DeltaShape:
     value_dim: int
     kernel: int
     fused_ba: bool
+    fused_qkvz: bool  # q, k, v and z from one projection, grouped by key head
     tiled: bool  # value head h reads key head h % key_heads (else h // (value_heads / key_heads))
     eps: float
 
@@ -55,7 +56,7 @@ class DeltaShape:
 def build(section: Section, c: ModelConfig, ctx: BuildContext) -> GatedDeltaNetLayer:
     shape = DeltaShape(c.hidden_size, c.ssm_group_count, c.ssm_state_size, c.ssm_time_step_rank,
                        c.ssm_inner_size // c.ssm_time_step_rank, c.ssm_conv_kernel, section.beta_alpha == "fused",
-                       section.value_heads == "tiled", c.norm_eps)
+                       c.fused_qkvz, section.value_heads == "tiled", c.norm_eps)
     return GatedDeltaNetLayer(shape, ctx)
 
 
@@ -84,8 +85,11 @@ class GatedDeltaNetLayer(nn.Module):
     def __init__(self, shape: DeltaShape, ctx: BuildContext) -> None:
         super().__init__()
         s = self.shape = shape
-        self.qkv = Linear(s.hidden, s.channels)
-        self.z = Linear(s.hidden, s.value_heads * s.value_dim)
+        if s.fused_qkvz:
+            self.qkvz = Linear(s.hidden, s.channels + s.value_heads * s.value_dim)
+        else:
+            self.qkv = Linear(s.hidden, s.channels)
+            self.z = Linear(s.hidden, s.value_heads * s.value_dim)
         if s.fused_ba:
             self.ba = Linear(s.hidden, 2 * s.value_heads)
         else:
@@ -118,7 +122,8 @@ class GatedDeltaNetLayer(nn.Module):
     def forward(self, x: torch.Tensor, step: Step, state: DeltaState | None) -> torch.Tensor:
         s = self.shape
         b, t, _ = x.shape
-        mixed = self.convolve(self.qkv(x).float(), state)  # [b, t, channels]
+        qkv, z = self.project(x)
+        mixed = self.convolve(qkv, state)  # [b, t, channels]
         kd, vd = s.key_heads * s.key_dim, s.value_heads * s.value_dim
         q, k, v = mixed.split([kd, kd, vd], dim=-1)
         q = self.l2norm(q.view(b, t, s.key_heads, s.key_dim)) * s.key_dim ** -0.5
@@ -133,9 +138,20 @@ class GatedDeltaNetLayer(nn.Module):
         o, final = chunked_delta_rule(q, k, v, g, beta.sigmoid(), start)
         if state is not None:
             state.ssm = final
-        z = self.z(x).float().view(b, t, s.value_heads, s.value_dim)
-        o = self.norm(o) * F.silu(z)
+        o = self.norm(o) * F.silu(z.view(b, t, s.value_heads, s.value_dim))
         return self.out(o.reshape(b, t, -1).to(x.dtype))
+
+    def project(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """[q ; k ; v] (the conv's channels) and z, float32. A fused projection holds per key head its q, k, its
+        value heads' v's and their z's: regrouped here into the separate layout."""
+        s = self.shape
+        if not s.fused_qkvz:
+            return self.qkv(x).float(), self.z(x).float()
+        b, t, _ = x.shape
+        per_key = s.value_heads // s.key_heads * s.value_dim
+        q, k, v, z = self.qkvz(x).float().view(b, t, s.key_heads, -1).split(
+            [s.key_dim, s.key_dim, per_key, per_key], dim=-1)
+        return torch.cat([part.reshape(b, t, -1) for part in (q, k, v)], dim=-1), z.reshape(b, t, -1)
 
     def beta_alpha(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """b and a per value head ([b, t, value_heads] each). The fused projection holds, per key head, the
@@ -151,16 +167,21 @@ class GatedDeltaNetLayer(nn.Module):
 
     def convolve(self, x: torch.Tensor, state: DeltaState | None) -> torch.Tensor:
         """silu of the causal depthwise convolution of x [b, t, channels] over the last `kernel` inputs (those
-        before the call from the state, zeros at the start); the state keeps the last kernel - 1 inputs."""
+        before the call from the state, zeros at the start); the state keeps the last kernel - 1 inputs
+        [b, channels, kernel - 1]. Computed as `kernel` shifted multiply-adds in the [t, channels] layout, so
+        that the outputs come out contiguous for the per-head views after it."""
         s = self.shape
-        b = x.shape[0]
-        x = x.transpose(1, 2)  # [b, channels, t]
-        past = state.conv if state is not None and state.conv is not None else x.new_zeros(b, s.channels, s.kernel - 1)
-        window = torch.cat((past, x), dim=2)
+        b, t, _ = x.shape
+        keep = s.kernel - 1
+        past = state.conv if state is not None and state.conv is not None else x.new_zeros(b, s.channels, keep)
+        window = torch.cat((past.transpose(1, 2), x), dim=1)  # [b, keep + t, channels]
         if state is not None:
-            state.conv = window[:, :, window.shape[2] - (s.kernel - 1):].clone()
-        out = F.conv1d(window, self.conv.unsqueeze(1), groups=s.channels)
-        return F.silu(out).transpose(1, 2)
+            state.conv = window[:, window.shape[1] - keep:].transpose(1, 2).contiguous()
+        w = self.conv  # [channels, kernel]
+        out = window[:, :t] * w[:, 0]
+        for j in range(1, s.kernel):
+            out.addcmul_(window[:, j:j + t], w[:, j])
+        return F.silu(out, inplace=True)
 
 
 def chunked_delta_rule(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, g: torch.Tensor, beta: torch.Tensor,

@@ -4,6 +4,8 @@ state per head), as llama.cpp's delta-net graph runs it.
 Sizes (llama.cpp's ssm keys): K = ssm_group_count key heads of d_k = ssm_state_size, H = ssm_time_step_rank
 value heads of d_v = ssm_inner_size / H, conv kernel L = ssm_conv_kernel. Per token x:
   [q ; k ; v] = W_qkv x  (K d_k, K d_k, H d_v)     z = W_z x  (H d_v)       (attn_qkv, attn_gate)
+     or, fused (ssm_in, older files): W_in x holds per key head [q_j (d_k); k_j (d_k); v (H/K d_v); z (H/K d_v)],
+     the same q, k, v, z regrouped (the value heads of key head j are j H/K ... (j+1) H/K - 1)
   [b ; a]     = W_ba x   (per key head: H/K b's then H/K a's; or ssm_beta, ssm_alpha)
   [q ; k ; v] = silu(causal depthwise conv over the last L inputs, weights ssm_conv1d [channels, L])
   q, k        = q / sqrt(|q|^2 + eps), k alike, per head (eps = norm_eps); q *= 1 / sqrt(d_k)
@@ -19,6 +21,7 @@ The layer state is the last L - 1 conv inputs and S, float32.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 from pydantic import Field
@@ -35,7 +38,7 @@ class GatedDeltaNet(KindSection):
 
     role: ClassVar[str] = "mixer"
     SLOTS: ClassVar[tuple[str, ...]] = (
-        "attn_qkv", "attn_gate", "ssm_ba", "ssm_beta", "ssm_alpha", "ssm_conv1d", "ssm_dt_bias", "ssm_a",
+        "attn_qkv", "attn_gate", "ssm_in", "ssm_ba", "ssm_beta", "ssm_alpha", "ssm_conv1d", "ssm_dt_bias", "ssm_a",
         "ssm_norm", "ssm_out")
     FIELDS: ClassVar[tuple[ConfigField, ...]] = (
         ConfigField("ssm_conv_kernel", "int", "width of the causal convolution of recurrent layers (ssm.conv_kernel)",
@@ -58,14 +61,30 @@ class GatedDeltaNet(KindSection):
     beta_alpha: Literal["fused", "separate"] = Field(
         "fused", description="fused: one ssm_ba projection, per key head the betas then the alphas of its value "
         "heads; separate: ssm_beta and ssm_alpha")
+    qkvz: Literal["separate", "fused", "auto"] = Field(
+        "separate", description="separate: attn_qkv and attn_gate; fused: one ssm_in holding per key head its q, k, "
+        "v's and z's (older converters); auto: fused where the file has ssm_in")
     value_heads: Literal["grouped", "tiled"] = Field(
         "grouped", description="order of the value heads: grouped: value head h reads key head h // (H/K); tiled: "
         "key head h % K (files whose converter reordered the value heads for broadcasting)")
 
     def slots(self, spec: Spec, facts: FileFacts) -> dict[str, Need]:
         ba = ("ssm_ba",) if self.beta_alpha == "fused" else ("ssm_beta", "ssm_alpha")
-        names = ("attn_qkv", "attn_gate", *ba, "ssm_conv1d", "ssm_dt_bias", "ssm_a", "ssm_norm", "ssm_out")
+        qkvz = ("ssm_in",) if facts.fused_qkvz else ("attn_qkv", "attn_gate")
+        names = (*qkvz, *ba, "ssm_conv1d", "ssm_dt_bias", "ssm_a", "ssm_norm", "ssm_out")
         return {slot: "required" for slot in names}
+
+    def fact_options(self) -> dict[str, set[bool]]:
+        return {"fused_qkvz": {"separate": {False}, "fused": {True}, "auto": {False, True}}[self.qkvz]}
+
+    def file_facts(self, has: Callable[[str], bool]) -> dict[str, bool]:
+        return {"fused_qkvz": self.qkvz == "fused" or (self.qkvz == "auto" and has("ssm_in"))}
+
+    def problems(self) -> list[tuple[tuple[str, ...], str]]:
+        if self.qkvz != "separate" and self.value_heads == "tiled":
+            return [(("qkvz",), "a fused ssm_in groups the value heads by key head; it cannot go with "
+                     "value_heads: tiled")]
+        return []
 
     def check(self, c: Any) -> str | None:
         for name in ("ssm_conv_kernel", "ssm_state_size", "ssm_group_count", "ssm_time_step_rank", "ssm_inner_size"):
