@@ -242,3 +242,29 @@ def test_other_kernel_lengths_match_transformers_short_conv(kernel: int) -> None
     torch.testing.assert_close(full, expected, rtol=0, atol=1e-5)
     torch.testing.assert_close(steps, expected, rtol=0, atol=1e-5)
     assert state.window is not None and state.window.shape == (2, 16, kernel - 1)
+
+
+def test_tfb_chat_on_a_hybrid_file_equals_recomputing_each_turn(tiny_model) -> None:
+    """`tfb chat` keeps one Session across turns; on a file with recurrent layers the second turn starts from a
+    snapshot of the state (it cannot truncate). Each reply equals greedy generation over the whole rendered
+    conversation from an empty cache."""
+    import subprocess
+    import sys
+
+    from tfb.cli.generate import CHATML, safe
+
+    _, path = tiny_model("lfm2", "f32")
+    result = subprocess.run([sys.executable, "-m", "tfb.cli", "chat", str(path), "-n", "5", "--temp", "0"],
+                            input="hello\nand then?\n\n", capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    model, tok = tfb.load(path), tfb.load_tokenizer(path)
+    tok.chat_template = tok.chat_template or CHATML
+    messages: list[dict[str, str]] = []
+    expected = ""
+    for line in ["hello", "and then?"]:
+        messages.append({"role": "user", "content": line})
+        ids = tok.encode_chat(messages, add_generation_prompt=True)
+        reply = "".join(tfb.generate(model, tok, ids, max_tokens=5, sampling=GREEDY))
+        expected += "> " + safe(reply) + "\n"
+        messages.append({"role": "assistant", "content": reply})
+    assert result.stdout == expected + "> "
