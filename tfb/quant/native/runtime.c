@@ -367,6 +367,18 @@ static float *scratch_for(size_t floats) {
  * the weights are dequantized again for each panel, which costs little next to the multiply-adds. */
 #define PANEL_BYTES (256 * 1024)
 
+/* A later tile's weight rows (from row n), asked for into L2 while this tile multiplies: weights streamed from
+ * memory (an output layer) otherwise arrive only when the dequantizer stalls on them, a short tile's worth
+ * at a time. Measured two tiles ahead (one thread, Q4_K [151936 x 1024], 4 activation rows): 30 -> 20 ms;
+ * no change beyond the noise where the weights stay in cache ([3072 x 1024]). */
+static inline void prefetch_rows(const matmul_job *j, int64_t n, int64_t end) {
+    int64_t rows = j->M <= FEW_ROWS ? FEW_TILE_ROWS : TILE_ROWS;
+    rows = end - n < rows ? end - n : rows;
+    if (rows <= 0) return;
+    const uint8_t *from = j->w + n * j->stride;
+    for (int64_t byte = 0; byte < rows * j->stride; byte += 64) __builtin_prefetch(from + byte, 0, 1);
+}
+
 static void matmul_part(void *arg, int part, int parts) {
     const matmul_job *j = arg;
     int64_t begin, end;
@@ -382,6 +394,7 @@ static void matmul_part(void *arg, int part, int parts) {
         for (int64_t n = begin; n < end; n += tile_rows) {
             int64_t rows = end - n < tile_rows ? end - n : tile_rows;
             for (int64_t r = 0; r < rows; r++) j->f->dequant(j->w + (n + r) * j->stride, j->nb, buf + r * j->K);
+            prefetch_rows(j, n + 2 * rows, end);
             active->tile(buf, rows, j->K, j->x + m * j->K, rows_m, j->y + m * j->N + n, j->N);
         }
     }
