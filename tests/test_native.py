@@ -142,7 +142,7 @@ def test_matmul_matches_float64(isa: str, name: str, kind: str) -> None:
     for cols in widths(name):
         weight = packed(name, 37, cols, rng, kind)
         values = torch_values(weight)
-        for rows in (1, 2, 7, 64):
+        for rows in (1, 2, 7, 16, 17, 64):  # one row; few rows (16 and below); many
             x = torch.randn(rows, cols, generator=torch.Generator().manual_seed(rows))
             y = native.matmul(x, weight)
             assert y is not None and y.shape == (rows, 37)

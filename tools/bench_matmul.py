@@ -4,6 +4,7 @@
     python tools/bench_matmul.py --types Q4_K Q6_K --threads 2 --repeats 20
     python tools/bench_matmul.py --decode model.gguf      # a model's decode speed and its matmuls' share
     python tools/bench_matmul.py --sweep Q4_K             # native vs torch GEMM by activation rows
+    python tools/bench_matmul.py --sweep Q6_K --native-only --rows 1 2 4 8 16 --shape 151936 1024
     python tools/bench_matmul.py --make-model Q4_K_M q4km.gguf   # a 0.6B-shaped model file to --decode
 
 For each storage type and weight shape ([3072 x 1024], a feed-forward projection of a 1024-wide model,
@@ -180,20 +181,32 @@ def decode(path: str, tokens: int, runs: int) -> None:
     print(f"| all | | | | {total * 1e3:.1f} | |")
 
 
-def sweep(name: str, row_counts: list[int], repeats: int) -> None:
-    """Where the native multi-row kernel stops beating torch's GEMM on natively expanded weights."""
-    weight = moderate_blocks(name, *SHAPES[0], np.random.default_rng(0))
+def sweep(name: str, row_counts: list[int], repeats: int, shape: tuple[int, int] = SHAPES[0],
+          native_only: bool = False) -> None:
+    """Where the native multi-row kernel stops beating torch's GEMM on natively expanded weights; with
+    native_only, the native product alone and its cost per activation row against one row's (how far a
+    continuous-batching decode step of `rows` sequences costs less than `rows` single steps)."""
+    weight = moderate_blocks(name, *shape, np.random.default_rng(0))
     prepared = native.prepare(weight)
     assert prepared is not None, f"{name} has no native kernels here"
-    print(f"{name} W [{SHAPES[0][0]} x {SHAPES[0][1]}], {torch.get_num_threads()} threads: ms per product\n")
-    print("| rows | native | torch GEMM on natively expanded weights | fp32 dense |")
-    print("|---:|---:|---:|---:|")
+    print(f"{name} W [{shape[0]} x {shape[1]}], {torch.get_num_threads()} threads: ms per product\n")
+    if native_only:
+        print("| rows | native | x one row's time |")
+        print("|---:|---:|---:|")
+    else:
+        print("| rows | native | torch GEMM on natively expanded weights | fp32 dense |")
+        print("|---:|---:|---:|---:|")
+    single = None
     for rows in row_counts:
-        x = torch.randn(rows, SHAPES[0][1])
+        x = torch.randn(rows, shape[1])
         count = max(2, repeats // max(1, rows // 64))
         ours = best_seconds(lambda x=x: prepared(x), count)
+        if native_only:
+            single = single or (ours if rows == 1 else best_seconds(lambda x=x: prepared(x[:1]), count))
+            print(f"| {rows} | {ours * 1e3:.2f} | {ours / single:.2f} |")
+            continue
         expanded = best_seconds(lambda x=x: linear._expanded_matmul(x, weight), count)
-        dense = dense_seconds(SHAPES[0], rows, count)
+        dense = dense_seconds(shape, rows, count)
         print(f"| {rows} | {ours * 1e3:.2f} | {expanded * 1e3:.2f} | {dense * 1e3:.2f} |")
 
 
@@ -263,13 +276,17 @@ def main() -> None:
     parser.add_argument("--tokens", type=int, default=64, help="tokens decoded per --decode run")
     parser.add_argument("--sweep", metavar="TYPE", help="time this type's products by activation rows instead")
     parser.add_argument("--rows", nargs="*", type=int, default=[1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048])
+    parser.add_argument("--shape", nargs=2, type=int, metavar=("N", "K"), default=list(SHAPES[0]),
+                        help="--sweep's weight shape (default 3072 1024; 151936 1024: an output layer)")
+    parser.add_argument("--native-only", action="store_true",
+                        help="--sweep the native product alone, each row count's time over one row's")
     parser.add_argument("--make-model", nargs=2, metavar=("Q8_0|Q4_K_M", "OUT"), help="write a model to --decode")
     args = parser.parse_args()
     if args.make_model:
         make_model(*args.make_model)
         return
     if args.sweep:
-        sweep(args.sweep, args.rows, args.repeats)
+        sweep(args.sweep, args.rows, args.repeats, (args.shape[0], args.shape[1]), args.native_only)
         return
     if args.decode:
         decode(args.decode, args.tokens, max(1, args.rounds))

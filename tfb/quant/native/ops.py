@@ -4,8 +4,9 @@ Every function returns None where the native path cannot serve the call (library
 type without native kernels), and the caller then takes the torch path.
 
 Activation rows: one row takes the fused matrix-vector product, which expands blocks in registers; more
-rows take a C kernel that dequantizes 16 weight rows at a time into a per-thread scratch and multiplies
-them with register-blocked float32 dot products. That beat torch's GEMM on weights expanded by
+rows take a C kernel that dequantizes weight rows into a per-thread scratch (4 at a time for up to 16
+activation rows, where the floats stay in L1; 16 for more) and multiplies them with register-blocked float32
+dot products. That beat two fused products for two rows and torch's GEMM on weights expanded by
 `dequantize_into` at every row count measured, 2 to 2048 (tools/bench_matmul.py, docs/benchmarks.md);
 beyond NATIVE_MAX_ROWS rows tfb.nn.linear hands the product to torch all the same. The formats with a
 native dequantizer but no fused product (the codebook and ternary ones, NVFP4, Q1_0, Q2_0) take the

@@ -332,7 +332,15 @@ typedef struct {
     float *y;
 } matmul_job;
 
-#define TILE_ROWS 16  /* weight rows dequantized at a time: the activation block is reused over them */
+/* Weight rows dequantized at a time: the activation block is reused over them. A few activation rows (up to
+ * FEW_ROWS: continuous batching's decode steps) take FEW_TILE_ROWS at a time instead, whose dequantized
+ * floats (4 x K) stay in L1 between the dequantizer's stores and the tile's loads; with so few activation
+ * rows there is little reuse of them for larger tiles to gain. Measured (tools/bench_matmul.py --sweep, one
+ * thread, Q4_K [3072 x 1024]): 8 rows 0.69 -> 0.57 ms, 4 rows 0.47 -> 0.38 ms; from 24 rows on, no
+ * difference beyond the noise. */
+#define TILE_ROWS 16
+#define FEW_ROWS 16
+#define FEW_TILE_ROWS 4
 
 static void matvec_part(void *arg, int part, int parts) {
     const matmul_job *j = arg;
@@ -359,6 +367,18 @@ static float *scratch_for(size_t floats) {
  * the weights are dequantized again for each panel, which costs little next to the multiply-adds. */
 #define PANEL_BYTES (256 * 1024)
 
+/* A later tile's weight rows (from row n), asked for into L2 while this tile multiplies: weights streamed from
+ * memory (an output layer) otherwise arrive only when the dequantizer stalls on them, a short tile's worth
+ * at a time. Measured two tiles ahead (one thread, Q4_K [151936 x 1024], 4 activation rows): 30 -> 20 ms;
+ * no change beyond the noise where the weights stay in cache ([3072 x 1024]). */
+static inline void prefetch_rows(const matmul_job *j, int64_t n, int64_t end) {
+    int64_t rows = j->M <= FEW_ROWS ? FEW_TILE_ROWS : TILE_ROWS;
+    rows = end - n < rows ? end - n : rows;
+    if (rows <= 0) return;
+    const uint8_t *from = j->w + n * j->stride;
+    for (int64_t byte = 0; byte < rows * j->stride; byte += 64) __builtin_prefetch(from + byte, 0, 1);
+}
+
 static void matmul_part(void *arg, int part, int parts) {
     const matmul_job *j = arg;
     int64_t begin, end;
@@ -370,17 +390,22 @@ static void matmul_part(void *arg, int part, int parts) {
     panel = panel < 4 ? 4 : panel;
     for (int64_t m = 0; m < j->M; m += panel) {
         int64_t rows_m = j->M - m < panel ? j->M - m : panel;
-        for (int64_t n = begin; n < end; n += TILE_ROWS) {
-            int64_t rows = end - n < TILE_ROWS ? end - n : TILE_ROWS;
+        int64_t tile_rows = j->M <= FEW_ROWS ? FEW_TILE_ROWS : TILE_ROWS;
+        for (int64_t n = begin; n < end; n += tile_rows) {
+            int64_t rows = end - n < tile_rows ? end - n : tile_rows;
             for (int64_t r = 0; r < rows; r++) j->f->dequant(j->w + (n + r) * j->stride, j->nb, buf + r * j->K);
+            prefetch_rows(j, n + 2 * rows, end);
             active->tile(buf, rows, j->K, j->x + m * j->K, rows_m, j->y + m * j->N + n, j->N);
         }
     }
 }
 
-/* Up to MATVEC_ROWS activation rows take one fused matrix-vector product each (measured: two of those
- * beat dequantizing and tiling for two rows, not for four); formats without one dequantize and tile. */
-#define MATVEC_ROWS 2
+/* Up to MATVEC_ROWS activation rows take one fused matrix-vector product each; formats without one
+ * dequantize and tile. Measured with FEW_TILE_ROWS (one thread, [3072 x 1024]): two rows dequantized and
+ * tiled take 0.31 ms on Q4_K against two fused products' 0.30, 0.37 against 0.46 on Q6_K. */
+#define MATVEC_ROWS 1
+/* ... while 8-bit activation products stay fused up to INT8_ROWS rows, as they were measured */
+#define INT8_ROWS 2
 
 /* y[M, N] = x[M, K] . W[N, K]^T for W stored as ggml blocks, `stride` bytes per row. */
 EXPORT int tfb_matmul(int type, const uint8_t *w, int64_t stride, int64_t N, int64_t K, const float *x, int64_t M,
@@ -460,13 +485,13 @@ static void matvec_int8_part(void *arg, int part, int parts) {
 }
 
 /* tfb_matmul with each activation row rounded to 8 bits first (quantize_activations) where the format has
- * such products (tfb_supports_int8) and there are at most MATVEC_ROWS rows; otherwise, and for rows with a
+ * such products (tfb_supports_int8) and there are at most INT8_ROWS rows; otherwise, and for rows with a
  * NaN or an infinity, exactly tfb_matmul. */
 EXPORT int tfb_matmul_int8(int type, const uint8_t *w, int64_t stride, int64_t N, int64_t K, const float *x,
                            int64_t M, float *y) {
     const int8_kernels *f = int8_format(type);
     const format_kernels *ff = format(type);
-    if (!f || !ff || M > MATVEC_ROWS) return tfb_matmul(type, w, stride, N, K, x, M, y);
+    if (!f || !ff || M > INT8_ROWS) return tfb_matmul(type, w, stride, N, K, x, M, y);
     if (K <= 0 || K % f->block || N < 0 || M < 0 || stride < K / ff->block_size * ff->type_size) return ERR_SHAPE;
     size_t bytes = (size_t)K + (size_t)(K / f->block) * sizeof(float) + (size_t)(K / 16) * sizeof(int16_t);
     char local[16384] __attribute__((aligned(16))), *buffer = bytes <= sizeof local ? local : malloc(bytes);
