@@ -25,10 +25,10 @@ from tfb.text.pretokenizers import TOKENIZER_MODELS
 
 TOKENIZER_JSON = "tokenizer.json"
 # the `tokenizer.ggml.model` value of byte-level BPE vocabularies
-BPE_MODEL = next(name for name, algorithm in TOKENIZER_MODELS.items() if algorithm == "bpe")
+BPE_MODEL = next(name for name, model in TOKENIZER_MODELS.items() if model.kind == "bpe" and model.pre is None)
 SPM_MODEL = "tokenizer.model"
 # the `tokenizer.ggml.model` value of SentencePiece vocabularies
-SPM_MODEL_NAME = next(name for name, algorithm in TOKENIZER_MODELS.items() if algorithm == "spm")
+SPM_MODEL_NAME = next(name for name, model in TOKENIZER_MODELS.items() if model.kind == "spm" and model.pre is None)
 # gguf.TokenType values
 NORMAL, UNKNOWN, CONTROL, USER_DEFINED, UNUSED, BYTE = 1, 2, 3, 4, 5, 6
 
