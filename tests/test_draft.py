@@ -270,9 +270,9 @@ def test_layout_of_uniform_files() -> None:
     assert layout(dense, "ffn") == [Part("dense", "all", frozenset({0, 1}),
                                          "blk.{i}.ffn_up.weight, blk.{i}.ffn_down.weight in every layer")]
     assert [p.kind for p in layout(dense, "mixer")] == ["latent_attention"]
-    # layers with dense and expert tensors alike are routed ones (tfb check then names the tensors left unread)
+    # layers with dense and expert tensors alike run both side by side (the kind whose slots cover them all)
     both = inventory(2, {"ffn_up": [0, 1], "ffn_gate_inp": [0, 1], "ffn_up_exps": [0, 1]}, {})
-    assert [p.kind for p in layout(both, "ffn")] == ["routed"]
+    assert [p.kind for p in layout(both, "ffn")] == ["dense_and_routed"]
 
 
 HYBRID = {"attn_q": [1, 3], "attn_k": [1, 3], "attn_v": [1, 3], "attn_output": [1, 3],

@@ -90,9 +90,19 @@ Shape = tuple[str, tuple[str, ...]]  # a layer's kind, and its branches when it 
 
 
 def _best(kinds: dict[str, type[KindSection]], have: set[str], default: str) -> tuple[str, int]:
+    """The kind covering most of `have`; on a tie the default kind, else the one that claims the fewest missing
+    tensors of other kinds (a kind that runs another's MLP beside experts loses to plain experts on a layer
+    without that MLP)."""
     scores = {name: len(have & set(cls.SLOTS)) for name, cls in kinds.items()}
     best = max(scores.values())
-    return (default if scores.get(default) == best else next(n for n, v in scores.items() if v == best)), best
+    if scores.get(default) == best:
+        return default, best
+
+    def missing_shared(name: str) -> int:
+        others = {slot for n, cls in kinds.items() if n != name for slot in cls.SLOTS}
+        return len((set(kinds[name].SLOTS) & others) - have)
+
+    return min((n for n, v in scores.items() if v == best), key=lambda n: (missing_shared(n), n)), best
 
 
 def _layer_kind(inv: Inventory, role: str, layer: int) -> Shape | None:
