@@ -60,3 +60,15 @@ def record_routes(routers: Sequence[Any]) -> list[torch.Tensor]:
     for moe in routers:
         moe.route = recording(moe.route)
     return chosen
+
+
+def greedy_prompt(vocab: int, length: int = 5) -> list[int]:
+    """A fixed random prompt for greedy-generation comparisons."""
+    return torch.randint(0, vocab, (1, length), generator=torch.Generator().manual_seed(7)).tolist()[0]
+
+
+def transformers_greedy(reference: Any, prompt: list[int], steps: int) -> list[int]:
+    """transformers' own greedy continuation of `prompt`, `steps` tokens, without stopping at end-of-sequence."""
+    reference.generation_config.eos_token_id = None
+    out = reference.generate(torch.tensor([prompt]), max_new_tokens=steps, do_sample=False, pad_token_id=0)
+    return out[0, len(prompt):].tolist()

@@ -12,7 +12,14 @@ from pathlib import Path
 
 import pytest
 import torch
-from compare import assert_decoding_equals_full, assert_logits_match, compare, ids_for
+from compare import (
+    assert_decoding_equals_full,
+    assert_logits_match,
+    compare,
+    greedy_prompt,
+    ids_for,
+    transformers_greedy,
+)
 from gguf import GGUFValueType
 from llama_reference import llama_cpp_logits
 from test_check import rewrite
@@ -105,11 +112,9 @@ def test_the_state_copy_is_independent(tiny_model) -> None:
 def test_greedy_equals_transformers_generate(tiny_model) -> None:
     reference, path = tiny_model("falcon_h1", "f32")
     model = tfb.load(path)
-    prompt = torch.randint(0, 320, (1, 5), generator=torch.Generator().manual_seed(7)).tolist()[0]
+    prompt = greedy_prompt(320)
     ours = list(generate_ids(model, prompt, max_tokens=12, sampling=GREEDY))
-    reference.generation_config.eos_token_id = None
-    theirs = reference.generate(torch.tensor([prompt]), max_new_tokens=12, do_sample=False,
-                                pad_token_id=0)[0, len(prompt):].tolist()
+    theirs = transformers_greedy(reference, prompt, 12)
     assert ours == theirs
 
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from compare import assert_decoding_equals_full, assert_logits_match, compare, ids_for
+from compare import assert_decoding_equals_full, assert_logits_match, compare, ids_for, transformers_greedy
 from gguf import GGUFReader, GGUFValueType, GGUFWriter
 from llama_reference import llama_cpp_logits
 
@@ -132,9 +132,7 @@ def test_greedy_generation_equals_transformers_generate(tiny_model, family: str)
     prompt = ids_for(model.config.vocab_size, 1, 7)[0].tolist()
     session = Session(model.new_cache())
     ours = list(generate_ids(model, prompt, max_tokens=12, sampling=GREEDY, session=session))
-    reference.generation_config.eos_token_id = None
-    theirs = reference.generate(torch.tensor([prompt]), max_new_tokens=12, do_sample=False,
-                                pad_token_id=0)[0, len(prompt):].tolist()
+    theirs = transformers_greedy(reference, prompt, 12)
     assert ours == theirs
     follow = [*prompt, *ours, 5, 6]
     again = list(generate_ids(model, follow, max_tokens=4, sampling=GREEDY, session=session))

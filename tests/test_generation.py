@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from compare import greedy_prompt, transformers_greedy
 
 import tfb
 import tfb.quant.native as native
@@ -64,11 +65,9 @@ def test_greedy_equals_transformers_generate(tiny_model, family: str) -> None:
     # phi3_longrope: stay under the original context, where transformers keeps the short factors
     model = tfb.load(path, context_length=256 if family == "phi3_longrope" else None)
     steps = 3 if family == "mistral" else 20  # mistral: stay inside transformers' sliding window of 8
-    prompt = torch.randint(0, model.config.vocab_size, (1, 5), generator=torch.Generator().manual_seed(7)).tolist()[0]
+    prompt = greedy_prompt(model.config.vocab_size)
     ours = list(generate_ids(model, prompt, max_tokens=steps, sampling=GREEDY))
-    reference.generation_config.eos_token_id = None
-    theirs = reference.generate(torch.tensor([prompt]), max_new_tokens=steps, do_sample=False,
-                                pad_token_id=0)[0, len(prompt):].tolist()
+    theirs = transformers_greedy(reference, prompt, steps)
     assert ours == theirs
 
 

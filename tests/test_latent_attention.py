@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 import torch
-from compare import assert_logits_match, compare, ids_for
+from compare import assert_logits_match, compare, greedy_prompt, ids_for, transformers_greedy
 
 import tfb
 from tfb.config import ModelConfig
@@ -190,11 +190,9 @@ def test_greedy_equals_transformers_generate(tiny_model) -> None:
 
     reference, path = tiny_model("deepseek_v3", "f32")
     model = tfb.load(path)
-    prompt = torch.randint(0, model.config.vocab_size, (1, 5), generator=torch.Generator().manual_seed(7)).tolist()[0]
+    prompt = greedy_prompt(model.config.vocab_size)
     ours = list(generate_ids(model, prompt, max_tokens=20, sampling=GREEDY))
-    reference.generation_config.eos_token_id = None
-    theirs = reference.generate(torch.tensor([prompt]), max_new_tokens=20, do_sample=False,
-                                pad_token_id=0)[0, len(prompt):].tolist()
+    theirs = transformers_greedy(reference, prompt, 20)
     assert ours == theirs
 
 

@@ -25,12 +25,12 @@ from tfb.text.wpm import WordPiece
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tools"))
 from llama_cpp import vocab_dir  # tools/llama_cpp.py, not the package
 from llama_reference import llama_cpp_tokenize
+from vocab_vectors import vectors
 
 # the files that carry .inp/.out test vectors, and those that carry none
 WITH_VECTORS = ["bert-bge", "command-r", "deepseek-coder", "deepseek-llm", "falcon", "gemma-4", "gpt-2",
                 "llama-bpe", "llama-spm", "mpt", "phi-3", "qwen2", "qwen35", "refact", "starcoder"]
 WITHOUT_VECTORS = ["aquila", "baichuan", "gpt-neox", "nomic-bert-moe"]
-SEPARATOR = "\n__ggml_vocab_test__\n"
 _CACHE: dict[str, Tokenizer] = {}
 
 
@@ -44,22 +44,6 @@ def tokenizer(directory: Path, name: str) -> Tokenizer:
     if name not in _CACHE:
         _CACHE[name] = load_tokenizer(directory / f"ggml-vocab-{name}.gguf")
     return _CACHE[name]
-
-
-def vectors(directory: Path, name: str) -> list[tuple[str, list[int]]]:
-    """Pairs (text, ids), the texts split exactly as llama.cpp's tests/test-tokenizer-0.cpp splits them."""
-    raw = (directory / f"ggml-vocab-{name}.gguf.inp").read_bytes().decode("utf-8")
-    texts, pos = [], 0
-    while pos < len(raw):
-        nxt = raw.find(SEPARATOR, pos)
-        if nxt < 0:
-            texts.append(raw[pos:])
-            break
-        texts.append(raw[pos:nxt])
-        pos = nxt + len(SEPARATOR)
-    lines = (directory / f"ggml-vocab-{name}.gguf.out").read_text(encoding="utf-8").splitlines()
-    assert len(texts) == len(lines), "the .inp and .out files disagree on the number of tests"
-    return [(t, [int(x) for x in line.split()]) for t, line in zip(texts, lines, strict=True)]
 
 
 def test_the_list_is_every_shipped_file(vocabs: Path) -> None:

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from compare import assert_logits_match, compare, ids_for
+from compare import assert_logits_match, compare, greedy_prompt, ids_for, transformers_greedy
 from gguf import GGUFValueType
 from llama_reference import llama_cpp_logits
 from test_check import rewrite
@@ -117,11 +117,9 @@ def test_the_state_is_float32_in_a_bfloat16_model(tiny_model) -> None:
 def test_greedy_equals_transformers_generate(tiny_model, family: str) -> None:
     reference, path = tiny_model(family, "f32")
     model = tfb.load(path)
-    prompt = torch.randint(0, 320, (1, 5), generator=torch.Generator().manual_seed(7)).tolist()[0]
+    prompt = greedy_prompt(320)
     ours = list(generate_ids(model, prompt, max_tokens=20, sampling=GREEDY))
-    reference.generation_config.eos_token_id = None
-    theirs = reference.generate(torch.tensor([prompt]), max_new_tokens=20, do_sample=False,
-                                pad_token_id=0)[0, len(prompt):].tolist()
+    theirs = transformers_greedy(reference, prompt, 20)
     assert ours == theirs
 
 

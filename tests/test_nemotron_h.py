@@ -14,7 +14,15 @@ from pathlib import Path
 
 import pytest
 import torch
-from compare import assert_decoding_equals_full, assert_logits_match, compare, ids_for, record_routes
+from compare import (
+    assert_decoding_equals_full,
+    assert_logits_match,
+    compare,
+    greedy_prompt,
+    ids_for,
+    record_routes,
+    transformers_greedy,
+)
 from gguf import GGUFValueType
 from llama_reference import llama_cpp_logits
 from test_check import rewrite
@@ -113,11 +121,9 @@ def test_decoding_with_the_state_equals_the_full_forward(tiny_model, family: str
 def test_greedy_equals_transformers_generate(tiny_model) -> None:
     reference, path = tiny_model("nemotron_h_moe", "f32")
     model = tfb.load(path)
-    prompt = torch.randint(0, 50264, (1, 5), generator=torch.Generator().manual_seed(7)).tolist()[0]
+    prompt = greedy_prompt(50264)
     ours = list(generate_ids(model, prompt, max_tokens=12, sampling=GREEDY))
-    reference.generation_config.eos_token_id = None
-    theirs = reference.generate(torch.tensor([prompt]), max_new_tokens=12, do_sample=False,
-                                pad_token_id=0)[0, len(prompt):].tolist()
+    theirs = transformers_greedy(reference, prompt, 12)
     assert ours == theirs
 
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from compare import assert_logits_match, compare, ids_for
+from compare import assert_logits_match, compare, greedy_prompt, ids_for, transformers_greedy
 from gguf import GGUFReader, GGUFValueType, GGUFWriter
 from llama_reference import llama_cpp_logits
 
@@ -99,11 +99,9 @@ def test_the_state_is_float32_in_a_bfloat16_model(tiny_model) -> None:
 def test_greedy_equals_transformers_generate(tiny_model, family: str) -> None:
     reference, path = tiny_model(family, "f32")
     model = tfb.load(path)
-    prompt = torch.randint(0, model.config.vocab_size, (1, 5), generator=torch.Generator().manual_seed(7)).tolist()[0]
+    prompt = greedy_prompt(model.config.vocab_size)
     ours = list(generate_ids(model, prompt, max_tokens=12, sampling=GREEDY))
-    reference.generation_config.eos_token_id = None
-    theirs = reference.generate(torch.tensor([prompt]), max_new_tokens=12, do_sample=False,
-                                pad_token_id=0)[0, len(prompt):].tolist()
+    theirs = transformers_greedy(reference, prompt, 12)
     assert ours == theirs
 
 

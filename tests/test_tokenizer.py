@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from vocab_vectors import vectors as read_vectors
 
 from tfb.errors import InputError, TfbError, TokenizerError
 from tfb.gguf.reader import GGUFFile, MetaValue
@@ -21,7 +22,6 @@ from tfb.text.tokenizer import Tokenizer, load_tokenizer, tokenizer_from_metadat
 
 VOCAB_DIR = Path(__file__).parent / "data" / "vocab"
 VOCABS = ["llama-spm", "llama-bpe", "qwen2", "gpt-2"]
-SEPARATOR = "\n__ggml_vocab_test__\n"
 _CACHE: dict[str, Tokenizer] = {}
 
 
@@ -37,19 +37,7 @@ def metadata(name: str) -> dict[str, MetaValue]:
 
 
 def vectors(name: str) -> list[tuple[str, list[int]]]:
-    """Pairs (text, ids) split exactly as llama.cpp's tests/test-tokenizer-0.cpp splits them."""
-    raw = (VOCAB_DIR / f"ggml-vocab-{name}.gguf.inp").read_bytes().decode("utf-8")
-    texts, pos = [], 0
-    while pos < len(raw):
-        nxt = raw.find(SEPARATOR, pos)
-        if nxt < 0:
-            texts.append(raw[pos:])
-            break
-        texts.append(raw[pos:nxt])
-        pos = nxt + len(SEPARATOR)
-    lines = (VOCAB_DIR / f"ggml-vocab-{name}.gguf.out").read_text(encoding="utf-8").splitlines()
-    assert len(texts) == len(lines), "the .inp and .out files disagree on the number of tests"
-    return [(t, [int(x) for x in line.split()]) for t, line in zip(texts, lines, strict=True)]
+    return read_vectors(VOCAB_DIR, name)
 
 
 # ------------------------------------------------------------------------------------- test vectors
