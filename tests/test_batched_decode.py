@@ -33,43 +33,35 @@ def _decode(model: torch.nn.Module, batched: bool, steps: int = 6) -> tuple[list
     return tokens, seen
 
 
-@pytest.mark.parametrize("spec", ["qwen3", "gemma3", "lfm2"])
-def test_batched_steps_equal_each_sequence_alone(tiny_gguf, spec: str) -> None:
-    """Attention (projections shared, attention per row), a window, and a recurrent mixer (run per row)."""
-    model = tfb.load(tiny_gguf(spec))
+def _assert_rows_equal_alone(model: torch.nn.Module, atol: float, rtol: float) -> None:
     alone, alone_logits = _decode(model, batched=False)
     together, together_logits = _decode(model, batched=True)
     assert together == alone
     for a, b in zip(alone_logits, together_logits, strict=True):
-        torch.testing.assert_close(b, a, atol=2e-5, rtol=1e-4)
+        torch.testing.assert_close(b, a, atol=atol, rtol=rtol)
+
+
+@pytest.mark.parametrize("spec", ["qwen3", "gemma3", "lfm2"])
+def test_batched_steps_equal_each_sequence_alone(tiny_gguf, spec: str) -> None:
+    """Attention (projections shared, attention per row), a window, and a recurrent mixer (run per row)."""
+    model = tfb.load(tiny_gguf(spec))
+    _assert_rows_equal_alone(model, atol=2e-5, rtol=1e-4)
 
 
 def test_batched_steps_of_a_hybrid_model(tiny_model) -> None:
     """Mamba-2 layers (a recurrent state per sequence) between attention layers."""
     model = tfb.load(tiny_model("granitehybrid", "f32")[1])
-    alone, alone_logits = _decode(model, batched=False)
-    together, together_logits = _decode(model, batched=True)
-    assert together == alone
-    for a, b in zip(alone_logits, together_logits, strict=True):
-        torch.testing.assert_close(b, a, atol=2e-5, rtol=1e-4)
+    _assert_rows_equal_alone(model, atol=2e-5, rtol=1e-4)
 
 
 def test_batched_steps_with_shared_keys_and_per_layer_inputs(tiny_model) -> None:
     """Gemma 4: layers that read an earlier layer's keys and values read their own row's, and each row gets its
     own per-layer input embeddings."""
     model = tfb.load(tiny_model("gemma4", "f32")[1])
-    alone, alone_logits = _decode(model, batched=False)
-    together, together_logits = _decode(model, batched=True)
-    assert together == alone
-    for a, b in zip(alone_logits, together_logits, strict=True):
-        torch.testing.assert_close(b, a, atol=2e-5, rtol=1e-4)
+    _assert_rows_equal_alone(model, atol=2e-5, rtol=1e-4)
 
 
 def test_rows_of_a_quantized_model(tiny_gguf) -> None:
     """Packed weights take the many-row kernel for a batch and the matrix-vector one alone: same tokens."""
     model = tfb.load(tiny_gguf("qwen3", qtype="Q4_K"))
-    alone, alone_logits = _decode(model, batched=False)
-    together, together_logits = _decode(model, batched=True)
-    assert together == alone
-    for a, b in zip(alone_logits, together_logits, strict=True):
-        torch.testing.assert_close(b, a, atol=1e-3, rtol=1e-3)
+    _assert_rows_equal_alone(model, atol=1e-3, rtol=1e-3)
