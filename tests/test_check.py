@@ -35,12 +35,12 @@ def line_of(path: Path, text: str) -> int:
     return next(n for n, line in enumerate(path.read_text().splitlines(), 1) if text in line)
 
 
-def rewrite(src: Path, dst: Path, meta: dict[str, tuple[object, GGUFValueType]]) -> Path:
-    """A copy of a GGUF file with some metadata values replaced (or added)."""
+def rewrite(src: Path, dst: Path, meta: dict[str, tuple[object, GGUFValueType]], drop: tuple[str, ...] = ()) -> Path:
+    """A copy of a GGUF file with some metadata values replaced, added or dropped; tensors kept as stored."""
     reader = GGUFReader(src)
     writer = GGUFWriter(str(dst), reader.fields["general.architecture"].contents())
     for key, field in reader.fields.items():
-        if key.startswith("GGUF.") or key == "general.architecture" or key in meta:
+        if key.startswith("GGUF.") or key == "general.architecture" or key in meta or key in drop:
             continue
         vtype = GGUFValueType(field.types[0])
         sub = GGUFValueType(field.types[-1]) if vtype == GGUFValueType.ARRAY else None
@@ -49,7 +49,7 @@ def rewrite(src: Path, dst: Path, meta: dict[str, tuple[object, GGUFValueType]])
         writer.add_key_value(key, value, vtype)
     for t in reader.tensors:
         shape = tuple(int(d) for d in reversed(t.shape))
-        writer.add_tensor(t.name, np.asarray(t.data).reshape(shape))
+        writer.add_tensor(t.name, np.asarray(t.data).reshape(shape), raw_dtype=t.tensor_type)
     writer.write_header_to_file()
     writer.write_kv_data_to_file()
     writer.write_tensors_to_file()

@@ -9,12 +9,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 from compare import assert_decoding_equals_full, assert_logits_match, compare, ids_for, transformers_greedy
-from gguf import GGUFReader, GGUFValueType, GGUFWriter
+from gguf import GGUFReader, GGUFValueType
 from llama_reference import llama_cpp_logits
+from test_check import rewrite
 
 import tfb
 from tfb.errors import ConfigError
@@ -25,28 +25,6 @@ from tfb.text.generate import GREEDY, Session, generate_ids
 
 SHAPES = [(1, 1), (2, 1), (2, 40)]
 FAMILIES = ["qwen3next", "qwen35", "qwen35moe"]
-
-
-def _rewrite(src: Path, dst: Path, meta: dict[str, tuple[object, GGUFValueType]], drop: tuple[str, ...] = ()) -> Path:
-    """A copy of a GGUF file with some metadata values replaced, added or dropped."""
-    reader = GGUFReader(src)
-    writer = GGUFWriter(str(dst), reader.fields["general.architecture"].contents())
-    for key, field in reader.fields.items():
-        if key.startswith("GGUF.") or key == "general.architecture" or key in meta or key in drop:
-            continue
-        vtype = GGUFValueType(field.types[0])
-        sub = GGUFValueType(field.types[-1]) if vtype == GGUFValueType.ARRAY else None
-        writer.add_key_value(key, field.contents(), vtype, sub_type=sub)
-    for key, (value, vtype) in meta.items():
-        writer.add_key_value(key, value, vtype)
-    for t in reader.tensors:
-        writer.add_tensor(t.name, np.asarray(t.data).reshape(tuple(int(d) for d in reversed(t.shape))),
-                          raw_dtype=t.tensor_type)
-    writer.write_header_to_file()
-    writer.write_kv_data_to_file()
-    writer.write_tensors_to_file()
-    writer.close()
-    return dst
 
 
 @pytest.mark.parametrize("family", FAMILIES)
@@ -156,10 +134,10 @@ def test_attention_layers_from_the_interval_without_the_array(tiny_model, tmp_pa
     the array, where present, decides."""
     _, path = tiny_model("qwen3next", "f32")
     drop = ("qwen3next.attention.recurrent_layers",)
-    interval = tfb.load(_rewrite(path, tmp_path / "i2.gguf", {"qwen3next.full_attention_interval": (
+    interval = tfb.load(rewrite(path, tmp_path / "i2.gguf", {"qwen3next.full_attention_interval": (
         4, GGUFValueType.UINT32)}, drop))
     assert [type(b.mixer) for b in interval.blocks] == [GatedDeltaNetLayer] * 3 + [Attention]
-    flags = tfb.load(_rewrite(path, tmp_path / "a.gguf", {"qwen3next.attention.recurrent_layers": (
+    flags = tfb.load(rewrite(path, tmp_path / "a.gguf", {"qwen3next.attention.recurrent_layers": (
         [True, True, True, False], GGUFValueType.ARRAY), "qwen3next.full_attention_interval": (
         2, GGUFValueType.UINT32)}))
     assert [type(b.mixer) for b in flags.blocks] == [GatedDeltaNetLayer] * 3 + [Attention]
@@ -167,7 +145,7 @@ def test_attention_layers_from_the_interval_without_the_array(tiny_model, tmp_pa
 
 def test_a_layer_array_of_the_wrong_length_is_refused(tiny_model, tmp_path: Path) -> None:
     _, path = tiny_model("qwen3next", "f32")
-    bad = _rewrite(path, tmp_path / "bad.gguf", {"qwen3next.attention.recurrent_layers": (
+    bad = rewrite(path, tmp_path / "bad.gguf", {"qwen3next.attention.recurrent_layers": (
         [True, True, False], GGUFValueType.ARRAY)})
     with pytest.raises(ConfigError, match=r"qwen3next\.attention\.recurrent_layers has 3 values, expected one per "
                        r"layer: block_count = 4"):
@@ -183,6 +161,6 @@ def test_a_layer_array_of_the_wrong_length_is_refused(tiny_model, tmp_path: Path
 def test_bad_sizes_are_refused(tiny_model, tmp_path: Path, key: str, value: int, message: str) -> None:
     _, path = tiny_model("qwen3next", "f32")
     drop = ("qwen3next.attention.recurrent_layers",) if "interval" in key else ()
-    bad = _rewrite(path, tmp_path / "bad.gguf", {key: (value, GGUFValueType.UINT32)}, drop)
+    bad = rewrite(path, tmp_path / "bad.gguf", {key: (value, GGUFValueType.UINT32)}, drop)
     with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")):
         tfb.load(bad)
