@@ -89,17 +89,23 @@ def test_checkpoint_tokenizer_is_the_converters(tiny_model, family: str) -> None
     assert tfb.load_tokenizer(directory).encode(text) == tfb.load_tokenizer(gguf_path).encode(text)
 
 
-def test_unknown_pre_tokenizer_is_refused_naming_vocab_pre(tiny_model, tmp_path) -> None:
+def with_unknown_pre_tokenizer(directory, out):
+    """A copy of a checkpoint directory whose tokenizer.json splits digits first: a pre-tokenizer the
+    converter's table does not know."""
     import json
     import shutil
 
-    _, _, directory = checkpoint(tiny_model, "qwen3moe")
-    d = tmp_path / "c"
-    shutil.copytree(directory, d)
-    spec = json.loads((d / "tokenizer.json").read_text())
+    shutil.copytree(directory, out)
+    spec = json.loads((out / "tokenizer.json").read_text())
     spec["pre_tokenizer"] = {"type": "Sequence", "pretokenizers": [
         {"type": "Digits", "individual_digits": True}, spec["pre_tokenizer"]]}
-    (d / "tokenizer.json").write_text(json.dumps(spec))
+    (out / "tokenizer.json").write_text(json.dumps(spec))
+    return out
+
+
+def test_unknown_pre_tokenizer_is_refused_naming_vocab_pre(tiny_model, tmp_path) -> None:
+    _, _, directory = checkpoint(tiny_model, "qwen3moe")
+    d = with_unknown_pre_tokenizer(directory, tmp_path / "c")
     with pytest.raises(tfb.TfbError, match=r"tokenizer.json: the BPE pre-tokenizer is not one llama.cpp's converter "
                                            r"knows .* pass --vocab-pre NAME"):
         tfb.load_tokenizer(d)

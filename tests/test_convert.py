@@ -81,16 +81,9 @@ def test_q8_0_is_ggmls_reference_quantizer(tiny_model, tmp_path: Path) -> None:
 
 
 def test_cli_convert_refuses_unknown_pre_tokenizer_and_takes_vocab_pre(tiny_model, tmp_path: Path) -> None:
-    import json
-    import shutil
+    from test_checkpoint_load import with_unknown_pre_tokenizer
 
-    directory = tiny_model("qwen3moe", "f32")[1].parent / "hf"
-    d = tmp_path / "c"
-    shutil.copytree(directory, d)
-    spec = json.loads((d / "tokenizer.json").read_text())
-    spec["pre_tokenizer"] = {"type": "Sequence", "pretokenizers": [
-        {"type": "Digits", "individual_digits": True}, spec["pre_tokenizer"]]}
-    (d / "tokenizer.json").write_text(json.dumps(spec))
+    d = with_unknown_pre_tokenizer(tiny_model("qwen3moe", "f32")[1].parent / "hf", tmp_path / "c")
     run = [sys.executable, "-m", "tfb.cli", "convert", str(d), str(tmp_path / "out.gguf"), "--outtype", "f32"]
     refused = subprocess.run(run, capture_output=True, text=True, cwd=ROOT)
     assert refused.returncode != 0 and "Traceback" not in refused.stderr
