@@ -20,7 +20,7 @@ import torch
 from tfb.errors import ConfigError, WeightError
 from tfb.gguf.ggml_types import GGML_TYPE_BY_NAME
 from tfb.gguf.reader import MetaValue, TensorInfo
-from tfb.sources.naming import MetaRule, Table, TensorRule, load_table, read_table, table_dir
+from tfb.sources.naming import MetaRule, PerLayer, ScaleRows, Table, TensorRule, load_table, read_table, table_dir
 from tfb.sources.safetensors_dir import SafetensorsDir, StoredTensor
 from tfb.spec.registry import all_spec_files, search_dirs
 
@@ -68,9 +68,12 @@ def find_table(architectures: list[str], spec_dirs: Sequence[str | Path], where:
 def _lookup(config: dict[str, Any], key: str) -> Any:
     node: Any = config
     for part in key.split("."):
-        if not isinstance(node, dict) or part not in node:
+        if isinstance(node, list) and part.isdigit() and int(part) < len(node):
+            node = node[int(part)]  # `a.0`: item 0 of list a
+        elif not isinstance(node, dict) or part not in node:
             return None
-        node = node[part]
+        else:
+            node = node[part]
     return node
 
 
@@ -149,6 +152,14 @@ class CheckpointSource:
         for name, wanted in rule.when.items():
             if _lookup(self.config, name) not in (wanted if isinstance(wanted, list) else [wanted]):
                 return None
+        for case in rule.cases:
+            value = self._meta(key, case, config_path)
+            if value is not None:
+                return value
+        if rule.per_layer is not None:
+            value = self._per_layer(rule.per_layer, key, config_path)
+            if value is not None:
+                return _typed(value, rule, f"{config_path}: per-layer {key}")
         for name in rule.from_:
             value = _lookup(self.config, name)
             if value is None:
@@ -174,13 +185,36 @@ class CheckpointSource:
             return _typed(rule.value, rule, f"naming table value for {key}")
         return None
 
+    def _per_layer(self, rule: PerLayer, key: str, config_path: Path) -> list[Any] | None:
+        """See naming.PerLayer; None when no `types` key is present."""
+        for name in rule.types:
+            types = _lookup(self.config, name)
+            if types is None:
+                continue
+            if not isinstance(types, (list, str)):
+                raise ConfigError(f"{config_path}: key `{name}` (for {key}) is {_json_type(types)} {types!r:.60}, "
+                                  "expected a list of layer types or a string of one letter per layer")
+            out = []
+            for kind in types:
+                chosen = kind in rule.where if rule.where is not None else kind not in (rule.where_not or [])
+                operand = rule.value if chosen else rule.otherwise
+                value = self._evaluate(operand)
+                if value is None:
+                    raise ConfigError(f"{config_path}: {operand!r} (for {key}) is not given")
+                out.append(value)
+            return out
+        return None
+
     def _evaluate(self, operand: Any) -> Any:
-        """A number from config.json values: a key, a number, or {sum|product|quotient: [a, b]}; None when a
-        key is absent or not a number."""
+        """A number from config.json values: a key, a metadata key already computed ({arch}), a number, or
+        {sum|product|quotient: [a, b]}; None when a key is absent or not a number."""
         if isinstance(operand, bool):
             return None
         if isinstance(operand, (int, float)):
             return operand
+        if isinstance(operand, str) and "{arch}" in operand:
+            meta = self.metadata.get(operand.replace("{arch}", self.arch))
+            return meta.value if meta is not None and isinstance(meta.value, (int, float)) else None
         if isinstance(operand, str):
             value = _lookup(self.config, operand)
             return value if isinstance(value, (int, float)) and not isinstance(value, bool) else None
@@ -263,6 +297,7 @@ class CheckpointSource:
             shape = self._split_shape(name, rule, shape)
         if rule.stack:
             shape.insert(0, len(parts))
+        shape = self._reshaped(first, rule, shape)
         if rule.permute_rows:
             heads = self.count(rule.permute_rows)
             if not shape or heads <= 0 or shape[0] % (2 * heads):
@@ -273,6 +308,20 @@ class CheckpointSource:
             stored = "F32"  # vectors are float32 in the converter's files
         gtype = GGML_TYPE_BY_NAME[stored]
         return TensorInfo(name, tuple(shape), gtype, 0, math.prod(shape) * gtype.type_size)
+
+    def _reshaped(self, first: StoredTensor, rule: TensorRule, shape: list[int]) -> list[int]:
+        """The shape after `squeeze` and `reshape`."""
+        if rule.squeeze:
+            shape = [n for n in shape if n != 1]
+        if rule.reshape is not None:
+            dims = [-1 if d == -1 else int(self._first([d], f"the reshape of {first.name}")) for d in rule.reshape]
+            known = math.prod(d for d in dims if d != -1)
+            total = math.prod(shape)
+            if dims.count(-1) > 1 or known <= 0 or total % known or (-1 not in dims and known != total):
+                raise WeightError(f"{first.shard}: tensor {first.name!r} has shape {shape}, which does not reshape to "
+                                  f"{rule.reshape} ({dims})")
+            shape = [total // known if d == -1 else d for d in dims]
+        return shape
 
     def _sizes(self, rule: TensorRule) -> tuple[int, list[int]]:
         assert rule.split is not None
@@ -334,6 +383,12 @@ class CheckpointSource:
         if rule.permute_rows:
             heads = self.count(rule.permute_rows)
             x = x.reshape(heads, 2, x.shape[0] // heads // 2, *x.shape[1:]).swapaxes(1, 2).reshape(x.shape)
+        if rule.neg_exp:
+            x = -torch.exp(x)
+        for operand in rule.scale:
+            x = x * self._first([operand], f"the scale of {name}")
+        if rule.scale_rows is not None:
+            x = self._scale_rows(name, rule.scale_rows, x)
         if rule.add:
             # the converter adds in the checkpoint's type, widened to float32 unless it is float16
             x = (x if x.dtype != torch.bfloat16 else x.float()) + rule.add
@@ -341,6 +396,19 @@ class CheckpointSource:
         target = _TORCH.get(info.ggml_type.name, torch.float32)
         x = x.to(target) if x.dtype != target else x
         return x.reshape(info.shape)
+
+    def _scale_rows(self, name: str, bands: ScaleRows, x: torch.Tensor) -> torch.Tensor:
+        """Each band of rows multiplied by its factor (the last band: the rows left)."""
+        rows = [int(self._first([r], f"the row bands of {name}")) for r in bands.rows]
+        if len(bands.factors) != len(rows) + 1 or sum(rows) > x.shape[0]:
+            raise WeightError(f"{self.path}: {name} has {x.shape[0]} rows, which the bands {rows} with factors "
+                              f"{bands.factors} do not cut")
+        x = x.clone()
+        start = 0
+        for count, factor in zip([*rows, x.shape[0] - sum(rows)], bands.factors, strict=True):
+            x[start:start + count] *= self._first([factor], f"the row bands of {name}")
+            start += count
+        return x
 
     def tensor_data(self, name: str) -> np.ndarray:
         """The raw bytes of a tensor as a uint8 array (a view of the shard's map when no transform applies)."""

@@ -43,6 +43,24 @@ class Split(_Strict):
     transpose: bool = Field(False, description="each group's part transposed ([rows, in] -> [in, rows])")
 
 
+class ScaleRows(_Strict):
+    rows: list[Any] = Field(description="rows of each band but the last, which takes the rest: operands (config "
+                            "keys, {arch} metadata keys, numbers, arithmetic)")
+    factors: list[Any] = Field(description="each band's factor, one more than `rows`: operands")
+
+
+class PerLayer(_Strict):
+    """An array with one value per layer: `value` where the layer's type is one of `where` (or not one of
+    `where_not`), else `otherwise`. The types are the first present of `types`: a config list of type names, or a
+    string with one letter per layer."""
+
+    types: list[str]
+    where: list[str] | None = None
+    where_not: list[str] | None = None
+    value: Any
+    otherwise: Any = 0
+
+
 class WavelengthBands(_Strict):
     """Rope frequency factors by wavelength band: for each rotated pair's frequency f_j = base^(-2j/dims), with
     wavelength w = 2 pi / f_j and the original context C: 1 where w < C / high, `factor` where w > C / low, else
@@ -66,6 +84,12 @@ class TensorRule(_Strict):
     add: float = Field(0.0, description="constant added to the values (norm weights stored as 1 + w)")
     transpose: bool = Field(False, description="last two dimensions swapped (weights stored [in, out])")
     split: Split | None = None
+    squeeze: bool = Field(False, description="dimensions of size 1 dropped ([C, 1, K] -> [C, K])")
+    reshape: list[Any] | None = Field(None, description="the new shape: operands, one may be -1 (the rest)")
+    neg_exp: bool = Field(False, description="x -> -exp(x) (A = -exp(A_log))")
+    scale: list[Any] = Field(default_factory=list, description="operands the values are multiplied by, in turn, in "
+                             "the checkpoint's type")
+    scale_rows: ScaleRows | None = None
 
 
 class MetaRule(_Strict):
@@ -77,6 +101,9 @@ class MetaRule(_Strict):
     product: tuple[Any, Any] | None = Field(None, description="a * b")
     quotient: tuple[Any, Any] | None = Field(None, description="int(a) // int(b)")
     map: dict[str, Any] | None = Field(None, description="config value -> written value")
+    per_layer: PerLayer | None = Field(None, description="an array of one value per layer, by layer type")
+    cases: list[MetaRule] = Field(default_factory=list, description="rules tried in order, the first that gives a "
+                                  "value wins (each with its own `when`)")
     token: str | None = Field(None, description="the id of this token text in the vocabulary (special token ids "
                               "a converter sets by text)")
     type: MetaType = "uint32"
