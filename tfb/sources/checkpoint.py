@@ -153,13 +153,13 @@ class CheckpointSource:
             if _lookup(self.config, name) not in (wanted if isinstance(wanted, list) else [wanted]):
                 return None
         for case in rule.cases:
-            value = self._meta(key, case, config_path)
-            if value is not None:
-                return value
+            chosen = self._meta(key, case, config_path)
+            if chosen is not None:
+                return chosen
         if rule.per_layer is not None:
-            value = self._per_layer(rule.per_layer, key, config_path)
-            if value is not None:
-                return _typed(value, rule, f"{config_path}: per-layer {key}")
+            layers = self._per_layer(rule.per_layer, key, config_path)
+            if layers is not None:
+                return _typed(layers, rule, f"{config_path}: per-layer {key}")
         for name in rule.from_:
             value = _lookup(self.config, name)
             if value is None:
