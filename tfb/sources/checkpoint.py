@@ -207,11 +207,14 @@ class CheckpointSource:
 
     def _evaluate(self, operand: Any) -> Any:
         """A number from config.json values: a key, a metadata key already computed ({arch}), a number, or
-        {sum|product|quotient: [a, b]}; None when a key is absent or not a number."""
+        {sum|product|quotient: [a, b]}, or a list of these (the first present); None when a key is absent or not a
+        number."""
         if isinstance(operand, bool):
             return None
         if isinstance(operand, (int, float)):
             return operand
+        if isinstance(operand, list):  # the first operand present
+            return next((v for v in map(self._evaluate, operand) if v is not None), None)
         if isinstance(operand, str) and "{arch}" in operand:
             meta = self.metadata.get(operand.replace("{arch}", self.arch))
             return meta.value if meta is not None and isinstance(meta.value, (int, float)) else None
@@ -326,7 +329,8 @@ class CheckpointSource:
     def _sizes(self, rule: TensorRule) -> tuple[int, list[int]]:
         assert rule.split is not None
         sizes = [s if isinstance(s, int) else self.count(s) for s in rule.split.sizes]
-        return self.count(rule.split.groups), sizes
+        groups = rule.split.groups
+        return groups if isinstance(groups, int) else self.count(groups), sizes
 
     def _split_shape(self, name: str, rule: TensorRule, shape: list[int]) -> list[int]:
         assert rule.split is not None

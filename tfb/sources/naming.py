@@ -36,8 +36,8 @@ class _Strict(BaseModel):
 
 
 class Split(_Strict):
-    groups: str = Field(description="the number of head groups the rows form: a metadata key ({arch}) or a "
-                        "config.json key")
+    groups: str | int = Field(description="the number of head groups the rows form: a metadata key ({arch}), a "
+                              "config.json key or a number")
     sizes: list[str | int] = Field(description="rows of each group's parts: keys as `groups`, or numbers")
     part: int = Field(description="which part this tensor is")
     transpose: bool = Field(False, description="each group's part transposed ([rows, in] -> [in, rows])")
