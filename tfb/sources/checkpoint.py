@@ -77,6 +77,13 @@ def _lookup(config: dict[str, Any], key: str) -> Any:
     return node
 
 
+def _has(config: dict[str, Any], key: str) -> bool:
+    """Whether config.json gives `key` (`a.b`: key b of object a), null or not."""
+    parent, _, last = key.rpartition(".")
+    node = _lookup(config, parent) if parent else config
+    return isinstance(node, dict) and last in node
+
+
 _KINDS = {"uint32": int, "int32": int, "uint64": int, "float32": float, "bool": bool, "string": str}
 
 
@@ -128,7 +135,8 @@ class CheckpointSource:
                               "(as transformers writes: [\"LlamaForCausalLM\"])")
         self.spec_file, self.table = find_table(archs, spec_dirs, str(config_path))
         self.spec_name = self.spec_file.stem
-        self.arch = self.table.gguf_architecture or self._first_match()
+        chosen = [arch for arch, keys in self.table.architecture_if.items() if all(_has(config, k) for k in keys)]
+        self.arch = (chosen[0] if chosen else None) or self.table.gguf_architecture or self._first_match()
         self.metadata: dict[str, MetaValue] = {"general.architecture": MetaValue(self.arch, "string")}
         for key, rule in self.table.metadata.items():
             if rule is not None and rule.token is None:  # token ids wait for the vocabulary
@@ -152,7 +160,11 @@ class CheckpointSource:
         for name, wanted in rule.when.items():
             if _lookup(self.config, name) not in (wanted if isinstance(wanted, list) else [wanted]):
                 return None
+        if not all(_has(self.config, k) for k in rule.needs):
+            return None
         for case in rule.cases:
+            if "type" not in case.model_fields_set:  # a case writes its parent's type unless it says otherwise
+                case = case.model_copy(update={"type": rule.type})
             chosen = self._meta(key, case, config_path)
             if chosen is not None:
                 return chosen
@@ -207,8 +219,8 @@ class CheckpointSource:
 
     def _evaluate(self, operand: Any) -> Any:
         """A number from config.json values: a key, a metadata key already computed ({arch}), a number, or
-        {sum|product|quotient: [a, b]}, or a list of these (the first present); None when a key is absent or not a
-        number."""
+        {sum|product|quotient: [a, b]}, {length: key} (of a config list or string), or a list of these (the first
+        present); None when a key is absent or not a number."""
         if isinstance(operand, bool):
             return None
         if isinstance(operand, (int, float)):
@@ -223,6 +235,9 @@ class CheckpointSource:
             return value if isinstance(value, (int, float)) and not isinstance(value, bool) else None
         if isinstance(operand, dict) and len(operand) == 1:
             (op, pair), = operand.items()
+            if op == "length" and isinstance(pair, str):
+                items = _lookup(self.config, pair)
+                return len(items) if isinstance(items, (list, str)) else None
             if isinstance(pair, list) and len(pair) == 2:
                 a, b = (self._evaluate(x) for x in pair)
                 if a is None or b is None:
@@ -233,8 +248,8 @@ class CheckpointSource:
                     return a * b
                 if op == "quotient" and int(b) != 0:
                     return int(a) // int(b)
-        raise ConfigError(f"naming table of spec `{self.spec_name}`: {operand!r} is not a config key, a number or "
-                          "{sum|product|quotient: [a, b]}")
+        raise ConfigError(f"naming table of spec `{self.spec_name}`: {operand!r} is not a config key, a number, "
+                          "{sum|product|quotient: [a, b]} or {length: key}")
 
     def count(self, key: str) -> int:
         """An integer that a tensor rule depends on: a metadata value ({arch} in the key) or a config.json one."""

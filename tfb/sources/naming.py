@@ -95,8 +95,10 @@ class TensorRule(_Strict):
 class MetaRule(_Strict):
     from_: list[str] = Field(default_factory=list, alias="from", description="config.json keys, first present")
     value: Any = Field(None, description="a constant, written when no `from` key is present")
-    # arithmetic on config.json values, used when no `from` key is present; an operand is a config key, a number or
-    # a nested {sum|product|quotient: [a, b]}; quotients divide whole numbers (int(a) // int(b)), as the converter
+    # arithmetic on config.json values, used when no `from` key is present; an operand is a config key, a metadata
+    # key computed before it ({arch}), a number, a nested {sum|product|quotient: [a, b]}, {length: key} (of a config
+    # list or string), or a list of operands (the first present); quotients divide whole numbers (int(a) // int(b)),
+    # as the converter
     sum: tuple[Any, Any] | None = Field(None, description="a + b")
     product: tuple[Any, Any] | None = Field(None, description="a * b")
     quotient: tuple[Any, Any] | None = Field(None, description="int(a) // int(b)")
@@ -110,11 +112,16 @@ class MetaRule(_Strict):
     written: bool = Field(True, description="false: read by the spec's rules but not a key the converter writes")
     when: dict[str, Any] = Field(default_factory=dict, description="config.json key -> value (or list of values) "
                                  "this key needs")
+    needs: list[str] = Field(default_factory=list, description="config.json keys that must be present (whatever "
+                             "their value) for this key: a converter that checks `key in config`")
 
 
 class Table(_Strict):
     architectures: list[str] = Field(default_factory=list)
     gguf_architecture: str | None = Field(None, description="general.architecture (default: the spec's first match)")
+    architecture_if: dict[str, list[str]] = Field(default_factory=dict, description="general.architecture -> "
+                                                  "config.json keys whose presence selects it (the converter picks "
+                                                  "the architecture by the config)")
     own_metadata: bool = Field(False, description="the base tables' metadata entries do not apply (a converter "
                                "class that writes its own keys only)")
     metadata: dict[str, MetaRule | None] = Field(default_factory=dict)
