@@ -22,7 +22,7 @@ FAMILIES = {"llama": 12, "llama_tied": 12, "qwen2": 12, "qwen3": 12, "gemma": 12
             "olmo": 12, "phi2": 12, "stablelm": 12, "llama3": 30,
             "lfm2": 12, "lfm2moe": 12, "mamba2": 12, "granitehybrid": 12,
             "falcon_h1": 12, "falcon_h1_no_norm": 12, "falcon_h1_tied": 12,
-            "nemotron_h": 12, "nemotron_h_moe": 12}
+            "nemotron_h": 12, "nemotron_h_moe": 12, "nemotron_h_moe_latent": 12}
 
 # where llama.cpp (and so tfb) departs from transformers by a known factor: Falcon-H1 with tied embeddings, whose
 # converter folds embedding_multiplier (2) into token_embd, also the output, and lm_head_multiplier (0.5) into

@@ -26,7 +26,7 @@ FAMILIES = ["llama", "llama_tied", "qwen2", "qwen3", "gemma", "gemma2", "starcod
             "gpt2", "deepseek_v3", "deepseek_v2", "qwen2moe", "olmoe", "olmo2", "granite", "granitemoe", "smollm3",
             "glm4", "olmo", "phi2", "stablelm", "llama3",
             "lfm2", "lfm2moe", "mamba2", "granitehybrid", "falcon_h1", "falcon_h1_no_norm", "falcon_h1_tied",
-            "nemotron_h", "nemotron_h_moe"]
+            "nemotron_h", "nemotron_h_moe", "nemotron_h_moe_latent"]
 
 
 def reference_file(directory: Path, outtype: str, out: Path) -> Path:

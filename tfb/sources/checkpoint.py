@@ -144,6 +144,7 @@ class CheckpointSource:
                 if value is not None:
                     self.metadata[key.replace("{arch}", self.arch)] = value
         self.store = SafetensorsDir(self.path, streaming)
+        self._stored = self._renamed()
         self._rules: dict[str, tuple[TensorRule, list[str], int | None]] = {}
         self.tensors: dict[str, TensorInfo] = {}
         self._plan()
@@ -214,6 +215,11 @@ class CheckpointSource:
                 if value is None:
                     raise ConfigError(f"{config_path}: {operand!r} (for {key}) is not given")
                 out.append(value)
+            if rule.append is not None:
+                count, value = self._evaluate(rule.append.count), self._evaluate(rule.append.value)
+                if count is None or value is None:
+                    raise ConfigError(f"{config_path}: {rule.append} (for {key}) is not given")
+                out += [value] * int(count)
             return out
         return None
 
@@ -267,6 +273,24 @@ class CheckpointSource:
 
     # ------------------------------------------------------------------------------------ tensors
 
+    def _renamed(self) -> dict[str, str]:
+        """The name each checkpoint tensor is read under -> its stored name (see naming.Rename)."""
+        names = {n: n for n in self.store.tensors}
+        renames = [r for r in self.table.renames if all(_has(self.config, k) for k in r.needs)]
+        for stored in self.store.tensors:
+            rule = next((r for r in renames if stored.startswith(r.prefix)), None)
+            if rule is None:
+                continue
+            to = rule.to
+            if "{n}" in to:
+                layer = self._evaluate(rule.layer)
+                if layer is None:
+                    raise ConfigError(f"{self.path / CONFIG}: {rule.layer!r}, the layer of {stored}, is not given")
+                to = to.replace("{n}", str(int(layer)))
+            del names[stored]
+            names[to + stored[len(rule.prefix):]] = stored
+        return names
+
     def _plan(self) -> None:
         layers = self.metadata.get(f"{self.arch}.block_count")
         n_layers = int(layers.value) if layers is not None else 0
@@ -287,16 +311,16 @@ class CheckpointSource:
                 source = rule.from_.replace("{i}", str(i))
                 sources = [source.replace("{e}", str(e)) for e in range(self.count(rule.stack))] if rule.stack \
                     else [source]
-                present = [s for s in sources if s in self.store.tensors]
+                present = [s for s in sources if s in self._stored]
                 if not present:
                     continue
                 if len(present) < len(sources):
-                    missing = [s for s in sources if s not in self.store.tensors]
+                    missing = [s for s in sources if s not in self._stored]
                     raise WeightError(f"{self.path}: {name} stacks {len(sources)} experts; the checkpoint lacks "
                                       f"{missing[0]}" + (f" and {len(missing) - 1} more" if len(missing) > 1 else ""))
-                used.update(sources)
+                used.update(self._stored[s] for s in sources)
                 self._rules[name] = (rule, sources, i)
-                self.tensors[name] = self._info(name, rule, [self.store.tensors[s] for s in sources])
+                self.tensors[name] = self._info(name, rule, [self.store.tensors[self._stored[s]] for s in sources])
         for name, stored in self.store.tensors.items():  # what no rule reads shows as unread, by its own name
             if name not in used and name not in self.tensors:
                 gtype = GGML_TYPE_BY_NAME[_STORED_AS.get(stored.dtype, "F32")]
@@ -388,7 +412,7 @@ class CheckpointSource:
         rule, sources, _ = self._rules[name]
         if rule.wavelength_bands is not None:
             return self._wavelength_bands(name, rule)
-        parts = [self.store.get(s) for s in sources]
+        parts = [self.store.get(self._stored[s]) for s in sources]
         for p in range(len(parts)):
             if parts[p].dtype not in (torch.float32, torch.float16, torch.bfloat16):
                 parts[p] = parts[p].float()

@@ -49,6 +49,21 @@ class ScaleRows(_Strict):
     factors: list[Any] = Field(description="each band's factor, one more than `rows`: operands")
 
 
+class Rename(_Strict):
+    """Checkpoint tensors read under another name, as a converter renames them before its name map: those starting
+    with `prefix` get `to` instead of it, `{n}` in `to` being the value of `layer` (an operand)."""
+
+    prefix: str
+    to: str
+    layer: Any = None
+    needs: list[str] = Field(default_factory=list, description="config.json keys that must be present")
+
+
+class Append(_Strict):
+    count: Any = Field(description="how many trailing layers: an operand")
+    value: Any = Field(description="each one's value: an operand")
+
+
 class PerLayer(_Strict):
     """An array with one value per layer: `value` where the layer's type is one of `where` (or not one of
     `where_not`), else `otherwise`. The types are the first present of `types`: a config list of type names, or a
@@ -59,6 +74,8 @@ class PerLayer(_Strict):
     where_not: list[str] | None = None
     value: Any
     otherwise: Any = 0
+    append: Append | None = Field(None, description="layers after those the types list (a converter's extra "
+                                  "blocks: a multi-token-prediction head)")
 
 
 class WavelengthBands(_Strict):
@@ -128,6 +145,8 @@ class Table(_Strict):
     tensors: dict[str, TensorRule | None] = Field(default_factory=dict)
     vocab: list[Literal["spm", "bpe"]] = Field(["spm", "bpe"], description="tokenizer files in the converter's "
                                                "order of attempts: spm (tokenizer.model), bpe (tokenizer.json)")
+    renames: list[Rename] = Field(default_factory=list, description="checkpoint names read as others (the first "
+                                  "matching prefix)")
     keep_f32: list[str] = Field(default_factory=list, description="GGUF tensor names ({i}: any layer) the "
                                 "converter always writes as F32, whatever the output type")
 
