@@ -67,6 +67,16 @@ def test_convert_each_outtype_equals_the_converter(tiny_model, tmp_path: Path, o
     assert_same_gguf(convert(directory, tmp_path / "ours.gguf", outtype), theirs)
 
 
+def test_convert_q8_0_of_a_renamed_block_equals_the_converter(tiny_model, tmp_path: Path) -> None:
+    """Nemotron 3 Super's prediction head is read from mtp.layers.1.* as block 4: the converter keeps routers F32
+    by the checkpoint name's block number (1), so the head's router is Q8_0 while the others stay F32."""
+    directory = tiny_model("nemotron_h_moe_latent", "f32")[1].parent / "hf"
+    theirs = reference_file(directory, "q8_0", tmp_path / "theirs.gguf")
+    assert_same_gguf(convert(directory, tmp_path / "ours.gguf", "q8_0"), theirs)
+    with GGUFFile(theirs) as f:
+        assert [f.tensors[f"blk.{i}.ffn_gate_inp.weight"].ggml_type.name for i in (1, 3, 4)] == ["F32", "F32", "Q8_0"]
+
+
 def test_q8_0_is_ggmls_reference_quantizer(tiny_model, tmp_path: Path) -> None:
     from ggml_quants import GGMLQuants
 

@@ -453,6 +453,12 @@ class CheckpointSource:
             start += count
         return x
 
+    def stored_block(self, name: str) -> int | None:
+        """The first number in the name of the checkpoint tensor that `name` is read from (None: no number)."""
+        _, sources, _ = self._rules[name]
+        stored = self._stored[sources[0]] if sources else ""
+        return next((int(part) for part in stored.split(".") if part.isdecimal()), None)
+
     def tensor_data(self, name: str) -> np.ndarray:
         """The raw bytes of a tensor as a uint8 array (a view of the shard's map when no transform applies)."""
         if name not in self._rules:

@@ -28,13 +28,23 @@ Progress = Callable[[int, int], None]
 
 
 def _f32_patterns(source: CheckpointSource) -> list[re.Pattern[str]]:
-    return [re.compile(re.escape(p).replace(r"\{i\}", r"\d+")) for p in source.table.keep_f32]
+    return [re.compile(re.escape(p).replace(r"\{i\}", r"(\d+)")) for p in source.table.keep_f32]
 
 
-def storage_type(name: str, shape: tuple[int, ...], outtype: str, keep: list[re.Pattern[str]]) -> str:
-    """The ggml type the converter stores a tensor in."""
-    if len(shape) <= 1 or name.endswith("_norm.weight") or not name.endswith(".weight") \
-            or any(p.fullmatch(name) for p in keep):
+def _kept(name: str, keep: list[re.Pattern[str]], block: int | None) -> bool:
+    """Whether a keep_f32 name matches. The converter matches the name of the block numbered as the checkpoint
+    tensor's first number: a tensor read under another block's name (naming.Rename) is not kept."""
+    for p in keep:
+        m = p.fullmatch(name)
+        if m and (not m.groups() or block is None or int(m.group(1)) == block):
+            return True
+    return False
+
+
+def storage_type(name: str, shape: tuple[int, ...], outtype: str, keep: list[re.Pattern[str]],
+                 block: int | None = None) -> str:
+    """The ggml type the converter stores a tensor in (`block`: the first number in the checkpoint tensor's name)."""
+    if len(shape) <= 1 or name.endswith("_norm.weight") or not name.endswith(".weight") or _kept(name, keep, block):
         return "F32"
     wanted = outtype.upper()
     if wanted == "Q8_0" and shape[-1] % 32:
@@ -108,7 +118,7 @@ def convert(directory: str | Path, out: str | Path, outtype: str = "f16", vocab_
         plan = []
         for name in names:
             info = source.tensors[name]
-            gtype = storage_type(name, info.shape, outtype, keep)
+            gtype = storage_type(name, info.shape, outtype, keep, source.stored_block(name))
             qtype = GGMLQuantizationType[gtype]
             from gguf import GGML_QUANT_SIZES
 
