@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from tfb.gguf.reader import GGUFFile
 from tfb.sources.checkpoint import CheckpointSource
@@ -75,6 +76,20 @@ def test_convert_q8_0_of_a_renamed_block_equals_the_converter(tiny_model, tmp_pa
     assert_same_gguf(convert(directory, tmp_path / "ours.gguf", "q8_0"), theirs)
     with GGUFFile(theirs) as f:
         assert [f.tensors[f"blk.{i}.ffn_gate_inp.weight"].ggml_type.name for i in (1, 3, 4)] == ["F32", "F32", "Q8_0"]
+
+
+def test_convert_bfloat16_checkpoint_with_computed_tensors_equals_the_converter(tiny_model, tmp_path: Path) -> None:
+    """A bfloat16 Falcon-H1 checkpoint: the converter widens to float32 before A = -exp(A_log) and the multipliers,
+    and so does tfb (A in bfloat16 would round differently)."""
+    import copy
+
+    reference, gguf_path = tiny_model("falcon_h1", "f32")
+    directory = tmp_path / "hf"
+    copy.deepcopy(reference).to(torch.bfloat16).save_pretrained(directory)
+    for extra in ("config.json", "tokenizer.json", "tokenizer_config.json"):  # the fixture's, as the converter wants
+        (directory / extra).write_bytes((gguf_path.parent / "hf" / extra).read_bytes())
+    theirs = reference_file(directory, "f32", tmp_path / "theirs.gguf")
+    assert_same_gguf(convert(directory, tmp_path / "ours.gguf", "f32"), theirs)
 
 
 def test_q8_0_is_ggmls_reference_quantizer(tiny_model, tmp_path: Path) -> None:

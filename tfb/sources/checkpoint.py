@@ -114,6 +114,11 @@ def _json_type(value: Any) -> str:
             dict: "an object", type(None): "null"}.get(type(value), type(value).__name__)
 
 
+def _arithmetic(rule: TensorRule) -> bool:
+    """Whether a rule computes new values (not only moves them)."""
+    return rule.neg_exp or bool(rule.scale) or rule.scale_rows is not None
+
+
 class CheckpointSource:
     """A checkpoint directory with GGUFFile's reading interface (metadata, tensors, tensor_data)."""
 
@@ -348,6 +353,8 @@ class CheckpointSource:
         stored = _STORED_AS.get(first.dtype, "F32")
         if rule.add or len(shape) <= 1:
             stored = "F32"  # vectors are float32 in the converter's files
+        elif stored == "BF16" and _arithmetic(rule):
+            stored = "F32"  # the converter computes on bfloat16 widened to float32
         gtype = GGML_TYPE_BY_NAME[stored]
         return TensorInfo(name, tuple(shape), gtype, 0, math.prod(shape) * gtype.type_size)
 
@@ -426,6 +433,8 @@ class CheckpointSource:
         if rule.permute_rows:
             heads = self.count(rule.permute_rows)
             x = x.reshape(heads, 2, x.shape[0] // heads // 2, *x.shape[1:]).swapaxes(1, 2).reshape(x.shape)
+        if x.dtype == torch.bfloat16 and _arithmetic(rule):
+            x = x.float()  # as the converter, which widens bfloat16 before its transforms
         if rule.neg_exp:
             x = -torch.exp(x)
         for operand in rule.scale:
