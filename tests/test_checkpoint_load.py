@@ -136,3 +136,19 @@ def test_cli_runs_a_checkpoint_directory(tiny_model) -> None:
     for out in outputs:
         assert out.returncode == 0, out.stderr
     assert outputs[0].stdout == outputs[1].stdout and len(outputs[0].stdout) > len("Hello world")
+
+
+def test_hybrid_checkpoint_without_layer_types_is_refused_naming_the_key(tiny_model, tmp_path) -> None:
+    """Granite 4.0-H's per-layer head_count_kv comes from layer_types; a config giving its attention layers
+    otherwise (attn_layer_indices) is refused with the key named, not loaded with a wrong layer plan."""
+    import json
+    import shutil
+
+    _, _, directory = checkpoint(tiny_model, "granitehybrid")
+    d = shutil.copytree(directory, tmp_path / "c")
+    config = json.loads((d / "config.json").read_text())
+    del config["layer_types"]
+    (d / "config.json").write_text(json.dumps({**config, "attn_layer_indices": [1, 3]}))
+    with pytest.raises(tfb.TfbError, match=r"config.json: gives none of layer_types, the layer types "
+                                           r"granitehybrid.attention.head_count_kv is made from"):
+        tfb.load(d)

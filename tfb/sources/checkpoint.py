@@ -175,9 +175,7 @@ class CheckpointSource:
             if chosen is not None:
                 return chosen
         if rule.per_layer is not None:
-            layers = self._per_layer(rule.per_layer, key, config_path)
-            if layers is not None:
-                return _typed(layers, rule, f"{config_path}: per-layer {key}")
+            return _typed(self._per_layer(rule.per_layer, key, config_path), rule, f"{config_path}: per-layer {key}")
         for name in rule.from_:
             value = _lookup(self.config, name)
             if value is None:
@@ -203,8 +201,8 @@ class CheckpointSource:
             return _typed(rule.value, rule, f"naming table value for {key}")
         return None
 
-    def _per_layer(self, rule: PerLayer, key: str, config_path: Path) -> list[Any] | None:
-        """See naming.PerLayer; None when no `types` key is present."""
+    def _per_layer(self, rule: PerLayer, key: str, config_path: Path) -> list[Any]:
+        """See naming.PerLayer."""
         for name in rule.types:
             types = _lookup(self.config, name)
             if types is None:
@@ -226,7 +224,9 @@ class CheckpointSource:
                     raise ConfigError(f"{config_path}: {rule.append} (for {key}) is not given")
                 out += [value] * int(count)
             return out
-        return None
+        raise ConfigError(f"{config_path}: gives none of {', '.join(rule.types)}, the layer types {key} is made from "
+                          "(one per layer); a checkpoint that lists its layers otherwise is not one this table reads: "
+                          "convert it with llama.cpp's convert_hf_to_gguf.py")
 
     def _evaluate(self, operand: Any) -> Any:
         """A number from config.json values: a key, a metadata key already computed ({arch}), a number, or
