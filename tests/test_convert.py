@@ -92,6 +92,21 @@ def test_convert_bfloat16_checkpoint_with_computed_tensors_equals_the_converter(
     assert_same_gguf(convert(directory, tmp_path / "ours.gguf", "f32"), theirs)
 
 
+def test_convert_pads_the_vocabulary_as_the_converter(tiny_model, tmp_path: Path) -> None:
+    """Mamba-2's converter pads the token list to a multiple of 16 ([PAD{i}] tokens): a config.json vocab_size of
+    310 over 320 embedding rows gives 320 tokens."""
+    import json
+    import shutil
+
+    directory = shutil.copytree(tiny_model("mamba2", "f32")[1].parent / "hf", tmp_path / "hf")
+    config = json.loads((directory / "config.json").read_text())
+    (directory / "config.json").write_text(json.dumps({**config, "vocab_size": 310}))
+    theirs = reference_file(directory, "f32", tmp_path / "theirs.gguf")
+    assert_same_gguf(convert(directory, tmp_path / "ours.gguf", "f32"), theirs)
+    with GGUFFile(theirs) as f:
+        assert len(f.metadata["tokenizer.ggml.tokens"].value) == 320
+
+
 def test_q8_0_is_ggmls_reference_quantizer(tiny_model, tmp_path: Path) -> None:
     from ggml_quants import GGMLQuants
 

@@ -483,6 +483,8 @@ class CheckpointSource:
         if size is not None and (not isinstance(size, int) or isinstance(size, bool) or size <= 0):
             raise ConfigError(f"{self.path / CONFIG}: key `vocab_size` is {size!r:.60}, expected a positive whole "
                               "number")
+        if self.table.vocab_size is not None and size is not None:
+            size = int(self._first([self.table.vocab_size], "the vocabulary size"))  # the converter's padding
         meta = tokenizer_metadata(self.path, size, vocab_pre, tuple(self.table.vocab))
         meta.update({k: v for k, v in self.metadata.items() if k.startswith("tokenizer.")})
         tokens = meta["tokenizer.ggml.tokens"].value

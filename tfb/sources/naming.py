@@ -147,6 +147,8 @@ class Table(_Strict):
                                                "order of attempts: spm (tokenizer.model), bpe (tokenizer.json)")
     renames: list[Rename] = Field(default_factory=list, description="checkpoint names read as others (the first "
                                   "matching prefix)")
+    vocab_size: Any = Field(None, description="the token count the converter writes (tokens past the tokenizer's "
+                            "as [PAD{i}]): an operand; default config.json's vocab_size")
     keep_f32: list[str] = Field(default_factory=list, description="GGUF tensor names ({i}: any layer) the "
                                 "converter always writes as F32, whatever the output type")
 
