@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from tfb.errors import SpecError
 
@@ -77,6 +77,12 @@ class PerLayer(_Strict):
     append: Append | None = Field(None, description="layers after those the types list (a converter's extra "
                                   "blocks: a multi-token-prediction head)")
 
+    @model_validator(mode="after")
+    def _one_selection(self) -> PerLayer:
+        if (self.where is None) == (self.where_not is None):
+            raise ValueError("per_layer takes one of `where` (the types that take `value`) or `where_not`")
+        return self
+
 
 class WavelengthBands(_Strict):
     """Rope frequency factors by wavelength band: for each rotated pair's frequency f_j = base^(-2j/dims), with
@@ -105,7 +111,7 @@ class TensorRule(_Strict):
     reshape: list[Any] | None = Field(None, description="the new shape: operands, one may be -1 (the rest)")
     neg_exp: bool = Field(False, description="x -> -exp(x) (A = -exp(A_log))")
     scale: list[Any] = Field(default_factory=list, description="operands the values are multiplied by, in turn, in "
-                             "the checkpoint's type")
+                             "the checkpoint's type (bfloat16 widened to float32 first, as the converter)")
     scale_rows: ScaleRows | None = None
 
 
