@@ -25,6 +25,7 @@ PROVENANCE = ("general.name", "general.size_label", "general.basename", "general
 FAMILIES = ["llama", "llama_tied", "qwen2", "qwen3", "gemma", "gemma2", "starcoder2", "mistral", "mixtral", "qwen3moe",
             "gpt2", "deepseek_v3", "deepseek_v2", "qwen2moe", "olmoe", "olmo2", "granite", "granitemoe", "smollm3",
             "glm4", "olmo", "phi2", "stablelm", "llama3"]
+FAMILIES += ["phi3", "phi3_window", "phi3_longrope", "phi3_longrope_32", "phimoe"]
 
 
 def reference_file(directory: Path, outtype: str, out: Path) -> Path:

@@ -161,10 +161,10 @@ class CheckpointSource:
                 if value is None:  # a config value the converter writes no key for
                     return None
             return _typed(value, rule, where)
-        for op in ("sum", "product", "quotient"):
+        for op in ("sum", "product", "quotient", "sqrt"):
             operands = getattr(rule, op)
             if operands is not None:
-                value = self._evaluate({op: list(operands)})
+                value = self._evaluate({op: operands if op == "sqrt" else list(operands)})
                 if value is None:
                     continue  # a config value it needs is absent: the key is not written
                 if rule.type in ("uint32", "int32", "uint64") and isinstance(value, float):
@@ -175,8 +175,8 @@ class CheckpointSource:
         return None
 
     def _evaluate(self, operand: Any) -> Any:
-        """A number from config.json values: a key, a number, or {sum|product|quotient: [a, b]}; None when a
-        key is absent or not a number."""
+        """A number from config.json values: a key, a number, {sum|product|quotient|ratio|max: [a, b]},
+        {sqrt|log: a} or a list of alternatives (the first present); None when a key is absent or not a number."""
         if isinstance(operand, bool):
             return None
         if isinstance(operand, (int, float)):
@@ -184,8 +184,17 @@ class CheckpointSource:
         if isinstance(operand, str):
             value = _lookup(self.config, operand)
             return value if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+        if isinstance(operand, list):  # alternatives: the first present (a default last)
+            return next((v for v in map(self._evaluate, operand) if v is not None), None)
         if isinstance(operand, dict) and len(operand) == 1:
             (op, pair), = operand.items()
+            if op in ("sqrt", "log") and not isinstance(pair, list):
+                x = self._evaluate(pair)
+                if x is None:
+                    return None
+                if x > 0 or (op == "sqrt" and x == 0):
+                    return math.sqrt(x) if op == "sqrt" else math.log(x)
+                raise ConfigError(f"naming table of spec `{self.spec_name}`: {op} of {x} ({pair!r})")
             if isinstance(pair, list) and len(pair) == 2:
                 a, b = (self._evaluate(x) for x in pair)
                 if a is None or b is None:
@@ -196,8 +205,12 @@ class CheckpointSource:
                     return a * b
                 if op == "quotient" and int(b) != 0:
                     return int(a) // int(b)
+                if op == "ratio" and b != 0:
+                    return a / b
+                if op == "max":
+                    return max(a, b)
         raise ConfigError(f"naming table of spec `{self.spec_name}`: {operand!r} is not a config key, a number or "
-                          "{sum|product|quotient: [a, b]}")
+                          "{sum|product|quotient|ratio|max: [a, b]}, {sqrt|log: a} or a list of alternatives")
 
     def count(self, key: str) -> int:
         """An integer that a tensor rule depends on: a metadata value ({arch} in the key) or a config.json one."""
@@ -223,6 +236,18 @@ class CheckpointSource:
             if rule is None or (rule.stack and rule.stack.replace("{arch}", self.arch) not in self.metadata):
                 continue  # a stacked tensor without its count: the model has no such experts
             if any(_lookup(self.config, k) != v for k, v in rule.when.items()):
+                continue
+            if rule.values is not None:
+                values = _lookup(self.config, rule.values)
+                if values is None:
+                    continue
+                if not (isinstance(values, list) and values and all(
+                        isinstance(v, (int, float)) and not isinstance(v, bool) for v in values)):
+                    raise ConfigError(f"{self.path / CONFIG}: key `{rule.values}` is {values!r:.60}, expected a "
+                                      f"list of numbers (for {gguf_name})")
+                self._rules[gguf_name] = (rule, [], None)
+                self.tensors[gguf_name] = TensorInfo(gguf_name, (len(values),), GGML_TYPE_BY_NAME["F32"], 0,
+                                                     len(values) * 4)
                 continue
             if rule.wavelength_bands is not None:
                 dims = self._first(rule.wavelength_bands.dims, gguf_name)
@@ -320,6 +345,8 @@ class CheckpointSource:
         rule, sources, _ = self._rules[name]
         if rule.wavelength_bands is not None:
             return self._wavelength_bands(name, rule)
+        if rule.values is not None:
+            return torch.tensor(_lookup(self.config, rule.values), dtype=torch.float32)
         parts = [self.store.get(s) for s in sources]
         for p in range(len(parts)):
             if parts[p].dtype not in (torch.float32, torch.float16, torch.bfloat16):

@@ -13,7 +13,8 @@ chain (a family's table overrides or adds entries of its base's; `null` drops on
   new first dimension, their count from a metadata key), `add` (a constant added to every value: norm
   weights stored as 1 + w), `transpose` (the last two dimensions swapped: Conv1D weights stored [in, out]),
   `split` (the rows of a head-grouped tensor cut per head: a part of each head's rows, optionally transposed
-  per head: a latent attention's kv_b into its key and value parts).
+  per head: a latent attention's kv_b into its key and value parts), `values` (not read: a float32 vector
+  from a config.json list of numbers, as rope factors).
 """
 
 from __future__ import annotations
@@ -61,6 +62,8 @@ class TensorRule(_Strict):
     from_: str = Field("", alias="from", description="checkpoint tensor name; {i} layer, {e} expert")
     when: dict[str, Any] = Field(default_factory=dict, description="config.json key -> value this rule needs")
     wavelength_bands: WavelengthBands | None = Field(None, description="a tensor computed from config.json, not read")
+    values: str | None = Field(None, description="config.json key of a list of numbers: not read but written from "
+                               "it, a float32 vector (rope factors the converter writes as tensors)")
     permute_rows: str | None = Field(None, description="metadata key of the head count for the rope row regrouping")
     stack: str | None = Field(None, description="metadata key of the expert count: {e} stacked along dim 0")
     add: float = Field(0.0, description="constant added to the values (norm weights stored as 1 + w)")
@@ -76,6 +79,8 @@ class MetaRule(_Strict):
     sum: tuple[Any, Any] | None = Field(None, description="a + b")
     product: tuple[Any, Any] | None = Field(None, description="a * b")
     quotient: tuple[Any, Any] | None = Field(None, description="int(a) // int(b)")
+    sqrt: Any = Field(None, description="the square root of an operand (nested operands may also be {ratio: [a, b]} "
+                      "a / b, {log: a}, {max: [a, b]})")
     map: dict[str, Any] | None = Field(None, description="config value -> written value")
     token: str | None = Field(None, description="the id of this token text in the vocabulary (special token ids "
                               "a converter sets by text)")
