@@ -284,6 +284,12 @@ class CheckpointSource:
         shape = list(first.shape)
         if rule.transpose:
             shape[-2:] = shape[-1:-3:-1]
+        if rule.strided is not None:
+            step, dim = rule.strided.step, rule.strided.dim
+            if not -len(shape) <= dim < len(shape) or shape[dim] % step or rule.strided.start >= step:
+                raise WeightError(f"{first.shard}: tensor {first.name!r} of shape {list(shape)} cannot be taken every "
+                                  f"{step} from {rule.strided.start} along dimension {dim} (for {name})")
+            shape[dim] //= step
         if rule.split is not None:
             shape = self._split_shape(name, rule, shape)
         if rule.stack:
@@ -302,7 +308,7 @@ class CheckpointSource:
     def _sizes(self, rule: TensorRule) -> tuple[int, list[int]]:
         assert rule.split is not None
         sizes = [s if isinstance(s, int) else self.count(s) for s in rule.split.sizes]
-        return self.count(rule.split.groups), sizes
+        return (self.count(rule.split.groups) if rule.split.groups is not None else 1), sizes
 
     def _split_shape(self, name: str, rule: TensorRule, shape: list[int]) -> list[int]:
         assert rule.split is not None
@@ -311,7 +317,8 @@ class CheckpointSource:
             raise WeightError(f"{self.path}: {rule.from_} has shape {shape}, expected {groups} x {sum(sizes)} rows "
                               f"to split into {name}")
         part = sizes[rule.split.part]
-        return [groups, shape[-1], part] if rule.split.transpose else [groups, part, shape[-1]]
+        cut = [groups, shape[-1], part] if rule.split.transpose else [groups, part, shape[-1]]
+        return cut if rule.split.groups is not None else cut[1:]
 
     def _first(self, operands: list[Any], what: str) -> Any:
         for operand in operands:
@@ -354,6 +361,9 @@ class CheckpointSource:
         x = torch.stack(parts) if rule.stack else parts[0]
         if rule.transpose:
             x = x.transpose(-1, -2).contiguous()
+        if rule.strided is not None:
+            kept = torch.arange(rule.strided.start, x.shape[rule.strided.dim], rule.strided.step)
+            x = x.index_select(rule.strided.dim, kept)
         if rule.split is not None:
             groups, sizes = self._sizes(rule)
             x = x.reshape(groups, sum(sizes), -1).split(sizes, dim=1)[rule.split.part]

@@ -13,7 +13,8 @@ chain (a family's table overrides or adds entries of its base's; `null` drops on
   new first dimension, their count from a metadata key), `add` (a constant added to every value: norm
   weights stored as 1 + w), `transpose` (the last two dimensions swapped: Conv1D weights stored [in, out]),
   `split` (the rows of a head-grouped tensor cut per head: a part of each head's rows, optionally transposed
-  per head: a latent attention's kv_b into its key and value parts), `values` (not read: a float32 vector
+  per head: a latent attention's kv_b into its key and value parts), `strided` (every step-th slice along
+  a dimension, from `start`: gate and up rows stored interleaved), `values` (not read: a float32 vector
   from a config.json list of numbers, as rope factors).
 """
 
@@ -37,11 +38,18 @@ class _Strict(BaseModel):
 
 
 class Split(_Strict):
-    groups: str = Field(description="the number of head groups the rows form: a metadata key ({arch}) or a "
-                        "config.json key")
+    groups: str | None = Field(None, description="the number of head groups the rows form: a metadata key ({arch}) "
+                               "or a config.json key; none: the rows form one group, cut without a group dimension")
     sizes: list[str | int] = Field(description="rows of each group's parts: keys as `groups`, or numbers")
     part: int = Field(description="which part this tensor is")
     transpose: bool = Field(False, description="each group's part transposed ([rows, in] -> [in, rows])")
+
+
+class Strided(_Strict):
+    step: int = Field(gt=0, description="keep one slice of every `step`")
+    start: int = Field(0, ge=0, description="the first slice kept (0 .. step - 1)")
+    dim: int = Field(-2, le=-1, description="the dimension, counted from the last (torch order, after `transpose`; "
+                     "-2: a matrix's rows, -1: a vector's values)")
 
 
 class WavelengthBands(_Strict):
@@ -69,6 +77,8 @@ class TensorRule(_Strict):
     add: float = Field(0.0, description="constant added to the values (norm weights stored as 1 + w)")
     transpose: bool = Field(False, description="last two dimensions swapped (weights stored [in, out])")
     split: Split | None = None
+    strided: Strided | None = Field(None, description="every step-th slice along a dimension: rows stored "
+                                    "interleaved (gate, up, gate, up, ...)")
 
 
 class MetaRule(_Strict):
