@@ -59,3 +59,11 @@ def test_interleaved_rows_that_do_not_pair_up_are_refused(tiny_model, tmp_path) 
     with pytest.raises(tfb.TfbError, match=rf"tensor '{name}' of shape \[4, 127\] cannot be taken every 2 from 0 "
                                            r"along dimension -1 \(for blk.0.ffn_gate_exps.bias\)"):
         CheckpointSource(d)
+
+
+def test_a_quantized_checkpoint_is_refused(tiny_model, tmp_path) -> None:
+    """gpt-oss as released: MXFP4 experts (`*_blocks`, `*_scales`), which only the converter repacks."""
+    d = edited(tiny_model, "gpt-oss", tmp_path / "c", {"quantization_config": {"quant_method": "mxfp4"}})
+    with pytest.raises(tfb.TfbError, match=r"config.json: key `quantization_config` \(quant_method 'mxfp4'\): "
+                                           r"quantized checkpoints are not read; convert it with llama.cpp's"):
+        tfb.load(d)

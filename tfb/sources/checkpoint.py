@@ -119,6 +119,12 @@ class CheckpointSource:
         if not isinstance(config, dict):
             raise ConfigError(f"{config_path}: not a JSON object")
         self.config = config
+        quantized = config.get("quantization_config")
+        if quantized is not None:  # its weights need the quantization's own scales and layouts, which no table reads
+            method = quantized.get("quant_method") if isinstance(quantized, dict) else quantized
+            raise ConfigError(f"{config_path}: key `quantization_config` (quant_method {method!r:.40}): quantized "
+                              "checkpoints are not read; convert it with llama.cpp's convert_hf_to_gguf.py, or use "
+                              "an unquantized (float) checkpoint")
         archs = config.get("architectures")
         if not (isinstance(archs, list) and archs and all(isinstance(a, str) for a in archs)):
             raise ConfigError(f"{config_path}: key `architectures` is {archs!r:.60}, expected a list of class names "
