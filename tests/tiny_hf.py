@@ -138,6 +138,15 @@ FAMILIES: dict[str, Family] = {
         BASE, num_hidden_layers=7, head_dim=16, query_pre_attn_scalar=16, sliding_window=8,
         rope_parameters={"sliding_attention": dict(rope_type="default", rope_theta=10000.0),
                          "full_attention": dict(rope_type="linear", rope_theta=1000000.0, factor=4.0)})),
+    # gemma3's language model inside a multimodal checkpoint (Gemma 3 4B and larger): text_config, prefixed names,
+    # a small vision tower and projector, which the converter drops from the text model's file
+    "gemma3_vision": Family("Gemma3ForConditionalGeneration", "Gemma3Config", dict(
+        mm_tokens_per_image=4, text_config=dict(
+            BASE, vocab_size=320, num_hidden_layers=7, head_dim=16, query_pre_attn_scalar=16, sliding_window=8,
+            rope_parameters={"sliding_attention": dict(rope_type="default", rope_theta=10000.0),
+                             "full_attention": dict(rope_type="linear", rope_theta=1000000.0, factor=4.0)}),
+        vision_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
+                           image_size=32, patch_size=8))),
     "granite": Family("GraniteForCausalLM", "GraniteConfig", dict(
         BASE, embedding_multiplier=3.0, residual_multiplier=0.5, attention_multiplier=0.3, logits_scaling=2.0)),
     "olmo": Family("OlmoForCausalLM", "OlmoConfig", dict(BASE, clip_qkv=1.0), tokenizer="gpt2"),

@@ -8,8 +8,10 @@ converter's transforms apply. Everything downstream (config rules, tensor plan, 
 
 from __future__ import annotations
 
+import fnmatch
 import json
 import math
+import re
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -65,6 +67,12 @@ def find_table(architectures: list[str], spec_dirs: Sequence[str | Path], where:
                       "that runs it, or convert the checkpoint with llama.cpp's convert_hf_to_gguf.py")
 
 
+def _renamed(name: str, rename: dict[str, str]) -> str:
+    for old, new in rename.items():
+        name = name.replace(old, new)
+    return name
+
+
 def _lookup(config: dict[str, Any], key: str) -> Any:
     node: Any = config
     for part in key.split("."):
@@ -118,7 +126,9 @@ class CheckpointSource:
             raise ConfigError(f"{config_path}: cannot read: {e}") from None
         if not isinstance(config, dict):
             raise ConfigError(f"{config_path}: not a JSON object")
-        self.config = config
+        # a multimodal checkpoint's language model settings, read as top-level keys (as the converter reads them)
+        text = config.get("text_config")
+        self.config = {**config, **text} if isinstance(text, dict) else config
         quantized = config.get("quantization_config")
         if quantized is not None:  # its weights need the quantization's own scales and layouts, which no table reads
             method = quantized.get("quant_method") if isinstance(quantized, dict) else quantized
@@ -238,6 +248,7 @@ class CheckpointSource:
         layers = self.metadata.get(f"{self.arch}.block_count")
         n_layers = int(layers.value) if layers is not None else 0
         used: set[str] = set()
+        stored = {_renamed(n, self.table.rename): n for n in self.store.tensors}  # table name -> checkpoint name
         for gguf_name, rule in self.table.tensors.items():
             if rule is None or (rule.stack and rule.stack.replace("{arch}", self.arch) not in self.metadata):
                 continue  # a stacked tensor without its count: the model has no such experts
@@ -266,20 +277,22 @@ class CheckpointSource:
                 source = rule.from_.replace("{i}", str(i))
                 sources = [source.replace("{e}", str(e)) for e in range(self.count(rule.stack))] if rule.stack \
                     else [source]
-                present = [s for s in sources if s in self.store.tensors]
+                present = [s for s in sources if s in stored]
                 if not present:
                     continue
                 if len(present) < len(sources):
-                    missing = [s for s in sources if s not in self.store.tensors]
+                    missing = [s for s in sources if s not in stored]
                     raise WeightError(f"{self.path}: {name} stacks {len(sources)} experts; the checkpoint lacks "
                                       f"{missing[0]}" + (f" and {len(missing) - 1} more" if len(missing) > 1 else ""))
+                sources = [stored[s] for s in sources]
                 used.update(sources)
                 self._rules[name] = (rule, sources, i)
                 self.tensors[name] = self._info(name, rule, [self.store.tensors[s] for s in sources])
-        for name, stored in self.store.tensors.items():  # what no rule reads shows as unread, by its own name
-            if name not in used and name not in self.tensors:
-                gtype = GGML_TYPE_BY_NAME[_STORED_AS.get(stored.dtype, "F32")]
-                self.tensors[name] = TensorInfo(name, stored.shape, gtype, 0, stored.nbytes)
+        skipped = [re.compile(fnmatch.translate(p)) for p in self.table.skip]
+        for name, item in self.store.tensors.items():  # what no rule reads shows as unread, by its own name
+            if name not in used and name not in self.tensors and not any(p.match(name) for p in skipped):
+                gtype = GGML_TYPE_BY_NAME[_STORED_AS.get(item.dtype, "F32")]
+                self.tensors[name] = TensorInfo(name, item.shape, gtype, 0, item.nbytes)
 
     def _info(self, name: str, rule: TensorRule, parts: list[StoredTensor]) -> TensorInfo:
         first = parts[0]

@@ -109,6 +109,11 @@ class Table(_Strict):
     tensors: dict[str, TensorRule | None] = Field(default_factory=dict)
     vocab: list[Literal["spm", "bpe"]] = Field(["spm", "bpe"], description="tokenizer files in the converter's "
                                                "order of attempts: spm (tokenizer.model), bpe (tokenizer.json)")
+    rename: dict[str, str] = Field(default_factory=dict, description="text replaced in every checkpoint tensor "
+                                   "name before the entries match it (a multimodal checkpoint's language model "
+                                   "prefix)")
+    skip: list[str] = Field(default_factory=list, description="checkpoint tensor names (`*` any text) the converter "
+                            "drops: not read, not reported unread (vision and audio towers)")
     keep_f32: list[str] = Field(default_factory=list, description="GGUF tensor names ({i}: any layer) the "
                                 "converter always writes as F32, whatever the output type")
 
@@ -149,8 +154,10 @@ def load_table(chain: list[Path]) -> Table | None:
         found = True
         data = read_table(path)
         for key, value in data.items():
-            if key == "keep_f32":
+            if key in ("keep_f32", "skip"):
                 merged[key] = [*merged.get(key, []), *(value or [])]
+            elif key == "rename":
+                merged[key] = {**merged.get(key, {}), **(value or {})}
             elif key == "metadata" and data.get("own_metadata"):
                 merged[key] = dict(value or {})
             elif key in ("metadata", "tensors"):
