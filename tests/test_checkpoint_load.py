@@ -29,7 +29,8 @@ SHAPES = {"phi3_longrope": [(1, 264)], "phi3_longrope_32": [(1, 40), (2, 33)]}
 # checkpoint reads as the converter's file, whose logits tests/test_llama_cpp_reference.py checks
 READ_ONLY = ["phimoe"]
 FAMILIES.update({"mistral3": 40, "gemma3": 12, "stablelm_parallel": 12, "stablelm_qk_norm": 12, "gpt-oss": 12,
-                 "deepseek_v3_lite": 12, "deepseek_v3_wide": 12, "granitemoe_shared": 12, "gemma3_vision": 12})
+                 "deepseek_v3_lite": 12, "deepseek_v3_wide": 12, "granitemoe_shared": 12, "gemma3_vision": 12,
+                 "mistral3_vision": 40})
 
 
 def checkpoint(tiny_model, family: str):

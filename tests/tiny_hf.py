@@ -147,6 +147,15 @@ FAMILIES: dict[str, Family] = {
                              "full_attention": dict(rope_type="linear", rope_theta=1000000.0, factor=4.0)}),
         vision_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
                            image_size=32, patch_size=8))),
+    # mistral3's language model inside a multimodal checkpoint (Ministral 3 as released), a small Pixtral tower
+    "mistral3_vision": Family("Mistral3ForConditionalGeneration", "Mistral3Config", dict(
+        text_config=dict(
+            BASE, model_type="ministral3", vocab_size=320, head_dim=16, max_position_embeddings=256,
+            rope_parameters=dict(rope_type="yarn", rope_theta=10000.0, factor=4.0, original_max_position_embeddings=32,
+                                 beta_fast=8.0, beta_slow=1.0, mscale=1.0, mscale_all_dim=0.5,
+                                 llama_4_scaling_beta=0.3)),
+        vision_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
+                           image_size=32, patch_size=8, head_dim=16))),
     "granite": Family("GraniteForCausalLM", "GraniteConfig", dict(
         BASE, embedding_multiplier=3.0, residual_multiplier=0.5, attention_multiplier=0.3, logits_scaling=2.0)),
     "olmo": Family("OlmoForCausalLM", "OlmoConfig", dict(BASE, clip_qkv=1.0), tokenizer="gpt2"),
