@@ -67,3 +67,22 @@ def test_a_quantized_checkpoint_is_refused(tiny_model, tmp_path) -> None:
     with pytest.raises(tfb.TfbError, match=r"config.json: key `quantization_config` \(quant_method 'mxfp4'\): "
                                            r"quantized checkpoints are not read; convert it with llama.cpp's"):
         tfb.load(d)
+
+
+def test_an_older_config_reads_as_the_converter_reads_it(tiny_model, tmp_path) -> None:
+    """Phi-3's config.json as published before transformers 5: `rope_scaling` with `type`, the base and the original
+    context at the top level. It converts to the converter's very file, and runs the long factors as transformers."""
+    from compare import assert_logits_match, compare
+    from test_convert import assert_same_gguf, reference_file
+
+    from tfb.sources.convert import convert
+
+    reference, _ = tiny_model("phi3_longrope", "f32")
+    d = edited(tiny_model, "phi3_longrope", tmp_path / "c")
+    config = json.loads((d / "config.json").read_text())
+    rope = config.pop("rope_parameters")
+    config.update(rope_theta=rope["rope_theta"], original_max_position_embeddings=256, rope_scaling={
+        "type": "longrope", "long_factor": rope["long_factor"], "short_factor": rope["short_factor"]})
+    (d / "config.json").write_text(json.dumps(config))
+    assert_same_gguf(convert(d, tmp_path / "ours.gguf", "f32"), reference_file(d, "f32", tmp_path / "theirs.gguf"))
+    compare(tfb.load(d), reference, [(1, 264)], assert_logits_match)

@@ -73,6 +73,32 @@ def _renamed(name: str, rename: dict[str, str]) -> str:
     return name
 
 
+def _first_key(config: dict[str, Any], keys: tuple[str, ...]) -> Any:
+    """The value of the first key present (null included), as the converter's find_hparam."""
+    return next((config[k] for k in keys if k in config), None)
+
+
+def _with_rope_parameters(config: dict[str, Any]) -> dict[str, Any]:
+    """config.json with `rope_parameters` as the converter sees them (TextModel.__init__): transformers 5's
+    `rope_parameters`, else the older `rope_scaling`, with the top-level rope settings of older configs mirrored
+    in (base, local base, `type` as `rope_type`, rotary fraction, original context) unless set per attention
+    type. Tables read `rope_parameters.*` whichever way the checkpoint writes them."""
+    given = config.get("rope_parameters", config.get("rope_scaling"))
+    rope = dict(given) if isinstance(given, dict) else {}
+    if "full_attention" not in rope and "sliding_attention" not in rope:
+        local = _first_key(config, ("local_rope_theta", "rope_local_theta", "rope_theta_local", "swa_rope_theta",
+                                    "rope_local_base_freq"))
+        if local is not None:
+            rope["sliding_attention"] = {"rope_theta": local}
+        mirrored = {"rope_theta": _first_key(config, ("global_rope_theta", "rope_global_theta", "rope_theta_global",
+                                                      "rope_theta", "rotary_emb_base")),
+                    "rope_type": rope.get("type"),
+                    "partial_rotary_factor": _first_key(config, ("partial_rotary_factor", "rope_pct", "rope_percent")),
+                    "original_max_position_embeddings": config.get("original_max_position_embeddings")}
+        rope.update({k: v for k, v in mirrored.items() if k not in rope and v is not None})
+    return {**config, "rope_parameters": rope}
+
+
 def _lookup(config: dict[str, Any], key: str) -> Any:
     node: Any = config
     for part in key.split("."):
@@ -128,7 +154,7 @@ class CheckpointSource:
             raise ConfigError(f"{config_path}: not a JSON object")
         # a multimodal checkpoint's language model settings, read as top-level keys (as the converter reads them)
         text = config.get("text_config")
-        self.config = {**config, **text} if isinstance(text, dict) else config
+        self.config = _with_rope_parameters({**config, **text} if isinstance(text, dict) else config)
         quantized = config.get("quantization_config")
         if quantized is not None:  # its weights need the quantization's own scales and layouts, which no table reads
             method = quantized.get("quant_method") if isinstance(quantized, dict) else quantized
