@@ -28,6 +28,9 @@ FAMILIES = ["llama", "llama_tied", "qwen2", "qwen3", "gemma", "gemma2", "starcod
             "glm4", "olmo", "phi2", "stablelm", "llama3",
             "lfm2", "lfm2moe", "mamba2", "granitehybrid", "falcon_h1", "falcon_h1_no_norm", "falcon_h1_tied",
             "nemotron_h", "nemotron_h_moe", "nemotron_h_moe_latent"]
+FAMILIES += ["phi3", "phi3_window", "phi3_longrope", "phi3_longrope_32", "phimoe"]
+FAMILIES += ["mistral3", "gemma3", "stablelm_parallel", "stablelm_qk_norm", "gpt-oss", "deepseek_v3_lite",
+             "deepseek_v3_wide", "granitemoe_shared", "gemma3_vision", "mistral3_vision"]
 
 
 def reference_file(directory: Path, outtype: str, out: Path) -> Path:

@@ -138,6 +138,24 @@ FAMILIES: dict[str, Family] = {
         BASE, num_hidden_layers=7, head_dim=16, query_pre_attn_scalar=16, sliding_window=8,
         rope_parameters={"sliding_attention": dict(rope_type="default", rope_theta=10000.0),
                          "full_attention": dict(rope_type="linear", rope_theta=1000000.0, factor=4.0)})),
+    # gemma3's language model inside a multimodal checkpoint (Gemma 3 4B and larger): text_config, prefixed names,
+    # a small vision tower and projector, which the converter drops from the text model's file
+    "gemma3_vision": Family("Gemma3ForConditionalGeneration", "Gemma3Config", dict(
+        mm_tokens_per_image=4, text_config=dict(
+            BASE, vocab_size=320, num_hidden_layers=7, head_dim=16, query_pre_attn_scalar=16, sliding_window=8,
+            rope_parameters={"sliding_attention": dict(rope_type="default", rope_theta=10000.0),
+                             "full_attention": dict(rope_type="linear", rope_theta=1000000.0, factor=4.0)}),
+        vision_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
+                           image_size=32, patch_size=8))),
+    # mistral3's language model inside a multimodal checkpoint (Ministral 3 as released), a small Pixtral tower
+    "mistral3_vision": Family("Mistral3ForConditionalGeneration", "Mistral3Config", dict(
+        text_config=dict(
+            BASE, model_type="ministral3", vocab_size=320, head_dim=16, max_position_embeddings=256,
+            rope_parameters=dict(rope_type="yarn", rope_theta=10000.0, factor=4.0, original_max_position_embeddings=32,
+                                 beta_fast=8.0, beta_slow=1.0, mscale=1.0, mscale_all_dim=0.5,
+                                 llama_4_scaling_beta=0.3)),
+        vision_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
+                           image_size=32, patch_size=8, head_dim=16))),
     "granite": Family("GraniteForCausalLM", "GraniteConfig", dict(
         BASE, embedding_multiplier=3.0, residual_multiplier=0.5, attention_multiplier=0.3, logits_scaling=2.0)),
     "olmo": Family("OlmoForCausalLM", "OlmoConfig", dict(BASE, clip_qkv=1.0), tokenizer="gpt2"),

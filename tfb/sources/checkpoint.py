@@ -8,8 +8,10 @@ converter's transforms apply. Everything downstream (config rules, tensor plan, 
 
 from __future__ import annotations
 
+import fnmatch
 import json
 import math
+import re
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -63,6 +65,38 @@ def find_table(architectures: list[str], spec_dirs: Sequence[str | Path], where:
     raise ConfigError(f"{where}: no spec has a checkpoint naming table for architectures {architectures}; known: "
                       f"{', '.join(sorted(served))}. Add `architectures` to specs/checkpoint/NAME.yaml of the spec "
                       "that runs it, or convert the checkpoint with llama.cpp's convert_hf_to_gguf.py")
+
+
+def _renamed(name: str, rename: dict[str, str]) -> str:
+    for old, new in rename.items():
+        name = name.replace(old, new)
+    return name
+
+
+def _first_key(config: dict[str, Any], keys: tuple[str, ...]) -> Any:
+    """The value of the first key present (null included), as the converter's find_hparam."""
+    return next((config[k] for k in keys if k in config), None)
+
+
+def _with_rope_parameters(config: dict[str, Any]) -> dict[str, Any]:
+    """config.json with `rope_parameters` as the converter sees them (TextModel.__init__): transformers 5's
+    `rope_parameters`, else the older `rope_scaling`, with the top-level rope settings of older configs mirrored
+    in (base, local base, `type` as `rope_type`, rotary fraction, original context) unless set per attention
+    type. Tables read `rope_parameters.*` whichever way the checkpoint writes them."""
+    given = config.get("rope_parameters", config.get("rope_scaling"))
+    rope = dict(given) if isinstance(given, dict) else {}
+    if "full_attention" not in rope and "sliding_attention" not in rope:
+        local = _first_key(config, ("local_rope_theta", "rope_local_theta", "rope_theta_local", "swa_rope_theta",
+                                    "rope_local_base_freq"))
+        if local is not None:
+            rope["sliding_attention"] = {"rope_theta": local}
+        mirrored = {"rope_theta": _first_key(config, ("global_rope_theta", "rope_global_theta", "rope_theta_global",
+                                                      "rope_theta", "rotary_emb_base")),
+                    "rope_type": rope.get("type"),
+                    "partial_rotary_factor": _first_key(config, ("partial_rotary_factor", "rope_pct", "rope_percent")),
+                    "original_max_position_embeddings": config.get("original_max_position_embeddings")}
+        rope.update({k: v for k, v in mirrored.items() if k not in rope and v is not None})
+    return {**config, "rope_parameters": rope}
 
 
 def _lookup(config: dict[str, Any], key: str) -> Any:
@@ -133,7 +167,15 @@ class CheckpointSource:
             raise ConfigError(f"{config_path}: cannot read: {e}") from None
         if not isinstance(config, dict):
             raise ConfigError(f"{config_path}: not a JSON object")
-        self.config = config
+        # a multimodal checkpoint's language model settings, read as top-level keys (as the converter reads them)
+        text = config.get("text_config")
+        self.config = _with_rope_parameters({**config, **text} if isinstance(text, dict) else config)
+        quantized = config.get("quantization_config")
+        if quantized is not None:  # its weights need the quantization's own scales and layouts, which no table reads
+            method = quantized.get("quant_method") if isinstance(quantized, dict) else quantized
+            raise ConfigError(f"{config_path}: key `quantization_config` (quant_method {method!r:.40}): quantized "
+                              "checkpoints are not read; convert it with llama.cpp's convert_hf_to_gguf.py, or use "
+                              "an unquantized (float) checkpoint")
         archs = config.get("architectures")
         if not (isinstance(archs, list) and archs and all(isinstance(a, str) for a in archs)):
             raise ConfigError(f"{config_path}: key `architectures` is {archs!r:.60}, expected a list of class names "
@@ -188,10 +230,10 @@ class CheckpointSource:
                 if value is None:  # a config value the converter writes no key for
                     return None
             return _typed(value, rule, where)
-        for op in ("sum", "product", "quotient"):
+        for op in ("sum", "product", "quotient", "sqrt"):
             operands = getattr(rule, op)
             if operands is not None:
-                value = self._evaluate({op: list(operands)})
+                value = self._evaluate({op: operands if op == "sqrt" else list(operands)})
                 if value is None:
                     continue  # a config value it needs is absent: the key is not written
                 if rule.type in ("uint32", "int32", "uint64") and isinstance(value, float):
@@ -229,9 +271,9 @@ class CheckpointSource:
                           "convert it with llama.cpp's convert_hf_to_gguf.py")
 
     def _evaluate(self, operand: Any) -> Any:
-        """A number from config.json values: a key, a metadata key already computed ({arch}), a number, or
-        {sum|product|quotient: [a, b]}, {length: key} (of a config list or string), or a list of these (the first
-        present); None when a key is absent or not a number."""
+        """A number from config.json values: a key, a metadata key already computed ({arch}), a number,
+        {sum|product|quotient|ratio|max: [a, b]}, {sqrt|log: a}, {length: key} (of a config list or string), or a
+        list of these (the first present); None when a key is absent or not a number."""
         if isinstance(operand, bool):
             return None
         if isinstance(operand, (int, float)):
@@ -244,11 +286,20 @@ class CheckpointSource:
         if isinstance(operand, str):
             value = _lookup(self.config, operand)
             return value if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+        if isinstance(operand, list):  # alternatives: the first present (a default last)
+            return next((v for v in map(self._evaluate, operand) if v is not None), None)
         if isinstance(operand, dict) and len(operand) == 1:
             (op, pair), = operand.items()
             if op == "length" and isinstance(pair, str):
                 items = _lookup(self.config, pair)
                 return len(items) if isinstance(items, (list, str)) else None
+            if op in ("sqrt", "log") and not isinstance(pair, list):
+                x = self._evaluate(pair)
+                if x is None:
+                    return None
+                if x > 0 or (op == "sqrt" and x == 0):
+                    return math.sqrt(x) if op == "sqrt" else math.log(x)
+                raise ConfigError(f"naming table of spec `{self.spec_name}`: {op} of {x} ({pair!r})")
             if isinstance(pair, list) and len(pair) == 2:
                 a, b = (self._evaluate(x) for x in pair)
                 if a is None or b is None:
@@ -259,8 +310,13 @@ class CheckpointSource:
                     return a * b
                 if op == "quotient" and int(b) != 0:
                     return int(a) // int(b)
+                if op == "ratio" and b != 0:
+                    return a / b
+                if op == "max":
+                    return max(a, b)
         raise ConfigError(f"naming table of spec `{self.spec_name}`: {operand!r} is not a config key, a number, "
-                          "{sum|product|quotient: [a, b]} or {length: key}")
+                          "{sum|product|quotient|ratio|max: [a, b]}, {sqrt|log: a}, {length: key} or a list of "
+                          "alternatives")
 
     def count(self, key: str) -> int:
         """An integer that a tensor rule depends on: a metadata value ({arch} in the key) or a config.json one."""
@@ -280,10 +336,10 @@ class CheckpointSource:
 
     def _renamed(self) -> dict[str, str]:
         """The name each checkpoint tensor is read under -> its stored name (see naming.Rename)."""
-        names = {n: n for n in self.store.tensors}
+        names = {_renamed(n, self.table.rename): n for n in self.store.tensors}
         renames = [r for r in self.table.renames if all(_has(self.config, k) for k in r.needs)]
-        for stored in self.store.tensors:
-            rule = next((r for r in renames if stored.startswith(r.prefix)), None)
+        for read, stored in list(names.items()):
+            rule = next((r for r in renames if read.startswith(r.prefix)), None)
             if rule is None:
                 continue
             to = rule.to
@@ -292,8 +348,8 @@ class CheckpointSource:
                 if layer is None:
                     raise ConfigError(f"{self.path / CONFIG}: {rule.layer!r}, the layer of {stored}, is not given")
                 to = to.replace("{n}", str(int(layer)))
-            del names[stored]
-            names[to + stored[len(rule.prefix):]] = stored
+            del names[read]
+            names[to + read[len(rule.prefix):]] = stored
         return names
 
     def _plan(self) -> None:
@@ -304,6 +360,18 @@ class CheckpointSource:
             if rule is None or (rule.stack and rule.stack.replace("{arch}", self.arch) not in self.metadata):
                 continue  # a stacked tensor without its count: the model has no such experts
             if any(_lookup(self.config, k) != v for k, v in rule.when.items()):
+                continue
+            if rule.values is not None:
+                values = _lookup(self.config, rule.values)
+                if values is None:
+                    continue
+                if not (isinstance(values, list) and values and all(
+                        isinstance(v, (int, float)) and not isinstance(v, bool) for v in values)):
+                    raise ConfigError(f"{self.path / CONFIG}: key `{rule.values}` is {values!r:.60}, expected a "
+                                      f"list of numbers (for {gguf_name})")
+                self._rules[gguf_name] = (rule, [], None)
+                self.tensors[gguf_name] = TensorInfo(gguf_name, (len(values),), GGML_TYPE_BY_NAME["F32"], 0,
+                                                     len(values) * 4)
                 continue
             if rule.wavelength_bands is not None:
                 dims = self._first(rule.wavelength_bands.dims, gguf_name)
@@ -326,8 +394,9 @@ class CheckpointSource:
                 used.update(self._stored[s] for s in sources)
                 self._rules[name] = (rule, sources, i)
                 self.tensors[name] = self._info(name, rule, [self.store.tensors[self._stored[s]] for s in sources])
+        skipped = [re.compile(fnmatch.translate(p)) for p in self.table.skip]
         for name, stored in self.store.tensors.items():  # what no rule reads shows as unread, by its own name
-            if name not in used and name not in self.tensors:
+            if name not in used and name not in self.tensors and not any(p.match(name) for p in skipped):
                 gtype = GGML_TYPE_BY_NAME[_STORED_AS.get(stored.dtype, "F32")]
                 self.tensors[name] = TensorInfo(name, stored.shape, gtype, 0, stored.nbytes)
 
@@ -340,6 +409,12 @@ class CheckpointSource:
         shape = list(first.shape)
         if rule.transpose:
             shape[-2:] = shape[-1:-3:-1]
+        if rule.strided is not None:
+            step, dim = rule.strided.step, rule.strided.dim
+            if not -len(shape) <= dim < len(shape) or shape[dim] % step or rule.strided.start >= step:
+                raise WeightError(f"{first.shard}: tensor {first.name!r} of shape {list(shape)} cannot be taken every "
+                                  f"{step} from {rule.strided.start} along dimension {dim} (for {name})")
+            shape[dim] //= step
         if rule.split is not None:
             shape = self._split_shape(name, rule, shape)
         if rule.stack:
@@ -376,6 +451,8 @@ class CheckpointSource:
         assert rule.split is not None
         sizes = [s if isinstance(s, int) else self.count(s) for s in rule.split.sizes]
         groups = rule.split.groups
+        if groups is None:
+            return 1, sizes
         return groups if isinstance(groups, int) else self.count(groups), sizes
 
     def _split_shape(self, name: str, rule: TensorRule, shape: list[int]) -> list[int]:
@@ -385,7 +462,8 @@ class CheckpointSource:
             raise WeightError(f"{self.path}: {rule.from_} has shape {shape}, expected {groups} x {sum(sizes)} rows "
                               f"to split into {name}")
         part = sizes[rule.split.part]
-        return [groups, shape[-1], part] if rule.split.transpose else [groups, part, shape[-1]]
+        cut = [groups, shape[-1], part] if rule.split.transpose else [groups, part, shape[-1]]
+        return cut if rule.split.groups is not None else cut[1:]
 
     def _first(self, operands: list[Any], what: str) -> Any:
         for operand in operands:
@@ -419,6 +497,8 @@ class CheckpointSource:
         rule, sources, _ = self._rules[name]
         if rule.wavelength_bands is not None:
             return self._wavelength_bands(name, rule)
+        if rule.values is not None:
+            return torch.tensor(_lookup(self.config, rule.values), dtype=torch.float32)
         parts = [self.store.get(self._stored[s]) for s in sources]
         for p in range(len(parts)):
             if parts[p].dtype not in (torch.float32, torch.float16, torch.bfloat16):
@@ -426,6 +506,9 @@ class CheckpointSource:
         x = torch.stack(parts) if rule.stack else parts[0]
         if rule.transpose:
             x = x.transpose(-1, -2).contiguous()
+        if rule.strided is not None:
+            kept = torch.arange(rule.strided.start, x.shape[rule.strided.dim], rule.strided.step)
+            x = x.index_select(rule.strided.dim, kept)
         if rule.split is not None:
             groups, sizes = self._sizes(rule)
             x = x.reshape(groups, sum(sizes), -1).split(sizes, dim=1)[rule.split.part]

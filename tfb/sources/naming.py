@@ -13,7 +13,9 @@ chain (a family's table overrides or adds entries of its base's; `null` drops on
   new first dimension, their count from a metadata key), `add` (a constant added to every value: norm
   weights stored as 1 + w), `transpose` (the last two dimensions swapped: Conv1D weights stored [in, out]),
   `split` (the rows of a head-grouped tensor cut per head: a part of each head's rows, optionally transposed
-  per head: a latent attention's kv_b into its key and value parts).
+  per head: a latent attention's kv_b into its key and value parts), `strided` (every step-th slice along
+  a dimension, from `start`: gate and up rows stored interleaved), `values` (not read: a float32 vector
+  from a config.json list of numbers, as rope factors).
 """
 
 from __future__ import annotations
@@ -36,8 +38,9 @@ class _Strict(BaseModel):
 
 
 class Split(_Strict):
-    groups: str | int = Field(description="the number of head groups the rows form: a metadata key ({arch}), a "
-                              "config.json key or a number")
+    groups: str | int | None = Field(None, description="the number of head groups the rows form: a metadata key "
+                                     "({arch}), a config.json key or a number; none: the rows form one group, cut "
+                                     "without a group dimension")
     sizes: list[str | int] = Field(description="rows of each group's parts: keys as `groups`, or numbers")
     part: int = Field(description="which part this tensor is")
     transpose: bool = Field(False, description="each group's part transposed ([rows, in] -> [in, rows])")
@@ -84,6 +87,13 @@ class PerLayer(_Strict):
         return self
 
 
+class Strided(_Strict):
+    step: int = Field(gt=0, description="keep one slice of every `step`")
+    start: int = Field(0, ge=0, description="the first slice kept (0 .. step - 1)")
+    dim: int = Field(-2, le=-1, description="the dimension, counted from the last (torch order, after `transpose`; "
+                     "-2: a matrix's rows, -1: a vector's values)")
+
+
 class WavelengthBands(_Strict):
     """Rope frequency factors by wavelength band: for each rotated pair's frequency f_j = base^(-2j/dims), with
     wavelength w = 2 pi / f_j and the original context C: 1 where w < C / high, `factor` where w > C / low, else
@@ -102,6 +112,8 @@ class TensorRule(_Strict):
     from_: str = Field("", alias="from", description="checkpoint tensor name; {i} layer, {e} expert")
     when: dict[str, Any] = Field(default_factory=dict, description="config.json key -> value this rule needs")
     wavelength_bands: WavelengthBands | None = Field(None, description="a tensor computed from config.json, not read")
+    values: str | None = Field(None, description="config.json key of a list of numbers: not read but written from "
+                               "it, a float32 vector (rope factors the converter writes as tensors)")
     permute_rows: str | None = Field(None, description="metadata key of the head count for the rope row regrouping")
     stack: str | None = Field(None, description="metadata key of the expert count: {e} stacked along dim 0")
     add: float = Field(0.0, description="constant added to the values (norm weights stored as 1 + w)")
@@ -113,6 +125,8 @@ class TensorRule(_Strict):
     scale: list[Any] = Field(default_factory=list, description="operands the values are multiplied by, in turn, in "
                              "the checkpoint's type (bfloat16 widened to float32 first, as the converter)")
     scale_rows: ScaleRows | None = None
+    strided: Strided | None = Field(None, description="every step-th slice along a dimension: rows stored "
+                                    "interleaved (gate, up, gate, up, ...)")
 
 
 class MetaRule(_Strict):
@@ -125,6 +139,8 @@ class MetaRule(_Strict):
     sum: tuple[Any, Any] | None = Field(None, description="a + b")
     product: tuple[Any, Any] | None = Field(None, description="a * b")
     quotient: tuple[Any, Any] | None = Field(None, description="int(a) // int(b)")
+    sqrt: Any = Field(None, description="the square root of an operand (nested operands may also be {ratio: [a, b]} "
+                      "a / b, {log: a}, {max: [a, b]})")
     map: dict[str, Any] | None = Field(None, description="config value -> written value")
     per_layer: PerLayer | None = Field(None, description="an array of one value per layer, by layer type")
     cases: list[MetaRule] = Field(default_factory=list, description="rules tried in order, the first that gives a "
@@ -155,6 +171,11 @@ class Table(_Strict):
                                   "matching prefix)")
     vocab_size: Any = Field(None, description="the token count the converter writes (tokens past the tokenizer's "
                             "as [PAD{i}]): an operand; default config.json's vocab_size")
+    rename: dict[str, str] = Field(default_factory=dict, description="text replaced in every checkpoint tensor "
+                                   "name before the entries match it (a multimodal checkpoint's language model "
+                                   "prefix)")
+    skip: list[str] = Field(default_factory=list, description="checkpoint tensor names (`*` any text) the converter "
+                            "drops: not read, not reported unread (vision and audio towers)")
     keep_f32: list[str] = Field(default_factory=list, description="GGUF tensor names ({i}: any layer) the "
                                 "converter always writes as F32, whatever the output type")
 
@@ -195,8 +216,10 @@ def load_table(chain: list[Path]) -> Table | None:
         found = True
         data = read_table(path)
         for key, value in data.items():
-            if key == "keep_f32":
+            if key in ("keep_f32", "skip"):
                 merged[key] = [*merged.get(key, []), *(value or [])]
+            elif key == "rename":
+                merged[key] = {**merged.get(key, {}), **(value or {})}
             elif key == "metadata" and data.get("own_metadata"):
                 merged[key] = dict(value or {})
             elif key in ("metadata", "tensors"):
