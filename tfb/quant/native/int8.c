@@ -9,6 +9,7 @@
  * below), so the branches differ only in the order of the float32 block sums.
  */
 #include "formats.h"
+#include "grids.h" /* generated into the build directory (tables.py) */
 #include "simd.h"
 #include "unpack.h"
 
@@ -397,6 +398,400 @@ static void rows_q6_k(const uint8_t *w, int64_t stride, int64_t nrows, int64_t n
 
 #endif
 
+/* =========================================================================================================
+ * More formats (issue 20): Q2_K, Q3_K, IQ4_NL, IQ4_XS, MXFP4, TQ2_0, TQ1_0 and the codebook formats, with the
+ * activations llama.cpp pairs them with (ggml-cpu's type traits, vec_dot_type): 32 values a scale (q8_0) for
+ * IQ4_NL and MXFP4, 256 (q8_K) for the others. Block layouts are described next to each format's float
+ * kernels in kernels.c.
+ * ========================================================================================================= */
+
+/* The 4-bit tables as signed bytes: IQ4_NL's kvalues, and MXFP4's E2M1 values doubled (kvalues_mxfp4) */
+static const int8_t IQ4_NL_I8[16] = {-127, -104, -83, -65, -49, -35, -22, -10, 1, 13, 25, 38, 53, 69, 89, 113};
+static const int8_t MXFP4_I8[16] = {0, 1, 2, 3, 4, 6, 8, 12, 0, -1, -2, -3, -4, -6, -8, -12};
+
+/* Q3_K's sixteen 6-bit scales (plus 32) as the bytes of words[4], in sub-block order: low 4 bits from the
+ * nibbles of bytes 0-7, high 2 bits from bit pairs of bytes 8-11 */
+static inline void q3_k_scale_words(const uint8_t *p, uint32_t words[4]) {
+    uint32_t a0 = load_u32(p), a1 = load_u32(p + 4), high = load_u32(p + 8);
+    words[0] = (a0 & 0x0F0F0F0F) | (high & 0x03030303) << 4;
+    words[1] = (a1 & 0x0F0F0F0F) | (high >> 2 & 0x03030303) << 4;
+    words[2] = (a0 >> 4 & 0x0F0F0F0F) | (high >> 4 & 0x03030303) << 4;
+    words[3] = (a1 >> 4 & 0x0F0F0F0F) | (high >> 6 & 0x03030303) << 4;
+}
+
+/* IQ4_XS's 6-bit scale of sub-block i (32 weights), minus 32 */
+static inline int iq4_xs_scale_i(const uint8_t *blk, int i) {
+    return (((blk[4 + i / 2] >> (4 * (i % 2))) & 15) | ((load_u16(blk + 2) >> (2 * i)) & 3) << 4) - 32;
+}
+
+/* A 256-weight block as signed bytes under sixteen integer scales: weight i = unit * scale[i / 16] * q[i],
+ * unit the float the unpacker returns. With |q| <= 127 and |scale| <= 32 a block's integer sum stays within
+ * 256 * 127 * 127 * 32 < 2^31 (and an AVX2 pair of products within 2 * 127 * 127 < 2^15). The formats
+ * without a kernel of their own unpack each block into one, then block_i8_dot multiplies it. */
+typedef struct {
+    int8_t q[256] __attribute__((aligned(32)));
+    int16_t scale[16];
+} block_i8;
+
+/* The two-bit fields of Q2_K, Q3_K and TQ2_0: weight 128h + 32s + l is bits 2s..2s+1 of qs[32h + l] */
+static inline void two_bits_i8(const uint8_t *qs, int8_t *q) {
+    for (int h = 0; h < 2; h++) {
+        u8x32 packed = load_u8x32(qs + 32 * h);
+        for (int s = 0; s < 4; s++) store_u8x32((uint8_t *)q + 128 * h + 32 * s, (packed >> (2 * s)) & 3);
+    }
+}
+
+/* eight grid values (the bytes of `row`), negated where bit j of `signs` is set */
+static inline void grid8_signed(int8_t *q, uint64_t row, uint32_t signs) {
+    for (int j = 0; j < 8; j++) {
+        int v = (int8_t)(row >> (8 * j));
+        q[j] = (int8_t)(signs >> j & 1 ? -v : v);
+    }
+}
+
+static inline void scale_pair(block_i8 *u, int i, int value) { u->scale[2 * i] = u->scale[2 * i + 1] = (int16_t)value; }
+
+/* Q2_K: the two-bit values 0..3 under the scales' low nibbles (the mins apart, rows_q2_k) */
+static inline float unpack_q2_k(const uint8_t *blk, block_i8 *u) {
+    two_bits_i8(blk + 16, u->q);
+    for (int j = 0; j < 16; j++) u->scale[j] = blk[j] & 15;
+    return load_half(blk + 80);
+}
+
+/* Q3_K: the two-bit value plus 4 * its hmask bit, minus 4 (-4..3), under the scales minus 32 */
+static inline float unpack_q3_k(const uint8_t *blk, block_i8 *u) {
+    u8x32 hmask = load_u8x32(blk);
+    for (int h = 0; h < 2; h++) {
+        u8x32 packed = load_u8x32(blk + 32 + 32 * h);
+        for (int s = 0; s < 4; s++) /* bytewise, wrapping: 0..7 - 4 is the signed -4..3 */
+            store_u8x32((uint8_t *)u->q + 128 * h + 32 * s,
+                        (((packed >> (2 * s)) & 3) | ((hmask >> (4 * h + s)) & 1) << 2) - 4);
+    }
+    uint32_t words[4];
+    q3_k_scale_words(blk + 96, words);
+    for (int j = 0; j < 16; j++) u->scale[j] = (int16_t)((words[j / 4] >> (8 * (j % 4)) & 0xFF) - 32);
+    return load_half(blk + 108);
+}
+
+/* IQ4_XS: kvalues under the 6-bit scales minus 32 */
+static inline float unpack_iq4_xs(const uint8_t *blk, block_i8 *u) {
+    for (int i = 0; i < 8; i++) {
+        scale_pair(u, i, iq4_xs_scale_i(blk, i));
+        for (int j = 0; j < 16; j++) {
+            u->q[32 * i + j] = IQ4_NL_I8[blk[8 + 16 * i + j] & 15];
+            u->q[32 * i + 16 + j] = IQ4_NL_I8[blk[8 + 16 * i + j] >> 4];
+        }
+    }
+    return load_half(blk);
+}
+
+/* TQ2_0: the two-bit values minus one */
+static inline float unpack_tq2_0(const uint8_t *blk, block_i8 *u) {
+    two_bits_i8(blk, u->q);
+    for (int i = 0; i < 256; i++) u->q[i] = (int8_t)(u->q[i] - 1);
+    for (int j = 0; j < 16; j++) u->scale[j] = 1;
+    return load_half(blk + 64);
+}
+
+/* TQ1_0: base-3 digits minus one, digit k of byte v read as ggml reads it: ((v * 3^k mod 256) * 3) >> 8 */
+static inline int tq1_digit(uint8_t v, int k) {
+    static const uint8_t powers[5] = {1, 3, 9, 27, 81};
+    return ((uint8_t)(v * powers[k]) * 3 >> 8) - 1;
+}
+
+static inline float unpack_tq1_0(const uint8_t *blk, block_i8 *u) {
+    for (int k = 0; k < 5; k++) {
+        for (int p = 0; p < 32; p++) u->q[32 * k + p] = (int8_t)tq1_digit(blk[p], k);
+        for (int p = 32; p < 48; p++) u->q[160 + 16 * k + (p - 32)] = (int8_t)tq1_digit(blk[p], k);
+    }
+    for (int k = 0; k < 4; k++)
+        for (int p = 0; p < 4; p++) u->q[240 + 4 * k + p] = (int8_t)tq1_digit(blk[48 + p], k);
+    for (int j = 0; j < 16; j++) u->scale[j] = 1;
+    return load_half(blk + 52);
+}
+
+/* The codebook formats: grid values with signs under (2s + 1) (IQ3_S: 1 + 2s); the reference's
+ * d * (s + 0.5) * 0.25 is d / 8 * (2s + 1) (IQ3_XXS's * 0.5: d / 4 * (2s + 1)). */
+static inline float unpack_iq2_xxs(const uint8_t *blk, block_i8 *u) {
+    for (int i = 0; i < 8; i++) {
+        const uint8_t *q = blk + 2 + 8 * i;
+        uint32_t aux = load_u32(q + 4);
+        scale_pair(u, i, 2 * (int)(aux >> 28) + 1);
+        for (int l = 0; l < 4; l++) grid8_signed(u->q + 32 * i + 8 * l, GRID_IQ2XXS[q[l]], ksigns(aux >> (7 * l) & 127));
+    }
+    return load_half(blk) * 0.125f;
+}
+
+static inline float unpack_iq2_xs(const uint8_t *blk, block_i8 *u) {
+    for (int s = 0; s < 16; s++) {
+        u->scale[s] = (int16_t)(2 * (blk[66 + s / 2] >> (4 * (s % 2)) & 15) + 1);
+        for (int l = 2 * s; l < 2 * s + 2; l++) {
+            uint32_t v = load_u16(blk + 2 + 2 * l);
+            grid8_signed(u->q + 8 * l, GRID_IQ2XS[v & 511], ksigns(v >> 9));
+        }
+    }
+    return load_half(blk) * 0.125f;
+}
+
+static inline float unpack_iq2_s(const uint8_t *blk, block_i8 *u) {
+    for (int s = 0; s < 16; s++) {
+        u->scale[s] = (int16_t)(2 * (blk[74 + s / 2] >> (4 * (s % 2)) & 15) + 1);
+        for (int l = 2 * s; l < 2 * s + 2; l++) {
+            uint32_t index = blk[2 + l] | (blk[66 + l / 4] >> (2 * (l % 4)) & 3) << 8;
+            grid8_signed(u->q + 8 * l, GRID_IQ2S[index], blk[34 + l]);
+        }
+    }
+    return load_half(blk) * 0.125f;
+}
+
+static inline float unpack_iq3_xxs(const uint8_t *blk, block_i8 *u) {
+    for (int i = 0; i < 8; i++) {
+        uint32_t aux = load_u32(blk + 66 + 4 * i);
+        scale_pair(u, i, 2 * (int)(aux >> 28) + 1);
+        for (int l = 0; l < 4; l++) {
+            const uint8_t *q = blk + 2 + 8 * i + 2 * l;
+            uint64_t row = GRID_IQ3XXS[q[0]] | (uint64_t)GRID_IQ3XXS[q[1]] << 32;
+            grid8_signed(u->q + 32 * i + 8 * l, row, ksigns(aux >> (7 * l) & 127));
+        }
+    }
+    return load_half(blk) * 0.25f;
+}
+
+static inline float unpack_iq3_s(const uint8_t *blk, block_i8 *u) {
+    for (int i = 0; i < 8; i++) {
+        scale_pair(u, i, 1 + 2 * (blk[106 + i / 2] >> (4 * (i % 2)) & 15));
+        for (int g = 4 * i; g < 4 * i + 4; g++) {
+            uint64_t row = GRID_IQ3S[iq3_s_index(blk, 2 * g)] | (uint64_t)GRID_IQ3S[iq3_s_index(blk, 2 * g + 1)] << 32;
+            grid8_signed(u->q + 8 * g, row, blk[74 + g]);
+        }
+    }
+    return load_half(blk);
+}
+
+/* The IQ1 grids hold -1, 0, 1 and shift by delta = +-1/8: eight times a weight's value is the integer
+ * 8 * grid + 1, or 8 * grid - 1 where the delta's sign bit is set */
+static inline void grid8_delta(int8_t *q, uint64_t row, int negative) {
+    for (int j = 0; j < 8; j++) q[j] = (int8_t)(8 * (int8_t)(row >> (8 * j)) + (negative ? -1 : 1));
+}
+
+static inline float unpack_iq1_s(const uint8_t *blk, block_i8 *u) {
+    for (int i = 0; i < 8; i++) {
+        uint32_t qh = load_u16(blk + 34 + 2 * i);
+        scale_pair(u, i, 2 * (int)(qh >> 12 & 7) + 1);
+        for (int l = 0; l < 4; l++)
+            grid8_delta(u->q + 32 * i + 8 * l, GRID_IQ1S[blk[2 + 4 * i + l] | (qh >> (3 * l) & 7) << 8], qh >> 15 & 1);
+    }
+    return load_half(blk) * 0.125f;
+}
+
+static inline float unpack_iq1_m(const uint8_t *blk, block_i8 *u) {
+    for (int i = 0; i < 8; i++) {
+        uint32_t sc = load_u16(blk + 48 + 2 * (i / 2)) >> (6 * (i % 2)), qh = load_u16(blk + 32 + 2 * i);
+        u->scale[2 * i] = (int16_t)(2 * (sc & 7) + 1);
+        u->scale[2 * i + 1] = (int16_t)(2 * (sc >> 3 & 7) + 1);
+        for (int l = 0; l < 4; l++) {
+            uint32_t nibble = qh >> (4 * l) & 15;
+            grid8_delta(u->q + 32 * i + 8 * l, GRID_IQ1S[blk[4 * i + l] | (nibble & 7) << 8], nibble >> 3 & 1);
+        }
+    }
+    return iq1_m_d(blk) * 0.125f;
+}
+
+#if defined(__AVX2__)
+static inline int32_t sum_i32(__m256i v) {
+    __m128i s = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
+    s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0x4E));
+    s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0xB1));
+    return _mm_cvtsi128_si32(s);
+}
+
+/* sum over the sixteen runs j of scale[j] * (q . a over run j), 32 signed bytes at a time (dot32_signed_v's
+ * sign trick) */
+static inline int32_t block_i8_dot(const block_i8 *u, const int8_t *a) {
+    __m256i dot = _mm256_setzero_si256();
+    for (int k = 0; k < 8; k++) {
+        __m256i w = load32(u->q + 32 * k);
+        __m256i pairs = _mm256_maddubs_epi16(_mm256_sign_epi8(w, w), _mm256_sign_epi8(load32(a + 32 * k), w));
+        __m256i scale = _mm256_set_m128i(_mm_set1_epi16(u->scale[2 * k + 1]), _mm_set1_epi16(u->scale[2 * k]));
+        dot = _mm256_add_epi32(dot, _mm256_madd_epi16(pairs, scale));
+    }
+    return sum_i32(dot);
+}
+
+/* 32 weights of a 4-bit table format (qs[16] laid out as Q4_0's) as signed bytes: one byte shuffle */
+static inline __m256i table4_values(const uint8_t *qs, __m256i table) {
+    __m128i packed = _mm_loadu_si128((const __m128i *)qs), nibbles = _mm_set1_epi8(15);
+    __m256i q = _mm256_set_m128i(_mm_and_si128(_mm_srli_epi16(packed, 4), nibbles), _mm_and_si128(packed, nibbles));
+    return _mm256_shuffle_epi8(table, q);
+}
+
+static inline acc_f32 table4_dot(acc_f32 acc, const int8_t *values, const uint8_t *qs, const int8_t *a, float scale) {
+    __m256i table = _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *)values));
+    return dot32_signed_v(acc, table4_values(qs, table), load32(a), scale);
+}
+
+/* Q2_K in registers: per half h the four two-bit planes of qs[32h ..], unsigned, times the activations under
+ * the scales (as rows_q6_k); the mins through the activations' sums of 16 */
+static void rows_q2_k(const uint8_t *w, int64_t stride, int64_t nrows, int64_t nb, const int8_row *a, float *y) {
+    const __m256i three = _mm256_set1_epi8(3);
+    const __m128i low4 = _mm_set1_epi8(15);
+    for (int64_t r = 0; r < nrows; r++) {
+        const uint8_t *row = w + r * stride;
+        __m256 acc = _mm256_setzero_ps();
+        for (int64_t b = 0; b < nb; b++) {
+            const uint8_t *blk = row + 84 * b;
+            const int8_t *ab = a->q + 256 * b;
+            __m128i fields = _mm_loadu_si128((const __m128i *)blk);
+            __m128i scales = _mm_and_si128(fields, low4), mins = _mm_and_si128(_mm_srli_epi16(fields, 4), low4);
+            __m256i dot = _mm256_setzero_si256();
+            for (int h = 0; h < 2; h++) {
+                __m256i sc = _mm256_broadcastsi128_si256(_mm_cvtepu8_epi16(h ? _mm_srli_si128(scales, 8) : scales));
+                __m256i packed = load32(blk + 16 + 32 * h);
+                for (int s = 0; s < 4; s++, packed = _mm256_srli_epi16(packed, 2)) {
+                    __m256i p = _mm256_maddubs_epi16(_mm256_and_si256(packed, three), load32(ab + 128 * h + 32 * s));
+                    dot = _mm256_add_epi32(dot, _mm256_madd_epi16(p, _mm256_shuffle_epi8(sc, scale_control(2 * s, 2 * s + 1))));
+                }
+            }
+            __m256i offset = _mm256_madd_epi16(_mm256_cvtepu8_epi16(mins), load32(a->sums + 16 * b));
+            float da = a->d[b];
+            acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot), _mm256_set1_ps(load_half(blk + 80) * da), acc);
+            acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(offset), _mm256_set1_ps(-load_half(blk + 82) * da), acc);
+        }
+        y[r] = acc_f32_sum(acc, _mm256_setzero_ps());
+    }
+}
+
+/* Q3_K in registers: the two-bit planes with 4 * the hmask bit (0..7, unsigned) under the signed scales;
+ * the bias of 4 through the activations' sums of 16 */
+static void rows_q3_k(const uint8_t *w, int64_t stride, int64_t nrows, int64_t nb, const int8_row *a, float *y) {
+    const __m256i three = _mm256_set1_epi8(3), four = _mm256_set1_epi8(4);
+    for (int64_t r = 0; r < nrows; r++) {
+        const uint8_t *row = w + r * stride;
+        __m256 acc = _mm256_setzero_ps();
+        for (int64_t b = 0; b < nb; b++) {
+            const uint8_t *blk = row + 110 * b;
+            const int8_t *ab = a->q + 256 * b;
+            uint32_t words[4];
+            q3_k_scale_words(blk + 96, words);
+            __m128i s8 = _mm_sub_epi8(_mm_loadu_si128((const __m128i *)words), _mm_set1_epi8(32));
+            __m256i hmask = load32(blk), dot = _mm256_setzero_si256();
+            for (int h = 0; h < 2; h++) {
+                __m256i sc = _mm256_broadcastsi128_si256(_mm_cvtepi8_epi16(h ? _mm_srli_si128(s8, 8) : s8));
+                __m256i packed = load32(blk + 32 + 32 * h);
+                for (int s = 0; s < 4; s++, packed = _mm256_srli_epi16(packed, 2), hmask = _mm256_srli_epi16(hmask, 1)) {
+                    __m256i q = _mm256_or_si256(_mm256_and_si256(packed, three),
+                                                _mm256_and_si256(_mm256_slli_epi16(hmask, 2), four));
+                    __m256i p = _mm256_maddubs_epi16(q, load32(ab + 128 * h + 32 * s));
+                    dot = _mm256_add_epi32(dot, _mm256_madd_epi16(p, _mm256_shuffle_epi8(sc, scale_control(2 * s, 2 * s + 1))));
+                }
+            }
+            __m256i bias = _mm256_madd_epi16(_mm256_cvtepi8_epi16(s8), load32(a->sums + 16 * b));
+            dot = _mm256_sub_epi32(dot, _mm256_slli_epi32(bias, 2));
+            acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot), _mm256_set1_ps(load_half(blk + 108) * a->d[b]), acc);
+        }
+        y[r] = acc_f32_sum(acc, _mm256_setzero_ps());
+    }
+}
+
+/* IQ4_XS in registers: per sub-block of 32, the kvalues by one shuffle, under the scale minus 32 */
+static void rows_iq4_xs(const uint8_t *w, int64_t stride, int64_t nrows, int64_t nb, const int8_row *a, float *y) {
+    const __m256i table = _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *)IQ4_NL_I8));
+    for (int64_t r = 0; r < nrows; r++) {
+        const uint8_t *row = w + r * stride;
+        __m256 acc = _mm256_setzero_ps();
+        for (int64_t b = 0; b < nb; b++) {
+            const uint8_t *blk = row + 136 * b;
+            const int8_t *ab = a->q + 256 * b;
+            __m256i dot = _mm256_setzero_si256();
+            for (int i = 0; i < 8; i++) {
+                __m256i v = table4_values(blk + 8 + 16 * i, table);
+                __m256i p = _mm256_maddubs_epi16(_mm256_sign_epi8(v, v), _mm256_sign_epi8(load32(ab + 32 * i), v));
+                dot = _mm256_add_epi32(dot, _mm256_madd_epi16(p, _mm256_set1_epi16((short)iq4_xs_scale_i(blk, i))));
+            }
+            acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot), _mm256_set1_ps(load_half(blk) * a->d[b]), acc);
+        }
+        y[r] = acc_f32_sum(acc, _mm256_setzero_ps());
+    }
+}
+
+#else
+static inline int32_t block_i8_dot(const block_i8 *u, const int8_t *a) {
+    int32_t total = 0;
+    for (int j = 0; j < 16; j++) {
+        int32_t s = 0;
+        for (int i = 16 * j; i < 16 * j + 16; i++) s += u->q[i] * a[i];
+        total += u->scale[j] * s;
+    }
+    return total;
+}
+
+static inline acc_f32 table4_dot(acc_f32 acc, const int8_t *values, const uint8_t *qs, const int8_t *a, float scale) {
+    int32_t s = 0;
+    for (int i = 0; i < 16; i++) s += values[qs[i] & 15] * a[i] + values[qs[i] >> 4] * a[i + 16];
+    return acc + (float)s * scale;
+}
+
+/* Q2_K: d_a * (d * sum_j sc_j (q_j . a_j) - dmin * sum_j m_j sum(a_j)) */
+static void rows_q2_k(const uint8_t *w, int64_t stride, int64_t nrows, int64_t nb, const int8_row *a, float *y) {
+    block_i8 u;
+    for (int64_t r = 0; r < nrows; r++) {
+        const uint8_t *row = w + r * stride;
+        float sum = 0.0f;
+        for (int64_t b = 0; b < nb; b++) {
+            const uint8_t *blk = row + 84 * b;
+            float d = unpack_q2_k(blk, &u);
+            int32_t offset = 0;
+            for (int j = 0; j < 16; j++) offset += (blk[j] >> 4) * a->sums[16 * b + j];
+            int32_t dot = block_i8_dot(&u, a->q + 256 * b);
+            sum += a->d[b] * (d * (float)dot - load_half(blk + 82) * (float)offset);
+        }
+        y[r] = sum;
+    }
+}
+#endif
+
+/* The rows of a format whose blocks unpack into block_i8 (unpack_<fmt>) */
+#define DEFINE_BLOCK_I8_ROWS(fmt, type_size)                                                                  \
+    static void rows_##fmt(const uint8_t *w, int64_t stride, int64_t nrows, int64_t nb, const int8_row *a,     \
+                           float *y) {                                                                         \
+        block_i8 u;                                                                                            \
+        for (int64_t r = 0; r < nrows; r++) {                                                                  \
+            const uint8_t *row = w + r * stride;                                                               \
+            float sum = 0.0f;                                                                                  \
+            for (int64_t b = 0; b < nb; b++) {                                                                 \
+                float unit = unpack_##fmt(row + (type_size) * b, &u);                                          \
+                sum += a->d[b] * unit * (float)block_i8_dot(&u, a->q + 256 * b);                               \
+            }                                                                                                  \
+            y[r] = sum;                                                                                        \
+        }                                                                                                      \
+    }
+
+#if !defined(__AVX2__)
+DEFINE_BLOCK_I8_ROWS(q3_k, 110)
+DEFINE_BLOCK_I8_ROWS(iq4_xs, 136)
+#endif
+DEFINE_BLOCK_I8_ROWS(tq2_0, 66)
+DEFINE_BLOCK_I8_ROWS(tq1_0, 54)
+DEFINE_BLOCK_I8_ROWS(iq2_xxs, 66)
+DEFINE_BLOCK_I8_ROWS(iq2_xs, 74)
+DEFINE_BLOCK_I8_ROWS(iq2_s, 82)
+DEFINE_BLOCK_I8_ROWS(iq3_xxs, 98)
+DEFINE_BLOCK_I8_ROWS(iq3_s, 110)
+DEFINE_BLOCK_I8_ROWS(iq1_s, 50)
+DEFINE_BLOCK_I8_ROWS(iq1_m, 56)
+
+/* IQ4_NL, 18 bytes: d (f16), qs[16] through kvalues; MXFP4, 17 bytes: e (E8M0), qs[16] through kvalues_mxfp4 */
+static inline acc_f32 block_iq4_nl(acc_f32 acc, const uint8_t *blk, const int8_t *a, float da) {
+    return table4_dot(acc, IQ4_NL_I8, blk + 2, a, load_half(blk) * da);
+}
+DEFINE_INT8_ROWS(iq4_nl, 18)
+
+static inline acc_f32 block_mxfp4(acc_f32 acc, const uint8_t *blk, const int8_t *a, float da) {
+    return table4_dot(acc, MXFP4_I8, blk + 1, a, e8m0_half(blk[0]) * da);
+}
+DEFINE_INT8_ROWS(mxfp4, 17)
+
+
 const int8_kernels INT8_TABLE(TFB_ISA_SYMBOL)[] = {
     {TYPE_Q8_0, 32, rows_q8_0},
     {TYPE_Q4_0, 32, rows_q4_0},
@@ -406,5 +801,19 @@ const int8_kernels INT8_TABLE(TFB_ISA_SYMBOL)[] = {
     {TYPE_Q4_K, 256, rows_q4_k},
     {TYPE_Q5_K, 256, rows_q5_k},
     {TYPE_Q6_K, 256, rows_q6_k},
+    {TYPE_Q2_K, 256, rows_q2_k},
+    {TYPE_Q3_K, 256, rows_q3_k},
+    {TYPE_IQ4_NL, 32, rows_iq4_nl},
+    {TYPE_IQ4_XS, 256, rows_iq4_xs},
+    {TYPE_MXFP4, 32, rows_mxfp4},
+    {TYPE_TQ2_0, 256, rows_tq2_0},
+    {TYPE_TQ1_0, 256, rows_tq1_0},
+    {TYPE_IQ2_XXS, 256, rows_iq2_xxs},
+    {TYPE_IQ2_XS, 256, rows_iq2_xs},
+    {TYPE_IQ2_S, 256, rows_iq2_s},
+    {TYPE_IQ3_XXS, 256, rows_iq3_xxs},
+    {TYPE_IQ3_S, 256, rows_iq3_s},
+    {TYPE_IQ1_S, 256, rows_iq1_s},
+    {TYPE_IQ1_M, 256, rows_iq1_m},
     {0, 0, 0},
 };
