@@ -493,19 +493,24 @@ static inline float unpack_tq2_0(const uint8_t *blk, block_i8 *u) {
     return load_half(blk + 64);
 }
 
-/* TQ1_0: base-3 digits minus one, digit k of byte v read as ggml reads it: ((v * 3^k mod 256) * 3) >> 8 */
-static inline int tq1_digit(uint8_t v, int k) {
-    static const uint8_t powers[5] = {1, 3, 9, 27, 81};
-    return ((uint8_t)(v * powers[k]) * 3 >> 8) - 1;
-}
+/* TQ1_0: base-3 digits minus one. ggml reads digit k of byte v as ((v * 3^k mod 256) * 3) >> 8, which for
+ * m = v * 3^k mod 256 is [m >= 86] + [m >= 171]; m for digit k + 1 is 3m mod 256. Bytewise vectors: a
+ * comparison is 0 or -1, so the digit is minus the sum of two, and digit - 1 = ~(that sum). */
+typedef uint8_t u8x16 __attribute__((vector_size(16)));
 
 static inline float unpack_tq1_0(const uint8_t *blk, block_i8 *u) {
-    for (int k = 0; k < 5; k++) {
-        for (int p = 0; p < 32; p++) u->q[32 * k + p] = (int8_t)tq1_digit(blk[p], k);
-        for (int p = 32; p < 48; p++) u->q[160 + 16 * k + (p - 32)] = (int8_t)tq1_digit(blk[p], k);
+    u8x32 m = load_u8x32(blk);
+    for (int k = 0; k < 5; k++, m = m + m + m) store_u8x32((uint8_t *)u->q + 32 * k, ~((u8x32)(m >= 86) + (u8x32)(m >= 171)));
+    u8x16 m16;
+    memcpy(&m16, blk + 32, 16);
+    for (int k = 0; k < 5; k++, m16 = m16 + m16 + m16) {
+        u8x16 q = ~((u8x16)(m16 >= 86) + (u8x16)(m16 >= 171));
+        memcpy(u->q + 160 + 16 * k, &q, 16);
     }
-    for (int k = 0; k < 4; k++)
-        for (int p = 0; p < 4; p++) u->q[240 + 4 * k + p] = (int8_t)tq1_digit(blk[48 + p], k);
+    for (int p = 0; p < 4; p++) {
+        uint8_t v = blk[48 + p];
+        for (int k = 0; k < 4; k++, v = (uint8_t)(3 * v)) u->q[240 + 4 * k + p] = (int8_t)((v * 3 >> 8) - 1);
+    }
     for (int j = 0; j < 16; j++) u->scale[j] = 1;
     return load_half(blk + 52);
 }
@@ -714,6 +719,147 @@ static void rows_iq4_xs(const uint8_t *w, int64_t stride, int64_t nrows, int64_t
     }
 }
 
+/* The ternary and codebook formats in registers: group_<fmt>(block, i, &scale) gives weights 32i .. 32i + 31
+ * as signed bytes (|q| <= 127) and, in the int16 lanes of each 16-weight half, its integer scale (<= 32);
+ * the block's float unit multiplies the integer sum once. */
+#define DEFINE_GROUP_ROWS(fmt, type_size, unit)                                                               \
+    static void rows_##fmt(const uint8_t *w, int64_t stride, int64_t nrows, int64_t nb, const int8_row *a,     \
+                           float *y) {                                                                         \
+        for (int64_t r = 0; r < nrows; r++) {                                                                  \
+            const uint8_t *row = w + r * stride;                                                               \
+            __m256 acc = _mm256_setzero_ps();                                                                  \
+            for (int64_t b = 0; b < nb; b++) {                                                                 \
+                const uint8_t *blk = row + (type_size) * b;                                                    \
+                const int8_t *ab = a->q + 256 * b;                                                             \
+                __m256i dot = _mm256_setzero_si256();                                                          \
+                for (int i = 0; i < 8; i++) {                                                                  \
+                    __m256i scale, v = group_##fmt(blk, i, &scale);                                            \
+                    __m256i p = _mm256_maddubs_epi16(_mm256_sign_epi8(v, v), _mm256_sign_epi8(load32(ab + 32 * i), v)); \
+                    dot = _mm256_add_epi32(dot, _mm256_madd_epi16(p, scale));                                  \
+                }                                                                                              \
+                acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot), _mm256_set1_ps((unit) * a->d[b]), acc);         \
+            }                                                                                                  \
+            y[r] = acc_f32_sum(acc, _mm256_setzero_ps());                                                      \
+        }                                                                                                      \
+    }
+
+/* 0xFF in byte j where bit j of `bits` is set (q5_values' spread) */
+static inline __m256i bit_mask32(uint32_t bits) {
+    const __m256i spread = _mm256_setr_epi8(0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1,
+                                            2, 2, 2, 2, 2, 2, 2, 2, 3, 3, 3, 3, 3, 3, 3, 3);
+    const __m256i bit = _mm256_set1_epi64x(0x8040201008040201LL);
+    return _mm256_cmpeq_epi8(_mm256_and_si256(_mm256_shuffle_epi8(_mm256_set1_epi32((int)bits), spread), bit), bit);
+}
+
+static inline __m256i rows4(uint64_t r0, uint64_t r1, uint64_t r2, uint64_t r3) {
+    return _mm256_set_epi64x((long long)r3, (long long)r2, (long long)r1, (long long)r0);
+}
+
+/* four grid rows, byte j negated where bit j of `signs` is set: (v ^ m) - m */
+static inline __m256i signed_rows(__m256i v, uint32_t signs) {
+    __m256i m = bit_mask32(signs);
+    return _mm256_sub_epi8(_mm256_xor_si256(v, m), m);
+}
+
+/* one scale for each 16-weight half */
+static inline __m256i scale_halves(int low, int high) {
+    return _mm256_set_m128i(_mm_set1_epi16((short)high), _mm_set1_epi16((short)low));
+}
+
+/* the four 7-bit sign indices of a uint32 (bits 0-27) as 32 sign bits */
+static inline uint32_t ksigns4(uint32_t aux) {
+    return ksigns(aux & 127) | ksigns(aux >> 7 & 127) << 8 | ksigns(aux >> 14 & 127) << 16 | ksigns(aux >> 21 & 127) << 24;
+}
+
+static inline int iq2_scale_i(const uint8_t *scales, int s) { return 2 * (scales[s / 2] >> (4 * (s % 2)) & 15) + 1; }
+
+static inline __m256i group_tq2_0(const uint8_t *blk, int i, __m256i *scale) {
+    *scale = _mm256_set1_epi16(1);
+    __m256i packed = _mm256_srl_epi16(load32(blk + 32 * (i / 4)), _mm_cvtsi32_si128(2 * (i % 4)));
+    return _mm256_sub_epi8(_mm256_and_si256(packed, _mm256_set1_epi8(3)), _mm256_set1_epi8(1));
+}
+DEFINE_GROUP_ROWS(tq2_0, 66, load_half(blk + 64))
+
+static inline __m256i group_iq2_xxs(const uint8_t *blk, int i, __m256i *scale) {
+    const uint8_t *q = blk + 2 + 8 * i;
+    uint32_t aux = load_u32(q + 4);
+    *scale = _mm256_set1_epi16((short)(2 * (aux >> 28) + 1));
+    return signed_rows(rows4(GRID_IQ2XXS[q[0]], GRID_IQ2XXS[q[1]], GRID_IQ2XXS[q[2]], GRID_IQ2XXS[q[3]]), ksigns4(aux));
+}
+DEFINE_GROUP_ROWS(iq2_xxs, 66, load_half(blk) * 0.125f)
+
+static inline __m256i group_iq2_xs(const uint8_t *blk, int i, __m256i *scale) {
+    *scale = scale_halves(iq2_scale_i(blk + 66, 2 * i), iq2_scale_i(blk + 66, 2 * i + 1));
+    uint64_t v = load_u64(blk + 2 + 8 * i); /* four uint16: 9-bit grid index, 7-bit sign index */
+    uint32_t signs = 0;
+    for (int l = 0; l < 4; l++) signs |= ksigns(v >> (16 * l + 9) & 127) << (8 * l);
+    return signed_rows(rows4(GRID_IQ2XS[v & 511], GRID_IQ2XS[v >> 16 & 511], GRID_IQ2XS[v >> 32 & 511],
+                             GRID_IQ2XS[v >> 48 & 511]), signs);
+}
+DEFINE_GROUP_ROWS(iq2_xs, 74, load_half(blk) * 0.125f)
+
+static inline __m256i group_iq2_s(const uint8_t *blk, int i, __m256i *scale) {
+    *scale = scale_halves(iq2_scale_i(blk + 74, 2 * i), iq2_scale_i(blk + 74, 2 * i + 1));
+    const uint8_t *q = blk + 2 + 4 * i;
+    uint32_t high = blk[66 + i]; /* index bits 8-9 of the four groups */
+    return signed_rows(rows4(GRID_IQ2S[q[0] | (high & 3) << 8], GRID_IQ2S[q[1] | (high >> 2 & 3) << 8],
+                             GRID_IQ2S[q[2] | (high >> 4 & 3) << 8], GRID_IQ2S[q[3] | (high >> 6 & 3) << 8]),
+                       load_u32(blk + 34 + 4 * i));
+}
+DEFINE_GROUP_ROWS(iq2_s, 82, load_half(blk) * 0.125f)
+
+static inline __m256i group_iq3_xxs(const uint8_t *blk, int i, __m256i *scale) {
+    uint32_t aux = load_u32(blk + 66 + 4 * i);
+    *scale = _mm256_set1_epi16((short)(2 * (aux >> 28) + 1));
+    const uint8_t *q = blk + 2 + 8 * i;
+    __m256i v = _mm256_setr_epi32((int)GRID_IQ3XXS[q[0]], (int)GRID_IQ3XXS[q[1]], (int)GRID_IQ3XXS[q[2]],
+                                  (int)GRID_IQ3XXS[q[3]], (int)GRID_IQ3XXS[q[4]], (int)GRID_IQ3XXS[q[5]],
+                                  (int)GRID_IQ3XXS[q[6]], (int)GRID_IQ3XXS[q[7]]);
+    return signed_rows(v, ksigns4(aux));
+}
+DEFINE_GROUP_ROWS(iq3_xxs, 98, load_half(blk) * 0.25f)
+
+static inline __m256i group_iq3_s(const uint8_t *blk, int i, __m256i *scale) {
+    *scale = _mm256_set1_epi16((short)(1 + 2 * (blk[106 + i / 2] >> (4 * (i % 2)) & 15)));
+    int r = 8 * i;
+    __m256i v = _mm256_setr_epi32((int)GRID_IQ3S[iq3_s_index(blk, r)], (int)GRID_IQ3S[iq3_s_index(blk, r + 1)],
+                                  (int)GRID_IQ3S[iq3_s_index(blk, r + 2)], (int)GRID_IQ3S[iq3_s_index(blk, r + 3)],
+                                  (int)GRID_IQ3S[iq3_s_index(blk, r + 4)], (int)GRID_IQ3S[iq3_s_index(blk, r + 5)],
+                                  (int)GRID_IQ3S[iq3_s_index(blk, r + 6)], (int)GRID_IQ3S[iq3_s_index(blk, r + 7)]);
+    return signed_rows(v, load_u32(blk + 74 + 4 * i));
+}
+DEFINE_GROUP_ROWS(iq3_s, 110, load_half(blk))
+
+/* IQ1: 8 * grid (-1, 0, 1), bytewise (the 16-bit shift's carry into the next byte masked off), plus the
+ * delta's sign as +-1 per group of 8 (`deltas`) */
+static inline __m256i iq1_values(__m256i grid, __m256i deltas) {
+    return _mm256_add_epi8(_mm256_and_si256(_mm256_slli_epi16(grid, 3), _mm256_set1_epi8((char)0xF8)), deltas);
+}
+
+static inline long long iq1_delta8(uint32_t negative) { return negative ? -1LL : 0x0101010101010101LL; }
+
+static inline __m256i group_iq1_s(const uint8_t *blk, int i, __m256i *scale) {
+    uint32_t qh = load_u16(blk + 34 + 2 * i);
+    *scale = _mm256_set1_epi16((short)(2 * (qh >> 12 & 7) + 1));
+    const uint8_t *q = blk + 2 + 4 * i;
+    __m256i grid = rows4(GRID_IQ1S[q[0] | (qh & 7) << 8], GRID_IQ1S[q[1] | (qh >> 3 & 7) << 8],
+                         GRID_IQ1S[q[2] | (qh >> 6 & 7) << 8], GRID_IQ1S[q[3] | (qh >> 9 & 7) << 8]);
+    return iq1_values(grid, _mm256_set1_epi64x(iq1_delta8(qh >> 15 & 1)));
+}
+DEFINE_GROUP_ROWS(iq1_s, 50, load_half(blk) * 0.125f)
+
+static inline __m256i group_iq1_m(const uint8_t *blk, int i, __m256i *scale) {
+    uint32_t sc = load_u16(blk + 48 + 2 * (i / 2)) >> (6 * (i % 2)), qh = load_u16(blk + 32 + 2 * i);
+    *scale = scale_halves(2 * (int)(sc & 7) + 1, 2 * (int)(sc >> 3 & 7) + 1);
+    const uint8_t *q = blk + 4 * i;
+    __m256i grid = rows4(GRID_IQ1S[q[0] | (qh & 7) << 8], GRID_IQ1S[q[1] | (qh >> 4 & 7) << 8],
+                         GRID_IQ1S[q[2] | (qh >> 8 & 7) << 8], GRID_IQ1S[q[3] | (qh >> 12 & 7) << 8]);
+    __m256i deltas = _mm256_set_epi64x(iq1_delta8(qh >> 15 & 1), iq1_delta8(qh >> 11 & 1), iq1_delta8(qh >> 7 & 1),
+                                       iq1_delta8(qh >> 3 & 1));
+    return iq1_values(grid, deltas);
+}
+DEFINE_GROUP_ROWS(iq1_m, 56, iq1_m_d(blk) * 0.125f)
+
 #else
 static inline int32_t block_i8_dot(const block_i8 *u, const int8_t *a) {
     int32_t total = 0;
@@ -766,12 +912,11 @@ static void rows_q2_k(const uint8_t *w, int64_t stride, int64_t nrows, int64_t n
         }                                                                                                      \
     }
 
+DEFINE_BLOCK_I8_ROWS(tq1_0, 54)
 #if !defined(__AVX2__)
 DEFINE_BLOCK_I8_ROWS(q3_k, 110)
 DEFINE_BLOCK_I8_ROWS(iq4_xs, 136)
-#endif
 DEFINE_BLOCK_I8_ROWS(tq2_0, 66)
-DEFINE_BLOCK_I8_ROWS(tq1_0, 54)
 DEFINE_BLOCK_I8_ROWS(iq2_xxs, 66)
 DEFINE_BLOCK_I8_ROWS(iq2_xs, 74)
 DEFINE_BLOCK_I8_ROWS(iq2_s, 82)
@@ -779,6 +924,7 @@ DEFINE_BLOCK_I8_ROWS(iq3_xxs, 98)
 DEFINE_BLOCK_I8_ROWS(iq3_s, 110)
 DEFINE_BLOCK_I8_ROWS(iq1_s, 50)
 DEFINE_BLOCK_I8_ROWS(iq1_m, 56)
+#endif
 
 /* IQ4_NL, 18 bytes: d (f16), qs[16] through kvalues; MXFP4, 17 bytes: e (E8M0), qs[16] through kvalues_mxfp4 */
 static inline acc_f32 block_iq4_nl(acc_f32 acc, const uint8_t *blk, const int8_t *a, float da) {
