@@ -678,7 +678,8 @@ static void rows_q3_k(const uint8_t *w, int64_t stride, int64_t nrows, int64_t n
             const int8_t *ab = a->q + 256 * b;
             uint32_t words[4];
             q3_k_scale_words(blk + 96, words);
-            __m128i s8 = _mm_sub_epi8(_mm_loadu_si128((const __m128i *)words), _mm_set1_epi8(32));
+            __m128i s8 = _mm_sub_epi8(_mm_setr_epi32((int)words[0], (int)words[1], (int)words[2], (int)words[3]),
+                                      _mm_set1_epi8(32)); /* in registers: no store-to-load stall */
             __m256i hmask = load32(blk), dot = _mm256_setzero_si256();
             for (int h = 0; h < 2; h++) {
                 __m256i sc = _mm256_broadcastsi128_si256(_mm_cvtepi8_epi16(h ? _mm_srli_si128(s8, 8) : s8));
