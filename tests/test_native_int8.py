@@ -118,10 +118,13 @@ def test_zero_blocks_and_types_without_int8() -> None:
 
 @needs_native
 @pytest.mark.parametrize(("family", "outtype"), [("qwen3", "q8_0"), ("llama", "q4_0"), ("qwen3moe", "q4_0"),
-                                                 ("llama", "q4_1"), ("llama", "q5_0"), ("llama", "q5_1")])
+                                                 ("llama", "q4_1"), ("llama", "q5_0"), ("llama", "q5_1"),
+                                                 ("llama", "mxfp4"), ("llama_wide", "q2_k")])
 def test_a_model_with_int8_activations(tiny_model, family: str, outtype: str) -> None:
     """Decoding-step logits stay near transformers' (rounding activations to 8 bits moves them by a few
-    hundredths of the largest logit at most); the option can be turned off again, back to the exact path."""
+    hundredths of the largest logit at most: 3 %, or 5 % where one scale serves 256 activations, a coarser step,
+    in a model four times as wide; Q4_K and IQ4_XS measured 3-4 % there); the option can be turned off again,
+    back to the exact path."""
     reference, path = tiny_model(family, outtype)
     exact, fast = tfb.load(path), tfb.load(path, int8_activations=True)
     for batch in (1, 2):  # one and two rows: the matrix-vector products
@@ -130,7 +133,7 @@ def test_a_model_with_int8_activations(tiny_model, family: str, outtype: str) ->
             want, got, plain = reference(ids).logits, fast(ids), exact(ids)
         assert_logits_match(plain, want)
         scale = want.abs().max().item()
-        assert (got - want).abs().max().item() <= 3e-2 * scale
+        assert (got - want).abs().max().item() <= (3e-2 if activation_block(outtype.upper()) == 32 else 5e-2) * scale
         assert not torch.equal(got, plain)
     fast.use_int8_activations(False)
     with torch.no_grad():
