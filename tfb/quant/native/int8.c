@@ -433,8 +433,9 @@ static inline int iq4_xs_scale_i(const uint8_t *blk, int i) {
 
 /* A 256-weight block as signed bytes under sixteen integer scales: weight i = unit * scale[i / 16] * q[i],
  * unit the float the unpacker returns. With |q| <= 127 and |scale| <= 32 a block's integer sum stays within
- * 256 * 127 * 127 * 32 < 2^31 (and an AVX2 pair of products within 2 * 127 * 127 < 2^15). The formats
- * without a kernel of their own unpack each block into one, then block_i8_dot multiplies it. */
+ * 256 * 127 * 127 * 32 < 2^31 (and an AVX2 pair of products within 2 * 127 * 127 < 2^15). The portable
+ * branch (and TQ1_0 in every branch) unpacks each block into one, then block_i8_dot multiplies it; the AVX2
+ * branch builds the other formats' values in registers. */
 typedef struct {
     int8_t q[256] __attribute__((aligned(32)));
     int16_t scale[16];
@@ -500,20 +501,36 @@ static inline float unpack_tq2_0(const uint8_t *blk, block_i8 *u) {
     return load_half(blk + 64);
 }
 
-/* TQ1_0: base-3 digits minus one. ggml reads digit k of byte v as ((v * 3^k mod 256) * 3) >> 8, which for
- * m = v * 3^k mod 256 is [m >= 86] + [m >= 171]; m for digit k + 1 is 3m mod 256. Bytewise vectors: a
- * comparison is 0 or -1, so the digit is minus the sum of two, and digit - 1 = ~(that sum). */
+/* TQ1_0: base-3 digits minus one, digit k of byte v read as ggml reads it: ((v * 3^k mod 256) * 3) >> 8, with
+ * m = v * 3^k mod 256 carried from digit to digit as 3m mod 256. Sixteen bytes at a time: with AVX2 in bytes,
+ * the digit being [m >= 86] + [m >= 171] (a comparison is 0 or -1, so digit - 1 = ~(the two added)); else in
+ * uint16 lanes, which every instruction set multiplies natively. */
 typedef uint8_t u8x16 __attribute__((vector_size(16)));
+typedef uint16_t u16x16 __attribute__((vector_size(32)));
+typedef int8_t i8x16 __attribute__((vector_size(16)));
+
+/* digits 0 .. digits-1 of the 16 bytes at p, minus one, digit k to q + stride * k */
+static inline void tq1_digits16(const uint8_t *p, int digits, int8_t *q, int stride) {
+    u8x16 m;
+    memcpy(&m, p, 16);
+#if defined(__AVX2__)
+    for (int k = 0; k < digits; k++, m = m + m + m) {
+        u8x16 digit_minus_one = ~((u8x16)(m >= 86) + (u8x16)(m >= 171));
+        memcpy(q + stride * k, &digit_minus_one, 16);
+    }
+#else
+    u16x16 wide = __builtin_convertvector(m, u16x16);
+    for (int k = 0; k < digits; k++, wide = (wide * 3) & 255) {
+        i8x16 digit_minus_one = __builtin_convertvector((wide * 3) >> 8, i8x16) - 1;
+        memcpy(q + stride * k, &digit_minus_one, 16);
+    }
+#endif
+}
 
 static inline float unpack_tq1_0(const uint8_t *blk, block_i8 *u) {
-    u8x32 m = load_u8x32(blk);
-    for (int k = 0; k < 5; k++, m = m + m + m) store_u8x32((uint8_t *)u->q + 32 * k, ~((u8x32)(m >= 86) + (u8x32)(m >= 171)));
-    u8x16 m16;
-    memcpy(&m16, blk + 32, 16);
-    for (int k = 0; k < 5; k++, m16 = m16 + m16 + m16) {
-        u8x16 q = ~((u8x16)(m16 >= 86) + (u8x16)(m16 >= 171));
-        memcpy(u->q + 160 + 16 * k, &q, 16);
-    }
+    tq1_digits16(blk, 5, u->q, 32);
+    tq1_digits16(blk + 16, 5, u->q + 16, 32);
+    tq1_digits16(blk + 32, 5, u->q + 160, 16);
     for (int p = 0; p < 4; p++) {
         uint8_t v = blk[48 + p];
         for (int k = 0; k < 4; k++, v = (uint8_t)(3 * v)) u->q[240 + 4 * k + p] = (int8_t)((v * 3 >> 8) - 1);
@@ -889,6 +906,28 @@ static inline acc_f32 table4_dot(acc_f32 acc, const int8_t *values, const uint8_
     return acc + (float)s * scale;
 }
 
+/* IQ4_XS: d_a * d * sum_i (ls_i - 32) * (kvalues . a over sub-block i), the table read straight from the block */
+static void rows_iq4_xs(const uint8_t *w, int64_t stride, int64_t nrows, int64_t nb, const int8_row *a, float *y) {
+    for (int64_t r = 0; r < nrows; r++) {
+        const uint8_t *row = w + r * stride;
+        float sum = 0.0f;
+        for (int64_t b = 0; b < nb; b++) {
+            const uint8_t *blk = row + 136 * b, *qs = blk + 8;
+            const int8_t *ab = a->q + 256 * b;
+            prefetch_ahead(blk);
+            int32_t dot = 0;
+            for (int i = 0; i < 8; i++) {
+                int32_t s = 0;
+                for (int j = 0; j < 16; j++)
+                    s += IQ4_NL_I8[qs[16 * i + j] & 15] * ab[32 * i + j] + IQ4_NL_I8[qs[16 * i + j] >> 4] * ab[32 * i + 16 + j];
+                dot += iq4_xs_scale_i(blk, i) * s;
+            }
+            sum += a->d[b] * load_half(blk) * (float)dot;
+        }
+        y[r] = sum;
+    }
+}
+
 /* Q2_K: d_a * (d * sum_j sc_j (q_j . a_j) - dmin * sum_j m_j sum(a_j)) */
 static void rows_q2_k(const uint8_t *w, int64_t stride, int64_t nrows, int64_t nb, const int8_row *a, float *y) {
     block_i8 u;
@@ -929,7 +968,6 @@ static void rows_q2_k(const uint8_t *w, int64_t stride, int64_t nrows, int64_t n
 DEFINE_BLOCK_I8_ROWS(tq1_0, 54)
 #if !defined(__AVX2__)
 DEFINE_BLOCK_I8_ROWS(q3_k, 110)
-DEFINE_BLOCK_I8_ROWS(iq4_xs, 136)
 DEFINE_BLOCK_I8_ROWS(tq2_0, 66)
 DEFINE_BLOCK_I8_ROWS(iq2_xxs, 66)
 DEFINE_BLOCK_I8_ROWS(iq2_xs, 74)
