@@ -15,9 +15,10 @@ import tfb.quant.native as native
 from tfb.gguf.ggml_types import GGML_TYPE_BY_NAME
 
 INT8_TYPES = ["Q8_0", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q4_K", "Q5_K", "Q6_K", "Q2_K", "Q3_K", "IQ4_NL", "IQ4_XS",
-              "MXFP4", "TQ2_0", "TQ1_0", "IQ2_XXS", "IQ2_XS", "IQ2_S", "IQ3_XXS", "IQ3_S", "IQ1_S", "IQ1_M"]
+              "MXFP4", "TQ2_0", "TQ1_0", "IQ2_XXS", "IQ2_XS", "IQ2_S", "IQ3_XXS", "IQ3_S", "IQ1_S", "IQ1_M", "Q1_0",
+              "Q2_0", "NVFP4"]
 # the weight formats llama.cpp multiplies with 32-value activation blocks (q8_0, q8_1); the others take 256 (q8_K)
-BLOCK_32 = {"Q8_0", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "IQ4_NL", "MXFP4"}
+BLOCK_32 = {"Q8_0", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "IQ4_NL", "MXFP4", "Q1_0", "Q2_0", "NVFP4"}
 
 
 def rounded(x: np.ndarray, block: int) -> tuple[np.ndarray, np.ndarray]:
@@ -111,7 +112,7 @@ def test_zero_blocks_and_types_without_int8() -> None:
     x[0, 300] = 2.0  # the first block is all zero
     want, _ = expected(x, torch_values(weight), 256)
     assert torch.allclose(native.matmul(x, weight, int8_activations=True).double(), want, rtol=1e-5, atol=1e-6)
-    other = packed("NVFP4", 8, 512, rng, "moderate")  # no int8 products: the float32 path, whatever was asked
+    other = packed("F16", 8, 512, rng, "moderate")  # no int8 products: the float32 path, whatever was asked
     x = torch.randn(1, 512)
     assert torch.equal(native.matmul(x, other, int8_activations=True), native.matmul(x, other))
 

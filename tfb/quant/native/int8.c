@@ -1008,6 +1008,137 @@ static inline acc_f32 block_mxfp4(acc_f32 acc, const uint8_t *blk, const int8_t 
 DEFINE_TABLE4_ROWS(mxfp4, 17)
 
 
+/* Q1_0, Q2_0 and NVFP4: blocks of 128 and 64 weights, multiplied (as llama.cpp does) with 32-value activation
+ * blocks, `nb` of which make a row: each activation block meets a quarter of a Q1_0 block or half of a Q2_0 or
+ * NVFP4 block. */
+#if defined(__AVX2__)
+/* Q1_0's 32 weights of bits (set: +1, clear: -1) */
+static inline __m256i q1_0_values(const uint8_t *bits) {
+    return _mm256_or_si256(_mm256_andnot_si256(bit_mask32(load_u32(bits)), _mm256_set1_epi8(-2)), _mm256_set1_epi8(1));
+}
+
+/* Q2_0's 32 weights from 8 bytes: each byte widened to a uint32 whose byte k is its k-th two-bit field, minus 1 */
+static inline __m256i q2_0_values(const uint8_t *qs) {
+    __m256i v = _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)qs));
+    v = _mm256_or_si256(_mm256_or_si256(v, _mm256_slli_epi32(v, 6)), _mm256_or_si256(_mm256_slli_epi32(v, 12), _mm256_slli_epi32(v, 18)));
+    return _mm256_sub_epi8(_mm256_and_si256(v, _mm256_set1_epi32(0x03030303)), _mm256_set1_epi8(1));
+}
+#else
+/* 32 weights as bytes, then one multiply-add loop the compiler vectorises */
+static inline acc_f32 dot32_bytes(acc_f32 acc, const int8_t *q, const int8_t *a, float scale) {
+    int32_t s = 0;
+    for (int j = 0; j < 32; j++) s += q[j] * a[j];
+    return acc + (float)s * scale;
+}
+
+/* each byte of bits spread over eight bytes (bit k alone in byte k, then 0 or 1), as 1 or -1: 0xFF - 0xFE * bit
+ * bytewise, with no borrow between bytes */
+static inline acc_f32 q1_0_dot(acc_f32 acc, const uint8_t *bits, const int8_t *a, float scale) {
+    int8_t q[32];
+    for (int i = 0; i < 4; i++) {
+        uint64_t spread = (bits[i] * 0x0101010101010101ull) & 0x8040201008040201ull;
+        spread = (spread + 0x7F7F7F7F7F7F7F7Full) >> 7 & 0x0101010101010101ull;
+        uint64_t values = ~0ull - spread * 0xFE;
+        memcpy(q + 8 * i, &values, 8);
+    }
+    return dot32_bytes(acc, q, a, scale);
+}
+
+/* each byte widened to a uint32 whose byte k is its k-th two-bit field (kernels.c, dequant_q2_0), minus 1 */
+static inline acc_f32 q2_0_dot(acc_f32 acc, const uint8_t *qs, const int8_t *a, float scale) {
+    typedef uint8_t u8x8 __attribute__((vector_size(8)));
+    typedef uint32_t u32x8 __attribute__((vector_size(32)));
+    u8x8 bytes;
+    memcpy(&bytes, qs, 8);
+    u32x8 v = __builtin_convertvector(bytes, u32x8);
+    v = (v | v << 6 | v << 12 | v << 18) & 0x03030303;
+    int8_t q[32];
+    memcpy(q, &v, 32);
+    for (int j = 0; j < 32; j++) q[j] = (int8_t)(q[j] - 1);
+    return dot32_bytes(acc, q, a, scale);
+}
+#endif
+
+/* Q1_0, 18 bytes: d (f16), qs[16]; activation block k of a weight block: bits qs[4k .. 4k + 3] */
+static void rows_q1_0(const uint8_t *w, int64_t stride, int64_t nrows, int64_t nb, const int8_row *a, float *y) {
+    for (int64_t r = 0; r < nrows; r++) {
+        const uint8_t *row = w + r * stride;
+        acc_f32 acc = acc_f32_zero();
+        for (int64_t b = 0; b < nb; b++) {
+            const uint8_t *blk = row + 18 * (b / 4);
+            if (b % 4 == 0) prefetch_ahead(blk);
+#if defined(__AVX2__)
+            acc = dot32_signed_v(acc, q1_0_values(blk + 2 + 4 * (b % 4)), load32(a->q + 32 * b), load_half(blk) * a->d[b]);
+#else
+            acc = q1_0_dot(acc, blk + 2 + 4 * (b % 4), a->q + 32 * b, load_half(blk) * a->d[b]);
+#endif
+        }
+        y[r] = acc_f32_sum(acc, acc_f32_zero());
+    }
+}
+
+/* Q2_0, 18 bytes: d (f16), qs[16]; activation block k of a weight block: qs[8k .. 8k + 7] */
+static void rows_q2_0(const uint8_t *w, int64_t stride, int64_t nrows, int64_t nb, const int8_row *a, float *y) {
+    for (int64_t r = 0; r < nrows; r++) {
+        const uint8_t *row = w + r * stride;
+        acc_f32 acc = acc_f32_zero();
+        for (int64_t b = 0; b < nb; b++) {
+            const uint8_t *blk = row + 18 * (b / 2);
+            if (b % 2 == 0) prefetch_ahead(blk);
+#if defined(__AVX2__)
+            acc = dot32_signed_v(acc, q2_0_values(blk + 2 + 8 * (b % 2)), load32(a->q + 32 * b), load_half(blk) * a->d[b]);
+#else
+            acc = q2_0_dot(acc, blk + 2 + 8 * (b % 2), a->q + 32 * b, load_half(blk) * a->d[b]);
+#endif
+        }
+        y[r] = acc_f32_sum(acc, acc_f32_zero());
+    }
+}
+
+/* NVFP4, 36 bytes: d[4] (UE4M3), qs[32]; activation block k of a weight block holds sub-blocks 2k and 2k + 1
+ * (qs[16k .. 16k + 15]), each with its own scale: two float multiply-adds per activation block */
+static void rows_nvfp4(const uint8_t *w, int64_t stride, int64_t nrows, int64_t nb, const int8_row *a, float *y) {
+#if defined(__AVX2__)
+    const __m256i table = _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *)MXFP4_I8));
+    const __m128i nibbles = _mm_set1_epi8(15);
+#endif
+    for (int64_t r = 0; r < nrows; r++) {
+        const uint8_t *row = w + r * stride;
+#if defined(__AVX2__)
+        __m256 acc = _mm256_setzero_ps();
+#else
+        float acc = 0.0f;
+#endif
+        for (int64_t b = 0; b < nb; b++) {
+            const uint8_t *blk = row + 36 * (b / 2), *qs = blk + 4 + 16 * (b % 2);
+            if (b % 2 == 0) prefetch_ahead(blk);
+            float s0 = ue4m3_half(blk[2 * (b % 2)]) * a->d[b], s1 = ue4m3_half(blk[2 * (b % 2) + 1]) * a->d[b];
+            const int8_t *ab = a->q + 32 * b;
+#if defined(__AVX2__)
+            /* weights in order: the low nibbles of qs[0..7], their high nibbles, then the same of qs[8..15] */
+            __m128i packed = _mm_loadu_si128((const __m128i *)qs);
+            __m128i low = _mm_and_si128(packed, nibbles), high = _mm_and_si128(_mm_srli_epi16(packed, 4), nibbles);
+            __m256i v = _mm256_shuffle_epi8(table, _mm256_set_m128i(_mm_unpackhi_epi64(low, high), _mm_unpacklo_epi64(low, high)));
+            __m256i pairs = _mm256_maddubs_epi16(_mm256_sign_epi8(v, v), _mm256_sign_epi8(load32(ab), v));
+            __m256i sums = _mm256_madd_epi16(pairs, _mm256_set1_epi16(1)); /* lanes 0-3: sub-block 2k, 4-7: 2k + 1 */
+            acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(sums), _mm256_set_m128(_mm_set1_ps(s1), _mm_set1_ps(s0)), acc);
+#else
+            int32_t sum[2] = {0, 0};
+            for (int h = 0; h < 2; h++)
+                for (int j = 0; j < 8; j++)
+                    sum[h] += MXFP4_I8[qs[8 * h + j] & 15] * ab[16 * h + j] + MXFP4_I8[qs[8 * h + j] >> 4] * ab[16 * h + 8 + j];
+            acc += s0 * (float)sum[0] + s1 * (float)sum[1];
+#endif
+        }
+#if defined(__AVX2__)
+        y[r] = acc_f32_sum(acc, _mm256_setzero_ps());
+#else
+        y[r] = acc;
+#endif
+    }
+}
+
+
 const int8_kernels INT8_TABLE(TFB_ISA_SYMBOL)[] = {
     {TYPE_Q8_0, 32, rows_q8_0},
     {TYPE_Q4_0, 32, rows_q4_0},
@@ -1031,5 +1162,8 @@ const int8_kernels INT8_TABLE(TFB_ISA_SYMBOL)[] = {
     {TYPE_IQ3_S, 256, rows_iq3_s},
     {TYPE_IQ1_S, 256, rows_iq1_s},
     {TYPE_IQ1_M, 256, rows_iq1_m},
+    {TYPE_Q1_0, 32, rows_q1_0},
+    {TYPE_Q2_0, 32, rows_q2_0},
+    {TYPE_NVFP4, 32, rows_nvfp4},
     {0, 0, 0},
 };

@@ -612,16 +612,7 @@ static void dequant_q1_0(const uint8_t *blk, int64_t nb, float *out) {
 
 /* NVFP4, 36 bytes, 64 weights: d[4] (UE4M3, one per 16 weights), qs[32]. Sub-block s is the low, then the
  * high nibbles of qs[8s .. 8s + 7], through kvalues_mxfp4 (E2M1 doubled), times ggml_ue4m3_to_fp32's
- * value halved: 0 for 0x7F, else bit 7 ignored, (8 + m) * 2^(e - 11), or m * 2^-10 for e = 0. */
-static inline float ue4m3_half(uint8_t x) {
-    /* without branches on the exponent (random scales would mispredict): e = 0 reads as (0 + m) * 2^-10 */
-    uint32_t exponent = x >> 3 & 15, normal = exponent != 0;
-    uint32_t power_bits = (127 - 11 + exponent + !normal) << 23;
-    float power;
-    memcpy(&power, &power_bits, 4);
-    float value = (float)((x & 7) | normal << 3) * power; /* exact: a 4-bit integer times a power of two */
-    return x == 0x7F ? 0.0f : value; /* 0x00 is 0 already */
-}
+ * value halved (ue4m3_half, unpack.h). */
 
 /* out[0..7] = kvalues_mxfp4[low nibble of qs[j]] * scale, out[8..15] the same for the high nibbles */
 static inline void fp4_nibbles8(const uint8_t *qs, float scale, float *out) {

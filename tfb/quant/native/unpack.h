@@ -78,4 +78,16 @@ static inline float iq1_m_d(const uint8_t *blk) {
     return half_to_float(bits);
 }
 
+/* NVFP4's scale: ggml_ue4m3_to_fp32's value halved: 0 for 0x7F, else bit 7 ignored, (8 + m) * 2^(e - 11), or
+ * m * 2^-10 for e = 0. Without branches on the exponent (random scales would mispredict): e = 0 reads as
+ * (0 + m) * 2^-10. */
+static inline float ue4m3_half(uint8_t x) {
+    uint32_t exponent = x >> 3 & 15, normal = exponent != 0;
+    uint32_t power_bits = (127 - 11 + exponent + !normal) << 23;
+    float power;
+    memcpy(&power, &power_bits, 4);
+    float value = (float)((x & 7) | normal << 3) * power; /* exact: a 4-bit integer times a power of two */
+    return x == 0x7F ? 0.0f : value; /* 0x00 is 0 already */
+}
+
 #endif
