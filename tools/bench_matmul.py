@@ -67,17 +67,13 @@ def moderate_blocks(name: str, rows: int, cols: int, rng: np.random.Generator) -
     return PackedTensor(torch.from_numpy(np.ascontiguousarray(raw)).reshape(rows, -1), gtype, (rows, cols))
 
 
-CLOCK = [time.perf_counter]  # --cpu-time: time.process_time
-
-
 def best_seconds(fn: Callable[[], Any], repeats: int) -> float:
     fn()  # warm up: caches, lazily built tables, the library's threads
-    clock = CLOCK[0]
     best = float("inf")
     for _ in range(repeats):
-        start = clock()
+        start = time.perf_counter()
         fn()
-        best = min(best, clock() - start)
+        best = min(best, time.perf_counter() - start)
     return best
 
 
@@ -285,12 +281,7 @@ def main() -> None:
     parser.add_argument("--native-only", action="store_true",
                         help="--sweep the native product alone, each row count's time over one row's")
     parser.add_argument("--make-model", nargs=2, metavar=("Q8_0|Q4_K_M", "OUT"), help="write a model to --decode")
-    parser.add_argument("--cpu-time", action="store_true",
-                        help="time by the process's CPU time, not the wall clock: with --threads 1 on a shared "
-                             "machine, the work's own time (with more threads, the sum of theirs)")
     args = parser.parse_args()
-    if args.cpu_time:
-        CLOCK[0] = time.process_time
     if args.make_model:
         make_model(*args.make_model)
         return
@@ -327,7 +318,7 @@ def main() -> None:
 
     print(f"torch {torch.__version__}, {cpu_model()}, native kernels: {native.isa()} on "
           f"{'torch OpenMP' if native.uses_openmp() else 'own pool'} threads, load average {load_average()}; "
-          f"best of {args.repeats} calls x {args.rounds} rounds{' by CPU time' if args.cpu_time else ''}\n")
+          f"best of {args.repeats} calls x {args.rounds} rounds\n")
     for shape in SHAPES:
         n_weights = shape[0] * shape[1]
         print(f"M = 1, W [{shape[0]} x {shape[1]}]: GB/s of stored weight bytes | Mweights/s\n")
