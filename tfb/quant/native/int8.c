@@ -412,6 +412,39 @@ static void rows_q6_k(const uint8_t *w, int64_t stride, int64_t nrows, int64_t n
 #define PREFETCH_AHEAD 4096
 static inline void prefetch_ahead(const uint8_t *p) { __builtin_prefetch(p + PREFETCH_AHEAD, 0, 1); }
 
+/* This section's own small helpers (it uses nothing from the sections above): a float32 accumulator `acc32`
+ * (eight lanes with AVX2, one float otherwise), its zero and its sum. */
+#if defined(__AVX2__)
+typedef __m256 acc32;
+static inline acc32 acc32_zero(void) { return _mm256_setzero_ps(); }
+static inline float acc32_sum(acc32 v) {
+    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    s = _mm_add_ss(s, _mm_movehdup_ps(s));
+    return _mm_cvtss_f32(s);
+}
+static inline __m256i bytes32(const void *p) { return _mm256_loadu_si256((const __m256i *)p); }
+
+/* acc + scale * (w . a) over 32 signed bytes each: maddubs multiplies unsigned by signed bytes, so |w| meets a
+ * with w's sign; pair sums within 2 * 128 * 127 < 2^15 */
+static inline acc32 add_dot32(acc32 acc, __m256i w, __m256i a, float scale) {
+    __m256i pairs = _mm256_maddubs_epi16(_mm256_sign_epi8(w, w), _mm256_sign_epi8(a, w));
+    return _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_madd_epi16(pairs, _mm256_set1_epi16(1))), _mm256_set1_ps(scale), acc);
+}
+
+/* the byte shuffle that puts int16 `low` of a register holding eight int16 in both 128-bit lanes into every
+ * int16 of the lower lane, and int16 `high` into every int16 of the upper one */
+static inline __m256i pick_scales(int low, int high) {
+    const __m256i pair = _mm256_setr_epi8(0, 1, 0, 1, 0, 1, 0, 1, 0, 1, 0, 1, 0, 1, 0, 1,
+                                          0, 1, 0, 1, 0, 1, 0, 1, 0, 1, 0, 1, 0, 1, 0, 1);
+    return _mm256_add_epi8(pair, _mm256_set_m128i(_mm_set1_epi8((char)(2 * high)), _mm_set1_epi8((char)(2 * low))));
+}
+#else
+typedef float acc32;
+static inline acc32 acc32_zero(void) { return 0.0f; }
+static inline float acc32_sum(acc32 v) { return v; }
+#endif
+
 /* The 4-bit tables as signed bytes: IQ4_NL's kvalues, and MXFP4's E2M1 values doubled (kvalues_mxfp4) */
 static const int8_t IQ4_NL_I8[16] = {-127, -104, -83, -65, -49, -35, -22, -10, 1, 13, 25, 38, 53, 69, 89, 113};
 static const int8_t MXFP4_I8[16] = {0, 1, 2, 3, 4, 6, 8, 12, 0, -1, -2, -3, -4, -6, -8, -12};
@@ -634,13 +667,13 @@ static inline int32_t sum_i32(__m256i v) {
     return _mm_cvtsi128_si32(s);
 }
 
-/* sum over the sixteen runs j of scale[j] * (q . a over run j), 32 signed bytes at a time (dot32_signed_v's
+/* sum over the sixteen runs j of scale[j] * (q . a over run j), 32 signed bytes at a time (add_dot32's
  * sign trick) */
 static inline int32_t block_i8_dot(const block_i8 *u, const int8_t *a) {
     __m256i dot = _mm256_setzero_si256();
     for (int k = 0; k < 8; k++) {
-        __m256i w = load32(u->q + 32 * k);
-        __m256i pairs = _mm256_maddubs_epi16(_mm256_sign_epi8(w, w), _mm256_sign_epi8(load32(a + 32 * k), w));
+        __m256i w = bytes32(u->q + 32 * k);
+        __m256i pairs = _mm256_maddubs_epi16(_mm256_sign_epi8(w, w), _mm256_sign_epi8(bytes32(a + 32 * k), w));
         __m256i scale = _mm256_set_m128i(_mm_set1_epi16(u->scale[2 * k + 1]), _mm_set1_epi16(u->scale[2 * k]));
         dot = _mm256_add_epi32(dot, _mm256_madd_epi16(pairs, scale));
     }
@@ -654,9 +687,9 @@ static inline __m256i table4_values(const uint8_t *qs, __m256i table) {
     return _mm256_shuffle_epi8(table, q);
 }
 
-static inline acc_f32 table4_dot(acc_f32 acc, const int8_t *values, const uint8_t *qs, const int8_t *a, float scale) {
+static inline acc32 table4_dot(acc32 acc, const int8_t *values, const uint8_t *qs, const int8_t *a, float scale) {
     __m256i table = _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *)values));
-    return dot32_signed_v(acc, table4_values(qs, table), load32(a), scale);
+    return add_dot32(acc, table4_values(qs, table), bytes32(a), scale);
 }
 
 /* Q2_K in registers: per half h the four two-bit planes of qs[32h ..], unsigned, times the activations under
@@ -676,18 +709,18 @@ static void rows_q2_k(const uint8_t *w, int64_t stride, int64_t nrows, int64_t n
             __m256i dot = _mm256_setzero_si256();
             for (int h = 0; h < 2; h++) {
                 __m256i sc = _mm256_broadcastsi128_si256(_mm_cvtepu8_epi16(h ? _mm_srli_si128(scales, 8) : scales));
-                __m256i packed = load32(blk + 16 + 32 * h);
+                __m256i packed = bytes32(blk + 16 + 32 * h);
                 for (int s = 0; s < 4; s++, packed = _mm256_srli_epi16(packed, 2)) {
-                    __m256i p = _mm256_maddubs_epi16(_mm256_and_si256(packed, three), load32(ab + 128 * h + 32 * s));
-                    dot = _mm256_add_epi32(dot, _mm256_madd_epi16(p, _mm256_shuffle_epi8(sc, scale_control(2 * s, 2 * s + 1))));
+                    __m256i p = _mm256_maddubs_epi16(_mm256_and_si256(packed, three), bytes32(ab + 128 * h + 32 * s));
+                    dot = _mm256_add_epi32(dot, _mm256_madd_epi16(p, _mm256_shuffle_epi8(sc, pick_scales(2 * s, 2 * s + 1))));
                 }
             }
-            __m256i offset = _mm256_madd_epi16(_mm256_cvtepu8_epi16(mins), load32(a->sums + 16 * b));
+            __m256i offset = _mm256_madd_epi16(_mm256_cvtepu8_epi16(mins), bytes32(a->sums + 16 * b));
             float da = a->d[b];
             acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot), _mm256_set1_ps(load_half(blk + 80) * da), acc);
             acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(offset), _mm256_set1_ps(-load_half(blk + 82) * da), acc);
         }
-        y[r] = acc_f32_sum(acc, _mm256_setzero_ps());
+        y[r] = acc32_sum(acc);
     }
 }
 
@@ -706,22 +739,22 @@ static void rows_q3_k(const uint8_t *w, int64_t stride, int64_t nrows, int64_t n
             q3_k_scale_words(blk + 96, words);
             __m128i s8 = _mm_sub_epi8(_mm_setr_epi32((int)words[0], (int)words[1], (int)words[2], (int)words[3]),
                                       _mm_set1_epi8(32)); /* in registers: no store-to-load stall */
-            __m256i hmask = load32(blk), dot = _mm256_setzero_si256();
+            __m256i hmask = bytes32(blk), dot = _mm256_setzero_si256();
             for (int h = 0; h < 2; h++) {
                 __m256i sc = _mm256_broadcastsi128_si256(_mm_cvtepi8_epi16(h ? _mm_srli_si128(s8, 8) : s8));
-                __m256i packed = load32(blk + 32 + 32 * h);
+                __m256i packed = bytes32(blk + 32 + 32 * h);
                 for (int s = 0; s < 4; s++, packed = _mm256_srli_epi16(packed, 2), hmask = _mm256_srli_epi16(hmask, 1)) {
                     __m256i q = _mm256_or_si256(_mm256_and_si256(packed, three),
                                                 _mm256_and_si256(_mm256_slli_epi16(hmask, 2), four));
-                    __m256i p = _mm256_maddubs_epi16(q, load32(ab + 128 * h + 32 * s));
-                    dot = _mm256_add_epi32(dot, _mm256_madd_epi16(p, _mm256_shuffle_epi8(sc, scale_control(2 * s, 2 * s + 1))));
+                    __m256i p = _mm256_maddubs_epi16(q, bytes32(ab + 128 * h + 32 * s));
+                    dot = _mm256_add_epi32(dot, _mm256_madd_epi16(p, _mm256_shuffle_epi8(sc, pick_scales(2 * s, 2 * s + 1))));
                 }
             }
-            __m256i bias = _mm256_madd_epi16(_mm256_cvtepi8_epi16(s8), load32(a->sums + 16 * b));
+            __m256i bias = _mm256_madd_epi16(_mm256_cvtepi8_epi16(s8), bytes32(a->sums + 16 * b));
             dot = _mm256_sub_epi32(dot, _mm256_slli_epi32(bias, 2));
             acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot), _mm256_set1_ps(load_half(blk + 108) * a->d[b]), acc);
         }
-        y[r] = acc_f32_sum(acc, _mm256_setzero_ps());
+        y[r] = acc32_sum(acc);
     }
 }
 
@@ -738,12 +771,12 @@ static void rows_iq4_xs(const uint8_t *w, int64_t stride, int64_t nrows, int64_t
             __m256i dot = _mm256_setzero_si256();
             for (int i = 0; i < 8; i++) {
                 __m256i v = table4_values(blk + 8 + 16 * i, table);
-                __m256i p = _mm256_maddubs_epi16(_mm256_sign_epi8(v, v), _mm256_sign_epi8(load32(ab + 32 * i), v));
+                __m256i p = _mm256_maddubs_epi16(_mm256_sign_epi8(v, v), _mm256_sign_epi8(bytes32(ab + 32 * i), v));
                 dot = _mm256_add_epi32(dot, _mm256_madd_epi16(p, _mm256_set1_epi16((short)iq4_xs_scale_i(blk, i))));
             }
             acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot), _mm256_set1_ps(load_half(blk) * a->d[b]), acc);
         }
-        y[r] = acc_f32_sum(acc, _mm256_setzero_ps());
+        y[r] = acc32_sum(acc);
     }
 }
 
@@ -763,12 +796,12 @@ static void rows_iq4_xs(const uint8_t *w, int64_t stride, int64_t nrows, int64_t
                 __m256i dot = _mm256_setzero_si256();                                                          \
                 for (int i = 0; i < 8; i++) {                                                                  \
                     __m256i scale, v = group_##fmt(blk, i, &scale);                                            \
-                    __m256i p = _mm256_maddubs_epi16(_mm256_sign_epi8(v, v), _mm256_sign_epi8(load32(ab + 32 * i), v)); \
+                    __m256i p = _mm256_maddubs_epi16(_mm256_sign_epi8(v, v), _mm256_sign_epi8(bytes32(ab + 32 * i), v)); \
                     dot = _mm256_add_epi32(dot, _mm256_madd_epi16(p, scale));                                  \
                 }                                                                                              \
                 acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot), _mm256_set1_ps((unit) * a->d[b]), acc);         \
             }                                                                                                  \
-            y[r] = acc_f32_sum(acc, _mm256_setzero_ps());                                                      \
+            y[r] = acc32_sum(acc);                                                      \
         }                                                                                                      \
     }
 
@@ -804,7 +837,7 @@ static inline int iq2_scale_i(const uint8_t *scales, int s) { return 2 * (scales
 
 static inline __m256i group_tq2_0(const uint8_t *blk, int i, __m256i *scale) {
     *scale = _mm256_set1_epi16(1);
-    __m256i packed = _mm256_srl_epi16(load32(blk + 32 * (i / 4)), _mm_cvtsi32_si128(2 * (i % 4)));
+    __m256i packed = _mm256_srl_epi16(bytes32(blk + 32 * (i / 4)), _mm_cvtsi32_si128(2 * (i % 4)));
     return _mm256_sub_epi8(_mm256_and_si256(packed, _mm256_set1_epi8(3)), _mm256_set1_epi8(1));
 }
 DEFINE_GROUP_ROWS(tq2_0, 66, load_half(blk + 64))
@@ -900,7 +933,7 @@ static inline int32_t block_i8_dot(const block_i8 *u, const int8_t *a) {
     return total;
 }
 
-static inline acc_f32 table4_dot(acc_f32 acc, const int8_t *values, const uint8_t *qs, const int8_t *a, float scale) {
+static inline acc32 table4_dot(acc32 acc, const int8_t *values, const uint8_t *qs, const int8_t *a, float scale) {
     int32_t s = 0;
     for (int i = 0; i < 16; i++) s += values[qs[i] & 15] * a[i] + values[qs[i] >> 4] * a[i + 16];
     return acc + (float)s * scale;
@@ -984,7 +1017,7 @@ DEFINE_BLOCK_I8_ROWS(iq1_m, 56)
                            float *y) {                                                                         \
         for (int64_t r = 0; r < nrows; r++) {                                                                   \
             const uint8_t *row = w + r * stride;                                                                \
-            acc_f32 acc0 = acc_f32_zero(), acc1 = acc_f32_zero();                                               \
+            acc32 acc0 = acc32_zero(), acc1 = acc32_zero();                                               \
             int64_t b = 0;                                                                                      \
             for (; b + 1 < nb; b += 2) {                                                                        \
                 prefetch_ahead(row + (type_size) * b);                                                          \
@@ -992,17 +1025,17 @@ DEFINE_BLOCK_I8_ROWS(iq1_m, 56)
                 acc1 = block_##fmt(acc1, row + (type_size) * (b + 1), a->q + 32 * (b + 1), a->d[b + 1]);        \
             }                                                                                                   \
             if (b < nb) acc0 = block_##fmt(acc0, row + (type_size) * b, a->q + 32 * b, a->d[b]);                \
-            y[r] = acc_f32_sum(acc0, acc1);                                                                     \
+            y[r] = acc32_sum(acc0 + acc1);                                                                     \
         }                                                                                                       \
     }
 
 /* IQ4_NL, 18 bytes: d (f16), qs[16] through kvalues; MXFP4, 17 bytes: e (E8M0), qs[16] through kvalues_mxfp4 */
-static inline acc_f32 block_iq4_nl(acc_f32 acc, const uint8_t *blk, const int8_t *a, float da) {
+static inline acc32 block_iq4_nl(acc32 acc, const uint8_t *blk, const int8_t *a, float da) {
     return table4_dot(acc, IQ4_NL_I8, blk + 2, a, load_half(blk) * da);
 }
 DEFINE_TABLE4_ROWS(iq4_nl, 18)
 
-static inline acc_f32 block_mxfp4(acc_f32 acc, const uint8_t *blk, const int8_t *a, float da) {
+static inline acc32 block_mxfp4(acc32 acc, const uint8_t *blk, const int8_t *a, float da) {
     return table4_dot(acc, MXFP4_I8, blk + 1, a, e8m0_half(blk[0]) * da);
 }
 DEFINE_TABLE4_ROWS(mxfp4, 17)
@@ -1025,7 +1058,7 @@ static inline __m256i q2_0_values(const uint8_t *qs) {
 }
 #else
 /* 32 weights as bytes, then one multiply-add loop the compiler vectorises */
-static inline acc_f32 dot32_bytes(acc_f32 acc, const int8_t *q, const int8_t *a, float scale) {
+static inline acc32 dot32_bytes(acc32 acc, const int8_t *q, const int8_t *a, float scale) {
     int32_t s = 0;
     for (int j = 0; j < 32; j++) s += q[j] * a[j];
     return acc + (float)s * scale;
@@ -1033,7 +1066,7 @@ static inline acc_f32 dot32_bytes(acc_f32 acc, const int8_t *q, const int8_t *a,
 
 /* each byte of bits spread over eight bytes (bit k alone in byte k, then 0 or 1), as 1 or -1: 0xFF - 0xFE * bit
  * bytewise, with no borrow between bytes */
-static inline acc_f32 q1_0_dot(acc_f32 acc, const uint8_t *bits, const int8_t *a, float scale) {
+static inline acc32 q1_0_dot(acc32 acc, const uint8_t *bits, const int8_t *a, float scale) {
     int8_t q[32];
     for (int i = 0; i < 4; i++) {
         uint64_t spread = (bits[i] * 0x0101010101010101ull) & 0x8040201008040201ull;
@@ -1045,7 +1078,7 @@ static inline acc_f32 q1_0_dot(acc_f32 acc, const uint8_t *bits, const int8_t *a
 }
 
 /* each byte widened to a uint32 whose byte k is its k-th two-bit field (kernels.c, dequant_q2_0), minus 1 */
-static inline acc_f32 q2_0_dot(acc_f32 acc, const uint8_t *qs, const int8_t *a, float scale) {
+static inline acc32 q2_0_dot(acc32 acc, const uint8_t *qs, const int8_t *a, float scale) {
     typedef uint8_t u8x8 __attribute__((vector_size(8)));
     typedef uint32_t u32x8 __attribute__((vector_size(32)));
     u8x8 bytes;
@@ -1063,17 +1096,17 @@ static inline acc_f32 q2_0_dot(acc_f32 acc, const uint8_t *qs, const int8_t *a, 
 static void rows_q1_0(const uint8_t *w, int64_t stride, int64_t nrows, int64_t nb, const int8_row *a, float *y) {
     for (int64_t r = 0; r < nrows; r++) {
         const uint8_t *row = w + r * stride;
-        acc_f32 acc = acc_f32_zero();
+        acc32 acc = acc32_zero();
         for (int64_t b = 0; b < nb; b++) {
             const uint8_t *blk = row + 18 * (b / 4);
             if (b % 4 == 0) prefetch_ahead(blk);
 #if defined(__AVX2__)
-            acc = dot32_signed_v(acc, q1_0_values(blk + 2 + 4 * (b % 4)), load32(a->q + 32 * b), load_half(blk) * a->d[b]);
+            acc = add_dot32(acc, q1_0_values(blk + 2 + 4 * (b % 4)), bytes32(a->q + 32 * b), load_half(blk) * a->d[b]);
 #else
             acc = q1_0_dot(acc, blk + 2 + 4 * (b % 4), a->q + 32 * b, load_half(blk) * a->d[b]);
 #endif
         }
-        y[r] = acc_f32_sum(acc, acc_f32_zero());
+        y[r] = acc32_sum(acc);
     }
 }
 
@@ -1081,17 +1114,17 @@ static void rows_q1_0(const uint8_t *w, int64_t stride, int64_t nrows, int64_t n
 static void rows_q2_0(const uint8_t *w, int64_t stride, int64_t nrows, int64_t nb, const int8_row *a, float *y) {
     for (int64_t r = 0; r < nrows; r++) {
         const uint8_t *row = w + r * stride;
-        acc_f32 acc = acc_f32_zero();
+        acc32 acc = acc32_zero();
         for (int64_t b = 0; b < nb; b++) {
             const uint8_t *blk = row + 18 * (b / 2);
             if (b % 2 == 0) prefetch_ahead(blk);
 #if defined(__AVX2__)
-            acc = dot32_signed_v(acc, q2_0_values(blk + 2 + 8 * (b % 2)), load32(a->q + 32 * b), load_half(blk) * a->d[b]);
+            acc = add_dot32(acc, q2_0_values(blk + 2 + 8 * (b % 2)), bytes32(a->q + 32 * b), load_half(blk) * a->d[b]);
 #else
             acc = q2_0_dot(acc, blk + 2 + 8 * (b % 2), a->q + 32 * b, load_half(blk) * a->d[b]);
 #endif
         }
-        y[r] = acc_f32_sum(acc, acc_f32_zero());
+        y[r] = acc32_sum(acc);
     }
 }
 
@@ -1119,7 +1152,7 @@ static void rows_nvfp4(const uint8_t *w, int64_t stride, int64_t nrows, int64_t 
             __m128i packed = _mm_loadu_si128((const __m128i *)qs);
             __m128i low = _mm_and_si128(packed, nibbles), high = _mm_and_si128(_mm_srli_epi16(packed, 4), nibbles);
             __m256i v = _mm256_shuffle_epi8(table, _mm256_set_m128i(_mm_unpackhi_epi64(low, high), _mm_unpacklo_epi64(low, high)));
-            __m256i pairs = _mm256_maddubs_epi16(_mm256_sign_epi8(v, v), _mm256_sign_epi8(load32(ab), v));
+            __m256i pairs = _mm256_maddubs_epi16(_mm256_sign_epi8(v, v), _mm256_sign_epi8(bytes32(ab), v));
             __m256i sums = _mm256_madd_epi16(pairs, _mm256_set1_epi16(1)); /* lanes 0-3: sub-block 2k, 4-7: 2k + 1 */
             acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(sums), _mm256_set_m128(_mm_set1_ps(s1), _mm_set1_ps(s0)), acc);
 #else
@@ -1131,7 +1164,7 @@ static void rows_nvfp4(const uint8_t *w, int64_t stride, int64_t nrows, int64_t 
 #endif
         }
 #if defined(__AVX2__)
-        y[r] = acc_f32_sum(acc, _mm256_setzero_ps());
+        y[r] = acc32_sum(acc);
 #else
         y[r] = acc;
 #endif
