@@ -14,7 +14,11 @@ import tfb
 import tfb.quant.native as native
 from tfb.gguf.ggml_types import GGML_TYPE_BY_NAME
 
-INT8_TYPES = ["Q8_0", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q4_K", "Q5_K", "Q6_K"]
+INT8_TYPES = ["Q8_0", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q4_K", "Q5_K", "Q6_K", "Q2_K", "Q3_K", "IQ4_NL", "IQ4_XS",
+              "MXFP4", "TQ2_0", "TQ1_0", "IQ2_XXS", "IQ2_XS", "IQ2_S", "IQ3_XXS", "IQ3_S", "IQ1_S", "IQ1_M", "Q1_0",
+              "Q2_0", "NVFP4"]
+# the weight formats llama.cpp multiplies with 32-value activation blocks (q8_0, q8_1); the others take 256 (q8_K)
+BLOCK_32 = {"Q8_0", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "IQ4_NL", "MXFP4", "Q1_0", "Q2_0", "NVFP4"}
 
 
 def rounded(x: np.ndarray, block: int) -> tuple[np.ndarray, np.ndarray]:
@@ -37,7 +41,7 @@ def expected(x: torch.Tensor, weight_values: torch.Tensor, block: int) -> tuple[
 
 
 def activation_block(name: str) -> int:
-    return 256 if name.endswith("_K") else 32
+    return 32 if name in BLOCK_32 else 256
 
 
 @needs_native
@@ -47,8 +51,8 @@ def test_int8_types() -> None:
 
 
 @needs_native
-@pytest.mark.parametrize(("name", "kind"), [(n, "moderate") for n in INT8_TYPES] + [("Q8_0", "quantized"),
-                                                                                ("Q4_0", "quantized")])
+@pytest.mark.parametrize(("name", "kind"), [(n, "moderate") for n in INT8_TYPES]
+                         + [(n, "quantized") for n in ("Q8_0", "Q4_0", "MXFP4", "TQ1_0", "TQ2_0")])
 def test_matches_the_rounded_activations(isa: str, name: str, kind: str) -> None:
     rng = np.random.default_rng(3)
     for cols in [*widths(name), 16384]:  # 16384: the rounded row no longer fits the kernel's stack buffer
@@ -108,17 +112,20 @@ def test_zero_blocks_and_types_without_int8() -> None:
     x[0, 300] = 2.0  # the first block is all zero
     want, _ = expected(x, torch_values(weight), 256)
     assert torch.allclose(native.matmul(x, weight, int8_activations=True).double(), want, rtol=1e-5, atol=1e-6)
-    other = packed("Q2_K", 8, 512, rng, "moderate")  # no int8 products: the float32 path, whatever was asked
+    other = packed("F16", 8, 512, rng, "moderate")  # no int8 products: the float32 path, whatever was asked
     x = torch.randn(1, 512)
     assert torch.equal(native.matmul(x, other, int8_activations=True), native.matmul(x, other))
 
 
 @needs_native
 @pytest.mark.parametrize(("family", "outtype"), [("qwen3", "q8_0"), ("llama", "q4_0"), ("qwen3moe", "q4_0"),
-                                                 ("llama", "q4_1"), ("llama", "q5_0"), ("llama", "q5_1")])
+                                                 ("llama", "q4_1"), ("llama", "q5_0"), ("llama", "q5_1"),
+                                                 ("llama", "mxfp4"), ("llama_wide", "q2_k")])
 def test_a_model_with_int8_activations(tiny_model, family: str, outtype: str) -> None:
     """Decoding-step logits stay near transformers' (rounding activations to 8 bits moves them by a few
-    hundredths of the largest logit at most); the option can be turned off again, back to the exact path."""
+    hundredths of the largest logit at most: 3 %, or 5 % where one scale serves 256 activations, a coarser step,
+    in a model four times as wide; Q4_K and IQ4_XS measured 3-4 % there); the option can be turned off again,
+    back to the exact path."""
     reference, path = tiny_model(family, outtype)
     exact, fast = tfb.load(path), tfb.load(path, int8_activations=True)
     for batch in (1, 2):  # one and two rows: the matrix-vector products
@@ -127,7 +134,7 @@ def test_a_model_with_int8_activations(tiny_model, family: str, outtype: str) ->
             want, got, plain = reference(ids).logits, fast(ids), exact(ids)
         assert_logits_match(plain, want)
         scale = want.abs().max().item()
-        assert (got - want).abs().max().item() <= 3e-2 * scale
+        assert (got - want).abs().max().item() <= (3e-2 if activation_block(outtype.upper()) == 32 else 5e-2) * scale
         assert not torch.equal(got, plain)
     fast.use_int8_activations(False)
     with torch.no_grad():

@@ -92,6 +92,8 @@ DEEPSEEK: dict[str, Any] = dict(tokenizer="gpt2", keep_f32=("mlp.gate.weight",))
 FAMILIES: dict[str, Family] = {
     "llama": Family("LlamaForCausalLM", "LlamaConfig", dict(BASE)),
     "llama_tied": Family("LlamaForCausalLM", "LlamaConfig", dict(BASE, tie_word_embeddings=True)),
+    # every matrix row a multiple of 256: the 256-weight block types (k-quants, IQ*, TQ*) store every matrix
+    "llama_wide": Family("LlamaForCausalLM", "LlamaConfig", dict(BASE, hidden_size=256, intermediate_size=256)),
     "llama3": Family("LlamaForCausalLM", "LlamaConfig", dict(
         BASE, rope_parameters=dict(rope_type="llama3", rope_theta=10000.0, factor=8.0, low_freq_factor=1.0,
                                    high_freq_factor=4.0, original_max_position_embeddings=16))),

@@ -9,6 +9,7 @@
  * below), so the branches differ only in the order of the float32 block sums.
  */
 #include "formats.h"
+#include "grids.h" /* generated into the build directory (tables.py) */
 #include "simd.h"
 #include "unpack.h"
 
@@ -397,6 +398,780 @@ static void rows_q6_k(const uint8_t *w, int64_t stride, int64_t nrows, int64_t n
 
 #endif
 
+/* =========================================================================================================
+ * More formats (issue 20): Q2_K, Q3_K, IQ4_NL, IQ4_XS, MXFP4, TQ2_0, TQ1_0 and the codebook formats, with the
+ * activations llama.cpp pairs them with (ggml-cpu's type traits, vec_dot_type): 32 values a scale (q8_0) for
+ * IQ4_NL and MXFP4, 256 (q8_K) for the others. Block layouts are described next to each format's float
+ * kernels in kernels.c.
+ * ========================================================================================================= */
+
+/* The weights PREFETCH_AHEAD bytes on, asked for into L2 while this block multiplies: rows streamed from
+ * memory (an output layer) otherwise arrive at the hardware prefetcher's pace, which left these kernels
+ * slower than the float ones there. Measured (one thread, by CPU time, Q2_K [151936 x 1024]): 10.8 ms
+ * -> 4.5 ms (float: 10.5 ms); 4 to 16 rows ahead did about as well; no change where the weights stay in cache. */
+#define PREFETCH_AHEAD 4096
+static inline void prefetch_ahead(const uint8_t *p) { __builtin_prefetch(p + PREFETCH_AHEAD, 0, 1); }
+
+/* This section's own small helpers (it uses nothing from the sections above): a float32 accumulator `acc32`
+ * (eight lanes with AVX2, one float otherwise), its zero and its sum. */
+#if defined(__AVX2__)
+typedef __m256 acc32;
+static inline acc32 acc32_zero(void) { return _mm256_setzero_ps(); }
+static inline float acc32_sum(acc32 v) {
+    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    s = _mm_add_ss(s, _mm_movehdup_ps(s));
+    return _mm_cvtss_f32(s);
+}
+static inline __m256i bytes32(const void *p) { return _mm256_loadu_si256((const __m256i *)p); }
+
+/* acc + scale * (w . a) over 32 signed bytes each: maddubs multiplies unsigned by signed bytes, so |w| meets a
+ * with w's sign; pair sums within 2 * 128 * 127 < 2^15 */
+static inline acc32 add_dot32(acc32 acc, __m256i w, __m256i a, float scale) {
+    __m256i pairs = _mm256_maddubs_epi16(_mm256_sign_epi8(w, w), _mm256_sign_epi8(a, w));
+    return _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_madd_epi16(pairs, _mm256_set1_epi16(1))), _mm256_set1_ps(scale), acc);
+}
+
+/* the byte shuffle that puts int16 `low` of a register holding eight int16 in both 128-bit lanes into every
+ * int16 of the lower lane, and int16 `high` into every int16 of the upper one */
+static inline __m256i pick_scales(int low, int high) {
+    const __m256i pair = _mm256_setr_epi8(0, 1, 0, 1, 0, 1, 0, 1, 0, 1, 0, 1, 0, 1, 0, 1,
+                                          0, 1, 0, 1, 0, 1, 0, 1, 0, 1, 0, 1, 0, 1, 0, 1);
+    return _mm256_add_epi8(pair, _mm256_set_m128i(_mm_set1_epi8((char)(2 * high)), _mm_set1_epi8((char)(2 * low))));
+}
+#else
+typedef float acc32;
+static inline acc32 acc32_zero(void) { return 0.0f; }
+static inline float acc32_sum(acc32 v) { return v; }
+#endif
+
+/* The 4-bit tables as signed bytes: IQ4_NL's kvalues, and MXFP4's E2M1 values doubled (kvalues_mxfp4) */
+static const int8_t IQ4_NL_I8[16] = {-127, -104, -83, -65, -49, -35, -22, -10, 1, 13, 25, 38, 53, 69, 89, 113};
+static const int8_t MXFP4_I8[16] = {0, 1, 2, 3, 4, 6, 8, 12, 0, -1, -2, -3, -4, -6, -8, -12};
+
+/* Q3_K's sixteen 6-bit scales (plus 32) as the bytes of words[4], in sub-block order: low 4 bits from the
+ * nibbles of bytes 0-7, high 2 bits from bit pairs of bytes 8-11 */
+static inline void q3_k_scale_words(const uint8_t *p, uint32_t words[4]) {
+    uint32_t a0 = load_u32(p), a1 = load_u32(p + 4), high = load_u32(p + 8);
+    words[0] = (a0 & 0x0F0F0F0F) | (high & 0x03030303) << 4;
+    words[1] = (a1 & 0x0F0F0F0F) | (high >> 2 & 0x03030303) << 4;
+    words[2] = (a0 >> 4 & 0x0F0F0F0F) | (high >> 4 & 0x03030303) << 4;
+    words[3] = (a1 >> 4 & 0x0F0F0F0F) | (high >> 6 & 0x03030303) << 4;
+}
+
+/* IQ4_XS's 6-bit scale of sub-block i (32 weights), minus 32 */
+static inline int iq4_xs_scale_i(const uint8_t *blk, int i) {
+    return (((blk[4 + i / 2] >> (4 * (i % 2))) & 15) | ((load_u16(blk + 2) >> (2 * i)) & 3) << 4) - 32;
+}
+
+/* A 256-weight block as signed bytes under sixteen integer scales: weight i = unit * scale[i / 16] * q[i],
+ * unit the float the unpacker returns. With |q| <= 127 and |scale| <= 32 a block's integer sum stays within
+ * 256 * 127 * 127 * 32 < 2^31 (and an AVX2 pair of products within 2 * 127 * 127 < 2^15). The portable
+ * branch (and TQ1_0 in every branch) unpacks each block into one, then block_i8_dot multiplies it; the AVX2
+ * branch builds the other formats' values in registers. */
+typedef struct {
+    int8_t q[256] __attribute__((aligned(32)));
+    int16_t scale[16];
+} block_i8;
+
+/* The two-bit fields of Q2_K, Q3_K and TQ2_0: weight 128h + 32s + l is bits 2s..2s+1 of qs[32h + l] */
+static inline void two_bits_i8(const uint8_t *qs, int8_t *q) {
+    for (int h = 0; h < 2; h++) {
+        u8x32 packed = load_u8x32(qs + 32 * h);
+        for (int s = 0; s < 4; s++) store_u8x32((uint8_t *)q + 128 * h + 32 * s, (packed >> (2 * s)) & 3);
+    }
+}
+
+/* eight grid values (the bytes of `row`), negated where bit j of `signs` is set */
+static inline void grid8_signed(int8_t *q, uint64_t row, uint32_t signs) {
+    for (int j = 0; j < 8; j++) {
+        int v = (int8_t)(row >> (8 * j));
+        q[j] = (int8_t)(signs >> j & 1 ? -v : v);
+    }
+}
+
+static inline void scale_pair(block_i8 *u, int i, int value) { u->scale[2 * i] = u->scale[2 * i + 1] = (int16_t)value; }
+
+/* Q2_K: the two-bit values 0..3 under the scales' low nibbles (the mins apart, rows_q2_k) */
+static inline float unpack_q2_k(const uint8_t *blk, block_i8 *u) {
+    two_bits_i8(blk + 16, u->q);
+    for (int j = 0; j < 16; j++) u->scale[j] = blk[j] & 15;
+    return load_half(blk + 80);
+}
+
+/* Q3_K: the two-bit value plus 4 * its hmask bit, minus 4 (-4..3), under the scales minus 32 */
+static inline float unpack_q3_k(const uint8_t *blk, block_i8 *u) {
+    u8x32 hmask = load_u8x32(blk);
+    for (int h = 0; h < 2; h++) {
+        u8x32 packed = load_u8x32(blk + 32 + 32 * h);
+        for (int s = 0; s < 4; s++) /* bytewise, wrapping: 0..7 - 4 is the signed -4..3 */
+            store_u8x32((uint8_t *)u->q + 128 * h + 32 * s,
+                        (((packed >> (2 * s)) & 3) | ((hmask >> (4 * h + s)) & 1) << 2) - 4);
+    }
+    uint32_t words[4];
+    q3_k_scale_words(blk + 96, words);
+    for (int j = 0; j < 16; j++) u->scale[j] = (int16_t)((words[j / 4] >> (8 * (j % 4)) & 0xFF) - 32);
+    return load_half(blk + 108);
+}
+
+/* IQ4_XS: kvalues under the 6-bit scales minus 32 */
+static inline float unpack_iq4_xs(const uint8_t *blk, block_i8 *u) {
+    for (int i = 0; i < 8; i++) {
+        scale_pair(u, i, iq4_xs_scale_i(blk, i));
+        for (int j = 0; j < 16; j++) {
+            u->q[32 * i + j] = IQ4_NL_I8[blk[8 + 16 * i + j] & 15];
+            u->q[32 * i + 16 + j] = IQ4_NL_I8[blk[8 + 16 * i + j] >> 4];
+        }
+    }
+    return load_half(blk);
+}
+
+/* TQ2_0: the two-bit values minus one */
+static inline float unpack_tq2_0(const uint8_t *blk, block_i8 *u) {
+    two_bits_i8(blk, u->q);
+    for (int i = 0; i < 256; i++) u->q[i] = (int8_t)(u->q[i] - 1);
+    for (int j = 0; j < 16; j++) u->scale[j] = 1;
+    return load_half(blk + 64);
+}
+
+/* TQ1_0: base-3 digits minus one, digit k of byte v read as ggml reads it: ((v * 3^k mod 256) * 3) >> 8, with
+ * m = v * 3^k mod 256 carried from digit to digit as 3m mod 256. Sixteen bytes at a time: with AVX2 in bytes,
+ * the digit being [m >= 86] + [m >= 171] (a comparison is 0 or -1, so digit - 1 = ~(the two added)); else in
+ * uint16 lanes, which every instruction set multiplies natively. */
+typedef uint8_t u8x16 __attribute__((vector_size(16)));
+typedef uint16_t u16x16 __attribute__((vector_size(32)));
+typedef int8_t i8x16 __attribute__((vector_size(16)));
+
+/* digits 0 .. digits-1 of the 16 bytes at p, minus one, digit k to q + stride * k */
+static inline void tq1_digits16(const uint8_t *p, int digits, int8_t *q, int stride) {
+    u8x16 m;
+    memcpy(&m, p, 16);
+#if defined(__AVX2__)
+    for (int k = 0; k < digits; k++, m = m + m + m) {
+        u8x16 digit_minus_one = ~((u8x16)(m >= 86) + (u8x16)(m >= 171));
+        memcpy(q + stride * k, &digit_minus_one, 16);
+    }
+#else
+    u16x16 wide = __builtin_convertvector(m, u16x16);
+    for (int k = 0; k < digits; k++, wide = (wide * 3) & 255) {
+        i8x16 digit_minus_one = __builtin_convertvector((wide * 3) >> 8, i8x16) - 1;
+        memcpy(q + stride * k, &digit_minus_one, 16);
+    }
+#endif
+}
+
+static inline float unpack_tq1_0(const uint8_t *blk, block_i8 *u) {
+    tq1_digits16(blk, 5, u->q, 32);
+    tq1_digits16(blk + 16, 5, u->q + 16, 32);
+    tq1_digits16(blk + 32, 5, u->q + 160, 16);
+    for (int p = 0; p < 4; p++) {
+        uint8_t v = blk[48 + p];
+        for (int k = 0; k < 4; k++, v = (uint8_t)(3 * v)) u->q[240 + 4 * k + p] = (int8_t)((v * 3 >> 8) - 1);
+    }
+    for (int j = 0; j < 16; j++) u->scale[j] = 1;
+    return load_half(blk + 52);
+}
+
+/* The codebook formats: grid values with signs under (2s + 1) (IQ3_S: 1 + 2s); the reference's
+ * d * (s + 0.5) * 0.25 is d / 8 * (2s + 1) (IQ3_XXS's * 0.5: d / 4 * (2s + 1)). */
+static inline float unpack_iq2_xxs(const uint8_t *blk, block_i8 *u) {
+    for (int i = 0; i < 8; i++) {
+        const uint8_t *q = blk + 2 + 8 * i;
+        uint32_t aux = load_u32(q + 4);
+        scale_pair(u, i, 2 * (int)(aux >> 28) + 1);
+        for (int l = 0; l < 4; l++) grid8_signed(u->q + 32 * i + 8 * l, GRID_IQ2XXS[q[l]], ksigns(aux >> (7 * l) & 127));
+    }
+    return load_half(blk) * 0.125f;
+}
+
+static inline float unpack_iq2_xs(const uint8_t *blk, block_i8 *u) {
+    for (int s = 0; s < 16; s++) {
+        u->scale[s] = (int16_t)(2 * (blk[66 + s / 2] >> (4 * (s % 2)) & 15) + 1);
+        for (int l = 2 * s; l < 2 * s + 2; l++) {
+            uint32_t v = load_u16(blk + 2 + 2 * l);
+            grid8_signed(u->q + 8 * l, GRID_IQ2XS[v & 511], ksigns(v >> 9));
+        }
+    }
+    return load_half(blk) * 0.125f;
+}
+
+static inline float unpack_iq2_s(const uint8_t *blk, block_i8 *u) {
+    for (int s = 0; s < 16; s++) {
+        u->scale[s] = (int16_t)(2 * (blk[74 + s / 2] >> (4 * (s % 2)) & 15) + 1);
+        for (int l = 2 * s; l < 2 * s + 2; l++) {
+            uint32_t index = blk[2 + l] | (blk[66 + l / 4] >> (2 * (l % 4)) & 3) << 8;
+            grid8_signed(u->q + 8 * l, GRID_IQ2S[index], blk[34 + l]);
+        }
+    }
+    return load_half(blk) * 0.125f;
+}
+
+static inline float unpack_iq3_xxs(const uint8_t *blk, block_i8 *u) {
+    for (int i = 0; i < 8; i++) {
+        uint32_t aux = load_u32(blk + 66 + 4 * i);
+        scale_pair(u, i, 2 * (int)(aux >> 28) + 1);
+        for (int l = 0; l < 4; l++) {
+            const uint8_t *q = blk + 2 + 8 * i + 2 * l;
+            uint64_t row = GRID_IQ3XXS[q[0]] | (uint64_t)GRID_IQ3XXS[q[1]] << 32;
+            grid8_signed(u->q + 32 * i + 8 * l, row, ksigns(aux >> (7 * l) & 127));
+        }
+    }
+    return load_half(blk) * 0.25f;
+}
+
+static inline float unpack_iq3_s(const uint8_t *blk, block_i8 *u) {
+    for (int i = 0; i < 8; i++) {
+        scale_pair(u, i, 1 + 2 * (blk[106 + i / 2] >> (4 * (i % 2)) & 15));
+        for (int g = 4 * i; g < 4 * i + 4; g++) {
+            uint64_t row = GRID_IQ3S[iq3_s_index(blk, 2 * g)] | (uint64_t)GRID_IQ3S[iq3_s_index(blk, 2 * g + 1)] << 32;
+            grid8_signed(u->q + 8 * g, row, blk[74 + g]);
+        }
+    }
+    return load_half(blk);
+}
+
+/* The IQ1 grids hold -1, 0, 1 and shift by delta = +-1/8: eight times a weight's value is the integer
+ * 8 * grid + 1, or 8 * grid - 1 where the delta's sign bit is set */
+static inline void grid8_delta(int8_t *q, uint64_t row, int negative) {
+    for (int j = 0; j < 8; j++) q[j] = (int8_t)(8 * (int8_t)(row >> (8 * j)) + (negative ? -1 : 1));
+}
+
+static inline float unpack_iq1_s(const uint8_t *blk, block_i8 *u) {
+    for (int i = 0; i < 8; i++) {
+        uint32_t qh = load_u16(blk + 34 + 2 * i);
+        scale_pair(u, i, 2 * (int)(qh >> 12 & 7) + 1);
+        for (int l = 0; l < 4; l++)
+            grid8_delta(u->q + 32 * i + 8 * l, GRID_IQ1S[blk[2 + 4 * i + l] | (qh >> (3 * l) & 7) << 8], qh >> 15 & 1);
+    }
+    return load_half(blk) * 0.125f;
+}
+
+static inline float unpack_iq1_m(const uint8_t *blk, block_i8 *u) {
+    for (int i = 0; i < 8; i++) {
+        uint32_t sc = load_u16(blk + 48 + 2 * (i / 2)) >> (6 * (i % 2)), qh = load_u16(blk + 32 + 2 * i);
+        u->scale[2 * i] = (int16_t)(2 * (sc & 7) + 1);
+        u->scale[2 * i + 1] = (int16_t)(2 * (sc >> 3 & 7) + 1);
+        for (int l = 0; l < 4; l++) {
+            uint32_t nibble = qh >> (4 * l) & 15;
+            grid8_delta(u->q + 32 * i + 8 * l, GRID_IQ1S[blk[4 * i + l] | (nibble & 7) << 8], nibble >> 3 & 1);
+        }
+    }
+    return iq1_m_d(blk) * 0.125f;
+}
+
+#if defined(__AVX2__)
+static inline int32_t sum_i32(__m256i v) {
+    __m128i s = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
+    s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0x4E));
+    s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0xB1));
+    return _mm_cvtsi128_si32(s);
+}
+
+/* sum over the sixteen runs j of scale[j] * (q . a over run j), 32 signed bytes at a time (add_dot32's
+ * sign trick) */
+static inline int32_t block_i8_dot(const block_i8 *u, const int8_t *a) {
+    __m256i dot = _mm256_setzero_si256();
+    for (int k = 0; k < 8; k++) {
+        __m256i w = bytes32(u->q + 32 * k);
+        __m256i pairs = _mm256_maddubs_epi16(_mm256_sign_epi8(w, w), _mm256_sign_epi8(bytes32(a + 32 * k), w));
+        __m256i scale = _mm256_set_m128i(_mm_set1_epi16(u->scale[2 * k + 1]), _mm_set1_epi16(u->scale[2 * k]));
+        dot = _mm256_add_epi32(dot, _mm256_madd_epi16(pairs, scale));
+    }
+    return sum_i32(dot);
+}
+
+/* 32 weights of a 4-bit table format (qs[16] laid out as Q4_0's) as signed bytes: one byte shuffle */
+static inline __m256i table4_values(const uint8_t *qs, __m256i table) {
+    __m128i packed = _mm_loadu_si128((const __m128i *)qs), nibbles = _mm_set1_epi8(15);
+    __m256i q = _mm256_set_m128i(_mm_and_si128(_mm_srli_epi16(packed, 4), nibbles), _mm_and_si128(packed, nibbles));
+    return _mm256_shuffle_epi8(table, q);
+}
+
+static inline acc32 table4_dot(acc32 acc, const int8_t *values, const uint8_t *qs, const int8_t *a, float scale) {
+    __m256i table = _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *)values));
+    return add_dot32(acc, table4_values(qs, table), bytes32(a), scale);
+}
+
+/* Q2_K in registers: per half h the four two-bit planes of qs[32h ..], unsigned, times the activations under
+ * the scales (as rows_q6_k); the mins through the activations' sums of 16 */
+static void rows_q2_k(const uint8_t *w, int64_t stride, int64_t nrows, int64_t nb, const int8_row *a, float *y) {
+    const __m256i three = _mm256_set1_epi8(3);
+    const __m128i low4 = _mm_set1_epi8(15);
+    for (int64_t r = 0; r < nrows; r++) {
+        const uint8_t *row = w + r * stride;
+        __m256 acc = _mm256_setzero_ps();
+        for (int64_t b = 0; b < nb; b++) {
+            const uint8_t *blk = row + 84 * b;
+            const int8_t *ab = a->q + 256 * b;
+            prefetch_ahead(blk);
+            __m128i fields = _mm_loadu_si128((const __m128i *)blk);
+            __m128i scales = _mm_and_si128(fields, low4), mins = _mm_and_si128(_mm_srli_epi16(fields, 4), low4);
+            __m256i dot = _mm256_setzero_si256();
+            for (int h = 0; h < 2; h++) {
+                __m256i sc = _mm256_broadcastsi128_si256(_mm_cvtepu8_epi16(h ? _mm_srli_si128(scales, 8) : scales));
+                __m256i packed = bytes32(blk + 16 + 32 * h);
+                for (int s = 0; s < 4; s++, packed = _mm256_srli_epi16(packed, 2)) {
+                    __m256i p = _mm256_maddubs_epi16(_mm256_and_si256(packed, three), bytes32(ab + 128 * h + 32 * s));
+                    dot = _mm256_add_epi32(dot, _mm256_madd_epi16(p, _mm256_shuffle_epi8(sc, pick_scales(2 * s, 2 * s + 1))));
+                }
+            }
+            __m256i offset = _mm256_madd_epi16(_mm256_cvtepu8_epi16(mins), bytes32(a->sums + 16 * b));
+            float da = a->d[b];
+            acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot), _mm256_set1_ps(load_half(blk + 80) * da), acc);
+            acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(offset), _mm256_set1_ps(-load_half(blk + 82) * da), acc);
+        }
+        y[r] = acc32_sum(acc);
+    }
+}
+
+/* Q3_K in registers: the two-bit planes with 4 * the hmask bit (0..7, unsigned) under the signed scales;
+ * the bias of 4 through the activations' sums of 16 */
+static void rows_q3_k(const uint8_t *w, int64_t stride, int64_t nrows, int64_t nb, const int8_row *a, float *y) {
+    const __m256i three = _mm256_set1_epi8(3), four = _mm256_set1_epi8(4);
+    for (int64_t r = 0; r < nrows; r++) {
+        const uint8_t *row = w + r * stride;
+        __m256 acc = _mm256_setzero_ps();
+        for (int64_t b = 0; b < nb; b++) {
+            const uint8_t *blk = row + 110 * b;
+            const int8_t *ab = a->q + 256 * b;
+            prefetch_ahead(blk);
+            uint32_t words[4];
+            q3_k_scale_words(blk + 96, words);
+            __m128i s8 = _mm_sub_epi8(_mm_setr_epi32((int)words[0], (int)words[1], (int)words[2], (int)words[3]),
+                                      _mm_set1_epi8(32)); /* in registers: no store-to-load stall */
+            __m256i hmask = bytes32(blk), dot = _mm256_setzero_si256();
+            for (int h = 0; h < 2; h++) {
+                __m256i sc = _mm256_broadcastsi128_si256(_mm_cvtepi8_epi16(h ? _mm_srli_si128(s8, 8) : s8));
+                __m256i packed = bytes32(blk + 32 + 32 * h);
+                for (int s = 0; s < 4; s++, packed = _mm256_srli_epi16(packed, 2), hmask = _mm256_srli_epi16(hmask, 1)) {
+                    __m256i q = _mm256_or_si256(_mm256_and_si256(packed, three),
+                                                _mm256_and_si256(_mm256_slli_epi16(hmask, 2), four));
+                    __m256i p = _mm256_maddubs_epi16(q, bytes32(ab + 128 * h + 32 * s));
+                    dot = _mm256_add_epi32(dot, _mm256_madd_epi16(p, _mm256_shuffle_epi8(sc, pick_scales(2 * s, 2 * s + 1))));
+                }
+            }
+            __m256i bias = _mm256_madd_epi16(_mm256_cvtepi8_epi16(s8), bytes32(a->sums + 16 * b));
+            dot = _mm256_sub_epi32(dot, _mm256_slli_epi32(bias, 2));
+            acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot), _mm256_set1_ps(load_half(blk + 108) * a->d[b]), acc);
+        }
+        y[r] = acc32_sum(acc);
+    }
+}
+
+/* IQ4_XS in registers: per sub-block of 32, the kvalues by one shuffle, under the scale minus 32 */
+static void rows_iq4_xs(const uint8_t *w, int64_t stride, int64_t nrows, int64_t nb, const int8_row *a, float *y) {
+    const __m256i table = _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *)IQ4_NL_I8));
+    for (int64_t r = 0; r < nrows; r++) {
+        const uint8_t *row = w + r * stride;
+        __m256 acc = _mm256_setzero_ps();
+        for (int64_t b = 0; b < nb; b++) {
+            const uint8_t *blk = row + 136 * b;
+            const int8_t *ab = a->q + 256 * b;
+            prefetch_ahead(blk);
+            __m256i dot = _mm256_setzero_si256();
+            for (int i = 0; i < 8; i++) {
+                __m256i v = table4_values(blk + 8 + 16 * i, table);
+                __m256i p = _mm256_maddubs_epi16(_mm256_sign_epi8(v, v), _mm256_sign_epi8(bytes32(ab + 32 * i), v));
+                dot = _mm256_add_epi32(dot, _mm256_madd_epi16(p, _mm256_set1_epi16((short)iq4_xs_scale_i(blk, i))));
+            }
+            acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot), _mm256_set1_ps(load_half(blk) * a->d[b]), acc);
+        }
+        y[r] = acc32_sum(acc);
+    }
+}
+
+/* The ternary and codebook formats in registers: group_<fmt>(block, i, &scale) gives weights 32i .. 32i + 31
+ * as signed bytes (|q| <= 127) and, in the int16 lanes of each 16-weight half, its integer scale (<= 32);
+ * the block's float unit multiplies the integer sum once. */
+#define DEFINE_GROUP_ROWS(fmt, type_size, unit)                                                               \
+    static void rows_##fmt(const uint8_t *w, int64_t stride, int64_t nrows, int64_t nb, const int8_row *a,     \
+                           float *y) {                                                                         \
+        for (int64_t r = 0; r < nrows; r++) {                                                                  \
+            const uint8_t *row = w + r * stride;                                                               \
+            __m256 acc = _mm256_setzero_ps();                                                                  \
+            for (int64_t b = 0; b < nb; b++) {                                                                 \
+                const uint8_t *blk = row + (type_size) * b;                                                    \
+                const int8_t *ab = a->q + 256 * b;                                                             \
+                prefetch_ahead(blk);                                                                           \
+                __m256i dot = _mm256_setzero_si256();                                                          \
+                for (int i = 0; i < 8; i++) {                                                                  \
+                    __m256i scale, v = group_##fmt(blk, i, &scale);                                            \
+                    __m256i p = _mm256_maddubs_epi16(_mm256_sign_epi8(v, v), _mm256_sign_epi8(bytes32(ab + 32 * i), v)); \
+                    dot = _mm256_add_epi32(dot, _mm256_madd_epi16(p, scale));                                  \
+                }                                                                                              \
+                acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot), _mm256_set1_ps((unit) * a->d[b]), acc);         \
+            }                                                                                                  \
+            y[r] = acc32_sum(acc);                                                      \
+        }                                                                                                      \
+    }
+
+/* 0xFF in byte j where bit j of `bits` is set (q5_values' spread) */
+static inline __m256i bit_mask32(uint32_t bits) {
+    const __m256i spread = _mm256_setr_epi8(0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1,
+                                            2, 2, 2, 2, 2, 2, 2, 2, 3, 3, 3, 3, 3, 3, 3, 3);
+    const __m256i bit = _mm256_set1_epi64x(0x8040201008040201LL);
+    return _mm256_cmpeq_epi8(_mm256_and_si256(_mm256_shuffle_epi8(_mm256_set1_epi32((int)bits), spread), bit), bit);
+}
+
+static inline __m256i rows4(uint64_t r0, uint64_t r1, uint64_t r2, uint64_t r3) {
+    return _mm256_set_epi64x((long long)r3, (long long)r2, (long long)r1, (long long)r0);
+}
+
+/* four grid rows, byte j negated where bit j of `signs` is set: (v ^ m) - m */
+static inline __m256i signed_rows(__m256i v, uint32_t signs) {
+    __m256i m = bit_mask32(signs);
+    return _mm256_sub_epi8(_mm256_xor_si256(v, m), m);
+}
+
+/* one scale for each 16-weight half */
+static inline __m256i scale_halves(int low, int high) {
+    return _mm256_set_m128i(_mm_set1_epi16((short)high), _mm_set1_epi16((short)low));
+}
+
+/* the four 7-bit sign indices of a uint32 (bits 0-27) as 32 sign bits */
+static inline uint32_t ksigns4(uint32_t aux) {
+    return ksigns(aux & 127) | ksigns(aux >> 7 & 127) << 8 | ksigns(aux >> 14 & 127) << 16 | ksigns(aux >> 21 & 127) << 24;
+}
+
+static inline int iq2_scale_i(const uint8_t *scales, int s) { return 2 * (scales[s / 2] >> (4 * (s % 2)) & 15) + 1; }
+
+static inline __m256i group_tq2_0(const uint8_t *blk, int i, __m256i *scale) {
+    *scale = _mm256_set1_epi16(1);
+    __m256i packed = _mm256_srl_epi16(bytes32(blk + 32 * (i / 4)), _mm_cvtsi32_si128(2 * (i % 4)));
+    return _mm256_sub_epi8(_mm256_and_si256(packed, _mm256_set1_epi8(3)), _mm256_set1_epi8(1));
+}
+DEFINE_GROUP_ROWS(tq2_0, 66, load_half(blk + 64))
+
+static inline __m256i group_iq2_xxs(const uint8_t *blk, int i, __m256i *scale) {
+    const uint8_t *q = blk + 2 + 8 * i;
+    uint32_t aux = load_u32(q + 4);
+    *scale = _mm256_set1_epi16((short)(2 * (aux >> 28) + 1));
+    return signed_rows(rows4(GRID_IQ2XXS[q[0]], GRID_IQ2XXS[q[1]], GRID_IQ2XXS[q[2]], GRID_IQ2XXS[q[3]]), ksigns4(aux));
+}
+DEFINE_GROUP_ROWS(iq2_xxs, 66, load_half(blk) * 0.125f)
+
+static inline __m256i group_iq2_xs(const uint8_t *blk, int i, __m256i *scale) {
+    *scale = scale_halves(iq2_scale_i(blk + 66, 2 * i), iq2_scale_i(blk + 66, 2 * i + 1));
+    uint64_t v = load_u64(blk + 2 + 8 * i); /* four uint16: 9-bit grid index, 7-bit sign index */
+    uint32_t signs = 0;
+    for (int l = 0; l < 4; l++) signs |= ksigns(v >> (16 * l + 9) & 127) << (8 * l);
+    return signed_rows(rows4(GRID_IQ2XS[v & 511], GRID_IQ2XS[v >> 16 & 511], GRID_IQ2XS[v >> 32 & 511],
+                             GRID_IQ2XS[v >> 48 & 511]), signs);
+}
+DEFINE_GROUP_ROWS(iq2_xs, 74, load_half(blk) * 0.125f)
+
+static inline __m256i group_iq2_s(const uint8_t *blk, int i, __m256i *scale) {
+    *scale = scale_halves(iq2_scale_i(blk + 74, 2 * i), iq2_scale_i(blk + 74, 2 * i + 1));
+    const uint8_t *q = blk + 2 + 4 * i;
+    uint32_t high = blk[66 + i]; /* index bits 8-9 of the four groups */
+    return signed_rows(rows4(GRID_IQ2S[q[0] | (high & 3) << 8], GRID_IQ2S[q[1] | (high >> 2 & 3) << 8],
+                             GRID_IQ2S[q[2] | (high >> 4 & 3) << 8], GRID_IQ2S[q[3] | (high >> 6 & 3) << 8]),
+                       load_u32(blk + 34 + 4 * i));
+}
+DEFINE_GROUP_ROWS(iq2_s, 82, load_half(blk) * 0.125f)
+
+static inline __m256i group_iq3_xxs(const uint8_t *blk, int i, __m256i *scale) {
+    uint32_t aux = load_u32(blk + 66 + 4 * i);
+    *scale = _mm256_set1_epi16((short)(2 * (aux >> 28) + 1));
+    const uint8_t *q = blk + 2 + 8 * i;
+    __m256i v = _mm256_setr_epi32((int)GRID_IQ3XXS[q[0]], (int)GRID_IQ3XXS[q[1]], (int)GRID_IQ3XXS[q[2]],
+                                  (int)GRID_IQ3XXS[q[3]], (int)GRID_IQ3XXS[q[4]], (int)GRID_IQ3XXS[q[5]],
+                                  (int)GRID_IQ3XXS[q[6]], (int)GRID_IQ3XXS[q[7]]);
+    return signed_rows(v, ksigns4(aux));
+}
+DEFINE_GROUP_ROWS(iq3_xxs, 98, load_half(blk) * 0.25f)
+
+static inline __m256i group_iq3_s(const uint8_t *blk, int i, __m256i *scale) {
+    *scale = _mm256_set1_epi16((short)(1 + 2 * (blk[106 + i / 2] >> (4 * (i % 2)) & 15)));
+    int r = 8 * i;
+    __m256i v = _mm256_setr_epi32((int)GRID_IQ3S[iq3_s_index(blk, r)], (int)GRID_IQ3S[iq3_s_index(blk, r + 1)],
+                                  (int)GRID_IQ3S[iq3_s_index(blk, r + 2)], (int)GRID_IQ3S[iq3_s_index(blk, r + 3)],
+                                  (int)GRID_IQ3S[iq3_s_index(blk, r + 4)], (int)GRID_IQ3S[iq3_s_index(blk, r + 5)],
+                                  (int)GRID_IQ3S[iq3_s_index(blk, r + 6)], (int)GRID_IQ3S[iq3_s_index(blk, r + 7)]);
+    return signed_rows(v, load_u32(blk + 74 + 4 * i));
+}
+DEFINE_GROUP_ROWS(iq3_s, 110, load_half(blk))
+
+/* IQ1: 8 * grid (-1, 0, 1), bytewise (the 16-bit shift's carry into the next byte masked off), plus the
+ * delta's sign as +-1 per group of 8 (`deltas`) */
+static inline __m256i iq1_values(__m256i grid, __m256i deltas) {
+    return _mm256_add_epi8(_mm256_and_si256(_mm256_slli_epi16(grid, 3), _mm256_set1_epi8((char)0xF8)), deltas);
+}
+
+static inline long long iq1_delta8(uint32_t negative) { return negative ? -1LL : 0x0101010101010101LL; }
+
+static inline __m256i group_iq1_s(const uint8_t *blk, int i, __m256i *scale) {
+    uint32_t qh = load_u16(blk + 34 + 2 * i);
+    *scale = _mm256_set1_epi16((short)(2 * (qh >> 12 & 7) + 1));
+    const uint8_t *q = blk + 2 + 4 * i;
+    __m256i grid = rows4(GRID_IQ1S[q[0] | (qh & 7) << 8], GRID_IQ1S[q[1] | (qh >> 3 & 7) << 8],
+                         GRID_IQ1S[q[2] | (qh >> 6 & 7) << 8], GRID_IQ1S[q[3] | (qh >> 9 & 7) << 8]);
+    return iq1_values(grid, _mm256_set1_epi64x(iq1_delta8(qh >> 15 & 1)));
+}
+DEFINE_GROUP_ROWS(iq1_s, 50, load_half(blk) * 0.125f)
+
+static inline __m256i group_iq1_m(const uint8_t *blk, int i, __m256i *scale) {
+    uint32_t sc = load_u16(blk + 48 + 2 * (i / 2)) >> (6 * (i % 2)), qh = load_u16(blk + 32 + 2 * i);
+    *scale = scale_halves(2 * (int)(sc & 7) + 1, 2 * (int)(sc >> 3 & 7) + 1);
+    const uint8_t *q = blk + 4 * i;
+    __m256i grid = rows4(GRID_IQ1S[q[0] | (qh & 7) << 8], GRID_IQ1S[q[1] | (qh >> 4 & 7) << 8],
+                         GRID_IQ1S[q[2] | (qh >> 8 & 7) << 8], GRID_IQ1S[q[3] | (qh >> 12 & 7) << 8]);
+    __m256i deltas = _mm256_set_epi64x(iq1_delta8(qh >> 15 & 1), iq1_delta8(qh >> 11 & 1), iq1_delta8(qh >> 7 & 1),
+                                       iq1_delta8(qh >> 3 & 1));
+    return iq1_values(grid, deltas);
+}
+DEFINE_GROUP_ROWS(iq1_m, 56, iq1_m_d(blk) * 0.125f)
+
+#else
+static inline int32_t block_i8_dot(const block_i8 *u, const int8_t *a) {
+    int32_t total = 0;
+    for (int j = 0; j < 16; j++) {
+        int32_t s = 0;
+        for (int i = 16 * j; i < 16 * j + 16; i++) s += u->q[i] * a[i];
+        total += u->scale[j] * s;
+    }
+    return total;
+}
+
+static inline acc32 table4_dot(acc32 acc, const int8_t *values, const uint8_t *qs, const int8_t *a, float scale) {
+    int32_t s = 0;
+    for (int i = 0; i < 16; i++) s += values[qs[i] & 15] * a[i] + values[qs[i] >> 4] * a[i + 16];
+    return acc + (float)s * scale;
+}
+
+/* IQ4_XS: d_a * d * sum_i (ls_i - 32) * (kvalues . a over sub-block i), the table read straight from the block */
+static void rows_iq4_xs(const uint8_t *w, int64_t stride, int64_t nrows, int64_t nb, const int8_row *a, float *y) {
+    for (int64_t r = 0; r < nrows; r++) {
+        const uint8_t *row = w + r * stride;
+        float sum = 0.0f;
+        for (int64_t b = 0; b < nb; b++) {
+            const uint8_t *blk = row + 136 * b, *qs = blk + 8;
+            const int8_t *ab = a->q + 256 * b;
+            prefetch_ahead(blk);
+            int32_t dot = 0;
+            for (int i = 0; i < 8; i++) {
+                int32_t s = 0;
+                for (int j = 0; j < 16; j++)
+                    s += IQ4_NL_I8[qs[16 * i + j] & 15] * ab[32 * i + j] + IQ4_NL_I8[qs[16 * i + j] >> 4] * ab[32 * i + 16 + j];
+                dot += iq4_xs_scale_i(blk, i) * s;
+            }
+            sum += a->d[b] * load_half(blk) * (float)dot;
+        }
+        y[r] = sum;
+    }
+}
+
+/* Q2_K: d_a * (d * sum_j sc_j (q_j . a_j) - dmin * sum_j m_j sum(a_j)) */
+static void rows_q2_k(const uint8_t *w, int64_t stride, int64_t nrows, int64_t nb, const int8_row *a, float *y) {
+    block_i8 u;
+    for (int64_t r = 0; r < nrows; r++) {
+        const uint8_t *row = w + r * stride;
+        float sum = 0.0f;
+        for (int64_t b = 0; b < nb; b++) {
+            const uint8_t *blk = row + 84 * b;
+            prefetch_ahead(blk);
+            float d = unpack_q2_k(blk, &u);
+            int32_t offset = 0;
+            for (int j = 0; j < 16; j++) offset += (blk[j] >> 4) * a->sums[16 * b + j];
+            int32_t dot = block_i8_dot(&u, a->q + 256 * b);
+            sum += a->d[b] * (d * (float)dot - load_half(blk + 82) * (float)offset);
+        }
+        y[r] = sum;
+    }
+}
+#endif
+
+/* The rows of a format whose blocks unpack into block_i8 (unpack_<fmt>) */
+#define DEFINE_BLOCK_I8_ROWS(fmt, type_size)                                                                  \
+    static void rows_##fmt(const uint8_t *w, int64_t stride, int64_t nrows, int64_t nb, const int8_row *a,     \
+                           float *y) {                                                                         \
+        block_i8 u;                                                                                            \
+        for (int64_t r = 0; r < nrows; r++) {                                                                  \
+            const uint8_t *row = w + r * stride;                                                               \
+            float sum = 0.0f;                                                                                  \
+            for (int64_t b = 0; b < nb; b++) {                                                                 \
+                prefetch_ahead(row + (type_size) * b);                                                         \
+                float unit = unpack_##fmt(row + (type_size) * b, &u);                                          \
+                sum += a->d[b] * unit * (float)block_i8_dot(&u, a->q + 256 * b);                               \
+            }                                                                                                  \
+            y[r] = sum;                                                                                        \
+        }                                                                                                      \
+    }
+
+DEFINE_BLOCK_I8_ROWS(tq1_0, 54)
+#if !defined(__AVX2__)
+DEFINE_BLOCK_I8_ROWS(q3_k, 110)
+DEFINE_BLOCK_I8_ROWS(tq2_0, 66)
+DEFINE_BLOCK_I8_ROWS(iq2_xxs, 66)
+DEFINE_BLOCK_I8_ROWS(iq2_xs, 74)
+DEFINE_BLOCK_I8_ROWS(iq2_s, 82)
+DEFINE_BLOCK_I8_ROWS(iq3_xxs, 98)
+DEFINE_BLOCK_I8_ROWS(iq3_s, 110)
+DEFINE_BLOCK_I8_ROWS(iq1_s, 50)
+DEFINE_BLOCK_I8_ROWS(iq1_m, 56)
+#endif
+
+/* The row loop of the 32-weight table formats: DEFINE_INT8_ROWS's, asking for the weights ahead every two blocks */
+#define DEFINE_TABLE4_ROWS(fmt, type_size)                                                                    \
+    static void rows_##fmt(const uint8_t *w, int64_t stride, int64_t nrows, int64_t nb, const int8_row *a,     \
+                           float *y) {                                                                         \
+        for (int64_t r = 0; r < nrows; r++) {                                                                   \
+            const uint8_t *row = w + r * stride;                                                                \
+            acc32 acc0 = acc32_zero(), acc1 = acc32_zero();                                               \
+            int64_t b = 0;                                                                                      \
+            for (; b + 1 < nb; b += 2) {                                                                        \
+                prefetch_ahead(row + (type_size) * b);                                                          \
+                acc0 = block_##fmt(acc0, row + (type_size) * b, a->q + 32 * b, a->d[b]);                        \
+                acc1 = block_##fmt(acc1, row + (type_size) * (b + 1), a->q + 32 * (b + 1), a->d[b + 1]);        \
+            }                                                                                                   \
+            if (b < nb) acc0 = block_##fmt(acc0, row + (type_size) * b, a->q + 32 * b, a->d[b]);                \
+            y[r] = acc32_sum(acc0 + acc1);                                                                     \
+        }                                                                                                       \
+    }
+
+/* IQ4_NL, 18 bytes: d (f16), qs[16] through kvalues; MXFP4, 17 bytes: e (E8M0), qs[16] through kvalues_mxfp4 */
+static inline acc32 block_iq4_nl(acc32 acc, const uint8_t *blk, const int8_t *a, float da) {
+    return table4_dot(acc, IQ4_NL_I8, blk + 2, a, load_half(blk) * da);
+}
+DEFINE_TABLE4_ROWS(iq4_nl, 18)
+
+static inline acc32 block_mxfp4(acc32 acc, const uint8_t *blk, const int8_t *a, float da) {
+    return table4_dot(acc, MXFP4_I8, blk + 1, a, e8m0_half(blk[0]) * da);
+}
+DEFINE_TABLE4_ROWS(mxfp4, 17)
+
+
+/* Q1_0, Q2_0 and NVFP4: blocks of 128 and 64 weights, multiplied (as llama.cpp does) with 32-value activation
+ * blocks, `nb` of which make a row: each activation block meets a quarter of a Q1_0 block or half of a Q2_0 or
+ * NVFP4 block. */
+#if defined(__AVX2__)
+/* Q1_0's 32 weights of bits (set: +1, clear: -1) */
+static inline __m256i q1_0_values(const uint8_t *bits) {
+    return _mm256_or_si256(_mm256_andnot_si256(bit_mask32(load_u32(bits)), _mm256_set1_epi8(-2)), _mm256_set1_epi8(1));
+}
+
+/* Q2_0's 32 weights from 8 bytes: each byte widened to a uint32 whose byte k is its k-th two-bit field, minus 1 */
+static inline __m256i q2_0_values(const uint8_t *qs) {
+    __m256i v = _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)qs));
+    v = _mm256_or_si256(_mm256_or_si256(v, _mm256_slli_epi32(v, 6)), _mm256_or_si256(_mm256_slli_epi32(v, 12), _mm256_slli_epi32(v, 18)));
+    return _mm256_sub_epi8(_mm256_and_si256(v, _mm256_set1_epi32(0x03030303)), _mm256_set1_epi8(1));
+}
+#else
+/* 32 weights as bytes, then one multiply-add loop the compiler vectorises */
+static inline acc32 dot32_bytes(acc32 acc, const int8_t *q, const int8_t *a, float scale) {
+    int32_t s = 0;
+    for (int j = 0; j < 32; j++) s += q[j] * a[j];
+    return acc + (float)s * scale;
+}
+
+/* each byte of bits spread over eight bytes (bit k alone in byte k, then 0 or 1), as 1 or -1: 0xFF - 0xFE * bit
+ * bytewise, with no borrow between bytes */
+static inline acc32 q1_0_dot(acc32 acc, const uint8_t *bits, const int8_t *a, float scale) {
+    int8_t q[32];
+    for (int i = 0; i < 4; i++) {
+        uint64_t spread = (bits[i] * 0x0101010101010101ull) & 0x8040201008040201ull;
+        spread = (spread + 0x7F7F7F7F7F7F7F7Full) >> 7 & 0x0101010101010101ull;
+        uint64_t values = ~0ull - spread * 0xFE;
+        memcpy(q + 8 * i, &values, 8);
+    }
+    return dot32_bytes(acc, q, a, scale);
+}
+
+/* each byte widened to a uint32 whose byte k is its k-th two-bit field (kernels.c, dequant_q2_0), minus 1 */
+static inline acc32 q2_0_dot(acc32 acc, const uint8_t *qs, const int8_t *a, float scale) {
+    typedef uint8_t u8x8 __attribute__((vector_size(8)));
+    typedef uint32_t u32x8 __attribute__((vector_size(32)));
+    u8x8 bytes;
+    memcpy(&bytes, qs, 8);
+    u32x8 v = __builtin_convertvector(bytes, u32x8);
+    v = (v | v << 6 | v << 12 | v << 18) & 0x03030303;
+    int8_t q[32];
+    memcpy(q, &v, 32);
+    for (int j = 0; j < 32; j++) q[j] = (int8_t)(q[j] - 1);
+    return dot32_bytes(acc, q, a, scale);
+}
+#endif
+
+/* Q1_0, 18 bytes: d (f16), qs[16]; activation block k of a weight block: bits qs[4k .. 4k + 3] */
+static void rows_q1_0(const uint8_t *w, int64_t stride, int64_t nrows, int64_t nb, const int8_row *a, float *y) {
+    for (int64_t r = 0; r < nrows; r++) {
+        const uint8_t *row = w + r * stride;
+        acc32 acc = acc32_zero();
+        for (int64_t b = 0; b < nb; b++) {
+            const uint8_t *blk = row + 18 * (b / 4);
+            if (b % 4 == 0) prefetch_ahead(blk);
+#if defined(__AVX2__)
+            acc = add_dot32(acc, q1_0_values(blk + 2 + 4 * (b % 4)), bytes32(a->q + 32 * b), load_half(blk) * a->d[b]);
+#else
+            acc = q1_0_dot(acc, blk + 2 + 4 * (b % 4), a->q + 32 * b, load_half(blk) * a->d[b]);
+#endif
+        }
+        y[r] = acc32_sum(acc);
+    }
+}
+
+/* Q2_0, 18 bytes: d (f16), qs[16]; activation block k of a weight block: qs[8k .. 8k + 7] */
+static void rows_q2_0(const uint8_t *w, int64_t stride, int64_t nrows, int64_t nb, const int8_row *a, float *y) {
+    for (int64_t r = 0; r < nrows; r++) {
+        const uint8_t *row = w + r * stride;
+        acc32 acc = acc32_zero();
+        for (int64_t b = 0; b < nb; b++) {
+            const uint8_t *blk = row + 18 * (b / 2);
+            if (b % 2 == 0) prefetch_ahead(blk);
+#if defined(__AVX2__)
+            acc = add_dot32(acc, q2_0_values(blk + 2 + 8 * (b % 2)), bytes32(a->q + 32 * b), load_half(blk) * a->d[b]);
+#else
+            acc = q2_0_dot(acc, blk + 2 + 8 * (b % 2), a->q + 32 * b, load_half(blk) * a->d[b]);
+#endif
+        }
+        y[r] = acc32_sum(acc);
+    }
+}
+
+/* NVFP4, 36 bytes: d[4] (UE4M3), qs[32]; activation block k of a weight block holds sub-blocks 2k and 2k + 1
+ * (qs[16k .. 16k + 15]), each with its own scale: two float multiply-adds per activation block */
+static void rows_nvfp4(const uint8_t *w, int64_t stride, int64_t nrows, int64_t nb, const int8_row *a, float *y) {
+#if defined(__AVX2__)
+    const __m256i table = _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *)MXFP4_I8));
+    const __m128i nibbles = _mm_set1_epi8(15);
+#endif
+    for (int64_t r = 0; r < nrows; r++) {
+        const uint8_t *row = w + r * stride;
+#if defined(__AVX2__)
+        __m256 acc = _mm256_setzero_ps();
+#else
+        float acc = 0.0f;
+#endif
+        for (int64_t b = 0; b < nb; b++) {
+            const uint8_t *blk = row + 36 * (b / 2), *qs = blk + 4 + 16 * (b % 2);
+            if (b % 2 == 0) prefetch_ahead(blk);
+            float s0 = ue4m3_half(blk[2 * (b % 2)]) * a->d[b], s1 = ue4m3_half(blk[2 * (b % 2) + 1]) * a->d[b];
+            const int8_t *ab = a->q + 32 * b;
+#if defined(__AVX2__)
+            /* weights in order: the low nibbles of qs[0..7], their high nibbles, then the same of qs[8..15] */
+            __m128i packed = _mm_loadu_si128((const __m128i *)qs);
+            __m128i low = _mm_and_si128(packed, nibbles), high = _mm_and_si128(_mm_srli_epi16(packed, 4), nibbles);
+            __m256i v = _mm256_shuffle_epi8(table, _mm256_set_m128i(_mm_unpackhi_epi64(low, high), _mm_unpacklo_epi64(low, high)));
+            __m256i pairs = _mm256_maddubs_epi16(_mm256_sign_epi8(v, v), _mm256_sign_epi8(bytes32(ab), v));
+            __m256i sums = _mm256_madd_epi16(pairs, _mm256_set1_epi16(1)); /* lanes 0-3: sub-block 2k, 4-7: 2k + 1 */
+            acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(sums), _mm256_set_m128(_mm_set1_ps(s1), _mm_set1_ps(s0)), acc);
+#else
+            int32_t sum[2] = {0, 0};
+            for (int h = 0; h < 2; h++)
+                for (int j = 0; j < 8; j++)
+                    sum[h] += MXFP4_I8[qs[8 * h + j] & 15] * ab[16 * h + j] + MXFP4_I8[qs[8 * h + j] >> 4] * ab[16 * h + 8 + j];
+            acc += s0 * (float)sum[0] + s1 * (float)sum[1];
+#endif
+        }
+#if defined(__AVX2__)
+        y[r] = acc32_sum(acc);
+#else
+        y[r] = acc;
+#endif
+    }
+}
+
+
 const int8_kernels INT8_TABLE(TFB_ISA_SYMBOL)[] = {
     {TYPE_Q8_0, 32, rows_q8_0},
     {TYPE_Q4_0, 32, rows_q4_0},
@@ -406,5 +1181,22 @@ const int8_kernels INT8_TABLE(TFB_ISA_SYMBOL)[] = {
     {TYPE_Q4_K, 256, rows_q4_k},
     {TYPE_Q5_K, 256, rows_q5_k},
     {TYPE_Q6_K, 256, rows_q6_k},
+    {TYPE_Q2_K, 256, rows_q2_k},
+    {TYPE_Q3_K, 256, rows_q3_k},
+    {TYPE_IQ4_NL, 32, rows_iq4_nl},
+    {TYPE_IQ4_XS, 256, rows_iq4_xs},
+    {TYPE_MXFP4, 32, rows_mxfp4},
+    {TYPE_TQ2_0, 256, rows_tq2_0},
+    {TYPE_TQ1_0, 256, rows_tq1_0},
+    {TYPE_IQ2_XXS, 256, rows_iq2_xxs},
+    {TYPE_IQ2_XS, 256, rows_iq2_xs},
+    {TYPE_IQ2_S, 256, rows_iq2_s},
+    {TYPE_IQ3_XXS, 256, rows_iq3_xxs},
+    {TYPE_IQ3_S, 256, rows_iq3_s},
+    {TYPE_IQ1_S, 256, rows_iq1_s},
+    {TYPE_IQ1_M, 256, rows_iq1_m},
+    {TYPE_Q1_0, 32, rows_q1_0},
+    {TYPE_Q2_0, 32, rows_q2_0},
+    {TYPE_NVFP4, 32, rows_nvfp4},
     {0, 0, 0},
 };

@@ -156,12 +156,6 @@ static void dequant_q8_0(const uint8_t *blk, int64_t nb, float *out) {
  *   IQ4_NL, 18 bytes: d (f16), qs. table = kvalues_iq4nl
  *   MXFP4, 17 bytes: e (E8M0), qs. table = kvalues_mxfp4 (E2M1 doubled), d = 2^(e - 128) as ggml's
  *     ggml_e8m0_to_fp32_half builds it (e < 2 gives a subnormal) */
-static inline float e8m0_half(uint8_t e) {
-    uint32_t bits = e < 2 ? 0x00200000u << e : (uint32_t)(e - 1) << 23;
-    float f;
-    memcpy(&f, &bits, 4);
-    return f;
-}
 
 static inline vf table_nibbles(vtable table, const uint8_t *qs, const float *x) {
     vf t = vf_zero();
@@ -618,16 +612,7 @@ static void dequant_q1_0(const uint8_t *blk, int64_t nb, float *out) {
 
 /* NVFP4, 36 bytes, 64 weights: d[4] (UE4M3, one per 16 weights), qs[32]. Sub-block s is the low, then the
  * high nibbles of qs[8s .. 8s + 7], through kvalues_mxfp4 (E2M1 doubled), times ggml_ue4m3_to_fp32's
- * value halved: 0 for 0x7F, else bit 7 ignored, (8 + m) * 2^(e - 11), or m * 2^-10 for e = 0. */
-static inline float ue4m3_half(uint8_t x) {
-    /* without branches on the exponent (random scales would mispredict): e = 0 reads as (0 + m) * 2^-10 */
-    uint32_t exponent = x >> 3 & 15, normal = exponent != 0;
-    uint32_t power_bits = (127 - 11 + exponent + !normal) << 23;
-    float power;
-    memcpy(&power, &power_bits, 4);
-    float value = (float)((x & 7) | normal << 3) * power; /* exact: a 4-bit integer times a power of two */
-    return x == 0x7F ? 0.0f : value; /* 0x00 is 0 already */
-}
+ * value halved (ue4m3_half, unpack.h). */
 
 /* out[0..7] = kvalues_mxfp4[low nibble of qs[j]] * scale, out[8..15] the same for the high nibbles */
 static inline void fp4_nibbles8(const uint8_t *qs, float scale, float *out) {
@@ -693,9 +678,6 @@ static inline void put8_delta(float *out, uint64_t row, float delta, float scale
     memcpy(out, &v, 32);
 }
 
-/* The eighth sign bit of IQ2_XXS, IQ2_XS and IQ3_XXS groups makes the count of minus signs even
- * (ggml's ksigns_iq2xs table, computed rather than stored). */
-static inline uint32_t ksigns(uint32_t low7) { return low7 | (uint32_t)__builtin_parity(low7) << 7; }
 
 /* IQ2_XXS/IQ2_XS/IQ2_S scales: d * (s + 0.5) * 0.25 (IQ3_XXS: * 0.5), evaluated left to right as the
  * reference does */
@@ -770,7 +752,6 @@ static void dequant_iq3_xxs(const uint8_t *blk, int64_t nb, float *out) {
 /* IQ3_S, 110 bytes: d (f16), qs[64] (grid index bits 0-7), qh[8] (bit 8 of index r: bit r % 8 of
  * qh[r / 8]), signs[32] (a byte per 8 weights), scales[4] (a nibble per 32 weights, low first):
  * scale d * (1 + 2s). */
-static inline uint32_t iq3_s_index(const uint8_t *blk, int r) { return blk[2 + r] | (blk[66 + r / 8] >> (r % 8) & 1) << 8; }
 
 static void dequant_iq3_s(const uint8_t *blk, int64_t nb, float *out) {
     for (int64_t b = 0; b < nb; b++, blk += 110, out += 256) {
@@ -812,11 +793,6 @@ static void dequant_iq1_s(const uint8_t *blk, int64_t nb, float *out) {
 /* IQ1_M, 56 bytes: qs[32] (grid index bits 0-7), qh[16] (a nibble per group, low first: index bits 8-10,
  * then the delta's sign), scales[4] (uint16: four 3-bit scales, one per 16 weights, under a nibble of d,
  * the float16 whose nibble k tops scales[k]). Group l: (d * (2s + 1)) * (iq1s_grid[index] + delta). */
-static inline float iq1_m_d(const uint8_t *blk) {
-    uint16_t bits = 0;
-    for (int k = 0; k < 4; k++) bits |= (uint16_t)(load_u16(blk + 48 + 2 * k) >> 12 << (4 * k));
-    return half_to_float(bits);
-}
 
 static void dequant_iq1_m(const uint8_t *blk, int64_t nb, float *out) {
     for (int64_t b = 0; b < nb; b++, blk += 56, out += 256) {
