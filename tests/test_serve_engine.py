@@ -3,6 +3,7 @@ cancelling and a failing step free the slots and leave the engine serving."""
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 from collections.abc import Callable
 from typing import Any
@@ -13,19 +14,20 @@ import torch
 import tfb
 import tfb.serve.engine as engine_module
 from tfb.serve.engine import Chunk, Engine, Job
-from tfb.text.sampling import GREEDY
+from tfb.text.sampling import GREEDY, Sampling
 
 PROMPTS = ["Once upon a time", "The", "In a galaxy far away there was", "1 2 3 4", "Hello", "a b", "x", "Why?"]
 
 
 class Collect:
-    def __init__(self) -> None:
+    def __init__(self, choices: int = 1) -> None:
+        self.choices = choices
         self.chunks: list[Chunk] = []
         self.done = threading.Event()
 
     def __call__(self, chunk: Chunk) -> None:
         self.chunks.append(chunk)
-        if chunk.finish is not None:
+        if sum(c.finish is not None for c in self.chunks) == self.choices:
             self.done.set()
 
     @property
@@ -46,7 +48,7 @@ def loaded(tiny_gguf) -> tuple[Any, Any]:
 def _run(engine: Engine, jobs: list[tuple[list[int], int, dict[str, Any]]]) -> list[Collect]:
     outs = []
     for prompt, max_tokens, options in jobs:
-        out = Collect()
+        out = Collect(options.get("n", 1))
         engine.submit(Job(prompt=prompt, max_tokens=max_tokens, emit=out, **options))
         outs.append(out)
     for out in outs:
@@ -127,3 +129,27 @@ def test_cancel_frees_the_slot_and_a_failing_step_ends_only_its_jobs(loaded) -> 
     finally:
         engine.model.__dict__.pop("forward", None)
         engine.stop()
+
+
+def test_choices_share_the_prompt_and_each_equals_its_own_generation(loaded) -> None:
+    """n = 3: the prompt is computed once, each choice goes on from a copy of its cache with seed + index, and
+    each equals generating alone with that seed; a job of 3 choices waits for 3 free slots."""
+    model, tok = loaded
+    hot = Sampling(temperature=1.0, top_k=0, top_p=1.0, min_p=0.0, seed=5)
+    engine = Engine(model, tok, parallel=4)
+    engine.start()
+    try:
+        out, other = _run(engine, [(tok.encode("Once upon a time"), 12, {"sampling": hot, "n": 3}),
+                                   (tok.encode("Hello"), 4, {"sampling": GREEDY, "n": 3})])
+    finally:
+        engine.stop()
+    assert engine.max_batch == 3  # the second job waited: 3 + 3 choices do not fit 4 slots
+    for i in range(3):
+        chunks = [c for c in out.chunks if c.index == i]
+        assert [c.finish for c in chunks].count(None) == len(chunks) - 1 and chunks[-1].finish is not None
+        alone = tfb.generate(model, tok, "Once upon a time", max_tokens=12,
+                             sampling=dataclasses.replace(hot, seed=5 + i))
+        assert "".join(c.text for c in chunks) == "".join(alone)
+        assert chunks[-1].completion_tokens == len(alone.tokens)
+    greedy = {"".join(c.text for c in other.chunks if c.index == i) for i in range(3)}
+    assert greedy == {"".join(tfb.generate(model, tok, "Hello", max_tokens=4, sampling=GREEDY))}

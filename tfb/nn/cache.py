@@ -53,6 +53,20 @@ class LayerState(Protocol):
     def copy(self) -> LayerState: ...
 
 
+def fork_state(state: Any, length: int) -> Any:
+    """An independent copy of a layer's state after `length` positions, for a second sequence that goes on
+    from the same prefix: a state with its own `fork` makes it; another that cannot rewind (a recurrent
+    state) is its `copy()`."""
+    if state is None:
+        return None
+    fork = getattr(state, "fork", None)
+    if fork is not None:
+        return fork(length)
+    if not state.rewindable:
+        return state.copy()
+    raise TypeError(f"{type(state).__name__} cannot be forked")
+
+
 @dataclass(frozen=True)
 class Snapshot:
     """A cache as it was after `length` positions: copies of the states that cannot rewind."""
@@ -93,6 +107,13 @@ class Cache:
             if state is not None:
                 state.truncate(length)
         return True
+
+    def fork(self) -> Cache:
+        """An independent cache holding the same positions (a second sequence continuing this prefix)."""
+        other = Cache.__new__(Cache)
+        other.layers = [fork_state(state, self.length) for state in self.layers]
+        other.length, other.initial = self.length, self.initial
+        return other
 
     def snapshot(self) -> Snapshot:
         return Snapshot(self.length, tuple(None if s is None or s.rewindable else s.copy() for s in self.layers))
@@ -135,6 +156,16 @@ class SequenceState:
 
     def truncate(self, length: int) -> None:
         """Positions past `length` are overwritten by the next update; nothing to do."""
+
+    def fork(self, length: int) -> SequenceState:
+        """A copy of the first `length` positions, with room for as many more."""
+        other = SequenceState(len(self.buffers), self.dtype)
+        for i, buf in enumerate(self.buffers):
+            if buf is not None:
+                grown = buf.new_empty(*buf.shape[:2], max(2 * length, 16), buf.shape[3])
+                grown[:, :, :length] = buf[:, :, :length]
+                other.buffers[i] = grown
+        return other
 
     def copy(self) -> SequenceState:
         return self  # never copied: a rewindable state is truncated instead
