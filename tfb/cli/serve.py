@@ -36,7 +36,8 @@ def run_serve(args: argparse.Namespace) -> int:
         sys.stderr.write("tfb: the file has no chat template; chat completions use ChatML\n")
     app = create_app(engine, config)
     host = f"[{args.host}]" if ":" in args.host else args.host
-    sys.stderr.write(safe(f"tfb: serving {model_id} (context {engine.context}, {args.parallel} parallel) at "
+    int8 = ", int8 activations" if args.int8_activations else ""
+    sys.stderr.write(safe(f"tfb: serving {model_id} (context {engine.context}, {args.parallel} parallel{int8}) at "
                           f"http://{host}:{args.port}/v1 (Ctrl-C stops)\n"))
     sys.stderr.flush()
     server = uvicorn.Server(uvicorn.Config(app, host=args.host, port=args.port, log_level=args.log_level,
