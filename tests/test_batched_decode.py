@@ -71,12 +71,13 @@ def _continue(model: torch.nn.Module, cache: Cache, tokens: list[int]) -> torch.
     return model(torch.tensor([tokens]), cache, last_only=True)[0, -1]
 
 
-@pytest.mark.parametrize("spec", ["qwen3", "lfm2"])
-def test_a_forked_cache_goes_on_alone(tiny_gguf, spec: str) -> None:
+@pytest.mark.parametrize("recurrent", [False, True])
+def test_a_forked_cache_goes_on_alone(tiny_gguf, tiny_model, recurrent: bool) -> None:
     """Cache.fork (the server's choices of one prompt): the fork and the original, each continued with other
     tokens, give what a cache that saw only their own tokens gives: keys and values and recurrent states
-    (lfm2's convolution windows) are copied, not shared."""
-    model = tfb.load(tiny_gguf(spec))
+    (Mamba-2's) are copied, not shared."""
+    model = tfb.load(tiny_model("granitehybrid", "f32")[1] if recurrent else tiny_gguf())
+    assert model.new_cache().rewindable != recurrent
     prompt = [5, 9, 13, 2, 7, 31]
     cache = model.new_cache()
     _continue(model, cache, prompt)

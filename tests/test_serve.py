@@ -118,7 +118,8 @@ def test_openai_client_chat_and_completions(server: Server) -> None:
                                             stream_options={"include_usage": True})
     chunks = list(stream)
     text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
-    assert text == choice.message.content
+    assert text == choice.message.content  # computed from the first request's kept prompt
+    assert server.health()["reused_prompt_tokens"] >= reply.usage.prompt_tokens - 1
     assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == "length"
     assert chunks[-1].usage.completion_tokens == 8
 

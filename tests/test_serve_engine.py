@@ -14,6 +14,7 @@ import torch
 import tfb
 import tfb.serve.engine as engine_module
 from tfb.serve.engine import Chunk, Engine, Job
+from tfb.text.generate import generate_ids
 from tfb.text.sampling import GREEDY, Sampling
 
 PROMPTS = ["Once upon a time", "The", "In a galaxy far away there was", "1 2 3 4", "Hello", "a b", "x", "Why?"]
@@ -153,3 +154,55 @@ def test_choices_share_the_prompt_and_each_equals_its_own_generation(loaded) -> 
         assert chunks[-1].completion_tokens == len(alone.tokens)
     greedy = {"".join(c.text for c in other.chunks if c.index == i) for i in range(3)}
     assert greedy == {"".join(tfb.generate(model, tok, "Hello", max_tokens=4, sampling=GREEDY))}
+
+
+def _ids(out: Collect) -> list[int]:
+    return [lp.token for c in out.chunks for lp in c.logprobs]
+
+
+@pytest.mark.parametrize("recurrent", [False, True])
+def test_a_kept_prompt_is_reused_and_gives_a_fresh_computation(tiny_gguf, tiny_model, recurrent: bool) -> None:
+    """A finished sequence's cache is kept: a prompt extending what it holds computes only the rest; one that
+    parts from it midway reuses the shared part where the cache can forget positions (attention only, not
+    Mamba-2 states). Every answer equals generation from an empty cache."""
+    path = tiny_model("granitehybrid", "f32")[1] if recurrent else tiny_gguf()
+    model, tok = tfb.load(path), tfb.load_tokenizer(path)
+    assert model.new_cache().rewindable != recurrent
+    engine = Engine(model, tok, parallel=2, prompt_cache=64)
+    options = {"sampling": GREEDY, "top_logprobs": 0}
+    first_prompt = tok.encode("Once upon a time there was")
+    engine.start()
+    try:
+        (first,) = _run(engine, [(first_prompt, 8, options)])
+        held = first_prompt + _ids(first)[:-1]  # the last token was sampled, never computed
+        assert engine.stats()["reused_prompt_tokens"] == 0 and len(held) == len(first_prompt) + 7
+        extended, parted = [*held, 7, 8, 9], [*first_prompt[:3], 11, 12, 13]
+        (longer,) = _run(engine, [(extended, 6, options)])
+        reused = engine.stats()["reused_prompt_tokens"]
+        (other,) = _run(engine, [(parted, 6, options)])
+    finally:
+        engine.stop()
+    assert reused == len(held)
+    assert engine.stats()["reused_prompt_tokens"] - reused == (0 if recurrent else 3)
+    for prompt, out in ((extended, longer), (parted, other)):
+        assert _ids(out) == list(generate_ids(model, prompt, max_tokens=6, sampling=GREEDY, stop_ids=tok.stop_ids))
+
+
+def test_kept_prompts_stay_within_their_budget(loaded) -> None:
+    from tfb.serve.prompts import PromptCache
+
+    model, _ = loaded
+    kept = PromptCache(budget=10)
+
+    def cache(length: int) -> Any:
+        c = model.new_cache()
+        model(torch.tensor([list(range(1, length + 1))]), c)
+        return c
+
+    kept.keep([1, 2, 3, 4], cache(4))
+    kept.keep([1, 2, 3, 4, 5, 6], cache(6))  # holds the first one's tokens and more: it replaces it
+    assert [len(t) for t, _ in kept.entries] == [6]
+    kept.keep(list(range(1, 12)), cache(11))  # over the budget alone: not kept
+    kept.keep([9, 8, 7, 6, 5], cache(5))  # 6 + 5 > 10: the least recently used goes
+    assert [t for t, _ in kept.entries] == [[9, 8, 7, 6, 5]]
+    assert kept.take([9, 8, 1]).length == 2 and kept.take([4, 4]) is None

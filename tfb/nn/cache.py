@@ -108,11 +108,15 @@ class Cache:
                 state.truncate(length)
         return True
 
-    def fork(self) -> Cache:
-        """An independent cache holding the same positions (a second sequence continuing this prefix)."""
+    def fork(self, length: int | None = None) -> Cache:
+        """An independent cache holding the same positions, or the first `length` of them where every state
+        can rewind (a second sequence continuing this prefix, or a part of it)."""
+        length = self.length if length is None else length
+        if length > self.length or (length < self.length and not self.rewindable):
+            raise ValueError(f"a cache of {self.length} positions cannot be forked at {length}")
         other = Cache.__new__(Cache)
-        other.layers = [fork_state(state, self.length) for state in self.layers]
-        other.length, other.initial = self.length, self.initial
+        other.layers = [fork_state(state, length) for state in self.layers]
+        other.length, other.initial = length, self.initial
         return other
 
     def snapshot(self) -> Snapshot:

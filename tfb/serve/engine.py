@@ -8,6 +8,9 @@ every running job at once: the new tokens are the rows of one forward call
 (tfb.nn.cache.RowCaches), so each weight matrix is read once per step for all of them. A job that finishes,
 or whose client went away (`cancel()`), leaves the batch before the next step and its cache is dropped.
 
+A finished sequence's cache is kept (tfb.serve.prompts): a later prompt that starts with the same tokens
+computes only the rest.
+
 A job may ask for several choices (`n`): they take n slots, the prompt is computed once, and each choice
 goes on from a copy of that cache (Cache.fork) with its own sampler (choice i seeded with seed + i).
 
@@ -30,6 +33,7 @@ import torch
 
 from tfb.nn.cache import Cache, RowCaches
 from tfb.nn.model import Transformer
+from tfb.serve.prompts import PromptCache
 from tfb.text.generate import StopStrings
 from tfb.text.sampling import Sampler, Sampling
 
@@ -97,10 +101,13 @@ class _Running:
 class Engine:
     """Serves Jobs from a thread; `submit` may be called from any thread."""
 
-    def __init__(self, model: Transformer, tokenizer: Any, parallel: int = 4) -> None:
+    def __init__(self, model: Transformer, tokenizer: Any, parallel: int = 4, prompt_cache: int | None = None) -> None:
+        """prompt_cache: positions of finished sequences' caches kept for reuse (default: the context; 0: none)."""
         self.model, self.tokenizer, self.parallel = model, tokenizer, max(1, parallel)
         self.stop_ids = frozenset(tokenizer.stop_ids)
         self.context = model.config.run_context_length
+        self.prompts = PromptCache(self.context if prompt_cache is None else prompt_cache)
+        self.reused = 0  # prompt tokens not computed thanks to a kept cache
         self.waiting: queue.Queue[Job | None] = queue.Queue()
         self.running: list[_Running] = []
         self.steps = 0  # batched decoding steps run (for tests and benchmarks)
@@ -112,7 +119,7 @@ class Engine:
 
     def stats(self) -> dict[str, int]:
         return {"running": len(self.running), "waiting": self.waiting.qsize(), "steps": self.steps,
-                "largest_batch": self.max_batch, "cancelled": self.cancelled}
+                "largest_batch": self.max_batch, "cancelled": self.cancelled, "reused_prompt_tokens": self.reused}
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self._loop, name="tfb-engine", daemon=True)
@@ -162,7 +169,11 @@ class Engine:
             if self.running and len(self.running) + job.n > self.parallel:
                 self._next = job
                 return
-            first = _Running(job, self.model.new_cache(), self.tokenizer)
+            kept = self.prompts.take(job.prompt)
+            first = _Running(job, kept or self.model.new_cache(), self.tokenizer)
+            if kept is not None:
+                first.computed = kept.length
+                self.reused += kept.length
             first.forks = [_Running(job, None, self.tokenizer, i) for i in range(1, job.n)]
             self.running += [first, *first.forks]
 
@@ -247,6 +258,8 @@ class Engine:
     def _end(self, run: _Running, chunk: Chunk, reason: str) -> bool:
         chunk.finish = reason
         run.job.emit(chunk)
+        if run.cache is not None:
+            self.prompts.keep(run.history[:run.cache.length], run.cache)
         return False
 
     @staticmethod
