@@ -118,7 +118,8 @@ class Engine:
         self._next: Job | None = None  # taken from the queue, waiting for enough free slots
 
     def stats(self) -> dict[str, int]:
-        return {"running": len(self.running), "waiting": self.waiting.qsize(), "steps": self.steps,
+        waiting = self.waiting.qsize() + (self._next is not None)
+        return {"running": len(self.running), "waiting": waiting, "steps": self.steps,
                 "largest_batch": self.max_batch, "cancelled": self.cancelled, "reused_prompt_tokens": self.reused}
 
     def start(self) -> None:
@@ -170,7 +171,7 @@ class Engine:
                 self._next = job
                 return
             kept = self.prompts.take(job.prompt)
-            first = _Running(job, kept or self.model.new_cache(), self.tokenizer)
+            first = _Running(job, kept if kept is not None else self.model.new_cache(), self.tokenizer)
             if kept is not None:
                 first.computed = kept.length
                 self.reused += kept.length
