@@ -183,7 +183,7 @@ class Engine:
         batched decoding step for those that go on."""
         gone = [r for r in self.running if r.job.cancelled]
         if gone:
-            self.cancelled += len(gone)
+            self.cancelled += len({id(r.job) for r in gone})  # jobs, not their choices
             self.running = [r for r in self.running if not r.job.cancelled]
         budget = PREFILL_BUDGET
         for run in self.running:
