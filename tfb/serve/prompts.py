@@ -1,4 +1,4 @@
-"""Reusing computed prompts across requests (llama-server's cache_prompt): the caches of finished sequences
+"""Reusing computed prompts across requests (prompt caching): the caches of finished sequences
 are kept, and a new request whose prompt starts with the tokens one of them holds goes on from a copy of
 that cache, computing only the rest of its prompt. A multi-turn chat resends the whole conversation each
 turn, so each turn's prompt then costs only its new messages.
