@@ -75,8 +75,8 @@ def _continue(model: torch.nn.Module, cache: Cache, tokens: list[int]) -> torch.
 def test_a_forked_cache_goes_on_alone(tiny_gguf, tiny_model, recurrent: bool) -> None:
     """Cache.fork (the server's choices of one prompt): the fork and the original, each continued with other
     tokens, give what a cache that saw only their own tokens gives: keys and values and recurrent states
-    (Mamba-2's) are copied, not shared."""
-    model = tfb.load(tiny_model("granitehybrid", "f32")[1] if recurrent else tiny_gguf())
+    are copied, not shared (Falcon-H1: attention and Mamba-2 side by side in each layer, a ParallelState)."""
+    model = tfb.load(tiny_model("falcon_h1", "f32")[1] if recurrent else tiny_gguf())
     assert model.new_cache().rewindable != recurrent
     prompt = [5, 9, 13, 2, 7, 31]
     cache = model.new_cache()
