@@ -168,7 +168,7 @@ def test_a_kept_prompt_is_reused_and_gives_a_fresh_computation(tiny_gguf, tiny_m
     path = tiny_model("granitehybrid", "f32")[1] if recurrent else tiny_gguf()
     model, tok = tfb.load(path), tfb.load_tokenizer(path)
     assert model.new_cache().rewindable != recurrent
-    engine = Engine(model, tok, parallel=2, prompt_cache=64)
+    engine = Engine(model, tok, parallel=2)
     options = {"sampling": GREEDY, "top_logprobs": 0}
     first_prompt = tok.encode("Once upon a time there was")
     engine.start()
@@ -192,17 +192,19 @@ def test_kept_prompts_stay_within_their_budget(loaded) -> None:
     from tfb.serve.prompts import PromptCache
 
     model, _ = loaded
-    kept = PromptCache(budget=10)
 
     def cache(length: int) -> Any:
         c = model.new_cache()
         model(torch.tensor([list(range(1, length + 1))]), c)
         return c
 
+    small = cache(4).nbytes()  # room for 16 positions, the least a cache allocates
+    assert small > 0 and cache(40).nbytes() > 2 * small
+    kept = PromptCache(budget=int(1.5 * small))
     kept.keep([1, 2, 3, 4], cache(4))
     kept.keep([1, 2, 3, 4, 5, 6], cache(6))  # holds the first one's tokens and more: it replaces it
-    assert [len(t) for t, _ in kept.entries] == [6]
-    kept.keep(list(range(1, 12)), cache(11))  # over the budget alone: not kept
-    kept.keep([9, 8, 7, 6, 5], cache(5))  # 6 + 5 > 10: the least recently used goes
-    assert [t for t, _ in kept.entries] == [[9, 8, 7, 6, 5]]
+    assert [len(t) for t, _, _ in kept.entries] == [6]
+    kept.keep(list(range(1, 41)), cache(40))  # over the budget alone: not kept
+    kept.keep([9, 8, 7, 6, 5], cache(5))  # two small caches are over the budget: the least recently used goes
+    assert [t for t, _, _ in kept.entries] == [[9, 8, 7, 6, 5]]
     assert kept.take([9, 8, 1]).length == 2 and kept.take([4, 4]) is None

@@ -67,6 +67,16 @@ def fork_state(state: Any, length: int) -> Any:
     raise TypeError(f"{type(state).__name__} cannot be forked")
 
 
+def _nbytes(value: Any) -> int:
+    if isinstance(value, torch.Tensor):
+        return value.nbytes
+    if isinstance(value, (list, tuple)):
+        return sum(_nbytes(v) for v in value)
+    if hasattr(value, "__dict__") and not isinstance(value, (type, torch.dtype)):
+        return sum(_nbytes(v) for v in vars(value).values())
+    return 0
+
+
 @dataclass(frozen=True)
 class Snapshot:
     """A cache as it was after `length` positions: copies of the states that cannot rewind."""
@@ -118,6 +128,10 @@ class Cache:
         other.layers = [fork_state(state, length) for state in self.layers]
         other.length, other.initial = length, self.initial
         return other
+
+    def nbytes(self) -> int:
+        """The memory its layers' states hold (tensors reached through their attributes, lists and tuples)."""
+        return sum(_nbytes(state) for state in self.layers)
 
     def snapshot(self) -> Snapshot:
         return Snapshot(self.length, tuple(None if s is None or s.rewindable else s.copy() for s in self.layers))

@@ -38,6 +38,7 @@ from tfb.text.generate import StopStrings
 from tfb.text.sampling import Sampler, Sampling
 
 PREFILL_BUDGET = 256  # prompt tokens computed per loop turn, over the jobs that are starting
+DEFAULT_PROMPT_CACHE = 1 << 30  # bytes of finished sequences' caches kept for reuse
 
 
 @dataclass(frozen=True)
@@ -101,12 +102,13 @@ class _Running:
 class Engine:
     """Serves Jobs from a thread; `submit` may be called from any thread."""
 
-    def __init__(self, model: Transformer, tokenizer: Any, parallel: int = 4, prompt_cache: int | None = None) -> None:
-        """prompt_cache: positions of finished sequences' caches kept for reuse (default: the context; 0: none)."""
+    def __init__(self, model: Transformer, tokenizer: Any, parallel: int = 4,
+                 prompt_cache: int = DEFAULT_PROMPT_CACHE) -> None:
+        """prompt_cache: bytes of finished sequences' caches kept for reuse (0: none)."""
         self.model, self.tokenizer, self.parallel = model, tokenizer, max(1, parallel)
         self.stop_ids = frozenset(tokenizer.stop_ids)
         self.context = model.config.run_context_length
-        self.prompts = PromptCache(self.context if prompt_cache is None else prompt_cache)
+        self.prompts = PromptCache(prompt_cache)
         self.reused = 0  # prompt tokens not computed thanks to a kept cache
         self.waiting: queue.Queue[Job | None] = queue.Queue()
         self.running: list[_Running] = []
