@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import tfb
-from tfb.nn.cache import RowCaches
+from tfb.nn.cache import Cache, RowCaches
 
 PROMPTS = [[5, 9, 13, 2, 7, 31], [3], [40, 41, 42, 43, 44, 45, 46, 47, 48, 49, 50], [8, 8, 8]]
 
@@ -65,3 +65,28 @@ def test_rows_of_a_quantized_model(tiny_gguf) -> None:
     """Packed weights take the many-row kernel for a batch and the matrix-vector one alone: same tokens."""
     model = tfb.load(tiny_gguf("qwen3", qtype="Q4_K"))
     _assert_rows_equal_alone(model, atol=1e-3, rtol=1e-3)
+
+
+def _continue(model: torch.nn.Module, cache: Cache, tokens: list[int]) -> torch.Tensor:
+    return model(torch.tensor([tokens]), cache, last_only=True)[0, -1]
+
+
+@pytest.mark.parametrize("recurrent", [False, True])
+def test_a_forked_cache_goes_on_alone(tiny_gguf, tiny_model, recurrent: bool) -> None:
+    """Cache.fork (the server's choices of one prompt): the fork and the original, each continued with other
+    tokens, give what a cache that saw only their own tokens gives: keys and values and recurrent states
+    are copied, not shared (Falcon-H1: attention and Mamba-2 side by side in each layer, a ParallelState)."""
+    model = tfb.load(tiny_model("falcon_h1", "f32")[1] if recurrent else tiny_gguf())
+    assert model.new_cache().rewindable != recurrent
+    prompt = [5, 9, 13, 2, 7, 31]
+    cache = model.new_cache()
+    _continue(model, cache, prompt)
+    fork = cache.fork()
+    forked = [_continue(model, fork, [3, 4]), _continue(model, fork, [6])]
+    original = [_continue(model, cache, [8, 1]), _continue(model, cache, [2])]
+    for tokens, got in (([3, 4], forked), ([8, 1], original)):
+        fresh = model.new_cache()
+        _continue(model, fresh, prompt)
+        assert torch.equal(got[0], _continue(model, fresh, tokens)) and torch.equal(got[1], _continue(
+            model, fresh, [6] if tokens == [3, 4] else [2]))
+    assert fork.length == cache.length == len(prompt) + 3

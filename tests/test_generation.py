@@ -12,7 +12,7 @@ import tfb.quant.native as native
 from tfb.errors import InputError
 from tfb.nn.cache import Cache
 from tfb.text.generate import StopStrings, generate_ids
-from tfb.text.sampling import GREEDY, Sampler, Sampling, apply_repeat_penalty, filter_logits
+from tfb.text.sampling import DRAW_BLOCK, GREEDY, Sampler, Sampling, apply_repeat_penalty, draw, filter_logits
 
 # every family whose llama.cpp behaviour transformers shares (phimoe differs: test_more_families.py)
 FAMILIES = ["llama", "llama_tied", "llama3", "qwen2", "qwen3", "starcoder2", "phi2", "phi3", "phi3_longrope",
@@ -117,6 +117,21 @@ def test_filters() -> None:
     assert Sampler(GREEDY)(torch.tensor([0.0, 3.0, 1.0]), []) == 1
     with pytest.raises(InputError):
         Sampling(top_p=0.0)
+
+
+def test_draws_follow_the_probabilities() -> None:
+    """Inverse transform sampling over blocks: frequencies match, zero-probability tokens never come, across
+    block boundaries and in a partial last block."""
+    generator = torch.Generator().manual_seed(3)
+    probs = torch.zeros(2 * DRAW_BLOCK + 5)
+    chosen = [0, DRAW_BLOCK - 1, DRAW_BLOCK, 2 * DRAW_BLOCK + 4]
+    probs[chosen] = torch.tensor([0.1, 0.2, 0.3, 0.4]) * 7  # unnormalised
+    counts = torch.bincount(torch.tensor([draw(probs, generator) for _ in range(4000)]), minlength=probs.numel())
+    assert counts.sum() == counts[chosen].sum() == 4000
+    assert torch.allclose(counts[chosen] / 4000, torch.tensor([0.1, 0.2, 0.3, 0.4]), atol=0.03)
+    only_last = torch.zeros(3 * DRAW_BLOCK)
+    only_last[-1] = 1e-30
+    assert draw(only_last, generator) == 3 * DRAW_BLOCK - 1
 
 
 def test_stop_strings_never_leak_a_prefix() -> None:

@@ -118,7 +118,8 @@ def test_openai_client_chat_and_completions(server: Server) -> None:
                                             stream_options={"include_usage": True})
     chunks = list(stream)
     text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
-    assert text == choice.message.content
+    assert text == choice.message.content  # computed from the first request's kept prompt
+    assert server.health()["reused_prompt_tokens"] >= reply.usage.prompt_tokens - 1
     assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == "length"
     assert chunks[-1].usage.completion_tokens == 8
 
@@ -140,6 +141,32 @@ def test_openai_client_chat_and_completions(server: Server) -> None:
     seeded = [client.completions.create(model=MODEL, prompt="Hi", max_tokens=8, temperature=1.0, seed=7,
                                         frequency_penalty=0.5).choices[0].text for _ in range(2)]
     assert seeded[0] == seeded[1]
+
+
+def test_several_choices(server: Server) -> None:
+    """n = 3: each choice has its index, streaming too; greedy choices equal the single answer; with a seed,
+    choice 0 is the seed's single answer and the usage counts every choice's tokens."""
+    client = server.client()
+    single = client.chat.completions.create(model=MODEL, messages=CHAT, max_tokens=6, temperature=0)
+    reply = client.chat.completions.create(model=MODEL, messages=CHAT, max_tokens=6, temperature=0, n=3)
+    assert [c.index for c in reply.choices] == [0, 1, 2]
+    assert {c.message.content for c in reply.choices} == {single.choices[0].message.content}
+    assert reply.usage.completion_tokens == 18 and reply.usage.prompt_tokens == single.usage.prompt_tokens
+
+    def seeded(n: int, stream: bool = False) -> Any:
+        return client.completions.create(model=MODEL, prompt="Hi", max_tokens=8, temperature=1.0, seed=7, n=n,
+                                         stream=stream, **({"stream_options": {"include_usage": True}} if stream
+                                                           else {}))
+
+    one, three = seeded(1), seeded(3)
+    texts = [c.text for c in sorted(three.choices, key=lambda c: c.index)]
+    assert texts[0] == one.choices[0].text and len(set(texts)) > 1
+    chunks = list(seeded(3, stream=True))
+    streamed = ["".join(c.choices[0].text for c in chunks if c.choices and c.choices[0].index == i) for i in range(3)]
+    assert streamed == texts
+    finishes = [c.choices[0] for c in chunks if c.choices and c.choices[0].finish_reason is not None]
+    assert sorted(f.index for f in finishes) == [0, 1, 2]
+    assert chunks[-1].usage.completion_tokens == three.usage.completion_tokens
 
 
 def test_raw_sse_ends_with_done(server: Server) -> None:
@@ -210,7 +237,8 @@ def test_bad_requests_get_openai_errors(server: Server) -> None:
     assert _error(*server.post(chat, {**ok, "stop": 5}), 400)["param"].startswith("stop")
     assert _error(*server.post(chat, {**ok, "stop": ["a", 5]}), 400)["param"].startswith("stop")
     _error(*server.post(chat, {**ok, "temperature": "hot"}), 400, "temperature")
-    _error(*server.post(completions, {"model": MODEL, "prompt": "x", "n": 2}), 400, "n")
+    _error(*server.post(completions, {"model": MODEL, "prompt": "x", "n": 9}), 400, "n")  # > --parallel 8
+    _error(*server.post(completions, {"model": MODEL, "prompt": "x", "n": 0}), 400, "n")
     _error(*server.post(chat, {**ok, "messages": [{"role": "user", "content": "x" * MAX_BODY}]}), 413)
     assert _error(*server.post(chat, ok, key=None), 401)["code"] == "invalid_api_key"
     _error(*server.post(chat, ok, key="sk-wrong"), 401)
@@ -259,7 +287,7 @@ def test_a_client_that_disconnects_frees_its_slot(server: Server, streaming: boo
 
 
 def test_ctrl_c_drains_and_exits(tiny_gguf) -> None:
-    s = Server(tiny_gguf(), "--parallel", "2")
+    s = Server(tiny_gguf(), "--parallel", "2", "--int8-activations")
     try:
         result: dict[str, Any] = {}
 
@@ -279,7 +307,8 @@ def test_ctrl_c_drains_and_exits(tiny_gguf) -> None:
         t.join(timeout=60)
         assert result.get("finish") == "length"  # the running request finished before the server went
         assert s.proc.wait(timeout=60) == 130  # as `tfb run` after Ctrl-C
-        assert s.proc.stderr is not None and f"http://127.0.0.1:{s.port}/v1" in s.proc.stderr.read()
+        assert s.proc.stderr is not None
+        assert f"2 parallel, int8 activations) at http://127.0.0.1:{s.port}/v1" in s.proc.stderr.read()
     finally:
         s.close()
 

@@ -3,6 +3,7 @@ cancelling and a failing step free the slots and leave the engine serving."""
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 from collections.abc import Callable
 from typing import Any
@@ -13,19 +14,21 @@ import torch
 import tfb
 import tfb.serve.engine as engine_module
 from tfb.serve.engine import Chunk, Engine, Job
-from tfb.text.sampling import GREEDY
+from tfb.text.generate import generate_ids
+from tfb.text.sampling import GREEDY, Sampling
 
 PROMPTS = ["Once upon a time", "The", "In a galaxy far away there was", "1 2 3 4", "Hello", "a b", "x", "Why?"]
 
 
 class Collect:
-    def __init__(self) -> None:
+    def __init__(self, choices: int = 1) -> None:
+        self.choices = choices
         self.chunks: list[Chunk] = []
         self.done = threading.Event()
 
     def __call__(self, chunk: Chunk) -> None:
         self.chunks.append(chunk)
-        if chunk.finish is not None:
+        if sum(c.finish is not None for c in self.chunks) == self.choices:
             self.done.set()
 
     @property
@@ -46,7 +49,7 @@ def loaded(tiny_gguf) -> tuple[Any, Any]:
 def _run(engine: Engine, jobs: list[tuple[list[int], int, dict[str, Any]]]) -> list[Collect]:
     outs = []
     for prompt, max_tokens, options in jobs:
-        out = Collect()
+        out = Collect(options.get("n", 1))
         engine.submit(Job(prompt=prompt, max_tokens=max_tokens, emit=out, **options))
         outs.append(out)
     for out in outs:
@@ -127,3 +130,81 @@ def test_cancel_frees_the_slot_and_a_failing_step_ends_only_its_jobs(loaded) -> 
     finally:
         engine.model.__dict__.pop("forward", None)
         engine.stop()
+
+
+def test_choices_share_the_prompt_and_each_equals_its_own_generation(loaded) -> None:
+    """n = 3: the prompt is computed once, each choice goes on from a copy of its cache with seed + index, and
+    each equals generating alone with that seed; a job of 3 choices waits for 3 free slots."""
+    model, tok = loaded
+    hot = Sampling(temperature=1.0, top_k=0, top_p=1.0, min_p=0.0, seed=5)
+    engine = Engine(model, tok, parallel=4)
+    engine.start()
+    try:
+        out, other = _run(engine, [(tok.encode("Once upon a time"), 12, {"sampling": hot, "n": 3}),
+                                   (tok.encode("Hello"), 4, {"sampling": GREEDY, "n": 3})])
+    finally:
+        engine.stop()
+    assert engine.max_batch == 3  # the second job waited: 3 + 3 choices do not fit 4 slots
+    for i in range(3):
+        chunks = [c for c in out.chunks if c.index == i]
+        assert [c.finish for c in chunks].count(None) == len(chunks) - 1 and chunks[-1].finish is not None
+        alone = tfb.generate(model, tok, "Once upon a time", max_tokens=12,
+                             sampling=dataclasses.replace(hot, seed=5 + i))
+        assert "".join(c.text for c in chunks) == "".join(alone)
+        assert chunks[-1].completion_tokens == len(alone.tokens)
+    greedy = {"".join(c.text for c in other.chunks if c.index == i) for i in range(3)}
+    assert greedy == {"".join(tfb.generate(model, tok, "Hello", max_tokens=4, sampling=GREEDY))}
+
+
+def _ids(out: Collect) -> list[int]:
+    return [lp.token for c in out.chunks for lp in c.logprobs]
+
+
+@pytest.mark.parametrize("recurrent", [False, True])
+def test_a_kept_prompt_is_reused_and_gives_a_fresh_computation(tiny_gguf, tiny_model, recurrent: bool) -> None:
+    """A finished sequence's cache is kept: a prompt extending what it holds computes only the rest; one that
+    parts from it midway reuses the shared part where the cache can forget positions (attention only, not
+    Mamba-2 states). Every answer equals generation from an empty cache."""
+    path = tiny_model("granitehybrid", "f32")[1] if recurrent else tiny_gguf()
+    model, tok = tfb.load(path), tfb.load_tokenizer(path)
+    assert model.new_cache().rewindable != recurrent
+    engine = Engine(model, tok, parallel=2)
+    options = {"sampling": GREEDY, "top_logprobs": 0}
+    first_prompt = tok.encode("Once upon a time there was")
+    engine.start()
+    try:
+        (first,) = _run(engine, [(first_prompt, 8, options)])
+        held = first_prompt + _ids(first)[:-1]  # the last token was sampled, never computed
+        assert engine.stats()["reused_prompt_tokens"] == 0 and len(held) == len(first_prompt) + 7
+        extended, parted = [*held, 7, 8, 9], [*first_prompt[:3], 11, 12, 13]
+        (longer,) = _run(engine, [(extended, 6, options)])
+        reused = engine.stats()["reused_prompt_tokens"]
+        (other,) = _run(engine, [(parted, 6, options)])
+    finally:
+        engine.stop()
+    assert reused == len(held)
+    assert engine.stats()["reused_prompt_tokens"] - reused == (0 if recurrent else 3)
+    for prompt, out in ((extended, longer), (parted, other)):
+        assert _ids(out) == list(generate_ids(model, prompt, max_tokens=6, sampling=GREEDY, stop_ids=tok.stop_ids))
+
+
+def test_kept_prompts_stay_within_their_budget(loaded) -> None:
+    from tfb.serve.prompts import PromptCache
+
+    model, _ = loaded
+
+    def cache(length: int) -> Any:
+        c = model.new_cache()
+        model(torch.tensor([list(range(1, length + 1))]), c)
+        return c
+
+    small = cache(4).nbytes()  # room for 16 positions, the least a cache allocates
+    assert small > 0 and cache(40).nbytes() > 2 * small
+    kept = PromptCache(budget=int(1.5 * small))
+    kept.keep([1, 2, 3, 4], cache(4))
+    kept.keep([1, 2, 3, 4, 5, 6], cache(6))  # holds the first one's tokens and more: it replaces it
+    assert [len(t) for t, _, _ in kept.entries] == [6]
+    kept.keep(list(range(1, 41)), cache(40))  # over the budget alone: not kept
+    kept.keep([9, 8, 7, 6, 5], cache(5))  # two small caches are over the budget: the least recently used goes
+    assert [t for t, _, _ in kept.entries] == [[9, 8, 7, 6, 5]]
+    assert kept.take([9, 8, 1]).length == 2 and kept.take([4, 4]) is None

@@ -1,6 +1,6 @@
 """A load test of `tfb serve`: 200 requests from 16 concurrent clients (chat and completions, streaming and
-not, a few clients that hang up mid-stream), then the verdict: 0 errors, and the server's RSS after warm-up
-against its RSS at the end. Not a test (minutes of wall time); run by hand:
+not, some with several choices, a few clients that hang up mid-stream), then the verdict: 0 errors, and
+the server's RSS after warm-up against its RSS at the end. Not a test (minutes of wall time); run by hand:
 
     python tools/load_test_serve.py                   # a tiny random qwen3 model made by make_tiny_gguf.py
     python tools/load_test_serve.py --model F.gguf --requests 200 --clients 16
@@ -67,7 +67,9 @@ def one(port: int, i: int, rng: random.Random) -> str:
     """Request i: returns '' when it went right, else what went wrong."""
     words = " ".join(rng.choice(WORDS) for _ in range(rng.randint(3, 40)))
     tokens = rng.randint(4, 48)
-    common = {"model": "bench", "max_tokens": tokens, "temperature": rng.choice([0, 0.7, 1.0]), "seed": i}
+    choices = rng.randint(2, 3) if i % 7 == 3 else 1
+    common = {"model": "bench", "max_tokens": tokens, "temperature": rng.choice([0, 0.7, 1.0]), "seed": i,
+              "n": choices}
     kind = i % 5
     if kind == 4 and i % 10 == 4:
         return hang_up(port, {**common, "prompt": words, "max_tokens": 200})
@@ -83,7 +85,8 @@ def one(port: int, i: int, rng: random.Random) -> str:
     status, answer = plain(port, path, body)
     if status != 200:
         return f"{path}: {status} {json.dumps(answer)[:200]}"
-    return "" if answer["choices"][0]["finish_reason"] in ("stop", "length") else f"{path}: {answer}"
+    finishes = [c["finish_reason"] for c in sorted(answer["choices"], key=lambda c: c["index"])]
+    return "" if len(finishes) == choices and all(f in ("stop", "length") for f in finishes) else f"{path}: {answer}"
 
 
 def main() -> int:
@@ -140,7 +143,8 @@ def run(server: ServerProcess, args: argparse.Namespace) -> int:
     warm = readings.get("warm", start)
     growth = (end - warm) / warm
     print(f"{args.requests} requests from {args.clients} clients: {len(errors)} errors; "
-          f"{health['cancelled']} hung up mid-stream and were cancelled; largest batch {health['largest_batch']}")
+          f"{health['cancelled']} hung up mid-stream and were cancelled; largest batch {health['largest_batch']}; "
+          f"{health['reused_prompt_tokens']} prompt tokens taken from kept caches")
     print(f"server RSS: {start:.0f} MiB at start, {warm:.0f} MiB after {args.warmup} requests, {end:.0f} MiB at "
           f"the end ({growth * 100:+.1f}% after warm-up); running {health['running']}, waiting {health['waiting']}")
     for e in errors[:10]:

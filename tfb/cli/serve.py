@@ -23,6 +23,8 @@ def run_serve(args: argparse.Namespace) -> int:
             from None
     if args.parallel < 1:
         raise InputError("--parallel must be >= 1")
+    if args.prompt_cache < 0:
+        raise InputError("--prompt-cache must be >= 0")
     if args.max_body < 1:
         raise InputError("--max-body must be >= 1")
     if not 0 <= args.port < 65536:
@@ -30,13 +32,14 @@ def run_serve(args: argparse.Namespace) -> int:
     api_key = args.api_key if args.api_key is not None else os.environ.get("TFB_API_KEY") or None
     model, tok = load_model(args)
     model_id = args.alias or args.model.name.removesuffix(".gguf")
-    engine = Engine(model, tok, parallel=args.parallel)
+    engine = Engine(model, tok, parallel=args.parallel, prompt_cache=int(args.prompt_cache * (1 << 20)))
     config = ServeConfig(model_id=model_id, api_key=api_key, max_body=args.max_body, chat_template_fallback=CHATML)
     if tok.chat_template is None:
         sys.stderr.write("tfb: the file has no chat template; chat completions use ChatML\n")
     app = create_app(engine, config)
     host = f"[{args.host}]" if ":" in args.host else args.host
-    sys.stderr.write(safe(f"tfb: serving {model_id} (context {engine.context}, {args.parallel} parallel) at "
+    int8 = ", int8 activations" if args.int8_activations else ""
+    sys.stderr.write(safe(f"tfb: serving {model_id} (context {engine.context}, {args.parallel} parallel{int8}) at "
                           f"http://{host}:{args.port}/v1 (Ctrl-C stops)\n"))
     sys.stderr.flush()
     server = uvicorn.Server(uvicorn.Config(app, host=args.host, port=args.port, log_level=args.log_level,
@@ -51,6 +54,9 @@ def register(sub: Any) -> None:
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default: this machine only)")
     p.add_argument("--port", type=int, default=8080)
     p.add_argument("--parallel", type=int, default=4, metavar="N", help="sequences decoded together at most")
+    p.add_argument("--prompt-cache", type=float, default=1024, metavar="MIB",
+                   help="memory for finished requests' caches, kept so that a prompt starting with the same tokens "
+                        "(the next turn of a chat) computes only the rest (default 1024 MiB; 0: off)")
     p.add_argument("--api-key", default=None, metavar="KEY",
                    help="require `Authorization: Bearer KEY` on /v1/ (default: $TFB_API_KEY, else none)")
     p.add_argument("--alias", default=None, help="the model's id in the API (default: the file name)")

@@ -53,6 +53,30 @@ class LayerState(Protocol):
     def copy(self) -> LayerState: ...
 
 
+def fork_state(state: Any, length: int) -> Any:
+    """An independent copy of a layer's state after `length` positions, for a second sequence that goes on
+    from the same prefix: a state with its own `fork` makes it; another that cannot rewind (a recurrent
+    state) is its `copy()`."""
+    if state is None:
+        return None
+    fork = getattr(state, "fork", None)
+    if fork is not None:
+        return fork(length)
+    if not state.rewindable:
+        return state.copy()
+    raise TypeError(f"{type(state).__name__} cannot be forked")
+
+
+def _nbytes(value: Any) -> int:
+    if isinstance(value, torch.Tensor):
+        return value.nbytes
+    if isinstance(value, (list, tuple)):
+        return sum(_nbytes(v) for v in value)
+    if hasattr(value, "__dict__") and not isinstance(value, (type, torch.dtype)):
+        return sum(_nbytes(v) for v in vars(value).values())
+    return 0
+
+
 @dataclass(frozen=True)
 class Snapshot:
     """A cache as it was after `length` positions: copies of the states that cannot rewind."""
@@ -93,6 +117,21 @@ class Cache:
             if state is not None:
                 state.truncate(length)
         return True
+
+    def fork(self, length: int | None = None) -> Cache:
+        """An independent cache holding the same positions, or the first `length` of them where every state
+        can rewind (a second sequence continuing this prefix, or a part of it)."""
+        length = self.length if length is None else length
+        if length > self.length or (length < self.length and not self.rewindable):
+            raise ValueError(f"a cache of {self.length} positions cannot be forked at {length}")
+        other = Cache.__new__(Cache)
+        other.layers = [fork_state(state, length) for state in self.layers]
+        other.length, other.initial = length, self.initial
+        return other
+
+    def nbytes(self) -> int:
+        """The memory its layers' states hold (tensors reached through their attributes, lists and tuples)."""
+        return sum(_nbytes(state) for state in self.layers)
 
     def snapshot(self) -> Snapshot:
         return Snapshot(self.length, tuple(None if s is None or s.rewindable else s.copy() for s in self.layers))
@@ -135,6 +174,16 @@ class SequenceState:
 
     def truncate(self, length: int) -> None:
         """Positions past `length` are overwritten by the next update; nothing to do."""
+
+    def fork(self, length: int) -> SequenceState:
+        """A copy of the first `length` positions, with room for as many more."""
+        other = SequenceState(len(self.buffers), self.dtype)
+        for i, buf in enumerate(self.buffers):
+            if buf is not None:
+                grown = buf.new_empty(*buf.shape[:2], max(2 * length, 16), buf.shape[3])
+                grown[:, :, :length] = buf[:, :, :length]
+                other.buffers[i] = grown
+        return other
 
     def copy(self) -> SequenceState:
         return self  # never copied: a rewindable state is truncated instead

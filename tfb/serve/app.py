@@ -150,13 +150,16 @@ def create_app(engine: Engine, config: ServeConfig) -> ASGIApp:
         if limit is not None and limit > room:
             raise ApiError(400, f"{field} = {limit} is more than the context leaves: {context} tokens, "
                                 f"{len(prompt)} of them the prompt", field, "context_length_exceeded")
+        if body.n > engine.parallel:
+            raise ApiError(400, f"n = {body.n} is more choices than the server decodes at once ({engine.parallel}; "
+                                "start it with a larger --parallel)", "n", "invalid_value")
         sampling = _sampling(body)
-        return Job(prompt=prompt, max_tokens=limit if limit is not None else room, emit=lambda chunk: None,
+        return Job(n=body.n, prompt=prompt, max_tokens=limit if limit is not None else room, emit=lambda chunk: None,
                    sampling=sampling, stop=body.stops(), top_logprobs=top,
                    presence_penalty=body.presence_penalty, frequency_penalty=body.frequency_penalty)
 
     async def _answer(request: Request, job: Job, body: _Generation, kind: str,
-                      choice: Callable[[str, list[TokenLogprob], str | None], dict[str, Any]],
+                      choice: Callable[[int, str, list[TokenLogprob], str | None], dict[str, Any]],
                       delta: Callable[[Chunk, bool], dict[str, Any]]) -> Any:
         loop = asyncio.get_running_loop()
         chunks: asyncio.Queue[Chunk] = asyncio.Queue()
@@ -174,31 +177,35 @@ def create_app(engine: Engine, config: ServeConfig) -> ASGIApp:
         if body.stream:
             return EventStream(_events(job, chunks, body, ident, now, kind, delta), job)
         try:
-            text, logprobs, last = await _until_done(request, chunks)
+            results = await _until_done(request, chunks, job.n)
         finally:
-            job.cancel()  # a no-op once finished; frees the slot when the client went away
-        if last.finish == "error":
-            raise ApiError(500, f"generation failed: {last.error}", kind="server_error")
+            job.cancel()  # a no-op once finished; frees the slots when the client went away
+        for _, _, last in results:
+            if last.finish == "error":
+                raise ApiError(500, f"generation failed: {last.error}", kind="server_error")
         return {"id": ident, "object": kind, "created": now, "model": config.model_id,
-                "choices": [choice(text, logprobs, last.finish)], "usage": _usage(last)}
+                "choices": [choice(i, text, logprobs, last.finish) for i, (text, logprobs, last) in enumerate(results)],
+                "usage": _usage([last for _, _, last in results])}
 
     async def _events(job: Job, chunks: asyncio.Queue[Chunk], body: _Generation, ident: str, now: int,
                       kind: str, delta: Callable[[Chunk, bool], dict[str, Any]]) -> AsyncIterator[str]:
         obj = "chat.completion.chunk" if kind == "chat.completion" else "text_completion"
         head = {"id": ident, "object": obj, "created": now, "model": config.model_id}
-        first = True
+        started: set[int] = set()
+        last: dict[int, Chunk] = {}  # each choice's last chunk
         try:
-            while True:
+            while len(last) < job.n:
                 chunk = await chunks.get()
                 if chunk.finish == "error":
                     yield _sse(error_body(f"generation failed: {chunk.error}", kind="server_error"))
                     break
-                yield _sse({**head, "choices": [delta(chunk, first)]})
-                first = False
+                yield _sse({**head, "choices": [delta(chunk, chunk.index not in started)]})
+                started.add(chunk.index)
                 if chunk.finish is not None:
-                    if body.include_usage():
-                        yield _sse({**head, "choices": [], "usage": _usage(chunk)})
-                    break
+                    last[chunk.index] = chunk
+            else:
+                if body.include_usage():
+                    yield _sse({**head, "choices": [], "usage": _usage(list(last.values()))})
             yield "data: [DONE]\n\n"
         finally:
             job.cancel()
@@ -217,19 +224,26 @@ async def _parse(request: Request, kind: type[Body]) -> Body:
         raise RequestValidationError(e.errors()) from None
 
 
-async def _until_done(request: Request, chunks: asyncio.Queue[Chunk]) -> tuple[str, list[TokenLogprob], Chunk]:
-    """Collect a job's chunks until the last one. A client that disconnects meanwhile ends the wait with
-    an error nobody reads (the caller then cancels the job)."""
+Result = tuple[str, list[TokenLogprob], Chunk]  # a choice's text, log-probabilities and last chunk
 
-    async def collect() -> tuple[str, list[TokenLogprob], Chunk]:
-        text: list[str] = []
-        logprobs: list[TokenLogprob] = []
-        while True:
+
+async def _until_done(request: Request, chunks: asyncio.Queue[Chunk], n: int) -> list[Result]:
+    """Collect a job's chunks until each of its n choices has its last one (or one failed). A client that
+    disconnects meanwhile ends the wait with an error nobody reads (the caller then cancels the job)."""
+
+    async def collect() -> list[Result]:
+        texts: list[list[str]] = [[] for _ in range(n)]
+        logprobs: list[list[TokenLogprob]] = [[] for _ in range(n)]
+        last: dict[int, Chunk] = {}
+        while len(last) < n:
             chunk = await chunks.get()
-            text.append(chunk.text)
-            logprobs.extend(chunk.logprobs)
+            texts[chunk.index].append(chunk.text)
+            logprobs[chunk.index].extend(chunk.logprobs)
+            if chunk.finish == "error":
+                return [("", [], chunk)]
             if chunk.finish is not None:
-                return "".join(text), logprobs, chunk
+                last[chunk.index] = chunk
+        return [("".join(texts[i]), logprobs[i], last[i]) for i in range(n)]
 
     async def gone() -> None:
         while (await request.receive())["type"] != "http.disconnect":
@@ -258,9 +272,10 @@ def _sampling(body: _Generation) -> Sampling:
     return Sampling(temperature=temperature, top_k=0, top_p=top_p, min_p=0.0, seed=body.seed)
 
 
-def _usage(chunk: Chunk) -> dict[str, int]:
-    return {"prompt_tokens": chunk.prompt_tokens, "completion_tokens": chunk.completion_tokens,
-            "total_tokens": chunk.prompt_tokens + chunk.completion_tokens}
+def _usage(lasts: list[Chunk]) -> dict[str, int]:
+    """The prompt once, the completion tokens of every choice."""
+    prompt, completion = lasts[0].prompt_tokens, sum(c.completion_tokens for c in lasts)
+    return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
 
 
 def _sse(data: dict[str, Any]) -> str:
@@ -317,8 +332,9 @@ def _text_logprobs(tokenizer: Any, logprobs: list[TokenLogprob], offset: int = 0
     return {"tokens": tokens, "token_logprobs": values, "top_logprobs": tops, "text_offset": offsets}
 
 
-def _chat_choice(tokenizer: Any, text: str, logprobs: list[TokenLogprob], finish: str | None) -> dict[str, Any]:
-    choice: dict[str, Any] = {"index": 0, "message": {"role": "assistant", "content": text},
+def _chat_choice(tokenizer: Any, index: int, text: str, logprobs: list[TokenLogprob],
+                 finish: str | None) -> dict[str, Any]:
+    choice: dict[str, Any] = {"index": index, "message": {"role": "assistant", "content": text},
                               "finish_reason": finish, "logprobs": None}
     if logprobs:
         choice["logprobs"] = _chat_logprobs(tokenizer, logprobs)
@@ -327,19 +343,20 @@ def _chat_choice(tokenizer: Any, text: str, logprobs: list[TokenLogprob], finish
 
 def _chat_delta(tokenizer: Any, chunk: Chunk, first: bool) -> dict[str, Any]:
     delta: dict[str, Any] = {"role": "assistant", "content": chunk.text} if first else {"content": chunk.text}
-    choice: dict[str, Any] = {"index": 0, "delta": delta, "finish_reason": chunk.finish, "logprobs": None}
+    choice: dict[str, Any] = {"index": chunk.index, "delta": delta, "finish_reason": chunk.finish, "logprobs": None}
     if chunk.logprobs:
         choice["logprobs"] = _chat_logprobs(tokenizer, chunk.logprobs)
     return choice
 
 
-def _text_choice(tokenizer: Any, text: str, logprobs: list[TokenLogprob], finish: str | None) -> dict[str, Any]:
-    return {"index": 0, "text": text, "finish_reason": finish,
+def _text_choice(tokenizer: Any, index: int, text: str, logprobs: list[TokenLogprob],
+                 finish: str | None) -> dict[str, Any]:
+    return {"index": index, "text": text, "finish_reason": finish,
             "logprobs": _text_logprobs(tokenizer, logprobs) if logprobs else None}
 
 
 def _text_delta(tokenizer: Any, chunk: Chunk, first: bool) -> dict[str, Any]:
-    return {"index": 0, "text": chunk.text, "finish_reason": chunk.finish,
+    return {"index": chunk.index, "text": chunk.text, "finish_reason": chunk.finish,
             "logprobs": _text_logprobs(tokenizer, chunk.logprobs) if chunk.logprobs else None}
 
 

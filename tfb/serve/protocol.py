@@ -2,7 +2,7 @@
 on) and its errors, in OpenAI's shape: {"error": {"message", "type", "param", "code"}}.
 
 Fields OpenAI defines that tfb does not act on are accepted and ignored, unless they would change the
-answer (n > 1, echo, tools...): those are refused, so that a client never gets an answer to another
+answer (echo, tools, best_of...): those are refused, so that a client never gets an answer to another
 question than the one it asked.
 """
 
@@ -13,6 +13,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, StrictStr
 
 MAX_STOPS = 16
+MAX_CHOICES = 128  # n; the server also refuses more than its --parallel
 
 
 class ApiError(Exception):
@@ -75,7 +76,7 @@ class _Generation(_Body):
     frequency_penalty: Penalty = 0.0
     stream: bool = False
     stream_options: StreamOptions | None = None
-    n: Annotated[int, Field(ge=1, le=1)] = 1
+    n: Annotated[int, Field(ge=1, le=MAX_CHOICES)] = 1
 
     def stops(self) -> list[str]:
         stops = [self.stop] if isinstance(self.stop, str) else list(self.stop or [])

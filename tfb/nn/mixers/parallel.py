@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from tfb.config import ModelConfig
-from tfb.nn.cache import Step
+from tfb.nn.cache import Step, fork_state
 from tfb.nn.kinds import BuildContext, kind_of
 from tfb.spec.kinds.parallel import Parallel as Section
 
@@ -50,6 +50,9 @@ class ParallelState:
 
     def copy(self) -> ParallelState:
         return ParallelState([None if part is None else part.copy() for part in self.parts])
+
+    def fork(self, length: int) -> ParallelState:
+        return ParallelState([fork_state(part, length) for part in self.parts])
 
 
 class ParallelMixer(nn.Module):
