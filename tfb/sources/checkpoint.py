@@ -149,6 +149,8 @@ class CheckpointSource:
         for name, wanted in rule.when.items():
             if _lookup(self.config, name) not in (wanted if isinstance(wanted, list) else [wanted]):
                 return None
+        if any(not _lookup(self.config, name) for name in rule.nonzero):
+            return None
         for name in rule.from_:
             value = _lookup(self.config, name)
             if value is None:

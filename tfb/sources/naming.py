@@ -83,6 +83,8 @@ class MetaRule(_Strict):
     written: bool = Field(True, description="false: read by the spec's rules but not a key the converter writes")
     when: dict[str, Any] = Field(default_factory=dict, description="config.json key -> value (or list of values) "
                                  "this key needs")
+    nonzero: list[str] = Field(default_factory=list, description="config.json keys this key needs present and "
+                               "nonzero (a width written only where the part it sizes exists)")
 
 
 class Table(_Strict):
