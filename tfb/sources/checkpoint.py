@@ -177,8 +177,8 @@ class CheckpointSource:
         return None
 
     def _evaluate(self, operand: Any) -> Any:
-        """A number from config.json values: a key, a number, or {sum|product|quotient: [a, b]}; None when a
-        key is absent or not a number."""
+        """A number from config.json values: a key, a number, {sum|product|quotient: [a, b]} or a list of such
+        operands (the first given); None when a key is absent or not a number."""
         if isinstance(operand, bool):
             return None
         if isinstance(operand, (int, float)):
@@ -186,6 +186,8 @@ class CheckpointSource:
         if isinstance(operand, str):
             value = _lookup(self.config, operand)
             return value if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+        if isinstance(operand, list):  # alternatives: the first that is given
+            return next((v for v in map(self._evaluate, operand) if v is not None), None)
         if isinstance(operand, dict) and len(operand) == 1:
             (op, pair), = operand.items()
             if isinstance(pair, list) and len(pair) == 2:
@@ -363,7 +365,8 @@ class CheckpointSource:
         meta.update({k: v for k, v in self.metadata.items() if k.startswith("tokenizer.")})
         tokens = meta["tokenizer.ggml.tokens"].value
         for key, rule in self.table.metadata.items():
-            if rule is not None and rule.token is not None:
+            # set as gguf-py's SpecialVocab._set_special_token sets it: an id the tokenizer files give stays
+            if rule is not None and rule.token is not None and key not in meta:
                 if rule.token not in tokens:
                     raise ConfigError(f"{self.path}: the vocabulary has no token {rule.token!r}, which the naming "
                                       f"table of spec `{self.spec_name}` names for {key}")

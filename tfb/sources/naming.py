@@ -71,14 +71,15 @@ class TensorRule(_Strict):
 class MetaRule(_Strict):
     from_: list[str] = Field(default_factory=list, alias="from", description="config.json keys, first present")
     value: Any = Field(None, description="a constant, written when no `from` key is present")
-    # arithmetic on config.json values, used when no `from` key is present; an operand is a config key, a number or
-    # a nested {sum|product|quotient: [a, b]}; quotients divide whole numbers (int(a) // int(b)), as the converter
+    # arithmetic on config.json values, used when no `from` key is present; an operand is a config key, a number,
+    # a nested {sum|product|quotient: [a, b]} or a list of operands (the first given); quotients divide whole
+    # numbers (int(a) // int(b)), as the converter
     sum: tuple[Any, Any] | None = Field(None, description="a + b")
     product: tuple[Any, Any] | None = Field(None, description="a * b")
     quotient: tuple[Any, Any] | None = Field(None, description="int(a) // int(b)")
     map: dict[str, Any] | None = Field(None, description="config value -> written value")
     token: str | None = Field(None, description="the id of this token text in the vocabulary (special token ids "
-                              "a converter sets by text)")
+                              "a converter sets by text), where the tokenizer files give none")
     type: MetaType = "uint32"
     written: bool = Field(True, description="false: read by the spec's rules but not a key the converter writes")
     when: dict[str, Any] = Field(default_factory=dict, description="config.json key -> value (or list of values) "
