@@ -20,7 +20,9 @@ FAMILIES = {"llama": 12, "llama_tied": 12, "qwen2": 12, "qwen3": 12, "gemma": 12
             "mistral": 8, "mixtral": 12, "qwen3moe": 12, "gpt2": 12, "deepseek_v3": 12, "deepseek_v2": 12,
             "qwen2moe": 12, "olmoe": 12, "olmo2": 12, "granite": 12, "granitemoe": 12, "smollm3": 12, "glm4": 12,
             "olmo": 12, "phi2": 12, "stablelm": 12, "llama3": 30,
-            "ernie4_5_moe": 12, "ernie4_5_moe_interleaved": 12, "glm4moe": 12}
+            "ernie4_5_moe": 12, "ernie4_5_moe_interleaved": 12, "glm4moe": 12,
+            # llama4: the spec's chunk and temperature floor are llama.cpp's 8192, the tiny model's 8: 7 tokens
+            "llama4": 7}
 
 
 def checkpoint(tiny_model, family: str):
