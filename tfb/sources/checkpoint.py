@@ -99,6 +99,12 @@ def _typed(value: Any, rule: MetaRule, where: str) -> MetaValue:
     return MetaValue(value, kind)
 
 
+def _mapped(value: Any, table: dict[str, Any], where: str) -> Any:
+    if str(value) not in table:
+        raise ConfigError(f"{where} is {value!r:.60}; supported: {', '.join(table)}")
+    return table[str(value)]
+
+
 def _json_type(value: Any) -> str:
     return {bool: "a boolean", int: "a whole number", float: "a number", str: "a string", list: "a list",
             dict: "an object", type(None): "null"}.get(type(value), type(value).__name__)
@@ -156,12 +162,14 @@ class CheckpointSource:
             if value is None:
                 continue
             where = f"{config_path}: key `{name}` (for {key})"
-            if rule.map is not None:
-                if str(value) not in rule.map:
-                    raise ConfigError(f"{where} is {value!r:.60}; supported: {', '.join(rule.map)}")
-                value = rule.map[str(value)]
+            if rule.map is not None and rule.type.startswith("array[") and isinstance(value, list):
+                value = [_mapped(v, rule.map, where) for v in value]
+            elif rule.map is not None:
+                value = _mapped(value, rule.map, where)
                 if value is None:  # a config value the converter writes no key for
                     return None
+            if rule.pad_to is not None and isinstance(value, list):
+                value = (list(value) + [0] * rule.pad_to)[:rule.pad_to]
             return _typed(value, rule, where)
         for op in ("sum", "product", "quotient"):
             operands = getattr(rule, op)
@@ -272,8 +280,22 @@ class CheckpointSource:
             if not shape or heads <= 0 or shape[0] % (2 * heads):
                 raise WeightError(f"{first.shard}: tensor {first.name!r} has {shape[0] if shape else 0} rows, not a "
                                   f"multiple of 2 x {heads} heads ({rule.permute_rows.replace('{arch}', self.arch)})")
+        if rule.squeeze:
+            shape = [d for d in shape if d != 1]
+        if rule.deinterleave is not None:
+            groups, sizes = self._deinterleave_sizes(rule)
+            if len(shape) != 2 or shape[0] != groups * sum(sizes):
+                raise WeightError(f"{first.shard}: tensor {first.name!r} has shape {shape}, expected {groups} x "
+                                  f"{sum(sizes)} rows to deinterleave into {name}")
+            shape = [groups * sum(sizes[p] for p in rule.deinterleave.parts), shape[1]]
+        if rule.tile_heads is not None:
+            skip, groups, per_group, size = self._tile_sizes(rule)
+            dim = rule.tile_heads.dim
+            if len(shape) <= dim or shape[dim] != skip + groups * per_group * size:
+                raise WeightError(f"{first.shard}: tensor {first.name!r} has shape {shape}, expected {skip} + {groups} "
+                                  f"x {per_group} x {size} along dimension {dim} to reorder into {name}")
         stored = _STORED_AS.get(first.dtype, "F32")
-        if rule.add or len(shape) <= 1:
+        if rule.add or rule.negative_exp or len(shape) <= 1:
             stored = "F32"  # vectors are float32 in the converter's files
         gtype = GGML_TYPE_BY_NAME[stored]
         return TensorInfo(name, tuple(shape), gtype, 0, math.prod(shape) * gtype.type_size)
@@ -282,6 +304,25 @@ class CheckpointSource:
         assert rule.split is not None
         sizes = [s if isinstance(s, int) else self.count(s) for s in rule.split.sizes]
         return self.count(rule.split.groups), sizes
+
+    def _number(self, operand: Any, what: str) -> int:
+        """A whole number a tensor rule gives: a metadata key ({arch}), or a config key, number or arithmetic."""
+        value = self.count(operand) if isinstance(operand, str) and "{arch}" in operand else self._evaluate(operand)
+        if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+            raise ConfigError(f"{self.path / CONFIG}: {operand!r} is {value!r:.60}, expected a whole number (the "
+                              f"layout of {what} depends on it)")
+        return value
+
+    def _deinterleave_sizes(self, rule: TensorRule) -> tuple[int, list[int]]:
+        d = rule.deinterleave
+        assert d is not None
+        return self._number(d.groups, rule.from_), [self._number(s, rule.from_) for s in d.sizes]
+
+    def _tile_sizes(self, rule: TensorRule) -> tuple[int, int, int, int]:
+        t = rule.tile_heads
+        assert t is not None
+        skip, groups, per_group, size = (self._number(x, rule.from_) for x in (t.skip, t.groups, t.per_group, t.size))
+        return skip, groups, per_group, size
 
     def _split_shape(self, name: str, rule: TensorRule, shape: list[int]) -> list[int]:
         assert rule.split is not None
@@ -338,8 +379,22 @@ class CheckpointSource:
         if rule.permute_rows:
             heads = self.count(rule.permute_rows)
             x = x.reshape(heads, 2, x.shape[0] // heads // 2, *x.shape[1:]).swapaxes(1, 2).reshape(x.shape)
+        if rule.squeeze:
+            x = x.squeeze()
+        if rule.deinterleave is not None:
+            groups, sizes = self._deinterleave_sizes(rule)
+            cut = x.reshape(groups, sum(sizes), -1).split(sizes, dim=1)
+            x = torch.cat([cut[p].reshape(-1, x.shape[-1]) for p in rule.deinterleave.parts])
+        if rule.tile_heads is not None:
+            skip, groups, per_group, size = self._tile_sizes(rule)
+            dim = rule.tile_heads.dim
+            kept, heads = x.split([skip, x.shape[dim] - skip], dim=dim)
+            grouped = heads.reshape(*x.shape[:dim], groups, per_group, size, *x.shape[dim + 1:])
+            x = torch.cat([kept, grouped.transpose(dim, dim + 1).reshape(heads.shape)], dim=dim)
+        # the converter computes in the checkpoint's type, widened to float32 unless it is float16
+        if rule.negative_exp:
+            x = -torch.exp(x if x.dtype != torch.bfloat16 else x.float())
         if rule.add:
-            # the converter adds in the checkpoint's type, widened to float32 unless it is float16
             x = (x if x.dtype != torch.bfloat16 else x.float()) + rule.add
         info = self.tensors[name]
         target = _TORCH.get(info.ggml_type.name, torch.float32)

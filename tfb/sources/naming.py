@@ -1,7 +1,8 @@
 """Checkpoint naming tables: how a spec's GGUF names and metadata keys come from a transformers checkpoint.
 
 A table is data, one file per spec under `specs/checkpoint/NAME.yaml`, merged along the spec's `extends`
-chain (a family's table overrides or adds entries of its base's; `null` drops one). It says:
+chain (a family's table overrides or adds entries of its base's; `null` drops one; `include: [NAME]` merges
+the entries of other tables of the directory first, for a spec that shares a sibling's naming). It says:
 
 - `architectures`: the config.json `architectures` values it serves;
 - `metadata`: each GGUF key (with `{arch}`) from config.json keys (the first present; `a.b` is key b of
@@ -13,7 +14,9 @@ chain (a family's table overrides or adds entries of its base's; `null` drops on
   new first dimension, their count from a metadata key), `add` (a constant added to every value: norm
   weights stored as 1 + w), `transpose` (the last two dimensions swapped: Conv1D weights stored [in, out]),
   `split` (the rows of a head-grouped tensor cut per head: a part of each head's rows, optionally transposed
-  per head: a latent attention's kv_b into its key and value parts).
+  per head: a latent attention's kv_b into its key and value parts), `squeeze` (size-1 dimensions dropped),
+  `deinterleave` (per-group parts of a fused projection gathered part by part), `tile_heads` (heads grouped by
+  the head they share reordered to tiled), `negative_exp` (x -> -exp(x)).
 """
 
 from __future__ import annotations
@@ -43,6 +46,29 @@ class Split(_Strict):
     transpose: bool = Field(False, description="each group's part transposed ([rows, in] -> [in, rows])")
 
 
+class Deinterleave(_Strict):
+    """Rows in `groups` groups of sum(sizes) rows, each group cut into parts of `sizes` rows; the result is, for
+    each part listed in `parts` in order, that part of every group, group after group (a fused projection stored
+    per head [q, k, v, z] written as [all q; all k; all v]). Numbers are operands: config keys, metadata keys
+    ({arch}), numbers or arithmetic."""
+
+    groups: Any
+    sizes: list[Any]
+    parts: list[int]
+
+
+class TileHeads(_Strict):
+    """Along dimension `dim` (0: rows, 1: columns), the entries after the first `skip` viewed as
+    [groups, per_group, size] are reordered to [per_group, groups, size]: heads stored grouped by the head they
+    share (g0h0, g0h1, g1h0, g1h1) become tiled (g0h0, g1h0, g0h1, g1h1), as ggml's broadcast repeats them."""
+
+    groups: Any
+    per_group: Any
+    size: Any = 1
+    skip: Any = 0
+    dim: int = 0
+
+
 class WavelengthBands(_Strict):
     """Rope frequency factors by wavelength band: for each rotated pair's frequency f_j = base^(-2j/dims), with
     wavelength w = 2 pi / f_j and the original context C: 1 where w < C / high, `factor` where w > C / low, else
@@ -66,6 +92,10 @@ class TensorRule(_Strict):
     add: float = Field(0.0, description="constant added to the values (norm weights stored as 1 + w)")
     transpose: bool = Field(False, description="last two dimensions swapped (weights stored [in, out])")
     split: Split | None = None
+    squeeze: bool = Field(False, description="dimensions of size 1 dropped (conv weights [C, 1, K] -> [C, K])")
+    deinterleave: Deinterleave | None = None
+    tile_heads: TileHeads | None = None
+    negative_exp: bool = Field(False, description="x -> -exp(x) (a decay stored as its log, A = -exp(A_log))")
 
 
 class MetaRule(_Strict):
@@ -77,7 +107,9 @@ class MetaRule(_Strict):
     sum: tuple[Any, Any] | None = Field(None, description="a + b")
     product: tuple[Any, Any] | None = Field(None, description="a * b")
     quotient: tuple[Any, Any] | None = Field(None, description="int(a) // int(b)")
-    map: dict[str, Any] | None = Field(None, description="config value -> written value")
+    map: dict[str, Any] | None = Field(None, description="config value -> written value (each element's, for a "
+                                       "list written as an array)")
+    pad_to: int | None = Field(None, description="an array cut or padded with zeros to this length")
     token: str | None = Field(None, description="the id of this token text in the vocabulary (special token ids "
                               "a converter sets by text), where the tokenizer files give none")
     type: MetaType = "uint32"
@@ -135,17 +167,9 @@ def load_table(chain: list[Path]) -> Table | None:
         if not path.is_file():
             continue
         found = True
-        data = read_table(path)
-        for key, value in data.items():
-            if key == "keep_f32":
-                merged[key] = [*merged.get(key, []), *(value or [])]
-            elif key == "metadata" and data.get("own_metadata"):
-                merged[key] = dict(value or {})
-            elif key in ("metadata", "tensors"):
-                merged[key].update(value or {})
-            else:
-                merged[key] = value
-        if "architectures" not in data:  # served architectures are not inherited
+        for data in [*_included(path), read_table(path)]:
+            _merge(merged, data)
+        if "architectures" not in read_table(path):  # served architectures are not inherited
             merged.pop("architectures", None)
     if not found:
         return None
@@ -153,3 +177,30 @@ def load_table(chain: list[Path]) -> Table | None:
         return Table.model_validate(merged)
     except ValidationError as e:
         raise SpecError(f"{table_dir(chain[-1]) / chain[-1].name}: checkpoint naming table: {e}") from None
+
+
+def _included(path: Path) -> list[dict[str, Any]]:
+    """The tables a table's `include` names (same directory), each without its architectures."""
+    names = read_table(path).get("include") or []
+    if not isinstance(names, list):
+        raise SpecError(f"{path}: `include` is a list of table names")
+    out = []
+    for name in names:
+        other = path.parent / f"{name}.yaml"
+        if not other.is_file():
+            raise SpecError(f"{path}: `include` names {name!r}, but there is no {other}")
+        out.append({k: v for k, v in read_table(other).items() if k not in ("architectures", "include")})
+    return out
+
+
+def _merge(merged: dict[str, Any], data: dict[str, Any]) -> None:
+    """One table's entries over the merged ones: metadata and tensors by key, keep_f32 appended."""
+    for key, value in data.items():
+        if key == "keep_f32":
+            merged[key] = [*merged.get(key, []), *(value or [])]
+        elif key == "metadata" and data.get("own_metadata"):
+            merged[key] = dict(value or {})
+        elif key in ("metadata", "tensors"):
+            merged[key].update(value or {})
+        elif key != "include":
+            merged[key] = value
