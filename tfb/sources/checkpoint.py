@@ -157,6 +157,10 @@ class CheckpointSource:
                 return None
         if any(not _lookup(self.config, name) for name in rule.nonzero):
             return None
+        for name, wanted in rule.when_all.items():
+            items = _lookup(self.config, name)
+            if not isinstance(items, list) or any(v != wanted for v in items):
+                return None
         for name in rule.from_:
             value = _lookup(self.config, name)
             if value is None:

@@ -116,6 +116,8 @@ class MetaRule(_Strict):
     written: bool = Field(True, description="false: read by the spec's rules but not a key the converter writes")
     when: dict[str, Any] = Field(default_factory=dict, description="config.json key -> value (or list of values) "
                                  "this key needs")
+    when_all: dict[str, Any] = Field(default_factory=dict, description="config.json list key -> the value each of "
+                                     "its elements must be for this key to be written")
     nonzero: list[str] = Field(default_factory=list, description="config.json keys this key needs present and "
                                "nonzero (a width written only where the part it sizes exists)")
 
