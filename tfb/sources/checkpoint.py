@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -141,6 +142,7 @@ class CheckpointSource:
         self.store = SafetensorsDir(self.path, streaming)
         self._rules: dict[str, tuple[TensorRule, list[str], int | None]] = {}
         self.tensors: dict[str, TensorInfo] = {}
+        self._stored: dict[str, str] = {}  # a tensor's name as the rules read it -> its name in the shards
         self._plan()
 
     # ----------------------------------------------------------------------------------- metadata
@@ -173,7 +175,8 @@ class CheckpointSource:
                 if value is None:  # a config value the converter writes no key for
                     return None
             if rule.pad_to is not None and isinstance(value, list):
-                value = (list(value) + [0] * rule.pad_to)[:rule.pad_to]
+                length, zero = self._number(rule.pad_to, key), False if rule.type == "array[bool]" else 0
+                value = (list(value) + [zero] * length)[:length]
             return _typed(value, rule, where)
         for op in ("sum", "product", "quotient"):
             operands = getattr(rule, op)
@@ -231,9 +234,25 @@ class CheckpointSource:
 
     # ------------------------------------------------------------------------------------ tensors
 
+    def _renamed(self) -> dict[str, str]:
+        """Each checkpoint tensor's name as the table's rules read it (the table's renames) -> its stored name."""
+        out: dict[str, str] = {}
+        patterns = [(re.compile(re.escape(prefix).replace(r"\{j\}", r"(\d+)")), rename)
+                    for prefix, rename in self.table.renames.items()]
+        for stored in self.store.tensors:
+            name = stored
+            for pattern, rename in patterns:
+                m = pattern.match(name)
+                if m is not None:
+                    j = int(m.group(1)) if m.groups() else 0
+                    name = rename.to.replace("{j}", str(j + self._number(rename.offset, rename.to))) + name[m.end():]
+            out.setdefault(name, stored)
+        return out
+
     def _plan(self) -> None:
         layers = self.metadata.get(f"{self.arch}.block_count")
         n_layers = int(layers.value) if layers is not None else 0
+        self._stored = self._renamed()
         used: set[str] = set()
         for gguf_name, rule in self.table.tensors.items():
             if rule is None or (rule.stack and rule.stack.replace("{arch}", self.arch) not in self.metadata):
@@ -251,16 +270,16 @@ class CheckpointSource:
                 source = rule.from_.replace("{i}", str(i))
                 sources = [source.replace("{e}", str(e)) for e in range(self.count(rule.stack))] if rule.stack \
                     else [source]
-                present = [s for s in sources if s in self.store.tensors]
+                present = [s for s in sources if s in self._stored]
                 if not present:
                     continue
                 if len(present) < len(sources):
-                    missing = [s for s in sources if s not in self.store.tensors]
+                    missing = [s for s in sources if s not in self._stored]
                     raise WeightError(f"{self.path}: {name} stacks {len(sources)} experts; the checkpoint lacks "
                                       f"{missing[0]}" + (f" and {len(missing) - 1} more" if len(missing) > 1 else ""))
-                used.update(sources)
+                used.update(self._stored[s] for s in sources)
                 self._rules[name] = (rule, sources, i)
-                self.tensors[name] = self._info(name, rule, [self.store.tensors[s] for s in sources])
+                self.tensors[name] = self._info(name, rule, [self.store.tensors[self._stored[s]] for s in sources])
         for name, stored in self.store.tensors.items():  # what no rule reads shows as unread, by its own name
             if name not in used and name not in self.tensors:
                 gtype = GGML_TYPE_BY_NAME[_STORED_AS.get(stored.dtype, "F32")]
@@ -369,7 +388,7 @@ class CheckpointSource:
         rule, sources, _ = self._rules[name]
         if rule.wavelength_bands is not None:
             return self._wavelength_bands(name, rule)
-        parts = [self.store.get(s) for s in sources]
+        parts = [self.store.get(self._stored[s]) for s in sources]
         for p in range(len(parts)):
             if parts[p].dtype not in (torch.float32, torch.float16, torch.bfloat16):
                 parts[p] = parts[p].float()

@@ -2,7 +2,8 @@
 
 A table is data, one file per spec under `specs/checkpoint/NAME.yaml`, merged along the spec's `extends`
 chain (a family's table overrides or adds entries of its base's; `null` drops one; `include: [NAME]` merges
-the entries of other tables of the directory first, for a spec that shares a sibling's naming). It says:
+the entries of other tables of the directory first, for a spec that shares a sibling's naming; `renames`
+reads checkpoint name prefixes as others, as the converter renames them before its name map). It says:
 
 - `architectures`: the config.json `architectures` values it serves;
 - `metadata`: each GGUF key (with `{arch}`) from config.json keys (the first present; `a.b` is key b of
@@ -109,7 +110,8 @@ class MetaRule(_Strict):
     quotient: tuple[Any, Any] | None = Field(None, description="int(a) // int(b)")
     map: dict[str, Any] | None = Field(None, description="config value -> written value (each element's, for a "
                                        "list written as an array)")
-    pad_to: int | None = Field(None, description="an array cut or padded with zeros to this length")
+    pad_to: Any = Field(None, description="an array cut or padded with zeros (false) to this length: a number, "
+                        "a metadata key ({arch}) written before it, a config key or arithmetic")
     token: str | None = Field(None, description="the id of this token text in the vocabulary (special token ids "
                               "a converter sets by text), where the tokenizer files give none")
     type: MetaType = "uint32"
@@ -120,6 +122,14 @@ class MetaRule(_Strict):
                                      "its elements must be for this key to be written")
     nonzero: list[str] = Field(default_factory=list, description="config.json keys this key needs present and "
                                "nonzero (a width written only where the part it sizes exists)")
+
+
+class Rename(_Strict):
+    """A checkpoint name prefix read as another (the converter's renaming before its name map): `{j}` in the
+    prefix matches a layer number j (absent: j = 0), written in `to` as j + the value of `offset`."""
+
+    to: str
+    offset: Any = Field(0, description="added to j: a config key, a number or arithmetic")
 
 
 class Table(_Strict):
@@ -133,6 +143,8 @@ class Table(_Strict):
                                                "order of attempts: spm (tokenizer.model), bpe (tokenizer.json)")
     keep_f32: list[str] = Field(default_factory=list, description="GGUF tensor names ({i}: any layer) the "
                                 "converter always writes as F32, whatever the output type")
+    renames: dict[str, Rename] = Field(default_factory=dict, description="checkpoint name prefixes read as others, "
+                                       "in order, each on the result of the previous")
 
 
 def table_dir(spec_file: Path) -> Path:
