@@ -208,13 +208,13 @@ def _included(path: Path) -> list[dict[str, Any]]:
 
 
 def _merge(merged: dict[str, Any], data: dict[str, Any]) -> None:
-    """One table's entries over the merged ones: metadata and tensors by key, keep_f32 appended."""
+    """One table's entries over the merged ones: metadata, tensors and renames by key, keep_f32 appended."""
     for key, value in data.items():
         if key == "keep_f32":
             merged[key] = [*merged.get(key, []), *(value or [])]
         elif key == "metadata" and data.get("own_metadata"):
             merged[key] = dict(value or {})
-        elif key in ("metadata", "tensors"):
-            merged[key].update(value or {})
+        elif key in ("metadata", "tensors", "renames"):
+            merged.setdefault(key, {}).update(value or {})
         elif key != "include":
             merged[key] = value
