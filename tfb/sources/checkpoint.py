@@ -8,6 +8,7 @@ converter's transforms apply. Everything downstream (config rules, tensor plan, 
 
 from __future__ import annotations
 
+import fnmatch
 import json
 import math
 import re
@@ -125,6 +126,9 @@ class CheckpointSource:
             raise ConfigError(f"{config_path}: cannot read: {e}") from None
         if not isinstance(config, dict):
             raise ConfigError(f"{config_path}: not a JSON object")
+        if isinstance(config.get("text_config"), dict):
+            # a multimodal checkpoint: the converter reads the text model's keys over the top level's
+            config = {**config, **config["text_config"]}
         self.config = config
         archs = config.get("architectures")
         if not (isinstance(archs, list) and archs and all(isinstance(a, str) for a in archs)):
@@ -143,6 +147,7 @@ class CheckpointSource:
         self._rules: dict[str, tuple[TensorRule, list[str], int | None]] = {}
         self.tensors: dict[str, TensorInfo] = {}
         self._stored: dict[str, str] = {}  # a tensor's name as the rules read it -> its name in the shards
+        self._skipped: set[str] = set()  # tensors the converter leaves out (the table's skip)
         self._plan()
 
     # ----------------------------------------------------------------------------------- metadata
@@ -240,6 +245,9 @@ class CheckpointSource:
         patterns = [(re.compile(re.escape(prefix).replace(r"\{j\}", r"(\d+)")), rename)
                     for prefix, rename in self.table.renames.items()]
         for stored in self.store.tensors:
+            if any(fnmatch.fnmatchcase(stored, pattern) for pattern in self.table.skip):
+                self._skipped.add(stored)
+                continue
             name = stored
             for pattern, rename in patterns:
                 m = pattern.match(name)
@@ -281,7 +289,7 @@ class CheckpointSource:
                 self._rules[name] = (rule, sources, i)
                 self.tensors[name] = self._info(name, rule, [self.store.tensors[self._stored[s]] for s in sources])
         for name, stored in self.store.tensors.items():  # what no rule reads shows as unread, by its own name
-            if name not in used and name not in self.tensors:
+            if name not in used and name not in self.tensors and name not in self._skipped:
                 gtype = GGML_TYPE_BY_NAME[_STORED_AS.get(stored.dtype, "F32")]
                 self.tensors[name] = TensorInfo(name, stored.shape, gtype, 0, stored.nbytes)
 

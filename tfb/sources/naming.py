@@ -143,6 +143,8 @@ class Table(_Strict):
                                                "order of attempts: spm (tokenizer.model), bpe (tokenizer.json)")
     keep_f32: list[str] = Field(default_factory=list, description="GGUF tensor names ({i}: any layer) the "
                                 "converter always writes as F32, whatever the output type")
+    skip: list[str] = Field(default_factory=list, description="checkpoint tensor name patterns (* any text) the "
+                            "converter leaves out of the text model's file (a vision tower: its mmproj file's)")
     renames: dict[str, Rename] = Field(default_factory=dict, description="checkpoint name prefixes read as others, "
                                        "in order, each on the result of the previous")
 
@@ -208,9 +210,10 @@ def _included(path: Path) -> list[dict[str, Any]]:
 
 
 def _merge(merged: dict[str, Any], data: dict[str, Any]) -> None:
-    """One table's entries over the merged ones: metadata, tensors and renames by key, keep_f32 appended."""
+    """One table's entries over the merged ones: metadata, tensors and renames by key, keep_f32 and skip
+    appended."""
     for key, value in data.items():
-        if key == "keep_f32":
+        if key in ("keep_f32", "skip"):
             merged[key] = [*merged.get(key, []), *(value or [])]
         elif key == "metadata" and data.get("own_metadata"):
             merged[key] = dict(value or {})
