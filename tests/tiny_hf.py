@@ -341,26 +341,29 @@ FAMILIES: dict[str, Family] = {
         tokenizer="gpt2", keep_f32=("mlp.gate.weight", "shared_expert_gate.weight", "conv1d"),
         converter_args=("--no-mtp",), model_type="qwen3_5_text",
         adjust=(("in_proj_a", 0.3, 0.0), ("in_proj_b", 0.3, 0.0), ("A_log", 1.0, -3.0))),
-    # Qwen3.5 with its multi-token-prediction block (mtp.*, a full-attention layer shaped like layer 3 with its own
-    # projection and norms), which the converter writes by default as block 4 (llama.cpp skips it)
-    "qwen35_mtp": Family("Qwen3_5ForCausalLM", "Qwen3_5TextConfig", dict(
-        BASE, num_hidden_layers=4, head_dim=16, linear_conv_kernel_dim=4, linear_key_head_dim=32,
-        linear_value_head_dim=32, linear_num_key_heads=2, linear_num_value_heads=4, pad_token_id=None,
-        rope_parameters=dict(rope_type="default", rope_theta=10000.0, partial_rotary_factor=0.5,
-                             mrope_section=[2, 1, 1], mrope_interleaved=True)),
-        tokenizer="gpt2", keep_f32=("conv1d",), config_json=(("mtp_num_hidden_layers", 1),), mtp_block_like=3,
-        adjust=(("in_proj_a", 0.3, 0.0), ("in_proj_b", 0.3, 0.0), ("A_log", 1.0, -3.0))),
+    # Qwen3-Next with its multi-token-prediction block (mtp.*, a full-attention layer shaped like layer 3 with its own
+    # projection and norms), which the converter writes by default as block 4, counting it from the tensors (its
+    # config gives no mtp_num_hidden_layers); llama.cpp skips it
+    "qwen3next_mtp": Family("Qwen3NextForCausalLM", "Qwen3NextConfig", dict(
+        BASE, num_hidden_layers=4, head_dim=16, linear_conv_kernel_dim=4, linear_key_head_dim=16,
+        linear_value_head_dim=16, linear_num_key_heads=2, linear_num_value_heads=4, num_experts=8,
+        num_experts_per_tok=3, moe_intermediate_size=32, shared_expert_intermediate_size=64, norm_topk_prob=True,
+        pad_token_id=None, rope_parameters=dict(rope_type="default", rope_theta=10000.0, partial_rotary_factor=0.5)),
+        tokenizer="gpt2", keep_f32=("mlp.gate.weight", "shared_expert_gate.weight", "conv1d"), mtp_block_like=3,
+        adjust=(("in_proj_ba", 0.3, 0.0), ("A_log", 1.0, -3.0))),
     # Qwen3.5 as released: the vision-language class (a one-block vision tower, which the text converter leaves
-    # out), the text model's config under text_config and its weights under model.language_model.
+    # out), the text model's config under text_config, its weights under model.language_model., and a
+    # multi-token-prediction block (mtp.*, counted by text_config's mtp_num_hidden_layers) written as block 4
     "qwen35_vl": Family("Qwen3_5ForConditionalGeneration", "Qwen3_5Config", dict(
         text_config=dict(
             BASE, vocab_size=GPT2_VOCAB, num_hidden_layers=4, head_dim=16, linear_conv_kernel_dim=4,
             linear_key_head_dim=32, linear_value_head_dim=32, linear_num_key_heads=2, linear_num_value_heads=4,
-            pad_token_id=None, rope_parameters=dict(rope_type="default", rope_theta=10000.0, partial_rotary_factor=0.5,
-                                                    mrope_section=[2, 1, 1], mrope_interleaved=True)),
+            mtp_num_hidden_layers=1, pad_token_id=None,
+            rope_parameters=dict(rope_type="default", rope_theta=10000.0, partial_rotary_factor=0.5,
+                                 mrope_section=[2, 1, 1], mrope_interleaved=True)),
         vision_config=dict(depth=1, hidden_size=32, intermediate_size=64, num_heads=2, out_hidden_size=64,
                            num_position_embeddings=16, patch_size=4)),
-        tokenizer="gpt2", keep_f32=("conv1d",), converter_args=("--no-mtp",), model_type="qwen3_5_text",
+        tokenizer="gpt2", keep_f32=("conv1d",), mtp_block_like=3, model_type="qwen3_5_text",
         adjust=(("in_proj_a", 0.3, 0.0), ("in_proj_b", 0.3, 0.0), ("A_log", 1.0, -3.0))),
     # Nemotron-H: each layer is ONE of Mamba-2 (8 heads of 16, 2 groups), rope-free attention, or a relu^2 MLP (up,
     # down), after one norm. transformers 5 saves the MoE fields of every NemotronHConfig, and the converter writes
@@ -700,11 +703,13 @@ def append_mtp_block(hf_dir: Path, like: int, seed: int = 1) -> None:
     `mtp.pre_fc_norm_hidden` and `mtp.norm`. transformers' causal LM has no MTP weights."""
     from safetensors.torch import load_file, save_file
 
-    hidden = json.loads((hf_dir / "config.json").read_text())["hidden_size"]
+    config = json.loads((hf_dir / "config.json").read_text())
+    hidden = config.get("text_config", config)["hidden_size"]
     checkpoint = hf_dir / "model.safetensors"
     tensors = load_file(checkpoint)
     gen = torch.Generator().manual_seed(seed)
-    source = f"model.layers.{like}."
+    source = next(p for p in (f"model.layers.{like}.", f"model.language_model.layers.{like}.")
+                  if any(name.startswith(p) for name in tensors))
     extra = {name.replace(source, "mtp.layers.0.", 1): t for name, t in tensors.items() if name.startswith(source)}
     extra["mtp.fc.weight"] = torch.empty(hidden, 2 * hidden)
     for norm in ("mtp.pre_fc_norm_embedding.weight", "mtp.pre_fc_norm_hidden.weight", "mtp.norm.weight"):

@@ -137,13 +137,13 @@ class CheckpointSource:
         self.spec_file, self.table = find_table(archs, spec_dirs, str(config_path))
         self.spec_name = self.spec_file.stem
         self.arch = self.table.gguf_architecture or self._first_match()
+        self.store = SafetensorsDir(self.path, streaming)
         self.metadata: dict[str, MetaValue] = {"general.architecture": MetaValue(self.arch, "string")}
         for key, rule in self.table.metadata.items():
             if rule is not None and rule.token is None:  # token ids wait for the vocabulary
                 value = self._meta(key.replace("{arch}", self.arch), rule, config_path)
                 if value is not None:
                     self.metadata[key.replace("{arch}", self.arch)] = value
-        self.store = SafetensorsDir(self.path, streaming)
         self._rules: dict[str, tuple[TensorRule, list[str], int | None]] = {}
         self.tensors: dict[str, TensorInfo] = {}
         self._stored: dict[str, str] = {}  # a tensor's name as the rules read it -> its name in the shards
@@ -162,7 +162,7 @@ class CheckpointSource:
         for name, wanted in rule.when.items():
             if _lookup(self.config, name) not in (wanted if isinstance(wanted, list) else [wanted]):
                 return None
-        if any(not _lookup(self.config, name) for name in rule.nonzero):
+        if any(not self._evaluate(operand) for operand in rule.nonzero):
             return None
         for name, wanted in rule.when_all.items():
             items = _lookup(self.config, name)
@@ -197,8 +197,9 @@ class CheckpointSource:
         return None
 
     def _evaluate(self, operand: Any) -> Any:
-        """A number from config.json values: a key, a number, {sum|product|quotient: [a, b]} or a list of such
-        operands (the first given); None when a key is absent or not a number."""
+        """A number from config.json values: a key, a number, {sum|product|quotient: [a, b]}, a list of such
+        operands (the first given) or {layers_of: PREFIX} (1 + the largest j of the checkpoint's tensor names
+        starting with PREFIX, `{j}` a number; 0 if none); None when a key is absent or not a number."""
         if isinstance(operand, bool):
             return None
         if isinstance(operand, (int, float)):
@@ -210,6 +211,10 @@ class CheckpointSource:
             return next((v for v in map(self._evaluate, operand) if v is not None), None)
         if isinstance(operand, dict) and len(operand) == 1:
             (op, pair), = operand.items()
+            if op == "layers_of" and isinstance(pair, str):  # the checkpoint's layers under a prefix: max j + 1
+                pattern = re.compile(re.escape(pair).replace(r"\{j\}", r"(\d+)"))
+                found = [int(m.group(1)) for m in map(pattern.match, self.store.tensors) if m and m.groups()]
+                return max(found) + 1 if found else 0
             if isinstance(pair, list) and len(pair) == 2:
                 a, b = (self._evaluate(x) for x in pair)
                 if a is None or b is None:
@@ -220,8 +225,8 @@ class CheckpointSource:
                     return a * b
                 if op == "quotient" and int(b) != 0:
                     return int(a) // int(b)
-        raise ConfigError(f"naming table of spec `{self.spec_name}`: {operand!r} is not a config key, a number or "
-                          "{sum|product|quotient: [a, b]}")
+        raise ConfigError(f"naming table of spec `{self.spec_name}`: {operand!r} is not a config key, a number, "
+                          "{sum|product|quotient: [a, b]} or {layers_of: PREFIX}")
 
     def count(self, key: str) -> int:
         """An integer that a tensor rule depends on: a metadata value ({arch} in the key) or a config.json one."""

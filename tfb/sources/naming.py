@@ -120,8 +120,8 @@ class MetaRule(_Strict):
                                  "this key needs")
     when_all: dict[str, Any] = Field(default_factory=dict, description="config.json list key -> the value each of "
                                      "its elements must be for this key to be written")
-    nonzero: list[str] = Field(default_factory=list, description="config.json keys this key needs present and "
-                               "nonzero (a width written only where the part it sizes exists)")
+    nonzero: list[Any] = Field(default_factory=list, description="config.json keys (or arithmetic) this key needs "
+                               "present and nonzero (a width written only where the part it sizes exists)")
 
 
 class Rename(_Strict):
