@@ -23,7 +23,8 @@ FAMILIES = {"llama": 12, "llama_tied": 12, "qwen2": 12, "qwen3": 12, "gemma": 12
             "ernie4_5_moe": 12, "ernie4_5_moe_interleaved": 12, "glm4moe": 12,
             # llama4: the spec's chunk and temperature floor are llama.cpp's 8192, the tiny model's 8: 7 tokens
             "llama4": 7, "qwen3next": 12, "qwen35": 12, "qwen35moe": 12,
-            "qwen3next_mtp": 12, "qwen35_vl": 12}
+            "qwen3next_mtp": 12, "qwen35_vl": 12,
+            "llama4_vl": 7}
 
 
 def checkpoint(tiny_model, family: str):

@@ -26,7 +26,8 @@ FAMILIES = ["llama", "llama_tied", "qwen2", "qwen3", "gemma", "gemma2", "starcod
             "gpt2", "deepseek_v3", "deepseek_v2", "qwen2moe", "olmoe", "olmo2", "granite", "granitemoe", "smollm3",
             "glm4", "olmo", "phi2", "stablelm", "llama3",
             "ernie4_5_moe", "ernie4_5_moe_interleaved", "glm4moe", "llama4", "qwen3next", "qwen35",
-            "qwen35moe", "qwen3next_mtp", "qwen35_vl"]
+            "qwen35moe", "qwen3next_mtp", "qwen35_vl",
+            "llama4_vl"]
 
 
 def reference_file(directory: Path, outtype: str, out: Path) -> Path:

@@ -260,6 +260,20 @@ FAMILIES: dict[str, Family] = {
         rope_parameters=dict(rope_type="llama3", rope_theta=10000.0, factor=8.0, low_freq_factor=1.0,
                              high_freq_factor=4.0, original_max_position_embeddings=16)),
         tokenizer="gpt2", keep_f32=("router.weight",), transposed=("experts.gate_up_proj", "experts.down_proj")),
+    # Llama 4 as released: the vision-language class (a one-layer vision tower, which the text converter leaves
+    # out), llama4's text model under text_config and language_model.
+    "llama4_vl": Family("Llama4ForConditionalGeneration", "Llama4Config", dict(
+        text_config=dict(
+            BASE, vocab_size=GPT2_VOCAB, num_hidden_layers=4, head_dim=16, intermediate_size=32,
+            intermediate_size_mlp=96, num_local_experts=4, num_experts_per_tok=1, interleave_moe_layer_step=2,
+            attention_chunk_size=8, attn_temperature_tuning=True, floor_scale=8, attn_scale=0.1, use_qk_norm=True,
+            pad_token_id=None, rope_parameters=dict(rope_type="llama3", rope_theta=10000.0, factor=8.0,
+                                                    low_freq_factor=1.0, high_freq_factor=4.0,
+                                                    original_max_position_embeddings=16)),
+        vision_config=dict(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64,
+                           image_size=16, patch_size=8, projector_input_dim=64, projector_output_dim=64,
+                           vision_output_dim=32)),
+        tokenizer="gpt2", keep_f32=("router.weight",), transposed=("experts.gate_up_proj", "experts.down_proj")),
     # Mamba-2: 8 heads of 16 over an inner width of 128, B/C in 2 groups of state 16, a conv of 4; transformers
     # scans in chunks of 16 (the tests' prompts cross them); the converter keeps the conv weights F32
     "mamba2": Family("Mamba2ForCausalLM", "Mamba2Config", dict(
