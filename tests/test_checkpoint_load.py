@@ -39,6 +39,10 @@ READ_ONLY = ["phimoe"]
 FAMILIES.update({"mistral3": 40, "gemma3": 12, "stablelm_parallel": 12, "stablelm_qk_norm": 12, "gpt-oss": 12,
                  "deepseek_v3_lite": 12, "deepseek_v3_wide": 12, "granitemoe_shared": 12, "gemma3_vision": 12,
                  "mistral3_vision": 40})
+FAMILIES.update({"ernie4_5_moe": 12, "ernie4_5_moe_interleaved": 12, "glm4moe": 12,
+                 # llama4: the spec's chunk and temperature floor are llama.cpp's 8192, the tiny model's 8: 7 tokens
+                 "llama4": 7, "qwen3next": 12, "qwen35": 12, "qwen35moe": 12,
+                 "qwen3next_mtp": 12, "qwen35_vl": 12, "llama4_vl": 7})
 
 
 def checkpoint(tiny_model, family: str):

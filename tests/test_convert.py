@@ -31,6 +31,8 @@ FAMILIES = ["llama", "llama_tied", "qwen2", "qwen3", "gemma", "gemma2", "starcod
 FAMILIES += ["phi3", "phi3_window", "phi3_longrope", "phi3_longrope_32", "phimoe"]
 FAMILIES += ["mistral3", "gemma3", "stablelm_parallel", "stablelm_qk_norm", "gpt-oss", "deepseek_v3_lite",
              "deepseek_v3_wide", "granitemoe_shared", "gemma3_vision", "mistral3_vision"]
+FAMILIES += ["ernie4_5_moe", "ernie4_5_moe_interleaved", "glm4moe", "llama4", "qwen3next", "qwen35", "qwen35moe",
+             "qwen3next_mtp", "qwen35_vl", "llama4_vl"]
 
 
 def reference_file(directory: Path, outtype: str, out: Path) -> Path:
@@ -137,3 +139,18 @@ def test_cli_convert_refuses_unknown_pre_tokenizer_and_takes_vocab_pre(tiny_mode
     assert done.returncode == 0, done.stderr
     with GGUFFile(tmp_path / "out.gguf") as f:
         assert f.metadata["tokenizer.ggml.pre"].value == "gpt-2"
+
+
+def test_llama4_without_chunked_layers_writes_a_window_of_0(tiny_model, tmp_path: Path) -> None:
+    """A Llama 4 checkpoint whose layer_types are all full_attention (MobileLLM-R1): the converter writes
+    attention.sliding_window 0, which switches llama.cpp's chunking off; the mixed one writes none."""
+    import json
+    import shutil
+
+    directory = shutil.copytree(tiny_model("llama4", "f32")[1].parent / "hf", tmp_path / "hf")
+    config = json.loads((directory / "config.json").read_text())
+    (directory / "config.json").write_text(json.dumps({**config, "layer_types": ["full_attention"] * 4}))
+    theirs = reference_file(directory, "f32", tmp_path / "theirs.gguf")
+    assert_same_gguf(convert(directory, tmp_path / "ours.gguf", "f32"), theirs)
+    with GGUFFile(theirs) as f:
+        assert f.metadata["llama4.attention.sliding_window"].value == 0

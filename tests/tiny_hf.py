@@ -49,6 +49,7 @@ class Family:
     stack_per_head_norms: bool = False  # see stack_per_head_norms()
     nextn_layers: bool = False  # see append_nextn_layers()
     mtp_like: tuple[int, ...] = ()  # see append_mtp_layers()
+    mtp_block_like: int | None = None  # see append_mtp_block()
     config_json: tuple[tuple[str, Any], ...] = ()  # config.json entries as real checkpoints write them
     config_drop: tuple[str, ...] = ()  # config.json entries real checkpoints lack (transformers saves every field)
     converter_args: tuple[str, ...] = ()  # extra arguments to convert_hf_to_gguf.py (e.g. --no-mtp)
@@ -279,6 +280,20 @@ FAMILIES: dict[str, Family] = {
         rope_parameters=dict(rope_type="llama3", rope_theta=10000.0, factor=8.0, low_freq_factor=1.0,
                              high_freq_factor=4.0, original_max_position_embeddings=16)),
         tokenizer="gpt2", keep_f32=("router.weight",), transposed=("experts.gate_up_proj", "experts.down_proj")),
+    # Llama 4 as released: the vision-language class (a one-layer vision tower, which the text converter leaves
+    # out), llama4's text model under text_config and language_model.
+    "llama4_vl": Family("Llama4ForConditionalGeneration", "Llama4Config", dict(
+        text_config=dict(
+            BASE, vocab_size=GPT2_VOCAB, num_hidden_layers=4, head_dim=16, intermediate_size=32,
+            intermediate_size_mlp=96, num_local_experts=4, num_experts_per_tok=1, interleave_moe_layer_step=2,
+            attention_chunk_size=8, attn_temperature_tuning=True, floor_scale=8, attn_scale=0.1, use_qk_norm=True,
+            pad_token_id=None, rope_parameters=dict(rope_type="llama3", rope_theta=10000.0, factor=8.0,
+                                                    low_freq_factor=1.0, high_freq_factor=4.0,
+                                                    original_max_position_embeddings=16)),
+        vision_config=dict(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64,
+                           image_size=16, patch_size=8, projector_input_dim=64, projector_output_dim=64,
+                           vision_output_dim=32)),
+        tokenizer="gpt2", keep_f32=("router.weight",), transposed=("experts.gate_up_proj", "experts.down_proj")),
     # Mamba-2: 8 heads of 16 over an inner width of 128, B/C in 2 groups of state 16, a conv of 4; transformers
     # scans in chunks of 16 (the tests' prompts cross them); the converter keeps the conv weights F32
     "mamba2": Family("Mamba2ForCausalLM", "Mamba2Config", dict(
@@ -359,6 +374,30 @@ FAMILIES: dict[str, Family] = {
                              mrope_section=[2, 1, 1], mrope_interleaved=True)),
         tokenizer="gpt2", keep_f32=("mlp.gate.weight", "shared_expert_gate.weight", "conv1d"),
         converter_args=("--no-mtp",), model_type="qwen3_5_text",
+        adjust=(("in_proj_a", 0.3, 0.0), ("in_proj_b", 0.3, 0.0), ("A_log", 1.0, -3.0))),
+    # Qwen3-Next with its multi-token-prediction block (mtp.*, a full-attention layer shaped like layer 3 with its own
+    # projection and norms), which the converter writes by default as block 4, counting it from the tensors (its
+    # config gives no mtp_num_hidden_layers); llama.cpp skips it
+    "qwen3next_mtp": Family("Qwen3NextForCausalLM", "Qwen3NextConfig", dict(
+        BASE, num_hidden_layers=4, head_dim=16, linear_conv_kernel_dim=4, linear_key_head_dim=16,
+        linear_value_head_dim=16, linear_num_key_heads=2, linear_num_value_heads=4, num_experts=8,
+        num_experts_per_tok=3, moe_intermediate_size=32, shared_expert_intermediate_size=64, norm_topk_prob=True,
+        pad_token_id=None, rope_parameters=dict(rope_type="default", rope_theta=10000.0, partial_rotary_factor=0.5)),
+        tokenizer="gpt2", keep_f32=("mlp.gate.weight", "shared_expert_gate.weight", "conv1d"), mtp_block_like=3,
+        adjust=(("in_proj_ba", 0.3, 0.0), ("A_log", 1.0, -3.0))),
+    # Qwen3.5 as released: the vision-language class (a one-block vision tower, which the text converter leaves
+    # out), the text model's config under text_config, its weights under model.language_model., and a
+    # multi-token-prediction block (mtp.*, counted by text_config's mtp_num_hidden_layers) written as block 4
+    "qwen35_vl": Family("Qwen3_5ForConditionalGeneration", "Qwen3_5Config", dict(
+        text_config=dict(
+            BASE, vocab_size=GPT2_VOCAB, num_hidden_layers=4, head_dim=16, linear_conv_kernel_dim=4,
+            linear_key_head_dim=32, linear_value_head_dim=32, linear_num_key_heads=2, linear_num_value_heads=4,
+            mtp_num_hidden_layers=1, pad_token_id=None,
+            rope_parameters=dict(rope_type="default", rope_theta=10000.0, partial_rotary_factor=0.5,
+                                 mrope_section=[2, 1, 1], mrope_interleaved=True)),
+        vision_config=dict(depth=1, hidden_size=32, intermediate_size=64, num_heads=2, out_hidden_size=64,
+                           num_position_embeddings=16, patch_size=4)),
+        tokenizer="gpt2", keep_f32=("conv1d",), mtp_block_like=3, model_type="qwen3_5_text",
         adjust=(("in_proj_a", 0.3, 0.0), ("in_proj_b", 0.3, 0.0), ("A_log", 1.0, -3.0))),
     # Nemotron-H: each layer is ONE of Mamba-2 (8 heads of 16, 2 groups), rope-free attention, or a relu^2 MLP (up,
     # down), after one norm. transformers 5 saves the MoE fields of every NemotronHConfig, and the converter writes
@@ -579,6 +618,8 @@ def convert(model: torch.nn.Module, family: Family, outtype: str, workdir: Path)
         append_nextn_layers(hf_dir)
     if family.mtp_like:
         append_mtp_layers(hf_dir, family.mtp_like)
+    if family.mtp_block_like is not None:
+        append_mtp_block(hf_dir, family.mtp_block_like)
     if family.architecture is not None:
         config = json.loads((hf_dir / "config.json").read_text())
         (hf_dir / "config.json").write_text(json.dumps({**config, "architectures": [family.architecture]}))
@@ -682,6 +723,30 @@ def append_mtp_layers(hf_dir: Path, like: tuple[int, ...], seed: int = 1) -> Non
     extra["mtp.layers.0.eh_proj.weight"] = torch.empty(hidden, 2 * hidden)
     last = f"mtp.layers.{len(like) - 1}."
     for norm in ("mtp.layers.0.enorm.weight", "mtp.layers.0.hnorm.weight", last + "final_layernorm.weight"):
+        extra[norm] = torch.empty(hidden)
+    for name, t in extra.items():
+        tensors[name] = (torch.rand(t.shape, generator=gen) + 0.5 if t.ndim == 1
+                         else torch.randn(t.shape, generator=gen) * 0.2).to(t.dtype)
+    save_file(tensors, checkpoint, metadata={"format": "pt"})
+
+
+
+def append_mtp_block(hf_dir: Path, like: int, seed: int = 1) -> None:
+    """Append a multi-token-prediction block as Qwen3-Next and Qwen3.5 checkpoints store it: `mtp.layers.0.`, shaped
+    like the model's layer `like` (random), and `mtp.fc` [hidden, 2 x hidden], `mtp.pre_fc_norm_embedding`,
+    `mtp.pre_fc_norm_hidden` and `mtp.norm`. transformers' causal LM has no MTP weights."""
+    from safetensors.torch import load_file, save_file
+
+    config = json.loads((hf_dir / "config.json").read_text())
+    hidden = config.get("text_config", config)["hidden_size"]
+    checkpoint = hf_dir / "model.safetensors"
+    tensors = load_file(checkpoint)
+    gen = torch.Generator().manual_seed(seed)
+    source = next(p for p in (f"model.layers.{like}.", f"model.language_model.layers.{like}.")
+                  if any(name.startswith(p) for name in tensors))
+    extra = {name.replace(source, "mtp.layers.0.", 1): t for name, t in tensors.items() if name.startswith(source)}
+    extra["mtp.fc.weight"] = torch.empty(hidden, 2 * hidden)
+    for norm in ("mtp.pre_fc_norm_embedding.weight", "mtp.pre_fc_norm_hidden.weight", "mtp.norm.weight"):
         extra[norm] = torch.empty(hidden)
     for name, t in extra.items():
         tensors[name] = (torch.rand(t.shape, generator=gen) + 0.5 if t.ndim == 1

@@ -67,12 +67,6 @@ def find_table(architectures: list[str], spec_dirs: Sequence[str | Path], where:
                       "that runs it, or convert the checkpoint with llama.cpp's convert_hf_to_gguf.py")
 
 
-def _renamed(name: str, rename: dict[str, str]) -> str:
-    for old, new in rename.items():
-        name = name.replace(old, new)
-    return name
-
-
 def _first_key(config: dict[str, Any], keys: tuple[str, ...]) -> Any:
     """The value of the first key present (null included), as the converter's find_hparam."""
     return next((config[k] for k in keys if k in config), None)
@@ -143,6 +137,12 @@ def _typed(value: Any, rule: MetaRule, where: str) -> MetaValue:
     return MetaValue(value, kind)
 
 
+def _mapped(value: Any, table: dict[str, Any], where: str) -> Any:
+    if str(value) not in table:
+        raise ConfigError(f"{where} is {value!r:.60}; supported: {', '.join(table)}")
+    return table[str(value)]
+
+
 def _json_type(value: Any) -> str:
     return {bool: "a boolean", int: "a whole number", float: "a number", str: "a string", list: "a list",
             dict: "an object", type(None): "null"}.get(type(value), type(value).__name__)
@@ -150,7 +150,7 @@ def _json_type(value: Any) -> str:
 
 def _arithmetic(rule: TensorRule) -> bool:
     """Whether a rule computes new values (not only moves them)."""
-    return rule.neg_exp or bool(rule.scale) or rule.scale_rows is not None
+    return rule.negative_exp or bool(rule.scale) or rule.scale_rows is not None
 
 
 class CheckpointSource:
@@ -184,16 +184,17 @@ class CheckpointSource:
         self.spec_name = self.spec_file.stem
         chosen = [arch for arch, keys in self.table.architecture_if.items() if all(_has(config, k) for k in keys)]
         self.arch = (chosen[0] if chosen else None) or self.table.gguf_architecture or self._first_match()
+        self.store = SafetensorsDir(self.path, streaming)
         self.metadata: dict[str, MetaValue] = {"general.architecture": MetaValue(self.arch, "string")}
         for key, rule in self.table.metadata.items():
             if rule is not None and rule.token is None:  # token ids wait for the vocabulary
                 value = self._meta(key.replace("{arch}", self.arch), rule, config_path)
                 if value is not None:
                     self.metadata[key.replace("{arch}", self.arch)] = value
-        self.store = SafetensorsDir(self.path, streaming)
-        self._stored = self._renamed()
         self._rules: dict[str, tuple[TensorRule, list[str], int | None]] = {}
         self.tensors: dict[str, TensorInfo] = {}
+        self._stored: dict[str, str] = {}  # a tensor's name as the rules read it -> its name in the shards
+        self._skipped: set[str] = set()  # tensors the converter leaves out (the table's skip)
         self._plan()
 
     # ----------------------------------------------------------------------------------- metadata
@@ -210,6 +211,12 @@ class CheckpointSource:
                 return None
         if not all(_has(self.config, k) for k in rule.needs):
             return None
+        if any(not self._evaluate(operand) for operand in rule.nonzero):
+            return None
+        for name, wanted in rule.when_all.items():
+            items = _lookup(self.config, name)
+            if not isinstance(items, list) or any(v != wanted for v in items):
+                return None
         for case in rule.cases:
             if "type" not in case.model_fields_set:  # a case writes its parent's type unless it says otherwise
                 case = case.model_copy(update={"type": rule.type})
@@ -223,12 +230,15 @@ class CheckpointSource:
             if value is None:
                 continue
             where = f"{config_path}: key `{name}` (for {key})"
-            if rule.map is not None:
-                if str(value) not in rule.map:
-                    raise ConfigError(f"{where} is {value!r:.60}; supported: {', '.join(rule.map)}")
-                value = rule.map[str(value)]
+            if rule.map is not None and rule.type.startswith("array[") and isinstance(value, list):
+                value = [_mapped(v, rule.map, where) for v in value]
+            elif rule.map is not None:
+                value = _mapped(value, rule.map, where)
                 if value is None:  # a config value the converter writes no key for
                     return None
+            if rule.pad_to is not None and isinstance(value, list):
+                length, zero = self._number(rule.pad_to, key), False if rule.type == "array[bool]" else 0
+                value = (list(value) + [zero] * length)[:length]
             return _typed(value, rule, where)
         for op in ("sum", "product", "quotient", "sqrt"):
             operands = getattr(rule, op)
@@ -272,8 +282,9 @@ class CheckpointSource:
 
     def _evaluate(self, operand: Any) -> Any:
         """A number from config.json values: a key, a metadata key already computed ({arch}), a number,
-        {sum|product|quotient|ratio|max: [a, b]}, {sqrt|log: a}, {length: key} (of a config list or string), or a
-        list of these (the first present); None when a key is absent or not a number."""
+        {sum|product|quotient|ratio|max: [a, b]}, {sqrt|log: a}, {length: key} (of a config list or string),
+        {layers_of: PREFIX} (1 + the largest j of the checkpoint's tensor names starting with PREFIX, `{j}` a number;
+        0 if none), or a list of these (the first present); None when a key is absent or not a number."""
         if isinstance(operand, bool):
             return None
         if isinstance(operand, (int, float)):
@@ -300,6 +311,10 @@ class CheckpointSource:
                 if x > 0 or (op == "sqrt" and x == 0):
                     return math.sqrt(x) if op == "sqrt" else math.log(x)
                 raise ConfigError(f"naming table of spec `{self.spec_name}`: {op} of {x} ({pair!r})")
+            if op == "layers_of" and isinstance(pair, str):  # the checkpoint's layers under a prefix: max j + 1
+                pattern = re.compile(re.escape(pair).replace(r"\{j\}", r"(\d+)"))
+                found = [int(m.group(1)) for m in map(pattern.match, self.store.tensors) if m and m.groups()]
+                return max(found) + 1 if found else 0
             if isinstance(pair, list) and len(pair) == 2:
                 a, b = (self._evaluate(x) for x in pair)
                 if a is None or b is None:
@@ -315,8 +330,8 @@ class CheckpointSource:
                 if op == "max":
                     return max(a, b)
         raise ConfigError(f"naming table of spec `{self.spec_name}`: {operand!r} is not a config key, a number, "
-                          "{sum|product|quotient|ratio|max: [a, b]}, {sqrt|log: a}, {length: key} or a list of "
-                          "alternatives")
+                          "{sum|product|quotient|ratio|max: [a, b]}, {sqrt|log: a}, {length: key}, "
+                          "{layers_of: PREFIX} or a list of alternatives")
 
     def count(self, key: str) -> int:
         """An integer that a tensor rule depends on: a metadata value ({arch} in the key) or a config.json one."""
@@ -335,26 +350,28 @@ class CheckpointSource:
     # ------------------------------------------------------------------------------------ tensors
 
     def _renamed(self) -> dict[str, str]:
-        """The name each checkpoint tensor is read under -> its stored name (see naming.Rename)."""
-        names = {_renamed(n, self.table.rename): n for n in self.store.tensors}
-        renames = [r for r in self.table.renames if all(_has(self.config, k) for k in r.needs)]
-        for read, stored in list(names.items()):
-            rule = next((r for r in renames if read.startswith(r.prefix)), None)
-            if rule is None:
+        """Each checkpoint tensor's name as the table's rules read it (the table's renames) -> its stored name."""
+        out: dict[str, str] = {}
+        patterns = [(re.compile(re.escape(prefix).replace(r"\{j\}", r"(\d+)")), rename)
+                    for prefix, rename in self.table.renames.items()
+                    if all(_has(self.config, k) for k in rename.needs)]
+        for stored in self.store.tensors:
+            if any(fnmatch.fnmatchcase(stored, pattern) for pattern in self.table.skip):
+                self._skipped.add(stored)
                 continue
-            to = rule.to
-            if "{n}" in to:
-                layer = self._evaluate(rule.layer)
-                if layer is None:
-                    raise ConfigError(f"{self.path / CONFIG}: {rule.layer!r}, the layer of {stored}, is not given")
-                to = to.replace("{n}", str(int(layer)))
-            del names[read]
-            names[to + read[len(rule.prefix):]] = stored
-        return names
+            name = stored
+            for pattern, rename in patterns:
+                m = pattern.match(name)
+                if m is not None:
+                    j = int(m.group(1)) if m.groups() else 0
+                    name = rename.to.replace("{j}", str(j + self._number(rename.offset, rename.to))) + name[m.end():]
+            out.setdefault(name, stored)
+        return out
 
     def _plan(self) -> None:
         layers = self.metadata.get(f"{self.arch}.block_count")
         n_layers = int(layers.value) if layers is not None else 0
+        self._stored = self._renamed()
         used: set[str] = set()
         for gguf_name, rule in self.table.tensors.items():
             if rule is None or (rule.stack and rule.stack.replace("{arch}", self.arch) not in self.metadata):
@@ -394,9 +411,8 @@ class CheckpointSource:
                 used.update(self._stored[s] for s in sources)
                 self._rules[name] = (rule, sources, i)
                 self.tensors[name] = self._info(name, rule, [self.store.tensors[self._stored[s]] for s in sources])
-        skipped = [re.compile(fnmatch.translate(p)) for p in self.table.skip]
         for name, stored in self.store.tensors.items():  # what no rule reads shows as unread, by its own name
-            if name not in used and name not in self.tensors and not any(p.match(name) for p in skipped):
+            if name not in used and name not in self.tensors and name not in self._skipped:
                 gtype = GGML_TYPE_BY_NAME[_STORED_AS.get(stored.dtype, "F32")]
                 self.tensors[name] = TensorInfo(name, stored.shape, gtype, 0, stored.nbytes)
 
@@ -425,8 +441,20 @@ class CheckpointSource:
             if not shape or heads <= 0 or shape[0] % (2 * heads):
                 raise WeightError(f"{first.shard}: tensor {first.name!r} has {shape[0] if shape else 0} rows, not a "
                                   f"multiple of 2 x {heads} heads ({rule.permute_rows.replace('{arch}', self.arch)})")
+        if rule.deinterleave is not None:
+            groups, sizes = self._deinterleave_sizes(rule)
+            if len(shape) != 2 or shape[0] != groups * sum(sizes):
+                raise WeightError(f"{first.shard}: tensor {first.name!r} has shape {shape}, expected {groups} x "
+                                  f"{sum(sizes)} rows to deinterleave into {name}")
+            shape = [groups * sum(sizes[p] for p in rule.deinterleave.parts), shape[1]]
+        if rule.tile_heads is not None:
+            skip, groups, per_group, size = self._tile_sizes(rule)
+            dim = rule.tile_heads.dim
+            if len(shape) <= dim or shape[dim] != skip + groups * per_group * size:
+                raise WeightError(f"{first.shard}: tensor {first.name!r} has shape {shape}, expected {skip} + {groups} "
+                                  f"x {per_group} x {size} along dimension {dim} to reorder into {name}")
         stored = _STORED_AS.get(first.dtype, "F32")
-        if rule.add or len(shape) <= 1:
+        if rule.add or rule.negative_exp or len(shape) <= 1:
             stored = "F32"  # vectors are float32 in the converter's files
         elif stored == "BF16" and _arithmetic(rule):
             stored = "F32"  # the converter computes on bfloat16 widened to float32
@@ -454,6 +482,25 @@ class CheckpointSource:
         if groups is None:
             return 1, sizes
         return groups if isinstance(groups, int) else self.count(groups), sizes
+
+    def _number(self, operand: Any, what: str) -> int:
+        """A whole number a tensor rule gives: a metadata key ({arch}), or a config key, number or arithmetic."""
+        value = self.count(operand) if isinstance(operand, str) and "{arch}" in operand else self._evaluate(operand)
+        if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+            raise ConfigError(f"{self.path / CONFIG}: {operand!r} is {value!r:.60}, expected a whole number (the "
+                              f"layout of {what} depends on it)")
+        return value
+
+    def _deinterleave_sizes(self, rule: TensorRule) -> tuple[int, list[int]]:
+        d = rule.deinterleave
+        assert d is not None
+        return self._number(d.groups, rule.from_), [self._number(s, rule.from_) for s in d.sizes]
+
+    def _tile_sizes(self, rule: TensorRule) -> tuple[int, int, int, int]:
+        t = rule.tile_heads
+        assert t is not None
+        skip, groups, per_group, size = (self._number(x, rule.from_) for x in (t.skip, t.groups, t.per_group, t.size))
+        return skip, groups, per_group, size
 
     def _split_shape(self, name: str, rule: TensorRule, shape: list[int]) -> list[int]:
         assert rule.split is not None
@@ -516,16 +563,27 @@ class CheckpointSource:
         if rule.permute_rows:
             heads = self.count(rule.permute_rows)
             x = x.reshape(heads, 2, x.shape[0] // heads // 2, *x.shape[1:]).swapaxes(1, 2).reshape(x.shape)
+        if rule.squeeze:
+            x = x.squeeze()
+        if rule.deinterleave is not None:
+            groups, sizes = self._deinterleave_sizes(rule)
+            cut = x.reshape(groups, sum(sizes), -1).split(sizes, dim=1)
+            x = torch.cat([cut[p].reshape(-1, x.shape[-1]) for p in rule.deinterleave.parts])
+        if rule.tile_heads is not None:
+            skip, groups, per_group, size = self._tile_sizes(rule)
+            dim = rule.tile_heads.dim
+            kept, heads = x.split([skip, x.shape[dim] - skip], dim=dim)
+            grouped = heads.reshape(*x.shape[:dim], groups, per_group, size, *x.shape[dim + 1:])
+            x = torch.cat([kept, grouped.transpose(dim, dim + 1).reshape(heads.shape)], dim=dim)
         if x.dtype == torch.bfloat16 and _arithmetic(rule):
             x = x.float()  # as the converter, which widens bfloat16 before its transforms
-        if rule.neg_exp:
+        if rule.negative_exp:
             x = -torch.exp(x)
         for operand in rule.scale:
             x = x * self._first([operand], f"the scale of {name}")
         if rule.scale_rows is not None:
             x = self._scale_rows(name, rule.scale_rows, x)
         if rule.add:
-            # the converter adds in the checkpoint's type, widened to float32 unless it is float16
             x = (x if x.dtype != torch.bfloat16 else x.float()) + rule.add
         info = self.tensors[name]
         target = _TORCH.get(info.ggml_type.name, torch.float32)
@@ -572,7 +630,8 @@ class CheckpointSource:
         meta.update({k: v for k, v in self.metadata.items() if k.startswith("tokenizer.")})
         tokens = meta["tokenizer.ggml.tokens"].value
         for key, rule in self.table.metadata.items():
-            if rule is not None and rule.token is not None:
+            # set as gguf-py's SpecialVocab._set_special_token sets it: an id the tokenizer files give stays
+            if rule is not None and rule.token is not None and key not in meta:
                 if rule.token not in tokens:
                     raise ConfigError(f"{self.path}: the vocabulary has no token {rule.token!r}, which the naming "
                                       f"table of spec `{self.spec_name}` names for {key}")

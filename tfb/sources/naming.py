@@ -1,7 +1,9 @@
 """Checkpoint naming tables: how a spec's GGUF names and metadata keys come from a transformers checkpoint.
 
 A table is data, one file per spec under `specs/checkpoint/NAME.yaml`, merged along the spec's `extends`
-chain (a family's table overrides or adds entries of its base's; `null` drops one). It says:
+chain (a family's table overrides or adds entries of its base's; `null` drops one; `include: [NAME]` merges
+the entries of other tables of the directory first, for a spec that shares a sibling's naming; `renames`
+reads checkpoint name prefixes as others, as the converter renames them before its name map). It says:
 
 - `architectures`: the config.json `architectures` values it serves;
 - `metadata`: each GGUF key (with `{arch}`) from config.json keys (the first present; `a.b` is key b of
@@ -15,7 +17,10 @@ chain (a family's table overrides or adds entries of its base's; `null` drops on
   `split` (the rows of a head-grouped tensor cut per head: a part of each head's rows, optionally transposed
   per head: a latent attention's kv_b into its key and value parts), `strided` (every step-th slice along
   a dimension, from `start`: gate and up rows stored interleaved), `values` (not read: a float32 vector
-  from a config.json list of numbers, as rope factors).
+  from a config.json list of numbers, as rope factors), `squeeze` (size-1 dimensions dropped),
+  `reshape`, `negative_exp` (x -> -exp(x)), `scale` / `scale_rows` (multiplied by config values),
+  `deinterleave` (per-group parts of a fused projection gathered part by part), `tile_heads` (heads grouped by
+  the head they share reordered to tiled).
 """
 
 from __future__ import annotations
@@ -52,16 +57,6 @@ class ScaleRows(_Strict):
     factors: list[Any] = Field(description="each band's factor, one more than `rows`: operands")
 
 
-class Rename(_Strict):
-    """Checkpoint tensors read under another name, as a converter renames them before its name map: those starting
-    with `prefix` get `to` instead of it, `{n}` in `to` being the value of `layer` (an operand)."""
-
-    prefix: str
-    to: str
-    layer: Any = None
-    needs: list[str] = Field(default_factory=list, description="config.json keys that must be present")
-
-
 class Append(_Strict):
     count: Any = Field(description="how many trailing layers: an operand")
     value: Any = Field(description="each one's value: an operand")
@@ -94,6 +89,29 @@ class Strided(_Strict):
                      "-2: a matrix's rows, -1: a vector's values)")
 
 
+class Deinterleave(_Strict):
+    """Rows in `groups` groups of sum(sizes) rows, each group cut into parts of `sizes` rows; the result is, for
+    each part listed in `parts` in order, that part of every group, group after group (a fused projection stored
+    per head [q, k, v, z] written as [all q; all k; all v]). Numbers are operands: config keys, metadata keys
+    ({arch}), numbers or arithmetic."""
+
+    groups: Any
+    sizes: list[Any]
+    parts: list[int]
+
+
+class TileHeads(_Strict):
+    """Along dimension `dim` (0: rows, 1: columns), the entries after the first `skip` viewed as
+    [groups, per_group, size] are reordered to [per_group, groups, size]: heads stored grouped by the head they
+    share (g0h0, g0h1, g1h0, g1h1) become tiled (g0h0, g1h0, g0h1, g1h1), as ggml's broadcast repeats them."""
+
+    groups: Any
+    per_group: Any
+    size: Any = 1
+    skip: Any = 0
+    dim: int = 0
+
+
 class WavelengthBands(_Strict):
     """Rope frequency factors by wavelength band: for each rotated pair's frequency f_j = base^(-2j/dims), with
     wavelength w = 2 pi / f_j and the original context C: 1 where w < C / high, `factor` where w > C / low, else
@@ -119,14 +137,17 @@ class TensorRule(_Strict):
     add: float = Field(0.0, description="constant added to the values (norm weights stored as 1 + w)")
     transpose: bool = Field(False, description="last two dimensions swapped (weights stored [in, out])")
     split: Split | None = None
-    squeeze: bool = Field(False, description="dimensions of size 1 dropped ([C, 1, K] -> [C, K])")
+    squeeze: bool = Field(False, description="dimensions of size 1 dropped (conv weights [C, 1, K] -> [C, K])")
     reshape: list[Any] | None = Field(None, description="the new shape: operands, one may be -1 (the rest)")
-    neg_exp: bool = Field(False, description="x -> -exp(x) (A = -exp(A_log))")
+    negative_exp: bool = Field(False, description="x -> -exp(x) (a decay stored as its log, A = -exp(A_log)), on "
+                               "bfloat16 widened to float32 first, as the converter")
     scale: list[Any] = Field(default_factory=list, description="operands the values are multiplied by, in turn, in "
                              "the checkpoint's type (bfloat16 widened to float32 first, as the converter)")
     scale_rows: ScaleRows | None = None
     strided: Strided | None = Field(None, description="every step-th slice along a dimension: rows stored "
                                     "interleaved (gate, up, gate, up, ...)")
+    deinterleave: Deinterleave | None = None
+    tile_heads: TileHeads | None = None
 
 
 class MetaRule(_Strict):
@@ -134,25 +155,41 @@ class MetaRule(_Strict):
     value: Any = Field(None, description="a constant, written when no `from` key is present")
     # arithmetic on config.json values, used when no `from` key is present; an operand is a config key, a metadata
     # key computed before it ({arch}), a number, a nested {sum|product|quotient: [a, b]}, {length: key} (of a config
-    # list or string), or a list of operands (the first present); quotients divide whole numbers (int(a) // int(b)),
-    # as the converter
+    # list or string), {layers_of: PREFIX}, or a list of operands (the first present); quotients divide whole
+    # numbers (int(a) // int(b)), as the converter
     sum: tuple[Any, Any] | None = Field(None, description="a + b")
     product: tuple[Any, Any] | None = Field(None, description="a * b")
     quotient: tuple[Any, Any] | None = Field(None, description="int(a) // int(b)")
     sqrt: Any = Field(None, description="the square root of an operand (nested operands may also be {ratio: [a, b]} "
                       "a / b, {log: a}, {max: [a, b]})")
-    map: dict[str, Any] | None = Field(None, description="config value -> written value")
+    map: dict[str, Any] | None = Field(None, description="config value -> written value (each element's, for a "
+                                       "list written as an array)")
+    pad_to: Any = Field(None, description="an array cut or padded with zeros (false) to this length: a number, "
+                        "a metadata key ({arch}) written before it, a config key or arithmetic")
     per_layer: PerLayer | None = Field(None, description="an array of one value per layer, by layer type")
     cases: list[MetaRule] = Field(default_factory=list, description="rules tried in order, the first that gives a "
                                   "value wins (each with its own `when`)")
     token: str | None = Field(None, description="the id of this token text in the vocabulary (special token ids "
-                              "a converter sets by text)")
+                              "a converter sets by text), where the tokenizer files give none")
     type: MetaType = "uint32"
     written: bool = Field(True, description="false: read by the spec's rules but not a key the converter writes")
     when: dict[str, Any] = Field(default_factory=dict, description="config.json key -> value (or list of values) "
                                  "this key needs")
     needs: list[str] = Field(default_factory=list, description="config.json keys that must be present (whatever "
                              "their value) for this key: a converter that checks `key in config`")
+    when_all: dict[str, Any] = Field(default_factory=dict, description="config.json list key -> the value each of "
+                                     "its elements must be for this key to be written")
+    nonzero: list[Any] = Field(default_factory=list, description="config.json keys (or arithmetic) this key needs "
+                               "present and nonzero (a width written only where the part it sizes exists)")
+
+
+class Rename(_Strict):
+    """A checkpoint name prefix read as another (the converter's renaming before its name map): `{j}` in the
+    prefix matches a layer number j (absent: j = 0), written in `to` as j + the value of `offset`."""
+
+    to: str
+    offset: Any = Field(0, description="added to j: an operand (config or {arch} metadata key, number, arithmetic)")
+    needs: list[str] = Field(default_factory=list, description="config.json keys that must be present")
 
 
 class Table(_Strict):
@@ -167,17 +204,14 @@ class Table(_Strict):
     tensors: dict[str, TensorRule | None] = Field(default_factory=dict)
     vocab: list[Literal["spm", "bpe"]] = Field(["spm", "bpe"], description="tokenizer files in the converter's "
                                                "order of attempts: spm (tokenizer.model), bpe (tokenizer.json)")
-    renames: list[Rename] = Field(default_factory=list, description="checkpoint names read as others (the first "
-                                  "matching prefix)")
     vocab_size: Any = Field(None, description="the token count the converter writes (tokens past the tokenizer's "
                             "as [PAD{i}]): an operand; default config.json's vocab_size")
-    rename: dict[str, str] = Field(default_factory=dict, description="text replaced in every checkpoint tensor "
-                                   "name before the entries match it (a multimodal checkpoint's language model "
-                                   "prefix)")
-    skip: list[str] = Field(default_factory=list, description="checkpoint tensor names (`*` any text) the converter "
-                            "drops: not read, not reported unread (vision and audio towers)")
     keep_f32: list[str] = Field(default_factory=list, description="GGUF tensor names ({i}: any layer) the "
                                 "converter always writes as F32, whatever the output type")
+    skip: list[str] = Field(default_factory=list, description="checkpoint tensor name patterns (* any text) the "
+                            "converter leaves out of the text model's file (a vision tower: its mmproj file's)")
+    renames: dict[str, Rename] = Field(default_factory=dict, description="checkpoint name prefixes read as others, "
+                                       "in order, each on the result of the previous")
 
 
 def table_dir(spec_file: Path) -> Path:
@@ -214,19 +248,9 @@ def load_table(chain: list[Path]) -> Table | None:
         if not path.is_file():
             continue
         found = True
-        data = read_table(path)
-        for key, value in data.items():
-            if key in ("keep_f32", "skip"):
-                merged[key] = [*merged.get(key, []), *(value or [])]
-            elif key == "rename":
-                merged[key] = {**merged.get(key, {}), **(value or {})}
-            elif key == "metadata" and data.get("own_metadata"):
-                merged[key] = dict(value or {})
-            elif key in ("metadata", "tensors"):
-                merged[key].update(value or {})
-            else:
-                merged[key] = value
-        if "architectures" not in data:  # served architectures are not inherited
+        for data in [*_included(path), read_table(path)]:
+            _merge(merged, data)
+        if "architectures" not in read_table(path):  # served architectures are not inherited
             merged.pop("architectures", None)
     if not found:
         return None
@@ -234,3 +258,31 @@ def load_table(chain: list[Path]) -> Table | None:
         return Table.model_validate(merged)
     except ValidationError as e:
         raise SpecError(f"{table_dir(chain[-1]) / chain[-1].name}: checkpoint naming table: {e}") from None
+
+
+def _included(path: Path) -> list[dict[str, Any]]:
+    """The tables a table's `include` names (same directory), each without its architectures."""
+    names = read_table(path).get("include") or []
+    if not isinstance(names, list):
+        raise SpecError(f"{path}: `include` is a list of table names")
+    out = []
+    for name in names:
+        other = path.parent / f"{name}.yaml"
+        if not other.is_file():
+            raise SpecError(f"{path}: `include` names {name!r}, but there is no {other}")
+        out.append({k: v for k, v in read_table(other).items() if k not in ("architectures", "include")})
+    return out
+
+
+def _merge(merged: dict[str, Any], data: dict[str, Any]) -> None:
+    """One table's entries over the merged ones: metadata, tensors and renames by key, keep_f32 and skip
+    appended."""
+    for key, value in data.items():
+        if key in ("keep_f32", "skip"):
+            merged[key] = [*merged.get(key, []), *(value or [])]
+        elif key == "metadata" and data.get("own_metadata"):
+            merged[key] = dict(value or {})
+        elif key in ("metadata", "tensors", "renames"):
+            merged.setdefault(key, {}).update(value or {})
+        elif key != "include":
+            merged[key] = value
