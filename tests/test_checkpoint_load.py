@@ -20,6 +20,7 @@ FAMILIES = {"llama": 12, "llama_tied": 12, "qwen2": 12, "qwen3": 12, "gemma": 12
             "mistral": 8, "mixtral": 12, "qwen3moe": 12, "gpt2": 12, "deepseek_v3": 12, "deepseek_v2": 12,
             "qwen2moe": 12, "olmoe": 12, "olmo2": 12, "granite": 12, "granitemoe": 12, "smollm3": 12, "glm4": 12,
             "olmo": 12, "phi2": 12, "stablelm": 12, "llama3": 30}
+FAMILIES.update({"gemma4": 12, "gemma4moe": 12})
 
 
 def checkpoint(tiny_model, family: str):

@@ -66,8 +66,16 @@ def find_table(architectures: list[str], spec_dirs: Sequence[str | Path], where:
 
 
 def _lookup(config: dict[str, Any], key: str) -> Any:
+    """The value of `a.b.c` (key c of object b of object a); a part `{LIST=VALUE}` is the index of the first
+    entry of the config list LIST equal to VALUE (per-layer objects keyed by layer: the first full layer's)."""
     node: Any = config
     for part in key.split("."):
+        if part.startswith("{") and part.endswith("}") and "=" in part:
+            name, wanted = part[1:-1].split("=", 1)
+            entries = _lookup(config, name)
+            if not isinstance(entries, list) or wanted not in entries:
+                return None
+            part = str(entries.index(wanted))
         if not isinstance(node, dict) or part not in node:
             return None
         node = node[part]
@@ -149,15 +157,20 @@ class CheckpointSource:
         for name, wanted in rule.when.items():
             if _lookup(self.config, name) not in (wanted if isinstance(wanted, list) else [wanted]):
                 return None
+        if rule.per_layer is not None:
+            found = self._per_layer(key, rule, config_path)
+            if found is not None:
+                return found
         for name in rule.from_:
             value = _lookup(self.config, name)
             if value is None:
                 continue
             where = f"{config_path}: key `{name}` (for {key})"
             if rule.map is not None:
-                if str(value) not in rule.map:
-                    raise ConfigError(f"{where} is {value!r:.60}; supported: {', '.join(rule.map)}")
-                value = rule.map[str(value)]
+                if isinstance(value, list) and rule.type.startswith("array["):  # each entry mapped
+                    value = [self._mapped(v, rule.map, where) for v in value]
+                else:
+                    value = self._mapped(value, rule.map, where)
                 if value is None:  # a config value the converter writes no key for
                     return None
             return _typed(value, rule, where)
@@ -173,6 +186,31 @@ class CheckpointSource:
         if rule.value is not None:
             return _typed(rule.value, rule, f"naming table value for {key}")
         return None
+
+    @staticmethod
+    def _mapped(value: Any, table: dict[str, Any], where: str) -> Any:
+        if str(value) not in table:
+            raise ConfigError(f"{where} is {value!r:.60}; supported: {', '.join(table)}")
+        return table[str(value)]
+
+    def _per_layer(self, key: str, rule: MetaRule, config_path: Path) -> MetaValue | None:
+        """One value per entry of a config list (see MetaRule.per_layer), or None when an entry has none."""
+        assert rule.per_layer is not None
+        (name, by_entry), = rule.per_layer.items()
+        entries = _lookup(self.config, name)
+        if not isinstance(entries, list):
+            return None
+        values = []
+        for entry in entries:
+            where = f"{config_path}: key `{name}` (for {key})"
+            if str(entry) not in by_entry:
+                raise ConfigError(f"{where} has entry {entry!r:.60}; supported: {', '.join(by_entry)}")
+            value = next((v for v in map(self._evaluate, by_entry[str(entry)]) if v is not None), None)
+            if value is None:
+                return None
+            values.append(value)
+        inner = "float32" if rule.type == "float32" else "int32"  # gguf-py's type for a list of numbers
+        return _typed(values, rule.model_copy(update={"type": f"array[{inner}]"}), f"{config_path}: {name} (for {key})")
 
     def _evaluate(self, operand: Any) -> Any:
         """A number from config.json values: a key, a number, or {sum|product|quotient: [a, b]}; None when a
@@ -224,8 +262,9 @@ class CheckpointSource:
                 continue  # a stacked tensor without its count: the model has no such experts
             if any(_lookup(self.config, k) != v for k, v in rule.when.items()):
                 continue
-            if rule.wavelength_bands is not None:
-                dims = self._first(rule.wavelength_bands.dims, gguf_name)
+            computed = rule.wavelength_bands or rule.partial_rotation
+            if computed is not None:
+                dims = self._first(computed.dims, gguf_name)
                 self._rules[gguf_name] = (rule, [], None)
                 self.tensors[gguf_name] = TensorInfo(gguf_name, (int(dims) // 2,), GGML_TYPE_BY_NAME["F32"], 0,
                                                      int(dims) // 2 * 4)
@@ -320,6 +359,10 @@ class CheckpointSource:
         rule, sources, _ = self._rules[name]
         if rule.wavelength_bands is not None:
             return self._wavelength_bands(name, rule)
+        if rule.partial_rotation is not None:
+            dims = int(self._first(rule.partial_rotation.dims, name))
+            rotated = int(dims * self._first(rule.partial_rotation.fraction, name) / 2)
+            return torch.tensor([1.0] * rotated + [1e30] * (dims // 2 - rotated), dtype=torch.float32)
         parts = [self.store.get(s) for s in sources]
         for p in range(len(parts)):
             if parts[p].dtype not in (torch.float32, torch.float16, torch.bfloat16):
@@ -357,8 +400,12 @@ class CheckpointSource:
         if size is not None and (not isinstance(size, int) or isinstance(size, bool) or size <= 0):
             raise ConfigError(f"{self.path / CONFIG}: key `vocab_size` is {size!r:.60}, expected a positive whole "
                               "number")
-        meta = tokenizer_metadata(self.path, size, vocab_pre, tuple(self.table.vocab))
+        meta = tokenizer_metadata(self.path, size, vocab_pre, tuple(self.table.vocab), self.table.merges,
+                                  tuple(self.table.user_defined_tokens))
         meta.update({k: v for k, v in self.metadata.items() if k.startswith("tokenizer.")})
+        for key, rule in self.table.metadata.items():
+            if key.startswith("tokenizer.") and rule is not None and not rule.written:
+                meta.pop(key, None)  # a tokenizer key this converter class does not write
         tokens = meta["tokenizer.ggml.tokens"].value
         for key, rule in self.table.metadata.items():
             if rule is not None and rule.token is not None:

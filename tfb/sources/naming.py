@@ -13,7 +13,8 @@ chain (a family's table overrides or adds entries of its base's; `null` drops on
   new first dimension, their count from a metadata key), `add` (a constant added to every value: norm
   weights stored as 1 + w), `transpose` (the last two dimensions swapped: Conv1D weights stored [in, out]),
   `split` (the rows of a head-grouped tensor cut per head: a part of each head's rows, optionally transposed
-  per head: a latent attention's kv_b into its key and value parts).
+  per head: a latent attention's kv_b into its key and value parts), and tensors computed from config.json
+  (`wavelength_bands`, `partial_rotation`: rope frequency factors).
 """
 
 from __future__ import annotations
@@ -57,6 +58,16 @@ class WavelengthBands(_Strict):
     context: list[Any]
 
 
+class PartialRotation(_Strict):
+    """Rope frequency factors that rotate only the first pairs of a head: for a head of `dims` dimensions
+    (dims / 2 pairs) and a rotated `fraction`, n = int(dims * fraction / 2) factors of 1, then dims / 2 - n
+    factors of 1e30 (a frequency divided by 1e30 is 0: that pair is not rotated). Each parameter is a list of
+    operands as in WavelengthBands."""
+
+    dims: list[Any]
+    fraction: list[Any]
+
+
 class TensorRule(_Strict):
     from_: str = Field("", alias="from", description="checkpoint tensor name; {i} layer, {e} expert")
     when: dict[str, Any] = Field(default_factory=dict, description="config.json key -> value this rule needs")
@@ -66,6 +77,8 @@ class TensorRule(_Strict):
     add: float = Field(0.0, description="constant added to the values (norm weights stored as 1 + w)")
     transpose: bool = Field(False, description="last two dimensions swapped (weights stored [in, out])")
     split: Split | None = None
+    partial_rotation: PartialRotation | None = Field(None, description="a tensor computed from config.json, not "
+                                                     "read")
 
 
 class MetaRule(_Strict):
@@ -83,6 +96,10 @@ class MetaRule(_Strict):
     written: bool = Field(True, description="false: read by the spec's rules but not a key the converter writes")
     when: dict[str, Any] = Field(default_factory=dict, description="config.json key -> value (or list of values) "
                                  "this key needs")
+    per_layer: dict[str, dict[str, list[Any]]] | None = Field(
+        None, description="{LIST: {entry: [operands]}}: an array, one value per entry of the config.json list LIST, "
+        "the first present of the operands its entry names; written (as an int32 or float32 array, as gguf-py "
+        "writes a list) only when every entry has one, else the rule's other fields give the value")
 
 
 class Table(_Strict):
@@ -92,8 +109,13 @@ class Table(_Strict):
                                "class that writes its own keys only)")
     metadata: dict[str, MetaRule | None] = Field(default_factory=dict)
     tensors: dict[str, TensorRule | None] = Field(default_factory=dict)
-    vocab: list[Literal["spm", "bpe"]] = Field(["spm", "bpe"], description="tokenizer files in the converter's "
-                                               "order of attempts: spm (tokenizer.model), bpe (tokenizer.json)")
+    vocab: list[Literal["spm", "spm_json", "bpe"]] = Field(
+        ["spm", "bpe"], description="tokenizer files in the converter's order of attempts: spm (tokenizer.model), "
+        "spm_json (a SentencePiece-style BPE tokenizer.json with byte fallback), bpe (byte-level BPE tokenizer.json)")
+    merges: bool | None = Field(None, description="whether tokenizer.ggml.merges is written (default: for bpe "
+                                "only, as the converter's tokenizer paths do)")
+    user_defined_tokens: list[str] = Field(default_factory=list, description="token texts the converter marks "
+                                           "USER_DEFINED whatever the tokenizer says (tokens it always shows)")
     keep_f32: list[str] = Field(default_factory=list, description="GGUF tensor names ({i}: any layer) the "
                                 "converter always writes as F32, whatever the output type")
 
