@@ -119,3 +119,46 @@ def test_cli_convert_refuses_unknown_pre_tokenizer_and_takes_vocab_pre(tiny_mode
     assert done.returncode == 0, done.stderr
     with GGUFFile(tmp_path / "out.gguf") as f:
         assert f.metadata["tokenizer.ggml.pre"].value == "gpt-2"
+
+
+def spm_json_checkpoint(directory: Path, out: Path) -> Path:
+    """A copy of a SentencePiece checkpoint as transformers now saves Llama and Mistral tokenizers: tokenizer.json
+    only (the same pieces as a BPE with byte fallback), with an added special token and a plain added token past
+    the vocabulary, and tokenizer_config.json's add_prefix_space."""
+    import json
+    import shutil
+
+    from tiny_hf import write_spm_json_tokenizer
+    from tokenizers import AddedToken, Tokenizer
+
+    shutil.copytree(directory, out)
+    (out / "tokenizer.model").unlink()
+    write_spm_json_tokenizer(out)
+    tok = Tokenizer.from_file(str(out / "tokenizer.json"))
+    tok.add_tokens([AddedToken("<|im_start|>", special=True, normalized=False),
+                    AddedToken("<extra>", normalized=False)])
+    tok.save(str(out / "tokenizer.json"))
+    config = json.loads((out / "tokenizer_config.json").read_text())
+    config.update(additional_special_tokens=["<|im_start|>"], add_prefix_space=False)
+    (out / "tokenizer_config.json").write_text(json.dumps(config))
+    return out
+
+
+def test_spm_tokenizer_json_without_tokenizer_model_is_the_converters(tiny_model, tmp_path: Path) -> None:
+    """A Llama checkpoint with tokenizer.json only: the converter reads it as a SentencePiece vocabulary (pieces as
+    stored, scores -1000, byte/control/user-defined types, added tokens after the model's); tfb convert writes the
+    same file, and the directory's tokenizer gives the ids the converted file's gives."""
+    import tfb
+
+    directory = spm_json_checkpoint(tiny_model("llama", "f32")[1].parent / "hf", tmp_path / "c")
+    theirs = reference_file(directory, "f32", tmp_path / "theirs.gguf")
+    with GGUFFile(theirs) as g:
+        assert g.metadata["tokenizer.ggml.model"].value == "llama" and "tokenizer.ggml.merges" not in g.metadata
+        meta = g.metadata
+        types = dict(zip(meta["tokenizer.ggml.tokens"].value, meta["tokenizer.ggml.token_type"].value, strict=True))
+        assert (types["<0x41>"], types["<s>"], types["<|im_start|>"], types["<extra>"]) == (6, 3, 3, 4)
+        assert g.metadata["tokenizer.ggml.add_space_prefix"].value is False
+    assert_same_gguf(convert(directory, tmp_path / "ours.gguf", "f32"), theirs)
+    text = "the quick brown fox <|im_start|>jumps over the lazy dog <extra> ünï 12"
+    ids = tfb.load_tokenizer(directory).encode(text)
+    assert ids == tfb.load_tokenizer(theirs).encode(text) and len(ids) > 10

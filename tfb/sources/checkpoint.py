@@ -161,11 +161,12 @@ class CheckpointSource:
             found = self._per_layer(key, rule, config_path)
             if found is not None:
                 return found
+        source = self.config if rule.file == CONFIG else self._side_file(rule.file)
         for name in rule.from_:
-            value = _lookup(self.config, name)
+            value = _lookup(source, name)
             if value is None:
                 continue
-            where = f"{config_path}: key `{name}` (for {key})"
+            where = f"{config_path.with_name(rule.file)}: key `{name}` (for {key})"
             if rule.map is not None:
                 if isinstance(value, list) and rule.type.startswith("array["):  # each entry mapped
                     value = [self._mapped(v, rule.map, where) for v in value]
@@ -186,6 +187,17 @@ class CheckpointSource:
         if rule.value is not None:
             return _typed(rule.value, rule, f"naming table value for {key}")
         return None
+
+    def _side_file(self, name: str) -> dict[str, Any]:
+        """Another JSON file of the directory (tokenizer_config.json), empty when absent or not an object."""
+        path = self.path / name
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            return {}
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise ConfigError(f"{path}: cannot read: {e}") from None
+        return data if isinstance(data, dict) else {}
 
     @staticmethod
     def _mapped(value: Any, table: dict[str, Any], where: str) -> Any:

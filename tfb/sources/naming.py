@@ -83,6 +83,8 @@ class TensorRule(_Strict):
 
 class MetaRule(_Strict):
     from_: list[str] = Field(default_factory=list, alias="from", description="config.json keys, first present")
+    file: str = Field("config.json", description="the checkpoint's JSON file the `from` keys are read from "
+                      "(tokenizer_config.json for a key the converter takes from there)")
     value: Any = Field(None, description="a constant, written when no `from` key is present")
     # arithmetic on config.json values, used when no `from` key is present; an operand is a config key, a number or
     # a nested {sum|product|quotient: [a, b]}; quotients divide whole numbers (int(a) // int(b)), as the converter
