@@ -5,6 +5,7 @@ checkpoint reads as the same metadata and tensors as that converter's file."""
 from __future__ import annotations
 
 import copy
+import sys
 
 import numpy as np
 import pytest
@@ -127,3 +128,27 @@ def test_cli_runs_a_checkpoint_directory(tiny_model) -> None:
     for out in outputs:
         assert out.returncode == 0, out.stderr
     assert outputs[0].stdout == outputs[1].stdout and len(outputs[0].stdout) > len("Hello world")
+
+
+def _resident_file_kib() -> int:
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("RssFile:"))
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="pages are dropped on Linux only")
+def test_copied_tensors_drop_their_mapped_pages(tmp_path) -> None:
+    """Once a tensor's values are copied (experts stacked, a transform), its pages of the shard's map stop
+    counting in the process's memory, and reading the range again gives the file's values back."""
+    from safetensors.torch import save_file
+
+    from tfb.sources.safetensors_dir import SafetensorsDir, release_pages
+
+    values = torch.randn(1024, 1024, generator=torch.Generator().manual_seed(0))  # 4 MiB
+    save_file({"a": values, "b": values + 1}, str(tmp_path / "model.safetensors"))
+    store = SafetensorsDir(tmp_path)
+    mapped = store.get("a")
+    copy = mapped.clone()  # every page of "a" resident
+    before = _resident_file_kib()
+    release_pages(mapped)
+    assert before - _resident_file_kib() >= 3 * 1024
+    assert torch.equal(mapped, values) and torch.equal(copy, values) and torch.equal(store.get("b"), values + 1)

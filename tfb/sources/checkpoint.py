@@ -21,7 +21,7 @@ from tfb.errors import ConfigError, WeightError
 from tfb.gguf.ggml_types import GGML_TYPE_BY_NAME
 from tfb.gguf.reader import MetaValue, TensorInfo
 from tfb.sources.naming import MetaRule, Table, TensorRule, load_table, read_table, table_dir
-from tfb.sources.safetensors_dir import SafetensorsDir, StoredTensor
+from tfb.sources.safetensors_dir import SafetensorsDir, StoredTensor, release_pages
 from tfb.spec.registry import all_spec_files, search_dirs
 
 CONFIG = "config.json"
@@ -375,11 +375,17 @@ class CheckpointSource:
             dims = int(self._first(rule.partial_rotation.dims, name))
             rotated = int(dims * self._first(rule.partial_rotation.fraction, name) / 2)
             return torch.tensor([1.0] * rotated + [1e30] * (dims // 2 - rotated), dtype=torch.float32)
-        parts = [self.store.get(s) for s in sources]
-        for p in range(len(parts)):
-            if parts[p].dtype not in (torch.float32, torch.float16, torch.bfloat16):
-                parts[p] = parts[p].float()
-        x = torch.stack(parts) if rule.stack else parts[0]
+        stored = [self.store.get(s) for s in sources]
+        dtype = stored[0].dtype if stored[0].dtype in _TORCH.values() else torch.float32  # others widened
+        if rule.stack:
+            # one allocation filled expert by expert, each expert's mapped pages dropped once copied: the peak is
+            # the stacked tensor and one expert, not twice the experts
+            x = torch.empty((len(stored), *stored[0].shape), dtype=dtype)
+            for e, part in enumerate(stored):
+                x[e].copy_(part)
+                release_pages(part)
+        else:
+            x = stored[0].to(dtype)
         if rule.transpose:
             x = x.transpose(-1, -2).contiguous()
         if rule.split is not None:
@@ -395,6 +401,8 @@ class CheckpointSource:
         info = self.tensors[name]
         target = _TORCH.get(info.ggml_type.name, torch.float32)
         x = x.to(target) if x.dtype != target else x
+        if not rule.stack and x.untyped_storage().data_ptr() != stored[0].untyped_storage().data_ptr():
+            release_pages(stored[0])  # a transformed copy: the stored values are not read again
         return x.reshape(info.shape)
 
     def tensor_data(self, name: str) -> np.ndarray:
