@@ -162,3 +162,26 @@ def test_spm_tokenizer_json_without_tokenizer_model_is_the_converters(tiny_model
     text = "the quick brown fox <|im_start|>jumps over the lazy dog <extra> ünï 12"
     ids = tfb.load_tokenizer(directory).encode(text)
     assert ids == tfb.load_tokenizer(theirs).encode(text) and len(ids) > 10
+
+
+def test_gemma4_tokens_it_always_shows_are_user_defined(tiny_model, tmp_path: Path) -> None:
+    """Gemma 4's converter types its channel and tool-call markers USER_DEFINED though they are special (the
+    table's user_defined_tokens); other special tokens stay CONTROL."""
+    import json
+    import shutil
+
+    from tokenizers import AddedToken, Tokenizer
+
+    directory = shutil.copytree(tiny_model("gemma4", "f32")[1].parent / "hf", tmp_path / "c")
+    tok = Tokenizer.from_file(str(directory / "tokenizer.json"))
+    tok.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in ("<|channel>", "<turn|>")])
+    tok.save(str(directory / "tokenizer.json"))
+    config = json.loads((directory / "tokenizer_config.json").read_text())
+    config["additional_special_tokens"] = ["<|channel>", "<turn|>"]
+    (directory / "tokenizer_config.json").write_text(json.dumps(config))
+    theirs = reference_file(directory, "f32", tmp_path / "theirs.gguf")
+    with GGUFFile(theirs) as g:
+        meta = g.metadata
+        types = dict(zip(meta["tokenizer.ggml.tokens"].value, meta["tokenizer.ggml.token_type"].value, strict=True))
+        assert (types["<|channel>"], types["<turn|>"]) == (4, 3)
+    assert_same_gguf(convert(directory, tmp_path / "ours.gguf", "f32"), theirs)
