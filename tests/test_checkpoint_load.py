@@ -5,6 +5,7 @@ checkpoint reads as the same metadata and tensors as that converter's file."""
 from __future__ import annotations
 
 import copy
+import sys
 
 import numpy as np
 import pytest
@@ -43,6 +44,7 @@ FAMILIES.update({"ernie4_5_moe": 12, "ernie4_5_moe_interleaved": 12, "glm4moe": 
                  # llama4: the spec's chunk and temperature floor are llama.cpp's 8192, the tiny model's 8: 7 tokens
                  "llama4": 7, "qwen3next": 12, "qwen35": 12, "qwen35moe": 12,
                  "qwen3next_mtp": 12, "qwen35_vl": 12, "llama4_vl": 7})
+FAMILIES.update({"gemma4": 12, "gemma4moe": 12})
 
 
 def checkpoint(tiny_model, family: str):
@@ -167,3 +169,27 @@ def test_hybrid_checkpoint_without_layer_types_is_refused_naming_the_key(tiny_mo
     with pytest.raises(tfb.TfbError, match=r"config.json: gives none of layer_types, the layer types "
                                            r"granitehybrid.attention.head_count_kv is made from"):
         tfb.load(d)
+
+
+def _resident_file_kib() -> int:
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("RssFile:"))
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="pages are dropped on Linux only")
+def test_copied_tensors_drop_their_mapped_pages(tmp_path) -> None:
+    """Once a tensor's values are copied (experts stacked, a transform), its pages of the shard's map stop
+    counting in the process's memory, and reading the range again gives the file's values back."""
+    from safetensors.torch import save_file
+
+    from tfb.sources.safetensors_dir import SafetensorsDir, release_pages
+
+    values = torch.randn(1024, 1024, generator=torch.Generator().manual_seed(0))  # 4 MiB
+    save_file({"a": values, "b": values + 1}, str(tmp_path / "model.safetensors"))
+    store = SafetensorsDir(tmp_path)
+    mapped = store.get("a")
+    copy = mapped.clone()  # every page of "a" resident
+    before = _resident_file_kib()
+    release_pages(mapped)
+    assert before - _resident_file_kib() >= 3 * 1024
+    assert torch.equal(mapped, values) and torch.equal(copy, values) and torch.equal(store.get("b"), values + 1)

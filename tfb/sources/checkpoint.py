@@ -23,7 +23,7 @@ from tfb.errors import ConfigError, WeightError
 from tfb.gguf.ggml_types import GGML_TYPE_BY_NAME
 from tfb.gguf.reader import MetaValue, TensorInfo
 from tfb.sources.naming import MetaRule, PerLayer, ScaleRows, Table, TensorRule, load_table, read_table, table_dir
-from tfb.sources.safetensors_dir import SafetensorsDir, StoredTensor
+from tfb.sources.safetensors_dir import SafetensorsDir, StoredTensor, release_pages
 from tfb.spec.registry import all_spec_files, search_dirs
 
 CONFIG = "config.json"
@@ -94,8 +94,16 @@ def _with_rope_parameters(config: dict[str, Any]) -> dict[str, Any]:
 
 
 def _lookup(config: dict[str, Any], key: str) -> Any:
+    """The value of `a.b.c` (key c of object b of object a); a part `{LIST=VALUE}` is the index of the first
+    entry of the config list LIST equal to VALUE (per-layer objects keyed by layer: the first full layer's)."""
     node: Any = config
     for part in key.split("."):
+        if part.startswith("{") and part.endswith("}") and "=" in part:  # `{LIST=VALUE}`: that entry's index
+            name, wanted = part[1:-1].split("=", 1)
+            entries = _lookup(config, name)
+            if not isinstance(entries, list) or wanted not in entries:
+                return None
+            part = str(entries.index(wanted))
         if isinstance(node, list) and part.isdigit() and int(part) < len(node):
             node = node[int(part)]  # `a.0`: item 0 of list a
         elif not isinstance(node, dict) or part not in node:
@@ -224,12 +232,15 @@ class CheckpointSource:
             if chosen is not None:
                 return chosen
         if rule.per_layer is not None:
-            return _typed(self._per_layer(rule.per_layer, key, config_path), rule, f"{config_path}: per-layer {key}")
+            values = self._per_layer(rule.per_layer, key, config_path)
+            if values is not None:
+                return _typed(values, rule, f"{config_path}: per-layer {key}")
+        source = self.config if rule.file == CONFIG else self._side_file(rule.file)
         for name in rule.from_:
-            value = _lookup(self.config, name)
+            value = _lookup(source, name)
             if value is None:
                 continue
-            where = f"{config_path}: key `{name}` (for {key})"
+            where = f"{config_path.with_name(rule.file)}: key `{name}` (for {key})"
             if rule.map is not None and rule.type.startswith("array[") and isinstance(value, list):
                 value = [_mapped(v, rule.map, where) for v in value]
             elif rule.map is not None:
@@ -253,8 +264,20 @@ class CheckpointSource:
             return _typed(rule.value, rule, f"naming table value for {key}")
         return None
 
-    def _per_layer(self, rule: PerLayer, key: str, config_path: Path) -> list[Any]:
-        """See naming.PerLayer."""
+    def _side_file(self, name: str) -> dict[str, Any]:
+        """Another JSON file of the directory (tokenizer_config.json), empty when absent or not an object."""
+        path = self.path / name
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            return {}
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise ConfigError(f"{path}: cannot read: {e}") from None
+        return data if isinstance(data, dict) else {}
+
+    def _per_layer(self, rule: PerLayer, key: str, config_path: Path) -> list[Any] | None:
+        """See naming.PerLayer; None where a layer's operand is not given (the rule's other fields, or the next
+        case, give the value)."""
         for name in rule.types:
             types = _lookup(self.config, name)
             if types is None:
@@ -268,7 +291,7 @@ class CheckpointSource:
                 operand = rule.value if chosen else rule.otherwise
                 value = self._evaluate(operand)
                 if value is None:
-                    raise ConfigError(f"{config_path}: {operand!r} (for {key}) is not given")
+                    return None
                 out.append(value)
             if rule.append is not None:
                 count, value = self._evaluate(rule.append.count), self._evaluate(rule.append.value)
@@ -390,8 +413,9 @@ class CheckpointSource:
                 self.tensors[gguf_name] = TensorInfo(gguf_name, (len(values),), GGML_TYPE_BY_NAME["F32"], 0,
                                                      len(values) * 4)
                 continue
-            if rule.wavelength_bands is not None:
-                dims = self._first(rule.wavelength_bands.dims, gguf_name)
+            computed = rule.wavelength_bands or rule.partial_rotation
+            if computed is not None:
+                dims = self._first(computed.dims, gguf_name)
                 self._rules[gguf_name] = (rule, [], None)
                 self.tensors[gguf_name] = TensorInfo(gguf_name, (int(dims) // 2,), GGML_TYPE_BY_NAME["F32"], 0,
                                                      int(dims) // 2 * 4)
@@ -546,11 +570,21 @@ class CheckpointSource:
             return self._wavelength_bands(name, rule)
         if rule.values is not None:
             return torch.tensor(_lookup(self.config, rule.values), dtype=torch.float32)
-        parts = [self.store.get(self._stored[s]) for s in sources]
-        for p in range(len(parts)):
-            if parts[p].dtype not in (torch.float32, torch.float16, torch.bfloat16):
-                parts[p] = parts[p].float()
-        x = torch.stack(parts) if rule.stack else parts[0]
+        if rule.partial_rotation is not None:
+            dims = int(self._first(rule.partial_rotation.dims, name))
+            rotated = int(dims * self._first(rule.partial_rotation.fraction, name) / 2)
+            return torch.tensor([1.0] * rotated + [1e30] * (dims // 2 - rotated), dtype=torch.float32)
+        stored = [self.store.get(self._stored[s]) for s in sources]
+        dtype = stored[0].dtype if stored[0].dtype in _TORCH.values() else torch.float32  # others widened
+        if rule.stack:
+            # one allocation filled expert by expert, each expert's mapped pages dropped once copied: the peak is
+            # the stacked tensor and one expert, not twice the experts
+            x = torch.empty((len(stored), *stored[0].shape), dtype=dtype)
+            for e, part in enumerate(stored):
+                x[e].copy_(part)
+                release_pages(part)
+        else:
+            x = stored[0].to(dtype)
         if rule.transpose:
             x = x.transpose(-1, -2).contiguous()
         if rule.strided is not None:
@@ -588,6 +622,8 @@ class CheckpointSource:
         info = self.tensors[name]
         target = _TORCH.get(info.ggml_type.name, torch.float32)
         x = x.to(target) if x.dtype != target else x
+        if not rule.stack and x.untyped_storage().data_ptr() != stored[0].untyped_storage().data_ptr():
+            release_pages(stored[0])  # a transformed copy: the stored values are not read again
         return x.reshape(info.shape)
 
     def _scale_rows(self, name: str, bands: ScaleRows, x: torch.Tensor) -> torch.Tensor:
@@ -626,8 +662,12 @@ class CheckpointSource:
                               "number")
         if self.table.vocab_size is not None and size is not None:
             size = int(self._first([self.table.vocab_size], "the vocabulary size"))  # the converter's padding
-        meta = tokenizer_metadata(self.path, size, vocab_pre, tuple(self.table.vocab))
+        meta = tokenizer_metadata(self.path, size, vocab_pre, tuple(self.table.vocab), self.table.merges,
+                                  tuple(self.table.user_defined_tokens))
         meta.update({k: v for k, v in self.metadata.items() if k.startswith("tokenizer.")})
+        for key, rule in self.table.metadata.items():
+            if key.startswith("tokenizer.") and rule is not None and not rule.written:
+                meta.pop(key, None)  # a tokenizer key this converter class does not write
         tokens = meta["tokenizer.ggml.tokens"].value
         for key, rule in self.table.metadata.items():
             # set as gguf-py's SpecialVocab._set_special_token sets it: an id the tokenizer files give stays

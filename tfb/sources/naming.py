@@ -20,7 +20,8 @@ reads checkpoint name prefixes as others, as the converter renames them before i
   from a config.json list of numbers, as rope factors), `squeeze` (size-1 dimensions dropped),
   `reshape`, `negative_exp` (x -> -exp(x)), `scale` / `scale_rows` (multiplied by config values),
   `deinterleave` (per-group parts of a fused projection gathered part by part), `tile_heads` (heads grouped by
-  the head they share reordered to tiled).
+  the head they share reordered to tiled), and tensors computed from config.json (`wavelength_bands`,
+  `partial_rotation`: rope frequency factors).
 """
 
 from __future__ import annotations
@@ -126,6 +127,16 @@ class WavelengthBands(_Strict):
     context: list[Any]
 
 
+class PartialRotation(_Strict):
+    """Rope frequency factors that rotate only the first pairs of a head: for a head of `dims` dimensions
+    (dims / 2 pairs) and a rotated `fraction`, n = int(dims * fraction / 2) factors of 1, then dims / 2 - n
+    factors of 1e30 (a frequency divided by 1e30 is 0: that pair is not rotated). Each parameter is a list of
+    operands as in WavelengthBands."""
+
+    dims: list[Any]
+    fraction: list[Any]
+
+
 class TensorRule(_Strict):
     from_: str = Field("", alias="from", description="checkpoint tensor name; {i} layer, {e} expert")
     when: dict[str, Any] = Field(default_factory=dict, description="config.json key -> value this rule needs")
@@ -148,10 +159,14 @@ class TensorRule(_Strict):
                                     "interleaved (gate, up, gate, up, ...)")
     deinterleave: Deinterleave | None = None
     tile_heads: TileHeads | None = None
+    partial_rotation: PartialRotation | None = Field(None, description="a tensor computed from config.json, not "
+                                                     "read")
 
 
 class MetaRule(_Strict):
     from_: list[str] = Field(default_factory=list, alias="from", description="config.json keys, first present")
+    file: str = Field("config.json", description="the checkpoint's JSON file the `from` keys are read from "
+                      "(tokenizer_config.json for a key the converter takes from there)")
     value: Any = Field(None, description="a constant, written when no `from` key is present")
     # arithmetic on config.json values, used when no `from` key is present; an operand is a config key, a metadata
     # key computed before it ({arch}), a number, a nested {sum|product|quotient: [a, b]}, {length: key} (of a config
@@ -202,8 +217,13 @@ class Table(_Strict):
                                "class that writes its own keys only)")
     metadata: dict[str, MetaRule | None] = Field(default_factory=dict)
     tensors: dict[str, TensorRule | None] = Field(default_factory=dict)
-    vocab: list[Literal["spm", "bpe"]] = Field(["spm", "bpe"], description="tokenizer files in the converter's "
-                                               "order of attempts: spm (tokenizer.model), bpe (tokenizer.json)")
+    vocab: list[Literal["spm", "spm_json", "bpe"]] = Field(
+        ["spm", "bpe"], description="tokenizer files in the converter's order of attempts: spm (tokenizer.model), "
+        "spm_json (a SentencePiece-style BPE tokenizer.json with byte fallback), bpe (byte-level BPE tokenizer.json)")
+    merges: bool | None = Field(None, description="whether tokenizer.ggml.merges is written (default: for bpe "
+                                "only, as the converter's tokenizer paths do)")
+    user_defined_tokens: list[str] = Field(default_factory=list, description="token texts the converter marks "
+                                           "USER_DEFINED whatever the tokenizer says (tokens it always shows)")
     vocab_size: Any = Field(None, description="the token count the converter writes (tokens past the tokenizer's "
                             "as [PAD{i}]): an operand; default config.json's vocab_size")
     keep_f32: list[str] = Field(default_factory=list, description="GGUF tensor names ({i}: any layer) the "

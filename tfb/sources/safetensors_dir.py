@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import math
 import struct
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -149,3 +150,23 @@ class SafetensorsDir:
 
     def close(self) -> None:
         self._open.clear()  # tensors handed out keep their maps alive
+
+
+_MADV_DONTNEED = 4  # Linux <sys/mman.h>
+_PAGE = 4096
+
+
+def release_pages(tensor: torch.Tensor) -> None:
+    """Drop the resident pages of a tensor read from a shard's map, once its values have been copied elsewhere:
+    they stop counting in the process's memory (a file map's pages are read back from the file if the range is
+    touched again, so nothing is lost). Only the pages wholly inside the tensor's bytes, so that the tensors next
+    to it keep theirs. Linux only; elsewhere, and on any failure, a no-op."""
+    if not sys.platform.startswith("linux") or tensor.numel() == 0:
+        return
+    import ctypes
+
+    start = tensor.data_ptr()
+    end = start + tensor.numel() * tensor.element_size()
+    first, last = -(-start // _PAGE) * _PAGE, end // _PAGE * _PAGE
+    if last > first:
+        ctypes.CDLL(None).madvise(ctypes.c_void_p(first), ctypes.c_size_t(last - first), _MADV_DONTNEED)

@@ -59,16 +59,92 @@ def pre_tokenizer_name(tokenizer: Any, where: Path) -> str:
 
 
 def tokenizer_metadata(directory: Path, vocab_size: int | None, vocab_pre: str | None = None,
-                       kinds: tuple[str, ...] = ("spm", "bpe")) -> dict[str, MetaValue]:
+                       kinds: tuple[str, ...] = ("spm", "bpe"), merges: bool | None = None,
+                       user_defined: tuple[str, ...] = ()) -> dict[str, MetaValue]:
     """The `tokenizer.*` keys of a checkpoint directory: the first of `kinds` (the converter's order of attempts
-    for the family) whose file is there: `spm` (tokenizer.model), `bpe` (byte-level BPE tokenizer.json)."""
+    for the family) whose file is there: `spm` (tokenizer.model), `spm_json` (a SentencePiece-style BPE
+    tokenizer.json with byte fallback), `bpe` (byte-level BPE tokenizer.json). `merges` overrides whether the
+    merges are written; `user_defined` token texts are typed USER_DEFINED."""
     for kind in kinds:
         if kind == "spm" and (directory / SPM_MODEL).is_file():
-            return spm_metadata(directory, vocab_size)
-        if kind == "bpe" and (directory / TOKENIZER_JSON).is_file():
-            return bpe_metadata(directory, vocab_size, vocab_pre)
+            out = spm_metadata(directory, vocab_size)
+        elif kind == "spm_json" and is_spm_json(directory / TOKENIZER_JSON):
+            out = spm_json_metadata(directory)
+        elif kind == "bpe" and (directory / TOKENIZER_JSON).is_file():
+            out = bpe_metadata(directory, vocab_size, vocab_pre)
+        else:
+            continue
+        if merges is not None and merges != ("tokenizer.ggml.merges" in out):
+            if merges:
+                out.update({k: v for k, v in special_metadata(directory, None).items() if k == "tokenizer.ggml.merges"})
+            else:
+                out.pop("tokenizer.ggml.merges", None)
+        if user_defined:
+            tokens, types = out["tokenizer.ggml.tokens"].value, out["tokenizer.ggml.token_type"].value
+            for i, text in enumerate(tokens):
+                if text in user_defined:
+                    types[i] = USER_DEFINED
+        return out
+    files = {"spm": SPM_MODEL, "spm_json": f"{TOKENIZER_JSON} (BPE with byte fallback)", "bpe": TOKENIZER_JSON}
     raise TokenizerError(f"{directory}: no tokenizer file tfb reads ({', '.join(kinds)}: "
-                         f"{' or '.join(SPM_MODEL if k == 'spm' else TOKENIZER_JSON for k in kinds)})")
+                         f"{' or '.join(files[k] for k in kinds)})")
+
+
+def is_spm_json(path: Path) -> bool:
+    """A SentencePiece vocabulary saved as tokenizer.json, as the converter tells it apart (gguf-py's HF
+    vocabulary): a BPE model with byte fallback and a decoder sequence (the U+2581 replacement, byte fallback...);
+    byte-level BPE files (merges ignored, no byte fallback) are not."""
+    if not path.is_file():
+        return False
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        raise TokenizerError(f"{path}: cannot read: {e}") from None
+    model = data.get("model") if isinstance(data, dict) else None
+    decoder = data.get("decoder") if isinstance(data, dict) else None
+    return (isinstance(model, dict) and model.get("type") == "BPE" and model.get("byte_fallback") is True
+            and isinstance(decoder, dict) and decoder.get("type") == "Sequence")
+
+
+def spm_json_metadata(directory: Path) -> dict[str, MetaValue]:
+    """The `tokenizer.*` keys the converter writes for a SentencePiece-style tokenizer.json (gguf-py's HF
+    vocabulary class, the converter's path for such a file without tokenizer.model): the model's vocabulary in id
+    order as stored (U+2581 for spaces), then the added tokens past it; every score -1000; types BYTE for
+    `<0xXX>` pieces, CONTROL for the special tokens tokenizer_config.json names (bos, eos, unk... as transformers
+    lists them), USER_DEFINED for other added tokens, else NORMAL; no padding to config.json's vocab_size."""
+    import re
+
+    from tokenizers import Tokenizer
+
+    path = directory / TOKENIZER_JSON
+    try:
+        tok = Tokenizer.from_file(str(path))
+    except Exception as e:  # the library's errors are plain exceptions
+        raise TokenizerError(f"{path}: not a tokenizer the `tokenizers` library reads: {e}") from None
+    base = tok.get_vocab_size(with_added_tokens=False)
+    vocab = tok.get_vocab(with_added_tokens=True)
+    by_id = {i: t for t, i in vocab.items()}
+    missing = [i for i in range(base) if i not in by_id]
+    if missing:
+        raise TokenizerError(f"{path}: the vocabulary has no token of id {missing[0]} (ids must run 0..{base - 1})")
+    special_ids = {vocab[t] for t in configured_specials(directory) if t in vocab}
+    byte = re.compile(r"<0x[0-9A-Fa-f]{2}>")
+    tokens: list[str] = []
+    types: list[int] = []
+    for i in range(base):
+        text = by_id[i]
+        tokens.append(text)
+        types.append(BYTE if byte.fullmatch(text) else CONTROL if i in special_ids else NORMAL)
+    for i in sorted(i for i in by_id if i >= base):  # added tokens past the model's vocabulary, by id
+        tokens.append(by_id[i])
+        types.append(CONTROL if i in special_ids else USER_DEFINED)
+    out = {"tokenizer.ggml.model": MetaValue(SPM_MODEL_NAME, "string"),
+           "tokenizer.ggml.pre": MetaValue("default", "string"),
+           "tokenizer.ggml.tokens": MetaValue(tokens, "array[string]"),
+           "tokenizer.ggml.scores": MetaValue(np.full(len(tokens), -1000.0, dtype=np.float32), "array[float32]"),
+           "tokenizer.ggml.token_type": MetaValue(np.asarray(types, dtype=np.int32), "array[int32]")}
+    out.update(special_metadata(directory, len(tokens), merges=False))
+    return out
 
 
 def bpe_metadata(directory: Path, vocab_size: int | None, vocab_pre: str | None = None) -> dict[str, MetaValue]:
