@@ -44,7 +44,7 @@ FAMILIES.update({"ernie4_5_moe": 12, "ernie4_5_moe_interleaved": 12, "glm4moe": 
                  # llama4: the spec's chunk and temperature floor are llama.cpp's 8192, the tiny model's 8: 7 tokens
                  "llama4": 7, "qwen3next": 12, "qwen35": 12, "qwen35moe": 12,
                  "qwen3next_mtp": 12, "qwen35_vl": 12, "llama4_vl": 7})
-FAMILIES.update({"gemma4": 12, "gemma4moe": 12})
+FAMILIES.update({"gemma4": 12, "gemma4moe": 12, "llama_wide": 12})
 
 
 def checkpoint(tiny_model, family: str):
@@ -193,3 +193,13 @@ def test_copied_tensors_drop_their_mapped_pages(tmp_path) -> None:
     release_pages(mapped)
     assert before - _resident_file_kib() >= 3 * 1024
     assert torch.equal(mapped, values) and torch.equal(copy, values) and torch.equal(store.get("b"), values + 1)
+
+
+def test_every_fixture_family_is_loaded_and_converted_from_its_checkpoint() -> None:
+    """Issue 19's reach: each tiny transformers model the suite builds is also read as a checkpoint directory
+    (logits, or for families where tfb follows llama.cpp the converter's file) and converted (test_convert)."""
+    from test_convert import FAMILIES as CONVERTED
+    from tiny_hf import FAMILIES as FIXTURES
+
+    assert set(FIXTURES) == set(FAMILIES) | set(READ_ONLY)
+    assert set(FIXTURES) == set(CONVERTED)
