@@ -450,6 +450,23 @@ FAMILIES: dict[str, Family] = {
                          "full_attention": dict(rope_type="proportional", partial_rotary_factor=0.25,
                                                 rope_theta=1000000.0)}),
         tokenizer="spm_json", random_buffers=("layer_scalar",)),
+    # Gemma 4 as most of it is published: the vision-and-audio class (one-block towers and their embedders, which
+    # the text converter leaves out), gemma4's text model under text_config and model.language_model.
+    "gemma4_vl": Family("Gemma4ForConditionalGeneration", "Gemma4Config", dict(
+        text_config=dict(
+            BASE, vocab_size=320, num_hidden_layers=5, head_dim=16, global_head_dim=32, num_global_key_value_heads=1,
+            sliding_window=4, layer_types=["sliding_attention", "sliding_attention", "full_attention",
+                                           "sliding_attention", "full_attention"],
+            hidden_size_per_layer_input=32, vocab_size_per_layer_input=320, attention_k_eq_v=True,
+            num_kv_shared_layers=2, final_logit_softcapping=5.0, pad_token_id=0, bos_token_id=1, eos_token_id=2,
+            rope_parameters={"sliding_attention": dict(rope_type="default", rope_theta=10000.0),
+                             "full_attention": dict(rope_type="proportional", partial_rotary_factor=0.25,
+                                                    rope_theta=1000000.0)}),
+        vision_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
+                           num_key_value_heads=2, head_dim=16, patch_size=4, position_embedding_size=16),
+        audio_config=dict(hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                          subsampling_conv_channels=[8, 4], output_proj_dims=32)),
+        tokenizer="spm_json", random_buffers=("layer_scalar",)),
 }
 
 
