@@ -45,7 +45,7 @@ FAMILIES.update({"ernie4_5_moe": 12, "ernie4_5_moe_interleaved": 12, "glm4moe": 
                  "llama4": 7, "qwen3next": 12, "qwen35": 12, "qwen35moe": 12,
                  "qwen3next_mtp": 12, "qwen35_vl": 12, "llama4_vl": 7})
 FAMILIES.update({"gemma4": 12, "gemma4moe": 12, "llama_wide": 12})
-FAMILIES.update({"gemma4_vl": 12})
+FAMILIES.update({"gemma4_vl": 12, "qwen35moe_vl": 12})
 
 
 def checkpoint(tiny_model, family: str):

@@ -34,7 +34,7 @@ FAMILIES += ["mistral3", "gemma3", "stablelm_parallel", "stablelm_qk_norm", "gpt
 FAMILIES += ["ernie4_5_moe", "ernie4_5_moe_interleaved", "glm4moe", "llama4", "qwen3next", "qwen35", "qwen35moe",
              "qwen3next_mtp", "qwen35_vl", "llama4_vl"]
 FAMILIES += ["gemma4", "gemma4moe", "llama_wide"]
-FAMILIES += ["gemma4_vl"]
+FAMILIES += ["gemma4_vl", "qwen35moe_vl"]
 
 
 def reference_file(directory: Path, outtype: str, out: Path) -> Path:

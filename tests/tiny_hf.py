@@ -399,6 +399,20 @@ FAMILIES: dict[str, Family] = {
                            num_position_embeddings=16, patch_size=4)),
         tokenizer="gpt2", keep_f32=("conv1d",), mtp_block_like=3, model_type="qwen3_5_text",
         adjust=(("in_proj_a", 0.3, 0.0), ("in_proj_b", 0.3, 0.0), ("A_log", 1.0, -3.0))),
+    # Qwen3.5 MoE as released: the vision-language class (a one-block vision tower, which the text converter leaves
+    # out), qwen35moe's text model under text_config and model.language_model.
+    "qwen35moe_vl": Family("Qwen3_5MoeForConditionalGeneration", "Qwen3_5MoeConfig", dict(
+        text_config=dict(
+            BASE, vocab_size=GPT2_VOCAB, num_hidden_layers=4, head_dim=16, linear_conv_kernel_dim=4,
+            linear_key_head_dim=32, linear_value_head_dim=32, linear_num_key_heads=2, linear_num_value_heads=4,
+            num_experts=8, num_experts_per_tok=3, moe_intermediate_size=32, shared_expert_intermediate_size=64,
+            pad_token_id=None, rope_parameters=dict(rope_type="default", rope_theta=10000.0, partial_rotary_factor=0.5,
+                                                    mrope_section=[2, 1, 1], mrope_interleaved=True)),
+        vision_config=dict(depth=1, hidden_size=32, intermediate_size=64, num_heads=2, out_hidden_size=64,
+                           num_position_embeddings=16, patch_size=4)),
+        tokenizer="gpt2", keep_f32=("mlp.gate.weight", "shared_expert_gate.weight", "conv1d"),
+        converter_args=("--no-mtp",), model_type="qwen3_5_text",
+        adjust=(("in_proj_a", 0.3, 0.0), ("in_proj_b", 0.3, 0.0), ("A_log", 1.0, -3.0))),
     # Nemotron-H: each layer is ONE of Mamba-2 (8 heads of 16, 2 groups), rope-free attention, or a relu^2 MLP (up,
     # down), after one norm. transformers 5 saves the MoE fields of every NemotronHConfig, and the converter writes
     # nemotron_h_moe whenever it finds num_experts_per_tok, reading the config through AutoConfig (which adds it
