@@ -15,6 +15,7 @@ import tfb.quant.native as native
 from tfb.gguf.ggml_types import GGML_TYPE_BY_NAME
 
 INT8_TYPES = ["Q8_0", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q4_K", "Q5_K", "Q6_K"]
+MULTI_ROWS = 2048  # runtime.c, INT8_MULTI_ROWS: more activation rows take the float32 products
 
 
 def rounded(x: np.ndarray, block: int) -> tuple[np.ndarray, np.ndarray]:
@@ -54,7 +55,7 @@ def test_matches_the_rounded_activations(isa: str, name: str, kind: str) -> None
     for cols in [*widths(name), 16384]:  # 16384: the rounded row no longer fits the kernel's stack buffer
         weight = packed(name, 37, cols, rng, kind)
         values = torch_values(weight)
-        for rows in (1, 2):
+        for rows in (1, 2, 11):  # 11: the multi-row kernels, 8 rows a pass and 3
             x = torch.randn(rows, cols, generator=torch.Generator().manual_seed(rows)) * 3
             x[0, :40] *= 50  # an outlier run: blocks differ in scale
             y = native.matmul(x, weight, int8_activations=True)
@@ -84,20 +85,44 @@ def test_within_the_rounding_of_the_float_product(name: str) -> None:
 
 
 @needs_native
+@pytest.mark.parametrize("name", INT8_TYPES)
+def test_rows_together_equal_rows_alone(isa: str, name: str) -> None:
+    """Each activation row's result is bit for bit the one it gets alone, however many rows come with it
+    (the multi-row kernels decode a weight block once for several rows); the x86 passes (VNNI's dot
+    product instructions or not) give the same bits."""
+    rng = np.random.default_rng(9)
+    cols = widths(name)[1]
+    weight = packed(name, 45, cols, rng, "moderate")  # 45: not a multiple of any tile or thread split
+    x = torch.randn(21, cols, generator=torch.Generator().manual_seed(10))
+    together = native.matmul(x, weight, int8_activations=True)
+    alone = torch.cat([native.matmul(x[m:m + 1], weight, int8_activations=True) for m in range(21)])
+    assert torch.equal(together, alone)
+    for m in (3, 8, 9):
+        assert torch.equal(native.matmul(x[:m], weight, int8_activations=True), alone[:m])
+    if isa != "portable":
+        assert native.set_isa("avx2")
+        assert torch.equal(native.matmul(x, weight, int8_activations=True), together)
+
+
+@needs_native
 @pytest.mark.parametrize("name", ["Q8_0", "Q6_K"])
 def test_float_path_where_int8_does_not_apply(name: str) -> None:
-    """More than two rows, and rows holding a NaN or an infinity, take the float32 products exactly."""
+    """Rows holding a NaN or an infinity take the float32 products exactly, the other rows of the same call
+    their 8-bit products; so do more rows than the 8-bit kernels take (a long prompt) all of them."""
     rng = np.random.default_rng(6)
     cols = widths(name)[0]
     weight = packed(name, 19, cols, rng, "moderate")
     x = torch.randn(5, cols, generator=torch.Generator().manual_seed(7))
-    assert torch.equal(native.matmul(x, weight, int8_activations=True), native.matmul(x, weight))
+    alone = torch.cat([native.matmul(x[m:m + 1], weight, int8_activations=True) for m in range(5)])
     for bad in (float("nan"), float("inf")):
-        x1 = x[:1].clone()
-        x1[0, 3] = bad
+        x1 = x.clone()
+        x1[2, 3] = bad
         y = native.matmul(x1, weight, int8_activations=True)
-        assert torch.equal(y.isnan(), native.matmul(x1, weight).isnan())
-        assert not torch.isfinite(y).all()
+        assert torch.equal(y[2].isnan(), native.matmul(x1[2:3], weight)[0].isnan())
+        assert not torch.isfinite(y[2]).all()
+        assert torch.equal(y[[0, 1, 3, 4]], alone[[0, 1, 3, 4]])
+    many = torch.randn(MULTI_ROWS + 1, cols, generator=torch.Generator().manual_seed(8))
+    assert torch.equal(native.matmul(many, weight, int8_activations=True), native.matmul(many, weight))
 
 
 @needs_native
@@ -121,7 +146,7 @@ def test_a_model_with_int8_activations(tiny_model, family: str, outtype: str) ->
     hundredths of the largest logit at most); the option can be turned off again, back to the exact path."""
     reference, path = tiny_model(family, outtype)
     exact, fast = tfb.load(path), tfb.load(path, int8_activations=True)
-    for batch in (1, 2):  # one and two rows: the matrix-vector products
+    for batch in (1, 2, 5):  # one, two and five rows: the single- and multi-row products
         ids = ids_for(exact.config.vocab_size, batch, 1)
         with torch.no_grad():
             want, got, plain = reference(ids).logits, fast(ids), exact(ids)

@@ -46,10 +46,17 @@ typedef struct {
 typedef void (*rows_int8_fn)(const uint8_t *w, int64_t stride, int64_t nrows, int64_t nblocks, const int8_row *a,
                              float *y);
 
+/* Several activation rows at once: y[m][r] = row r . a[m] for m < M, each weight block decoded once for all M
+ * rows. Each row's result is bit for bit what `rows` gives it alone (the same per-row arithmetic; only the
+ * loop over rows is inside). */
+typedef void (*rows_int8_multi_fn)(const uint8_t *w, int64_t stride, int64_t nrows, int64_t nblocks,
+                                   const int8_row *a, int64_t M, float *const *y);
+
 typedef struct {
     int type;
     int block;  /* activation values per scale: the weight format's block size */
     rows_int8_fn rows;
+    rows_int8_multi_fn multi; /* optional (NULL: more than INT8_ROWS activation rows take the float32 path) */
 } int8_kernels;
 
 /* The name int8.c exports its table under in the pass that builds the kernels of `isa` */

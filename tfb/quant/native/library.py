@@ -1,14 +1,13 @@
 """Build, cache and load the native kernels: C sources shipped with the package, compiled on first use.
 
 The library is built with the system C compiler ($CC, else `cc`) in a few seconds: kernels.c and int8.c once per
-instruction set (AVX-512, AVX2, portable C), each pass with only its own -m flags, and runtime.c, which
-picks the best set the CPU supports at run time (no -march=native, so a cached build also runs on other
-machines of the same architecture). The IQ codebooks reach the C code as a header
-generated into the build directory from tfb/quant/grids.py (tables.py). Builds are cached under
-$TFB_CACHE/native (default ~/.cache/tfb/native), keyed by a hash of the sources (the generated header
-included), the flags and the compiler's identity; a build
-goes to a temporary name and is renamed into place, so processes that build at the same time do not
-see each other's half-written files.
+instruction set (AVX-512 with VNNI, AVX-512, AVX2, portable C), each pass with only its own -m flags, and
+runtime.c, which picks the best set the CPU supports at run time, or the one named by $TFB_ISA (no
+-march=native, so a cached build also runs on other machines of the same architecture). The IQ codebooks
+reach the C code as a header generated into the build directory from tfb/quant/grids.py (tables.py).
+Builds are cached under $TFB_CACHE/native (default ~/.cache/tfb/native), keyed by a hash of the sources (the
+generated header included), the flags and the compiler's identity; a build goes to a temporary name and is
+renamed into place, so processes that build at the same time do not see each other's half-written files.
 
 When anything fails (no compiler, a compile error, a library that does not load) `load()` returns None
 and callers keep the torch path; TFB_NATIVE=0 asks for that explicitly.
@@ -35,6 +34,7 @@ SOURCES = ("formats.h", "simd.h", "unpack.h", "kernels.c", "int8.c", "runtime.c"
 PER_ISA_SOURCES = ("kernels.c", "int8.c")  # compiled once per instruction set
 COMMON_FLAGS = ["-O3", "-std=gnu11", "-fPIC", "-pthread", "-fvisibility=hidden", "-ffp-contract=off"]
 X86_ISAS = {
+    "avx512vnni": ["-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512vnni", "-mavx2", "-mfma", "-mf16c"],
     "avx512": ["-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx2", "-mfma", "-mf16c"],
     "avx2": ["-mavx2", "-mfma", "-mf16c"],
 }

@@ -81,7 +81,8 @@ def uses_openmp() -> bool:
 
 
 def set_isa(name: str = "") -> bool:
-    """Use the kernels of one instruction set ("avx512", "avx2", "portable"; "" for the best); for tests."""
+    """Use the kernels of one instruction set ("avx512vnni", "avx512", "avx2", "portable"; "" for the best);
+    for tests and comparisons. The first choice is $TFB_ISA where it names a set the CPU runs, else the best."""
     lib = library()
     return lib is not None and lib.tfb_set_isa(name.encode()) == 0
 
