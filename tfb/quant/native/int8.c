@@ -111,50 +111,125 @@ static ALWAYS_INLINE block32 decode32(int type, const uint8_t *blk) {
     return v;
 }
 
-/* acc + (d * d_a) * (the block's dot product with activation block b, eight int32 lanes) */
+/* acc + (d * d_a) * (the block's dot product with activation block b, eight int32 lanes); Q4_1 / Q5_1 also
+ * add m * d_a * sum(a), lane by lane: m * (d_a * the sum of the lane's four activations) (int8_row.dsum4) */
 static ALWAYS_INLINE __m256 dot32(int type, block32 v, __m256 acc, const int8_row *a, int64_t b) {
     __m256i av = load32(a->q + 32 * b);
     if (signed32(type)) av = _mm256_sign_epi8(av, v.sign);
     __m256 scale = _mm256_mul_ps(_mm256_set1_ps(v.d), _mm256_broadcast_ss(a->d + b));
-    return _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot_bytes(_mm256_setzero_si256(), v.u, av)), scale, acc);
+    acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot_bytes(_mm256_setzero_si256(), v.u, av)), scale, acc);
+    return offset32(type) ? _mm256_fmadd_ps(_mm256_set1_ps(v.m), _mm256_loadu_ps(a->dsum4 + 8 * b), acc) : acc;
 }
 
-/* Q4_1 / Q5_1's offsets: a block adds m * d_a * sum(a), the activations' sum from their runs of 16 (as
- * llama.cpp's Q8_1 blocks carry it), summed apart from the dot products in float32, block by block */
-static ALWAYS_INLINE float offset_term(block32 v, const int8_row *a, int64_t b) {
-    return v.m * a->d[b] * (float)(a->sums[2 * b] + a->sums[2 * b + 1]);
+
+#if defined(__AVX512VNNI__)
+/* With VNNI, two blocks at a time in 512-bit registers: the lower half is block b (acc0's lanes below), the
+ * upper half block b + 1 (acc1's), so each lane sees the very operations of the form below. The signed
+ * formats take the activations unsigned instead, q + 128 (int8_row.qu), against the signed weights w: per
+ * lane sum (q + 128) w - 128 sum w = sum q w, the weights' part worked out once for all rows; each row then
+ * costs one vpdpbusd, one conversion and two float32 operations per 64 weights. */
+static ALWAYS_INLINE __m512i pair512(__m256i low, __m256i high) {
+    return _mm512_inserti64x4(_mm512_castsi256_si512(low), high, 1);
 }
+static ALWAYS_INLINE __m512 pair512_ps(__m256 low, __m256 high) {
+    return _mm512_castpd_ps(_mm512_insertf64x4(_mm512_castpd256_pd512(_mm256_castps_pd(low)), _mm256_castps_pd(high), 1));
+}
+
+/* the weights' values: signed formats their signed values, else the unsigned ones */
+static ALWAYS_INLINE __m256i values32(int type, block32 v) { return signed32(type) ? v.sign : v.u; }
+
+/* acc (lanes of one block) + scale * (its dot product with activation block b): the tail of an odd row */
+static ALWAYS_INLINE __m256 dot32_vnni(int type, __m256i values, __m256i start, __m256 d, __m256 offset,
+                                       __m256 acc, const int8_row *a, int64_t b) {
+    __m256i sums = signed32(type) ? _mm256_dpbusd_epi32(start, load32(a->qu + 32 * b), values)
+                                  : _mm256_dpbusd_epi32(start, values, load32(a->q + 32 * b));
+    acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(sums), _mm256_mul_ps(d, _mm256_loadu_ps(a->d8 + 8 * b)), acc);
+    return offset32(type) ? _mm256_fmadd_ps(offset, _mm256_loadu_ps(a->dsum4 + 8 * b), acc) : acc;
+}
+
+/* -128 sum w over each lane's four weights: where the signed formats' products start */
+static ALWAYS_INLINE __m256i start32(int type, __m256i values) {
+    if (!signed32(type)) return _mm256_setzero_si256();
+    __m256i bias = _mm256_dpbusd_epi32(_mm256_setzero_si256(), _mm256_set1_epi8((char)0x80), values);
+    return _mm256_sub_epi32(_mm256_setzero_si256(), bias);
+}
+
+static ALWAYS_INLINE void multi32_zmm(int type, int size, const uint8_t *w, int64_t stride, int64_t nrows,
+                                      int64_t nb, const int8_row *a, int M, float *const *y) {
+    for (int64_t r = 0; r < nrows; r++) {
+        const uint8_t *row = w + r * stride;
+        __m512 acc[MULTI_GROUP];
+        UNROLL for (int m = 0; m < M; m++) acc[m] = _mm512_setzero_ps();
+        int64_t b = 0;
+        for (; b + 1 < nb; b += 2) {
+            block32 v0 = decode32(type, row + size * b), v1 = decode32(type, row + size * (b + 1));
+            __m256i w0 = values32(type, v0), w1 = values32(type, v1);
+            __m512i values = pair512(w0, w1), start = pair512(start32(type, w0), start32(type, w1));
+            __m512 d = pair512_ps(_mm256_set1_ps(v0.d), _mm256_set1_ps(v1.d));
+            __m512 offset = pair512_ps(_mm256_set1_ps(v0.m), _mm256_set1_ps(v1.m));
+            UNROLL for (int m = 0; m < M; m++) {
+                __m512i sums = signed32(type)
+                                   ? _mm512_dpbusd_epi32(start, _mm512_loadu_si512(a[m].qu + 32 * b), values)
+                                   : _mm512_dpbusd_epi32(start, values, _mm512_loadu_si512(a[m].q + 32 * b));
+                __m512 scale = _mm512_mul_ps(d, _mm512_loadu_ps(a[m].d8 + 8 * b));
+                acc[m] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(sums), scale, acc[m]);
+                if (offset32(type)) acc[m] = _mm512_fmadd_ps(offset, _mm512_loadu_ps(a[m].dsum4 + 8 * b), acc[m]);
+            }
+        }
+        if (b < nb) {
+            block32 v0 = decode32(type, row + size * b);
+            __m256i w0 = values32(type, v0), start = start32(type, w0);
+            __m256 d = _mm256_set1_ps(v0.d), offset = _mm256_set1_ps(v0.m);
+            UNROLL for (int m = 0; m < M; m++) {
+                __m256 low = dot32_vnni(type, w0, start, d, offset, _mm512_castps512_ps256(acc[m]), a + m, b);
+                acc[m] = _mm512_mask_mov_ps(acc[m], 0x00FF, _mm512_castps256_ps512(low));
+            }
+        }
+        UNROLL for (int m = 0; m < M; m++) {
+            __m256 acc0 = _mm512_castps512_ps256(acc[m]);
+            __m256 acc1 = _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(acc[m]), 1));
+            y[m][r] = acc_sum(acc0, acc1);
+        }
+    }
+}
+#endif
 
 /* Each row: two accumulators over alternate blocks (even blocks in acc0), then their sum. */
-static ALWAYS_INLINE void multi32(int type, int size, const uint8_t *w, int64_t stride, int64_t nrows, int64_t nb,
+static ALWAYS_INLINE void multi32_ymm(int type, int size, const uint8_t *w, int64_t stride, int64_t nrows, int64_t nb,
                                   const int8_row *a, int M, float *const *y) {
     for (int64_t r = 0; r < nrows; r++) {
         const uint8_t *row = w + r * stride;
         __m256 acc0[MULTI_GROUP], acc1[MULTI_GROUP];
-        float offsets[MULTI_GROUP];
-        UNROLL for (int m = 0; m < M; m++) acc0[m] = acc1[m] = _mm256_setzero_ps(), offsets[m] = 0.0f;
+        UNROLL for (int m = 0; m < M; m++) acc0[m] = acc1[m] = _mm256_setzero_ps();
         int64_t b = 0;
         for (; b + 1 < nb; b += 2) {
             block32 v0 = decode32(type, row + size * b), v1 = decode32(type, row + size * (b + 1));
             UNROLL for (int m = 0; m < M; m++) {
                 acc0[m] = dot32(type, v0, acc0[m], a + m, b);
                 acc1[m] = dot32(type, v1, acc1[m], a + m, b + 1);
-                if (offset32(type)) {
-                    offsets[m] += offset_term(v0, a + m, b);
-                    offsets[m] += offset_term(v1, a + m, b + 1);
-                }
             }
         }
         if (b < nb) {
             block32 v0 = decode32(type, row + size * b);
-            UNROLL for (int m = 0; m < M; m++) {
-                acc0[m] = dot32(type, v0, acc0[m], a + m, b);
-                if (offset32(type)) offsets[m] += offset_term(v0, a + m, b);
-            }
+            UNROLL for (int m = 0; m < M; m++) acc0[m] = dot32(type, v0, acc0[m], a + m, b);
         }
-        UNROLL for (int m = 0; m < M; m++) y[m][r] = offset32(type) ? acc_sum(acc0[m], acc1[m]) + offsets[m]
-                                                                     : acc_sum(acc0[m], acc1[m]);
+        UNROLL for (int m = 0; m < M; m++) y[m][r] = acc_sum(acc0[m], acc1[m]);
     }
+}
+
+
+/* The VNNI form pays for the weights' part of the sums and for pairing blocks, once per block pair: from
+ * ZMM_ROWS activation rows on that is less than what it saves (measured, tools/bench_matmul.py --sweep) */
+#define ZMM_ROWS 4
+static ALWAYS_INLINE void multi32(int type, int size, const uint8_t *w, int64_t stride, int64_t nrows, int64_t nb,
+                                  const int8_row *a, int M, float *const *y) {
+#if defined(__AVX512VNNI__)
+    if (M >= ZMM_ROWS) {
+        multi32_zmm(type, size, w, stride, nrows, nb, a, M, y);
+        return;
+    }
+#endif
+    multi32_ymm(type, size, w, stride, nrows, nb, a, M, y);
 }
 
 /* ------------------------------------------------------------------------------------ k-quants */
@@ -558,14 +633,27 @@ DEFINE_INT8_KERNELS(q6_k)
 
 #endif
 
+/* Up to how many activation rows each multi-row kernel beats the float32 dequantize-and-tile products, and so
+ * takes them (runtime.c): measured on one thread, [3072 x 1024] weights, by CPU time (tools/bench_matmul.py
+ * --sweep TYPE --int8 --cpu-time; docs/benchmarks.md). The k-quants' scales come once per 256 weights, and
+ * their 8-bit products stay ahead to long prompts with VNNI; the 32-weight formats pay a float32 scale, and
+ * conversion, per 32 weights and row, as much float work as the float32 products do past a few rows. */
+#if defined(__AVX512VNNI__)
+enum { MULTI_Q8_0 = 8, MULTI_Q4_0 = 8, MULTI_Q4_1 = 4, MULTI_Q5_0 = 8, MULTI_Q5_1 = 8, MULTI_K = 2048 };
+#elif defined(__AVX2__)
+enum { MULTI_Q8_0 = 2, MULTI_Q4_0 = 2, MULTI_Q4_1 = 2, MULTI_Q5_0 = 4, MULTI_Q5_1 = 2, MULTI_K = 16 };
+#else /* one row at a time: as the single-row products, up to two rows */
+enum { MULTI_Q8_0 = 2, MULTI_Q4_0 = 2, MULTI_Q4_1 = 2, MULTI_Q5_0 = 2, MULTI_Q5_1 = 2, MULTI_K = 2 };
+#endif
+
 const int8_kernels INT8_TABLE(TFB_ISA_SYMBOL)[] = {
-    {TYPE_Q8_0, 32, rows_q8_0, multi_q8_0},
-    {TYPE_Q4_0, 32, rows_q4_0, multi_q4_0},
-    {TYPE_Q4_1, 32, rows_q4_1, multi_q4_1},
-    {TYPE_Q5_0, 32, rows_q5_0, multi_q5_0},
-    {TYPE_Q5_1, 32, rows_q5_1, multi_q5_1},
-    {TYPE_Q4_K, 256, rows_q4_k, multi_q4_k},
-    {TYPE_Q5_K, 256, rows_q5_k, multi_q5_k},
-    {TYPE_Q6_K, 256, rows_q6_k, multi_q6_k},
-    {0, 0, 0, 0},
+    {TYPE_Q8_0, 32, rows_q8_0, multi_q8_0, MULTI_Q8_0},
+    {TYPE_Q4_0, 32, rows_q4_0, multi_q4_0, MULTI_Q4_0},
+    {TYPE_Q4_1, 32, rows_q4_1, multi_q4_1, MULTI_Q4_1},
+    {TYPE_Q5_0, 32, rows_q5_0, multi_q5_0, MULTI_Q5_0},
+    {TYPE_Q5_1, 32, rows_q5_1, multi_q5_1, MULTI_Q5_1},
+    {TYPE_Q4_K, 256, rows_q4_k, multi_q4_k, MULTI_K},
+    {TYPE_Q5_K, 256, rows_q5_k, multi_q5_k, MULTI_K},
+    {TYPE_Q6_K, 256, rows_q6_k, multi_q6_k, MULTI_K},
+    {0, 0, 0, 0, 0},
 };

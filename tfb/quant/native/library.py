@@ -134,6 +134,7 @@ def _declare(lib: ctypes.CDLL) -> ctypes.CDLL:
         "tfb_rope": (ctypes.c_int, [ptr, i64, i64, i64, i64, ptr, ptr, ctypes.c_int, ptr]),
         "tfb_supports": (ctypes.c_int, [ctypes.c_int]),
         "tfb_supports_int8": (ctypes.c_int, [ctypes.c_int]),
+        "tfb_int8_rows": (ctypes.c_int, [ctypes.c_int]),
         "tfb_set_isa": (ctypes.c_int, [ctypes.c_char_p]),
         "tfb_isa": (ctypes.c_char_p, []),
         "tfb_set_threads": (ctypes.c_int, [ctypes.c_int]),

@@ -181,6 +181,13 @@ def supports_int8(ggml_type: GGMLType) -> bool:
     return lib is not None and bool(lib.tfb_supports_int8(ggml_type.id))
 
 
+def int8_rows(ggml_type: GGMLType) -> int:
+    """Up to how many activation rows a product rounds them to 8 bits (int8_activations=True) for this type,
+    with the kernels in use (0: never); more rows take the float32 products."""
+    lib = library()
+    return 0 if lib is None else int(lib.tfb_int8_rows(ggml_type.id))
+
+
 def dequantize_into(weight: PackedTensor, out: torch.Tensor) -> bool:
     """Expand `weight` into the contiguous float32 `out` (bit-exact); False if not native."""
     if not supports(weight.ggml_type):

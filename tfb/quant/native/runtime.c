@@ -109,6 +109,10 @@ static const int8_kernels *int8_format(int type) {
 /* Whether `type` has products with 8-bit activations (tfb_matmul_int8). */
 EXPORT int tfb_supports_int8(int type) { return int8_format(type) != NULL; }
 
+/* Up to how many activation rows tfb_matmul_int8 rounds them to 8 bits for `type` (0: never); more take the
+ * float32 products. Defined below, with the row counts. */
+EXPORT int tfb_int8_rows(int type);
+
 /* ----------------------------------------------------------------------------------- thread pool */
 
 /* A job is `parts` chunks (contiguous ranges of rows or blocks), claimed one at a time by whichever
@@ -475,6 +479,32 @@ static int quantize_activations(const float *x, int64_t K, int block, int8_t *q,
     return 1;
 }
 
+/* Bytes of memory quantize_row needs for a row of K values rounded in blocks of `block` */
+static size_t int8_row_bytes(int64_t K, int block) {
+    size_t extra = block == 32 ? (size_t)K + (size_t)K / 2 * sizeof(float) : 0; /* qu, d8, dsum4 */
+    return (size_t)K + (size_t)(K / block) * sizeof(float) + (size_t)(K / 16) * sizeof(int16_t) + extra;
+}
+
+/* x[K] rounded into `memory` (int8_row_bytes of it, 4-byte aligned) and described by *row; 0 where x holds a
+ * NaN or an infinity (quantize_activations) */
+static int quantize_row(const float *x, int64_t K, int block, char *memory, int8_row *row) {
+    float *d8 = block == 32 ? (float *)memory : NULL, *dsum4 = block == 32 ? d8 + K / 4 : NULL;
+    float *d = block == 32 ? dsum4 + K / 4 : (float *)memory;
+    int16_t *sums = (int16_t *)(d + K / block);
+    int8_t *q = (int8_t *)(sums + K / 16);
+    uint8_t *qu = block == 32 ? (uint8_t *)(q + K) : NULL;
+    if (!quantize_activations(x, K, block, q, d, sums)) return 0;
+    if (block == 32) {
+        for (int64_t i = 0; i < K; i++) qu[i] = (uint8_t)(q[i] + 128);
+        for (int64_t i = 0; i < K / 4; i++) {
+            d8[i] = d[i / 8];
+            dsum4[i] = d[i / 8] * (float)(q[4 * i] + q[4 * i + 1] + q[4 * i + 2] + q[4 * i + 3]);
+        }
+    }
+    *row = (int8_row){q, d, sums, qu, d8, dsum4};
+    return 1;
+}
+
 typedef struct {
     const int8_kernels *f;
     const uint8_t *w;
@@ -511,24 +541,27 @@ static void int8_part(void *arg, int part, int parts) {
     }
 }
 
-/* Up to INT8_ROWS activation rows take one fused product each (formats without a multi-row kernel), up to
- * INT8_MULTI_ROWS the multi-row kernels (each weight block decoded once for 8 rows): measured against the
- * float32 dequantize-and-tile path (tools/bench_matmul.py --sweep, docs/benchmarks.md). */
+/* Formats without a multi-row kernel take up to INT8_ROWS activation rows as one fused product each, as
+ * measured before multi-row kernels existed; those with one, up to its multi_rows (int8.c). */
 #define INT8_ROWS 2
-#define INT8_MULTI_ROWS 2048
+
+EXPORT int tfb_int8_rows(int type) {
+    const int8_kernels *f = int8_format(type);
+    return !f ? 0 : f->multi ? f->multi_rows : INT8_ROWS;
+}
 
 /* tfb_matmul with each activation row rounded to 8 bits first (quantize_activations) where the format has
- * such products (tfb_supports_int8) and there are at most INT8_ROWS rows (INT8_MULTI_ROWS for formats with
- * multi-row kernels); otherwise, and for rows with a NaN or an infinity, exactly tfb_matmul. A row's result
- * is the same whichever other rows come with it. */
+ * such products (tfb_supports_int8) and there are at most INT8_ROWS rows (the format's multi_rows where it has
+ * a multi-row kernel); otherwise, and for rows with a NaN or an infinity, exactly tfb_matmul. Up to those
+ * counts, a row's result is the same whichever other rows come with it. */
 EXPORT int tfb_matmul_int8(int type, const uint8_t *w, int64_t stride, int64_t N, int64_t K, const float *x,
                            int64_t M, float *y) {
     const int8_kernels *f = int8_format(type);
     const format_kernels *ff = format(type);
-    if (!f || !ff || M > (f->multi ? INT8_MULTI_ROWS : INT8_ROWS)) return tfb_matmul(type, w, stride, N, K, x, M, y);
+    if (!f || !ff || M > tfb_int8_rows(type)) return tfb_matmul(type, w, stride, N, K, x, M, y);
     if (K <= 0 || K % f->block || N < 0 || M < 0 || stride < K / ff->block_size * ff->type_size) return ERR_SHAPE;
-    /* per activation row: its int8_row, its result row, and the rounded values, scales and sums of 16 */
-    size_t row8 = (size_t)K + (size_t)(K / f->block) * sizeof(float) + (size_t)(K / 16) * sizeof(int16_t);
+    /* per activation row: its int8_row, its result row, and its rounded form (quantize_row) */
+    size_t row8 = int8_row_bytes(K, f->block);
     size_t bytes = (size_t)M * (sizeof(int8_row) + sizeof(float *) + row8);
     char local[16384] __attribute__((aligned(16))), *buffer = bytes <= sizeof local ? local : malloc(bytes);
     if (!buffer) return ERR_MEMORY;
@@ -538,11 +571,7 @@ EXPORT int tfb_matmul_int8(int type, const uint8_t *w, int64_t stride, int64_t N
     int64_t good = 0;
     int status = OK;
     for (int64_t m = 0; m < M && status == OK; m++) {
-        float *d = (float *)(rounded + (size_t)m * row8);
-        int16_t *sums = (int16_t *)(d + K / f->block);
-        int8_t *q = (int8_t *)(sums + K / 16);
-        if (quantize_activations(x + m * K, K, f->block, q, d, sums)) {
-            a[good] = (int8_row){q, d, sums};
+        if (quantize_row(x + m * K, K, f->block, rounded + (size_t)m * row8, a + good)) {
             out[good++] = y + m * N;
         } else {
             status = tfb_matmul(type, w, stride, N, K, x + m * K, 1, y + m * N);
@@ -606,7 +635,7 @@ EXPORT int tfb_matmul_experts(int type, const uint8_t *w, int64_t experts, int64
     const int8_kernels *f8 = int8 ? int8_format(type) : NULL; /* its block is the format's: K is a multiple */
     int64_t rows = P / share, groups = f->sum_group ? K / f->sum_group : 0;
     /* per activation row: its sums, and with 8 bits its rounded values, scales and sums of 16 */
-    size_t row8 = f8 ? (size_t)K + (size_t)(K / f8->block) * sizeof(float) + (size_t)(K / 16) * sizeof(int16_t) : 0;
+    size_t row8 = f8 ? int8_row_bytes(K, f8->block) : 0;
     size_t bytes = (size_t)rows * ((size_t)groups * sizeof(float) + (f8 ? sizeof(int8_row) + row8 : 0));
     char local[32768] __attribute__((aligned(16))), *buffer = bytes <= sizeof local ? local : malloc(bytes);
     if (!buffer) return ERR_MEMORY;
@@ -621,11 +650,7 @@ EXPORT int tfb_matmul_experts(int type, const uint8_t *w, int64_t experts, int64
             sums[m * groups + g] = s;
         }
         if (!a) continue;
-        float *d = (float *)(rounded + (size_t)m * row8);
-        int16_t *sums16 = (int16_t *)(d + K / f8->block);
-        int8_t *q = (int8_t *)(sums16 + K / 16);
-        a[m].q = quantize_activations(xm, K, f8->block, q, d, sums16) ? q : NULL;
-        a[m].d = d, a[m].sums = sums16;
+        if (!quantize_row(xm, K, f8->block, rounded + (size_t)m * row8, a + m)) a[m].q = NULL;
     }
     experts_job job = {f, f8, w, expert_stride, stride, N, K, K / f->block_size, P, share, groups, ids, x, sums, a, y};
     run(experts_part, &job, P * N * stride);
