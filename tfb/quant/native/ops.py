@@ -11,6 +11,11 @@ dot products. That beat two fused products for two rows and torch's GEMM on weig
 beyond NATIVE_MAX_ROWS rows tfb.nn.linear hands the product to torch all the same. The formats with a
 native dequantizer but no fused product (the codebook and ternary ones, NVFP4, Q1_0, Q2_0) take the
 dequantize-and-tile kernel for one row too.
+
+With 8-bit activations (`int8_activations`), up to `int8_rows(type)` activation rows take integer products
+that decode each weight block once for up to 8 rows (with AVX512_VNNI: vpdpbusd); how many rows that beats
+the float32 products for was measured per type and instruction set (all of a prompt for the k-quants with
+VNNI, up to 8 rows for the 32-weight formats). Each row's result is the same whatever rows come with it.
 """
 
 from __future__ import annotations
