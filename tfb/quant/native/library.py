@@ -38,6 +38,7 @@ X86_ISAS = {
     "avx512": ["-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx2", "-mfma", "-mf16c"],
     "avx2": ["-mavx2", "-mfma", "-mf16c"],
 }
+OPTIONAL_ISAS = ("avx512vnni",)  # passes whose -m flags an older compiler lacks: the library is built without them
 BUILD_SECONDS = 300  # generous: a loaded machine may be slow, but a hung compiler must not hang tfb
 
 _lock = threading.Lock()
@@ -85,6 +86,30 @@ def _run(command: list[str]) -> None:
         raise RuntimeError(f"{' '.join(command[:1] + command[-3:])} failed: {result.stderr.strip()[-2000:]}")
 
 
+def _attempt(command: list[str]) -> RuntimeError | None:
+    try:
+        _run(command)
+    except RuntimeError as error:
+        return error
+    return None
+
+
+def _compile(commands: list[list[str]], objects: list[Path]) -> list[Path]:
+    """Run the compile commands (one per object); the objects to link. An optional pass that fails is left
+    out (runtime.c then never picks it); any other failure raises."""
+    with ThreadPoolExecutor(len(commands)) as executor:
+        errors = list(executor.map(_attempt, commands))
+    dropped = set()
+    for obj, error in zip(objects, errors, strict=True):
+        if error is None:
+            continue
+        optional = [isa for isa in OPTIONAL_ISAS if obj.stem.endswith(f"_{isa}")]
+        if not optional:
+            raise error
+        dropped.update(optional)
+    return [obj for obj in objects if not any(obj.stem.endswith(f"_{isa}") for isa in dropped)]
+
+
 def _identity(cc: str) -> str:
     """What makes a build reusable: sources, flags, the compiler (path and version), the machine."""
     path = shutil.which(cc)
@@ -112,8 +137,7 @@ def build() -> Path:
         for name, text in generated_sources().items():
             (out_dir / name).write_text(text)
         commands, objects = compile_commands(cc, out_dir)
-        with ThreadPoolExecutor(len(commands)) as executor:
-            list(executor.map(_run, commands))
+        objects = _compile(commands, objects)
         linked = out_dir / target.name
         _run([cc, "-shared", "-pthread", *map(str, objects), "-lm", "-o", str(linked)])
         os.replace(linked, target)  # atomic: a concurrent build of the same sources wrote the same bytes
