@@ -55,7 +55,7 @@ def tiny_gguf(tmp_path_factory: pytest.TempPathFactory):
     return build
 
 
-@pytest.fixture(params=["avx512vnni", "avx512", "avx2", "portable"])
+@pytest.fixture(params=["avx512", "avx2", "portable"])
 def isa(request: pytest.FixtureRequest):
     """The native kernels of each instruction set the CPU runs, in turn (not only the one tfb would pick)."""
     import tfb.quant.native as native

@@ -18,6 +18,16 @@ INT8_TYPES = ["Q8_0", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q4_K", "Q5_K", "Q6_K"]
 MULTI_ROWS = 2048  # int8.c, the most activation rows any multi-row kernel takes; more take the float32 products
 
 
+@pytest.fixture(params=["avx512vnni", "avx512", "avx2", "portable"])
+def int8_isa(request: pytest.FixtureRequest):
+    """The kernels of each instruction set the CPU runs, in turn: conftest's `isa` and also the VNNI pass,
+    which differs from the avx512 pass only in the 8-bit kernels (so the other tests leave it out)."""
+    if not native.set_isa(request.param):
+        pytest.skip(f"this CPU does not run {request.param}")
+    yield request.param
+    native.set_isa("")
+
+
 def rounded(x: np.ndarray, block: int) -> tuple[np.ndarray, np.ndarray]:
     """Each row of x as 8-bit values q and per-block scales d (float32 arithmetic, as documented)."""
     blocks = x.astype(np.float32).reshape(x.shape[0], -1, block)
@@ -50,7 +60,7 @@ def test_int8_types() -> None:
 @needs_native
 @pytest.mark.parametrize(("name", "kind"), [(n, "moderate") for n in INT8_TYPES] + [("Q8_0", "quantized"),
                                                                                 ("Q4_0", "quantized")])
-def test_matches_the_rounded_activations(isa: str, name: str, kind: str) -> None:
+def test_matches_the_rounded_activations(int8_isa: str, name: str, kind: str) -> None:
     rng = np.random.default_rng(3)
     for cols in [*widths(name), 16384]:  # 16384: the rounded row no longer fits the kernel's stack buffer
         weight = packed(name, 37, cols, rng, kind)
@@ -86,7 +96,7 @@ def test_within_the_rounding_of_the_float_product(name: str) -> None:
 
 @needs_native
 @pytest.mark.parametrize("name", INT8_TYPES)
-def test_rows_together_equal_rows_alone(isa: str, name: str) -> None:
+def test_rows_together_equal_rows_alone(int8_isa: str, name: str) -> None:
     """Each activation row's result is bit for bit the one it gets alone, however many rows come with it
     (the multi-row kernels decode a weight block once for several rows); the x86 passes (VNNI's dot
     product instructions or not) give the same bits."""
@@ -102,7 +112,7 @@ def test_rows_together_equal_rows_alone(isa: str, name: str) -> None:
     for m in (3, 4, 5, 8, 9):
         if m < len(x):
             assert torch.equal(native.matmul(x[:m], weight, int8_activations=True), alone[:m])
-    if isa != "portable":
+    if int8_isa != "portable":
         assert native.set_isa("avx2")
         assert torch.equal(native.matmul(x[:2], weight, int8_activations=True), together[:2])
     if most < MULTI_ROWS:  # past the kernel's rows: the float32 products
