@@ -111,8 +111,8 @@ def _rows(weight: PackedTensor) -> torch.Tensor:
 class Prepared:
     """A packed weight ready for native products, its call arguments worked out once (a decode step
     makes hundreds of small products, so per-call Python work shows). int8_activations: round each
-    activation row to 8 bits for the matrix-vector products, as llama.cpp does, where the type has such
-    products (`supports_int8`)."""
+    activation row to 8 bits, as llama.cpp does, where the type has such products (`supports_int8`) and for
+    up to `int8_rows` rows."""
 
     __slots__ = ("_call", "_raw", "int8_activations", "name", "out_features")
 
@@ -181,7 +181,7 @@ def matmul(x: torch.Tensor, weight: PackedTensor, int8_activations: bool = False
 
 
 def supports_int8(ggml_type: GGMLType) -> bool:
-    """Whether `ggml_type` has matrix-vector products with 8-bit activations."""
+    """Whether `ggml_type` has products with 8-bit activations."""
     lib = library()
     return lib is not None and bool(lib.tfb_supports_int8(ggml_type.id))
 
