@@ -105,11 +105,12 @@ def test_rows_together_equal_rows_alone(int8_isa: str, name: str) -> None:
     weight = packed(name, 45, cols, rng, "moderate")  # 45: not a multiple of any tile or thread split
     most = native.int8_rows(weight.ggml_type)
     assert most >= 2
-    x = torch.randn(min(most, 21), cols, generator=torch.Generator().manual_seed(10))
+    # up to 70 rows: more than one call of a multi-row kernel (64 rows a call), tiles of weight rows
+    x = torch.randn(min(most, 70), cols, generator=torch.Generator().manual_seed(10))
     together = native.matmul(x, weight, int8_activations=True)
     alone = torch.cat([native.matmul(x[m:m + 1], weight, int8_activations=True) for m in range(len(x))])
     assert torch.equal(together, alone)
-    for m in (3, 4, 5, 8, 9):
+    for m in (3, 4, 5, 8, 9, 21):
         if m < len(x):
             assert torch.equal(native.matmul(x[:m], weight, int8_activations=True), alone[:m])
     if int8_isa != "portable":
