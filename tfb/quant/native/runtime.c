@@ -516,13 +516,9 @@ typedef struct {
     float *const *y;   /* ... and their M result rows */
 } int8_job;
 
-/* Weight rows a thread takes at a time: about INT8_STREAM_BYTES of them, the tile two ahead asked for into
- * L2 meanwhile (weights streamed from memory otherwise arrive only as the kernel stalls on them: measured, one
- * thread, Q4_0 [151936 x 1024]: 4 activation rows 45 -> 22 ms, one row 25 -> 13 ms; 16 KiB tiles did worse
- * on weights in cache); INT8_TILE_BYTES when more activation
- * rows than one pass of a multi-row kernel keeps in registers (8) meet them: the kernel goes over the tile
- * once per 8 rows, so it stays in L1 / L2. */
-#define INT8_STREAM_BYTES (4 * 1024)
+/* Weight rows a thread takes at a time when more activation rows than one pass of a multi-row kernel keeps
+ * in registers (8) meet them: the kernel goes over the tile once per 8 rows, so it stays in L1 / L2. (The
+ * kernels prefetch the weights ahead themselves: int8.c, prefetch_ahead.) */
 #define INT8_TILE_BYTES (32 * 1024)
 #define INT8_PASS 64 /* activation rows handed to a multi-row kernel per call */
 
@@ -536,16 +532,11 @@ static void int8_part(void *arg, int part, int parts) {
             j->f->rows(j->w + begin * j->stride, j->stride, end - begin, j->nb, j->a + m, j->y[m] + begin);
         return;
     }
-    int64_t tile = (j->M <= 8 ? INT8_STREAM_BYTES : INT8_TILE_BYTES) / j->stride;
+    int64_t tile = j->M <= 8 ? end - begin : INT8_TILE_BYTES / j->stride;
     tile = tile < 1 ? 1 : tile;
     float *out[INT8_PASS];
     for (int64_t n = begin; n < end; n += tile) {
-        int64_t rows = end - n < tile ? end - n : tile, ahead = n + 2 * tile;
-        if (ahead < end) {
-            const uint8_t *from = j->w + ahead * j->stride;
-            int64_t bytes = (end - ahead < tile ? end - ahead : tile) * j->stride;
-            for (int64_t byte = 0; byte < bytes; byte += 64) __builtin_prefetch(from + byte, 0, 1);
-        }
+        int64_t rows = end - n < tile ? end - n : tile;
         for (int64_t m = 0; m < j->M; m += INT8_PASS) {
             int64_t count = j->M - m < INT8_PASS ? j->M - m : INT8_PASS;
             for (int64_t i = 0; i < count; i++) out[i] = j->y[m + i] + n;
