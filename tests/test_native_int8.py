@@ -19,6 +19,17 @@ INT8_TYPES = ["Q8_0", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q4_K", "Q5_K", "Q6_K", "Q
               "Q2_0", "NVFP4"]
 # the weight formats llama.cpp multiplies with 32-value activation blocks (q8_0, q8_1); the others take 256 (q8_K)
 BLOCK_32 = {"Q8_0", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "IQ4_NL", "MXFP4", "Q1_0", "Q2_0", "NVFP4"}
+MULTI_ROWS = 2048  # int8.c, the most activation rows any multi-row kernel takes; more take the float32 products
+
+
+@pytest.fixture(params=["avx512vnni", "avx512", "avx2", "portable"])
+def int8_isa(request: pytest.FixtureRequest):
+    """The kernels of each instruction set the CPU runs, in turn: conftest's `isa` and also the VNNI pass,
+    which differs from the avx512 pass only in the 8-bit kernels (so the other tests leave it out)."""
+    if not native.set_isa(request.param):
+        pytest.skip(f"this CPU does not run {request.param}")
+    yield request.param
+    native.set_isa("")
 
 
 def rounded(x: np.ndarray, block: int) -> tuple[np.ndarray, np.ndarray]:
@@ -53,12 +64,12 @@ def test_int8_types() -> None:
 @needs_native
 @pytest.mark.parametrize(("name", "kind"), [(n, "moderate") for n in INT8_TYPES]
                          + [(n, "quantized") for n in ("Q8_0", "Q4_0", "MXFP4", "TQ1_0", "TQ2_0")])
-def test_matches_the_rounded_activations(isa: str, name: str, kind: str) -> None:
+def test_matches_the_rounded_activations(int8_isa: str, name: str, kind: str) -> None:
     rng = np.random.default_rng(3)
     for cols in [*widths(name), 16384]:  # 16384: the rounded row no longer fits the kernel's stack buffer
         weight = packed(name, 37, cols, rng, kind)
         values = torch_values(weight)
-        for rows in (1, 2):
+        for rows in (1, 2, min(11, native.int8_rows(weight.ggml_type))):  # the multi-row kernels: 8 a pass
             x = torch.randn(rows, cols, generator=torch.Generator().manual_seed(rows)) * 3
             x[0, :40] *= 50  # an outlier run: blocks differ in scale
             y = native.matmul(x, weight, int8_activations=True)
@@ -88,20 +99,51 @@ def test_within_the_rounding_of_the_float_product(name: str) -> None:
 
 
 @needs_native
+@pytest.mark.parametrize("name", INT8_TYPES)
+def test_rows_together_equal_rows_alone(int8_isa: str, name: str) -> None:
+    """Each activation row's result is bit for bit the one it gets alone, however many rows come with it
+    (the multi-row kernels decode a weight block once for several rows); the x86 passes (VNNI's dot
+    product instructions or not) give the same bits."""
+    rng = np.random.default_rng(9)
+    cols = widths(name)[1]
+    weight = packed(name, 45, cols, rng, "moderate")  # 45: not a multiple of any tile or thread split
+    most = native.int8_rows(weight.ggml_type)
+    assert most >= 2
+    # up to 70 rows: more than one call of a multi-row kernel (64 rows a call), tiles of weight rows
+    x = torch.randn(min(most, 70), cols, generator=torch.Generator().manual_seed(10))
+    together = native.matmul(x, weight, int8_activations=True)
+    alone = torch.cat([native.matmul(x[m:m + 1], weight, int8_activations=True) for m in range(len(x))])
+    assert torch.equal(together, alone)
+    for m in (3, 4, 5, 8, 9, 21):
+        if m < len(x):
+            assert torch.equal(native.matmul(x[:m], weight, int8_activations=True), alone[:m])
+    if int8_isa != "portable":
+        assert native.set_isa("avx2")
+        assert torch.equal(native.matmul(x[:2], weight, int8_activations=True), together[:2])
+    if most < MULTI_ROWS:  # past the kernel's rows: the float32 products
+        more = torch.randn(most + 1, cols, generator=torch.Generator().manual_seed(11))
+        assert torch.equal(native.matmul(more, weight, int8_activations=True), native.matmul(more, weight))
+
+
+@needs_native
 @pytest.mark.parametrize("name", ["Q8_0", "Q6_K"])
 def test_float_path_where_int8_does_not_apply(name: str) -> None:
-    """More than two rows, and rows holding a NaN or an infinity, take the float32 products exactly."""
+    """Rows holding a NaN or an infinity take the float32 products exactly, the other rows of the same call
+    their 8-bit products; so do more rows than the 8-bit kernels take (a long prompt) all of them."""
     rng = np.random.default_rng(6)
     cols = widths(name)[0]
     weight = packed(name, 19, cols, rng, "moderate")
     x = torch.randn(5, cols, generator=torch.Generator().manual_seed(7))
-    assert torch.equal(native.matmul(x, weight, int8_activations=True), native.matmul(x, weight))
+    alone = torch.cat([native.matmul(x[m:m + 1], weight, int8_activations=True) for m in range(5)])
     for bad in (float("nan"), float("inf")):
-        x1 = x[:1].clone()
-        x1[0, 3] = bad
+        x1 = x.clone()
+        x1[2, 3] = bad
         y = native.matmul(x1, weight, int8_activations=True)
-        assert torch.equal(y.isnan(), native.matmul(x1, weight).isnan())
-        assert not torch.isfinite(y).all()
+        assert torch.equal(y[2].isnan(), native.matmul(x1[2:3], weight)[0].isnan())
+        assert not torch.isfinite(y[2]).all()
+        assert torch.equal(y[[0, 1, 3, 4]], alone[[0, 1, 3, 4]])
+    many = torch.randn(MULTI_ROWS + 1, cols, generator=torch.Generator().manual_seed(8))
+    assert torch.equal(native.matmul(many, weight, int8_activations=True), native.matmul(many, weight))
 
 
 @needs_native
@@ -128,14 +170,46 @@ def test_a_model_with_int8_activations(tiny_model, family: str, outtype: str) ->
     back to the exact path."""
     reference, path = tiny_model(family, outtype)
     exact, fast = tfb.load(path), tfb.load(path, int8_activations=True)
-    for batch in (1, 2):  # one and two rows: the matrix-vector products
+    for batch in (1, 2, 5):  # one, two and five rows: the single- and multi-row products
         ids = ids_for(exact.config.vocab_size, batch, 1)
         with torch.no_grad():
             want, got, plain = reference(ids).logits, fast(ids), exact(ids)
         assert_logits_match(plain, want)
         scale = want.abs().max().item()
         assert (got - want).abs().max().item() <= (3e-2 if activation_block(outtype.upper()) == 32 else 5e-2) * scale
-        assert not torch.equal(got, plain)
+        if batch <= 2:  # more rows may take the float32 products (native.int8_rows)
+            assert not torch.equal(got, plain)
     fast.use_int8_activations(False)
     with torch.no_grad():
         assert torch.equal(fast(ids), plain)
+
+
+@needs_native
+@pytest.mark.parametrize(("family", "outtype"), [("llama", "q4_0"), ("qwen3", "q8_0")])
+def test_top1_and_perplexity_against_llama_cpp(tiny_model, family: str, outtype: str) -> None:
+    """On the tests' English text, tfb with 8-bit activations (decoding two tokens a step, so that every
+    product takes the 8-bit path) picks llama.cpp's top-1 token at >= 95% of the positions, and its
+    perplexity is within 2% of llama.cpp's, which rounds the activations to 8 bits for these weights too."""
+    import math
+    from pathlib import Path
+
+    from llama_reference import llama_cpp_logits
+
+    _, path = tiny_model(family, outtype)
+    text = (Path(__file__).resolve().parent / "data" / "real_text.txt").read_text(encoding="utf-8")
+    ids = torch.tensor([tfb.load_tokenizer(path).encode(text)[:200]])
+    model = tfb.load(path, int8_activations=True)
+    cache = model.new_cache()
+    with torch.no_grad():
+        ours = torch.cat([model(ids[:, t:t + 2], cache) for t in range(0, ids.shape[1], 2)], dim=1)
+    theirs = llama_cpp_logits(path, ids)
+
+    def perplexity(logits: torch.Tensor) -> float:
+        return math.exp(torch.nn.functional.cross_entropy(logits[0, :-1], ids[0, 1:]).item())
+
+    agreement = (ours.argmax(-1) == theirs.argmax(-1)).double().mean().item()
+    assert agreement >= 0.95, f"top-1 agreement {agreement:.3f}"
+    assert abs(perplexity(ours) / perplexity(theirs) - 1) <= 0.02
+    with torch.no_grad():
+        exact = tfb.load(path)(ids)
+    assert not torch.equal(ours, exact)  # the 8-bit path indeed

@@ -6,6 +6,7 @@
     python tools/bench_matmul.py --sweep Q4_K             # native vs torch GEMM by activation rows
     python tools/bench_matmul.py --sweep Q6_K --native-only --rows 1 2 4 8 16 --shape 151936 1024
     python tools/bench_matmul.py --make-model Q4_K_M q4km.gguf   # a 0.6B-shaped model file to --decode
+    python tools/bench_matmul.py --sweep Q4_K --int8 --cpu-time --rows 1 4 8 16 64   # float vs 8-bit products
 
 For each storage type and weight shape ([3072 x 1024], a feed-forward projection of a 1024-wide model,
 and [151936 x 1024], a 151936-token output layer), one activation row (M = 1, decoding) is multiplied:
@@ -20,6 +21,8 @@ Throughput is in GB/s of the weight bytes as stored (the packed size, or 4 bytes
 and in millions of weights per second (Mw/s). A second table times 128 activation rows (a prompt) on
 the small shape. Each figure is the best of --repeats calls, and of --rounds rounds over all types
 spread over the run (other processes may share the machine: best-of-N is the least disturbed run).
+--cpu-time times by the process's CPU time instead of the wall clock (on a shared machine, the time others
+take the core from this process does not count; memory stalls still do): use it with one thread.
 """
 
 from __future__ import annotations
@@ -67,13 +70,16 @@ def moderate_blocks(name: str, rows: int, cols: int, rng: np.random.Generator) -
     return PackedTensor(torch.from_numpy(np.ascontiguousarray(raw)).reshape(rows, -1), gtype, (rows, cols))
 
 
+CLOCK = [time.perf_counter]  # --cpu-time: time.process_time
+
+
 def best_seconds(fn: Callable[[], Any], repeats: int) -> float:
     fn()  # warm up: caches, lazily built tables, the library's threads
-    best = float("inf")
+    best, clock = float("inf"), CLOCK[0]
     for _ in range(repeats):
-        start = time.perf_counter()
+        start = clock()
         fn()
-        best = min(best, time.perf_counter() - start)
+        best = min(best, clock() - start)
     return best
 
 
@@ -109,7 +115,7 @@ def measure(name: str, weight: PackedTensor, rows: int, repeats: int, fallback: 
     if prepared is not None:
         times["native"] = best_seconds(lambda: prepared(x), repeats)
     rounded = native.prepare(weight, int8_activations=True)
-    if rounded is not None and rounded.int8_activations and rows <= 2:
+    if rounded is not None and rounded.int8_activations:
         times["int8"] = best_seconds(lambda: rounded(x), repeats)
     if fallback:
         with without_native():
@@ -182,14 +188,28 @@ def decode(path: str, tokens: int, runs: int) -> None:
 
 
 def sweep(name: str, row_counts: list[int], repeats: int, shape: tuple[int, int] = SHAPES[0],
-          native_only: bool = False) -> None:
+          native_only: bool = False, int8: bool = False) -> None:
     """Where the native multi-row kernel stops beating torch's GEMM on natively expanded weights; with
     native_only, the native product alone and its cost per activation row against one row's (how far a
-    continuous-batching decode step of `rows` sequences costs less than `rows` single steps)."""
+    continuous-batching decode step of `rows` sequences costs less than `rows` single steps); with int8,
+    the float32 product against the one with 8-bit activations, by rows."""
     weight = moderate_blocks(name, *shape, np.random.default_rng(0))
     prepared = native.prepare(weight)
     assert prepared is not None, f"{name} has no native kernels here"
-    print(f"{name} W [{shape[0]} x {shape[1]}], {torch.get_num_threads()} threads: ms per product\n")
+    print(f"{name} W [{shape[0]} x {shape[1]}], {torch.get_num_threads()} threads, kernels {native.isa()}: "
+          f"ms per product ({'CPU' if CLOCK[0] is time.process_time else 'wall'} time)\n")
+    if int8:
+        rounded = native.prepare(weight, int8_activations=True)
+        assert rounded is not None and rounded.int8_activations, f"{name} has no 8-bit activation products here"
+        print("| rows | float32 | int8 | float32 / int8 |")
+        print("|---:|---:|---:|---:|")
+        for rows in row_counts:
+            x = torch.randn(rows, shape[1])
+            count = max(2, repeats // max(1, rows // 64))
+            exact = best_seconds(lambda x=x: prepared(x), count)
+            fast = best_seconds(lambda x=x: rounded(x), count)
+            print(f"| {rows} | {exact * 1e3:.3f} | {fast * 1e3:.3f} | {exact / fast:.2f} |")
+        return
     if native_only:
         print("| rows | native | x one row's time |")
         print("|---:|---:|---:|")
@@ -280,13 +300,17 @@ def main() -> None:
                         help="--sweep's weight shape (default 3072 1024; 151936 1024: an output layer)")
     parser.add_argument("--native-only", action="store_true",
                         help="--sweep the native product alone, each row count's time over one row's")
+    parser.add_argument("--int8", action="store_true", help="--sweep float32 against 8-bit activation products")
+    parser.add_argument("--cpu-time", action="store_true", help="time by the process's CPU time, not the wall clock")
     parser.add_argument("--make-model", nargs=2, metavar=("Q8_0|Q4_K_M", "OUT"), help="write a model to --decode")
     args = parser.parse_args()
+    if args.cpu_time:
+        CLOCK[0] = time.process_time
     if args.make_model:
         make_model(*args.make_model)
         return
     if args.sweep:
-        sweep(args.sweep, args.rows, args.repeats, (args.shape[0], args.shape[1]), args.native_only)
+        sweep(args.sweep, args.rows, args.repeats, (args.shape[0], args.shape[1]), args.native_only, args.int8)
         return
     if args.decode:
         decode(args.decode, args.tokens, max(1, args.rounds))

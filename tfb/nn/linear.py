@@ -84,7 +84,7 @@ class Linear(nn.Module):
         self.bias: torch.Tensor | None = None
         self.prepared: native.Prepared | None = None  # `prepared_for` made ready for the native kernels
         self.prepared_for: PackedTensor | None = None
-        self.int8_activations = False  # round activations to 8 bits in matrix-vector products (llama.cpp's way)
+        self.int8_activations = False  # round activations to 8 bits in the products (llama.cpp's way)
 
     def tensor_shape(self, method: str) -> tuple[int, ...]:
         return (self.out_features, self.in_features) if method == "set_weight" else (self.out_features,)

@@ -49,9 +49,10 @@ class Transformer(nn.Module):
         return [r for r in self.rotaries if r.params.factors] or self.rotaries
 
     def use_int8_activations(self, enabled: bool = True) -> None:
-        """Round each activation row to 8 bits in the matrix-vector products (decoding steps) of packed
-        weights whose type has such products, as llama.cpp does for quantized weights: faster, and no longer
-        the exact float32 product (see tfb.quant.native, int8.c)."""
+        """Round each activation row to 8 bits in the products of packed weights whose type has such
+        products (decoding steps, and longer prompts up to `tfb.quant.native.int8_rows` rows), as llama.cpp
+        does for quantized weights: faster, and no longer the exact float32 product (see tfb.quant.native,
+        int8.c)."""
         for module in self.modules():
             if isinstance(module, (Linear, ExpertLinear)):
                 module.use_int8_activations(enabled)

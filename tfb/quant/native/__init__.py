@@ -13,6 +13,7 @@ from tfb.quant.native.ops import (
     attend,
     available,
     dequantize_into,
+    int8_rows,
     isa,
     matmul,
     prepare,
@@ -28,6 +29,6 @@ from tfb.quant.native.ops import (
     uses_openmp,
 )
 
-__all__ = ["NATIVE_MAX_ROWS", "Prepared", "PreparedExperts", "attend", "available", "dequantize_into", "isa",
-           "matmul", "prepare", "prepare_experts", "rms_norm", "rope", "set_isa", "set_threads", "supports",
+__all__ = ["NATIVE_MAX_ROWS", "Prepared", "PreparedExperts", "attend", "available", "dequantize_into", "int8_rows",
+           "isa", "matmul", "prepare", "prepare_experts", "rms_norm", "rope", "set_isa", "set_threads", "supports",
            "supports_int8", "threads", "use_openmp", "uses_openmp"]

@@ -34,11 +34,17 @@ typedef struct {
 
 /* An activation row rounded to 8 bits as llama.cpp rounds it for quantized weights (runtime.c,
  * quantize_activations): per block of `block` values (32, or 256 for the k-quants) a scale d = max|x| / 127
- * and q = rint(x / d) in [-127, 127]; and the sums of q over each run of 16. */
+ * and q = rint(x / d) in [-127, 127]; and the sums of q over each run of 16. For 32-value blocks also q + 128
+ * as unsigned bytes, each d repeated 8 times (the int32 lanes of its block's dot products), and d times the
+ * sum of q over each run of 4 (those lanes' share of a weight offset), which the x86 kernels take straight
+ * from memory; NULL for other blocks. */
 typedef struct {
     const int8_t *q;
     const float *d;      /* one per block */
     const int16_t *sums; /* one per 16 values */
+    const uint8_t *qu;   /* 32-value blocks: q + 128 */
+    const float *d8;     /* 32-value blocks: d[b] at 8 b .. 8 b + 7 */
+    const float *dsum4;  /* 32-value blocks: d[i / 32] * (q[i] + .. + q[i + 3]) at i / 4 */
 } int8_row;
 
 /* y[r] = row r . a as `rows_fn`, with the activations rounded to 8 bits: integer dot products within a block,
@@ -46,10 +52,18 @@ typedef struct {
 typedef void (*rows_int8_fn)(const uint8_t *w, int64_t stride, int64_t nrows, int64_t nblocks, const int8_row *a,
                              float *y);
 
+/* Several activation rows at once: y[m][r] = row r . a[m] for m < M, each weight block decoded once for all M
+ * rows. Each row's result is bit for bit what `rows` gives it alone (the same per-row arithmetic; only the
+ * loop over rows is inside). */
+typedef void (*rows_int8_multi_fn)(const uint8_t *w, int64_t stride, int64_t nrows, int64_t nblocks,
+                                   const int8_row *a, int64_t M, float *const *y);
+
 typedef struct {
     int type;
     int block;  /* activation values per scale: the weight format's block size */
     rows_int8_fn rows;
+    rows_int8_multi_fn multi; /* optional (NULL: more than INT8_ROWS activation rows take the float32 path) */
+    int multi_rows;           /* with multi: up to how many activation rows it beats the float32 products */
 } int8_kernels;
 
 /* The name int8.c exports its table under in the pass that builds the kernels of `isa` */

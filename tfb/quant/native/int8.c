@@ -4,9 +4,11 @@
  * scales. Much less work per weight than widening every weight to float, at the cost of rounding each
  * activation to 1/254 of its block's largest magnitude (runtime.c, quantize_activations).
  *
- * Compiled in the same passes as kernels.c. The AVX2 branch (taken by the AVX-512 pass too) works on 32
- * bytes at a time; the portable branch is plain C. Every integer sum is exact in every branch (bounds
- * below), so the branches differ only in the order of the float32 block sums.
+ * Compiled in the same passes as kernels.c. The AVX2 branch (taken by the AVX-512 passes too, with VNNI's
+ * dot-product instructions in the avx512vnni pass) works on 32 bytes at a time and decodes each weight block
+ * once for several activation rows (multi_<fmt>); the portable branch is plain C, one row at a time. Every
+ * integer sum is exact in every branch (bounds below), so the branches differ only in the order of the
+ * float32 block sums; a row's result never depends on the other rows multiplied with it.
  */
 #include "formats.h"
 #include "grids.h" /* generated into the build directory (tables.py) */
@@ -19,10 +21,55 @@
 
 #if defined(__AVX2__)
 /* ----------------------------------------------------------------------------------------- AVX2 */
-typedef __m256 acc_f32; /* eight float32 partial sums */
+/* Every kernel is written once for M activation rows (M a compile-time constant after inlining, up to
+ * MULTI_GROUP at a time): each weight block is decoded once, then met by the M rows, each row with its own
+ * accumulators and the very operations the single-row kernel (M = 1) gives it. So a row's result does not
+ * depend on how many rows were multiplied with it.
+ *
+ * The integer dot products: with AVX512_VNNI (the avx512vnni pass), vpdpbusd sums four u8 x s8 products
+ * into each int32 lane in one instruction, and vpdpwssd two int16 x int16 products; without it, maddubs
+ * (u8 x s8 pairs summed in int16) and madd (int16 pairs into int32) do the same in two or three. Within
+ * the bounds stated at each use no int16 sum saturates, so both give the same int32 lanes, and the float32
+ * arithmetic after them is the same: the avx2, avx512 and avx512vnni passes give the same bits. */
+#define ALWAYS_INLINE inline __attribute__((always_inline))
+#if defined(__AVX512F__)
+#define MULTI_GROUP 8 /* rows a kernel keeps in registers at once: 32 vector registers */
+#else
+#define MULTI_GROUP 4 /* 16 vector registers */
+#endif
+#define UNROLL _Pragma("GCC unroll 8")
 
-static inline acc_f32 acc_f32_zero(void) { return _mm256_setzero_ps(); }
-static inline float acc_f32_sum(acc_f32 a, acc_f32 b) {
+static ALWAYS_INLINE __m256i load32(const void *p) { return _mm256_loadu_si256((const __m256i *)p); }
+
+/* The weights PREFETCH_BYTES ahead of those being read, asked for into L2 as the rows go (weights streamed
+ * from memory, an output layer, otherwise arrive only as the kernel stalls on them; spread over the row, not
+ * asked for in bursts, which stall the loads). Measured, one thread, Q4_0 [151936 x 1024]: one activation
+ * row 25 -> 9 ms, 4 rows 45 -> 17 ms (prefetching whole 4 KiB tiles two ahead from runtime.c instead: 13
+ * and 22 ms, and slower on weights in cache). Past the last row: prefetches do not fault. */
+#define PREFETCH_BYTES 4096
+static ALWAYS_INLINE void prefetch_ahead(const uint8_t *p) {
+    _mm_prefetch((const char *)p + PREFETCH_BYTES, _MM_HINT_T1);
+}
+
+/* acc + in each int32 lane the sum of its four u8 x s8 byte products (pair sums within int16) */
+static ALWAYS_INLINE __m256i dot_bytes(__m256i acc, __m256i u, __m256i s) {
+#if defined(__AVX512VNNI__)
+    return _mm256_dpbusd_epi32(acc, u, s);
+#else
+    return _mm256_add_epi32(acc, _mm256_madd_epi16(_mm256_maddubs_epi16(u, s), _mm256_set1_epi16(1)));
+#endif
+}
+
+/* acc + in each int32 lane the sum of its two int16 x int16 products */
+static ALWAYS_INLINE __m256i dot_words(__m256i acc, __m256i a, __m256i b) {
+#if defined(__AVX512VNNI__)
+    return _mm256_dpwssd_epi32(acc, a, b);
+#else
+    return _mm256_add_epi32(acc, _mm256_madd_epi16(a, b));
+#endif
+}
+
+static ALWAYS_INLINE float acc_sum(__m256 a, __m256 b) {
     __m256 v = _mm256_add_ps(a, b);
     __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
     s = _mm_add_ps(s, _mm_movehl_ps(s, s));
@@ -30,61 +77,363 @@ static inline float acc_f32_sum(acc_f32 a, acc_f32 b) {
     return _mm_cvtss_f32(s);
 }
 
-/* acc + scale * (w . a) over 32 signed bytes each. maddubs multiplies unsigned by signed bytes, so |w|
- * meets a with w's sign (|-128| = 128 read unsigned); pair sums stay within 2 * 128 * 127 < 2^15. */
-static inline acc_f32 dot32_signed_v(acc_f32 acc, __m256i wv, __m256i av, float scale) {
-    __m256i pairs = _mm256_maddubs_epi16(_mm256_sign_epi8(wv, wv), _mm256_sign_epi8(av, wv));
-    __m256i sums = _mm256_madd_epi16(pairs, _mm256_set1_epi16(1));
-    return _mm256_fmadd_ps(_mm256_cvtepi32_ps(sums), _mm256_set1_ps(scale), acc);
-}
-
-static inline acc_f32 dot32_signed(acc_f32 acc, const int8_t *w, const int8_t *a, float scale) {
-    return dot32_signed_v(acc, _mm256_loadu_si256((const __m256i *)w), _mm256_loadu_si256((const __m256i *)a), scale);
-}
-
-/* Q4_0's 32 weights minus 8 as signed bytes (the low nibbles of qs[16] are weights 0-15, the high ones
- * 16-31), times the activations */
-static inline acc_f32 q4_0_dot(acc_f32 acc, const uint8_t *qs, const int8_t *a, float scale) {
+/* 32 nibbles of qs[16] in weight order: the low nibbles are weights 0-15, the high ones 16-31 */
+static ALWAYS_INLINE __m256i nibbles32(const uint8_t *qs) {
     __m128i packed = _mm_loadu_si128((const __m128i *)qs), nibbles = _mm_set1_epi8(15);
-    __m256i q = _mm256_set_m128i(_mm_and_si128(_mm_srli_epi16(packed, 4), nibbles), _mm_and_si128(packed, nibbles));
-    return dot32_signed_v(acc, _mm256_sub_epi8(q, _mm256_set1_epi8(8)), _mm256_loadu_si256((const __m256i *)a), scale);
+    return _mm256_set_m128i(_mm_and_si128(_mm_srli_epi16(packed, 4), nibbles), _mm_and_si128(packed, nibbles));
 }
 
-/* Q4_1's 32 weights as unsigned nibbles 0..15 (layout as Q4_0's), times the activations: maddubs takes them
- * as they are (pair sums within 2 * 15 * 128 < 2^15) */
-static inline acc_f32 q4_1_dot(acc_f32 acc, const uint8_t *qs, const int8_t *a, float scale) {
-    __m128i packed = _mm_loadu_si128((const __m128i *)qs), nibbles = _mm_set1_epi8(15);
-    __m256i q = _mm256_set_m128i(_mm_and_si128(_mm_srli_epi16(packed, 4), nibbles), _mm_and_si128(packed, nibbles));
-    __m256i pairs = _mm256_maddubs_epi16(q, _mm256_loadu_si256((const __m256i *)a));
-    __m256i sums = _mm256_madd_epi16(pairs, _mm256_set1_epi16(1));
-    return _mm256_fmadd_ps(_mm256_cvtepi32_ps(sums), _mm256_set1_ps(scale), acc);
-}
-
-/* Q5_0 / Q5_1's 32 five-bit values: the nibbles as Q4_1's, bit 4 of value j from bit j of qh (byte j / 8 of
- * qh broadcast to byte j, kept where it has bit j % 8, then compared to that bit); minus `bias` (16 for Q5_0) */
-static inline __m256i q5_values(const uint8_t *qh, const uint8_t *qs, int bias) {
-    uint32_t high;
-    memcpy(&high, qh, 4);
+/* Q5_0 / Q5_1's 32 five-bit values: the nibbles as nibbles32, bit 4 of value j from bit j of qh (byte j / 8
+ * of qh broadcast to byte j, kept where it has bit j % 8, then compared to that bit); minus `bias` */
+static ALWAYS_INLINE __m256i q5_values(const uint8_t *qh, const uint8_t *qs, int bias) {
     const __m256i spread = _mm256_setr_epi8(0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1,
                                             2, 2, 2, 2, 2, 2, 2, 2, 3, 3, 3, 3, 3, 3, 3, 3);
     const __m256i bit = _mm256_set1_epi64x(0x8040201008040201LL);
-    __m256i bytes = _mm256_and_si256(_mm256_shuffle_epi8(_mm256_set1_epi32((int)high), spread), bit);
+    __m256i bytes = _mm256_and_si256(_mm256_shuffle_epi8(_mm256_set1_epi32((int)load_u32(qh)), spread), bit);
     __m256i fifth = _mm256_and_si256(_mm256_cmpeq_epi8(bytes, bit), _mm256_set1_epi8(16));
-    __m128i packed = _mm_loadu_si128((const __m128i *)qs), nibbles = _mm_set1_epi8(15);
-    __m256i q = _mm256_set_m128i(_mm_and_si128(_mm_srli_epi16(packed, 4), nibbles), _mm_and_si128(packed, nibbles));
-    return _mm256_sub_epi8(_mm256_or_si256(q, fifth), _mm256_set1_epi8((char)bias));
+    return _mm256_sub_epi8(_mm256_or_si256(nibbles32(qs), fifth), _mm256_set1_epi8((char)bias));
 }
 
-static inline acc_f32 q5_0_dot(acc_f32 acc, const uint8_t *qh, const uint8_t *qs, const int8_t *a, float scale) {
-    return dot32_signed_v(acc, q5_values(qh, qs, 16), _mm256_loadu_si256((const __m256i *)a), scale);
+/* ------------------------------------------------------------------------- 32-weight formats */
+
+/* A 32-weight block as the dot products take it: bytes `u` read unsigned; for the signed formats (Q8_0,
+ * Q4_0, Q5_0) u = |w| and the activations take the signs of `sign` = w first (pair sums within 2 * 128 * 127
+ * < 2^15; the unsigned Q4_1 / Q5_1 values within 2 * 31 * 128). d: its scale; m: Q4_1 / Q5_1's offset. */
+typedef struct {
+    __m256i u, sign;
+    float d, m;
+} block32;
+
+static ALWAYS_INLINE int signed32(int type) { return type == TYPE_Q8_0 || type == TYPE_Q4_0 || type == TYPE_Q5_0; }
+static ALWAYS_INLINE int offset32(int type) { return type == TYPE_Q4_1 || type == TYPE_Q5_1; }
+
+/* Layouts: Q8_0 (34 bytes) d, qs[32] int8; Q4_0 (18) d, qs[16], q - 8; Q4_1 (20) d, m, qs[16], d * q + m;
+ * Q5_0 (22) d, qh[4], qs[16], q - 16; Q5_1 (24) d, m, qh[4], qs[16], d * q + m (d, m float16) */
+static ALWAYS_INLINE block32 decode32(int type, const uint8_t *blk) {
+    block32 v = {_mm256_setzero_si256(), _mm256_setzero_si256(), load_half(blk), 0.0f};
+    switch (type) {
+    case TYPE_Q8_0: v.sign = load32(blk + 2); break;
+    case TYPE_Q4_0: v.sign = _mm256_sub_epi8(nibbles32(blk + 2), _mm256_set1_epi8(8)); break;
+    case TYPE_Q4_1: v.m = load_half(blk + 2), v.u = nibbles32(blk + 4); break;
+    case TYPE_Q5_0: v.sign = q5_values(blk + 2, blk + 6, 16); break;
+    case TYPE_Q5_1: v.m = load_half(blk + 2), v.u = q5_values(blk + 4, blk + 8, 0); break;
+    }
+    if (signed32(type)) v.u = _mm256_sign_epi8(v.sign, v.sign);
+    return v;
 }
 
-/* Q5_1's values 0..31 unsigned: maddubs takes them as they are (pair sums within 2 * 31 * 128 < 2^15) */
-static inline acc_f32 q5_1_dot(acc_f32 acc, const uint8_t *qh, const uint8_t *qs, const int8_t *a, float scale) {
-    __m256i pairs = _mm256_maddubs_epi16(q5_values(qh, qs, 0), _mm256_loadu_si256((const __m256i *)a));
-    __m256i sums = _mm256_madd_epi16(pairs, _mm256_set1_epi16(1));
-    return _mm256_fmadd_ps(_mm256_cvtepi32_ps(sums), _mm256_set1_ps(scale), acc);
+/* acc + (d * d_a) * (the block's dot product with activation block b, eight int32 lanes); Q4_1 / Q5_1 also
+ * add m * d_a * sum(a), lane by lane: m * (d_a * the sum of the lane's four activations) (int8_row.dsum4) */
+static ALWAYS_INLINE __m256 dot32(int type, block32 v, __m256 acc, const int8_row *a, int64_t b) {
+    __m256i av = load32(a->q + 32 * b);
+    if (signed32(type)) av = _mm256_sign_epi8(av, v.sign);
+    __m256 scale = _mm256_mul_ps(_mm256_set1_ps(v.d), _mm256_broadcast_ss(a->d + b));
+    acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot_bytes(_mm256_setzero_si256(), v.u, av)), scale, acc);
+    return offset32(type) ? _mm256_fmadd_ps(_mm256_set1_ps(v.m), _mm256_loadu_ps(a->dsum4 + 8 * b), acc) : acc;
 }
+
+
+#if defined(__AVX512VNNI__)
+/* With VNNI, two blocks at a time in 512-bit registers: the lower half is block b (acc0's lanes below), the
+ * upper half block b + 1 (acc1's), so each lane sees the very operations of the form below. The signed
+ * formats take the activations unsigned instead, q + 128 (int8_row.qu), against the signed weights w: per
+ * lane sum (q + 128) w - 128 sum w = sum q w, the weights' part worked out once for all rows; each row then
+ * costs one vpdpbusd, one conversion and two float32 operations per 64 weights. */
+static ALWAYS_INLINE __m512i pair512(__m256i low, __m256i high) {
+    return _mm512_inserti64x4(_mm512_castsi256_si512(low), high, 1);
+}
+static ALWAYS_INLINE __m512 pair512_ps(__m256 low, __m256 high) {
+    return _mm512_castpd_ps(_mm512_insertf64x4(_mm512_castpd256_pd512(_mm256_castps_pd(low)), _mm256_castps_pd(high), 1));
+}
+
+/* the weights' values: signed formats their signed values, else the unsigned ones */
+static ALWAYS_INLINE __m256i values32(int type, block32 v) { return signed32(type) ? v.sign : v.u; }
+
+/* acc (lanes of one block) + scale * (its dot product with activation block b): the tail of an odd row */
+static ALWAYS_INLINE __m256 dot32_vnni(int type, __m256i values, __m256i start, __m256 d, __m256 offset,
+                                       __m256 acc, const int8_row *a, int64_t b) {
+    __m256i sums = signed32(type) ? _mm256_dpbusd_epi32(start, load32(a->qu + 32 * b), values)
+                                  : _mm256_dpbusd_epi32(start, values, load32(a->q + 32 * b));
+    acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(sums), _mm256_mul_ps(d, _mm256_loadu_ps(a->d8 + 8 * b)), acc);
+    return offset32(type) ? _mm256_fmadd_ps(offset, _mm256_loadu_ps(a->dsum4 + 8 * b), acc) : acc;
+}
+
+/* -128 sum w over each lane's four weights: where the signed formats' products start */
+static ALWAYS_INLINE __m256i start32(int type, __m256i values) {
+    if (!signed32(type)) return _mm256_setzero_si256();
+    __m256i bias = _mm256_dpbusd_epi32(_mm256_setzero_si256(), _mm256_set1_epi8((char)0x80), values);
+    return _mm256_sub_epi32(_mm256_setzero_si256(), bias);
+}
+
+static ALWAYS_INLINE void multi32_zmm(int type, int size, const uint8_t *w, int64_t stride, int64_t nrows,
+                                      int64_t nb, const int8_row *a, int M, float *const *y) {
+    for (int64_t r = 0; r < nrows; r++) {
+        const uint8_t *row = w + r * stride;
+        __m512 acc[MULTI_GROUP];
+        UNROLL for (int m = 0; m < M; m++) acc[m] = _mm512_setzero_ps();
+        int64_t b = 0;
+        for (; b + 1 < nb; b += 2) {
+            prefetch_ahead(row + size * b);
+            block32 v0 = decode32(type, row + size * b), v1 = decode32(type, row + size * (b + 1));
+            __m256i w0 = values32(type, v0), w1 = values32(type, v1);
+            __m512i values = pair512(w0, w1), start = pair512(start32(type, w0), start32(type, w1));
+            __m512 d = pair512_ps(_mm256_set1_ps(v0.d), _mm256_set1_ps(v1.d));
+            __m512 offset = pair512_ps(_mm256_set1_ps(v0.m), _mm256_set1_ps(v1.m));
+            UNROLL for (int m = 0; m < M; m++) {
+                __m512i sums = signed32(type)
+                                   ? _mm512_dpbusd_epi32(start, _mm512_loadu_si512(a[m].qu + 32 * b), values)
+                                   : _mm512_dpbusd_epi32(start, values, _mm512_loadu_si512(a[m].q + 32 * b));
+                __m512 scale = _mm512_mul_ps(d, _mm512_loadu_ps(a[m].d8 + 8 * b));
+                acc[m] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(sums), scale, acc[m]);
+                if (offset32(type)) acc[m] = _mm512_fmadd_ps(offset, _mm512_loadu_ps(a[m].dsum4 + 8 * b), acc[m]);
+            }
+        }
+        if (b < nb) {
+            block32 v0 = decode32(type, row + size * b);
+            __m256i w0 = values32(type, v0), start = start32(type, w0);
+            __m256 d = _mm256_set1_ps(v0.d), offset = _mm256_set1_ps(v0.m);
+            UNROLL for (int m = 0; m < M; m++) {
+                __m256 low = dot32_vnni(type, w0, start, d, offset, _mm512_castps512_ps256(acc[m]), a + m, b);
+                acc[m] = _mm512_mask_mov_ps(acc[m], 0x00FF, _mm512_castps256_ps512(low));
+            }
+        }
+        UNROLL for (int m = 0; m < M; m++) {
+            __m256 acc0 = _mm512_castps512_ps256(acc[m]);
+            __m256 acc1 = _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(acc[m]), 1));
+            y[m][r] = acc_sum(acc0, acc1);
+        }
+    }
+}
+#endif
+
+/* Each row: two accumulators over alternate blocks (even blocks in acc0), then their sum. */
+static ALWAYS_INLINE void multi32_ymm(int type, int size, const uint8_t *w, int64_t stride, int64_t nrows, int64_t nb,
+                                  const int8_row *a, int M, float *const *y) {
+    for (int64_t r = 0; r < nrows; r++) {
+        const uint8_t *row = w + r * stride;
+        __m256 acc0[MULTI_GROUP], acc1[MULTI_GROUP];
+        UNROLL for (int m = 0; m < M; m++) acc0[m] = acc1[m] = _mm256_setzero_ps();
+        int64_t b = 0;
+        for (; b + 1 < nb; b += 2) {
+            prefetch_ahead(row + size * b);
+            block32 v0 = decode32(type, row + size * b), v1 = decode32(type, row + size * (b + 1));
+            UNROLL for (int m = 0; m < M; m++) {
+                acc0[m] = dot32(type, v0, acc0[m], a + m, b);
+                acc1[m] = dot32(type, v1, acc1[m], a + m, b + 1);
+            }
+        }
+        if (b < nb) {
+            block32 v0 = decode32(type, row + size * b);
+            UNROLL for (int m = 0; m < M; m++) acc0[m] = dot32(type, v0, acc0[m], a + m, b);
+        }
+        UNROLL for (int m = 0; m < M; m++) y[m][r] = acc_sum(acc0[m], acc1[m]);
+    }
+}
+
+
+/* The VNNI form pays for the weights' part of the sums and for pairing blocks, once per block pair: from
+ * ZMM_ROWS activation rows on that is less than what it saves (measured, tools/bench_matmul.py --sweep) */
+#define ZMM_ROWS 4
+static ALWAYS_INLINE void multi32(int type, int size, const uint8_t *w, int64_t stride, int64_t nrows, int64_t nb,
+                                  const int8_row *a, int M, float *const *y) {
+#if defined(__AVX512VNNI__)
+    if (M >= ZMM_ROWS) {
+        multi32_zmm(type, size, w, stride, nrows, nb, a, M, y);
+        return;
+    }
+#endif
+    multi32_ymm(type, size, w, stride, nrows, nb, a, M, y);
+}
+
+/* ------------------------------------------------------------------------------------ k-quants */
+/* The blocks' bit fields go straight into registers and the float32 sums stay in a vector: one horizontal
+ * sum per row. A sub-block's integer scale reaches the int16 lanes of its weights by one byte shuffle of
+ * the block's scales, held as int16 in both 128-bit lanes. */
+
+/* the shuffle control that puts int16 `low` of each 128-bit lane in every int16 of the lower lane and int16
+ * `high` in every int16 of the upper lane (low = high for Q4_K's 32-weight sub-blocks, low + 1 = high for
+ * Q6_K's 16-weight ones) */
+static ALWAYS_INLINE __m256i scale_control(int low, int high) {
+    return _mm256_setr_epi8(2 * low, 2 * low + 1, 2 * low, 2 * low + 1, 2 * low, 2 * low + 1, 2 * low, 2 * low + 1,
+                            2 * low, 2 * low + 1, 2 * low, 2 * low + 1, 2 * low, 2 * low + 1, 2 * low, 2 * low + 1,
+                            2 * high, 2 * high + 1, 2 * high, 2 * high + 1, 2 * high, 2 * high + 1, 2 * high,
+                            2 * high + 1, 2 * high, 2 * high + 1, 2 * high, 2 * high + 1, 2 * high, 2 * high + 1,
+                            2 * high, 2 * high + 1);
+}
+
+/* eight bytes as int16 in both 128-bit lanes (unsigned, or signed for sbytes8_int16) */
+static ALWAYS_INLINE __m256i bytes8_int16(uint64_t b) {
+    return _mm256_broadcastsi128_si256(_mm_cvtepu8_epi16(_mm_cvtsi64_si128((long long)b)));
+}
+static ALWAYS_INLINE __m256i sbytes8_int16(uint64_t b) {
+    return _mm256_broadcastsi128_si256(_mm_cvtepi8_epi16(_mm_cvtsi64_si128((long long)b)));
+}
+
+/* Q4_K (144 bytes: d, dmin, scales[12], qs[128]) and Q5_K (176: qh[32] before qs): for each pair of
+ * sub-blocks (2c, 2c + 1), the low and high nibbles of qs[32c ..] (Q5_K: plus the fifth bits of qh) times the
+ * activations (pair sums within 2 * 31 * 127), scaled by the sub-block's 6-bit scale; a block adds
+ * d_a * (d * sum_j sc_j (q_j . a_j) - dmin * sum_j m_j sum(a_j)). */
+static ALWAYS_INLINE void multi_k4(const uint8_t *w, int64_t stride, int64_t nrows, int64_t nb, const int8_row *a,
+                                   int M, float *const *y, int type_size, int five_bits) {
+    const __m256i nibbles = _mm256_set1_epi8(15), fifth = _mm256_set1_epi8(16);
+    for (int64_t r = 0; r < nrows; r++) {
+        const uint8_t *row = w + r * stride;
+        __m256 acc[MULTI_GROUP];
+        UNROLL for (int m = 0; m < M; m++) acc[m] = _mm256_setzero_ps();
+        for (int64_t b = 0; b < nb; b++) {
+            const uint8_t *blk = row + type_size * b, *qs = blk + (five_bits ? 48 : 16);
+            for (int line = 0; line < type_size; line += 64) prefetch_ahead(blk + line);
+            uint64_t scales, mins;
+            k4_unpack(blk + 4, &scales, &mins);
+            __m256i sc = bytes8_int16(scales);
+            __m256i dot[MULTI_GROUP];
+            UNROLL for (int m = 0; m < M; m++) dot[m] = _mm256_setzero_si256();
+            __m256i high_bits = five_bits ? load32(blk + 16) : _mm256_setzero_si256();
+            _Pragma("GCC unroll 4") for (int c = 0; c < 4; c++) {
+                __m256i packed = load32(qs + 32 * c);
+                __m256i low = _mm256_and_si256(packed, nibbles);
+                __m256i high = _mm256_and_si256(_mm256_srli_epi16(packed, 4), nibbles);
+                if (five_bits) {
+                    low = _mm256_or_si256(low, _mm256_and_si256(_mm256_slli_epi16(high_bits, 4), fifth));
+                    high = _mm256_or_si256(high, _mm256_and_si256(_mm256_slli_epi16(high_bits, 3), fifth));
+                    high_bits = _mm256_srli_epi16(high_bits, 2);
+                }
+                __m256i sc_low = _mm256_shuffle_epi8(sc, scale_control(2 * c, 2 * c));
+                __m256i sc_high = _mm256_shuffle_epi8(sc, scale_control(2 * c + 1, 2 * c + 1));
+                UNROLL for (int m = 0; m < M; m++) {
+                    const int8_t *ab = a[m].q + 256 * b + 64 * c;
+                    dot[m] = dot_words(dot[m], _mm256_maddubs_epi16(low, load32(ab)), sc_low);
+                    dot[m] = dot_words(dot[m], _mm256_maddubs_epi16(high, load32(ab + 32)), sc_high);
+                }
+            }
+            /* the mins' share: m_j * (sums of runs 2j and 2j + 1), m_j duplicated into both runs' lanes */
+            __m128i m8 = _mm_cvtsi64_si128((long long)mins);
+            __m256i m16 = _mm256_cvtepu8_epi16(_mm_unpacklo_epi8(m8, m8));
+            __m256 d = _mm256_set1_ps(load_half(blk)), dmin = _mm256_set1_ps(-load_half(blk + 2));
+            UNROLL for (int m = 0; m < M; m++) {
+                __m256i offset = _mm256_madd_epi16(m16, load32(a[m].sums + 16 * b));
+                __m256 da = _mm256_broadcast_ss(a[m].d + b);
+                acc[m] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot[m]), _mm256_mul_ps(d, da), acc[m]);
+                acc[m] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(offset), _mm256_mul_ps(dmin, da), acc[m]);
+            }
+        }
+        UNROLL for (int m = 0; m < M; m++) y[m][r] = acc_sum(acc[m], _mm256_setzero_ps());
+    }
+}
+
+/* Q6_K, 210 bytes (ql[128], qh[64], scales[16] int8, d): per half h, four runs of 32 weights built from ql's
+ * nibbles and qh's bit pairs (as q6_k_unpack), each two sub-blocks of 16 (pair sums within 2 * 63 * 127);
+ * the bias of 32 through the activation sums: d_a * d * sum_j sc_j (q_j . a_j - 32 sum(a_j)). */
+static ALWAYS_INLINE void multi_q6_k_m(const uint8_t *w, int64_t stride, int64_t nrows, int64_t nb,
+                                       const int8_row *a, int M, float *const *y) {
+    const __m256i nibbles = _mm256_set1_epi8(15), pair = _mm256_set1_epi8(0x30);
+    for (int64_t r = 0; r < nrows; r++) {
+        const uint8_t *row = w + r * stride;
+        __m256 acc[MULTI_GROUP];
+        UNROLL for (int m = 0; m < M; m++) acc[m] = _mm256_setzero_ps();
+        for (int64_t b = 0; b < nb; b++) {
+            const uint8_t *blk = row + 210 * b;
+            for (int line = 0; line < 210; line += 64) prefetch_ahead(blk + line);
+            __m256i dot[MULTI_GROUP];
+            UNROLL for (int m = 0; m < M; m++) dot[m] = _mm256_setzero_si256();
+            _Pragma("GCC unroll 2") for (int h = 0; h < 2; h++) {
+                __m256i sc = sbytes8_int16(load_u64(blk + 192 + 8 * h));
+                __m256i lo = load32(blk + 64 * h), hi = load32(blk + 64 * h + 32), bits = load32(blk + 128 + 32 * h);
+                __m256i q[4] = {
+                    _mm256_or_si256(_mm256_and_si256(lo, nibbles), _mm256_and_si256(_mm256_slli_epi16(bits, 4), pair)),
+                    _mm256_or_si256(_mm256_and_si256(hi, nibbles), _mm256_and_si256(_mm256_slli_epi16(bits, 2), pair)),
+                    _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(lo, 4), nibbles), _mm256_and_si256(bits, pair)),
+                    _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(hi, 4), nibbles),
+                                    _mm256_and_si256(_mm256_srli_epi16(bits, 2), pair)),
+                };
+                _Pragma("GCC unroll 4") for (int k = 0; k < 4; k++) {
+                    __m256i s = _mm256_shuffle_epi8(sc, scale_control(2 * k, 2 * k + 1));
+                    UNROLL for (int m = 0; m < M; m++) {
+                        __m256i p = _mm256_maddubs_epi16(q[k], load32(a[m].q + 256 * b + 128 * h + 32 * k));
+                        dot[m] = dot_words(dot[m], p, s);
+                    }
+                }
+            }
+            __m256i sc16 = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)(blk + 192)));
+            __m256 d = _mm256_set1_ps(load_half(blk + 208));
+            UNROLL for (int m = 0; m < M; m++) {
+                __m256i bias = _mm256_madd_epi16(sc16, load32(a[m].sums + 16 * b));
+                __m256i total = _mm256_sub_epi32(dot[m], _mm256_slli_epi32(bias, 5));
+                acc[m] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(total), _mm256_mul_ps(d, _mm256_broadcast_ss(a[m].d + b)),
+                                         acc[m]);
+            }
+        }
+        UNROLL for (int m = 0; m < M; m++) y[m][r] = acc_sum(acc[m], _mm256_setzero_ps());
+    }
+}
+
+static ALWAYS_INLINE void multi_q8_0_m(const uint8_t *w, int64_t s, int64_t n, int64_t nb, const int8_row *a, int M,
+                                       float *const *y) {
+    multi32(TYPE_Q8_0, 34, w, s, n, nb, a, M, y);
+}
+static ALWAYS_INLINE void multi_q4_0_m(const uint8_t *w, int64_t s, int64_t n, int64_t nb, const int8_row *a, int M,
+                                       float *const *y) {
+    multi32(TYPE_Q4_0, 18, w, s, n, nb, a, M, y);
+}
+static ALWAYS_INLINE void multi_q4_1_m(const uint8_t *w, int64_t s, int64_t n, int64_t nb, const int8_row *a, int M,
+                                       float *const *y) {
+    multi32(TYPE_Q4_1, 20, w, s, n, nb, a, M, y);
+}
+static ALWAYS_INLINE void multi_q5_0_m(const uint8_t *w, int64_t s, int64_t n, int64_t nb, const int8_row *a, int M,
+                                       float *const *y) {
+    multi32(TYPE_Q5_0, 22, w, s, n, nb, a, M, y);
+}
+static ALWAYS_INLINE void multi_q5_1_m(const uint8_t *w, int64_t s, int64_t n, int64_t nb, const int8_row *a, int M,
+                                       float *const *y) {
+    multi32(TYPE_Q5_1, 24, w, s, n, nb, a, M, y);
+}
+static ALWAYS_INLINE void multi_q4_k_m(const uint8_t *w, int64_t s, int64_t n, int64_t nb, const int8_row *a, int M,
+                                       float *const *y) {
+    multi_k4(w, s, n, nb, a, M, y, 144, 0);
+}
+static ALWAYS_INLINE void multi_q5_k_m(const uint8_t *w, int64_t s, int64_t n, int64_t nb, const int8_row *a, int M,
+                                       float *const *y) {
+    multi_k4(w, s, n, nb, a, M, y, 176, 1);
+}
+
+/* The exported forms: rows_<fmt> (one activation row) and multi_<fmt> (any number, MULTI_GROUP at a time),
+ * both the same inlined kernel with M fixed at compile time. */
+#define DEFINE_INT8_KERNELS(fmt)                                                                               \
+    static void rows_##fmt(const uint8_t *w, int64_t stride, int64_t nrows, int64_t nb, const int8_row *a,     \
+                           float *y) {                                                                         \
+        float *out[1] = {y};                                                                                    \
+        multi_##fmt##_m(w, stride, nrows, nb, a, 1, out);                                                       \
+    }                                                                                                           \
+    static void multi_##fmt(const uint8_t *w, int64_t stride, int64_t nrows, int64_t nb, const int8_row *a,    \
+                            int64_t M, float *const *y) {                                                       \
+        for (int64_t m = 0; m < M; m += MULTI_GROUP) {                                                          \
+            switch (M - m < MULTI_GROUP ? M - m : MULTI_GROUP) {                                                \
+            case 1: multi_##fmt##_m(w, stride, nrows, nb, a + m, 1, y + m); break;                              \
+            case 2: multi_##fmt##_m(w, stride, nrows, nb, a + m, 2, y + m); break;                              \
+            case 3: multi_##fmt##_m(w, stride, nrows, nb, a + m, 3, y + m); break;                              \
+            case 4: multi_##fmt##_m(w, stride, nrows, nb, a + m, 4, y + m); break;                              \
+            MORE_GROUP_CASES(fmt)                                                                               \
+            }                                                                                                   \
+        }                                                                                                       \
+    }
+#if MULTI_GROUP == 8
+#define MORE_GROUP_CASES(fmt)                                                                                  \
+    case 5: multi_##fmt##_m(w, stride, nrows, nb, a + m, 5, y + m); break;                                      \
+    case 6: multi_##fmt##_m(w, stride, nrows, nb, a + m, 6, y + m); break;                                      \
+    case 7: multi_##fmt##_m(w, stride, nrows, nb, a + m, 7, y + m); break;                                      \
+    case 8: multi_##fmt##_m(w, stride, nrows, nb, a + m, 8, y + m); break;
+#else
+#define MORE_GROUP_CASES(fmt)
+#endif
+
+DEFINE_INT8_KERNELS(q8_0)
+DEFINE_INT8_KERNELS(q4_0)
+DEFINE_INT8_KERNELS(q4_1)
+DEFINE_INT8_KERNELS(q5_0)
+DEFINE_INT8_KERNELS(q5_1)
+DEFINE_INT8_KERNELS(q4_k)
+DEFINE_INT8_KERNELS(q5_k)
+DEFINE_INT8_KERNELS(q6_k)
 
 #else
 /* ------------------------------------------------------------------------------------- portable */
@@ -129,7 +478,6 @@ static inline acc_f32 q5_1_dot(acc_f32 acc, const uint8_t *qh, const uint8_t *qs
     for (int j = 0; j < 32; j++) s += q5_value(qh, qs, j) * a[j];
     return acc + (float)s * scale;
 }
-#endif
 
 /* ------------------------------------------------------------------------- 32-weight formats */
 
@@ -210,120 +558,6 @@ static void rows_q5_1(const uint8_t *w, int64_t stride, int64_t nrows, int64_t n
 
 /* ------------------------------------------------------------------------------------ k-quants */
 
-#if defined(__AVX2__)
-/* The AVX2 bodies read the blocks' bit fields straight into registers and keep the float32 sums in a
- * vector: one horizontal sum per row. A sub-block's integer scale reaches the int16 lanes of its weights by
- * one byte shuffle of the block's scales, held as int16 in both 128-bit lanes. */
-
-/* the shuffle control that puts int16 `low` of each 128-bit lane in every int16 of the lower lane and int16
- * `high` in every int16 of the upper lane (low = high for Q4_K's 32-weight sub-blocks, low + 1 = high for
- * Q6_K's 16-weight ones) */
-static inline __m256i scale_control(int low, int high) {
-    return _mm256_setr_epi8(2 * low, 2 * low + 1, 2 * low, 2 * low + 1, 2 * low, 2 * low + 1, 2 * low, 2 * low + 1,
-                            2 * low, 2 * low + 1, 2 * low, 2 * low + 1, 2 * low, 2 * low + 1, 2 * low, 2 * low + 1,
-                            2 * high, 2 * high + 1, 2 * high, 2 * high + 1, 2 * high, 2 * high + 1, 2 * high,
-                            2 * high + 1, 2 * high, 2 * high + 1, 2 * high, 2 * high + 1, 2 * high, 2 * high + 1,
-                            2 * high, 2 * high + 1);
-}
-
-/* eight bytes as int16 in both 128-bit lanes (unsigned, or signed for _signed) */
-static inline __m256i bytes8_int16(uint64_t b) {
-    return _mm256_broadcastsi128_si256(_mm_cvtepu8_epi16(_mm_cvtsi64_si128((long long)b)));
-}
-static inline __m256i sbytes8_int16(uint64_t b) {
-    return _mm256_broadcastsi128_si256(_mm_cvtepi8_epi16(_mm_cvtsi64_si128((long long)b)));
-}
-
-static inline __m256i load32(const void *p) { return _mm256_loadu_si256((const __m256i *)p); }
-
-/* Q4_K and Q5_K: for each pair of sub-blocks (2c, 2c + 1), the low and high nibbles of qs[32c ..] (Q5_K: plus
- * the fifth bits of qh) times the activations, scaled by the sub-block's 6-bit scale. */
-static inline __attribute__((always_inline)) void rows_k4(const uint8_t *w, int64_t stride, int64_t nrows,
-                                                          int64_t nb, const int8_row *a, float *y, int type_size,
-                                                          int five_bits) {
-    const __m256i nibbles = _mm256_set1_epi8(15), fifth = _mm256_set1_epi8(16);
-    for (int64_t r = 0; r < nrows; r++) {
-        const uint8_t *row = w + r * stride;
-        __m256 acc = _mm256_setzero_ps();
-        for (int64_t b = 0; b < nb; b++) {
-            const uint8_t *blk = row + type_size * b, *qs = blk + (five_bits ? 48 : 16);
-            const int8_t *ab = a->q + 256 * b;
-            uint64_t scales, mins;
-            k4_unpack(blk + 4, &scales, &mins);
-            __m256i sc = bytes8_int16(scales);
-            __m256i dot = _mm256_setzero_si256();
-            __m256i high_bits = five_bits ? load32(blk + 16) : _mm256_setzero_si256();
-            for (int c = 0; c < 4; c++) {
-                __m256i packed = load32(qs + 32 * c);
-                __m256i low = _mm256_and_si256(packed, nibbles);
-                __m256i high = _mm256_and_si256(_mm256_srli_epi16(packed, 4), nibbles);
-                if (five_bits) {
-                    low = _mm256_or_si256(low, _mm256_and_si256(_mm256_slli_epi16(high_bits, 4), fifth));
-                    high = _mm256_or_si256(high, _mm256_and_si256(_mm256_slli_epi16(high_bits, 3), fifth));
-                    high_bits = _mm256_srli_epi16(high_bits, 2);
-                }
-                __m256i p_low = _mm256_maddubs_epi16(low, load32(ab + 64 * c));
-                __m256i p_high = _mm256_maddubs_epi16(high, load32(ab + 64 * c + 32));
-                p_low = _mm256_madd_epi16(p_low, _mm256_shuffle_epi8(sc, scale_control(2 * c, 2 * c)));
-                p_high = _mm256_madd_epi16(p_high, _mm256_shuffle_epi8(sc, scale_control(2 * c + 1, 2 * c + 1)));
-                dot = _mm256_add_epi32(dot, _mm256_add_epi32(p_low, p_high));
-            }
-            /* the mins' share: m_j * (sums of runs 2j and 2j + 1), m_j duplicated into both runs' lanes */
-            __m128i m8 = _mm_cvtsi64_si128((long long)mins);
-            __m256i m16 = _mm256_cvtepu8_epi16(_mm_unpacklo_epi8(m8, m8));
-            __m256i offset = _mm256_madd_epi16(m16, load32(a->sums + 16 * b));
-            float da = a->d[b];
-            acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot), _mm256_set1_ps(load_half(blk) * da), acc);
-            acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(offset), _mm256_set1_ps(-load_half(blk + 2) * da), acc);
-        }
-        y[r] = acc_f32_sum(acc, _mm256_setzero_ps());
-    }
-}
-
-static void rows_q4_k(const uint8_t *w, int64_t stride, int64_t nrows, int64_t nb, const int8_row *a, float *y) {
-    rows_k4(w, stride, nrows, nb, a, y, 144, 0);
-}
-
-static void rows_q5_k(const uint8_t *w, int64_t stride, int64_t nrows, int64_t nb, const int8_row *a, float *y) {
-    rows_k4(w, stride, nrows, nb, a, y, 176, 1);
-}
-
-/* Q6_K: per half h, four runs of 32 weights built from ql's nibbles and qh's bit pairs (as q6_k_unpack),
- * each two sub-blocks of 16; the bias of 32 through the activation sums. */
-static void rows_q6_k(const uint8_t *w, int64_t stride, int64_t nrows, int64_t nb, const int8_row *a, float *y) {
-    const __m256i nibbles = _mm256_set1_epi8(15), pair = _mm256_set1_epi8(0x30);
-    for (int64_t r = 0; r < nrows; r++) {
-        const uint8_t *row = w + r * stride;
-        __m256 acc = _mm256_setzero_ps();
-        for (int64_t b = 0; b < nb; b++) {
-            const uint8_t *blk = row + 210 * b;
-            const int8_t *ab = a->q + 256 * b;
-            __m256i dot = _mm256_setzero_si256();
-            for (int h = 0; h < 2; h++) {
-                __m256i sc = sbytes8_int16(load_u64(blk + 192 + 8 * h));
-                __m256i lo = load32(blk + 64 * h), hi = load32(blk + 64 * h + 32), bits = load32(blk + 128 + 32 * h);
-                __m256i q[4] = {
-                    _mm256_or_si256(_mm256_and_si256(lo, nibbles), _mm256_and_si256(_mm256_slli_epi16(bits, 4), pair)),
-                    _mm256_or_si256(_mm256_and_si256(hi, nibbles), _mm256_and_si256(_mm256_slli_epi16(bits, 2), pair)),
-                    _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(lo, 4), nibbles), _mm256_and_si256(bits, pair)),
-                    _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(hi, 4), nibbles),
-                                    _mm256_and_si256(_mm256_srli_epi16(bits, 2), pair)),
-                };
-                for (int k = 0; k < 4; k++) {
-                    __m256i p = _mm256_maddubs_epi16(q[k], load32(ab + 128 * h + 32 * k));
-                    dot = _mm256_add_epi32(dot, _mm256_madd_epi16(p, _mm256_shuffle_epi8(sc, scale_control(2 * k, 2 * k + 1))));
-                }
-            }
-            __m256i sc16 = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)(blk + 192)));
-            __m256i bias = _mm256_madd_epi16(sc16, load32(a->sums + 16 * b));
-            dot = _mm256_sub_epi32(dot, _mm256_slli_epi32(bias, 5));
-            acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot), _mm256_set1_ps(load_half(blk + 208) * a->d[b]), acc);
-        }
-        y[r] = acc_f32_sum(acc, _mm256_setzero_ps());
-    }
-}
-
-#else
 /* sum over the sub-blocks j (of `sub` = 16 or 32 values) of scale[j] * (q . a over sub-block j), for 256
  * unsigned q below 128 and |scale| <= 128: within 256 * 127 * 127 * 128 < 2^31 */
 static inline int32_t dot256_scaled(const uint8_t *q, const int8_t *a, const int16_t *scale, int sub) {
@@ -396,6 +630,35 @@ static void rows_q6_k(const uint8_t *w, int64_t stride, int64_t nrows, int64_t n
     }
 }
 
+
+/* Several activation rows: one after another, each as alone */
+#define DEFINE_INT8_KERNELS(fmt)                                                                               \
+    static void multi_##fmt(const uint8_t *w, int64_t stride, int64_t nrows, int64_t nb, const int8_row *a,    \
+                            int64_t M, float *const *y) {                                                       \
+        for (int64_t m = 0; m < M; m++) rows_##fmt(w, stride, nrows, nb, a + m, y[m]);                          \
+    }
+DEFINE_INT8_KERNELS(q8_0)
+DEFINE_INT8_KERNELS(q4_0)
+DEFINE_INT8_KERNELS(q4_1)
+DEFINE_INT8_KERNELS(q5_0)
+DEFINE_INT8_KERNELS(q5_1)
+DEFINE_INT8_KERNELS(q4_k)
+DEFINE_INT8_KERNELS(q5_k)
+DEFINE_INT8_KERNELS(q6_k)
+
+#endif
+
+/* Up to how many activation rows each multi-row kernel beats the float32 dequantize-and-tile products, and so
+ * takes them (runtime.c): measured on one thread, [3072 x 1024] weights, by CPU time (tools/bench_matmul.py
+ * --sweep TYPE --int8 --cpu-time; docs/benchmarks.md). The k-quants' scales come once per 256 weights, and
+ * their 8-bit products stay ahead to long prompts with VNNI; the 32-weight formats pay a float32 scale, and
+ * conversion, per 32 weights and row, as much float work as the float32 products do past a few rows. */
+#if defined(__AVX512VNNI__)
+enum { MULTI_Q8_0 = 8, MULTI_Q4_0 = 8, MULTI_Q4_1 = 4, MULTI_Q5_0 = 8, MULTI_Q5_1 = 8, MULTI_K = 2048 };
+#elif defined(__AVX2__)
+enum { MULTI_Q8_0 = 2, MULTI_Q4_0 = 2, MULTI_Q4_1 = 2, MULTI_Q5_0 = 4, MULTI_Q5_1 = 2, MULTI_K = 16 };
+#else /* one row at a time: as the single-row products, up to two rows */
+enum { MULTI_Q8_0 = 2, MULTI_Q4_0 = 2, MULTI_Q4_1 = 2, MULTI_Q5_0 = 2, MULTI_Q5_1 = 2, MULTI_K = 2 };
 #endif
 
 /* =========================================================================================================
@@ -1173,14 +1436,14 @@ static void rows_nvfp4(const uint8_t *w, int64_t stride, int64_t nrows, int64_t 
 
 
 const int8_kernels INT8_TABLE(TFB_ISA_SYMBOL)[] = {
-    {TYPE_Q8_0, 32, rows_q8_0},
-    {TYPE_Q4_0, 32, rows_q4_0},
-    {TYPE_Q4_1, 32, rows_q4_1},
-    {TYPE_Q5_0, 32, rows_q5_0},
-    {TYPE_Q5_1, 32, rows_q5_1},
-    {TYPE_Q4_K, 256, rows_q4_k},
-    {TYPE_Q5_K, 256, rows_q5_k},
-    {TYPE_Q6_K, 256, rows_q6_k},
+    {TYPE_Q8_0, 32, rows_q8_0, multi_q8_0, MULTI_Q8_0},
+    {TYPE_Q4_0, 32, rows_q4_0, multi_q4_0, MULTI_Q4_0},
+    {TYPE_Q4_1, 32, rows_q4_1, multi_q4_1, MULTI_Q4_1},
+    {TYPE_Q5_0, 32, rows_q5_0, multi_q5_0, MULTI_Q5_0},
+    {TYPE_Q5_1, 32, rows_q5_1, multi_q5_1, MULTI_Q5_1},
+    {TYPE_Q4_K, 256, rows_q4_k, multi_q4_k, MULTI_K},
+    {TYPE_Q5_K, 256, rows_q5_k, multi_q5_k, MULTI_K},
+    {TYPE_Q6_K, 256, rows_q6_k, multi_q6_k, MULTI_K},
     {TYPE_Q2_K, 256, rows_q2_k},
     {TYPE_Q3_K, 256, rows_q3_k},
     {TYPE_IQ4_NL, 32, rows_iq4_nl},
@@ -1198,5 +1461,5 @@ const int8_kernels INT8_TABLE(TFB_ISA_SYMBOL)[] = {
     {TYPE_Q1_0, 32, rows_q1_0},
     {TYPE_Q2_0, 32, rows_q2_0},
     {TYPE_NVFP4, 32, rows_nvfp4},
-    {0, 0, 0},
+    {0, 0, 0, 0, 0},
 };

@@ -39,6 +39,15 @@ static inline vi vi_bit_to(vi v, int from, int to) {
     return vi_and(moved, 1 << to);
 }
 
+/* The weights PREFETCH_BYTES ahead of `p`, `bytes` of them, asked for into L2 as a row is read: weights
+ * streamed from memory (an output layer) otherwise arrive only as the loop stalls on them. Spread over the
+ * row (one request per cache line read), not in bursts. Measured (one thread, one activation row, [151936 x
+ * 1024] streamed): Q8_0 26 -> 13 ms, Q4_K 9.9 -> 9.2 ms; no change on weights in cache. int8.c does the same. */
+#define PREFETCH_BYTES 4096
+static inline void prefetch_ahead(const uint8_t *p, int bytes) {
+    for (int line = 0; line < bytes; line += 64) __builtin_prefetch(p + PREFETCH_BYTES + line, 0, 2);
+}
+
 /* The dot-product loop shared by the block formats: two accumulators over alternate blocks, each
  * block's contribution added by block_<fmt>(block, x, sums, acc, &offset); `offset` collects, lane by
  * lane, what the formats with additive offsets subtract at the end. */
@@ -51,6 +60,7 @@ static inline vi vi_bit_to(vi v, int from, int to) {
             vf offset = vf_zero();                                                                           \
             int64_t b = 0;                                                                                   \
             for (; b + 1 < nb; b += 2) {                                                                     \
+                prefetch_ahead(row + b * (type_size), 2 * (type_size));                                      \
                 acc0 = block_##fmt(row + b * (type_size), x + b * (block_size), sums + b * (sums_per_block), \
                                    acc0, &offset);                                                           \
                 acc1 = block_##fmt(row + (b + 1) * (type_size), x + (b + 1) * (block_size),                 \
@@ -83,6 +93,7 @@ typedef struct {
             prepare_##fmt(row, sums, &prep[0], &offset);                                                     \
             for (int64_t b = 0; b < nb; b += 2) {                                                            \
                 const uint8_t *blk = row + b * (type_size);                                                  \
+                prefetch_ahead(blk, 2 * (type_size));                                                        \
                 if (b + 1 < nb) prepare_##fmt(blk + (type_size), sums + (b + 1) * (sums_per_block), &prep[1], \
                                               &offset);                                                      \
                 acc0 = body_##fmt(blk, x + 256 * b, &prep[0], acc0);                                         \
@@ -115,6 +126,7 @@ static inline float bf16_to_float(uint16_t h) {
             vf acc0 = vf_zero(), acc1 = vf_zero();                                                           \
             int64_t k = 0;                                                                                   \
             for (; k + 2 * LANES <= K; k += 2 * LANES) {                                                     \
+                prefetch_ahead(row + 2 * k, 4 * LANES);                                                      \
                 acc0 = vf_fma(load_vector(row + 2 * k), vf_load(x + k), acc0);                               \
                 acc1 = vf_fma(load_vector(row + 2 * (k + LANES)), vf_load(x + k + LANES), acc1);             \
             }                                                                                                \

@@ -1,14 +1,13 @@
 """Build, cache and load the native kernels: C sources shipped with the package, compiled on first use.
 
 The library is built with the system C compiler ($CC, else `cc`) in a few seconds: kernels.c and int8.c once per
-instruction set (AVX-512, AVX2, portable C), each pass with only its own -m flags, and runtime.c, which
-picks the best set the CPU supports at run time (no -march=native, so a cached build also runs on other
-machines of the same architecture). The IQ codebooks reach the C code as a header
-generated into the build directory from tfb/quant/grids.py (tables.py). Builds are cached under
-$TFB_CACHE/native (default ~/.cache/tfb/native), keyed by a hash of the sources (the generated header
-included), the flags and the compiler's identity; a build
-goes to a temporary name and is renamed into place, so processes that build at the same time do not
-see each other's half-written files.
+instruction set (AVX-512 with VNNI, AVX-512, AVX2, portable C), each pass with only its own -m flags, and
+runtime.c, which picks the best set the CPU supports at run time, or the one named by $TFB_ISA (no
+-march=native, so a cached build also runs on other machines of the same architecture). The IQ codebooks
+reach the C code as a header generated into the build directory from tfb/quant/grids.py (tables.py).
+Builds are cached under $TFB_CACHE/native (default ~/.cache/tfb/native), keyed by a hash of the sources (the
+generated header included), the flags and the compiler's identity; a build goes to a temporary name and is
+renamed into place, so processes that build at the same time do not see each other's half-written files.
 
 When anything fails (no compiler, a compile error, a library that does not load) `load()` returns None
 and callers keep the torch path; TFB_NATIVE=0 asks for that explicitly.
@@ -35,9 +34,11 @@ SOURCES = ("formats.h", "simd.h", "unpack.h", "kernels.c", "int8.c", "runtime.c"
 PER_ISA_SOURCES = ("kernels.c", "int8.c")  # compiled once per instruction set
 COMMON_FLAGS = ["-O3", "-std=gnu11", "-fPIC", "-pthread", "-fvisibility=hidden", "-ffp-contract=off"]
 X86_ISAS = {
+    "avx512vnni": ["-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512vnni", "-mavx2", "-mfma", "-mf16c"],
     "avx512": ["-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx2", "-mfma", "-mf16c"],
     "avx2": ["-mavx2", "-mfma", "-mf16c"],
 }
+OPTIONAL_ISAS = ("avx512vnni",)  # passes whose -m flags an older compiler lacks: the library is built without them
 BUILD_SECONDS = 300  # generous: a loaded machine may be slow, but a hung compiler must not hang tfb
 
 _lock = threading.Lock()
@@ -85,6 +86,30 @@ def _run(command: list[str]) -> None:
         raise RuntimeError(f"{' '.join(command[:1] + command[-3:])} failed: {result.stderr.strip()[-2000:]}")
 
 
+def _attempt(command: list[str]) -> RuntimeError | None:
+    try:
+        _run(command)
+    except RuntimeError as error:
+        return error
+    return None
+
+
+def _compile(commands: list[list[str]], objects: list[Path]) -> list[Path]:
+    """Run the compile commands (one per object); the objects to link. An optional pass that fails is left
+    out (runtime.c then never picks it); any other failure raises."""
+    with ThreadPoolExecutor(len(commands)) as executor:
+        errors = list(executor.map(_attempt, commands))
+    dropped = set()
+    for obj, error in zip(objects, errors, strict=True):
+        if error is None:
+            continue
+        optional = [isa for isa in OPTIONAL_ISAS if obj.stem.endswith(f"_{isa}")]
+        if not optional:
+            raise error
+        dropped.update(optional)
+    return [obj for obj in objects if not any(obj.stem.endswith(f"_{isa}") for isa in dropped)]
+
+
 def _identity(cc: str) -> str:
     """What makes a build reusable: sources, flags, the compiler (path and version), the machine."""
     path = shutil.which(cc)
@@ -112,8 +137,7 @@ def build() -> Path:
         for name, text in generated_sources().items():
             (out_dir / name).write_text(text)
         commands, objects = compile_commands(cc, out_dir)
-        with ThreadPoolExecutor(len(commands)) as executor:
-            list(executor.map(_run, commands))
+        objects = _compile(commands, objects)
         linked = out_dir / target.name
         _run([cc, "-shared", "-pthread", *map(str, objects), "-lm", "-o", str(linked)])
         os.replace(linked, target)  # atomic: a concurrent build of the same sources wrote the same bytes
@@ -134,6 +158,7 @@ def _declare(lib: ctypes.CDLL) -> ctypes.CDLL:
         "tfb_rope": (ctypes.c_int, [ptr, i64, i64, i64, i64, ptr, ptr, ctypes.c_int, ptr]),
         "tfb_supports": (ctypes.c_int, [ctypes.c_int]),
         "tfb_supports_int8": (ctypes.c_int, [ctypes.c_int]),
+        "tfb_int8_rows": (ctypes.c_int, [ctypes.c_int]),
         "tfb_set_isa": (ctypes.c_int, [ctypes.c_char_p]),
         "tfb_isa": (ctypes.c_char_p, []),
         "tfb_set_threads": (ctypes.c_int, [ctypes.c_int]),

@@ -11,6 +11,11 @@ dot products. That beat two fused products for two rows and torch's GEMM on weig
 beyond NATIVE_MAX_ROWS rows tfb.nn.linear hands the product to torch all the same. The formats with a
 native dequantizer but no fused product (the codebook and ternary ones, NVFP4, Q1_0, Q2_0) take the
 dequantize-and-tile kernel for one row too.
+
+With 8-bit activations (`int8_activations`), up to `int8_rows(type)` activation rows take integer products
+that decode each weight block once for up to 8 rows (with AVX512_VNNI: vpdpbusd); how many rows that beats
+the float32 products for was measured per type and instruction set (all of a prompt for the k-quants with
+VNNI, up to 8 rows for the 32-weight formats). Each row's result is the same whatever rows come with it.
 """
 
 from __future__ import annotations
@@ -81,7 +86,8 @@ def uses_openmp() -> bool:
 
 
 def set_isa(name: str = "") -> bool:
-    """Use the kernels of one instruction set ("avx512", "avx2", "portable"; "" for the best); for tests."""
+    """Use the kernels of one instruction set ("avx512vnni", "avx512", "avx2", "portable"; "" for the best);
+    for tests and comparisons. The first choice is $TFB_ISA where it names a set the CPU runs, else the best."""
     lib = library()
     return lib is not None and lib.tfb_set_isa(name.encode()) == 0
 
@@ -105,8 +111,8 @@ def _rows(weight: PackedTensor) -> torch.Tensor:
 class Prepared:
     """A packed weight ready for native products, its call arguments worked out once (a decode step
     makes hundreds of small products, so per-call Python work shows). int8_activations: round each
-    activation row to 8 bits for the matrix-vector products, as llama.cpp does, where the type has such
-    products (`supports_int8`)."""
+    activation row to 8 bits, as llama.cpp does, where the type has such products (`supports_int8`) and for
+    up to `int8_rows` rows."""
 
     __slots__ = ("_call", "_raw", "int8_activations", "name", "out_features")
 
@@ -175,9 +181,16 @@ def matmul(x: torch.Tensor, weight: PackedTensor, int8_activations: bool = False
 
 
 def supports_int8(ggml_type: GGMLType) -> bool:
-    """Whether `ggml_type` has matrix-vector products with 8-bit activations."""
+    """Whether `ggml_type` has products with 8-bit activations."""
     lib = library()
     return lib is not None and bool(lib.tfb_supports_int8(ggml_type.id))
+
+
+def int8_rows(ggml_type: GGMLType) -> int:
+    """Up to how many activation rows a product rounds them to 8 bits (int8_activations=True) for this type,
+    with the kernels in use (0: never); more rows take the float32 products."""
+    lib = library()
+    return 0 if lib is None else int(lib.tfb_int8_rows(ggml_type.id))
 
 
 def dequantize_into(weight: PackedTensor, out: torch.Tensor) -> bool:

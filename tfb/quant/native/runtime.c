@@ -31,6 +31,8 @@
 #define HAVE_X86_ISAS 1
 #include <immintrin.h>
 extern const isa_kernels tfb_kernels_avx512, tfb_kernels_avx2;
+/* weak: a compiler without -mavx512vnni builds the library without that pass (library.py, OPTIONAL_ISAS) */
+extern const isa_kernels tfb_kernels_avx512vnni __attribute__((weak));
 static inline void cpu_relax(void) { _mm_pause(); }
 #else
 static inline void cpu_relax(void) {}
@@ -48,6 +50,8 @@ static const int8_kernels *int8_by_type[64];
 static int cpu_has(const char *isa) {
 #ifdef HAVE_X86_ISAS
     __builtin_cpu_init();
+    if (!strcmp(isa, "avx512vnni"))
+        return cpu_has("avx512") && __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512vnni");
     if (!strcmp(isa, "avx512"))
         return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
                __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c");
@@ -65,14 +69,16 @@ static void use(const isa_kernels *isa) {
     active = isa;
 }
 
-/* Select the kernels by name ("avx512", "avx2", "portable") or, for NULL or "", the best the CPU runs. */
+/* Select the kernels by name ("avx512vnni", "avx512", "avx2", "portable") or, for NULL or "", the best the
+ * CPU runs. */
 EXPORT int tfb_set_isa(const char *name) {
     const isa_kernels *all[] = {
 #ifdef HAVE_X86_ISAS
-        &tfb_kernels_avx512, &tfb_kernels_avx2,
+        &tfb_kernels_avx512vnni, &tfb_kernels_avx512, &tfb_kernels_avx2,
 #endif
         &tfb_kernels_portable};
     for (size_t i = 0; i < sizeof all / sizeof all[0]; i++) {
+        if (!all[i]) continue; /* a pass left out of the build */
         if (name && *name && strcmp(name, all[i]->name)) continue;
         if (!cpu_has(all[i]->name)) continue;
         use(all[i]);
@@ -81,25 +87,34 @@ EXPORT int tfb_set_isa(const char *name) {
     return ERR_ISA;
 }
 
+/* The first choice: $TFB_ISA where it names a set the CPU runs (to compare or test one), else the best. */
+static void pick_isa(void) {
+    if (tfb_set_isa(getenv("TFB_ISA")) != OK) tfb_set_isa(NULL);
+}
+
 static const format_kernels *format(int type) {
-    if (!active) tfb_set_isa(NULL);
+    if (!active) pick_isa();
     return type > 0 && type < 64 ? by_type[type] : NULL;
 }
 
 EXPORT const char *tfb_isa(void) {
-    if (!active) tfb_set_isa(NULL);
+    if (!active) pick_isa();
     return active->name;
 }
 
 EXPORT int tfb_supports(int type) { return format(type) != NULL; }
 
 static const int8_kernels *int8_format(int type) {
-    if (!active) tfb_set_isa(NULL);
+    if (!active) pick_isa();
     return type > 0 && type < 64 ? int8_by_type[type] : NULL;
 }
 
 /* Whether `type` has products with 8-bit activations (tfb_matmul_int8). */
 EXPORT int tfb_supports_int8(int type) { return int8_format(type) != NULL; }
+
+/* Up to how many activation rows tfb_matmul_int8 rounds them to 8 bits for `type` (0: never); more take the
+ * float32 products. Defined below, with the row counts. */
+EXPORT int tfb_int8_rows(int type);
 
 /* ----------------------------------------------------------------------------------- thread pool */
 
@@ -404,8 +419,6 @@ static void matmul_part(void *arg, int part, int parts) {
  * dequantize and tile. Measured with FEW_TILE_ROWS (one thread, [3072 x 1024]): two rows dequantized and
  * tiled take 0.31 ms on Q4_K against two fused products' 0.30, 0.37 against 0.46 on Q6_K. */
 #define MATVEC_ROWS 1
-/* ... while 8-bit activation products stay fused up to INT8_ROWS rows, as they were measured */
-#define INT8_ROWS 2
 
 /* y[M, N] = x[M, K] . W[N, K]^T for W stored as ggml blocks, `stride` bytes per row. */
 EXPORT int tfb_matmul(int type, const uint8_t *w, int64_t stride, int64_t N, int64_t K, const float *x, int64_t M,
@@ -469,45 +482,108 @@ static int quantize_activations(const float *x, int64_t K, int block, int8_t *q,
     return 1;
 }
 
+/* Bytes of memory quantize_row needs for a row of K values rounded in blocks of `block` */
+static size_t int8_row_bytes(int64_t K, int block) {
+    size_t extra = block == 32 ? (size_t)K + (size_t)K / 2 * sizeof(float) : 0; /* qu, d8, dsum4 */
+    return (size_t)K + (size_t)(K / block) * sizeof(float) + (size_t)(K / 16) * sizeof(int16_t) + extra;
+}
+
+/* x[K] rounded into `memory` (int8_row_bytes of it, 4-byte aligned) and described by *row; 0 where x holds a
+ * NaN or an infinity (quantize_activations) */
+static int quantize_row(const float *x, int64_t K, int block, char *memory, int8_row *row) {
+    float *d8 = block == 32 ? (float *)memory : NULL, *dsum4 = block == 32 ? d8 + K / 4 : NULL;
+    float *d = block == 32 ? dsum4 + K / 4 : (float *)memory;
+    int16_t *sums = (int16_t *)(d + K / block);
+    int8_t *q = (int8_t *)(sums + K / 16);
+    uint8_t *qu = block == 32 ? (uint8_t *)(q + K) : NULL;
+    if (!quantize_activations(x, K, block, q, d, sums)) return 0;
+    if (block == 32) {
+        for (int64_t i = 0; i < K; i++) qu[i] = (uint8_t)(q[i] + 128);
+        for (int64_t i = 0; i < K / 4; i++) {
+            d8[i] = d[i / 8];
+            dsum4[i] = d[i / 8] * (float)(q[4 * i] + q[4 * i + 1] + q[4 * i + 2] + q[4 * i + 3]);
+        }
+    }
+    *row = (int8_row){q, d, sums, qu, d8, dsum4};
+    return 1;
+}
+
 typedef struct {
     const int8_kernels *f;
     const uint8_t *w;
-    int64_t stride, N, nb;
-    const int8_row *a;
-    float *y;
-} matvec_int8_job;
+    int64_t stride, N, nb, M;
+    const int8_row *a; /* M activation rows ... */
+    float *const *y;   /* ... and their M result rows */
+} int8_job;
 
-static void matvec_int8_part(void *arg, int part, int parts) {
-    const matvec_int8_job *j = arg;
+/* Weight rows a thread takes at a time when more activation rows than one pass of a multi-row kernel keeps
+ * in registers (8) meet them: the kernel goes over the tile once per 8 rows, so it stays in L1 / L2. (The
+ * kernels prefetch the weights ahead themselves: int8.c, prefetch_ahead.) */
+#define INT8_TILE_BYTES (32 * 1024)
+#define INT8_PASS 64 /* activation rows handed to a multi-row kernel per call */
+
+static void int8_part(void *arg, int part, int parts) {
+    const int8_job *j = arg;
     int64_t begin, end;
     range(j->N, 8, part, parts, &begin, &end);
-    if (end > begin) j->f->rows(j->w + begin * j->stride, j->stride, end - begin, j->nb, j->a, j->y + begin);
+    if (end <= begin) return;
+    if (!j->f->multi) {
+        for (int64_t m = 0; m < j->M; m++)
+            j->f->rows(j->w + begin * j->stride, j->stride, end - begin, j->nb, j->a + m, j->y[m] + begin);
+        return;
+    }
+    int64_t tile = j->M <= 8 ? end - begin : INT8_TILE_BYTES / j->stride;
+    tile = tile < 1 ? 1 : tile;
+    float *out[INT8_PASS];
+    for (int64_t n = begin; n < end; n += tile) {
+        int64_t rows = end - n < tile ? end - n : tile;
+        for (int64_t m = 0; m < j->M; m += INT8_PASS) {
+            int64_t count = j->M - m < INT8_PASS ? j->M - m : INT8_PASS;
+            for (int64_t i = 0; i < count; i++) out[i] = j->y[m + i] + n;
+            j->f->multi(j->w + n * j->stride, j->stride, rows, j->nb, j->a + m, count, out);
+        }
+    }
+}
+
+/* Formats without a multi-row kernel take up to INT8_ROWS activation rows as one fused product each, as
+ * measured before multi-row kernels existed; those with one, up to its multi_rows (int8.c). */
+#define INT8_ROWS 2
+
+EXPORT int tfb_int8_rows(int type) {
+    const int8_kernels *f = int8_format(type);
+    return !f ? 0 : f->multi ? f->multi_rows : INT8_ROWS;
 }
 
 /* tfb_matmul with each activation row rounded to 8 bits first (quantize_activations) where the format has
- * such products (tfb_supports_int8) and there are at most INT8_ROWS rows; otherwise, and for rows with a
- * NaN or an infinity, exactly tfb_matmul. */
+ * such products (tfb_supports_int8) and there are at most INT8_ROWS rows (the format's multi_rows where it has
+ * a multi-row kernel); otherwise, and for rows with a NaN or an infinity, exactly tfb_matmul. Up to those
+ * counts, a row's result is the same whichever other rows come with it. */
 EXPORT int tfb_matmul_int8(int type, const uint8_t *w, int64_t stride, int64_t N, int64_t K, const float *x,
                            int64_t M, float *y) {
     const int8_kernels *f = int8_format(type);
     const format_kernels *ff = format(type);
-    if (!f || !ff || M > INT8_ROWS) return tfb_matmul(type, w, stride, N, K, x, M, y);
+    if (!f || !ff || M > tfb_int8_rows(type)) return tfb_matmul(type, w, stride, N, K, x, M, y);
     if (K <= 0 || K % f->block || N < 0 || M < 0 || stride < K / ff->block_size * ff->type_size) return ERR_SHAPE;
-    size_t bytes = (size_t)K + (size_t)(K / f->block) * sizeof(float) + (size_t)(K / 16) * sizeof(int16_t);
+    /* per activation row: its int8_row, its result row, and its rounded form (quantize_row) */
+    size_t row8 = int8_row_bytes(K, f->block);
+    size_t bytes = (size_t)M * (sizeof(int8_row) + sizeof(float *) + row8);
     char local[16384] __attribute__((aligned(16))), *buffer = bytes <= sizeof local ? local : malloc(bytes);
     if (!buffer) return ERR_MEMORY;
-    float *d = (float *)buffer;
-    int16_t *sums = (int16_t *)(d + K / f->block);
-    int8_t *q = (int8_t *)(sums + K / 16);
+    int8_row *a = (int8_row *)buffer;
+    float **out = (float **)(a + M);
+    char *rounded = (char *)(out + M);
+    int64_t good = 0;
     int status = OK;
     for (int64_t m = 0; m < M && status == OK; m++) {
-        if (!quantize_activations(x + m * K, K, f->block, q, d, sums)) {
+        if (quantize_row(x + m * K, K, f->block, rounded + (size_t)m * row8, a + good)) {
+            out[good++] = y + m * N;
+        } else {
             status = tfb_matmul(type, w, stride, N, K, x + m * K, 1, y + m * N);
-            continue;
         }
-        int8_row row = {q, d, sums};
-        matvec_int8_job job = {f, w, stride, N, K / f->block, &row, y + m * N};
-        run(matvec_int8_part, &job, N * stride);
+    }
+    if (status == OK && good) {
+        int8_job job = {f, w, stride, N, K / f->block, good, a, out};
+        run(int8_part, &job, N * stride * ((good + 7) / 8) + good * K);
     }
     if (buffer != local) free(buffer);
     return status;
@@ -563,7 +639,7 @@ EXPORT int tfb_matmul_experts(int type, const uint8_t *w, int64_t experts, int64
     const int8_kernels *f8 = int8 ? int8_format(type) : NULL; /* its block is the format's: K is a multiple */
     int64_t rows = P / share, groups = f->sum_group ? K / f->sum_group : 0;
     /* per activation row: its sums, and with 8 bits its rounded values, scales and sums of 16 */
-    size_t row8 = f8 ? (size_t)K + (size_t)(K / f8->block) * sizeof(float) + (size_t)(K / 16) * sizeof(int16_t) : 0;
+    size_t row8 = f8 ? int8_row_bytes(K, f8->block) : 0;
     size_t bytes = (size_t)rows * ((size_t)groups * sizeof(float) + (f8 ? sizeof(int8_row) + row8 : 0));
     char local[32768] __attribute__((aligned(16))), *buffer = bytes <= sizeof local ? local : malloc(bytes);
     if (!buffer) return ERR_MEMORY;
@@ -578,11 +654,7 @@ EXPORT int tfb_matmul_experts(int type, const uint8_t *w, int64_t experts, int64
             sums[m * groups + g] = s;
         }
         if (!a) continue;
-        float *d = (float *)(rounded + (size_t)m * row8);
-        int16_t *sums16 = (int16_t *)(d + K / f8->block);
-        int8_t *q = (int8_t *)(sums16 + K / 16);
-        a[m].q = quantize_activations(xm, K, f8->block, q, d, sums16) ? q : NULL;
-        a[m].d = d, a[m].sums = sums16;
+        if (!quantize_row(xm, K, f8->block, rounded + (size_t)m * row8, a + m)) a[m].q = NULL;
     }
     experts_job job = {f, f8, w, expert_stride, stride, N, K, K / f->block_size, P, share, groups, ids, x, sums, a, y};
     run(experts_part, &job, P * N * stride);
@@ -656,7 +728,7 @@ EXPORT int tfb_attend(const float *q, int64_t batch, int64_t kv_heads, int64_t r
                       int64_t k_head, int64_t k_row, const void *v, int64_t v_head, int64_t v_row, int64_t dv,
                       int64_t s, int half, float scale, float softcap, const float *sinks, float *out) {
     if (batch < 1 || kv_heads < 1 || rows < 1 || d < 1 || dv < 1 || s < 1) return ERR_SHAPE;
-    if (!active) tfb_set_isa(NULL);
+    if (!active) pick_isa();
     attend_job job = {q, sinks, k, v, batch * kv_heads, kv_heads, rows, d, dv, s, k_head, k_row, v_head, v_row,
                       half != 0, scale, softcap, out, 0};
     run(attend_part, &job, job.heads * s * (d + dv) * (half ? 2 : 4));
@@ -682,7 +754,7 @@ static void rms_norm_part(void *arg, int part, int parts) {
 /* y = x / sqrt(mean(x^2) + eps) * w over each of `rows` dense rows of n floats (w NULL: no weight). */
 EXPORT int tfb_rms_norm(const float *x, int64_t rows, int64_t n, const float *w, float eps, float *y) {
     if (rows < 0 || n < 1) return ERR_SHAPE;
-    if (!active) tfb_set_isa(NULL);
+    if (!active) pick_isa();
     rms_norm_job job = {x, w, rows, n, eps, y};
     run(rms_norm_part, &job, rows * n * 8);
     return OK;

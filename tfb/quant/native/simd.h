@@ -32,7 +32,11 @@ static inline uint64_t load_u64(const uint8_t *p) { uint64_t v; memcpy(&v, p, 8)
 /* ------------------------------------------------------------------------------------- AVX-512 */
 #include <immintrin.h>
 #define LANES 16
+#if defined(__AVX512VNNI__)
+#define ISA_NAME "avx512vnni" /* the same float kernels; int8.c's dot products use VNNI */
+#else
 #define ISA_NAME "avx512"
+#endif
 typedef __m512 vf;
 typedef __m512i vi;
 typedef __m512 vtable;
