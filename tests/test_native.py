@@ -518,3 +518,16 @@ def test_concurrent_first_builds_share_one_library(tmp_path: Path) -> None:
     assert all(out.startswith("True") for out, _ in outputs), outputs
     assert len(list((tmp_path / "native").glob("*.so"))) == 1
     assert not [p for p in (tmp_path / "native").iterdir() if p.name.startswith(".build-")]
+
+
+def test_the_kernels_build_wherever_a_compiler_is() -> None:
+    """Where the system has a C compiler the native kernels must build: otherwise every test marked
+    `needs_native` would be skipped and a broken kernel source would go unnoticed."""
+    import shutil
+
+    from tfb.quant.native import library
+
+    if shutil.which(library.compiler()) is None:
+        pytest.skip("no C compiler on this machine")
+    assert library.build().is_file()
+    assert native.available()

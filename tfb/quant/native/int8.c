@@ -19,6 +19,17 @@
 #error "compile with -DTFB_ISA_SYMBOL=<exported table name>"
 #endif
 
+/* The weights PREFETCH_BYTES ahead of those being read, asked for into L2 as the rows go (weights streamed
+ * from memory, an output layer, otherwise arrive only as the kernel stalls on them; spread over the row, not
+ * asked for in bursts, which stall the loads). Measured, one thread, Q4_0 [151936 x 1024]: one activation
+ * row 25 -> 9 ms, 4 rows 45 -> 17 ms (prefetching whole 4 KiB tiles two ahead from runtime.c instead: 13
+ * and 22 ms, and slower on weights in cache; Q2_K [151936 x 1024]: 10.8 -> 4.5 ms). Past the last row:
+ * prefetches do not fault. Every pass and section uses it. */
+#define PREFETCH_BYTES 4096
+static inline __attribute__((always_inline)) void prefetch_ahead(const uint8_t *p) {
+    __builtin_prefetch(p + PREFETCH_BYTES, 0, 2); /* locality 2: into L2, as _MM_HINT_T1 */
+}
+
 #if defined(__AVX2__)
 /* ----------------------------------------------------------------------------------------- AVX2 */
 /* Every kernel is written once for M activation rows (M a compile-time constant after inlining, up to
@@ -40,16 +51,6 @@
 #define UNROLL _Pragma("GCC unroll 8")
 
 static ALWAYS_INLINE __m256i load32(const void *p) { return _mm256_loadu_si256((const __m256i *)p); }
-
-/* The weights PREFETCH_BYTES ahead of those being read, asked for into L2 as the rows go (weights streamed
- * from memory, an output layer, otherwise arrive only as the kernel stalls on them; spread over the row, not
- * asked for in bursts, which stall the loads). Measured, one thread, Q4_0 [151936 x 1024]: one activation
- * row 25 -> 9 ms, 4 rows 45 -> 17 ms (prefetching whole 4 KiB tiles two ahead from runtime.c instead: 13
- * and 22 ms, and slower on weights in cache). Past the last row: prefetches do not fault. */
-#define PREFETCH_BYTES 4096
-static ALWAYS_INLINE void prefetch_ahead(const uint8_t *p) {
-    _mm_prefetch((const char *)p + PREFETCH_BYTES, _MM_HINT_T1);
-}
 
 /* acc + in each int32 lane the sum of its four u8 x s8 byte products (pair sums within int16) */
 static ALWAYS_INLINE __m256i dot_bytes(__m256i acc, __m256i u, __m256i s) {
@@ -668,14 +669,7 @@ enum { MULTI_Q8_0 = 2, MULTI_Q4_0 = 2, MULTI_Q4_1 = 2, MULTI_Q5_0 = 2, MULTI_Q5_
  * kernels in kernels.c.
  * ========================================================================================================= */
 
-/* The weights PREFETCH_AHEAD bytes on, asked for into L2 while this block multiplies: rows streamed from
- * memory (an output layer) otherwise arrive at the hardware prefetcher's pace, which left these kernels
- * slower than the float ones there. Measured (one thread, by CPU time, Q2_K [151936 x 1024]): 10.8 ms
- * -> 4.5 ms (float: 10.5 ms); 4 to 16 rows ahead did about as well; no change where the weights stay in cache. */
-#define PREFETCH_AHEAD 4096
-static inline void prefetch_ahead(const uint8_t *p) { __builtin_prefetch(p + PREFETCH_AHEAD, 0, 1); }
-
-/* This section's own small helpers (it uses nothing from the sections above): a float32 accumulator `acc32`
+/* This section's own small helpers (besides prefetch_ahead, nothing from the sections above): a float32 accumulator `acc32`
  * (eight lanes with AVX2, one float otherwise), its zero and its sum. */
 #if defined(__AVX2__)
 typedef __m256 acc32;
