@@ -368,34 +368,19 @@ static ALWAYS_INLINE void multi_q6_k_m(const uint8_t *w, int64_t stride, int64_t
     }
 }
 
-static ALWAYS_INLINE void multi_q8_0_m(const uint8_t *w, int64_t s, int64_t n, int64_t nb, const int8_row *a, int M,
-                                       float *const *y) {
-    multi32(TYPE_Q8_0, 34, w, s, n, nb, a, M, y);
-}
-static ALWAYS_INLINE void multi_q4_0_m(const uint8_t *w, int64_t s, int64_t n, int64_t nb, const int8_row *a, int M,
-                                       float *const *y) {
-    multi32(TYPE_Q4_0, 18, w, s, n, nb, a, M, y);
-}
-static ALWAYS_INLINE void multi_q4_1_m(const uint8_t *w, int64_t s, int64_t n, int64_t nb, const int8_row *a, int M,
-                                       float *const *y) {
-    multi32(TYPE_Q4_1, 20, w, s, n, nb, a, M, y);
-}
-static ALWAYS_INLINE void multi_q5_0_m(const uint8_t *w, int64_t s, int64_t n, int64_t nb, const int8_row *a, int M,
-                                       float *const *y) {
-    multi32(TYPE_Q5_0, 22, w, s, n, nb, a, M, y);
-}
-static ALWAYS_INLINE void multi_q5_1_m(const uint8_t *w, int64_t s, int64_t n, int64_t nb, const int8_row *a, int M,
-                                       float *const *y) {
-    multi32(TYPE_Q5_1, 24, w, s, n, nb, a, M, y);
-}
-static ALWAYS_INLINE void multi_q4_k_m(const uint8_t *w, int64_t s, int64_t n, int64_t nb, const int8_row *a, int M,
-                                       float *const *y) {
-    multi_k4(w, s, n, nb, a, M, y, 144, 0);
-}
-static ALWAYS_INLINE void multi_q5_k_m(const uint8_t *w, int64_t s, int64_t n, int64_t nb, const int8_row *a, int M,
-                                       float *const *y) {
-    multi_k4(w, s, n, nb, a, M, y, 176, 1);
-}
+/* multi_<fmt>_m: the M-row kernel of each format, as the row loops above compute it */
+#define MULTI_M(fmt, call)                                                                                    \
+    static ALWAYS_INLINE void multi_##fmt##_m(const uint8_t *w, int64_t s, int64_t n, int64_t nb, const int8_row *a, \
+                                              int M, float *const *y) {                                        \
+        call;                                                                                                  \
+    }
+MULTI_M(q8_0, multi32(TYPE_Q8_0, 34, w, s, n, nb, a, M, y))
+MULTI_M(q4_0, multi32(TYPE_Q4_0, 18, w, s, n, nb, a, M, y))
+MULTI_M(q4_1, multi32(TYPE_Q4_1, 20, w, s, n, nb, a, M, y))
+MULTI_M(q5_0, multi32(TYPE_Q5_0, 22, w, s, n, nb, a, M, y))
+MULTI_M(q5_1, multi32(TYPE_Q5_1, 24, w, s, n, nb, a, M, y))
+MULTI_M(q4_k, multi_k4(w, s, n, nb, a, M, y, 144, 0))
+MULTI_M(q5_k, multi_k4(w, s, n, nb, a, M, y, 176, 1))
 
 /* The exported forms: rows_<fmt> (one activation row) and multi_<fmt> (any number, MULTI_GROUP at a time),
  * both the same inlined kernel with M fixed at compile time. */
@@ -426,15 +411,6 @@ static ALWAYS_INLINE void multi_q5_k_m(const uint8_t *w, int64_t s, int64_t n, i
 #else
 #define MORE_GROUP_CASES(fmt)
 #endif
-
-DEFINE_INT8_KERNELS(q8_0)
-DEFINE_INT8_KERNELS(q4_0)
-DEFINE_INT8_KERNELS(q4_1)
-DEFINE_INT8_KERNELS(q5_0)
-DEFINE_INT8_KERNELS(q5_1)
-DEFINE_INT8_KERNELS(q4_k)
-DEFINE_INT8_KERNELS(q5_k)
-DEFINE_INT8_KERNELS(q6_k)
 
 #else
 /* ------------------------------------------------------------------------------------- portable */
@@ -638,6 +614,9 @@ static void rows_q6_k(const uint8_t *w, int64_t stride, int64_t nrows, int64_t n
                             int64_t M, float *const *y) {                                                       \
         for (int64_t m = 0; m < M; m++) rows_##fmt(w, stride, nrows, nb, a + m, y[m]);                          \
     }
+#endif
+
+/* the kernels each branch defines its way */
 DEFINE_INT8_KERNELS(q8_0)
 DEFINE_INT8_KERNELS(q4_0)
 DEFINE_INT8_KERNELS(q4_1)
@@ -646,8 +625,6 @@ DEFINE_INT8_KERNELS(q5_1)
 DEFINE_INT8_KERNELS(q4_k)
 DEFINE_INT8_KERNELS(q5_k)
 DEFINE_INT8_KERNELS(q6_k)
-
-#endif
 
 /* Up to how many activation rows each multi-row kernel beats the float32 dequantize-and-tile products, and so
  * takes them (runtime.c): measured on one thread, [3072 x 1024] weights, by CPU time (tools/bench_matmul.py
@@ -1349,41 +1326,35 @@ static inline acc32 q2_0_dot(acc32 acc, const uint8_t *qs, const int8_t *a, floa
 }
 #endif
 
-/* Q1_0, 18 bytes: d (f16), qs[16]; activation block k of a weight block: bits qs[4k .. 4k + 3] */
-static void rows_q1_0(const uint8_t *w, int64_t stride, int64_t nrows, int64_t nb, const int8_row *a, float *y) {
-    for (int64_t r = 0; r < nrows; r++) {
-        const uint8_t *row = w + r * stride;
-        acc32 acc = acc32_zero();
-        for (int64_t b = 0; b < nb; b++) {
-            const uint8_t *blk = row + 18 * (b / 4);
-            if (b % 4 == 0) prefetch_ahead(blk);
+/* The row loop of formats whose weight block of `type_size` bytes (f16 scale, then the values) spans `per`
+ * activation blocks of 32, each reading `sub_bytes` of the values: activation block b is part b % per of
+ * weight block b / per. */
 #if defined(__AVX2__)
-            acc = add_dot32(acc, q1_0_values(blk + 2 + 4 * (b % 4)), bytes32(a->q + 32 * b), load_half(blk) * a->d[b]);
+#define SUB_DOT(fmt, values, a, scale, acc) add_dot32(acc, fmt##_values(values), bytes32(a), scale)
 #else
-            acc = q1_0_dot(acc, blk + 2 + 4 * (b % 4), a->q + 32 * b, load_half(blk) * a->d[b]);
+#define SUB_DOT(fmt, values, a, scale, acc) fmt##_dot(acc, values, a, scale)
 #endif
-        }
-        y[r] = acc32_sum(acc);
+#define DEFINE_SUBBLOCK_ROWS(fmt, type_size, per, sub_bytes)                                                  \
+    static void rows_##fmt(const uint8_t *w, int64_t stride, int64_t nrows, int64_t nb, const int8_row *a,     \
+                           float *y) {                                                                         \
+        for (int64_t r = 0; r < nrows; r++) {                                                                   \
+            const uint8_t *row = w + r * stride;                                                                \
+            acc32 acc = acc32_zero();                                                                           \
+            for (int64_t b = 0; b < nb; b++) {                                                                  \
+                const uint8_t *blk = row + (type_size) * (b / (per));                                           \
+                if (b % (per) == 0) prefetch_ahead(blk);                                                        \
+                acc = SUB_DOT(fmt, blk + 2 + (sub_bytes) * (b % (per)), a->q + 32 * b, load_half(blk) * a->d[b], \
+                              acc);                                                                             \
+            }                                                                                                   \
+            y[r] = acc32_sum(acc);                                                                              \
+        }                                                                                                       \
     }
-}
+
+/* Q1_0, 18 bytes: d (f16), qs[16]; activation block k of a weight block: bits qs[4k .. 4k + 3] */
+DEFINE_SUBBLOCK_ROWS(q1_0, 18, 4, 4)
 
 /* Q2_0, 18 bytes: d (f16), qs[16]; activation block k of a weight block: qs[8k .. 8k + 7] */
-static void rows_q2_0(const uint8_t *w, int64_t stride, int64_t nrows, int64_t nb, const int8_row *a, float *y) {
-    for (int64_t r = 0; r < nrows; r++) {
-        const uint8_t *row = w + r * stride;
-        acc32 acc = acc32_zero();
-        for (int64_t b = 0; b < nb; b++) {
-            const uint8_t *blk = row + 18 * (b / 2);
-            if (b % 2 == 0) prefetch_ahead(blk);
-#if defined(__AVX2__)
-            acc = add_dot32(acc, q2_0_values(blk + 2 + 8 * (b % 2)), bytes32(a->q + 32 * b), load_half(blk) * a->d[b]);
-#else
-            acc = q2_0_dot(acc, blk + 2 + 8 * (b % 2), a->q + 32 * b, load_half(blk) * a->d[b]);
-#endif
-        }
-        y[r] = acc32_sum(acc);
-    }
-}
+DEFINE_SUBBLOCK_ROWS(q2_0, 18, 2, 8)
 
 /* NVFP4, 36 bytes: d[4] (UE4M3), qs[32]; activation block k of a weight block holds sub-blocks 2k and 2k + 1
  * (qs[16k .. 16k + 15]), each with its own scale: two float multiply-adds per activation block */
