@@ -3,9 +3,10 @@ cancelling and a failing step free the slots and leave the engine serving."""
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
@@ -46,6 +47,16 @@ def loaded(tiny_gguf) -> tuple[Any, Any]:
     return tfb.load(path), tfb.load_tokenizer(path)
 
 
+@contextlib.contextmanager
+def running(engine: Engine) -> Iterator[Engine]:
+    """The engine's thread started for the block and stopped after it, whatever the block raises."""
+    engine.start()
+    try:
+        yield engine
+    finally:
+        engine.stop()
+
+
 def _run(engine: Engine, jobs: list[tuple[list[int], int, dict[str, Any]]]) -> list[Collect]:
     outs = []
     for prompt, max_tokens, options in jobs:
@@ -62,12 +73,8 @@ def test_jobs_decoded_together_equal_generate_alone(loaded, budget: int, monkeyp
     """With a budget of 5 prompt tokens a turn, prompts are computed in chunks while others decode."""
     monkeypatch.setattr(engine_module, "PREFILL_BUDGET", budget)
     model, tok = loaded
-    engine = Engine(model, tok, parallel=8)
-    engine.start()
-    try:
+    with running(Engine(model, tok, parallel=8)) as engine:
         outs = _run(engine, [(tok.encode(p), 10, {"sampling": GREEDY}) for p in PROMPTS])
-    finally:
-        engine.stop()
     assert engine.max_batch == len(PROMPTS) or budget < 256
     for prompt, out in zip(PROMPTS, outs, strict=True):
         gen = tfb.generate(model, tok, prompt, max_tokens=10, sampling=GREEDY)
@@ -78,26 +85,18 @@ def test_jobs_decoded_together_equal_generate_alone(loaded, budget: int, monkeyp
 
 def test_more_jobs_than_slots_wait_their_turn(loaded) -> None:
     model, tok = loaded
-    engine = Engine(model, tok, parallel=3)
-    engine.start()
-    try:
+    with running(Engine(model, tok, parallel=3)) as engine:
         outs = _run(engine, [(tok.encode(p), 5, {"sampling": GREEDY}) for p in PROMPTS])
-    finally:
-        engine.stop()
     assert engine.max_batch == 3 and engine.stats()["running"] == 0
     assert all(out.finish in ("length", "stop") for out in outs)
 
 
 def test_stop_strings_and_logprobs(loaded) -> None:
     model, tok = loaded
-    engine = Engine(model, tok, parallel=2)
-    engine.start()
-    try:
+    with running(Engine(model, tok, parallel=2)) as engine:
         (full,) = _run(engine, [(tok.encode("Once"), 12, {"sampling": GREEDY, "top_logprobs": 3})])
         stop = full.text[4:7]
         (cut,) = _run(engine, [(tok.encode("Once"), 12, {"sampling": GREEDY, "stop": [stop]})])
-    finally:
-        engine.stop()
     lps = [lp for c in full.chunks for lp in c.logprobs]
     assert len(lps) == 12 and all(len(lp.top) == 3 and lp.top[0][1] >= lp.logprob for lp in lps)
     assert cut.text == full.text[:full.text.index(stop)] and cut.finish == "stop"
@@ -137,13 +136,9 @@ def test_choices_share_the_prompt_and_each_equals_its_own_generation(loaded) -> 
     each equals generating alone with that seed; a job of 3 choices waits for 3 free slots."""
     model, tok = loaded
     hot = Sampling(temperature=1.0, top_k=0, top_p=1.0, min_p=0.0, seed=5)
-    engine = Engine(model, tok, parallel=4)
-    engine.start()
-    try:
+    with running(Engine(model, tok, parallel=4)) as engine:
         out, other = _run(engine, [(tok.encode("Once upon a time"), 12, {"sampling": hot, "n": 3}),
                                    (tok.encode("Hello"), 4, {"sampling": GREEDY, "n": 3})])
-    finally:
-        engine.stop()
     assert engine.max_batch == 3  # the second job waited: 3 + 3 choices do not fit 4 slots
     for i in range(3):
         chunks = [c for c in out.chunks if c.index == i]
@@ -168,11 +163,9 @@ def test_a_kept_prompt_is_reused_and_gives_a_fresh_computation(tiny_gguf, tiny_m
     path = tiny_model("granitehybrid", "f32")[1] if recurrent else tiny_gguf()
     model, tok = tfb.load(path), tfb.load_tokenizer(path)
     assert model.new_cache().rewindable != recurrent
-    engine = Engine(model, tok, parallel=2)
     options = {"sampling": GREEDY, "top_logprobs": 0}
     first_prompt = tok.encode("Once upon a time there was")
-    engine.start()
-    try:
+    with running(Engine(model, tok, parallel=2)) as engine:
         (first,) = _run(engine, [(first_prompt, 8, options)])
         held = first_prompt + _ids(first)[:-1]  # the last token was sampled, never computed
         assert engine.stats()["reused_prompt_tokens"] == 0 and len(held) == len(first_prompt) + 7
@@ -180,8 +173,6 @@ def test_a_kept_prompt_is_reused_and_gives_a_fresh_computation(tiny_gguf, tiny_m
         (longer,) = _run(engine, [(extended, 6, options)])
         reused = engine.stats()["reused_prompt_tokens"]
         (other,) = _run(engine, [(parted, 6, options)])
-    finally:
-        engine.stop()
     assert reused == len(held)
     assert engine.stats()["reused_prompt_tokens"] - reused == (0 if recurrent else 3)
     for prompt, out in ((extended, longer), (parted, other)):
