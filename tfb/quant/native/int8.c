@@ -491,23 +491,31 @@ DEFINE_INT8_ROWS(q4_0, 18)
 
 /* Q4_1, 20 bytes: d (f16), m (f16), qs[16] as Q4_0's; weight = d * q + m with q = 0..15. A block adds
  * d * da * sum(q * a) + m * da * sum(a), the activations' sum from their runs of 16 (as llama.cpp's Q8_1
- * blocks carry it); the offset terms are summed apart, in float32. */
-static void rows_q4_1(const uint8_t *w, int64_t stride, int64_t nrows, int64_t nb, const int8_row *a, float *y) {
-    for (int64_t r = 0; r < nrows; r++) {
-        const uint8_t *row = w + r * stride;
-        acc_f32 acc0 = acc_f32_zero(), acc1 = acc_f32_zero();
-        float offsets = 0.0f;
-        for (int64_t b = 0; b < nb; b++) {
-            const uint8_t *blk = row + 20 * b;
-            if (b & 1)
-                acc1 = q4_1_dot(acc1, blk + 4, a->q + 32 * b, load_half(blk) * a->d[b]);
-            else
-                acc0 = q4_1_dot(acc0, blk + 4, a->q + 32 * b, load_half(blk) * a->d[b]);
-            offsets += load_half(blk + 2) * a->d[b] * (float)(a->sums[2 * b] + a->sums[2 * b + 1]);
-        }
-        y[r] = acc_f32_sum(acc0, acc1) + offsets;
+ * blocks carry it); the offset terms are summed apart, in float32. The
+ * row loop of the offset formats: two accumulators over alternate blocks as DEFINE_INT8_ROWS's, the offsets
+ * apart; dot_<fmt>(acc, block, activations, scale) adds a block's integer product. */
+#define DEFINE_INT8_OFFSET_ROWS(fmt, type_size)                                                               \
+    static void rows_##fmt(const uint8_t *w, int64_t stride, int64_t nrows, int64_t nb, const int8_row *a,     \
+                           float *y) {                                                                         \
+        for (int64_t r = 0; r < nrows; r++) {                                                                   \
+            const uint8_t *row = w + r * stride;                                                                \
+            acc_f32 acc0 = acc_f32_zero(), acc1 = acc_f32_zero();                                               \
+            float offsets = 0.0f;                                                                               \
+            for (int64_t b = 0; b < nb; b++) {                                                                  \
+                const uint8_t *blk = row + (type_size) * b;                                                     \
+                if (b & 1)                                                                                      \
+                    acc1 = dot_##fmt(acc1, blk, a->q + 32 * b, load_half(blk) * a->d[b]);                       \
+                else                                                                                            \
+                    acc0 = dot_##fmt(acc0, blk, a->q + 32 * b, load_half(blk) * a->d[b]);                       \
+                offsets += load_half(blk + 2) * a->d[b] * (float)(a->sums[2 * b] + a->sums[2 * b + 1]);         \
+            }                                                                                                   \
+            y[r] = acc_f32_sum(acc0, acc1) + offsets;                                                           \
+        }                                                                                                       \
     }
+static inline acc_f32 dot_q4_1(acc_f32 acc, const uint8_t *blk, const int8_t *a, float scale) {
+    return q4_1_dot(acc, blk + 4, a, scale);
 }
+DEFINE_INT8_OFFSET_ROWS(q4_1, 20)
 
 /* Q5_0, 22 bytes: d (f16), qh[4], qs[16]; weight = d * (q - 16), q the 5-bit value (q5_values) */
 static inline acc_f32 block_q5_0(acc_f32 acc, const uint8_t *blk, const int8_t *a, float da) {
@@ -516,22 +524,10 @@ static inline acc_f32 block_q5_0(acc_f32 acc, const uint8_t *blk, const int8_t *
 DEFINE_INT8_ROWS(q5_0, 22)
 
 /* Q5_1, 24 bytes: d (f16), m (f16), qh[4], qs[16]; weight = d * q + m, q = 0..31: as Q4_1, offsets apart */
-static void rows_q5_1(const uint8_t *w, int64_t stride, int64_t nrows, int64_t nb, const int8_row *a, float *y) {
-    for (int64_t r = 0; r < nrows; r++) {
-        const uint8_t *row = w + r * stride;
-        acc_f32 acc0 = acc_f32_zero(), acc1 = acc_f32_zero();
-        float offsets = 0.0f;
-        for (int64_t b = 0; b < nb; b++) {
-            const uint8_t *blk = row + 24 * b;
-            if (b & 1)
-                acc1 = q5_1_dot(acc1, blk + 4, blk + 8, a->q + 32 * b, load_half(blk) * a->d[b]);
-            else
-                acc0 = q5_1_dot(acc0, blk + 4, blk + 8, a->q + 32 * b, load_half(blk) * a->d[b]);
-            offsets += load_half(blk + 2) * a->d[b] * (float)(a->sums[2 * b] + a->sums[2 * b + 1]);
-        }
-        y[r] = acc_f32_sum(acc0, acc1) + offsets;
-    }
+static inline acc_f32 dot_q5_1(acc_f32 acc, const uint8_t *blk, const int8_t *a, float scale) {
+    return q5_1_dot(acc, blk + 4, blk + 8, a, scale);
 }
+DEFINE_INT8_OFFSET_ROWS(q5_1, 24)
 
 /* ------------------------------------------------------------------------------------ k-quants */
 
