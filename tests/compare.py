@@ -72,3 +72,14 @@ def transformers_greedy(reference: Any, prompt: list[int], steps: int) -> list[i
     reference.generation_config.eos_token_id = None
     out = reference.generate(torch.tensor([prompt]), max_new_tokens=steps, do_sample=False, pad_token_id=0)
     return out[0, len(prompt):].tolist()
+
+
+def assert_greedy_equals_transformers(model: Any, reference: Any, steps: int, vocab: int | None = None) -> None:
+    """tfb's greedy generation (with its cache) from greedy_prompt(vocab, default the model's) equals
+    transformers' own, token for token."""
+    from tfb.text.generate import generate_ids
+    from tfb.text.sampling import GREEDY
+
+    prompt = greedy_prompt(vocab if vocab is not None else model.config.vocab_size)
+    assert list(generate_ids(model, prompt, max_tokens=steps, sampling=GREEDY)) == \
+        transformers_greedy(reference, prompt, steps)

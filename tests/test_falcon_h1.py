@@ -14,11 +14,10 @@ import pytest
 import torch
 from compare import (
     assert_decoding_equals_full,
+    assert_greedy_equals_transformers,
     assert_logits_match,
     compare,
-    greedy_prompt,
     ids_for,
-    transformers_greedy,
 )
 from gguf import GGUFValueType
 from llama_reference import llama_cpp_logits
@@ -34,7 +33,7 @@ from tfb.nn.mixers.parallel import ParallelMixer, ParallelState
 from tfb.nn.mixers.ssd import CHUNK, SSDLayer, SSMState
 from tfb.quant import PackedTensor
 from tfb.spec import load_spec
-from tfb.text.generate import GREEDY, Session, generate_ids
+from tfb.text.generate import Session, generate_ids
 
 SHAPES = [(1, 1), (2, 1), (2, 40), (1, CHUNK + 13)]
 FAMILIES = ["falcon_h1", "falcon_h1_no_norm"]
@@ -112,10 +111,7 @@ def test_the_state_copy_is_independent(tiny_model) -> None:
 def test_greedy_equals_transformers_generate(tiny_model) -> None:
     reference, path = tiny_model("falcon_h1", "f32")
     model = tfb.load(path)
-    prompt = greedy_prompt(320)
-    ours = list(generate_ids(model, prompt, max_tokens=12, sampling=GREEDY))
-    theirs = transformers_greedy(reference, prompt, 12)
-    assert ours == theirs
+    assert_greedy_equals_transformers(model, reference, 12, vocab=320)
 
 
 def test_a_session_goes_back_to_a_snapshot(tiny_model) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from compare import greedy_prompt, transformers_greedy
+from compare import assert_greedy_equals_transformers
 
 import tfb
 import tfb.quant.native as native
@@ -65,10 +65,7 @@ def test_greedy_equals_transformers_generate(tiny_model, family: str) -> None:
     # phi3_longrope: stay under the original context, where transformers keeps the short factors
     model = tfb.load(path, context_length=256 if family == "phi3_longrope" else None)
     steps = 3 if family == "mistral" else 20  # mistral: stay inside transformers' sliding window of 8
-    prompt = greedy_prompt(model.config.vocab_size)
-    ours = list(generate_ids(model, prompt, max_tokens=steps, sampling=GREEDY))
-    theirs = transformers_greedy(reference, prompt, steps)
-    assert ours == theirs
+    assert_greedy_equals_transformers(model, reference, steps)
 
 
 def test_generation_stops_at_stop_ids_and_max_tokens(tiny_model) -> None:

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 import torch
-from compare import assert_logits_match, compare, greedy_prompt, ids_for, transformers_greedy
+from compare import assert_greedy_equals_transformers, assert_logits_match, compare, ids_for
 
 import tfb
 from tfb.config import ModelConfig
@@ -185,15 +185,9 @@ def test_cache_holds_the_latent_and_the_rope_part_only(tiny_model) -> None:
 
 
 def test_greedy_equals_transformers_generate(tiny_model) -> None:
-    from tfb.text.generate import generate_ids
-    from tfb.text.sampling import GREEDY
-
     reference, path = tiny_model("deepseek_v3", "f32")
     model = tfb.load(path)
-    prompt = greedy_prompt(model.config.vocab_size)
-    ours = list(generate_ids(model, prompt, max_tokens=20, sampling=GREEDY))
-    theirs = transformers_greedy(reference, prompt, 20)
-    assert ours == theirs
+    assert_greedy_equals_transformers(model, reference, 20)
 
 
 def test_switches_the_files_exercise(tiny_model) -> None:

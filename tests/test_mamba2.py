@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from compare import assert_logits_match, compare, greedy_prompt, ids_for, transformers_greedy
+from compare import assert_greedy_equals_transformers, assert_logits_match, compare, ids_for
 from gguf import GGUFValueType
 from llama_reference import llama_cpp_logits
 from test_check import rewrite
@@ -23,7 +23,7 @@ from tfb.errors import ConfigError, WeightError
 from tfb.gguf.reader import GGUFFile
 from tfb.nn.mixers.ssd import CHUNK, SSDLayer, SSMState
 from tfb.quant import PackedTensor
-from tfb.text.generate import GREEDY, Session, generate_ids
+from tfb.text.generate import Session, generate_ids
 
 SHAPES = [(1, 1), (2, 1), (2, 40), (1, 2 * CHUNK + 13)]  # the last crosses two chunk boundaries
 FAMILIES = ["mamba2", "granitehybrid"]
@@ -117,10 +117,7 @@ def test_the_state_is_float32_in_a_bfloat16_model(tiny_model) -> None:
 def test_greedy_equals_transformers_generate(tiny_model, family: str) -> None:
     reference, path = tiny_model(family, "f32")
     model = tfb.load(path)
-    prompt = greedy_prompt(320)
-    ours = list(generate_ids(model, prompt, max_tokens=20, sampling=GREEDY))
-    theirs = transformers_greedy(reference, prompt, 20)
-    assert ours == theirs
+    assert_greedy_equals_transformers(model, reference, 20, vocab=320)
 
 
 @pytest.mark.parametrize("family", FAMILIES)

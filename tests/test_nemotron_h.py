@@ -16,12 +16,11 @@ import pytest
 import torch
 from compare import (
     assert_decoding_equals_full,
+    assert_greedy_equals_transformers,
     assert_logits_match,
     compare,
-    greedy_prompt,
     ids_for,
     record_routes,
-    transformers_greedy,
 )
 from gguf import GGUFValueType
 from llama_reference import llama_cpp_logits
@@ -36,7 +35,7 @@ from tfb.nn.mixers.attention import Attention
 from tfb.nn.mixers.ssd import CHUNK, SSDLayer, SSMState
 from tfb.nn.mlp import MLP
 from tfb.quant import PackedTensor
-from tfb.text.generate import GREEDY, Session, generate_ids
+from tfb.text.generate import Session, generate_ids
 
 FAMILIES = ["nemotron_h", "nemotron_h_moe"]
 SHAPES = [(1, 1), (2, 1), (2, 40), (1, 2 * CHUNK + 13)]  # the last crosses two of the scan's chunks
@@ -121,10 +120,7 @@ def test_decoding_with_the_state_equals_the_full_forward(tiny_model, family: str
 def test_greedy_equals_transformers_generate(tiny_model) -> None:
     reference, path = tiny_model("nemotron_h_moe", "f32")
     model = tfb.load(path)
-    prompt = greedy_prompt(50264)
-    ours = list(generate_ids(model, prompt, max_tokens=12, sampling=GREEDY))
-    theirs = transformers_greedy(reference, prompt, 12)
-    assert ours == theirs
+    assert_greedy_equals_transformers(model, reference, 12, vocab=50264)
 
 
 def test_a_session_goes_back_to_a_snapshot(tiny_model) -> None:

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from compare import assert_logits_match, compare, greedy_prompt, ids_for, transformers_greedy
+from compare import assert_greedy_equals_transformers, assert_logits_match, compare, ids_for
 from gguf import GGUFReader, GGUFValueType, GGUFWriter
 from llama_reference import llama_cpp_logits
 
@@ -99,10 +99,7 @@ def test_the_state_is_float32_in_a_bfloat16_model(tiny_model) -> None:
 def test_greedy_equals_transformers_generate(tiny_model, family: str) -> None:
     reference, path = tiny_model(family, "f32")
     model = tfb.load(path)
-    prompt = greedy_prompt(model.config.vocab_size)
-    ours = list(generate_ids(model, prompt, max_tokens=12, sampling=GREEDY))
-    theirs = transformers_greedy(reference, prompt, 12)
-    assert ours == theirs
+    assert_greedy_equals_transformers(model, reference, 12)
 
 
 def test_a_session_goes_back_to_a_snapshot_for_an_edited_turn(tiny_model) -> None:
