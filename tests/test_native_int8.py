@@ -185,11 +185,13 @@ def test_a_model_with_int8_activations(tiny_model, family: str, outtype: str) ->
 
 
 @needs_native
-@pytest.mark.parametrize(("family", "outtype"), [("llama", "q4_0"), ("qwen3", "q8_0")])
-def test_top1_and_perplexity_against_llama_cpp(tiny_model, family: str, outtype: str) -> None:
-    """On the tests' English text, tfb with 8-bit activations (decoding two tokens a step, so that every
-    product takes the 8-bit path) picks llama.cpp's top-1 token at >= 95% of the positions, and its
-    perplexity is within 2% of llama.cpp's, which rounds the activations to 8 bits for these weights too."""
+@pytest.mark.parametrize(("family", "outtype", "per_call"), [("llama", "q4_0", 2), ("qwen3", "q8_0", 2),
+                                                             ("qwen3", "q8_0", 1)])
+def test_top1_and_perplexity_against_llama_cpp(tiny_model, family: str, outtype: str, per_call: int) -> None:
+    """On the tests' English text, tfb with 8-bit activations (decoding two tokens a call, so that every
+    product takes the 8-bit path, or one: the planned native step) picks llama.cpp's top-1 token at >= 95% of
+    the positions, and its perplexity is within 2% of llama.cpp's, which rounds the activations to 8 bits for
+    these weights too."""
     import math
     from pathlib import Path
 
@@ -201,7 +203,8 @@ def test_top1_and_perplexity_against_llama_cpp(tiny_model, family: str, outtype:
     model = tfb.load(path, int8_activations=True)
     cache = model.new_cache()
     with torch.no_grad():
-        ours = torch.cat([model(ids[:, t:t + 2], cache) for t in range(0, ids.shape[1], 2)], dim=1)
+        ours = torch.cat([model(ids[:, t:t + per_call], cache) for t in range(0, ids.shape[1], per_call)], dim=1)
+    assert model.native_step_state == ("planned" if per_call == 1 else "unplanned")
     theirs = llama_cpp_logits(path, ids)
 
     def perplexity(logits: torch.Tensor) -> float:

@@ -11,6 +11,7 @@ from torch import nn
 from tfb.nn.cache import RowStates, Step
 from tfb.nn.norm import Norm
 from tfb.nn.per_layer import OutputScale, PerLayerInput
+from tfb.nn.step import StepPlan, Unplannable
 
 
 class Block(nn.Module):
@@ -57,6 +58,28 @@ class Block(nn.Module):
         x = x + self._scaled(a)
         h = self.ffn_norm(x) if self.ffn_norm is not None else x
         return x + self._scaled(self._ffn(h, step))
+
+    def plan_step(self, plan: StepPlan, x: torch.Tensor) -> None:
+        """The native step of this block: what `_branches` computes, as operations on the residual stream x."""
+        if self.per_layer is not None or self.layer_output_scale is not None or self.parallel:
+            raise Unplannable("per-layer inputs, a layer output scale or parallel branches")
+        scale = self.residual_scale
+        h = x if self.attn_norm is None else self.attn_norm.plan_step(plan, x, "h")
+        if self.mixer is None:
+            if self.ffn is not None:
+                plan.add(x, self._plan_ffn(plan, h), scale)
+            return
+        a = plan.module(self.mixer, h)
+        if self.post_attention_norm is not None:
+            a = self.post_attention_norm.plan_step(plan, a, "post")
+        plan.add(x, a, scale)
+        if self.ffn is not None:
+            h = x if self.ffn_norm is None else self.ffn_norm.plan_step(plan, x, "h")
+            plan.add(x, self._plan_ffn(plan, h), scale)
+
+    def _plan_ffn(self, plan: StepPlan, h: torch.Tensor) -> torch.Tensor:
+        f = plan.module(self.ffn, h)
+        return f if self.post_ffw_norm is None else self.post_ffw_norm.plan_step(plan, f, "post")
 
     def _ffn(self, h: torch.Tensor, step: Step) -> torch.Tensor:
         assert self.ffn is not None

@@ -151,6 +151,7 @@ class SequenceState:
     latent and its rope part), stored in `dtype` (default: as they come); capacity grows geometrically."""
 
     rewindable = True
+    growths = 0  # buffers replaced by larger ones, in any state (a native step re-reads its pointers: tfb.nn.step)
 
     def __init__(self, count: int, dtype: torch.dtype | None = None) -> None:
         self.dtype = dtype
@@ -161,16 +162,30 @@ class SequenceState:
         out = []
         for i, x in enumerate(new):
             end = start + x.shape[2]
-            buf = self.buffers[i]
-            if buf is None or buf.shape[2] < end:
-                grown = x.new_empty(*x.shape[:2], max(end, 2 * (0 if buf is None else buf.shape[2]), 16),
-                                    x.shape[3], dtype=self.dtype or x.dtype)
-                if buf is not None:
-                    grown[:, :, :start] = buf[:, :, :start]
-                self.buffers[i] = buf = grown
+            buf = self._room(i, start, end, (x.shape[0], x.shape[1], x.shape[3]), x.dtype)
             buf[:, :, start:end] = x
             out.append(buf[:, :, :end])
         return out
+
+    def reserve(self, end: int, *shapes: tuple[int, int]) -> list[torch.Tensor]:
+        """The whole buffers, with room for `end` positions (those before it kept); each absent one made for
+        `shapes[i]` (heads, width) of float32: for a writer that stores positions itself (tfb.nn.step)."""
+        return [self._room(i, end - 1, end, (1, heads, width), torch.float32)
+                for i, (heads, width) in enumerate(shapes)]
+
+    def _room(self, i: int, start: int, end: int, shape: tuple[int, int, int], dtype: torch.dtype) -> torch.Tensor:
+        """Buffer i ([batch, heads, positions, width] of `shape`), grown (geometrically) where it cannot hold
+        `end` positions; the first `start` kept."""
+        buf = self.buffers[i]
+        if buf is None or buf.shape[2] < end:
+            batch, heads, width = shape
+            room = max(end, 2 * (0 if buf is None else buf.shape[2]), 16)
+            grown = torch.empty(batch, heads, room, width, dtype=self.dtype or dtype)
+            if buf is not None:
+                grown[:, :, :start] = buf[:, :, :start]
+            self.buffers[i] = buf = grown
+            SequenceState.growths += 1
+        return buf
 
     def truncate(self, length: int) -> None:
         """Positions past `length` are overwritten by the next update; nothing to do."""

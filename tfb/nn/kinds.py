@@ -4,7 +4,9 @@ kind (tfb/nn/ffn), each found by the kind name its schema section (tfb/spec/kind
 A kind module defines `KIND` (its name), `TARGETS` (tensor slot -> attribute path under the module and
 the method that takes the tensor; or `section_targets(section)`, where they depend on the section) and
 `build(section, config, context) -> nn.Module`, the module taking `forward(x, step, state)` (a mixer;
-`new_state(dtype)` makes its layer's cache state) or `forward(x, step)` (a feed-forward).
+`new_state(dtype)` makes its layer's cache state) or `forward(x, step)` (a feed-forward). A module may also
+offer `plan_step(plan, x) -> output buffer`, its part of a decoding step run natively (tfb.nn.step); a model
+with a module without one decodes through the modules.
 """
 
 from __future__ import annotations

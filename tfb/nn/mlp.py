@@ -10,6 +10,7 @@ from torch import nn
 
 from tfb.config import ModelConfig
 from tfb.nn.linear import Linear
+from tfb.nn.step import StepPlan, Unplannable
 from tfb.spec.kinds._mlp import MLPShape
 
 
@@ -62,6 +63,32 @@ class MLP(nn.Module):
         if gated and not fused_gate_up:
             self.gate = Linear(hidden, inner)
         self.down = Linear(inner, hidden)
+
+    def plan_step(self, plan: StepPlan, h: torch.Tensor) -> torch.Tensor:
+        """The native step of this MLP (tfb.nn.step): what `forward` computes for one token."""
+        act = self.activation
+        if act.limit or act.silu_beta != 1.0 or act.up_offset:
+            raise Unplannable("a clamped, scaled or offset activation")
+        inner, hidden = self.down.in_features, self.down.out_features
+        if not self.gated:
+            up = plan.scratch("up", inner)
+            plan.linear(self.up, h, up)
+            plan.glu(act.kind, up, None, up)
+            gated = up
+        else:
+            if self.fused:
+                both = plan.scratch("gate_up", 2 * inner)
+                plan.linear(self.up, h, both)
+                gate, up = both.split([inner, inner])
+            else:
+                gate, up = plan.scratch("gate", inner), plan.scratch("up", inner)
+                plan.linear(self.gate, h, gate)
+                plan.linear(self.up, h, up)
+            gated = plan.scratch("gated", inner)
+            plan.glu(act.kind, gate, up, gated)
+        y = plan.scratch("ffn_out", hidden)
+        plan.linear(self.down, gated, y)
+        return y
 
     def forward(self, x: torch.Tensor, step: object = None) -> torch.Tensor:
         if not self.gated:

@@ -16,6 +16,7 @@ from tfb.nn.linear import Embedding, Linear
 from tfb.nn.norm import Norm
 from tfb.nn.per_layer import PerLayerInputs
 from tfb.nn.rotary import Rotary
+from tfb.nn.step import NativeStep
 
 
 class Transformer(nn.Module):
@@ -35,6 +36,8 @@ class Transformer(nn.Module):
         self.output = Linear(config.hidden_size, config.vocab_size)
         self.rotaries = rotaries  # every distinct rope of the layers (shared between layers)
         self.per_layer_inputs = per_layer_inputs
+        self.native_step: NativeStep | None = None  # planned on the first decoding step (tfb.nn.step)
+        self.native_step_state = "unplanned"  # "unplanned", "planned", "unplannable" or "off"
 
     def tensor_shape(self, method: str) -> tuple[int, ...]:
         return self._factored()[0].tensor_shape(method)
@@ -56,6 +59,12 @@ class Transformer(nn.Module):
         for module in self.modules():
             if isinstance(module, (Linear, ExpertLinear)):
                 module.use_int8_activations(enabled)
+        self.use_native_step(self.native_step_state != "off")  # planned again with the new products
+
+    def use_native_step(self, enabled: bool = True) -> None:
+        """Run a decoding step of one sequence as one native call where every module can be planned (the
+        default; tfb.nn.step), or always through the modules (enabled=False)."""
+        self.native_step, self.native_step_state = None, "unplanned" if enabled else "off"
 
     def new_cache(self) -> Cache:
         """An empty cache: each layer's mixer state (keys and values of attention layers)."""
@@ -67,6 +76,10 @@ class Transformer(nn.Module):
         """Logits of `input_ids` after what `cache` holds; with RowCaches each row continues its own
         sequence (a batched decoding step of separate sequences)."""
         ids = self._check_ids(input_ids)
+        if isinstance(cache, Cache) and ids.shape == (1, 1) and self.native_step_state != "off":
+            logits = self._native_step(ids, cache)
+            if logits is not None:
+                return logits
         c = self.config
         batch, seq = ids.shape
         step = cache.step(batch, seq, ids.device) if cache is not None else \
@@ -90,12 +103,33 @@ class Transformer(nn.Module):
             x = x[:, -1:]
         if self.output_norm is not None:
             x = self.output_norm(x)
-        logits = self.output(x).float()
+        return self._final(self.output(x).float())
+
+    def _final(self, logits: torch.Tensor) -> torch.Tensor:
+        c = self.config
         if c.logit_scale != 1.0:
             logits = logits / c.logit_scale
         if c.final_softcap:
             logits = torch.tanh(logits / c.final_softcap) * c.final_softcap
         return logits
+
+    def _native_step(self, ids: torch.Tensor, cache: Cache) -> torch.Tensor | None:
+        """The logits of one token by the planned native step; None where the model or this cache cannot
+        take it (the module path then runs)."""
+        if self.native_step_state == "unplanned":
+            plannable = self.position_embd is None and self.per_layer_inputs is None
+            self.native_step = NativeStep.for_model(self) if plannable else None
+            self.native_step_state = "planned" if self.native_step is not None else "unplannable"
+        if self.native_step is None:
+            return None
+        x = self.token_embd(ids, self.dtype)
+        if self.config.embedding_scale != 1.0:
+            x = x * self.config.embedding_scale
+        logits = self.native_step(x, cache)
+        if logits is None:
+            return None
+        cache.commit(1)
+        return self._final(logits.view(1, 1, -1))
 
     def _check_ids(self, ids: torch.Tensor) -> torch.Tensor:
         if not isinstance(ids, torch.Tensor) or ids.dtype not in (torch.int64, torch.int32) or ids.dim() != 2:

@@ -7,6 +7,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from tfb.nn.linear import check_shape
+from tfb.nn.step import StepPlan, Unplannable
 from tfb.quant import native
 
 
@@ -50,6 +51,15 @@ class Norm(nn.Module):
             if self.bias is not None:
                 h = h + self.bias
         return h if h.dtype == x.dtype else h.to(x.dtype)
+
+    def plan_step(self, plan: StepPlan, x: torch.Tensor, name: str, rows: int = 1) -> torch.Tensor:
+        """The native step's norm of x (`rows` vectors of `dim`) into the plan's buffer `name`."""
+        if self.kind != "rmsnorm" or self.groups or self.bias is not None:
+            raise Unplannable(f"a {self.kind} norm" + (" with a bias or weights per head" if self.groups or
+                                                       self.bias is not None else ""))
+        y = plan.scratch(name, x.numel())
+        plan.rms_norm(x, self.weight, self.eps, y, rows)
+        return y
 
     def extra_repr(self) -> str:
         return f"{self.kind}, dim={self.dim}, eps={self.eps}" + (f", groups={self.groups}" if self.groups else "")

@@ -19,6 +19,7 @@ from tfb.nn.cache import RowStates, SequenceState, Step
 from tfb.nn.kinds import BuildContext
 from tfb.nn.linear import Linear, check_shape
 from tfb.nn.rotary import RopeParams, Rotary
+from tfb.nn.step import StepPlan, Unplannable
 from tfb.quant import native
 from tfb.spec.base import selects
 from tfb.spec.kinds.attention import Attention as Section
@@ -221,6 +222,47 @@ class Attention(nn.Module):
         if gate is not None:
             out = out * torch.sigmoid(gate).to(out.dtype)
         return self.o(out)
+
+    def plan_step(self, plan: StepPlan, h: torch.Tensor) -> torch.Tensor:
+        """The native step of this layer: projections, Q/K norms, rope, the new keys and values stored in the
+        cache, attention over it, output projection (what `forward` computes for one token)."""
+        s, o = self.shape, self.opts
+        if o.kv_from is not None or self.gives_kv or o.output_gate or o.clamp or o.temperature_scale or o.v_norm:
+            raise Unplannable("attention with shared keys and values, an output gate, clamping, a query "
+                              "temperature or a value norm")
+        if o.fused_qkv:
+            qkv = plan.scratch("qkv", self.q_out + self.k_out + self.v_out)
+            plan.linear(self.qkv, h, qkv)
+            q, k, v = qkv.split([self.q_out, self.k_out, self.v_out])
+        else:
+            if self.v.weight is None and self.v.packed is None:
+                raise Unplannable("attention whose keys are its values")
+            q, k, v = plan.scratch("q", self.q_out), plan.scratch("k", self.k_out), plan.scratch("v", self.v_out)
+            for layer, out in ((self.q, q), (self.k, k), (self.v, v)):
+                plan.linear(layer, h, out)
+        if o.qk_norm is not None and not o.qk_norm_after_rope:
+            q, k = self._plan_qk_norm(plan, q, k)
+        if o.use_rope:
+            plan.rope(self.rotary, q, s.n_heads, s.head_dim)
+            plan.rope(self.rotary, k, s.n_kv_heads, s.head_dim)
+        if o.qk_norm is not None and o.qk_norm_after_rope:
+            q, k = self._plan_qk_norm(plan, q, k)
+        slot = plan.kv_slot(s.n_kv_heads, s.head_dim, s.value_dim)
+        plan.store(slot, k, s.n_kv_heads, s.head_dim)
+        plan.store(slot + 2, v, s.n_kv_heads, s.value_dim)
+        out = plan.scratch("attention", s.n_heads * s.value_dim)
+        plan.attend(q, slot, out, kv_heads=s.n_kv_heads, rows=s.n_heads // s.n_kv_heads, key_dim=s.head_dim,
+                    value_dim=s.value_dim, scale=o.scale, softcap=o.softcap, sinks=self.sinks, window=o.window,
+                    chunk=o.chunk)
+        y = plan.scratch("attention_out", s.hidden)
+        plan.linear(self.o, out, y)
+        return y
+
+    def _plan_qk_norm(self, plan: StepPlan, q: torch.Tensor, k: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        whole = self.opts.qk_norm_over == "all"
+        s = self.shape
+        return (self.q_norm.plan_step(plan, q, "q_normed", 1 if whole else s.n_heads),
+                self.k_norm.plan_step(plan, k, "k_normed", 1 if whole else s.n_kv_heads))
 
     def _attend_row(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, step: Step,
                     state: SequenceState) -> torch.Tensor:

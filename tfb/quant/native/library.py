@@ -30,8 +30,9 @@ from pathlib import Path
 from tfb.quant.native import tables
 
 SOURCE_DIR = Path(__file__).resolve().parent
-SOURCES = ("formats.h", "simd.h", "unpack.h", "kernels.c", "int8.c", "runtime.c")
+SOURCES = ("formats.h", "simd.h", "unpack.h", "kernels.c", "int8.c", "runtime.c", "step.c")
 PER_ISA_SOURCES = ("kernels.c", "int8.c")  # compiled once per instruction set
+COMMON_SOURCES = ("runtime.c", "step.c")  # compiled once
 COMMON_FLAGS = ["-O3", "-std=gnu11", "-fPIC", "-pthread", "-fvisibility=hidden", "-ffp-contract=off"]
 X86_ISAS = {
     "avx512vnni": ["-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512vnni", "-mavx2", "-mfma", "-mf16c"],
@@ -69,9 +70,10 @@ def compile_commands(cc: str, out_dir: Path) -> tuple[list[list[str]], list[Path
             commands.append([cc, *COMMON_FLAGS, *flags, f"-DTFB_ISA_SYMBOL=tfb_kernels_{isa}", f"-I{out_dir}", "-c",
                              str(SOURCE_DIR / source), "-o", str(obj)])
             objects.append(obj)
-    runtime = out_dir / "runtime.o"
-    commands.append([cc, *COMMON_FLAGS, "-c", str(SOURCE_DIR / "runtime.c"), "-o", str(runtime)])
-    objects.append(runtime)
+    for source in COMMON_SOURCES:
+        obj = out_dir / f"{source.removesuffix('.c')}.o"
+        commands.append([cc, *COMMON_FLAGS, "-c", str(SOURCE_DIR / source), "-o", str(obj)])
+        objects.append(obj)
     return commands, objects
 
 
@@ -156,6 +158,7 @@ def _declare(lib: ctypes.CDLL) -> ctypes.CDLL:
                                       ctypes.c_int, ctypes.c_float, ctypes.c_float, ptr, ptr]),
         "tfb_rms_norm": (ctypes.c_int, [ptr, i64, i64, ptr, ctypes.c_float, ptr]),
         "tfb_rope": (ctypes.c_int, [ptr, i64, i64, i64, i64, ptr, ptr, ctypes.c_int, ptr]),
+        "tfb_step": (ctypes.c_int, [ptr, i64, i64, ptr]),
         "tfb_supports": (ctypes.c_int, [ctypes.c_int]),
         "tfb_supports_int8": (ctypes.c_int, [ctypes.c_int]),
         "tfb_int8_rows": (ctypes.c_int, [ctypes.c_int]),

@@ -125,6 +125,12 @@ class Prepared:
         self._call = functools.partial(entry, weight.ggml_type.id, self._raw.data_ptr(), self._raw.stride(0),
                                        self.out_features, in_features)
 
+    def step_args(self) -> tuple[int, ...]:
+        """The product's arguments for a planned decoding step (tfb.nn.step): type id, weight address, row
+        stride, out and in features, and whether activations are rounded to 8 bits."""
+        type_id, pointer, stride, n, k = self._call.args
+        return type_id, pointer, stride, n, k, int(self.int8_activations)
+
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         """x @ W.T for a contiguous float32 x [M, in]."""
         y = torch.empty(x.shape[0], self.out_features, dtype=torch.float32)
@@ -261,3 +267,10 @@ def rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, dims: int, adjac
     _check(lib.tfb_rope(x.data_ptr(), tokens, heads, head_dim, dims, cos.data_ptr(), sin.data_ptr(), int(adjacent),
                         y.data_ptr()), "rope")
     return y
+
+
+def run_step(ops: ctypes.Array, count: int, position: int, slots: ctypes.Array) -> None:
+    """Run a planned decoding step's `count` operations for the token at `position` (tfb.nn.step, step.c)."""
+    lib = library()
+    assert lib is not None, "a step is planned only where the library loaded"
+    _check(lib.tfb_step(ops, count, position, slots), "decoding step")

@@ -1,0 +1,81 @@
+"""A decoding step of one sequence run as one native call (tfb.nn.step): the logits of each step equal
+transformers' full forward pass on the same weights, whatever the block's options, across cache growth,
+module-path calls in between and forked caches."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+import torch
+from compare import assert_logits_match, ids_for
+
+import tfb
+from tfb.quant import native
+
+needs_native = pytest.mark.skipif(not native.available(), reason="native kernels unavailable (no C compiler?)")
+
+# (family, storage type): plain blocks, biases, per-head Q/K norms, fused projections, soft-capping with
+# sandwich norms and a scaled embedding, sliding windows with gelu, residual and logit multipliers, a Q/K
+# norm over all heads with post-norms only, layers without rope
+CASES = [("llama", "q8_0"), ("qwen2", "f16"), ("qwen3", "q8_0"), ("phi3", "q8_0"), ("gemma2", "q8_0"),
+         ("gemma3", "q8_0"), ("granite", "q8_0"), ("olmo2", "q8_0"), ("smollm3", "q8_0")]
+
+
+def decode(model: Any, ids: torch.Tensor, prompt: int, cache=None) -> torch.Tensor:
+    """Logits of ids[:, :prompt] in one call, then of each later token in a call of its own."""
+    cache = model.new_cache() if cache is None else cache
+    with torch.no_grad():
+        steps = [model(ids[:, :prompt], cache)] + [model(ids[:, t:t + 1], cache) for t in range(prompt, ids.shape[1])]
+    return torch.cat(steps, dim=1)
+
+
+@needs_native
+@pytest.mark.parametrize(("family", "outtype"), CASES)
+def test_native_steps_equal_transformers(tiny_model, family: str, outtype: str) -> None:
+    reference, path = tiny_model(family, outtype)
+    model = tfb.load(path)
+    ids = ids_for(model.config.vocab_size, 1, 40)  # past the windows (8) and two cache growths (16, 32)
+    ours = decode(model, ids, 3)
+    assert model.native_step_state == "planned"
+    with torch.no_grad():
+        assert_logits_match(ours, reference(ids).logits)
+
+
+@needs_native
+def test_module_calls_and_forks_between_native_steps(tiny_model) -> None:
+    reference, path = tiny_model("llama", "q8_0")
+    model = tfb.load(path)
+    ids = ids_for(model.config.vocab_size, 1, 60)
+    with torch.no_grad():
+        expected = reference(ids).logits
+        cache = model.new_cache()
+        first = decode(model, ids[:, :20], 1, cache)  # 19 native steps
+        chunk = model(ids[:, 20:25], cache)  # the module path writes into the same cache
+        rest = torch.cat([model(ids[:, t:t + 1], cache) for t in range(25, 60)], dim=1)
+        fork = cache.fork(30)
+        forked = torch.cat([model(ids[:, t:t + 1], fork) for t in range(30, 45)], dim=1)
+        original = model(ids[:, 59:60], cache.fork(59))  # the original cache is still bound elsewhere
+    assert model.native_step_state == "planned"
+    assert_logits_match(torch.cat([first, chunk, rest], dim=1), expected)
+    assert_logits_match(forked, expected[:, 30:45])
+    assert_logits_match(original, expected[:, 59:60])
+
+
+@needs_native
+def test_what_the_native_step_leaves_to_the_modules(tiny_model) -> None:
+    """Float weights, a float16 cache and switching the step off keep the module path, and still decode."""
+    reference, path = tiny_model("llama", "f32")
+    ids = ids_for(320, 1, 12)
+    model = tfb.load(path)
+    decode(model, ids, 1)
+    assert model.native_step_state == "unplannable"  # float32 weights: torch's products
+    reference, path = tiny_model("llama", "q8_0")
+    with torch.no_grad():
+        expected = reference(ids).logits
+    half = tfb.load(path, cache_dtype=torch.float16)
+    assert_logits_match(decode(half, ids, 1), expected, rel=1e-2)
+    off = tfb.load(path)
+    off.use_native_step(False)
+    assert_logits_match(decode(off, ids, 1), expected)
+    assert off.native_step_state == "off" and off.native_step is None

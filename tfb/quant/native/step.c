@@ -1,0 +1,142 @@
+/* A whole decoding step in one call: a list of operations planned once in Python from the model's modules
+ * (tfb/nn/step.py), run here back to back over fixed float32 buffers, so that a token costs one call from
+ * Python instead of hundreds (a thin, deep model spends as long in those calls as in its products).
+ *
+ * Each operation calls the same kernels the module path calls (tfb_matmul, tfb_matmul_int8, tfb_rms_norm,
+ * tfb_rope, tfb_attend), so a step computes what the modules compute; the few element-wise operations
+ * (residual add, gated activation) round as torch's do, up to the activation functions' own exp/tanh.
+ *
+ * What changes from one token to the next comes in as arguments, not in the plan: the position, and a
+ * table of `slots` (int64 each): where each rope's cos/sin table starts, where each layer's keys and values
+ * are stored and how far apart their heads are, and where the logits go. Python refills it when a cache
+ * grows or another cache is used, without planning again. */
+#include <math.h>
+#include <stdint.h>
+#include <string.h>
+
+#define EXPORT __attribute__((visibility("default")))
+
+enum { OK = 0, ERR_SHAPE = -2 }; /* runtime.c's statuses */
+
+EXPORT int tfb_matmul(int type, const uint8_t *w, int64_t stride, int64_t N, int64_t K, const float *x, int64_t M,
+                      float *y);
+EXPORT int tfb_matmul_int8(int type, const uint8_t *w, int64_t stride, int64_t N, int64_t K, const float *x,
+                           int64_t M, float *y);
+EXPORT int tfb_rms_norm(const float *x, int64_t rows, int64_t n, const float *w, float eps, float *y);
+EXPORT int tfb_rope(const float *x, int64_t tokens, int64_t heads, int64_t head_dim, int64_t dims, const float *cos,
+                    const float *sin, int adjacent, float *y);
+EXPORT int tfb_attend(const float *q, int64_t batch, int64_t kv_heads, int64_t rows, int64_t d, const void *k,
+                      int64_t k_head, int64_t k_row, const void *v, int64_t v_head, int64_t v_row, int64_t dv,
+                      int64_t s, int half, float scale, float softcap, const float *sinks, float *out);
+
+/* The operations; the fields each one reads are listed with it (tfb/nn/step.py writes them). */
+enum {
+    STEP_MATMUL,   /* y[N] = W x[K] (+ bias). i: type, stride, N, K, int8. p: w, x, y, bias (or NULL) */
+    STEP_RMS_NORM, /* y = rms_norm(x) * w over each of `rows` rows of n. i: rows, n. f: eps. p: x, w, y */
+    STEP_ADD,      /* x[n] += scale * y[n] (scale 1: a plain sum). i: n. f: scale. p: x, y */
+    STEP_GLU,      /* out[n] = act(gate) * up, or act(gate) where up is NULL. i: n, act. p: gate, up, out */
+    STEP_ROPE,     /* x[heads, head_dim] rotated in place at the step's position. i: heads, head_dim, dims,
+                    * adjacent, slot (cos at slots[slot], sin at slots[slot + 1], dims / 2 per position). p: x */
+    STEP_STORE,    /* the cache's heads at the step's position = x[heads, n]. i: heads, n, slot (base at
+                    * slots[slot], heads slots[slot + 1] floats apart, positions n apart). p: x */
+    STEP_ATTEND,   /* out[kv_heads * rows, dv] = attention of q[kv_heads * rows, d] over the cache's first
+                    * position + 1 keys (the last `window`, or from the start of the position's `chunk`, where
+                    * not 0). i: kv_heads, rows, d, dv, slot (k base, k head stride, v base, v head stride),
+                    * window, chunk. f: scale, softcap. p: q, sinks (or NULL), out */
+    STEP_LOGITS,   /* slots[slot] = where the logits go: y = W x as STEP_MATMUL. i: as MATMUL, slot in i[5] */
+};
+
+enum { ACT_SILU, ACT_GELU_TANH, ACT_GELU_ERF, ACT_RELU, ACT_RELU_SQUARED };
+
+typedef struct {
+    int64_t op;
+    int64_t i[8];
+    double f[2];
+    void *p[4];
+} step_op;
+
+static float activation(int act, float x) {
+    switch (act) {
+    case ACT_SILU: return x / (1.0f + expf(-x));
+    case ACT_GELU_TANH: {
+        const float c = 0.7978845608028654f; /* sqrt(2 / pi) */
+        return 0.5f * x * (1.0f + tanhf(c * (x + 0.044715f * x * x * x)));
+    }
+    case ACT_GELU_ERF: return 0.5f * x * (1.0f + erff(x * 0.7071067811865476f));
+    case ACT_RELU: return x > 0.0f ? x : 0.0f;
+    default: return x > 0.0f ? x * x : 0.0f;
+    }
+}
+
+static int matmul(const step_op *o, float *y) {
+    int status = (o->i[4] ? tfb_matmul_int8 : tfb_matmul)((int)o->i[0], o->p[0], o->i[1], o->i[2], o->i[3],
+                                                         o->p[1], 1, y);
+    const float *bias = o->p[3];
+    if (status == OK && bias)
+        for (int64_t n = 0; n < o->i[2]; n++) y[n] += bias[n];
+    return status;
+}
+
+static int attend(const step_op *o, int64_t position, const int64_t *slots) {
+    const int64_t *s = slots + o->i[4];
+    int64_t count = position + 1, first = 0, d = o->i[2], dv = o->i[3];
+    if (o->i[5] && count > o->i[5]) first = count - o->i[5];
+    if (o->i[6]) {
+        int64_t chunk_start = position / o->i[6] * o->i[6];
+        first = chunk_start > first ? chunk_start : first;
+    }
+    const float *k = (const float *)(intptr_t)s[0] + first * d, *v = (const float *)(intptr_t)s[2] + first * dv;
+    return tfb_attend(o->p[0], 1, o->i[0], o->i[1], d, k, s[1], d, v, s[3], dv, dv, count - first, 0,
+                      (float)o->f[0], (float)o->f[1], o->p[1], o->p[2]);
+}
+
+/* Run `count` operations for the token at `position`. Returns 0, or the first failing kernel's status. */
+EXPORT int tfb_step(const step_op *ops, int64_t count, int64_t position, const int64_t *slots) {
+    for (int64_t n = 0; n < count; n++) {
+        const step_op *o = ops + n;
+        int status = OK;
+        switch (o->op) {
+        case STEP_MATMUL: status = matmul(o, o->p[2]); break;
+        case STEP_LOGITS: status = matmul(o, (float *)(intptr_t)slots[o->i[5]]); break;
+        case STEP_RMS_NORM:
+            status = tfb_rms_norm(o->p[0], o->i[0], o->i[1], o->p[1], (float)o->f[0], o->p[2]);
+            break;
+        case STEP_ADD: {
+            float *x = o->p[0];
+            const float *y = o->p[1];
+            float scale = (float)o->f[0];
+            if (scale == 1.0f)
+                for (int64_t i = 0; i < o->i[0]; i++) x[i] += y[i];
+            else
+                for (int64_t i = 0; i < o->i[0]; i++) x[i] += y[i] * scale;
+            break;
+        }
+        case STEP_GLU: {
+            const float *gate = o->p[0], *up = o->p[1];
+            float *out = o->p[2];
+            int act = (int)o->i[1];
+            for (int64_t i = 0; i < o->i[0]; i++) out[i] = up ? activation(act, gate[i]) * up[i] : activation(act, gate[i]);
+            break;
+        }
+        case STEP_ROPE: {
+            int64_t half = o->i[2] / 2;
+            const float *cos = (const float *)(intptr_t)slots[o->i[4]] + position * half;
+            const float *sin = (const float *)(intptr_t)slots[o->i[4] + 1] + position * half;
+            status = tfb_rope(o->p[0], 1, o->i[0], o->i[1], o->i[2], cos, sin, (int)o->i[3], o->p[0]);
+            break;
+        }
+        case STEP_STORE: {
+            const int64_t *s = slots + o->i[2];
+            float *base = (float *)(intptr_t)s[0];
+            const float *x = o->p[0];
+            for (int64_t h = 0; h < o->i[0]; h++)
+                memcpy(base + h * s[1] + position * o->i[1], x + h * o->i[1], (size_t)o->i[1] * sizeof(float));
+            break;
+        }
+        case STEP_ATTEND: status = attend(o, position, slots); break;
+        default: status = ERR_SHAPE;
+        }
+        if (status != OK) return status;
+    }
+    return OK;
+}
