@@ -64,7 +64,8 @@ def test_module_calls_and_forks_between_native_steps(tiny_model) -> None:
 
 @needs_native
 def test_what_the_native_step_leaves_to_the_modules(tiny_model) -> None:
-    """Float weights, a float16 cache and switching the step off keep the module path, and still decode."""
+    """Float weights, a float16 cache, a step already running in another thread and switching the step off keep
+    the module path, and still decode."""
     reference, path = tiny_model("llama", "f32")
     ids = ids_for(320, 1, 12)
     model = tfb.load(path)
@@ -75,6 +76,10 @@ def test_what_the_native_step_leaves_to_the_modules(tiny_model) -> None:
         expected = reference(ids).logits
     half = tfb.load(path, cache_dtype=torch.float16)
     assert_logits_match(decode(half, ids, 1), expected, rel=1e-2)
+    busy = tfb.load(path)
+    decode(busy, ids[:, :3], 1)
+    with busy.native_step.lock:  # another thread in its step: this one goes through the modules
+        assert_logits_match(decode(busy, ids, 1), expected)
     off = tfb.load(path)
     off.use_native_step(False)
     assert_logits_match(decode(off, ids, 1), expected)

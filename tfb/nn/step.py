@@ -15,6 +15,7 @@ the module path computes (up to the activation functions' own rounding of exp an
 from __future__ import annotations
 
 import ctypes
+import threading
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -157,6 +158,7 @@ class NativeStep:
         self.bound: tuple[Cache, int, int] | None = None  # cache, position, growth count when bound
         self.capacity = 0
         self.tables: list[torch.Tensor] = []
+        self.lock = threading.Lock()
 
     @classmethod
     def for_model(cls, model: Transformer) -> NativeStep | None:
@@ -179,16 +181,21 @@ class NativeStep:
     def __call__(self, x: torch.Tensor, cache: Cache) -> torch.Tensor | None:
         """Logits [vocab] of the token whose input embedding is x, after what `cache` holds (which then holds
         it too, uncommitted); None where this cache cannot be bound (another storage type)."""
-        position = cache.length
-        stale = self.bound != (cache, position, SequenceState.growths) or position >= self.capacity
-        if stale and not self._bind(cache, position):
+        if not self.lock.acquire(blocking=False):  # another thread's step holds the buffers: use the modules
             return None
-        self.x.copy_(x.reshape(-1))
-        logits = torch.empty(self.vocab, dtype=torch.float32)
-        self.slots[0] = logits.data_ptr()
-        native.run_step(self.ops, len(self.ops), position, self.slots)
-        self.bound = (cache, position + 1, SequenceState.growths)
-        return logits
+        try:
+            position = cache.length
+            stale = self.bound != (cache, position, SequenceState.growths) or position >= self.capacity
+            if stale and not self._bind(cache, position):
+                return None
+            self.x.copy_(x.reshape(-1))
+            logits = torch.empty(self.vocab, dtype=torch.float32)
+            self.slots[0] = logits.data_ptr()
+            native.run_step(self.ops, len(self.ops), position, self.slots)
+            self.bound = (cache, position + 1, SequenceState.growths)
+            return logits
+        finally:
+            self.lock.release()
 
     def _bind(self, cache: Cache, position: int) -> bool:
         """Point the slots at `cache`'s keys and values (grown to hold this position) and at rope tables at

@@ -2,8 +2,9 @@
 
 The library is built with the system C compiler ($CC, else `cc`) in a few seconds: kernels.c and int8.c once per
 instruction set (AVX-512 with VNNI, AVX-512, AVX2, portable C), each pass with only its own -m flags, and
-runtime.c, which picks the best set the CPU supports at run time, or the one named by $TFB_ISA (no
--march=native, so a cached build also runs on other machines of the same architecture). The IQ codebooks
+runtime.c and step.c (a planned decoding step) once; runtime.c picks the best set the CPU supports at run time,
+or the one named by $TFB_ISA (no -march=native, so a cached build also runs on other machines of the same
+architecture). The IQ codebooks
 reach the C code as a header generated into the build directory from tfb/quant/grids.py (tables.py).
 Builds are cached under $TFB_CACHE/native (default ~/.cache/tfb/native), keyed by a hash of the sources (the
 generated header included), the flags and the compiler's identity; a build goes to a temporary name and is
