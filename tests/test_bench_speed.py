@@ -10,7 +10,11 @@ from gguf import GGMLQuantizationType, GGUFReader
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tools"))
 import bench_speed
-from make_tiny_gguf import storage_type
+from make_tiny_gguf import _metadata, storage_type
+
+from tfb.build import build_modules
+from tfb.hparams import build_config
+from tfb.spec import load_spec
 
 Q = GGMLQuantizationType
 
@@ -25,6 +29,30 @@ Q = GGMLQuantizationType
 ])
 def test_fallback_types(kind: str, cols: int, fallback: bool, want: GGMLQuantizationType) -> None:
     assert storage_type(kind, "attn_q", (64, cols), 3, 30, "output", fallback) == want
+
+
+@pytest.mark.parametrize(("kind", "slot", "want"), [
+    ("Q4_K_M", "attn_qkv", Q.Q5_K),  # llama-quantize's Q4_K_M: fused Q/K/V one step up
+    ("Q4_K_M", "ssm_conv1d", Q.F32),  # recurrent layers' convolution kernels: never quantized
+    ("Q8_0", "shortconv_conv", Q.F32),
+])
+def test_llama_quantize_rules(kind: str, slot: str, want: GGMLQuantizationType) -> None:
+    assert storage_type(kind, slot, (64, 256), 3, 30, "output", True) == want
+
+
+@pytest.mark.parametrize(("shape", "mixers"), [
+    ("lfm2-350m", {"ShortConv": 10, "Attention": 6}),
+    ("qwen35-0.8b", {"GatedDeltaNetLayer": 18, "Attention": 6}),
+])
+def test_hybrid_shapes(shape: str, mixers: dict[str, int]) -> None:
+    """The hybrid shapes' metadata (per-layer head counts included) builds the real models' layer mix."""
+    info = bench_speed.SHAPES[shape]
+    spec = load_spec(info["spec"])
+    arch = spec.match[0]
+    meta = _metadata(spec, arch, {"vocab_size": 256, "norm_eps": 1e-5, **info["sizes"]})
+    blocks = build_modules(spec, build_config(spec, meta, set(), arch=arch, where=shape)).blocks
+    names = [type(block.mixer).__name__ for block in blocks]
+    assert {name: names.count(name) for name in set(names)} == mixers
 
 
 def test_padded_vocab(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

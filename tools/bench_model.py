@@ -60,7 +60,7 @@ DENSE_TWIN = {**SHAPE, "n_layers": 16, "intermediate_size": 4096}  # 8 x 512: th
 HYBRID_SHAPE = {"hidden_size": 1024, "n_layers": 24, "n_heads": 8, "n_kv_heads": 2, "head_dim": 256, "value_dim": 256,
                 "rope_dims": 64, "intermediate_size": 3584, "context_length": 32768, "full_attention_interval": 4,
                 "ssm_conv_kernel": 4, "ssm_state_size": 128, "ssm_group_count": 16, "ssm_time_step_rank": 16,
-                "ssm_inner_size": 2048}
+                "ssm_inner_size": 2048, "block_count": 24}  # block_count: the file's key (n_layers is derived from it)
 ATTENTION_TWIN = {**SHAPE, "n_layers": 24, "intermediate_size": 3584, "context_length": 32768}
 MODELS = {  # name -> (spec, shape)
     "qwen3-0.6b-shape": ("qwen3", SHAPE),

@@ -34,7 +34,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tools"))
-from bench_model import LLAMA_PLAIN  # noqa: E402
+from bench_model import HYBRID_SHAPE, LLAMA_PLAIN  # noqa: E402
 
 VOCAB = ROOT / "tests" / "data" / "vocab" / "ggml-vocab-llama-spm.gguf"  # padded to each shape's size
 PROMPT, DECODE = 256, 64
@@ -58,8 +58,20 @@ SHAPES: dict[str, dict] = {
                                       "head_dim": 128, "value_dim": 128, "intermediate_size": 6144,
                                       "expert_count": 128, "expert_used_count": 8, "expert_intermediate_size": 768,
                                       "context_length": 40960}},
+    # hybrids: LFM2-350M (10 gated short-convolution layers of kernel 3 and 6 attention layers, head_count_kv 0
+    # marking the convolution layers as the converter writes it) and Qwen3.5-0.8B (three gated delta-net layers
+    # to one gated attention layer; tools/bench_model.py's HYBRID_SHAPE)
+    "lfm2-350m": {"spec": "lfm2", "vocab": 65536, "tied": True, "types": ["Q4_K_M", "Q8_0"],
+                  "sizes": {"hidden_size": 1024, "n_layers": 16, "n_heads": 16, "head_dim": 64,
+                            "n_kv_heads": [0, 0, 8, 0, 0, 8, 0, 0, 8, 0, 8, 0, 8, 0, 8, 0], "intermediate_size": 4608,
+                            "context_length": 128000, "shortconv_l_cache": 3}},
+    "qwen35-0.8b": {"spec": "qwen35", "vocab": 248320, "tied": True, "types": ["Q4_K_M", "Q8_0"],
+                    "sizes": HYBRID_SHAPE,
+                    # llama.cpp reads M-RoPE sections (Qwen3.5-0.8B's; tfb's spec does not need them: for text
+                    # every section reads the same position)
+                    "extra": {"{arch}.rope.dimension_sections": [11, 11, 10, 0]}},
 }
-DEFAULT_SHAPES = ["smollm2-135m", "gemma3-270m", "qwen3-0.6b", "qwen3moe-30b-a3b-8l"]
+DEFAULT_SHAPES = ["smollm2-135m", "gemma3-270m", "qwen3-0.6b", "qwen3moe-30b-a3b-8l", "lfm2-350m", "qwen35-0.8b"]
 
 PRELUDE = "import json, resource, sys, time\n"
 # Peak RSS of this process image: VmHWM. Not ru_maxrss, which Linux carries across exec from the forking
@@ -163,7 +175,7 @@ def model_file(shape: str, kind: str) -> Path:
         tmp = path.with_suffix(".part")
         qtype = kind if kind in MIXES else GGMLQuantizationType[kind]
         make(info["spec"], tmp, info["sizes"], qtype, padded_vocab(info["vocab"]), std=0.02, tied=info["tied"],
-             fallback=True)
+             fallback=True, extra=info.get("extra"))
         tmp.replace(path)
     return path
 

@@ -41,13 +41,18 @@ SIZES = {  # CLI option -> config field
 }
 
 
-def _metadata(spec: Spec, arch: str, values: dict[str, int | float]) -> dict[str, MetaValue]:
+def _metadata(spec: Spec, arch: str, values: dict[str, int | float | list[int]]) -> dict[str, MetaValue]:
+    """The file's keys for config fields; a list is one value per layer (e.g. head_count_kv 0 on the layers
+    of a hybrid that are not attention)."""
     meta: dict[str, MetaValue] = {}
     for field, value in values.items():
         rule = getattr(spec.hparams, field)
         if rule is not None and rule.keys():
-            kind = "float32" if isinstance(value, float) else "uint32"
-            meta[rule.keys()[0].replace("{arch}", arch)] = MetaValue(value, kind)
+            key = rule.keys()[0].replace("{arch}", arch)
+            if isinstance(value, list):
+                meta[key] = MetaValue(np.asarray(value, dtype=np.uint32), "array[uint32]")
+            else:
+                meta[key] = MetaValue(value, "float32" if isinstance(value, float) else "uint32")
     return meta
 
 
@@ -74,6 +79,9 @@ def _more_bits(layer: int, n_layers: int) -> bool:
     return layer < n_layers // 8 or layer >= 7 * n_layers // 8 or (layer - n_layers // 8) % 3 == 2
 
 
+# tensors llama-quantize never quantizes (src/llama-quant.cpp): the small convolution kernels of recurrent layers
+UNQUANTIZED = ("ssm_conv1d", "shortconv_conv")
+
 # llama-quantize's fallback for rows whose length is not a multiple of the type's block (tensor_type_fallback in
 # src/llama-quant.cpp): a 32-weight type of about the same size; F16 where even that does not fit
 FALLBACK = {"Q2_K": "Q4_0", "Q3_K": "Q4_0", "Q4_K": "Q5_0", "Q5_K": "Q5_1", "Q6_K": "Q8_0", "IQ4_XS": "IQ4_NL"}
@@ -84,11 +92,13 @@ def storage_type(kind: str, slot: str, shape: tuple[int, ...], layer: int | None
     """The type a tensor is stored in: F32 for vectors and the router; else `kind`, or for a mix its rule.
     Rows that the type's blocks do not divide: F32, or with `fallback` the type llama-quantize falls back to."""
     f32 = GGMLQuantizationType.F32
-    if len(shape) < 2 or slot == "ffn_gate_inp":
+    if len(shape) < 2 or slot == "ffn_gate_inp" or slot in UNQUANTIZED:
         return f32
     if kind == "Q4_K_M":
         if slot == output_slot:
             qtype = GGMLQuantizationType.Q6_K
+        elif slot == "attn_qkv":  # a fused Q/K/V projection: one step up
+            qtype = GGMLQuantizationType.Q5_K
         # llama-quantize matches "ffn_down" anywhere in the name: the experts' and shared experts' too
         elif (slot == "attn_v" or slot.startswith("ffn_down")) and layer is not None and _more_bits(layer, n_layers):
             qtype = GGMLQuantizationType.Q6_K
@@ -104,18 +114,19 @@ def storage_type(kind: str, slot: str, shape: tuple[int, ...], layer: int | None
     return qtype if shape[-1] % GGML_QUANT_SIZES[qtype][0] == 0 else GGMLQuantizationType.F16
 
 
-def make(spec_name: str, out: Path, sizes: dict[str, int], qtype: GGMLQuantizationType | str, vocab_file: Path,
-         seed: int = 0, std: float = 0.2, spec_dirs: Sequence[str | Path] = (), tied: bool = False,
-         fallback: bool = False) -> None:
+def make(spec_name: str, out: Path, sizes: dict[str, int | list[int]], qtype: GGMLQuantizationType | str,
+         vocab_file: Path, seed: int = 0, std: float = 0.2, spec_dirs: Sequence[str | Path] = (), tied: bool = False,
+         fallback: bool = False, extra: dict[str, list[int]] | None = None) -> None:
     """spec_name: a name looked up on the spec search path (spec_dirs, then TFB_SPEC_PATH, then the
     packaged specs) or a path. qtype: a ggml type or a mix name. tied: no output tensor (the token
     embedding stands in). fallback: rows the type's blocks do not divide get llama-quantize's fallback type
-    (storage_type), not F32."""
+    (storage_type), not F32. extra: more metadata arrays ("{arch}" in a key: the architecture), for keys that
+    llama.cpp requires and the spec does not read."""
     spec = load_spec(spec_name, spec_dirs)
     arch = spec.match[0] if spec.match else spec.name
     vocab = GGUFReader(vocab_file)
     n_vocab = len(vocab.fields["tokenizer.ggml.tokens"].data)
-    values: dict[str, int | float] = {"vocab_size": n_vocab, "norm_eps": 1e-5, **sizes}
+    values: dict[str, int | float | list[int]] = {"vocab_size": n_vocab, "norm_eps": 1e-5, **sizes}
     meta = _metadata(spec, arch, values)
     config = build_config(spec, meta, set(), arch=arch, where=str(out))
     model = build_modules(spec, config)
@@ -126,7 +137,12 @@ def make(spec_name: str, out: Path, sizes: dict[str, int], qtype: GGMLQuantizati
     writer = GGUFWriter(str(out), arch)
     writer.add_name(f"tiny random {spec.name}")
     for key, mv in meta.items():
-        writer.add_key_value(key, mv.value, GGUFValueType.FLOAT32 if mv.type == "float32" else GGUFValueType.UINT32)
+        if mv.is_array:
+            writer.add_array(key, mv.value.tolist())
+        else:
+            writer.add_key_value(key, mv.value, GGUFValueType.FLOAT32 if mv.type == "float32" else GGUFValueType.UINT32)
+    for key, array in (extra or {}).items():
+        writer.add_array(key.replace("{arch}", arch), array)
     for key, field in vocab.fields.items():
         if key.startswith("tokenizer."):
             vtype = GGUFValueType(field.types[0])
