@@ -19,7 +19,8 @@ needs_native = pytest.mark.skipif(not native.available(), reason="native kernels
 # sandwich norms and a scaled embedding, sliding windows with gelu, residual and logit multipliers, a Q/K
 # norm over all heads with post-norms only, layers without rope
 CASES = [("llama", "q8_0"), ("qwen2", "f16"), ("qwen3", "q8_0"), ("phi3", "q8_0"), ("gemma2", "q8_0"),
-         ("gemma3", "q8_0"), ("granite", "q8_0"), ("olmo2", "q8_0"), ("smollm3", "q8_0")]
+         ("gemma3", "q8_0"), ("granite", "q8_0"), ("olmo2", "q8_0"), ("smollm3", "q8_0"),
+         ("lfm2", "q8_0")]  # recurrent mixers: gated short convolutions
 
 
 def decode(model: Any, ids: torch.Tensor, prompt: int, cache=None) -> torch.Tensor:
@@ -84,3 +85,35 @@ def test_what_the_native_step_leaves_to_the_modules(tiny_model) -> None:
     off.use_native_step(False)
     assert_logits_match(decode(off, ids, 1), expected)
     assert off.native_step_state == "off" and off.native_step is None
+
+
+@needs_native
+@pytest.mark.parametrize("family", ["lfm2"])
+def test_recurrent_states_across_module_calls_snapshots_and_forks(tiny_model, family: str) -> None:
+    """Recurrent states are replaced between native steps (module calls, Cache.restore, forks) and are
+    updated in place by them: each step binds what the cache holds then, from position 0 on."""
+    reference, path = tiny_model(family, "q8_0")
+    model = tfb.load(path)
+    ids = ids_for(model.config.vocab_size, 1, 32)
+    with torch.no_grad():
+        expected = reference(ids).logits
+        cache = model.new_cache()
+        first = decode(model, ids[:, :12], 1, cache)  # every token a native step, from position 0
+        step, native_steps = model.native_step, []
+        model.native_step = lambda x, c: native_steps.append(step(x, c)) or native_steps[-1]  # count them
+        snapshot = cache.snapshot()
+        chunk = model(ids[:, 12:16], cache)  # the module path replaces the states
+        rest = torch.cat([model(ids[:, t:t + 1], cache) for t in range(16, 24)], dim=1)
+        fork = cache.fork()
+        forked = torch.cat([model(ids[:, t:t + 1], fork) for t in range(24, 32)], dim=1)
+        more = torch.cat([model(ids[:, t:t + 1], cache) for t in range(24, 28)], dim=1)  # the original goes on
+        cache.restore(snapshot)
+        again = torch.cat([model(ids[:, t:t + 1], cache) for t in range(12, 20)], dim=1)
+        cache.restore(cache.initial)
+        restart = torch.cat([model(ids[:, t:t + 1], cache) for t in range(0, 4)], dim=1)
+    assert model.native_step_state == "planned"
+    assert len(native_steps) == 32 and all(logits is not None for logits in native_steps)
+    assert_logits_match(torch.cat([first, chunk, rest, forked], dim=1), expected)
+    assert_logits_match(more, expected[:, 24:28])
+    assert_logits_match(again, expected[:, 12:20])
+    assert_logits_match(restart, expected[:, :4])

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import ctypes
 import threading
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -30,8 +31,20 @@ if TYPE_CHECKING:
     from tfb.nn.rotary import Rotary
 
 # operation codes and activation codes of step.c
-MATMUL, RMS_NORM, ADD, GLU, ROPE, STORE, ATTEND, LOGITS = range(8)
-ACTIVATIONS = {"silu": 0, "gelu_tanh": 1, "gelu_erf": 2, "relu": 3, "relu_squared": 4}
+MATMUL, RMS_NORM, ADD, GLU, ROPE, STORE, ATTEND, LOGITS, MUL, COPY_ROWS, CONV, L2_NORM, DELTA = range(13)
+ACTIVATIONS = {"silu": 0, "gelu_tanh": 1, "gelu_erf": 2, "relu": 3, "relu_squared": 4, "sigmoid": 5}
+
+
+@dataclass(frozen=True)
+class RecurrentSlot:
+    """Where a step reads a recurrent state tensor: slot `slot` holds the address of
+    `cache.layers[layer].<attribute>` ([1, *shape] float32)."""
+
+    slot: int
+    layer: int
+    attribute: str
+    shape: tuple[int, ...]
+    zero_at_start: bool
 
 
 class Unplannable(Exception):
@@ -40,7 +53,7 @@ class Unplannable(Exception):
 
 class Op(ctypes.Structure):
     _fields_ = [("op", ctypes.c_int64), ("i", ctypes.c_int64 * 8), ("f", ctypes.c_double * 2),
-                ("p", ctypes.c_void_p * 4)]
+                ("p", ctypes.c_void_p * 8)]
 
 
 def _ptr(t: torch.Tensor | None) -> int | None:
@@ -52,7 +65,8 @@ class StepPlan:
 
     `scratch(name, n)` is a float32 buffer that every layer reuses for the same role (layers run one after
     another, so a role's buffer is free again when the next layer starts), and stays in cache. Slots are the
-    per-step table of step.c: for each rope its cos/sin tables, for each attention layer its cache."""
+    per-step table of step.c: for each rope its cos/sin tables, for each attention layer its cache, for each
+    recurrent state tensor its address."""
 
     def __init__(self) -> None:
         self.ops: list[Op] = []
@@ -62,6 +76,7 @@ class StepPlan:
         self.rotaries: dict[int, tuple[Rotary, int]] = {}  # id -> (rotary, slot)
         self.kv_layers: dict[int, tuple[int, int, int, int]] = {}  # layer -> (slot, kv heads, key width, value width)
         self.slot_count = 1  # slot 0: where the logits go
+        self.states: list[RecurrentSlot] = []  # recurrent state tensors, bound at every step
 
     def scratch(self, name: str, n: int) -> torch.Tensor:
         key = (name, n)
@@ -140,6 +155,52 @@ class StepPlan:
         self._add(ATTEND, (kv_heads, rows, key_dim, value_dim, slot, window, chunk), (scale, softcap),
                   (_ptr(q), _ptr(sinks), _ptr(out)))
 
+    def mul(self, a: torch.Tensor, b: torch.Tensor, out: torch.Tensor) -> None:
+        """out = a * b, element by element."""
+        self._add(MUL, (out.numel(),), (), (_ptr(a), _ptr(b), _ptr(out)))
+
+    def copy_rows(self, x: torch.Tensor, y: torch.Tensor) -> None:
+        """y = x, for x a strided view of rows ([rows, n], its rows apart by x.stride(0); one part of each of
+        interleaved heads) and y contiguous."""
+        rows, n = x.shape
+        if x.stride(1) != 1:
+            raise Unplannable("rows with strided elements")
+        self._add(COPY_ROWS, (rows, n, x.stride(0)), (), (_ptr(x), _ptr(y)))
+
+    def state(self, attribute: str, shape: tuple[int, ...], *, zero_at_start: bool = False) -> int:
+        """The slot of this layer's recurrent state tensor `cache.layers[layer].<attribute>` (float32, [1,
+        *shape]), updated in place by the operations. Such tensors are replaced between steps (the module path
+        and Cache.restore put new ones in; a fork has copies), so each step binds whatever the state holds
+        then: None becomes zeros (as the module path reads it), and so does any tensor at position 0 with
+        zero_at_start (a state the module path ignores at a sequence's start)."""
+        slot = self._slots(1)
+        self.states.append(RecurrentSlot(slot, self.layer, attribute, shape, zero_at_start))
+        return slot
+
+    def conv(self, x: torch.Tensor, weight: torch.Tensor, state_slot: int, y: torch.Tensor,
+             activation: str | None = None) -> None:
+        """y = act(causal depthwise convolution of the state's last inputs and x), the state taking x.
+        weight [channels, kernel]; the state [channels, kernel - 1] at `state_slot` (a `state`)."""
+        w = weight.float().reshape(x.numel(), -1).contiguous()
+        self.keep.append(w)
+        act = -1 if activation is None else ACTIVATIONS[activation]
+        self._add(CONV, (x.numel(), w.shape[1], act, state_slot), (), (_ptr(x), _ptr(w), _ptr(y)))
+
+    def l2_norm(self, x: torch.Tensor, rows: int, eps: float, scale: float, y: torch.Tensor) -> None:
+        """y = x / sqrt(sum(x^2) + eps) * scale over each of `rows` rows."""
+        self._add(L2_NORM, (rows, x.numel() // rows), (eps, scale), (_ptr(x), _ptr(y)))
+
+    def delta_rule(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, b: torch.Tensor, alpha: torch.Tensor,
+                   dt_bias: torch.Tensor, a_neg: torch.Tensor, state_slot: int, out: torch.Tensor, *,
+                   key_heads: int, key_dim: int, tiled: bool) -> None:
+        """out = one step of the gated delta rule per value head (step.c's STEP_DELTA), the state [heads,
+        key_dim, value_dim] at `state_slot` updated."""
+        heads = b.numel()
+        params = [t.float().contiguous() for t in (dt_bias, a_neg)]
+        self.keep += params
+        self._add(DELTA, (heads, key_heads, key_dim, v.numel() // heads, int(tiled), state_slot), (),
+                  (_ptr(q), _ptr(k), _ptr(v), _ptr(b), _ptr(alpha), _ptr(params[0]), _ptr(params[1]), _ptr(out)))
+
     def module(self, module: Any, x: torch.Tensor) -> torch.Tensor:
         """The buffer holding `module`'s output for input x, after the operations it adds."""
         plan_step = getattr(module, "plan_step", None)
@@ -158,6 +219,7 @@ class NativeStep:
         self.bound: tuple[Cache, int, int] | None = None  # cache, position, growth count when bound
         self.capacity = 0
         self.tables: list[torch.Tensor] = []
+        self.states: list[torch.Tensor | None] = [None] * len(plan.states)  # the state tensors bound last
         self.lock = threading.Lock()
 
     @classmethod
@@ -188,6 +250,8 @@ class NativeStep:
             stale = self.bound != (cache, position, SequenceState.growths) or position >= self.capacity
             if stale and not self._bind(cache, position):
                 return None
+            if self.plan.states and not self._bind_states(cache, position):
+                return None
             self.x.copy_(x.reshape(-1))
             logits = torch.empty(self.vocab, dtype=torch.float32)
             self.slots[0] = logits.data_ptr()
@@ -196,6 +260,26 @@ class NativeStep:
             return logits
         finally:
             self.lock.release()
+
+    def _bind_states(self, cache: Cache, position: int) -> bool:
+        """Point the slots at the recurrent state tensors that `cache` holds now. A tensor bound before (the
+        same object) is taken as it is; another is checked (one sequence, float32, contiguous) or made so;
+        None, or any tensor at position 0 where the state starts from zeros, becomes zeros."""
+        for n, entry in enumerate(self.plan.states):
+            state = cache.layers[entry.layer]
+            tensor = getattr(state, entry.attribute, None)
+            if tensor is self.states[n] and tensor is not None and (position or not entry.zero_at_start):
+                continue
+            if tensor is None or (position == 0 and entry.zero_at_start):
+                tensor = torch.zeros(1, *entry.shape, dtype=torch.float32)
+            elif tuple(tensor.shape) != (1, *entry.shape):
+                return False  # several sequences in one cache: the module path
+            elif tensor.dtype != torch.float32 or not tensor.is_contiguous():
+                tensor = tensor.float().contiguous()
+            setattr(state, entry.attribute, tensor)
+            self.states[n] = tensor
+            self.slots[entry.slot] = tensor.data_ptr()
+        return True
 
     def _bind(self, cache: Cache, position: int) -> bool:
         """Point the slots at `cache`'s keys and values (grown to hold this position) and at rope tables at

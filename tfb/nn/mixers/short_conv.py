@@ -14,6 +14,7 @@ from tfb.errors import InputError
 from tfb.nn.cache import Step
 from tfb.nn.kinds import BuildContext
 from tfb.nn.linear import Linear, check_shape
+from tfb.nn.step import StepPlan
 from tfb.spec.kinds.short_conv import ShortConv as Section
 
 KIND = "short_conv"
@@ -74,6 +75,20 @@ class ShortConv(nn.Module):
             state.window = full[:, :, full.shape[2] - state.width:].clone()
         z = F.conv1d(full, self.weight, groups=self.hidden)  # [b, h, t]: only full windows, so causal
         return self.out_proj((gate_out * z.transpose(1, 2)).to(x.dtype))
+
+    def plan_step(self, plan: StepPlan, h: torch.Tensor) -> torch.Tensor:
+        """The native step of this layer (tfb.nn.step): what `forward` computes for one token, the window
+        (ConvWindow.window) updated in place."""
+        projected = plan.scratch("conv_in", 3 * self.hidden)
+        plan.linear(self.in_proj, h, projected)
+        gate_in, gate_out, values = projected.chunk(3)
+        u, z = plan.scratch("conv_u", self.hidden), plan.scratch("conv_z", self.hidden)
+        plan.mul(gate_in, values, u)
+        plan.conv(u, self.weight, plan.state("window", (self.hidden, self.kernel - 1), zero_at_start=True), z)
+        plan.mul(gate_out, z, z)
+        y = plan.scratch("conv_out", self.hidden)
+        plan.linear(self.out_proj, z, y)
+        return y
 
     def _past(self, state: ConvWindow | None, step: Step, batch: int, u: torch.Tensor) -> torch.Tensor:
         """The inputs before this call's first position: zeros at the start of a sequence."""

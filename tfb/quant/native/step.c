@@ -44,15 +44,29 @@ enum {
                     * not 0). i: kv_heads, rows, d, dv, slot (k base, k head stride, v base, v head stride),
                     * window, chunk. f: scale, softcap. p: q, sinks (or NULL), out */
     STEP_LOGITS,   /* slots[slot] = where the logits go: y = W x as STEP_MATMUL. i: as MATMUL, slot in i[5] */
+    STEP_MUL,      /* out[n] = a[n] * b[n] (a gate applied). i: n. p: a, b, out */
+    STEP_COPY_ROWS, /* y[rows, n] = the rows of x, `stride` floats apart (one part of interleaved heads).
+                    * i: rows, n, stride. p: x, y */
+    STEP_CONV,     /* causal depthwise convolution step with state: per channel c, with the kernel w[c, 0..K-1]
+                    * and the channel's last K - 1 inputs s[c, 0..K-2] (oldest first, at slots[slot]),
+                    * y[c] = act(w[c,0] s[c,0] + ... + w[c,K-2] s[c,K-2] + w[c,K-1] x[c]), then s shifts by one and
+                    * takes x[c]. i: channels, K, act (-1: none), slot. p: x, w, y */
+    STEP_L2_NORM,  /* y = x / sqrt(sum(x^2) + eps) * scale over each of `rows` rows of n. i: rows, n.
+                    * f: eps, scale. p: x, y */
+    STEP_DELTA,    /* gated delta rule step: per value head h (reading key head h % key_heads where tiled, else
+                    * h / (heads / key_heads)), with decay g = a_neg[h] softplus(alpha[h] + dt_bias[h]) and
+                    * beta = sigmoid(b[h]), the state S[h] [dk, dv] (at slots[slot]) becomes
+                    * exp(g) S + k (beta (v - exp(g) S^T k))^T and out[h] = S^T q (the new S).
+                    * i: heads, key_heads, dk, dv, tiled, slot. p: q, k, v, b, alpha, dt_bias, a_neg, out */
 };
 
-enum { ACT_SILU, ACT_GELU_TANH, ACT_GELU_ERF, ACT_RELU, ACT_RELU_SQUARED };
+enum { ACT_SILU, ACT_GELU_TANH, ACT_GELU_ERF, ACT_RELU, ACT_RELU_SQUARED, ACT_SIGMOID };
 
 typedef struct {
     int64_t op;
     int64_t i[8];
     double f[2];
-    void *p[4];
+    void *p[8];
 } step_op;
 
 static float activation(int act, float x) {
@@ -64,7 +78,69 @@ static float activation(int act, float x) {
     }
     case ACT_GELU_ERF: return 0.5f * x * (1.0f + erff(x * 0.7071067811865476f));
     case ACT_RELU: return x > 0.0f ? x : 0.0f;
-    default: return x > 0.0f ? x * x : 0.0f;
+    case ACT_RELU_SQUARED: return x > 0.0f ? x * x : 0.0f;
+    default: return 1.0f / (1.0f + expf(-x));
+    }
+}
+
+static void conv(const step_op *o, const int64_t *slots) {
+    const float *x = o->p[0], *w = o->p[1];
+    float *y = o->p[2], *state = (float *)(intptr_t)slots[o->i[3]];
+    int64_t kernel = o->i[1], keep = kernel - 1;
+    int act = (int)o->i[2];
+    for (int64_t c = 0; c < o->i[0]; c++) {
+        float *s = state + c * keep;
+        const float *wc = w + c * kernel;
+        float acc = keep ? wc[0] * s[0] : wc[0] * x[c];
+        for (int64_t j = 1; j < keep; j++) acc += wc[j] * s[j];
+        if (keep) acc += wc[keep] * x[c];
+        for (int64_t j = 0; j + 1 < keep; j++) s[j] = s[j + 1];
+        if (keep) s[keep - 1] = x[c];
+        y[c] = act < 0 ? acc : activation(act, acc);
+    }
+}
+
+static void l2_norm(const step_op *o) {
+    const float *x = o->p[0];
+    float *y = o->p[1];
+    int64_t n = o->i[1];
+    float eps = (float)o->f[0], scale = (float)o->f[1];
+    for (int64_t r = 0; r < o->i[0]; r++) {
+        const float *xr = x + r * n;
+        float sum = 0.0f;
+        for (int64_t i = 0; i < n; i++) sum += xr[i] * xr[i];
+        float inv = 1.0f / sqrtf(sum + eps);
+        for (int64_t i = 0; i < n; i++) y[r * n + i] = xr[i] * inv * scale;
+    }
+}
+
+static void delta(const step_op *o, const int64_t *slots) {
+    int64_t heads = o->i[0], key_heads = o->i[1], dk = o->i[2], dv = o->i[3];
+    const float *q = o->p[0], *k = o->p[1], *v = o->p[2], *b = o->p[3], *alpha = o->p[4], *dt_bias = o->p[5],
+                *a_neg = o->p[6];
+    float *out = o->p[7], *states = (float *)(intptr_t)slots[o->i[5]];
+    for (int64_t h = 0; h < heads; h++) {
+        int64_t kh = o->i[4] ? h % key_heads : h / (heads / key_heads);
+        const float *qh = q + kh * dk, *kk = k + kh * dk, *vh = v + h * dv;
+        float *S = states + h * dk * dv, *oh = out + h * dv;
+        float a = alpha[h] + dt_bias[h];
+        float decay = expf(a_neg[h] * (a > 20.0f ? a : log1pf(expf(a)))); /* softplus as torch's (threshold 20) */
+        float beta = 1.0f / (1.0f + expf(-b[h]));
+        float u[dv];
+        for (int64_t j = 0; j < dv; j++) u[j] = 0.0f;
+        for (int64_t i = 0; i < dk; i++) { /* u = S^T k */
+            const float *row = S + i * dv;
+            for (int64_t j = 0; j < dv; j++) u[j] += row[j] * kk[i];
+        }
+        for (int64_t j = 0; j < dv; j++) u[j] = beta * (vh[j] - decay * u[j]);
+        for (int64_t j = 0; j < dv; j++) oh[j] = 0.0f;
+        for (int64_t i = 0; i < dk; i++) { /* S = decay S + k u^T; out = S^T q */
+            float *row = S + i * dv;
+            for (int64_t j = 0; j < dv; j++) {
+                row[j] = decay * row[j] + kk[i] * u[j];
+                oh[j] += row[j] * qh[i];
+            }
+        }
     }
 }
 
@@ -134,6 +210,20 @@ EXPORT int tfb_step(const step_op *ops, int64_t count, int64_t position, const i
             break;
         }
         case STEP_ATTEND: status = attend(o, position, slots); break;
+        case STEP_MUL: {
+            const float *a = o->p[0], *b = o->p[1];
+            float *out = o->p[2];
+            for (int64_t i = 0; i < o->i[0]; i++) out[i] = a[i] * b[i];
+            break;
+        }
+        case STEP_COPY_ROWS:
+            for (int64_t r = 0; r < o->i[0]; r++)
+                memmove((float *)o->p[1] + r * o->i[1], (const float *)o->p[0] + r * o->i[2],
+                        (size_t)o->i[1] * sizeof(float));
+            break;
+        case STEP_CONV: conv(o, slots); break;
+        case STEP_L2_NORM: l2_norm(o); break;
+        case STEP_DELTA: delta(o, slots); break;
         default: status = ERR_SHAPE;
         }
         if (status != OK) return status;
