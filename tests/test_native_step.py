@@ -20,7 +20,7 @@ needs_native = pytest.mark.skipif(not native.available(), reason="native kernels
 # norm over all heads with post-norms only, layers without rope
 CASES = [("llama", "q8_0"), ("qwen2", "f16"), ("qwen3", "q8_0"), ("phi3", "q8_0"), ("gemma2", "q8_0"),
          ("gemma3", "q8_0"), ("granite", "q8_0"), ("olmo2", "q8_0"), ("smollm3", "q8_0"),
-         ("lfm2", "q8_0")]  # recurrent mixers: gated short convolutions
+         ("lfm2", "q8_0"), ("qwen35", "q8_0")]  # recurrent mixers: gated short convolutions, gated delta-nets
 
 
 def decode(model: Any, ids: torch.Tensor, prompt: int, cache=None) -> torch.Tensor:
@@ -88,7 +88,7 @@ def test_what_the_native_step_leaves_to_the_modules(tiny_model) -> None:
 
 
 @needs_native
-@pytest.mark.parametrize("family", ["lfm2"])
+@pytest.mark.parametrize("family", ["lfm2", "qwen35"])
 def test_recurrent_states_across_module_calls_snapshots_and_forks(tiny_model, family: str) -> None:
     """Recurrent states are replaced between native steps (module calls, Cache.restore, forks) and are
     updated in place by them: each step binds what the cache holds then, from position 0 on."""

@@ -227,19 +227,26 @@ class Attention(nn.Module):
         """The native step of this layer: projections, Q/K norms, rope, the new keys and values stored in the
         cache, attention over it, output projection (what `forward` computes for one token)."""
         s, o = self.shape, self.opts
-        if o.kv_from is not None or self.gives_kv or o.output_gate or o.clamp or o.temperature_scale or o.v_norm:
-            raise Unplannable("attention with shared keys and values, an output gate, clamping, a query "
-                              "temperature or a value norm")
+        if o.kv_from is not None or self.gives_kv or o.clamp or o.temperature_scale or o.v_norm:
+            raise Unplannable("attention with shared keys and values, clamping, a query temperature or a value "
+                              "norm")
+        q_proj = self.q_out * (2 if o.output_gate else 1)
         if o.fused_qkv:
-            qkv = plan.scratch("qkv", self.q_out + self.k_out + self.v_out)
+            qkv = plan.scratch("qkv", q_proj + self.k_out + self.v_out)
             plan.linear(self.qkv, h, qkv)
-            q, k, v = qkv.split([self.q_out, self.k_out, self.v_out])
+            q, k, v = qkv.split([q_proj, self.k_out, self.v_out])
         else:
             if self.v.weight is None and self.v.packed is None:
                 raise Unplannable("attention whose keys are its values")
-            q, k, v = plan.scratch("q", self.q_out), plan.scratch("k", self.k_out), plan.scratch("v", self.v_out)
+            q, k, v = plan.scratch("q", q_proj), plan.scratch("k", self.k_out), plan.scratch("v", self.v_out)
             for layer, out in ((self.q, q), (self.k, k), (self.v, v)):
                 plan.linear(layer, h, out)
+        gate = None
+        if o.output_gate:  # per head: head_dim queries, then head_dim gate values
+            pairs = q.view(s.n_heads, 2, s.head_dim)
+            q, gate = plan.scratch("q_heads", self.q_out), plan.scratch("gate", self.q_out)
+            plan.copy_rows(pairs[:, 0], q.view(s.n_heads, s.head_dim))
+            plan.copy_rows(pairs[:, 1], gate.view(s.n_heads, s.head_dim))
         if o.qk_norm is not None and not o.qk_norm_after_rope:
             q, k = self._plan_qk_norm(plan, q, k)
         if o.use_rope:
@@ -254,6 +261,8 @@ class Attention(nn.Module):
         plan.attend(q, slot, out, kv_heads=s.n_kv_heads, rows=s.n_heads // s.n_kv_heads, key_dim=s.head_dim,
                     value_dim=s.value_dim, scale=o.scale, softcap=o.softcap, sinks=self.sinks, window=o.window,
                     chunk=o.chunk)
+        if gate is not None:
+            plan.glu("sigmoid", gate, out, out)
         y = plan.scratch("attention_out", s.hidden)
         plan.linear(self.o, out, y)
         return y

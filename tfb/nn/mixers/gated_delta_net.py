@@ -23,6 +23,7 @@ from tfb.config import ModelConfig
 from tfb.nn.cache import Step
 from tfb.nn.kinds import BuildContext
 from tfb.nn.linear import Linear, check_shape
+from tfb.nn.step import StepPlan, Unplannable
 from tfb.spec.kinds.gated_delta_net import GatedDeltaNet as Section
 
 KIND = "gated_delta_net"
@@ -140,6 +141,34 @@ class GatedDeltaNetLayer(nn.Module):
             state.ssm = final
         o = self.norm(o) * F.silu(z.view(b, t, s.value_heads, s.value_dim))
         return self.out(o.reshape(b, t, -1).to(x.dtype))
+
+    def plan_step(self, plan: StepPlan, h: torch.Tensor) -> torch.Tensor:
+        """The native step of this layer (tfb.nn.step): what `forward` computes for one token, the state's conv
+        inputs and S updated in place."""
+        s = self.shape
+        kd, vd = s.key_heads * s.key_dim, s.value_heads * s.value_dim
+        if s.fused_qkvz or s.fused_ba:  # these layouts come with experts, which the step does not run either
+            raise Unplannable("a gated delta-net with fused projections")
+        qkv, z = plan.scratch("delta_qkv", s.channels), plan.scratch("delta_z", vd)
+        plan.linear(self.qkv, h, qkv)
+        plan.linear(self.z, h, z)
+        b, a = plan.scratch("delta_b", s.value_heads), plan.scratch("delta_a", s.value_heads)
+        plan.linear(self.b, h, b)
+        plan.linear(self.a, h, a)
+        mixed = plan.scratch("delta_mixed", s.channels)
+        plan.conv(qkv, self.conv, plan.state("conv", (s.channels, s.kernel - 1)), mixed, "silu")
+        q, k, v = mixed.split([kd, kd, vd])
+        plan.l2_norm(q, s.key_heads, s.eps, s.key_dim ** -0.5, q)
+        plan.l2_norm(k, s.key_heads, s.eps, 1.0, k)
+        o = plan.scratch("delta_o", vd)
+        plan.delta_rule(q, k, v, b, a, self.dt_bias, self.a_neg,
+                        plan.state("ssm", (s.value_heads, s.key_dim, s.value_dim)), o, key_heads=s.key_heads,
+                        key_dim=s.key_dim, tiled=s.tiled)
+        normed = self.norm.plan_step(plan, o, "delta_normed", s.value_heads)
+        plan.glu("silu", z, normed, normed)
+        y = plan.scratch("delta_y", s.hidden)
+        plan.linear(self.out, normed, y)
+        return y
 
     def project(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """[q ; k ; v] (the conv's channels) and z, float32. A fused projection holds per key head its q, k, its
