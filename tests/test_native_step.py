@@ -8,10 +8,12 @@ from typing import Any
 
 import pytest
 import torch
-from compare import assert_logits_match, ids_for
+from compare import assert_logits_match, greedy_prompt, ids_for, transformers_greedy
 
 import tfb
 from tfb.quant import native
+from tfb.text.generate import Session, generate_ids
+from tfb.text.sampling import GREEDY
 
 needs_native = pytest.mark.skipif(not native.available(), reason="native kernels unavailable (no C compiler?)")
 
@@ -117,3 +119,12 @@ def test_recurrent_states_across_module_calls_snapshots_and_forks(tiny_model, fa
     assert_logits_match(more, expected[:, 24:28])
     assert_logits_match(again, expected[:, 12:20])
     assert_logits_match(restart, expected[:, :4])
+    # a chat session whose second prompt leaves the first answer after two tokens: the session goes back to
+    # its snapshot after the first prompt (5 positions), the native steps go on from the restored states
+    session = Session(model.new_cache())
+    prompt = greedy_prompt(model.config.vocab_size)
+    first = list(generate_ids(model, prompt, max_tokens=4, sampling=GREEDY, session=session))
+    second = prompt + first[:2] + prompt[:3]
+    assert list(generate_ids(model, second, max_tokens=6, sampling=GREEDY, session=session)) == \
+        transformers_greedy(reference, second, 6)
+    assert session.cache.length == len(second) + 6 and len(native_steps) == 32 + 4 + 6
