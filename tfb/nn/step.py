@@ -82,21 +82,28 @@ class StepPlan:
 
     # ------------------------------------------------------------------------------ operations
 
-    def linear(self, layer: Linear, x: torch.Tensor, y: torch.Tensor, *, logits: bool = False) -> None:
-        """y = layer(x) for a packed weight with native products (anything else: Unplannable)."""
+    def linear(self, layer: Linear, x: torch.Tensor, y: torch.Tensor) -> None:
+        """y = layer(x)."""
+        ints, weight, bias = self._product(layer)
+        self._add(MATMUL, ints, (), (weight, _ptr(x), _ptr(y), _ptr(bias)))
+
+    def logits(self, layer: Linear, x: torch.Tensor) -> None:
+        """The step's logits (a new tensor each step: slot 0) = layer(x)."""
+        ints, weight, bias = self._product(layer)
+        self._add(LOGITS, ints, (), (weight, _ptr(x), None, _ptr(bias)))
+
+    def _product(self, layer: Linear) -> tuple[tuple[int, ...], int, torch.Tensor | None]:
+        """A packed weight's product arguments (type, stride, out, in, int8, logits slot), address and bias;
+        Unplannable for float weights and types without native products."""
         if layer.packed is None:
             raise Unplannable("a linear layer with float weights")
         prepared = native.prepare(layer.packed, layer.int8_activations)
         if prepared is None:
             raise Unplannable(f"{layer.packed.ggml_type.name} weights without native products")
-        type_id, pointer, stride, n, k, int8 = prepared.step_args()
+        type_id, weight, stride, n, k, int8 = prepared.step_args()
         bias = None if layer.bias is None else layer.bias.float().contiguous()
         self.keep += [prepared, bias]
-        ints = (type_id, stride, n, k, int8, 0)
-        if logits:
-            self._add(LOGITS, ints, (), (pointer, _ptr(x), None, _ptr(bias)))
-        else:
-            self._add(MATMUL, ints, (), (pointer, _ptr(x), _ptr(y), _ptr(bias)))
+        return (type_id, stride, n, k, int8, 0), weight, bias
 
     def rms_norm(self, x: torch.Tensor, weight: torch.Tensor | None, eps: float, y: torch.Tensor, rows: int) -> None:
         w = None if weight is None else weight.float().contiguous()
@@ -173,7 +180,7 @@ class NativeStep:
                 plan.layer = i
                 block.plan_step(plan, x)
             h = x if model.output_norm is None else model.output_norm.plan_step(plan, x, "out_norm")
-            plan.linear(model.output, h, x, logits=True)
+            plan.logits(model.output, h)
         except Unplannable:
             return None
         return cls(plan, x, model.config.vocab_size)
