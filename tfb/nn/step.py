@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import ctypes
 import threading
+import weakref
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -162,7 +163,9 @@ class NativeStep:
         self.plan, self.x, self.vocab = plan, x, vocab
         self.ops = (Op * len(plan.ops))(*plan.ops)
         self.slots = (ctypes.c_int64 * plan.slot_count)()
-        self.bound: tuple[Cache, int, int] | None = None  # cache, position, growth count when bound
+        # the bound cache (weakly: a finished sequence's cache is not kept alive), its next position, and the
+        # growth count when bound
+        self.bound: tuple[weakref.ref[Cache], int, int] | None = None
         self.capacity = 0
         self.tables: list[torch.Tensor] = []
         self.lock = threading.Lock()
@@ -192,14 +195,15 @@ class NativeStep:
             return None
         try:
             position = cache.length
-            stale = self.bound != (cache, position, SequenceState.growths) or position >= self.capacity
+            stale = self.bound is None or self.bound[0]() is not cache or self.bound[1:] != (
+                position, SequenceState.growths) or position >= self.capacity
             if stale and not self._bind(cache, position):
                 return None
             self.x.copy_(x.reshape(-1))
             logits = torch.empty(self.vocab, dtype=torch.float32)
             self.slots[0] = logits.data_ptr()
             native.run_step(self.ops, len(self.ops), position, self.slots)
-            self.bound = (cache, position + 1, SequenceState.growths)
+            self.bound = (weakref.ref(cache), position + 1, SequenceState.growths)
             return logits
         finally:
             self.lock.release()
@@ -227,5 +231,5 @@ class NativeStep:
                 self.tables += [cos.contiguous(), sin.contiguous()]
                 self.slots[slot:slot + 2] = [self.tables[-2].data_ptr(), self.tables[-1].data_ptr()]
         self.capacity = min([room] + [len(t) for t in self.tables[:1]])
-        self.bound = (cache, position, SequenceState.growths)
+        self.bound = (weakref.ref(cache), position, SequenceState.growths)
         return True
