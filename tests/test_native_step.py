@@ -11,6 +11,7 @@ import torch
 from compare import assert_logits_match, ids_for
 
 import tfb
+from tfb.nn.cache import RowCaches
 from tfb.quant import native
 
 needs_native = pytest.mark.skipif(not native.available(), reason="native kernels unavailable (no C compiler?)")
@@ -40,6 +41,26 @@ def test_native_steps_equal_transformers(tiny_model, family: str, outtype: str) 
     assert model.native_step_state == "planned"
     with torch.no_grad():
         assert_logits_match(ours, reference(ids).logits)
+
+
+@needs_native
+@pytest.mark.parametrize("family", ["phi3", "gemma3"])
+def test_native_steps_of_several_sequences(tiny_model, family: str) -> None:
+    """Continuous batching's step (RowCaches): sequences at different positions, one token each per call."""
+    reference, path = tiny_model(family, "q8_0")
+    model = tfb.load(path)
+    prompts, steps = [3, 14, 29], 12
+    sequences = [ids_for(model.config.vocab_size, 1, n + steps) for n in prompts]
+    caches = [model.new_cache() for _ in prompts]
+    with torch.no_grad():
+        for cache, ids, n in zip(caches, sequences, prompts, strict=True):
+            model(ids[:, :n], cache)
+        ours = [model(torch.cat([ids[:, n + t:n + t + 1] for ids, n in zip(sequences, prompts, strict=True)]),
+                      RowCaches(caches)) for t in range(steps)]
+        assert len(prompts) in model.native_steps
+        for row, (ids, n) in enumerate(zip(sequences, prompts, strict=True)):
+            mine = torch.cat([step[row:row + 1] for step in ours], dim=1)
+            assert_logits_match(mine, reference(ids).logits[:, n:])
 
 
 @needs_native
@@ -78,9 +99,9 @@ def test_what_the_native_step_leaves_to_the_modules(tiny_model) -> None:
     assert_logits_match(decode(half, ids, 1), expected, rel=1e-2)
     busy = tfb.load(path)
     decode(busy, ids[:, :3], 1)
-    with busy.native_step.lock:  # another thread in its step: this one goes through the modules
+    with busy.native_steps[1].lock:  # another thread in its step: this one goes through the modules
         assert_logits_match(decode(busy, ids, 1), expected)
     off = tfb.load(path)
     off.use_native_step(False)
     assert_logits_match(decode(off, ids, 1), expected)
-    assert off.native_step_state == "off" and off.native_step is None
+    assert off.native_step_state == "off" and not off.native_steps

@@ -6,9 +6,10 @@ the whole step once: every block, its norms, mixer and feed-forward, and the out
 its part through `plan_step(plan, x)`, a method a module offers where it can say what it computes as the
 operations below. The plan is a list of operations over fixed float32 buffers; a step then costs one call.
 
-A model with any module that has no `plan_step`, or that says it cannot (`Unplannable`: a float weight, a
-norm kind, an option the operations do not cover), keeps the module path, as does every call that is not a
-single new token of one sequence. The operations call the kernels the modules call, so a step computes what
+A step computes one new token for each of `rows` sequences (continuous batching's steps: each row its own
+cache and position; a plan per row count). A model with any module that has no `plan_step`, or that says it
+cannot (`Unplannable`: a float weight, a norm kind, an option the operations do not cover), keeps the module
+path, as do prompts. The operations call the kernels the modules call, so a step computes what
 the module path computes (up to the activation functions' own rounding of exp and tanh).
 """
 
@@ -31,7 +32,7 @@ if TYPE_CHECKING:
     from tfb.nn.rotary import Rotary
 
 # operation codes and activation codes of step.c
-MATMUL, RMS_NORM, ADD, GLU, ROPE, STORE, ATTEND, LOGITS = range(8)
+MATMUL, RMS_NORM, ADD, GLU, ROPE, STORE, ATTEND, LOGITS, COPY = range(9)
 ACTIVATIONS = {"silu": 0, "gelu_tanh": 1, "gelu_erf": 2, "relu": 3, "relu_squared": 4}
 
 
@@ -51,11 +52,13 @@ def _ptr(t: torch.Tensor | None) -> int | None:
 class StepPlan:
     """The operations of one step and the buffers they work in, as the modules add them.
 
-    `scratch(name, n)` is a float32 buffer that every layer reuses for the same role (layers run one after
-    another, so a role's buffer is free again when the next layer starts), and stays in cache. Slots are the
-    per-step table of step.c: for each rope its cos/sin tables, for each attention layer its cache."""
+    `scratch(name, n)` is a float32 buffer [rows, n] that every layer reuses for the same role (layers run one
+    after another, so a role's buffer is free again when the next layer starts), and stays in cache. The
+    operations take their sizes per token from their buffers' last dimension. Slots are the per-step table
+    of step.c, one per row: for each rope its cos/sin tables, for each attention layer its cache."""
 
-    def __init__(self) -> None:
+    def __init__(self, rows: int) -> None:
+        self.rows = rows
         self.ops: list[Op] = []
         self.keep: list[Any] = []  # what the operations point into
         self._scratch: dict[tuple[str, int], torch.Tensor] = {}
@@ -67,8 +70,21 @@ class StepPlan:
     def scratch(self, name: str, n: int) -> torch.Tensor:
         key = (name, n)
         if key not in self._scratch:
-            self._scratch[key] = torch.zeros(n, dtype=torch.float32)
+            self._scratch[key] = torch.zeros(self.rows, n, dtype=torch.float32)
         return self._scratch[key]
+
+    def split(self, x: torch.Tensor, sizes: list[int], name: str) -> list[torch.Tensor]:
+        """x's columns in consecutive parts of `sizes`: views for one row; for more, copies into buffers of
+        their own (the operations take dense rows)."""
+        if self.rows == 1:
+            return list(x.split(sizes, dim=-1))
+        parts, first = [], 0
+        for i, size in enumerate(sizes):
+            part = self.scratch(f"{name}.{i}", size)
+            self._add(COPY, (size, x.shape[-1], first), (), (_ptr(x), _ptr(part)))
+            parts.append(part)
+            first += size
+        return parts
 
     def _add(self, code: int, ints: tuple[int, ...] = (), floats: tuple[float, ...] = (),
              pointers: tuple[int | None, ...] = ()) -> None:
@@ -94,7 +110,7 @@ class StepPlan:
         self._add(LOGITS, ints, (), (weight, _ptr(x), None, _ptr(bias)))
 
     def _product(self, layer: Linear) -> tuple[tuple[int, ...], int, torch.Tensor | None]:
-        """A packed weight's product arguments (type, stride, out, in, int8, logits slot), address and bias;
+        """A packed weight's product arguments (type, stride, out, in, int8), address and bias;
         Unplannable for float weights and types without native products."""
         if layer.packed is None:
             raise Unplannable("a linear layer with float weights")
@@ -104,25 +120,26 @@ class StepPlan:
         type_id, weight, stride, n, k, int8 = prepared.step_args()
         bias = None if layer.bias is None else layer.bias.float().contiguous()
         self.keep += [prepared, bias]
-        return (type_id, stride, n, k, int8, 0), weight, bias
+        return (type_id, stride, n, k, int8), weight, bias
 
-    def rms_norm(self, x: torch.Tensor, weight: torch.Tensor | None, eps: float, y: torch.Tensor, rows: int) -> None:
+    def rms_norm(self, x: torch.Tensor, weight: torch.Tensor | None, eps: float, y: torch.Tensor, count: int) -> None:
+        """y = rms_norm(x) * weight over each of the `count` vectors of a row."""
         w = None if weight is None else weight.float().contiguous()
         self.keep.append(w)
-        self._add(RMS_NORM, (rows, x.numel() // rows), (eps,), (_ptr(x), _ptr(w), _ptr(y)))
+        self._add(RMS_NORM, (count, x.shape[-1] // count), (eps,), (_ptr(x), _ptr(w), _ptr(y)))
 
     def add(self, x: torch.Tensor, y: torch.Tensor, scale: float = 1.0) -> None:
         """x += y * scale (the residual stream taking a branch)."""
-        self._add(ADD, (x.numel(),), (scale,), (_ptr(x), _ptr(y)))
+        self._add(ADD, (x.shape[-1],), (scale,), (_ptr(x), _ptr(y)))
 
     def glu(self, activation: str, gate: torch.Tensor, up: torch.Tensor | None, out: torch.Tensor) -> None:
         """out = act(gate) * up, or act(gate) without `up`."""
         if activation not in ACTIVATIONS:
             raise Unplannable(f"activation {activation}")
-        self._add(GLU, (gate.numel(), ACTIVATIONS[activation]), (), (_ptr(gate), _ptr(up), _ptr(out)))
+        self._add(GLU, (gate.shape[-1], ACTIVATIONS[activation]), (), (_ptr(gate), _ptr(up), _ptr(out)))
 
     def rope(self, rotary: Rotary, x: torch.Tensor, heads: int, head_dim: int) -> None:
-        """x ([heads, head_dim]) rotated in place at the step's position."""
+        """x ([heads, head_dim] a row) rotated in place at each row's position."""
         if id(rotary) not in self.rotaries:
             self.rotaries[id(rotary)] = (rotary, self._slots(2))
         slot = self.rotaries[id(rotary)][1]
@@ -136,16 +153,16 @@ class StepPlan:
         return self.kv_layers[self.layer][0]
 
     def store(self, slot: int, x: torch.Tensor, heads: int, width: int) -> None:
-        """The cache's entry at the step's position = x [heads, width]; slot: kv_slot(...), + 2 for values."""
+        """Each row's cache entry at its position = its x [heads, width]; slot: kv_slot(...), + 2 for values."""
         self._add(STORE, (heads, width, slot), (), (_ptr(x),))
 
-    def attend(self, q: torch.Tensor, slot: int, out: torch.Tensor, *, kv_heads: int, rows: int, key_dim: int,
+    def attend(self, q: torch.Tensor, slot: int, out: torch.Tensor, *, kv_heads: int, group: int, key_dim: int,
                value_dim: int, scale: float, softcap: float, sinks: torch.Tensor | None, window: int,
                chunk: int) -> None:
-        """out = attention of q (kv_heads x rows query heads) over the cache's keys and values (slot)."""
+        """out = attention of q (kv_heads x group query heads a row) over each row's cached keys and values."""
         sinks = None if sinks is None else sinks.float().contiguous()
         self.keep.append(sinks)
-        self._add(ATTEND, (kv_heads, rows, key_dim, value_dim, slot, window, chunk), (scale, softcap),
+        self._add(ATTEND, (kv_heads, group, key_dim, value_dim, slot, window, chunk), (scale, softcap),
                   (_ptr(q), _ptr(sinks), _ptr(out)))
 
     def module(self, module: Any, x: torch.Tensor) -> torch.Tensor:
@@ -157,26 +174,27 @@ class StepPlan:
 
 
 class NativeStep:
-    """A model's planned decoding step (`for_model`), bound to a cache before each call."""
+    """A model's planned decoding step for `rows` sequences (`for_model`), bound to their caches before each call."""
 
     def __init__(self, plan: StepPlan, x: torch.Tensor, vocab: int) -> None:
-        self.plan, self.x, self.vocab = plan, x, vocab
+        self.plan, self.x, self.vocab, self.rows = plan, x, vocab, plan.rows
         self.ops = (Op * len(plan.ops))(*plan.ops)
-        self.slots = (ctypes.c_int64 * plan.slot_count)()
-        # the bound cache (weakly: a finished sequence's cache is not kept alive), its next position, and the
+        self.slots = (ctypes.c_int64 * (plan.rows * plan.slot_count))()
+        self.positions = (ctypes.c_int64 * plan.rows)()
+        # the bound caches (weakly: a finished sequence's cache is not kept alive), their next positions, and the
         # growth count when bound
-        self.bound: tuple[weakref.ref[Cache], int, int] | None = None
-        self.capacity = 0
+        self.bound: tuple[list[weakref.ref[Cache]], list[int], int] | None = None
+        self.capacity = 0  # positions every bound cache and rope table holds
         self.tables: list[torch.Tensor] = []
         self.lock = threading.Lock()
 
     @classmethod
-    def for_model(cls, model: Transformer) -> NativeStep | None:
+    def for_model(cls, model: Transformer, rows: int = 1) -> NativeStep | None:
         """The step of `model`, or None where a module cannot be planned or there is no native library."""
         if not native.available() or model.dtype != torch.float32:
             return None
-        plan = StepPlan()
-        x = torch.zeros(model.config.hidden_size, dtype=torch.float32)  # the residual stream
+        plan = StepPlan(rows)
+        x = torch.zeros(rows, model.config.hidden_size, dtype=torch.float32)  # the residual stream
         try:
             blocks: list[Block] = list(model.blocks)  # type: ignore[arg-type]
             for i, block in enumerate(blocks):
@@ -188,48 +206,59 @@ class NativeStep:
             return None
         return cls(plan, x, model.config.vocab_size)
 
-    def __call__(self, x: torch.Tensor, cache: Cache) -> torch.Tensor | None:
-        """Logits [vocab] of the token whose input embedding is x, after what `cache` holds (which then holds
-        it too, uncommitted); None where this cache cannot be bound (another storage type)."""
+    def __call__(self, x: torch.Tensor, caches: list[Cache]) -> torch.Tensor | None:
+        """Logits [rows, vocab] of one token for each cache (input embeddings x [rows, hidden]), after what
+        the caches hold (which then hold it too, uncommitted); None where a cache cannot be bound (another
+        storage type)."""
         if not self.lock.acquire(blocking=False):  # another thread's step holds the buffers: use the modules
             return None
         try:
-            position = cache.length
-            stale = self.bound is None or self.bound[0]() is not cache or self.bound[1:] != (
-                position, SequenceState.growths) or position >= self.capacity
-            if stale and not self._bind(cache, position):
+            positions = [cache.length for cache in caches]
+            if self._stale(caches, positions) and not self._bind(caches, positions):
                 return None
-            self.x.copy_(x.reshape(-1))
-            logits = torch.empty(self.vocab, dtype=torch.float32)
+            self.x.copy_(x.reshape(self.x.shape))
+            logits = torch.empty(self.rows, self.vocab, dtype=torch.float32)
             self.slots[0] = logits.data_ptr()
-            native.run_step(self.ops, len(self.ops), position, self.slots)
-            self.bound = (weakref.ref(cache), position + 1, SequenceState.growths)
+            self.positions[:] = positions  # type: ignore[assignment]
+            native.run_step(self.ops, len(self.ops), self.rows, self.positions, self.slots, self.plan.slot_count)
+            self.bound = (self.bound[0] if self.bound else [], [p + 1 for p in positions], SequenceState.growths)
             return logits
         finally:
             self.lock.release()
 
-    def _bind(self, cache: Cache, position: int) -> bool:
-        """Point the slots at `cache`'s keys and values (grown to hold this position) and at rope tables at
-        least as long."""
+    def _stale(self, caches: list[Cache], positions: list[int]) -> bool:
+        if self.bound is None or max(positions) >= self.capacity:
+            return True
+        refs, expected, growths = self.bound
+        return growths != SequenceState.growths or expected != positions or any(
+            ref() is not cache for ref, cache in zip(refs, caches, strict=True))
+
+    def _bind(self, caches: list[Cache], positions: list[int]) -> bool:
+        """Point each row's slots at its cache's keys and values (grown to hold its position) and at rope tables
+        at least as long."""
         stores = []
-        for layer, (slot, heads, key_dim, value_dim) in self.plan.kv_layers.items():
-            state = cache.layers[layer]
-            if not isinstance(state, SequenceState) or state.dtype not in (None, torch.float32):
-                return False
-            keys, values = state.reserve(position + 1, (heads, key_dim), (heads, value_dim))
-            if keys.dtype != torch.float32 or values.dtype != torch.float32 or keys.shape[0] != 1:
-                return False
-            stores.append((slot, keys, values))
+        for row, (cache, position) in enumerate(zip(caches, positions, strict=True)):
+            for layer, (slot, heads, key_dim, value_dim) in self.plan.kv_layers.items():
+                state = cache.layers[layer]
+                if not isinstance(state, SequenceState) or state.dtype not in (None, torch.float32):
+                    return False
+                keys, values = state.reserve(position + 1, (heads, key_dim), (heads, value_dim))
+                if keys.dtype != torch.float32 or values.dtype != torch.float32 or keys.shape[0] != 1:
+                    return False
+                stores.append((row * self.plan.slot_count + slot, keys, values))
         for slot, keys, values in stores:
             self.slots[slot:slot + 4] = [keys.data_ptr(), keys.stride(1), values.data_ptr(), values.stride(1)]
-        room = min((keys.shape[2] for _, keys, _ in stores), default=position + 1)
-        if self.plan.rotaries and (not self.tables or len(self.tables[0]) <= position):
-            length = max(16, 2 * len(self.tables[0]) if self.tables else 0, room, position + 1)
+        room = min((keys.shape[2] for _, keys, _ in stores), default=max(positions) + 1)
+        if self.plan.rotaries and (not self.tables or len(self.tables[0]) <= max(positions)):
+            length = max(16, 2 * len(self.tables[0]) if self.tables else 0, room, max(positions) + 1)
             self.tables = []
-            for rotary, slot in self.plan.rotaries.values():
+            for rotary, _ in self.plan.rotaries.values():
                 cos, sin = rotary.angles(torch.arange(length))
                 self.tables += [cos.contiguous(), sin.contiguous()]
-                self.slots[slot:slot + 2] = [self.tables[-2].data_ptr(), self.tables[-1].data_ptr()]
+        for i, (_, slot) in enumerate(self.plan.rotaries.values()):
+            for row in range(self.rows):
+                first = row * self.plan.slot_count + slot
+                self.slots[first:first + 2] = [self.tables[2 * i].data_ptr(), self.tables[2 * i + 1].data_ptr()]
         self.capacity = min([room] + [len(t) for t in self.tables[:1]])
-        self.bound = (weakref.ref(cache), position, SequenceState.growths)
+        self.bound = ([weakref.ref(cache) for cache in caches], positions, SequenceState.growths)
         return True

@@ -233,7 +233,7 @@ class Attention(nn.Module):
         if o.fused_qkv:
             qkv = plan.scratch("qkv", self.q_out + self.k_out + self.v_out)
             plan.linear(self.qkv, h, qkv)
-            q, k, v = qkv.split([self.q_out, self.k_out, self.v_out])
+            q, k, v = plan.split(qkv, [self.q_out, self.k_out, self.v_out], "qkv")
         else:
             if self.v.weight is None and self.v.packed is None:
                 raise Unplannable("attention whose keys are its values")
@@ -251,7 +251,7 @@ class Attention(nn.Module):
         plan.store(slot, k, s.n_kv_heads, s.head_dim)
         plan.store(slot + 2, v, s.n_kv_heads, s.value_dim)
         out = plan.scratch("attention", s.n_heads * s.value_dim)
-        plan.attend(q, slot, out, kv_heads=s.n_kv_heads, rows=s.n_heads // s.n_kv_heads, key_dim=s.head_dim,
+        plan.attend(q, slot, out, kv_heads=s.n_kv_heads, group=s.n_heads // s.n_kv_heads, key_dim=s.head_dim,
                     value_dim=s.value_dim, scale=o.scale, softcap=o.softcap, sinks=self.sinks, window=o.window,
                     chunk=o.chunk)
         y = plan.scratch("attention_out", s.hidden)
