@@ -6,10 +6,10 @@
  * tfb_rope, tfb_attend), so a step computes what the modules compute; the few element-wise operations
  * (residual add, gated activation) round as torch's do, up to the activation functions' own exp/tanh.
  *
- * What changes from one token to the next comes in as arguments, not in the plan: the position, and a
- * table of `slots` (int64 each): where each rope's cos/sin table starts, where each layer's keys and values
- * are stored and how far apart their heads are, and where the logits go. Python refills it when a cache
- * grows or another cache is used, without planning again. */
+ * What changes from one token to the next comes in as arguments, not in the plan: each row's position, and
+ * per row a table of `slots` (int64 each): where each rope's cos/sin table starts, where each layer's keys
+ * and values are stored and how far apart their heads are, and (row 0) where the logits go. Python refills
+ * them when a cache grows or other caches are used, without planning again. */
 #include <math.h>
 #include <stdint.h>
 #include <string.h>
