@@ -38,7 +38,7 @@ class Transformer(nn.Module):
         self.output = Linear(config.hidden_size, config.vocab_size)
         self.rotaries = rotaries  # every distinct rope of the layers (shared between layers)
         self.per_layer_inputs = per_layer_inputs
-        self.native_steps: dict[int, NativeStep] = {}  # by row count, planned on first use (tfb.nn.step)
+        self.native_steps: dict[int, NativeStep | None] = {}  # by row count, planned on first use (tfb.nn.step)
         self.native_step_state = "unplanned"  # "unplanned", "planned", "unplannable" or "off"
 
     def tensor_shape(self, method: str) -> tuple[int, ...]:
@@ -123,14 +123,15 @@ class Transformer(nn.Module):
         if self.native_step_state == "unplanned":
             plannable = self.position_embd is None and self.per_layer_inputs is None
             first = NativeStep.for_model(self) if plannable else None
-            self.native_steps = {1: first} if first is not None else {}
+            self.native_steps = {1: first}
             self.native_step_state = "planned" if first is not None else "unplannable"
         if self.native_step_state != "planned" or rows > NATIVE_STEP_ROWS:
             return None
-        step = self.native_steps.get(rows) or NativeStep.for_model(self, rows)
+        if rows not in self.native_steps:  # a module may take one row but not several: None is kept too
+            self.native_steps[rows] = NativeStep.for_model(self, rows)
+        step = self.native_steps[rows]
         if step is None:
             return None
-        self.native_steps[rows] = step
         x = self.token_embd(ids, self.dtype)
         if self.config.embedding_scale != 1.0:
             x = x * self.config.embedding_scale
