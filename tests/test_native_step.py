@@ -11,6 +11,7 @@ import torch
 from compare import assert_logits_match, greedy_prompt, ids_for, transformers_greedy
 
 import tfb
+from tfb.nn.cache import RowCaches
 from tfb.quant import native
 from tfb.text.generate import Session, generate_ids
 from tfb.text.sampling import GREEDY
@@ -43,6 +44,26 @@ def test_native_steps_equal_transformers(tiny_model, family: str, outtype: str) 
     assert model.native_step_state == "planned"
     with torch.no_grad():
         assert_logits_match(ours, reference(ids).logits)
+
+
+@needs_native
+@pytest.mark.parametrize("family", ["phi3", "gemma3", "lfm2", "qwen35"])
+def test_native_steps_of_several_sequences(tiny_model, family: str) -> None:
+    """Continuous batching's step (RowCaches): sequences at different positions, one token each per call."""
+    reference, path = tiny_model(family, "q8_0")
+    model = tfb.load(path)
+    prompts, steps = [3, 14, 29], 12
+    sequences = [ids_for(model.config.vocab_size, 1, n + steps) for n in prompts]
+    caches = [model.new_cache() for _ in prompts]
+    with torch.no_grad():
+        for cache, ids, n in zip(caches, sequences, prompts, strict=True):
+            model(ids[:, :n], cache)
+        ours = [model(torch.cat([ids[:, n + t:n + t + 1] for ids, n in zip(sequences, prompts, strict=True)]),
+                      RowCaches(caches)) for t in range(steps)]
+        assert model.native_steps.get(len(prompts)) is not None
+        for row, (ids, n) in enumerate(zip(sequences, prompts, strict=True)):
+            mine = torch.cat([step[row:row + 1] for step in ours], dim=1)
+            assert_logits_match(mine, reference(ids).logits[:, n:])
 
 
 @needs_native
@@ -81,12 +102,12 @@ def test_what_the_native_step_leaves_to_the_modules(tiny_model) -> None:
     assert_logits_match(decode(half, ids, 1), expected, rel=1e-2)
     busy = tfb.load(path)
     decode(busy, ids[:, :3], 1)
-    with busy.native_step.lock:  # another thread in its step: this one goes through the modules
+    with busy.native_steps[1].lock:  # another thread in its step: this one goes through the modules
         assert_logits_match(decode(busy, ids, 1), expected)
     off = tfb.load(path)
     off.use_native_step(False)
     assert_logits_match(decode(off, ids, 1), expected)
-    assert off.native_step_state == "off" and off.native_step is None
+    assert off.native_step_state == "off" and not off.native_steps
 
 
 @needs_native
@@ -101,8 +122,8 @@ def test_recurrent_states_across_module_calls_snapshots_and_forks(tiny_model, fa
         expected = reference(ids).logits
         cache = model.new_cache()
         first = decode(model, ids[:, :12], 1, cache)  # every token a native step, from position 0
-        step, native_steps = model.native_step, []
-        model.native_step = lambda x, c: native_steps.append(step(x, c)) or native_steps[-1]  # count them
+        step, native_steps = model.native_steps[1], []
+        model.native_steps[1] = lambda x, c: native_steps.append(step(x, c)) or native_steps[-1]  # count them
         snapshot = cache.snapshot()
         chunk = model(ids[:, 12:16], cache)  # the module path replaces the states
         rest = torch.cat([model(ids[:, t:t + 1], cache) for t in range(16, 24)], dim=1)

@@ -79,7 +79,7 @@ class MLP(nn.Module):
             if self.fused:
                 both = plan.scratch("gate_up", 2 * inner)
                 plan.linear(self.up, h, both)
-                gate, up = both.split([inner, inner])
+                gate, up = plan.split(both, [inner, inner], "gate_up")
             else:
                 gate, up = plan.scratch("gate", inner), plan.scratch("up", inner)
                 plan.linear(self.gate, h, gate)

@@ -18,6 +18,8 @@ from tfb.nn.per_layer import PerLayerInputs
 from tfb.nn.rotary import Rotary
 from tfb.nn.step import NativeStep
 
+NATIVE_STEP_ROWS = 64  # the most sequences a native decoding step takes at once (a plan per row count)
+
 
 class Transformer(nn.Module):
     """`model(input_ids)` -> float32 logits [batch, seq, vocab]; pass a Cache (`new_cache()`) to decode
@@ -36,7 +38,7 @@ class Transformer(nn.Module):
         self.output = Linear(config.hidden_size, config.vocab_size)
         self.rotaries = rotaries  # every distinct rope of the layers (shared between layers)
         self.per_layer_inputs = per_layer_inputs
-        self.native_step: NativeStep | None = None  # planned on the first decoding step (tfb.nn.step)
+        self.native_steps: dict[int, NativeStep | None] = {}  # by row count, planned on first use (tfb.nn.step)
         self.native_step_state = "unplanned"  # "unplanned", "planned", "unplannable" or "off"
 
     def tensor_shape(self, method: str) -> tuple[int, ...]:
@@ -62,9 +64,9 @@ class Transformer(nn.Module):
         self.use_native_step(self.native_step_state != "off")  # planned again with the new products
 
     def use_native_step(self, enabled: bool = True) -> None:
-        """Run a decoding step of one sequence as one native call where every module can be planned (the
-        default; tfb.nn.step), or always through the modules (enabled=False)."""
-        self.native_step, self.native_step_state = None, "unplanned" if enabled else "off"
+        """Run a decoding step (one new token of each of up to NATIVE_STEP_ROWS sequences) as one native call
+        where every module can be planned (the default; tfb.nn.step), or always through the modules."""
+        self.native_steps, self.native_step_state = {}, "unplanned" if enabled else "off"
 
     def new_cache(self) -> Cache:
         """An empty cache: each layer's mixer state (keys and values of attention layers)."""
@@ -76,8 +78,9 @@ class Transformer(nn.Module):
         """Logits of `input_ids` after what `cache` holds; with RowCaches each row continues its own
         sequence (a batched decoding step of separate sequences)."""
         ids = self._check_ids(input_ids)
-        if isinstance(cache, Cache) and ids.shape == (1, 1) and self.native_step_state != "off":
-            logits = self._native_step(ids, cache)
+        if ids.shape[1] == 1 and self.native_step_state != "off" and (
+                isinstance(cache, RowCaches) or (isinstance(cache, Cache) and ids.shape[0] == 1)):
+            logits = self._native_step(ids, cache)  # one token of each sequence
             if logits is not None:
                 return logits
         c = self.config
@@ -113,23 +116,30 @@ class Transformer(nn.Module):
             logits = torch.tanh(logits / c.final_softcap) * c.final_softcap
         return logits
 
-    def _native_step(self, ids: torch.Tensor, cache: Cache) -> torch.Tensor | None:
-        """The logits of one token by the planned native step; None where the model or this cache cannot
-        take it (the module path then runs)."""
+    def _native_step(self, ids: torch.Tensor, cache: Cache | RowCaches) -> torch.Tensor | None:
+        """The logits of one token a row by the planned native step; None where the model or these caches
+        cannot take it (the module path then runs)."""
+        rows = ids.shape[0]
         if self.native_step_state == "unplanned":
             plannable = self.position_embd is None and self.per_layer_inputs is None
-            self.native_step = NativeStep.for_model(self) if plannable else None
-            self.native_step_state = "planned" if self.native_step is not None else "unplannable"
-        if self.native_step is None:
+            first = NativeStep.for_model(self) if plannable else None
+            self.native_steps = {1: first}
+            self.native_step_state = "planned" if first is not None else "unplannable"
+        if self.native_step_state != "planned" or rows > NATIVE_STEP_ROWS:
+            return None
+        if rows not in self.native_steps:  # a module may take one row but not several: None is kept too
+            self.native_steps[rows] = NativeStep.for_model(self, rows)
+        step = self.native_steps[rows]
+        if step is None:
             return None
         x = self.token_embd(ids, self.dtype)
         if self.config.embedding_scale != 1.0:
             x = x * self.config.embedding_scale
-        logits = self.native_step(x, cache)
+        logits = step(x, cache.caches if isinstance(cache, RowCaches) else [cache])
         if logits is None:
             return None
         cache.commit(1)
-        return self._final(logits.view(1, 1, -1))
+        return self._final(logits.view(rows, 1, -1))
 
     def _check_ids(self, ids: torch.Tensor) -> torch.Tensor:
         if not isinstance(ids, torch.Tensor) or ids.dtype not in (torch.int64, torch.int32) or ids.dim() != 2:

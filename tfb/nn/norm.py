@@ -52,13 +52,13 @@ class Norm(nn.Module):
                 h = h + self.bias
         return h if h.dtype == x.dtype else h.to(x.dtype)
 
-    def plan_step(self, plan: StepPlan, x: torch.Tensor, name: str, rows: int = 1) -> torch.Tensor:
-        """The native step's norm of x (`rows` vectors of `dim`) into the plan's buffer `name`."""
+    def plan_step(self, plan: StepPlan, x: torch.Tensor, name: str, count: int = 1) -> torch.Tensor:
+        """The native step's norm of x (`count` vectors of `dim` a row) into the plan's buffer `name`."""
         if self.kind != "rmsnorm" or self.groups or self.bias is not None:
             raise Unplannable(f"a {self.kind} norm" + (" with a bias or weights per head" if self.groups or
                                                        self.bias is not None else ""))
-        y = plan.scratch(name, x.numel())
-        plan.rms_norm(x, self.weight, self.eps, y, rows)
+        y = plan.scratch(name, x.shape[-1])
+        plan.rms_norm(x, self.weight, self.eps, y, count)
         return y
 
     def extra_repr(self) -> str:

@@ -234,7 +234,7 @@ class Attention(nn.Module):
         if o.fused_qkv:
             qkv = plan.scratch("qkv", q_proj + self.k_out + self.v_out)
             plan.linear(self.qkv, h, qkv)
-            q, k, v = qkv.split([q_proj, self.k_out, self.v_out])
+            q, k, v = plan.split(qkv, [q_proj, self.k_out, self.v_out], "qkv")
         else:
             if self.v.weight is None and self.v.packed is None:
                 raise Unplannable("attention whose keys are its values")
@@ -243,10 +243,10 @@ class Attention(nn.Module):
                 plan.linear(layer, h, out)
         gate = None
         if o.output_gate:  # per head: head_dim queries, then head_dim gate values
-            pairs = q.view(s.n_heads, 2, s.head_dim)
+            both = q
             q, gate = plan.scratch("q_heads", self.q_out), plan.scratch("gate", self.q_out)
-            plan.copy_rows(pairs[:, 0], q.view(s.n_heads, s.head_dim))
-            plan.copy_rows(pairs[:, 1], gate.view(s.n_heads, s.head_dim))
+            plan.gather(both, q, s.n_heads, s.head_dim, 2 * s.head_dim, 0)
+            plan.gather(both, gate, s.n_heads, s.head_dim, 2 * s.head_dim, s.head_dim)
         if o.qk_norm is not None and not o.qk_norm_after_rope:
             q, k = self._plan_qk_norm(plan, q, k)
         if o.use_rope:
@@ -258,7 +258,7 @@ class Attention(nn.Module):
         plan.store(slot, k, s.n_kv_heads, s.head_dim)
         plan.store(slot + 2, v, s.n_kv_heads, s.value_dim)
         out = plan.scratch("attention", s.n_heads * s.value_dim)
-        plan.attend(q, slot, out, kv_heads=s.n_kv_heads, rows=s.n_heads // s.n_kv_heads, key_dim=s.head_dim,
+        plan.attend(q, slot, out, kv_heads=s.n_kv_heads, group=s.n_heads // s.n_kv_heads, key_dim=s.head_dim,
                     value_dim=s.value_dim, scale=o.scale, softcap=o.softcap, sinks=self.sinks, window=o.window,
                     chunk=o.chunk)
         if gate is not None:

@@ -157,7 +157,7 @@ class GatedDeltaNetLayer(nn.Module):
         plan.linear(self.a, h, a)
         mixed = plan.scratch("delta_mixed", s.channels)
         plan.conv(qkv, self.conv, plan.state("conv", (s.channels, s.kernel - 1)), mixed, "silu")
-        q, k, v = mixed.split([kd, kd, vd])
+        q, k, v = plan.split(mixed, [kd, kd, vd], "delta_mixed")
         plan.l2_norm(q, s.key_heads, s.eps, s.key_dim ** -0.5, q)
         plan.l2_norm(k, s.key_heads, s.eps, 1.0, k)
         o = plan.scratch("delta_o", vd)

@@ -81,7 +81,7 @@ class ShortConv(nn.Module):
         (ConvWindow.window) updated in place."""
         projected = plan.scratch("conv_in", 3 * self.hidden)
         plan.linear(self.in_proj, h, projected)
-        gate_in, gate_out, values = projected.chunk(3)
+        gate_in, gate_out, values = plan.split(projected, [self.hidden] * 3, "conv_in")
         u, z = plan.scratch("conv_u", self.hidden), plan.scratch("conv_z", self.hidden)
         plan.mul(gate_in, values, u)
         plan.conv(u, self.weight, plan.state("window", (self.hidden, self.kernel - 1), zero_at_start=True), z)

@@ -159,7 +159,7 @@ def _declare(lib: ctypes.CDLL) -> ctypes.CDLL:
                                       ctypes.c_int, ctypes.c_float, ctypes.c_float, ptr, ptr]),
         "tfb_rms_norm": (ctypes.c_int, [ptr, i64, i64, ptr, ctypes.c_float, ptr]),
         "tfb_rope": (ctypes.c_int, [ptr, i64, i64, i64, i64, ptr, ptr, ctypes.c_int, ptr]),
-        "tfb_step": (ctypes.c_int, [ptr, i64, i64, ptr]),
+        "tfb_step": (ctypes.c_int, [ptr, i64, i64, ptr, ptr, i64]),
         "tfb_supports": (ctypes.c_int, [ctypes.c_int]),
         "tfb_supports_int8": (ctypes.c_int, [ctypes.c_int]),
         "tfb_int8_rows": (ctypes.c_int, [ctypes.c_int]),

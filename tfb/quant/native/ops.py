@@ -269,8 +269,10 @@ def rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, dims: int, adjac
     return y
 
 
-def run_step(ops: ctypes.Array, count: int, position: int, slots: ctypes.Array) -> None:
-    """Run a planned decoding step's `count` operations for the token at `position` (tfb.nn.step, step.c)."""
+def run_step(ops: ctypes.Array, count: int, rows: int, positions: ctypes.Array, slots: ctypes.Array,
+             slot_count: int) -> None:
+    """Run a planned decoding step's `count` operations for `rows` tokens, row r at positions[r] with its slots
+    from slots[r * slot_count] (tfb.nn.step, step.c)."""
     lib = library()
     assert lib is not None, "a step is planned only where the library loaded"
-    _check(lib.tfb_step(ops, count, position, slots), "decoding step")
+    _check(lib.tfb_step(ops, count, rows, positions, slots, slot_count), "decoding step")

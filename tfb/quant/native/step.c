@@ -6,10 +6,10 @@
  * tfb_rope, tfb_attend), so a step computes what the modules compute; the few element-wise operations
  * (residual add, gated activation) round as torch's do, up to the activation functions' own exp/tanh.
  *
- * What changes from one token to the next comes in as arguments, not in the plan: the position, and a
- * table of `slots` (int64 each): where each rope's cos/sin table starts, where each layer's keys and values
- * are stored and how far apart their heads are, and where the logits go. Python refills it when a cache
- * grows or another cache is used, without planning again. */
+ * What changes from one token to the next comes in as arguments, not in the plan: each row's position, and
+ * per row a table of `slots` (int64 each): where each rope's cos/sin table starts, where each layer's keys
+ * and values are stored and how far apart their heads are, and (row 0) where the logits go. Python refills
+ * them when a cache grows or other caches are used, without planning again. */
 #include <math.h>
 #include <stdint.h>
 #include <string.h>
@@ -29,34 +29,40 @@ EXPORT int tfb_attend(const float *q, int64_t batch, int64_t kv_heads, int64_t r
                       int64_t k_head, int64_t k_row, const void *v, int64_t v_head, int64_t v_row, int64_t dv,
                       int64_t s, int half, float scale, float softcap, const float *sinks, float *out);
 
-/* The operations; the fields each one reads are listed with it (tfb/nn/step.py writes them). */
+/* The operations; the fields each one reads are listed with it (tfb/nn/step.py writes them). A step computes
+ * `rows` tokens at once, each of its own sequence (its own position and cache): every buffer holds one row of
+ * the sizes below per token, rows after each other. */
 enum {
-    STEP_MATMUL,   /* y[N] = W x[K] (+ bias). i: type, stride, N, K, int8. p: w, x, y, bias (or NULL) */
-    STEP_RMS_NORM, /* y = rms_norm(x) * w over each of `rows` rows of n. i: rows, n. f: eps. p: x, w, y */
-    STEP_ADD,      /* x[n] += scale * y[n] (scale 1: a plain sum). i: n. f: scale. p: x, y */
-    STEP_GLU,      /* out[n] = act(gate) * up, or act(gate) where up is NULL. i: n, act. p: gate, up, out */
-    STEP_ROPE,     /* x[heads, head_dim] rotated in place at the step's position. i: heads, head_dim, dims,
-                    * adjacent, slot (cos at slots[slot], sin at slots[slot + 1], dims / 2 per position). p: x */
-    STEP_STORE,    /* the cache's heads at the step's position = x[heads, n]. i: heads, n, slot (base at
-                    * slots[slot], heads slots[slot + 1] floats apart, positions n apart). p: x */
-    STEP_ATTEND,   /* out[kv_heads * rows, dv] = attention of q[kv_heads * rows, d] over the cache's first
-                    * position + 1 keys (the last `window`, or from the start of the position's `chunk`, where
-                    * not 0). i: kv_heads, rows, d, dv, slot (k base, k head stride, v base, v head stride),
-                    * window, chunk. f: scale, softcap. p: q, sinks (or NULL), out */
-    STEP_LOGITS,   /* slots[slot] = where the logits go: y = W x as STEP_MATMUL. i: as MATMUL, slot in i[5] */
-    STEP_MUL,      /* out[n] = a[n] * b[n] (a gate applied). i: n. p: a, b, out */
-    STEP_COPY_ROWS, /* y[rows, n] = the rows of x, `stride` floats apart (one part of interleaved heads).
-                    * i: rows, n, stride. p: x, y */
-    STEP_CONV,     /* causal depthwise convolution step with state: per channel c, with the kernel w[c, 0..K-1]
-                    * and the channel's last K - 1 inputs s[c, 0..K-2] (oldest first, at slots[slot]),
-                    * y[c] = act(w[c,0] s[c,0] + ... + w[c,K-2] s[c,K-2] + w[c,K-1] x[c]), then s shifts by one and
-                    * takes x[c]. i: channels, K, act (-1: none), slot. p: x, w, y */
-    STEP_L2_NORM,  /* y = x / sqrt(sum(x^2) + eps) * scale over each of `rows` rows of n. i: rows, n.
+    STEP_MATMUL,   /* y[rows, N] = x[rows, K] W^T (+ bias). i: type, stride, N, K, int8. p: w, x, y, bias (or NULL) */
+    STEP_RMS_NORM, /* y = rms_norm(x) * w over each of `count` vectors of n a row. i: count, n. f: eps. p: x, w, y */
+    STEP_ADD,      /* x[rows, n] += scale * y (scale 1: a plain sum). i: n. f: scale. p: x, y */
+    STEP_GLU,      /* out[rows, n] = act(gate) * up, or act(gate) where up is NULL. i: n, act. p: gate, up, out */
+    STEP_ROPE,     /* x[rows, heads, head_dim] rotated in place, each row at its position. i: heads, head_dim, dims,
+                    * adjacent, slot (cos at slots[slot], sin at slots[slot + 1], dims / 2 a position). p: x */
+    STEP_STORE,    /* each row's cache at its position = its x[heads, n]. i: heads, n, slot (base at slots[slot],
+                    * heads slots[slot + 1] floats apart, positions n apart). p: x */
+    STEP_ATTEND,   /* out[rows, kv_heads * group, dv] = each row's attention of its q[kv_heads * group, d] over its
+                    * cache's first position + 1 keys (the last `window`, or from the start of the position's
+                    * `chunk`, where not 0). i: kv_heads, group, d, dv, slot (k base, k head stride, v base, v head
+                    * stride), window, chunk. f: scale, softcap. p: q, sinks (or NULL), out */
+    STEP_LOGITS,   /* the logits (at slots[0] of row 0: [rows, N]) = x W^T, as STEP_MATMUL */
+    STEP_COPY,     /* y[rows, n] = columns from `first` on of x[rows, width]. i: n, width, first. p: x, y */
+    STEP_MUL,      /* out[rows, n] = a * b (a gate applied). i: n. p: a, b, out */
+    STEP_GATHER,   /* y[rows, count * n] = per row `count` pieces of n columns of x (its rows `width` floats apart),
+                    * `stride` apart from column `first` (one part of interleaved heads). i: count, n, stride,
+                    * width, first. p: x, y */
+    STEP_CONV,     /* causal depthwise convolution step with state, each row with its own: per channel c, with the
+                    * kernel w[c, 0..K-1] and the channel's last K - 1 inputs s[c, 0..K-2] (oldest first; the
+                    * row's slots[slot] holds s's address), y[c] = act(w[c,0] s[c,0] + ... + w[c,K-2] s[c,K-2] +
+                    * w[c,K-1] x[c]), then s shifts by one and takes x[c]. i: channels, K, act (-1: none), slot.
+                    * p: x, w, y */
+    STEP_L2_NORM,  /* y = x / sqrt(sum(x^2) + eps) * scale over each of `count` vectors of n a row. i: count, n.
                     * f: eps, scale. p: x, y */
-    STEP_DELTA,    /* gated delta rule step: per value head h (reading key head h % key_heads where tiled, else
-                    * h / (heads / key_heads)), with decay g = a_neg[h] softplus(alpha[h] + dt_bias[h]) and
-                    * beta = sigmoid(b[h]), the state S[h] [dk, dv] (at slots[slot]) becomes
-                    * exp(g) S + k (beta (v - exp(g) S^T k))^T and out[h] = S^T q (the new S).
+    STEP_DELTA,    /* gated delta rule step, each row with its own state: per value head h (reading key head
+                    * h % key_heads where tiled, else h / (heads / key_heads)), with decay g = a_neg[h]
+                    * softplus(alpha[h] + dt_bias[h]) and beta = sigmoid(b[h]), the state S[h] [dk, dv] (the row's
+                    * slots[slot] holds its address) becomes exp(g) S + k (beta (v - exp(g) S^T k))^T, and
+                    * out[h] = S^T q (the new S). A row: q, k [key_heads, dk]; v, out [heads, dv]; b, alpha [heads].
                     * i: heads, key_heads, dk, dv, tiled, slot. p: q, k, v, b, alpha, dt_bias, a_neg, out */
 };
 
@@ -83,9 +89,9 @@ static float activation(int act, float x) {
     }
 }
 
-static void conv(const step_op *o, const int64_t *slots) {
-    const float *x = o->p[0], *w = o->p[1];
-    float *y = o->p[2], *state = (float *)(intptr_t)slots[o->i[3]];
+static void conv(const step_op *o, int64_t row, const int64_t *slots) {
+    const float *x = (const float *)o->p[0] + row * o->i[0], *w = o->p[1];
+    float *y = (float *)o->p[2] + row * o->i[0], *state = (float *)(intptr_t)slots[o->i[3]];
     int64_t kernel = o->i[1], keep = kernel - 1;
     int act = (int)o->i[2];
     for (int64_t c = 0; c < o->i[0]; c++) {
@@ -100,12 +106,12 @@ static void conv(const step_op *o, const int64_t *slots) {
     }
 }
 
-static void l2_norm(const step_op *o) {
+static void l2_norm(const step_op *o, int64_t rows) {
     const float *x = o->p[0];
     float *y = o->p[1];
     int64_t n = o->i[1];
     float eps = (float)o->f[0], scale = (float)o->f[1];
-    for (int64_t r = 0; r < o->i[0]; r++) {
+    for (int64_t r = 0; r < o->i[0] * rows; r++) {
         const float *xr = x + r * n;
         float sum = 0.0f;
         for (int64_t i = 0; i < n; i++) sum += xr[i] * xr[i];
@@ -114,11 +120,12 @@ static void l2_norm(const step_op *o) {
     }
 }
 
-static void delta(const step_op *o, const int64_t *slots) {
+static void delta(const step_op *o, int64_t row, const int64_t *slots) {
     int64_t heads = o->i[0], key_heads = o->i[1], dk = o->i[2], dv = o->i[3];
-    const float *q = o->p[0], *k = o->p[1], *v = o->p[2], *b = o->p[3], *alpha = o->p[4], *dt_bias = o->p[5],
-                *a_neg = o->p[6];
-    float *out = o->p[7], *states = (float *)(intptr_t)slots[o->i[5]];
+    const float *q = (const float *)o->p[0] + row * key_heads * dk, *k = (const float *)o->p[1] + row * key_heads * dk,
+                *v = (const float *)o->p[2] + row * heads * dv, *b = (const float *)o->p[3] + row * heads,
+                *alpha = (const float *)o->p[4] + row * heads, *dt_bias = o->p[5], *a_neg = o->p[6];
+    float *out = (float *)o->p[7] + row * heads * dv, *states = (float *)(intptr_t)slots[o->i[5]];
     for (int64_t h = 0; h < heads; h++) {
         int64_t kh = o->i[4] ? h % key_heads : h / (heads / key_heads);
         const float *qh = q + kh * dk, *kk = k + kh * dk, *vh = v + h * dv;
@@ -144,16 +151,18 @@ static void delta(const step_op *o, const int64_t *slots) {
     }
 }
 
-static int matmul(const step_op *o, float *y) {
-    int status = (o->i[4] ? tfb_matmul_int8 : tfb_matmul)((int)o->i[0], o->p[0], o->i[1], o->i[2], o->i[3],
-                                                         o->p[1], 1, y);
+static int matmul(const step_op *o, int64_t rows, float *y) {
+    int64_t N = o->i[2];
+    int status = (o->i[4] ? tfb_matmul_int8 : tfb_matmul)((int)o->i[0], o->p[0], o->i[1], N, o->i[3], o->p[1], rows,
+                                                         y);
     const float *bias = o->p[3];
     if (status == OK && bias)
-        for (int64_t n = 0; n < o->i[2]; n++) y[n] += bias[n];
+        for (int64_t r = 0; r < rows; r++)
+            for (int64_t n = 0; n < N; n++) y[r * N + n] += bias[n];
     return status;
 }
 
-static int attend(const step_op *o, int64_t position, const int64_t *slots) {
+static int attend(const step_op *o, int64_t position, const int64_t *slots, const float *q, float *out) {
     const int64_t *s = slots + o->i[4];
     int64_t count = position + 1, first = 0, d = o->i[2], dv = o->i[3];
     if (o->i[5] && count > o->i[5]) first = count - o->i[5];
@@ -162,68 +171,96 @@ static int attend(const step_op *o, int64_t position, const int64_t *slots) {
         first = chunk_start > first ? chunk_start : first;
     }
     const float *k = (const float *)(intptr_t)s[0] + first * d, *v = (const float *)(intptr_t)s[2] + first * dv;
-    return tfb_attend(o->p[0], 1, o->i[0], o->i[1], d, k, s[1], d, v, s[3], dv, dv, count - first, 0,
-                      (float)o->f[0], (float)o->f[1], o->p[1], o->p[2]);
+    return tfb_attend(q, 1, o->i[0], o->i[1], d, k, s[1], d, v, s[3], dv, dv, count - first, 0, (float)o->f[0],
+                      (float)o->f[1], o->p[1], out);
 }
 
-/* Run `count` operations for the token at `position`. Returns 0, or the first failing kernel's status. */
-EXPORT int tfb_step(const step_op *ops, int64_t count, int64_t position, const int64_t *slots) {
+static void rope(const step_op *o, int64_t position, const int64_t *slots, float *x) {
+    int64_t half = o->i[2] / 2;
+    const float *cos = (const float *)(intptr_t)slots[o->i[4]] + position * half;
+    const float *sin = (const float *)(intptr_t)slots[o->i[4] + 1] + position * half;
+    tfb_rope(x, 1, o->i[0], o->i[1], o->i[2], cos, sin, (int)o->i[3], x);
+}
+
+static void store(const step_op *o, int64_t position, const int64_t *slots, const float *x) {
+    const int64_t *s = slots + o->i[2];
+    float *base = (float *)(intptr_t)s[0];
+    for (int64_t h = 0; h < o->i[0]; h++)
+        memcpy(base + h * s[1] + position * o->i[1], x + h * o->i[1], (size_t)o->i[1] * sizeof(float));
+}
+
+static void elementwise(const step_op *o, int64_t rows) {
+    int64_t n = o->i[0] * rows;
+    if (o->op == STEP_ADD) {
+        float *x = o->p[0];
+        const float *y = o->p[1];
+        float scale = (float)o->f[0];
+        if (scale == 1.0f)
+            for (int64_t i = 0; i < n; i++) x[i] += y[i];
+        else
+            for (int64_t i = 0; i < n; i++) x[i] += y[i] * scale;
+    } else {
+        const float *gate = o->p[0], *up = o->p[1];
+        float *out = o->p[2];
+        int act = (int)o->i[1];
+        for (int64_t i = 0; i < n; i++) out[i] = up ? activation(act, gate[i]) * up[i] : activation(act, gate[i]);
+    }
+}
+
+/* Run `count` operations for `rows` tokens, row r at positions[r] with its slots at slots + r * slot_count.
+ * Returns 0, or the first failing kernel's status. */
+EXPORT int tfb_step(const step_op *ops, int64_t count, int64_t rows, const int64_t *positions, const int64_t *slots,
+                    int64_t slot_count) {
     for (int64_t n = 0; n < count; n++) {
         const step_op *o = ops + n;
         int status = OK;
         switch (o->op) {
-        case STEP_MATMUL: status = matmul(o, o->p[2]); break;
-        case STEP_LOGITS: status = matmul(o, (float *)(intptr_t)slots[o->i[5]]); break;
+        case STEP_MATMUL: status = matmul(o, rows, o->p[2]); break;
+        case STEP_LOGITS: status = matmul(o, rows, (float *)(intptr_t)slots[0]); break;
         case STEP_RMS_NORM:
-            status = tfb_rms_norm(o->p[0], o->i[0], o->i[1], o->p[1], (float)o->f[0], o->p[2]);
+            status = tfb_rms_norm(o->p[0], o->i[0] * rows, o->i[1], o->p[1], (float)o->f[0], o->p[2]);
             break;
-        case STEP_ADD: {
-            float *x = o->p[0];
-            const float *y = o->p[1];
-            float scale = (float)o->f[0];
-            if (scale == 1.0f)
-                for (int64_t i = 0; i < o->i[0]; i++) x[i] += y[i];
-            else
-                for (int64_t i = 0; i < o->i[0]; i++) x[i] += y[i] * scale;
+        case STEP_ADD:
+        case STEP_GLU: elementwise(o, rows); break;
+        case STEP_ROPE:
+            for (int64_t r = 0; r < rows; r++)
+                rope(o, positions[r], slots + r * slot_count, (float *)o->p[0] + r * o->i[0] * o->i[1]);
             break;
-        }
-        case STEP_GLU: {
-            const float *gate = o->p[0], *up = o->p[1];
-            float *out = o->p[2];
-            int act = (int)o->i[1];
-            for (int64_t i = 0; i < o->i[0]; i++) out[i] = up ? activation(act, gate[i]) * up[i] : activation(act, gate[i]);
+        case STEP_STORE:
+            for (int64_t r = 0; r < rows; r++)
+                store(o, positions[r], slots + r * slot_count, (const float *)o->p[0] + r * o->i[0] * o->i[1]);
             break;
-        }
-        case STEP_ROPE: {
-            int64_t half = o->i[2] / 2;
-            const float *cos = (const float *)(intptr_t)slots[o->i[4]] + position * half;
-            const float *sin = (const float *)(intptr_t)slots[o->i[4] + 1] + position * half;
-            status = tfb_rope(o->p[0], 1, o->i[0], o->i[1], o->i[2], cos, sin, (int)o->i[3], o->p[0]);
+        case STEP_ATTEND: {
+            int64_t heads = o->i[0] * o->i[1];
+            for (int64_t r = 0; r < rows && status == OK; r++)
+                status = attend(o, positions[r], slots + r * slot_count, (const float *)o->p[0] + r * heads * o->i[2],
+                                (float *)o->p[2] + r * heads * o->i[3]);
             break;
         }
-        case STEP_STORE: {
-            const int64_t *s = slots + o->i[2];
-            float *base = (float *)(intptr_t)s[0];
-            const float *x = o->p[0];
-            for (int64_t h = 0; h < o->i[0]; h++)
-                memcpy(base + h * s[1] + position * o->i[1], x + h * o->i[1], (size_t)o->i[1] * sizeof(float));
+        case STEP_COPY:
+            for (int64_t r = 0; r < rows; r++)
+                memcpy((float *)o->p[1] + r * o->i[0], (const float *)o->p[0] + r * o->i[1] + o->i[2],
+                       (size_t)o->i[0] * sizeof(float));
             break;
-        }
-        case STEP_ATTEND: status = attend(o, position, slots); break;
         case STEP_MUL: {
             const float *a = o->p[0], *b = o->p[1];
             float *out = o->p[2];
-            for (int64_t i = 0; i < o->i[0]; i++) out[i] = a[i] * b[i];
+            for (int64_t i = 0; i < o->i[0] * rows; i++) out[i] = a[i] * b[i];
             break;
         }
-        case STEP_COPY_ROWS:
-            for (int64_t r = 0; r < o->i[0]; r++)
-                memmove((float *)o->p[1] + r * o->i[1], (const float *)o->p[0] + r * o->i[2],
-                        (size_t)o->i[1] * sizeof(float));
+        case STEP_GATHER:
+            for (int64_t r = 0; r < rows; r++)
+                for (int64_t c = 0; c < o->i[0]; c++)
+                    memcpy((float *)o->p[1] + (r * o->i[0] + c) * o->i[1],
+                           (const float *)o->p[0] + r * o->i[3] + o->i[4] + c * o->i[2], (size_t)o->i[1] * sizeof(float));
             break;
-        case STEP_CONV: conv(o, slots); break;
-        case STEP_L2_NORM: l2_norm(o); break;
-        case STEP_DELTA: delta(o, slots); break;
+        case STEP_CONV:
+            for (int64_t r = 0; r < rows; r++) conv(o, r, slots + r * slot_count);
+            break;
+        case STEP_L2_NORM: l2_norm(o, rows); break;
+        case STEP_DELTA:
+            for (int64_t r = 0; r < rows; r++) delta(o, r, slots + r * slot_count);
+            break;
         default: status = ERR_SHAPE;
         }
         if (status != OK) return status;
