@@ -6,7 +6,8 @@
  *
  * Compiled in the same passes as kernels.c. The AVX2 branch (taken by the AVX-512 passes too, with VNNI's
  * dot-product instructions in the avx512vnni pass) works on 32 bytes at a time and decodes each weight block
- * once for several activation rows (multi_<fmt>); the portable branch is plain C, one row at a time. Every
+ * once for several activation rows (multi_<fmt>); the AVX-512 passes decode the k-quants' weights once per
+ * thread for a prompt's many rows (gemm_k); the portable branch is plain C, one row at a time. Every
  * integer sum is exact in every branch (bounds below), so the branches differ only in the order of the
  * float32 block sums; a row's result never depends on the other rows multiplied with it.
  */
@@ -14,6 +15,8 @@
 #include "grids.h" /* generated into the build directory (tables.py) */
 #include "simd.h"
 #include "unpack.h"
+
+#include <stdlib.h>
 
 #ifndef TFB_ISA_SYMBOL
 #error "compile with -DTFB_ISA_SYMBOL=<exported table name>"
@@ -247,9 +250,81 @@ static ALWAYS_INLINE void multi32(int type, int size, const uint8_t *w, int64_t 
 }
 
 /* ------------------------------------------------------------------------------------ k-quants */
-/* The blocks' bit fields go straight into registers and the float32 sums stay in a vector: one horizontal
- * sum per row. A sub-block's integer scale reaches the int16 lanes of its weights by one byte shuffle of
- * the block's scales, held as int16 in both 128-bit lanes. */
+/* The blocks' bit fields go straight into registers; a sub-block's integer scale reaches the int16 lanes of
+ * its weights by one byte shuffle of the block's scales, held as int16 in both 128-bit lanes. A block's
+ * integer sums are summed over the lanes (exact), and the row's float32 sum takes them one block after
+ * another: per block acc = fma(dot, d * d_a, acc), then (Q4_K, Q5_K) acc = fma(offset, -dmin * d_a, acc).
+ * One float32 sum per row, so that the many-row products (gemm_k, below), whose vector lanes are weight rows,
+ * do the very same operations in each lane. */
+
+/* the sums over the eight int32 lanes of a and of b (exact: the bounds at each use) */
+static ALWAYS_INLINE void sum_lanes2(__m256i a, __m256i b, int32_t *sums) {
+    __m256i h = _mm256_hadd_epi32(a, b); /* per 128-bit lane: a0+a1, a2+a3, b0+b1, b2+b3 */
+    __m128i s = _mm_add_epi32(_mm256_castsi256_si128(h), _mm256_extracti128_si256(h, 1));
+    s = _mm_hadd_epi32(s, s);
+    sums[0] = _mm_cvtsi128_si32(s);
+    sums[1] = _mm_extract_epi32(s, 1);
+}
+
+/* lane i: the sum of v[i]'s eight int32 lanes, for v[4] */
+static ALWAYS_INLINE __m128i sum_lanes4(__m256i v0, __m256i v1, __m256i v2, __m256i v3) {
+    __m256i h = _mm256_hadd_epi32(_mm256_hadd_epi32(v0, v1), _mm256_hadd_epi32(v2, v3));
+    return _mm_add_epi32(_mm256_castsi256_si128(h), _mm256_extracti128_si256(h, 1));
+}
+
+/* acc + sum * (d * d_a), rounded once: a k-quant block's share of a row's sum (d: the block's d, or -dmin) */
+static ALWAYS_INLINE float k_term(float acc, int32_t sum, float d, float da) {
+    return __builtin_fmaf((float)sum, d * da, acc);
+}
+
+/* The float32 sums of M activation rows' products with one weight row: one float alone, else four rows to a
+ * vector (lane i: row 4 g + i), each lane with k_term's operations. */
+typedef struct {
+    float one;
+    __m128 four[(MULTI_GROUP + 3) / 4];
+} k_sums;
+
+/* Block b's terms for M rows: first[m] (the dot products), times d * d_a; then, unless second is NULL,
+ * second[m] (the mins' sums) times dmin * d_a; each vector summed over its lanes first. */
+static ALWAYS_INLINE void k_terms(k_sums *acc, int M, const __m256i *first, const __m256i *second, float d,
+                                  float dmin, const int8_row *a, int64_t b) {
+    if (M == 1) {
+        int32_t sums[2];
+        sum_lanes2(first[0], second ? second[0] : _mm256_setzero_si256(), sums);
+        acc->one = k_term(acc->one, sums[0], d, a[0].d[b]);
+        if (second) acc->one = k_term(acc->one, sums[1], dmin, a[0].d[b]);
+        return;
+    }
+    const __m256i zero = _mm256_setzero_si256();
+    UNROLL for (int g = 0; g < (M + 3) / 4; g++) {
+#define ROW(v, i) (4 * g + (i) < M ? (v)[4 * g + (i)] : zero)
+#define SCALE(i) (4 * g + (i) < M ? a[4 * g + (i)].d[b] : 0.0f)
+        __m128 da = _mm_setr_ps(SCALE(0), SCALE(1), SCALE(2), SCALE(3));
+        __m128 sum = _mm_cvtepi32_ps(sum_lanes4(ROW(first, 0), ROW(first, 1), ROW(first, 2), ROW(first, 3)));
+        acc->four[g] = _mm_fmadd_ps(sum, _mm_mul_ps(_mm_set1_ps(d), da), acc->four[g]);
+        if (second) {
+            sum = _mm_cvtepi32_ps(sum_lanes4(ROW(second, 0), ROW(second, 1), ROW(second, 2), ROW(second, 3)));
+            acc->four[g] = _mm_fmadd_ps(sum, _mm_mul_ps(_mm_set1_ps(dmin), da), acc->four[g]);
+        }
+#undef ROW
+#undef SCALE
+    }
+}
+
+static ALWAYS_INLINE void k_sums_zero(k_sums *acc) {
+    acc->one = 0.0f;
+    UNROLL for (int g = 0; g < (MULTI_GROUP + 3) / 4; g++) acc->four[g] = _mm_setzero_ps();
+}
+
+static ALWAYS_INLINE void k_sums_store(const k_sums *acc, int M, float *const *y, int64_t r) {
+    if (M == 1) {
+        y[0][r] = acc->one;
+        return;
+    }
+    float all[4 * ((MULTI_GROUP + 3) / 4)];
+    UNROLL for (int g = 0; g < (M + 3) / 4; g++) _mm_storeu_ps(all + 4 * g, acc->four[g]);
+    UNROLL for (int m = 0; m < M; m++) y[m][r] = all[m];
+}
 
 /* the shuffle control that puts int16 `low` of each 128-bit lane in every int16 of the lower lane and int16
  * `high` in every int16 of the upper lane (low = high for Q4_K's 32-weight sub-blocks, low + 1 = high for
@@ -279,8 +354,8 @@ static ALWAYS_INLINE void multi_k4(const uint8_t *w, int64_t stride, int64_t nro
     const __m256i nibbles = _mm256_set1_epi8(15), fifth = _mm256_set1_epi8(16);
     for (int64_t r = 0; r < nrows; r++) {
         const uint8_t *row = w + r * stride;
-        __m256 acc[MULTI_GROUP];
-        UNROLL for (int m = 0; m < M; m++) acc[m] = _mm256_setzero_ps();
+        k_sums acc;
+        k_sums_zero(&acc);
         for (int64_t b = 0; b < nb; b++) {
             const uint8_t *blk = row + type_size * b, *qs = blk + (five_bits ? 48 : 16);
             for (int line = 0; line < type_size; line += 64) prefetch_ahead(blk + line);
@@ -310,15 +385,11 @@ static ALWAYS_INLINE void multi_k4(const uint8_t *w, int64_t stride, int64_t nro
             /* the mins' share: m_j * (sums of runs 2j and 2j + 1), m_j duplicated into both runs' lanes */
             __m128i m8 = _mm_cvtsi64_si128((long long)mins);
             __m256i m16 = _mm256_cvtepu8_epi16(_mm_unpacklo_epi8(m8, m8));
-            __m256 d = _mm256_set1_ps(load_half(blk)), dmin = _mm256_set1_ps(-load_half(blk + 2));
-            UNROLL for (int m = 0; m < M; m++) {
-                __m256i offset = _mm256_madd_epi16(m16, load32(a[m].sums + 16 * b));
-                __m256 da = _mm256_broadcast_ss(a[m].d + b);
-                acc[m] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot[m]), _mm256_mul_ps(d, da), acc[m]);
-                acc[m] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(offset), _mm256_mul_ps(dmin, da), acc[m]);
-            }
+            __m256i offset[MULTI_GROUP];
+            UNROLL for (int m = 0; m < M; m++) offset[m] = _mm256_madd_epi16(m16, load32(a[m].sums + 16 * b));
+            k_terms(&acc, M, dot, offset, load_half(blk), -load_half(blk + 2), a, b);
         }
-        UNROLL for (int m = 0; m < M; m++) y[m][r] = acc_sum(acc[m], _mm256_setzero_ps());
+        k_sums_store(&acc, M, y, r);
     }
 }
 
@@ -330,8 +401,8 @@ static ALWAYS_INLINE void multi_q6_k_m(const uint8_t *w, int64_t stride, int64_t
     const __m256i nibbles = _mm256_set1_epi8(15), pair = _mm256_set1_epi8(0x30);
     for (int64_t r = 0; r < nrows; r++) {
         const uint8_t *row = w + r * stride;
-        __m256 acc[MULTI_GROUP];
-        UNROLL for (int m = 0; m < M; m++) acc[m] = _mm256_setzero_ps();
+        k_sums acc;
+        k_sums_zero(&acc);
         for (int64_t b = 0; b < nb; b++) {
             const uint8_t *blk = row + 210 * b;
             for (int line = 0; line < 210; line += 64) prefetch_ahead(blk + line);
@@ -356,15 +427,13 @@ static ALWAYS_INLINE void multi_q6_k_m(const uint8_t *w, int64_t stride, int64_t
                 }
             }
             __m256i sc16 = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)(blk + 192)));
-            __m256 d = _mm256_set1_ps(load_half(blk + 208));
             UNROLL for (int m = 0; m < M; m++) {
                 __m256i bias = _mm256_madd_epi16(sc16, load32(a[m].sums + 16 * b));
-                __m256i total = _mm256_sub_epi32(dot[m], _mm256_slli_epi32(bias, 5));
-                acc[m] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(total), _mm256_mul_ps(d, _mm256_broadcast_ss(a[m].d + b)),
-                                         acc[m]);
+                dot[m] = _mm256_sub_epi32(dot[m], _mm256_slli_epi32(bias, 5));
             }
+            k_terms(&acc, M, dot, NULL, load_half(blk + 208), 0.0f, a, b);
         }
-        UNROLL for (int m = 0; m < M; m++) y[m][r] = acc_sum(acc[m], _mm256_setzero_ps());
+        k_sums_store(&acc, M, y, r);
     }
 }
 
@@ -382,6 +451,261 @@ MULTI_M(q5_1, multi32(TYPE_Q5_1, 24, w, s, n, nb, a, M, y))
 MULTI_M(q4_k, multi_k4(w, s, n, nb, a, M, y, 144, 0))
 MULTI_M(q5_k, multi_k4(w, s, n, nb, a, M, y, 176, 1))
 
+/* --------------------------------------------------------------------- k-quants, many activation rows */
+#if defined(__AVX512F__)
+/* A prompt's products (many activation rows): the weights decoded once per thread into a panel of PANEL_ROWS
+ * weight rows laid out for the dot-product instructions, then multiplied with every activation row, several
+ * at a time. In the panel the int32 lanes of a vector are weight rows: for each group of four weights of a
+ * block, the four unsigned values (Q4_K 0..15, Q5_K 0..31, Q6_K 0..63) of 16 rows side by side, so one
+ * dot-product instruction, with the activation row's four bytes broadcast, sums 64 products into 16 rows'
+ * lanes. Per sub-block the lanes are scaled by the rows' integer scales (exact) and summed into the block's
+ * integer dot product; the mins' (Q4_K, Q5_K) or the bias' (Q6_K) share comes from the activations' sums of
+ * 16 (int8_row.sums) in one int16 pair product per two sums. Each lane then gets the float32 operations the
+ * single-row kernels above give its row (k_term), in the same order: bit for bit the same result.
+ *
+ * Bounds: the int16 pair sums of the AVX-512 pass without VNNI within 2 * 63 * 127 < 2^15; a sub-block's sum
+ * within 32 * 31 * 127, times a scale of at most 63 (Q6_K: 16 * 63 * 127, times 128), a block's within
+ * 256 * 63 * 127 * 128 < 2^31. */
+/* weight rows a panel holds: Q4_K / Q5_K 32, Q6_K 48 (measured: Q6_K's sub-blocks of 16 take more scaling per
+ * product, which more rows at once hide better; Q4_K runs out of registers with 48) */
+#define PANEL_ROWS 48
+static ALWAYS_INLINE int panel_rows(int type) { return type == TYPE_Q6_K ? 48 : 32; }
+#ifndef GEMM_TILE
+#define GEMM_TILE 4 /* activation rows multiplied at once: 2 x 4 int32 sums, 2 x 4 block sums, 2 x 4 float sums */
+#endif
+#if GEMM_TILE > 4
+#define TILE_MORE TILE(5) TILE(6)
+#else
+#define TILE_MORE
+#endif
+
+/* One block of a panel: values[group g][row][4 bytes]; scale[sub-block j][row] (int32); pairs[i][row]: two
+ * int16 that meet the activations' sums 2i and 2i + 1 (Q4_K, Q5_K: (m_i, m_i) of sub-block i of 32 values;
+ * Q6_K: its scales 2i and 2i + 1); d[row] and (Q4_K, Q5_K) -dmin[row]. Rows past the weights: zeros. */
+typedef struct {
+    uint8_t values[64][PANEL_ROWS][4];
+    int32_t scale[16][PANEL_ROWS];
+    int32_t pairs[8][PANEL_ROWS];
+    float d[PANEL_ROWS], dmin[PANEL_ROWS];
+} panel_block;
+
+static ALWAYS_INLINE __m512i dot_bytes512(__m512i acc, __m512i u, __m512i s) {
+#if defined(__AVX512VNNI__)
+    return _mm512_dpbusd_epi32(acc, u, s);
+#else
+    return _mm512_add_epi32(acc, _mm512_madd_epi16(_mm512_maddubs_epi16(u, s), _mm512_set1_epi16(1)));
+#endif
+}
+
+static ALWAYS_INLINE __m512i dot_words512(__m512i acc, __m512i a, __m512i b) {
+#if defined(__AVX512VNNI__)
+    return _mm512_dpwssd_epi32(acc, a, b);
+#else
+    return _mm512_add_epi32(acc, _mm512_madd_epi16(a, b));
+#endif
+}
+
+/* r[i] (16 int32 each) transposed in place: lane j of r[i] becomes lane i of r[j] */
+static ALWAYS_INLINE void transpose16(__m512i r[16]) {
+    __m512i t[16], u[16];
+    for (int i = 0; i < 8; i++) {
+        t[2 * i] = _mm512_unpacklo_epi32(r[2 * i], r[2 * i + 1]);
+        t[2 * i + 1] = _mm512_unpackhi_epi32(r[2 * i], r[2 * i + 1]);
+    }
+    for (int i = 0; i < 4; i++) {
+        u[4 * i] = _mm512_unpacklo_epi64(t[4 * i], t[4 * i + 2]);
+        u[4 * i + 1] = _mm512_unpackhi_epi64(t[4 * i], t[4 * i + 2]);
+        u[4 * i + 2] = _mm512_unpacklo_epi64(t[4 * i + 1], t[4 * i + 3]);
+        u[4 * i + 3] = _mm512_unpackhi_epi64(t[4 * i + 1], t[4 * i + 3]);
+    }
+    /* u[4i + k]'s 128-bit lane L: column 4L + k of rows 4i .. 4i + 3 */
+    for (int k = 0; k < 4; k++) {
+        __m512i even = _mm512_shuffle_i32x4(u[k], u[4 + k], 0x88), odd = _mm512_shuffle_i32x4(u[k], u[4 + k], 0xDD);
+        __m512i even2 = _mm512_shuffle_i32x4(u[8 + k], u[12 + k], 0x88);
+        __m512i odd2 = _mm512_shuffle_i32x4(u[8 + k], u[12 + k], 0xDD);
+        r[k] = _mm512_shuffle_i32x4(even, even2, 0x88);
+        r[8 + k] = _mm512_shuffle_i32x4(even, even2, 0xDD);
+        r[4 + k] = _mm512_shuffle_i32x4(odd, odd2, 0x88);
+        r[12 + k] = _mm512_shuffle_i32x4(odd, odd2, 0xDD);
+    }
+}
+
+/* Weight rows [0, rows) (rows <= PANEL_ROWS) of `type`, nb blocks each, into panel[0 .. nb) */
+static void decode_panel(int type, const uint8_t *w, int64_t stride, int64_t rows, int64_t nb, panel_block *panel) {
+    int halves = panel_rows(type) / 16;
+    int type_size = type == TYPE_Q4_K ? 144 : type == TYPE_Q5_K ? 176 : 210;
+    uint8_t q[16][256] __attribute__((aligned(64)));
+    for (int64_t b = 0; b < nb; b++) {
+        panel_block *p = panel + b;
+        for (int half = 0; half < halves; half++) {
+            for (int i = 0; i < 16; i++) {
+                int row = 16 * half + i;
+                if (row >= rows) {
+                    memset(q[i], 0, 256);
+                    for (int j = 0; j < 16; j++) p->scale[j][row] = 0;
+                    for (int j = 0; j < 8; j++) p->pairs[j][row] = 0;
+                    p->d[row] = p->dmin[row] = 0.0f;
+                    continue;
+                }
+                const uint8_t *blk = w + row * stride + (int64_t)type_size * b;
+                if (type == TYPE_Q6_K) {
+                    q6_k_unpack(blk, q[i]);
+                    for (int j = 0; j < 16; j++) p->scale[j][row] = (int8_t)blk[192 + j];
+                    for (int j = 0; j < 8; j++)
+                        p->pairs[j][row] = (int32_t)((uint32_t)(uint16_t)(int8_t)blk[192 + 2 * j] |
+                                                     (uint32_t)(uint16_t)(int8_t)blk[193 + 2 * j] << 16);
+                    p->d[row] = load_half(blk + 208), p->dmin[row] = 0.0f;
+                } else {
+                    if (type == TYPE_Q4_K) q4_k_unpack(blk, q[i]);
+                    else q5_k_unpack(blk, q[i]);
+                    uint64_t scales, mins;
+                    k4_unpack(blk + 4, &scales, &mins);
+                    for (int j = 0; j < 8; j++) {
+                        uint32_t m = (uint8_t)(mins >> 8 * j);
+                        p->scale[j][row] = (uint8_t)(scales >> 8 * j);
+                        p->pairs[j][row] = (int32_t)(m | m << 16);
+                    }
+                    p->d[row] = load_half(blk), p->dmin[row] = -load_half(blk + 2);
+                }
+            }
+            for (int quarter = 0; quarter < 4; quarter++) {
+                __m512i r[16];
+                for (int i = 0; i < 16; i++) r[i] = _mm512_load_si512(q[i] + 64 * quarter);
+                transpose16(r);
+                for (int g = 0; g < 16; g++) _mm512_storeu_si512(p->values[16 * quarter + g][16 * half], r[g]);
+            }
+        }
+    }
+}
+
+/* Activation rows a[0 .. M) (M <= GEMM_TILE) times a panel: y[m][0 .. rows). Per block, sub-block j's
+ * products (sub) are scaled into the block's (dot), the mins' or bias' products (offset) come apart; the
+ * vectors H of the panel's rows apart, 16 rows each. */
+static ALWAYS_INLINE void gemm_tile(int q6, const panel_block *panel, int64_t nb, const int8_row *a, int M,
+                                    float *const *y, int64_t rows) {
+    const int subs = q6 ? 16 : 8, groups = q6 ? 4 : 8; /* sub-blocks, and groups of four values in each */
+    const int H = panel_rows(q6 ? TYPE_Q6_K : TYPE_Q4_K) / 16;
+    __m512 acc[GEMM_TILE][PANEL_ROWS / 16];
+    UNROLL for (int m = 0; m < M; m++) UNROLL for (int h = 0; h < H; h++) acc[m][h] = _mm512_setzero_ps();
+    for (int64_t b = 0; b < nb; b++) {
+        const panel_block *p = panel + b;
+        __m512i dot[GEMM_TILE][PANEL_ROWS / 16];
+        UNROLL for (int m = 0; m < M; m++) UNROLL for (int h = 0; h < H; h++) dot[m][h] = _mm512_setzero_si512();
+        for (int j = 0; j < subs; j++) {
+            __m512i sub[GEMM_TILE][PANEL_ROWS / 16];
+            UNROLL for (int m = 0; m < M; m++) UNROLL for (int h = 0; h < H; h++) sub[m][h] = _mm512_setzero_si512();
+            _Pragma("GCC unroll 8") for (int g = groups * j; g < groups * (j + 1); g++) {
+                __m512i v[PANEL_ROWS / 16];
+                UNROLL for (int h = 0; h < H; h++) v[h] = _mm512_loadu_si512(p->values[g][16 * h]);
+                UNROLL for (int m = 0; m < M; m++) {
+                    __m512i x = _mm512_set1_epi32((int)load_u32((const uint8_t *)a[m].q + 256 * b + 4 * g));
+                    UNROLL for (int h = 0; h < H; h++) sub[m][h] = dot_bytes512(sub[m][h], v[h], x);
+                }
+            }
+            UNROLL for (int h = 0; h < H; h++) {
+                __m512i scale = _mm512_loadu_si512(p->scale[j] + 16 * h);
+                UNROLL for (int m = 0; m < M; m++)
+                    dot[m][h] = _mm512_add_epi32(dot[m][h], _mm512_mullo_epi32(sub[m][h], scale));
+            }
+        }
+        __m512i offset[GEMM_TILE][PANEL_ROWS / 16];
+        UNROLL for (int m = 0; m < M; m++) UNROLL for (int h = 0; h < H; h++) offset[m][h] = _mm512_setzero_si512();
+        _Pragma("GCC unroll 8") for (int i = 0; i < 8; i++) {
+            UNROLL for (int h = 0; h < H; h++) {
+                __m512i pairs = _mm512_loadu_si512(p->pairs[i] + 16 * h);
+                UNROLL for (int m = 0; m < M; m++) {
+                    __m512i s = _mm512_set1_epi32((int)load_u32((const uint8_t *)(a[m].sums + 16 * b + 2 * i)));
+                    offset[m][h] = dot_words512(offset[m][h], pairs, s);
+                }
+            }
+        }
+        UNROLL for (int h = 0; h < H; h++) {
+            __m512 d = _mm512_loadu_ps(p->d + 16 * h), dmin = _mm512_loadu_ps(p->dmin + 16 * h);
+            UNROLL for (int m = 0; m < M; m++) {
+                __m512 da = _mm512_set1_ps(a[m].d[b]);
+                if (q6) {
+                    __m512i total = _mm512_sub_epi32(dot[m][h], _mm512_slli_epi32(offset[m][h], 5));
+                    acc[m][h] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(total), _mm512_mul_ps(d, da), acc[m][h]);
+                } else {
+                    acc[m][h] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot[m][h]), _mm512_mul_ps(d, da), acc[m][h]);
+                    acc[m][h] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(offset[m][h]), _mm512_mul_ps(dmin, da), acc[m][h]);
+                }
+            }
+        }
+    }
+    UNROLL for (int h = 0; h < H; h++) {
+        int64_t n = rows - 16 * h;
+        __mmask16 keep = n >= 16 ? 0xFFFF : n <= 0 ? 0 : (__mmask16)((1u << n) - 1);
+        UNROLL for (int m = 0; m < M; m++) _mm512_mask_storeu_ps(y[m] + 16 * h, keep, acc[m][h]);
+    }
+}
+
+/* the panel each thread decodes into, kept for its next products (freed with the thread: never; it is as
+ * large as a panel of the longest rows met, PANEL_ROWS * 11.5 KiB a block) */
+static __thread panel_block *panel_memory;
+static __thread int64_t panel_blocks;
+
+/* y[m][r] for all M activation rows and weight rows r < nrows: panel by panel, GEMM_TILE rows at a time.
+ * 0 where the panel memory cannot be had (the caller then uses the row kernels, which give the same bits). */
+static int gemm_k(int type, const uint8_t *w, int64_t stride, int64_t nrows, int64_t nb, const int8_row *a,
+                  int64_t M, float *const *y) {
+    if (nb > panel_blocks) {
+        panel_block *more = aligned_alloc(64, (size_t)nb * sizeof(panel_block));
+        if (!more) return 0;
+        free(panel_memory);
+        panel_memory = more, panel_blocks = nb;
+    }
+    const int64_t step = panel_rows(type);
+    for (int64_t r = 0; r < nrows; r += step) {
+        int64_t rows = nrows - r < step ? nrows - r : step;
+        decode_panel(type, w + r * stride, stride, rows, nb, panel_memory);
+        for (int64_t m = 0; m < M; m += GEMM_TILE) {
+            float *out[GEMM_TILE];
+            int count = M - m < GEMM_TILE ? (int)(M - m) : GEMM_TILE;
+            for (int i = 0; i < count; i++) out[i] = y[m + i] + r;
+            int q6 = type == TYPE_Q6_K;
+#define TILE(rows_at_once)                                                                                     \
+    case rows_at_once:                                                                                         \
+        if (q6) gemm_tile(1, panel_memory, nb, a + m, rows_at_once, out, rows);                                \
+        else gemm_tile(0, panel_memory, nb, a + m, rows_at_once, out, rows);                                   \
+        break;
+            switch (count) {
+                TILE(1) TILE(2) TILE(3) TILE(4) TILE_MORE
+            }
+#undef TILE
+        }
+    }
+    return 1;
+}
+
+/* From `from` activation rows on, the k-quants' products take gemm_k (measured: tools/bench_matmul.py) */
+#define GEMM(fmt, type, from)                                                                                  \
+    static ALWAYS_INLINE int gemm_##fmt(const uint8_t *w, int64_t s, int64_t n, int64_t nb, const int8_row *a, \
+                                        int64_t M, float *const *y) {                                          \
+        return M >= (from) && gemm_k(type, w, s, n, nb, a, M, y);                                              \
+    }
+GEMM(q4_k, TYPE_Q4_K, 8)
+GEMM(q5_k, TYPE_Q5_K, 8)
+GEMM(q6_k, TYPE_Q6_K, 16)
+#endif
+/* the other formats' products (and without AVX-512 the k-quants') stay with the row kernels */
+#define NO_GEMM(fmt)                                                                                           \
+    static ALWAYS_INLINE int gemm_##fmt(const uint8_t *w, int64_t s, int64_t n, int64_t nb, const int8_row *a, \
+                                        int64_t M, float *const *y) {                                          \
+        (void)w, (void)s, (void)n, (void)nb, (void)a, (void)M, (void)y;                                        \
+        return 0;                                                                                              \
+    }
+#if !defined(__AVX512F__)
+NO_GEMM(q4_k)
+NO_GEMM(q5_k)
+NO_GEMM(q6_k)
+#endif
+NO_GEMM(q8_0)
+NO_GEMM(q4_0)
+NO_GEMM(q4_1)
+NO_GEMM(q5_0)
+NO_GEMM(q5_1)
+
 /* The exported forms: rows_<fmt> (one activation row) and multi_<fmt> (any number, MULTI_GROUP at a time),
  * both the same inlined kernel with M fixed at compile time. */
 #define DEFINE_INT8_KERNELS(fmt)                                                                               \
@@ -392,6 +716,7 @@ MULTI_M(q5_k, multi_k4(w, s, n, nb, a, M, y, 176, 1))
     }                                                                                                           \
     static void multi_##fmt(const uint8_t *w, int64_t stride, int64_t nrows, int64_t nb, const int8_row *a,    \
                             int64_t M, float *const *y) {                                                       \
+        if (gemm_##fmt(w, stride, nrows, nb, a, M, y)) return;                                                  \
         for (int64_t m = 0; m < M; m += MULTI_GROUP) {                                                          \
             switch (M - m < MULTI_GROUP ? M - m : MULTI_GROUP) {                                                \
             case 1: multi_##fmt##_m(w, stride, nrows, nb, a + m, 1, y + m); break;                              \
