@@ -518,22 +518,24 @@ typedef struct {
 
 /* Weight rows a thread takes at a time when more activation rows than one pass of a multi-row kernel keeps
  * in registers (8) meet them: the kernel goes over the tile once per 8 rows, so it stays in L1 / L2. (The
- * kernels prefetch the weights ahead themselves: int8.c, prefetch_ahead.) */
+ * kernels prefetch the weights ahead themselves: int8.c, prefetch_ahead.) Such tiles, and the threads'
+ * parts, are whole multiples of PANEL_ALIGN rows: the k-quants' many-row products (int8.c, gemm_k) decode
+ * panels of 32 or 48 weight rows, once per call. */
 #define INT8_TILE_BYTES (32 * 1024)
-#define INT8_PASS 64 /* activation rows handed to a multi-row kernel per call */
+#define PANEL_ALIGN 96
+#define INT8_PASS 256 /* activation rows handed to a multi-row kernel per call: a prompt's, or a good part */
 
 static void int8_part(void *arg, int part, int parts) {
     const int8_job *j = arg;
     int64_t begin, end;
-    range(j->N, 8, part, parts, &begin, &end);
+    range(j->N, j->M <= 8 ? 8 : PANEL_ALIGN, part, parts, &begin, &end);
     if (end <= begin) return;
     if (!j->f->multi) {
         for (int64_t m = 0; m < j->M; m++)
             j->f->rows(j->w + begin * j->stride, j->stride, end - begin, j->nb, j->a + m, j->y[m] + begin);
         return;
     }
-    int64_t tile = j->M <= 8 ? end - begin : INT8_TILE_BYTES / j->stride;
-    tile = tile < 1 ? 1 : tile;
+    int64_t tile = j->M <= 8 ? end - begin : (INT8_TILE_BYTES / j->stride + PANEL_ALIGN - 1) / PANEL_ALIGN * PANEL_ALIGN;
     float *out[INT8_PASS];
     for (int64_t n = begin; n < end; n += tile) {
         int64_t rows = end - n < tile ? end - n : tile;
