@@ -530,49 +530,87 @@ static ALWAYS_INLINE void transpose16(__m512i r[16]) {
     }
 }
 
-/* Weight rows [0, rows) (rows <= PANEL_ROWS) of `type`, nb blocks each, into panel[0 .. nb) */
+/* 16 rows' int32 at byte `offset` of their blocks (rows `stride` bytes apart: lane i at i * stride), zero
+ * in the lanes past `live` */
+static ALWAYS_INLINE __m512i gather16(const uint8_t *base, __m512i rows, __mmask16 live, int offset) {
+    return _mm512_mask_i32gather_epi32(_mm512_setzero_si512(), live, rows, base + offset, 1);
+}
+
+/* byte k of each int32 lane, zero- / sign-extended */
+static ALWAYS_INLINE __m512i byte_u(__m512i v, int k) {
+    return _mm512_and_si512(_mm512_srli_epi32(v, 8 * k), _mm512_set1_epi32(0xFF));
+}
+static ALWAYS_INLINE __m512i byte_s(__m512i v, int k) {
+    return _mm512_srai_epi32(_mm512_slli_epi32(v, 24 - 8 * k), 24);
+}
+
+/* the float16 in the low (high) half of each int32 lane, as float32 */
+static ALWAYS_INLINE __m512 half_low(__m512i v) { return _mm512_cvtph_ps(_mm512_cvtepi32_epi16(v)); }
+static ALWAYS_INLINE __m512 half_high(__m512i v) { return half_low(_mm512_srli_epi32(v, 16)); }
+
+/* Weight rows [0, rows) (rows <= panel_rows(type)) of `type`, nb blocks each, into panel[0 .. nb): the values
+ * unpacked row by row (unpack.h) and turned into groups of four by 16 x 16 int32 transposes; the scales,
+ * mins and d gathered from 16 rows at once, each lane a row (the bit fields as k4_unpack takes them apart). */
 static void decode_panel(int type, const uint8_t *w, int64_t stride, int64_t rows, int64_t nb, panel_block *panel) {
     int halves = panel_rows(type) / 16;
     int type_size = type == TYPE_Q4_K ? 144 : type == TYPE_Q5_K ? 176 : 210;
     uint8_t q[16][256] __attribute__((aligned(64)));
-    for (int64_t b = 0; b < nb; b++) {
-        panel_block *p = panel + b;
-        for (int half = 0; half < halves; half++) {
-            for (int i = 0; i < 16; i++) {
-                int row = 16 * half + i;
-                if (row >= rows) {
-                    memset(q[i], 0, 256);
-                    for (int j = 0; j < 16; j++) p->scale[j][row] = 0;
-                    for (int j = 0; j < 8; j++) p->pairs[j][row] = 0;
-                    p->d[row] = p->dmin[row] = 0.0f;
-                    continue;
+    const __m512i lanes = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+    const __m512i low6 = _mm512_set1_epi32(0x3F3F3F3F), low4 = _mm512_set1_epi32(0x0F0F0F0F);
+    const __m512i top2 = _mm512_set1_epi32(0x03030303);
+    for (int half = 0; half < halves; half++) {
+        int64_t live_rows = rows - 16 * half < 0 ? 0 : rows - 16 * half > 16 ? 16 : rows - 16 * half;
+        __mmask16 live = (__mmask16)((1u << live_rows) - 1);
+        __m512i offsets = _mm512_mullo_epi32(lanes, _mm512_set1_epi32((int)stride));
+        const uint8_t *first = w + 16 * half * stride;
+        for (int i = (int)live_rows; i < 16; i++) memset(q[i], 0, 256);
+        for (int64_t b = 0; b < nb; b++) {
+            panel_block *p = panel + b;
+            const uint8_t *base = first + (int64_t)type_size * b;
+            int at = 16 * half;
+            for (int i = 0; i < live_rows; i++) {
+                const uint8_t *blk = base + i * stride;
+                if (type == TYPE_Q6_K) q6_k_unpack(blk, q[i]);
+                else if (type == TYPE_Q4_K) q4_k_unpack(blk, q[i]);
+                else q5_k_unpack(blk, q[i]);
+            }
+            if (type == TYPE_Q6_K) {
+                __m512i sc[4];
+                for (int k = 0; k < 4; k++) sc[k] = gather16(base, offsets, live, 192 + 4 * k);
+                for (int j = 0; j < 16; j++) _mm512_storeu_si512(p->scale[j] + at, byte_s(sc[j / 4], j % 4));
+                for (int j = 0; j < 8; j++) {
+                    __m512i low = _mm512_and_si512(byte_s(sc[j / 2], 2 * (j % 2)), _mm512_set1_epi32(0xFFFF));
+                    __m512i high = _mm512_slli_epi32(byte_s(sc[j / 2], 2 * (j % 2) + 1), 16);
+                    _mm512_storeu_si512(p->pairs[j] + at, _mm512_or_si512(low, high));
                 }
-                const uint8_t *blk = w + row * stride + (int64_t)type_size * b;
-                if (type == TYPE_Q6_K) {
-                    q6_k_unpack(blk, q[i]);
-                    for (int j = 0; j < 16; j++) p->scale[j][row] = (int8_t)blk[192 + j];
-                    for (int j = 0; j < 8; j++)
-                        p->pairs[j][row] = (int32_t)((uint32_t)(uint16_t)(int8_t)blk[192 + 2 * j] |
-                                                     (uint32_t)(uint16_t)(int8_t)blk[193 + 2 * j] << 16);
-                    p->d[row] = load_half(blk + 208), p->dmin[row] = 0.0f;
-                } else {
-                    if (type == TYPE_Q4_K) q4_k_unpack(blk, q[i]);
-                    else q5_k_unpack(blk, q[i]);
-                    uint64_t scales, mins;
-                    k4_unpack(blk + 4, &scales, &mins);
-                    for (int j = 0; j < 8; j++) {
-                        uint32_t m = (uint8_t)(mins >> 8 * j);
-                        p->scale[j][row] = (uint8_t)(scales >> 8 * j);
-                        p->pairs[j][row] = (int32_t)(m | m << 16);
-                    }
-                    p->d[row] = load_half(blk), p->dmin[row] = -load_half(blk + 2);
+                /* d: bytes 208-209, the high half of the int32 at 206 (one at 208 would read past the block) */
+                _mm512_storeu_ps(p->d + at, half_high(gather16(base, offsets, live, 206)));
+                _mm512_storeu_ps(p->dmin + at, _mm512_setzero_ps());
+            } else {
+                __m512i u0 = gather16(base, offsets, live, 4), u1 = gather16(base, offsets, live, 8);
+                __m512i u2 = gather16(base, offsets, live, 12);
+                __m512i scales[2] = {
+                    _mm512_and_si512(u0, low6),
+                    _mm512_or_si512(_mm512_and_si512(u2, low4),
+                                    _mm512_slli_epi32(_mm512_and_si512(_mm512_srli_epi32(u0, 6), top2), 4))};
+                __m512i mins[2] = {
+                    _mm512_and_si512(u1, low6),
+                    _mm512_or_si512(_mm512_and_si512(_mm512_srli_epi32(u2, 4), low4),
+                                    _mm512_slli_epi32(_mm512_and_si512(_mm512_srli_epi32(u1, 6), top2), 4))};
+                for (int j = 0; j < 8; j++) {
+                    __m512i m = byte_u(mins[j / 4], j % 4);
+                    _mm512_storeu_si512(p->scale[j] + at, byte_u(scales[j / 4], j % 4));
+                    _mm512_storeu_si512(p->pairs[j] + at, _mm512_or_si512(m, _mm512_slli_epi32(m, 16)));
                 }
+                __m512i dd = gather16(base, offsets, live, 0);
+                _mm512_storeu_ps(p->d + at, half_low(dd));
+                _mm512_storeu_ps(p->dmin + at, _mm512_sub_ps(_mm512_setzero_ps(), half_high(dd)));
             }
             for (int quarter = 0; quarter < 4; quarter++) {
                 __m512i r[16];
                 for (int i = 0; i < 16; i++) r[i] = _mm512_load_si512(q[i] + 64 * quarter);
                 transpose16(r);
-                for (int g = 0; g < 16; g++) _mm512_storeu_si512(p->values[16 * quarter + g][16 * half], r[g]);
+                for (int g = 0; g < 16; g++) _mm512_storeu_si512(p->values[16 * quarter + g][at], r[g]);
             }
         }
     }
@@ -649,6 +687,7 @@ static __thread int64_t panel_blocks;
  * 0 where the panel memory cannot be had (the caller then uses the row kernels, which give the same bits). */
 static int gemm_k(int type, const uint8_t *w, int64_t stride, int64_t nrows, int64_t nb, const int8_row *a,
                   int64_t M, float *const *y) {
+    if ((int64_t)panel_rows(type) * stride > INT32_MAX) return 0; /* decode_panel's int32 row offsets */
     if (nb > panel_blocks) {
         panel_block *more = aligned_alloc(64, (size_t)nb * sizeof(panel_block));
         if (!more) return 0;
