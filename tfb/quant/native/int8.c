@@ -466,18 +466,8 @@ MULTI_M(q5_k, multi_k4(w, s, n, nb, a, M, y, 176, 1))
  * Bounds: the int16 pair sums of the AVX-512 pass without VNNI within 2 * 63 * 127 < 2^15; a sub-block's sum
  * within 32 * 31 * 127, times a scale of at most 63 (Q6_K: 16 * 63 * 127, times 128), a block's within
  * 256 * 63 * 127 * 128 < 2^31. */
-/* weight rows a panel holds: Q4_K / Q5_K 32, Q6_K 48 (measured: Q6_K's sub-blocks of 16 take more scaling per
- * product, which more rows at once hide better; Q4_K runs out of registers with 48) */
-#define PANEL_ROWS 48
-static ALWAYS_INLINE int panel_rows(int type) { return type == TYPE_Q6_K ? 48 : 32; }
-#ifndef GEMM_TILE
+#define PANEL_ROWS 32 /* weight rows a panel holds: two vectors' lanes (48 run out of registers) */
 #define GEMM_TILE 4 /* activation rows multiplied at once: 2 x 4 int32 sums, 2 x 4 block sums, 2 x 4 float sums */
-#endif
-#if GEMM_TILE > 4
-#define TILE_MORE TILE(5) TILE(6)
-#else
-#define TILE_MORE
-#endif
 
 /* One block of a panel: values[group g][row][4 bytes]; scale[sub-block j][row] (int32); pairs[i][row]: two
  * int16 that meet the activations' sums 2i and 2i + 1 (Q4_K, Q5_K: (m_i, m_i) of sub-block i of 32 values;
@@ -548,11 +538,11 @@ static ALWAYS_INLINE __m512i byte_s(__m512i v, int k) {
 static ALWAYS_INLINE __m512 half_low(__m512i v) { return _mm512_cvtph_ps(_mm512_cvtepi32_epi16(v)); }
 static ALWAYS_INLINE __m512 half_high(__m512i v) { return half_low(_mm512_srli_epi32(v, 16)); }
 
-/* Weight rows [0, rows) (rows <= panel_rows(type)) of `type`, nb blocks each, into panel[0 .. nb): the values
+/* Weight rows [0, rows) (rows <= PANEL_ROWS) of `type`, nb blocks each, into panel[0 .. nb): the values
  * unpacked row by row (unpack.h) and turned into groups of four by 16 x 16 int32 transposes; the scales,
  * mins and d gathered from 16 rows at once, each lane a row (the bit fields as k4_unpack takes them apart). */
 static void decode_panel(int type, const uint8_t *w, int64_t stride, int64_t rows, int64_t nb, panel_block *panel) {
-    int halves = panel_rows(type) / 16;
+    int halves = PANEL_ROWS / 16;
     int type_size = type == TYPE_Q4_K ? 144 : type == TYPE_Q5_K ? 176 : 210;
     uint8_t q[16][256] __attribute__((aligned(64)));
     const __m512i lanes = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
@@ -622,7 +612,7 @@ static void decode_panel(int type, const uint8_t *w, int64_t stride, int64_t row
 static ALWAYS_INLINE void gemm_tile(int q6, const panel_block *panel, int64_t nb, const int8_row *a, int M,
                                     float *const *y, int64_t rows) {
     const int subs = q6 ? 16 : 8, groups = q6 ? 4 : 8; /* sub-blocks, and groups of four values in each */
-    const int H = panel_rows(q6 ? TYPE_Q6_K : TYPE_Q4_K) / 16;
+    const int H = PANEL_ROWS / 16;
     __m512 acc[GEMM_TILE][PANEL_ROWS / 16];
     UNROLL for (int m = 0; m < M; m++) UNROLL for (int h = 0; h < H; h++) acc[m][h] = _mm512_setzero_ps();
     for (int64_t b = 0; b < nb; b++) {
@@ -687,16 +677,15 @@ static __thread int64_t panel_blocks;
  * 0 where the panel memory cannot be had (the caller then uses the row kernels, which give the same bits). */
 static int gemm_k(int type, const uint8_t *w, int64_t stride, int64_t nrows, int64_t nb, const int8_row *a,
                   int64_t M, float *const *y) {
-    if ((int64_t)panel_rows(type) * stride > INT32_MAX) return 0; /* decode_panel's int32 row offsets */
+    if ((int64_t)PANEL_ROWS * stride > INT32_MAX) return 0; /* decode_panel's int32 row offsets */
     if (nb > panel_blocks) {
         panel_block *more = aligned_alloc(64, (size_t)nb * sizeof(panel_block));
         if (!more) return 0;
         free(panel_memory);
         panel_memory = more, panel_blocks = nb;
     }
-    const int64_t step = panel_rows(type);
-    for (int64_t r = 0; r < nrows; r += step) {
-        int64_t rows = nrows - r < step ? nrows - r : step;
+    for (int64_t r = 0; r < nrows; r += PANEL_ROWS) {
+        int64_t rows = nrows - r < PANEL_ROWS ? nrows - r : PANEL_ROWS;
         decode_panel(type, w + r * stride, stride, rows, nb, panel_memory);
         for (int64_t m = 0; m < M; m += GEMM_TILE) {
             float *out[GEMM_TILE];
@@ -709,7 +698,7 @@ static int gemm_k(int type, const uint8_t *w, int64_t stride, int64_t nrows, int
         else gemm_tile(0, panel_memory, nb, a + m, rows_at_once, out, rows);                                   \
         break;
             switch (count) {
-                TILE(1) TILE(2) TILE(3) TILE(4) TILE_MORE
+                TILE(1) TILE(2) TILE(3) TILE(4)
             }
 #undef TILE
         }
@@ -725,7 +714,7 @@ static int gemm_k(int type, const uint8_t *w, int64_t stride, int64_t nrows, int
     }
 GEMM(q4_k, TYPE_Q4_K, 8)
 GEMM(q5_k, TYPE_Q5_K, 8)
-GEMM(q6_k, TYPE_Q6_K, 16)
+GEMM(q6_k, TYPE_Q6_K, 8)
 #endif
 /* the other formats' products (and without AVX-512 the k-quants') stay with the row kernels */
 #define NO_GEMM(fmt)                                                                                           \
@@ -989,10 +978,13 @@ DEFINE_INT8_KERNELS(q6_k)
 /* Up to how many activation rows each multi-row kernel beats the float32 dequantize-and-tile products, and so
  * takes them (runtime.c): measured on one thread, [3072 x 1024] weights, by CPU time (tools/bench_matmul.py
  * --sweep TYPE --int8 --cpu-time; docs/benchmarks.md). The k-quants' scales come once per 256 weights, and
- * their 8-bit products stay ahead to long prompts with VNNI; the 32-weight formats pay a float32 scale, and
+ * their 8-bit products stay ahead to long prompts on the AVX-512 passes (gemm_k: Q4_K [3072 x 1024], 256 rows,
+ * 4.7 ms with VNNI, 7.8 without, against the float32 products' 14.5); the 32-weight formats pay a float32 scale, and
  * conversion, per 32 weights and row, as much float work as the float32 products do past a few rows. */
 #if defined(__AVX512VNNI__)
 enum { MULTI_Q8_0 = 8, MULTI_Q4_0 = 8, MULTI_Q4_1 = 4, MULTI_Q5_0 = 8, MULTI_Q5_1 = 8, MULTI_K = 2048 };
+#elif defined(__AVX512F__)
+enum { MULTI_Q8_0 = 2, MULTI_Q4_0 = 2, MULTI_Q4_1 = 2, MULTI_Q5_0 = 4, MULTI_Q5_1 = 2, MULTI_K = 2048 };
 #elif defined(__AVX2__)
 enum { MULTI_Q8_0 = 2, MULTI_Q4_0 = 2, MULTI_Q4_1 = 2, MULTI_Q5_0 = 4, MULTI_Q5_1 = 2, MULTI_K = 16 };
 #else /* one row at a time: as the single-row products, up to two rows */

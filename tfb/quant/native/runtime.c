@@ -520,9 +520,9 @@ typedef struct {
  * in registers (8) meet them: the kernel goes over the tile once per 8 rows, so it stays in L1 / L2. (The
  * kernels prefetch the weights ahead themselves: int8.c, prefetch_ahead.) Such tiles, and the threads'
  * parts, are whole multiples of PANEL_ALIGN rows: the k-quants' many-row products (int8.c, gemm_k) decode
- * panels of 32 or 48 weight rows, once per call. */
+ * panels of 32 weight rows, once per call. */
 #define INT8_TILE_BYTES (32 * 1024)
-#define PANEL_ALIGN 96
+#define PANEL_ALIGN 32
 #define INT8_PASS 256 /* activation rows handed to a multi-row kernel per call: a prompt's, or a good part */
 
 static void int8_part(void *arg, int part, int parts) {
