@@ -257,28 +257,14 @@ static ALWAYS_INLINE void multi32(int type, int size, const uint8_t *w, int64_t 
  * One float32 sum per row, so that the many-row products (gemm_k, below), whose vector lanes are weight rows,
  * do the very same operations in each lane. */
 
-/* the sums over the eight int32 lanes of a and of b (exact: the bounds at each use) */
-static ALWAYS_INLINE void sum_lanes2(__m256i a, __m256i b, int32_t *sums) {
-    __m256i h = _mm256_hadd_epi32(a, b); /* per 128-bit lane: a0+a1, a2+a3, b0+b1, b2+b3 */
-    __m128i s = _mm_add_epi32(_mm256_castsi256_si128(h), _mm256_extracti128_si256(h, 1));
-    s = _mm_hadd_epi32(s, s);
-    sums[0] = _mm_cvtsi128_si32(s);
-    sums[1] = _mm_extract_epi32(s, 1);
-}
-
 /* lane i: the sum of v[i]'s eight int32 lanes, for v[4] */
 static ALWAYS_INLINE __m128i sum_lanes4(__m256i v0, __m256i v1, __m256i v2, __m256i v3) {
     __m256i h = _mm256_hadd_epi32(_mm256_hadd_epi32(v0, v1), _mm256_hadd_epi32(v2, v3));
     return _mm_add_epi32(_mm256_castsi256_si128(h), _mm256_extracti128_si256(h, 1));
 }
 
-/* acc + sum * (d * d_a), rounded once: a k-quant block's share of a row's sum (d: the block's d, or -dmin) */
-static ALWAYS_INLINE float k_term(float acc, int32_t sum, float d, float da) {
-    return __builtin_fmaf((float)sum, d * da, acc);
-}
-
 /* The float32 sums of M activation rows' products with one weight row: one float alone, else four rows to a
- * vector (lane i: row 4 g + i), each lane with k_term's operations. */
+ * vector (lane i: row 4 g + i). Per block each row's acc = fma(dot, d * d_a, acc), rounded once. */
 typedef struct {
     float one;
     __m128 four[(MULTI_GROUP + 3) / 4];
@@ -288,14 +274,25 @@ typedef struct {
  * second[m] (the mins' sums) times dmin * d_a; each vector summed over its lanes first. */
 static ALWAYS_INLINE void k_terms(k_sums *acc, int M, const __m256i *first, const __m256i *second, float d,
                                   float dmin, const int8_row *a, int64_t b) {
-    if (M == 1) {
-        int32_t sums[2];
-        sum_lanes2(first[0], second ? second[0] : _mm256_setzero_si256(), sums);
-        acc->one = k_term(acc->one, sums[0], d, a[0].d[b]);
-        if (second) acc->one = k_term(acc->one, sums[1], dmin, a[0].d[b]);
+    if (M == 1) { /* lanes 0 and 1 of `sums`: first[0]'s lanes summed, second[0]'s */
+        __m256i other = second ? second[0] : _mm256_setzero_si256();
+        __m256i pairs = _mm256_add_epi32(_mm256_unpacklo_epi32(first[0], other), _mm256_unpackhi_epi32(first[0], other));
+        __m128i halves = _mm_add_epi32(_mm256_castsi256_si128(pairs), _mm256_extracti128_si256(pairs, 1));
+        __m128 sums = _mm_cvtepi32_ps(_mm_add_epi32(halves, _mm_unpackhi_epi64(halves, halves)));
+        float da = a[0].d[b];
+        acc->one = __builtin_fmaf(_mm_cvtss_f32(sums), d * da, acc->one);
+        if (second) acc->one = __builtin_fmaf(_mm_cvtss_f32(_mm_movehdup_ps(sums)), dmin * da, acc->one);
         return;
     }
     const __m256i zero = _mm256_setzero_si256();
+    if (M == 2 && second) { /* one sum for both: lanes D0, D1, O0, O1 */
+        __m128 sums = _mm_cvtepi32_ps(sum_lanes4(first[0], first[1], second[0], second[1]));
+        __m128 da = _mm_setr_ps(a[0].d[b], a[1].d[b], a[0].d[b], a[1].d[b]);
+        __m128 scale = _mm_mul_ps(_mm_setr_ps(d, d, dmin, dmin), da);
+        acc->four[0] = _mm_fmadd_ps(sums, scale, acc->four[0]); /* lanes 2, 3: unused */
+        acc->four[0] = _mm_fmadd_ps(_mm_movehl_ps(sums, sums), _mm_movehl_ps(scale, scale), acc->four[0]);
+        return;
+    }
     UNROLL for (int g = 0; g < (M + 3) / 4; g++) {
 #define ROW(v, i) (4 * g + (i) < M ? (v)[4 * g + (i)] : zero)
 #define SCALE(i) (4 * g + (i) < M ? a[4 * g + (i)].d[b] : 0.0f)
@@ -461,7 +458,7 @@ MULTI_M(q5_k, multi_k4(w, s, n, nb, a, M, y, 176, 1))
  * lanes. Per sub-block the lanes are scaled by the rows' integer scales (exact) and summed into the block's
  * integer dot product; the mins' (Q4_K, Q5_K) or the bias' (Q6_K) share comes from the activations' sums of
  * 16 (int8_row.sums) in one int16 pair product per two sums. Each lane then gets the float32 operations the
- * single-row kernels above give its row (k_term), in the same order: bit for bit the same result.
+ * single-row kernels above give its row (k_terms), in the same order: bit for bit the same result.
  *
  * Bounds: the int16 pair sums of the AVX-512 pass without VNNI within 2 * 63 * 127 < 2^15; a sub-block's sum
  * within 32 * 31 * 127, times a scale of at most 63 (Q6_K: 16 * 63 * 127, times 128), a block's within
