@@ -379,8 +379,9 @@ static float *scratch_for(size_t floats) {
 
 /* Several activation rows: dequantize TILE_ROWS weight rows at a time, then dense float dots. The
  * activations go in panels of about PANEL_BYTES, which stay in L2 while every weight row passes over them;
- * the weights are dequantized again for each panel, which costs little next to the multiply-adds. */
-#define PANEL_BYTES (256 * 1024)
+ * the weights are dequantized again for each panel, which costs little next to the multiply-adds. Half of a
+ * 2 MiB L2: Q4_K [1024 x 3072], 256 rows, one thread, 19 -> 15 ms against 256 KiB (21 rows a panel). */
+#define PANEL_BYTES (1024 * 1024)
 
 /* A later tile's weight rows (from row n), asked for into L2 while this tile multiplies: weights streamed from
  * memory (an output layer) otherwise arrive only when the dequantizer stalls on them, a short tile's worth
