@@ -15,7 +15,6 @@
  * Jobs too small to pay for the hand-off run on the calling thread alone, as does a job that arrives
  * while another thread's job holds the threads.
  */
-#include <float.h>
 #include <math.h>
 #include <pthread.h>
 #include <stdatomic.h>
@@ -455,17 +454,26 @@ EXPORT int tfb_matmul(int type, const uint8_t *w, int64_t stride, int64_t N, int
  * scale kept in float32): d = max|x| / 127, q = rint(x * (127 / max|x|)) (0 where the block is all zero),
  * and the sums of q over each run of 16. Returns 0 where x holds a NaN or an infinity, which 8 bits cannot
  * carry: the caller then multiplies in float32 and the NaN or infinity shows in the result as it should. */
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+/* compiled for AVX-512 and AVX2 as well, picked at load time: the loops below vectorise (a prompt's rows are
+ * rounded at ~1.3 ns a value otherwise, 1/8 of the products' time) */
+__attribute__((target_clones("avx512f", "avx2", "default")))
+#endif
 static int quantize_activations(const float *x, int64_t K, int block, int8_t *q, float *d, int16_t *sums) {
     for (int64_t b = 0; b < K / block; b++) {
         const float *xb = x + b * block;
-        float top = 0.0f;
-        int finite = 1;
+        /* max |x| as the largest bit pattern of |x|: the same order for finite floats, above FLT_MAX's for
+         * infinities and NaNs; an integer maximum, which vectorises */
+        uint32_t top_bits = 0;
         for (int i = 0; i < block; i++) {
-            float v = fabsf(xb[i]);
-            finite &= v <= FLT_MAX;
-            top = v > top ? v : top;
+            uint32_t u;
+            memcpy(&u, xb + i, 4);
+            u &= 0x7FFFFFFFu;
+            top_bits = u > top_bits ? u : top_bits;
         }
-        if (!finite) return 0;
+        if (top_bits > 0x7F7FFFFFu) return 0;
+        float top;
+        memcpy(&top, &top_bits, 4);
         float inverse = top > 0.0f ? 127.0f / top : 0.0f;
         d[b] = top / 127.0f;
         /* rint for |v| <= 127 without a libm call per value (and so vectorised): adding and subtracting
@@ -548,6 +556,25 @@ static void int8_part(void *arg, int part, int parts) {
     }
 }
 
+/* The M activation rows rounded (quantize_row) by the threads, row m into a[m]; a[m].q NULL where row m holds a
+ * NaN or an infinity. A prompt's rows: 256 x 1024 values take ~0.1 ms on one thread. */
+typedef struct {
+    const float *x;
+    int64_t K, M;
+    int block;
+    size_t row8;
+    char *rounded;
+    int8_row *a;
+} quantize_job;
+
+static void quantize_part(void *arg, int part, int parts) {
+    const quantize_job *j = arg;
+    int64_t begin, end;
+    range(j->M, 1, part, parts, &begin, &end);
+    for (int64_t m = begin; m < end; m++)
+        if (!quantize_row(j->x + m * j->K, j->K, j->block, j->rounded + (size_t)m * j->row8, j->a + m)) j->a[m].q = NULL;
+}
+
 /* Formats without a multi-row kernel take up to INT8_ROWS activation rows as one fused product each, as
  * measured before multi-row kernels existed; those with one, up to its multi_rows (int8.c). */
 #define INT8_ROWS 2
@@ -575,10 +602,13 @@ EXPORT int tfb_matmul_int8(int type, const uint8_t *w, int64_t stride, int64_t N
     int8_row *a = (int8_row *)buffer;
     float **out = (float **)(a + M);
     char *rounded = (char *)(out + M);
+    quantize_job rounding = {x, K, M, f->block, row8, rounded, a};
+    run(quantize_part, &rounding, M * K * (int64_t)sizeof(float));
     int64_t good = 0;
     int status = OK;
     for (int64_t m = 0; m < M && status == OK; m++) {
-        if (quantize_row(x + m * K, K, f->block, rounded + (size_t)m * row8, a + good)) {
+        if (a[m].q) {
+            a[good] = a[m];
             out[good++] = y + m * N;
         } else {
             status = tfb_matmul(type, w, stride, N, K, x + m * K, 1, y + m * N);
