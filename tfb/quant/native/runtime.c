@@ -454,7 +454,7 @@ EXPORT int tfb_matmul(int type, const uint8_t *w, int64_t stride, int64_t N, int
  * scale kept in float32): d = max|x| / 127, q = rint(x * (127 / max|x|)) (0 where the block is all zero),
  * and the sums of q over each run of 16. Returns 0 where x holds a NaN or an infinity, which 8 bits cannot
  * carry: the caller then multiplies in float32 and the NaN or infinity shows in the result as it should. */
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && defined(__GLIBC__) /* ifunc */
 /* compiled for AVX-512 and AVX2 as well, picked at load time: the loops below vectorise (a prompt's rows are
  * rounded at ~1.3 ns a value otherwise, 1/8 of the products' time) */
 __attribute__((target_clones("avx512f", "avx2", "default")))
