@@ -126,6 +126,31 @@ def test_rows_together_equal_rows_alone(int8_isa: str, name: str) -> None:
 
 
 @needs_native
+@pytest.mark.parametrize("name", ["Q4_K", "Q5_K", "Q6_K"])
+def test_prompt_rows_equal_rows_alone(int8_isa: str, name: str) -> None:
+    """A prompt's many rows (the k-quants' panel products, int8.c gemm_k, take 8 or 16 rows and more): each row
+    gets the bits it gets alone, whatever the row count, with weight rows that fill no panel (101 = 3 * 32 + 5
+    = 2 * 48 + 5) split between threads; the x86 passes give the same bits; and the products are those of the
+    rounded activations."""
+    rng = np.random.default_rng(12)
+    cols = widths(name)[1]
+    weight = packed(name, 101, cols, rng, "moderate")
+    most = min(300, native.int8_rows(weight.ggml_type))
+    x = torch.randn(most, cols, generator=torch.Generator().manual_seed(13)) * 3
+    x[1, :40] *= 50  # an outlier run: blocks differ in scale
+    alone = torch.cat([native.matmul(x[m:m + 1], weight, int8_activations=True) for m in range(most)])
+    for first, count in ((0, most), (0, 7), (0, 8), (3, 15), (0, 16), (1, 17), (2, 63), (0, 64), (9, 65)):
+        if first + count <= most:
+            together = native.matmul(x[first:first + count], weight, int8_activations=True)
+            assert torch.equal(together, alone[first:first + count]), (first, count)
+    want, scale = expected(x, torch_values(weight), 256)
+    assert ((alone.double() - want).abs() / scale.clamp_min(1e-300)).max().item() <= 1e-5
+    if int8_isa != "portable":
+        assert native.set_isa("avx2")
+        assert torch.equal(native.matmul(x[:16], weight, int8_activations=True), alone[:16])
+
+
+@needs_native
 @pytest.mark.parametrize("name", ["Q8_0", "Q6_K"])
 def test_float_path_where_int8_does_not_apply(name: str) -> None:
     """Rows holding a NaN or an infinity take the float32 products exactly, the other rows of the same call

@@ -6,7 +6,8 @@
  *
  * Compiled in the same passes as kernels.c. The AVX2 branch (taken by the AVX-512 passes too, with VNNI's
  * dot-product instructions in the avx512vnni pass) works on 32 bytes at a time and decodes each weight block
- * once for several activation rows (multi_<fmt>); the portable branch is plain C, one row at a time. Every
+ * once for several activation rows (multi_<fmt>); the AVX-512 passes decode the k-quants' weights once per
+ * thread for a prompt's many rows (gemm_k); the portable branch is plain C, one row at a time. Every
  * integer sum is exact in every branch (bounds below), so the branches differ only in the order of the
  * float32 block sums; a row's result never depends on the other rows multiplied with it.
  */
@@ -14,6 +15,8 @@
 #include "grids.h" /* generated into the build directory (tables.py) */
 #include "simd.h"
 #include "unpack.h"
+
+#include <stdlib.h>
 
 #ifndef TFB_ISA_SYMBOL
 #error "compile with -DTFB_ISA_SYMBOL=<exported table name>"
@@ -247,9 +250,78 @@ static ALWAYS_INLINE void multi32(int type, int size, const uint8_t *w, int64_t 
 }
 
 /* ------------------------------------------------------------------------------------ k-quants */
-/* The blocks' bit fields go straight into registers and the float32 sums stay in a vector: one horizontal
- * sum per row. A sub-block's integer scale reaches the int16 lanes of its weights by one byte shuffle of
- * the block's scales, held as int16 in both 128-bit lanes. */
+/* The blocks' bit fields go straight into registers; a sub-block's integer scale reaches the int16 lanes of
+ * its weights by one byte shuffle of the block's scales, held as int16 in both 128-bit lanes. A block's
+ * integer sums are summed over the lanes (exact), and the row's float32 sum takes them one block after
+ * another: per block acc = fma(dot, d * d_a, acc), then (Q4_K, Q5_K) acc = fma(offset, -dmin * d_a, acc).
+ * One float32 sum per row, so that the many-row products (gemm_k, below), whose vector lanes are weight rows,
+ * do the very same operations in each lane. */
+
+/* lane i: the sum of v[i]'s eight int32 lanes, for v[4] */
+static ALWAYS_INLINE __m128i sum_lanes4(__m256i v0, __m256i v1, __m256i v2, __m256i v3) {
+    __m256i h = _mm256_hadd_epi32(_mm256_hadd_epi32(v0, v1), _mm256_hadd_epi32(v2, v3));
+    return _mm_add_epi32(_mm256_castsi256_si128(h), _mm256_extracti128_si256(h, 1));
+}
+
+/* The float32 sums of M activation rows' products with one weight row: one float alone, else four rows to a
+ * vector (lane i: row 4 g + i). Per block each row's acc = fma(dot, d * d_a, acc), rounded once. */
+typedef struct {
+    float one;
+    __m128 four[(MULTI_GROUP + 3) / 4];
+} k_sums;
+
+/* Block b's terms for M rows: first[m] (the dot products), times d * d_a; then, unless second is NULL,
+ * second[m] (the mins' sums) times dmin * d_a; each vector summed over its lanes first. */
+static ALWAYS_INLINE void k_terms(k_sums *acc, int M, const __m256i *first, const __m256i *second, float d,
+                                  float dmin, const int8_row *a, int64_t b) {
+    if (M == 1) { /* lanes 0 and 1 of `sums`: first[0]'s lanes summed, second[0]'s */
+        __m256i other = second ? second[0] : _mm256_setzero_si256();
+        __m256i pairs = _mm256_add_epi32(_mm256_unpacklo_epi32(first[0], other), _mm256_unpackhi_epi32(first[0], other));
+        __m128i halves = _mm_add_epi32(_mm256_castsi256_si128(pairs), _mm256_extracti128_si256(pairs, 1));
+        __m128 sums = _mm_cvtepi32_ps(_mm_add_epi32(halves, _mm_unpackhi_epi64(halves, halves)));
+        float da = a[0].d[b];
+        acc->one = __builtin_fmaf(_mm_cvtss_f32(sums), d * da, acc->one);
+        if (second) acc->one = __builtin_fmaf(_mm_cvtss_f32(_mm_movehdup_ps(sums)), dmin * da, acc->one);
+        return;
+    }
+    const __m256i zero = _mm256_setzero_si256();
+    if (M == 2 && second) { /* one sum for both: lanes D0, D1, O0, O1 */
+        __m128 sums = _mm_cvtepi32_ps(sum_lanes4(first[0], first[1], second[0], second[1]));
+        __m128 da = _mm_setr_ps(a[0].d[b], a[1].d[b], a[0].d[b], a[1].d[b]);
+        __m128 scale = _mm_mul_ps(_mm_setr_ps(d, d, dmin, dmin), da);
+        acc->four[0] = _mm_fmadd_ps(sums, scale, acc->four[0]); /* lanes 2, 3: unused */
+        acc->four[0] = _mm_fmadd_ps(_mm_movehl_ps(sums, sums), _mm_movehl_ps(scale, scale), acc->four[0]);
+        return;
+    }
+    UNROLL for (int g = 0; g < (M + 3) / 4; g++) {
+#define ROW(v, i) (4 * g + (i) < M ? (v)[4 * g + (i)] : zero)
+#define SCALE(i) (4 * g + (i) < M ? a[4 * g + (i)].d[b] : 0.0f)
+        __m128 da = _mm_setr_ps(SCALE(0), SCALE(1), SCALE(2), SCALE(3));
+        __m128 sum = _mm_cvtepi32_ps(sum_lanes4(ROW(first, 0), ROW(first, 1), ROW(first, 2), ROW(first, 3)));
+        acc->four[g] = _mm_fmadd_ps(sum, _mm_mul_ps(_mm_set1_ps(d), da), acc->four[g]);
+        if (second) {
+            sum = _mm_cvtepi32_ps(sum_lanes4(ROW(second, 0), ROW(second, 1), ROW(second, 2), ROW(second, 3)));
+            acc->four[g] = _mm_fmadd_ps(sum, _mm_mul_ps(_mm_set1_ps(dmin), da), acc->four[g]);
+        }
+#undef ROW
+#undef SCALE
+    }
+}
+
+static ALWAYS_INLINE void k_sums_zero(k_sums *acc) {
+    acc->one = 0.0f;
+    UNROLL for (int g = 0; g < (MULTI_GROUP + 3) / 4; g++) acc->four[g] = _mm_setzero_ps();
+}
+
+static ALWAYS_INLINE void k_sums_store(const k_sums *acc, int M, float *const *y, int64_t r) {
+    if (M == 1) {
+        y[0][r] = acc->one;
+        return;
+    }
+    float all[4 * ((MULTI_GROUP + 3) / 4)];
+    UNROLL for (int g = 0; g < (M + 3) / 4; g++) _mm_storeu_ps(all + 4 * g, acc->four[g]);
+    UNROLL for (int m = 0; m < M; m++) y[m][r] = all[m];
+}
 
 /* the shuffle control that puts int16 `low` of each 128-bit lane in every int16 of the lower lane and int16
  * `high` in every int16 of the upper lane (low = high for Q4_K's 32-weight sub-blocks, low + 1 = high for
@@ -279,8 +351,8 @@ static ALWAYS_INLINE void multi_k4(const uint8_t *w, int64_t stride, int64_t nro
     const __m256i nibbles = _mm256_set1_epi8(15), fifth = _mm256_set1_epi8(16);
     for (int64_t r = 0; r < nrows; r++) {
         const uint8_t *row = w + r * stride;
-        __m256 acc[MULTI_GROUP];
-        UNROLL for (int m = 0; m < M; m++) acc[m] = _mm256_setzero_ps();
+        k_sums acc;
+        k_sums_zero(&acc);
         for (int64_t b = 0; b < nb; b++) {
             const uint8_t *blk = row + type_size * b, *qs = blk + (five_bits ? 48 : 16);
             for (int line = 0; line < type_size; line += 64) prefetch_ahead(blk + line);
@@ -310,15 +382,11 @@ static ALWAYS_INLINE void multi_k4(const uint8_t *w, int64_t stride, int64_t nro
             /* the mins' share: m_j * (sums of runs 2j and 2j + 1), m_j duplicated into both runs' lanes */
             __m128i m8 = _mm_cvtsi64_si128((long long)mins);
             __m256i m16 = _mm256_cvtepu8_epi16(_mm_unpacklo_epi8(m8, m8));
-            __m256 d = _mm256_set1_ps(load_half(blk)), dmin = _mm256_set1_ps(-load_half(blk + 2));
-            UNROLL for (int m = 0; m < M; m++) {
-                __m256i offset = _mm256_madd_epi16(m16, load32(a[m].sums + 16 * b));
-                __m256 da = _mm256_broadcast_ss(a[m].d + b);
-                acc[m] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot[m]), _mm256_mul_ps(d, da), acc[m]);
-                acc[m] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(offset), _mm256_mul_ps(dmin, da), acc[m]);
-            }
+            __m256i offset[MULTI_GROUP];
+            UNROLL for (int m = 0; m < M; m++) offset[m] = _mm256_madd_epi16(m16, load32(a[m].sums + 16 * b));
+            k_terms(&acc, M, dot, offset, load_half(blk), -load_half(blk + 2), a, b);
         }
-        UNROLL for (int m = 0; m < M; m++) y[m][r] = acc_sum(acc[m], _mm256_setzero_ps());
+        k_sums_store(&acc, M, y, r);
     }
 }
 
@@ -330,8 +398,8 @@ static ALWAYS_INLINE void multi_q6_k_m(const uint8_t *w, int64_t stride, int64_t
     const __m256i nibbles = _mm256_set1_epi8(15), pair = _mm256_set1_epi8(0x30);
     for (int64_t r = 0; r < nrows; r++) {
         const uint8_t *row = w + r * stride;
-        __m256 acc[MULTI_GROUP];
-        UNROLL for (int m = 0; m < M; m++) acc[m] = _mm256_setzero_ps();
+        k_sums acc;
+        k_sums_zero(&acc);
         for (int64_t b = 0; b < nb; b++) {
             const uint8_t *blk = row + 210 * b;
             for (int line = 0; line < 210; line += 64) prefetch_ahead(blk + line);
@@ -356,15 +424,13 @@ static ALWAYS_INLINE void multi_q6_k_m(const uint8_t *w, int64_t stride, int64_t
                 }
             }
             __m256i sc16 = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)(blk + 192)));
-            __m256 d = _mm256_set1_ps(load_half(blk + 208));
             UNROLL for (int m = 0; m < M; m++) {
                 __m256i bias = _mm256_madd_epi16(sc16, load32(a[m].sums + 16 * b));
-                __m256i total = _mm256_sub_epi32(dot[m], _mm256_slli_epi32(bias, 5));
-                acc[m] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(total), _mm256_mul_ps(d, _mm256_broadcast_ss(a[m].d + b)),
-                                         acc[m]);
+                dot[m] = _mm256_sub_epi32(dot[m], _mm256_slli_epi32(bias, 5));
             }
+            k_terms(&acc, M, dot, NULL, load_half(blk + 208), 0.0f, a, b);
         }
-        UNROLL for (int m = 0; m < M; m++) y[m][r] = acc_sum(acc[m], _mm256_setzero_ps());
+        k_sums_store(&acc, M, y, r);
     }
 }
 
@@ -382,6 +448,289 @@ MULTI_M(q5_1, multi32(TYPE_Q5_1, 24, w, s, n, nb, a, M, y))
 MULTI_M(q4_k, multi_k4(w, s, n, nb, a, M, y, 144, 0))
 MULTI_M(q5_k, multi_k4(w, s, n, nb, a, M, y, 176, 1))
 
+/* --------------------------------------------------------------------- k-quants, many activation rows */
+#if defined(__AVX512F__)
+/* A prompt's products (many activation rows): the weights decoded once per thread into a panel of PANEL_ROWS
+ * weight rows laid out for the dot-product instructions, then multiplied with every activation row, several
+ * at a time. In the panel the int32 lanes of a vector are weight rows: for each group of four weights of a
+ * block, the four unsigned values (Q4_K 0..15, Q5_K 0..31, Q6_K 0..63) of 16 rows side by side, so one
+ * dot-product instruction, with the activation row's four bytes broadcast, sums 64 products into 16 rows'
+ * lanes. Per sub-block the lanes are scaled by the rows' integer scales (exact) and summed into the block's
+ * integer dot product; the mins' (Q4_K, Q5_K) or the bias' (Q6_K) share comes from the activations' sums of
+ * 16 (int8_row.sums) in one int16 pair product per two sums. Each lane then gets the float32 operations the
+ * single-row kernels above give its row (k_terms), in the same order: bit for bit the same result.
+ *
+ * Bounds: the int16 pair sums of the AVX-512 pass without VNNI within 2 * 63 * 127 < 2^15; a sub-block's sum
+ * within 32 * 31 * 127, times a scale of at most 63 (Q6_K: 16 * 63 * 127, times 128), a block's within
+ * 256 * 63 * 127 * 128 < 2^31. */
+#define PANEL_ROWS 32 /* weight rows a panel holds: two vectors' lanes (48 run out of registers) */
+#define GEMM_TILE 4 /* activation rows multiplied at once: 2 x 4 int32 sums, 2 x 4 block sums, 2 x 4 float sums */
+
+/* One block of a panel: values[group g][row][4 bytes]; scale[sub-block j][row] (int32); pairs[i][row]: two
+ * int16 that meet the activations' sums 2i and 2i + 1 (Q4_K, Q5_K: (m_i, m_i) of sub-block i of 32 values;
+ * Q6_K: its scales 2i and 2i + 1); d[row] and (Q4_K, Q5_K) -dmin[row]. Rows past the weights: zeros. */
+typedef struct {
+    uint8_t values[64][PANEL_ROWS][4];
+    int32_t scale[16][PANEL_ROWS];
+    int32_t pairs[8][PANEL_ROWS];
+    float d[PANEL_ROWS], dmin[PANEL_ROWS];
+} panel_block;
+
+static ALWAYS_INLINE __m512i dot_bytes512(__m512i acc, __m512i u, __m512i s) {
+#if defined(__AVX512VNNI__)
+    return _mm512_dpbusd_epi32(acc, u, s);
+#else
+    return _mm512_add_epi32(acc, _mm512_madd_epi16(_mm512_maddubs_epi16(u, s), _mm512_set1_epi16(1)));
+#endif
+}
+
+static ALWAYS_INLINE __m512i dot_words512(__m512i acc, __m512i a, __m512i b) {
+#if defined(__AVX512VNNI__)
+    return _mm512_dpwssd_epi32(acc, a, b);
+#else
+    return _mm512_add_epi32(acc, _mm512_madd_epi16(a, b));
+#endif
+}
+
+/* r[i] (16 int32 each) transposed in place: lane j of r[i] becomes lane i of r[j] */
+static ALWAYS_INLINE void transpose16(__m512i r[16]) {
+    __m512i t[16], u[16];
+    for (int i = 0; i < 8; i++) {
+        t[2 * i] = _mm512_unpacklo_epi32(r[2 * i], r[2 * i + 1]);
+        t[2 * i + 1] = _mm512_unpackhi_epi32(r[2 * i], r[2 * i + 1]);
+    }
+    for (int i = 0; i < 4; i++) {
+        u[4 * i] = _mm512_unpacklo_epi64(t[4 * i], t[4 * i + 2]);
+        u[4 * i + 1] = _mm512_unpackhi_epi64(t[4 * i], t[4 * i + 2]);
+        u[4 * i + 2] = _mm512_unpacklo_epi64(t[4 * i + 1], t[4 * i + 3]);
+        u[4 * i + 3] = _mm512_unpackhi_epi64(t[4 * i + 1], t[4 * i + 3]);
+    }
+    /* u[4i + k]'s 128-bit lane L: column 4L + k of rows 4i .. 4i + 3 */
+    for (int k = 0; k < 4; k++) {
+        __m512i even = _mm512_shuffle_i32x4(u[k], u[4 + k], 0x88), odd = _mm512_shuffle_i32x4(u[k], u[4 + k], 0xDD);
+        __m512i even2 = _mm512_shuffle_i32x4(u[8 + k], u[12 + k], 0x88);
+        __m512i odd2 = _mm512_shuffle_i32x4(u[8 + k], u[12 + k], 0xDD);
+        r[k] = _mm512_shuffle_i32x4(even, even2, 0x88);
+        r[8 + k] = _mm512_shuffle_i32x4(even, even2, 0xDD);
+        r[4 + k] = _mm512_shuffle_i32x4(odd, odd2, 0x88);
+        r[12 + k] = _mm512_shuffle_i32x4(odd, odd2, 0xDD);
+    }
+}
+
+/* 16 rows' int32 at byte `offset` of their blocks (rows `stride` bytes apart: lane i at i * stride), zero
+ * in the lanes past `live` */
+static ALWAYS_INLINE __m512i gather16(const uint8_t *base, __m512i rows, __mmask16 live, int offset) {
+    return _mm512_mask_i32gather_epi32(_mm512_setzero_si512(), live, rows, base + offset, 1);
+}
+
+/* byte k of each int32 lane, zero- / sign-extended */
+static ALWAYS_INLINE __m512i byte_u(__m512i v, int k) {
+    return _mm512_and_si512(_mm512_srli_epi32(v, 8 * k), _mm512_set1_epi32(0xFF));
+}
+static ALWAYS_INLINE __m512i byte_s(__m512i v, int k) {
+    return _mm512_srai_epi32(_mm512_slli_epi32(v, 24 - 8 * k), 24);
+}
+
+/* the float16 in the low (high) half of each int32 lane, as float32 */
+static ALWAYS_INLINE __m512 half_low(__m512i v) { return _mm512_cvtph_ps(_mm512_cvtepi32_epi16(v)); }
+static ALWAYS_INLINE __m512 half_high(__m512i v) { return half_low(_mm512_srli_epi32(v, 16)); }
+
+/* Weight rows [0, rows) (rows <= PANEL_ROWS) of `type`, nb blocks each, into panel[0 .. nb): the values
+ * unpacked row by row (unpack.h) and turned into groups of four by 16 x 16 int32 transposes; the scales,
+ * mins and d gathered from 16 rows at once, each lane a row (the bit fields as k4_unpack takes them apart). */
+static void decode_panel(int type, const uint8_t *w, int64_t stride, int64_t rows, int64_t nb, panel_block *panel) {
+    int halves = PANEL_ROWS / 16;
+    int type_size = type == TYPE_Q4_K ? 144 : type == TYPE_Q5_K ? 176 : 210;
+    uint8_t q[16][256] __attribute__((aligned(64)));
+    const __m512i lanes = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+    const __m512i low6 = _mm512_set1_epi32(0x3F3F3F3F), low4 = _mm512_set1_epi32(0x0F0F0F0F);
+    const __m512i top2 = _mm512_set1_epi32(0x03030303);
+    for (int half = 0; half < halves; half++) {
+        int64_t live_rows = rows - 16 * half < 0 ? 0 : rows - 16 * half > 16 ? 16 : rows - 16 * half;
+        __mmask16 live = (__mmask16)((1u << live_rows) - 1);
+        __m512i offsets = _mm512_mullo_epi32(lanes, _mm512_set1_epi32((int)stride));
+        const uint8_t *first = w + 16 * half * stride;
+        for (int i = (int)live_rows; i < 16; i++) memset(q[i], 0, 256);
+        for (int64_t b = 0; b < nb; b++) {
+            panel_block *p = panel + b;
+            const uint8_t *base = first + (int64_t)type_size * b;
+            int at = 16 * half;
+            for (int i = 0; i < live_rows; i++) {
+                const uint8_t *blk = base + i * stride;
+                if (type == TYPE_Q6_K) q6_k_unpack(blk, q[i]);
+                else if (type == TYPE_Q4_K) q4_k_unpack(blk, q[i]);
+                else q5_k_unpack(blk, q[i]);
+            }
+            if (type == TYPE_Q6_K) {
+                __m512i sc[4];
+                for (int k = 0; k < 4; k++) sc[k] = gather16(base, offsets, live, 192 + 4 * k);
+                for (int j = 0; j < 16; j++) _mm512_storeu_si512(p->scale[j] + at, byte_s(sc[j / 4], j % 4));
+                for (int j = 0; j < 8; j++) {
+                    __m512i low = _mm512_and_si512(byte_s(sc[j / 2], 2 * (j % 2)), _mm512_set1_epi32(0xFFFF));
+                    __m512i high = _mm512_slli_epi32(byte_s(sc[j / 2], 2 * (j % 2) + 1), 16);
+                    _mm512_storeu_si512(p->pairs[j] + at, _mm512_or_si512(low, high));
+                }
+                /* d: bytes 208-209, the high half of the int32 at 206 (one at 208 would read past the block) */
+                _mm512_storeu_ps(p->d + at, half_high(gather16(base, offsets, live, 206)));
+                _mm512_storeu_ps(p->dmin + at, _mm512_setzero_ps());
+            } else {
+                __m512i u0 = gather16(base, offsets, live, 4), u1 = gather16(base, offsets, live, 8);
+                __m512i u2 = gather16(base, offsets, live, 12);
+                __m512i scales[2] = {
+                    _mm512_and_si512(u0, low6),
+                    _mm512_or_si512(_mm512_and_si512(u2, low4),
+                                    _mm512_slli_epi32(_mm512_and_si512(_mm512_srli_epi32(u0, 6), top2), 4))};
+                __m512i mins[2] = {
+                    _mm512_and_si512(u1, low6),
+                    _mm512_or_si512(_mm512_and_si512(_mm512_srli_epi32(u2, 4), low4),
+                                    _mm512_slli_epi32(_mm512_and_si512(_mm512_srli_epi32(u1, 6), top2), 4))};
+                for (int j = 0; j < 8; j++) {
+                    __m512i m = byte_u(mins[j / 4], j % 4);
+                    _mm512_storeu_si512(p->scale[j] + at, byte_u(scales[j / 4], j % 4));
+                    _mm512_storeu_si512(p->pairs[j] + at, _mm512_or_si512(m, _mm512_slli_epi32(m, 16)));
+                }
+                __m512i dd = gather16(base, offsets, live, 0);
+                _mm512_storeu_ps(p->d + at, half_low(dd));
+                _mm512_storeu_ps(p->dmin + at, _mm512_sub_ps(_mm512_setzero_ps(), half_high(dd)));
+            }
+            for (int quarter = 0; quarter < 4; quarter++) {
+                __m512i r[16];
+                for (int i = 0; i < 16; i++) r[i] = _mm512_load_si512(q[i] + 64 * quarter);
+                transpose16(r);
+                for (int g = 0; g < 16; g++) _mm512_storeu_si512(p->values[16 * quarter + g][at], r[g]);
+            }
+        }
+    }
+}
+
+/* Activation rows a[0 .. M) (M <= GEMM_TILE) times a panel: y[m][0 .. rows). Per block, sub-block j's
+ * products (sub) are scaled into the block's (dot), the mins' or bias' products (offset) come apart; the
+ * vectors H of the panel's rows apart, 16 rows each. */
+static ALWAYS_INLINE void gemm_tile(int q6, const panel_block *panel, int64_t nb, const int8_row *a, int M,
+                                    float *const *y, int64_t rows) {
+    const int subs = q6 ? 16 : 8, groups = q6 ? 4 : 8; /* sub-blocks, and groups of four values in each */
+    const int H = PANEL_ROWS / 16;
+    __m512 acc[GEMM_TILE][PANEL_ROWS / 16];
+    UNROLL for (int m = 0; m < M; m++) UNROLL for (int h = 0; h < H; h++) acc[m][h] = _mm512_setzero_ps();
+    for (int64_t b = 0; b < nb; b++) {
+        const panel_block *p = panel + b;
+        __m512i dot[GEMM_TILE][PANEL_ROWS / 16];
+        UNROLL for (int m = 0; m < M; m++) UNROLL for (int h = 0; h < H; h++) dot[m][h] = _mm512_setzero_si512();
+        for (int j = 0; j < subs; j++) {
+            __m512i sub[GEMM_TILE][PANEL_ROWS / 16];
+            UNROLL for (int m = 0; m < M; m++) UNROLL for (int h = 0; h < H; h++) sub[m][h] = _mm512_setzero_si512();
+            _Pragma("GCC unroll 8") for (int g = groups * j; g < groups * (j + 1); g++) {
+                __m512i v[PANEL_ROWS / 16];
+                UNROLL for (int h = 0; h < H; h++) v[h] = _mm512_loadu_si512(p->values[g][16 * h]);
+                UNROLL for (int m = 0; m < M; m++) {
+                    __m512i x = _mm512_set1_epi32((int)load_u32((const uint8_t *)a[m].q + 256 * b + 4 * g));
+                    UNROLL for (int h = 0; h < H; h++) sub[m][h] = dot_bytes512(sub[m][h], v[h], x);
+                }
+            }
+            UNROLL for (int h = 0; h < H; h++) {
+                __m512i scale = _mm512_loadu_si512(p->scale[j] + 16 * h);
+                UNROLL for (int m = 0; m < M; m++)
+                    dot[m][h] = _mm512_add_epi32(dot[m][h], _mm512_mullo_epi32(sub[m][h], scale));
+            }
+        }
+        __m512i offset[GEMM_TILE][PANEL_ROWS / 16];
+        UNROLL for (int m = 0; m < M; m++) UNROLL for (int h = 0; h < H; h++) offset[m][h] = _mm512_setzero_si512();
+        _Pragma("GCC unroll 8") for (int i = 0; i < 8; i++) {
+            UNROLL for (int h = 0; h < H; h++) {
+                __m512i pairs = _mm512_loadu_si512(p->pairs[i] + 16 * h);
+                UNROLL for (int m = 0; m < M; m++) {
+                    __m512i s = _mm512_set1_epi32((int)load_u32((const uint8_t *)(a[m].sums + 16 * b + 2 * i)));
+                    offset[m][h] = dot_words512(offset[m][h], pairs, s);
+                }
+            }
+        }
+        UNROLL for (int h = 0; h < H; h++) {
+            __m512 d = _mm512_loadu_ps(p->d + 16 * h), dmin = _mm512_loadu_ps(p->dmin + 16 * h);
+            UNROLL for (int m = 0; m < M; m++) {
+                __m512 da = _mm512_set1_ps(a[m].d[b]);
+                if (q6) {
+                    __m512i total = _mm512_sub_epi32(dot[m][h], _mm512_slli_epi32(offset[m][h], 5));
+                    acc[m][h] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(total), _mm512_mul_ps(d, da), acc[m][h]);
+                } else {
+                    acc[m][h] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot[m][h]), _mm512_mul_ps(d, da), acc[m][h]);
+                    acc[m][h] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(offset[m][h]), _mm512_mul_ps(dmin, da), acc[m][h]);
+                }
+            }
+        }
+    }
+    UNROLL for (int h = 0; h < H; h++) {
+        int64_t n = rows - 16 * h;
+        __mmask16 keep = n >= 16 ? 0xFFFF : n <= 0 ? 0 : (__mmask16)((1u << n) - 1);
+        UNROLL for (int m = 0; m < M; m++) _mm512_mask_storeu_ps(y[m] + 16 * h, keep, acc[m][h]);
+    }
+}
+
+/* the panel each thread decodes into, kept for its next products (freed with the thread: never; it is as
+ * large as a panel of the longest rows met, PANEL_ROWS * 11.5 KiB a block) */
+static __thread panel_block *panel_memory;
+static __thread int64_t panel_blocks;
+
+/* y[m][r] for all M activation rows and weight rows r < nrows: panel by panel, GEMM_TILE rows at a time.
+ * 0 where the panel memory cannot be had (the caller then uses the row kernels, which give the same bits). */
+static int gemm_k(int type, const uint8_t *w, int64_t stride, int64_t nrows, int64_t nb, const int8_row *a,
+                  int64_t M, float *const *y) {
+    if ((int64_t)PANEL_ROWS * stride > INT32_MAX) return 0; /* decode_panel's int32 row offsets */
+    if (nb > panel_blocks) {
+        panel_block *more = aligned_alloc(64, (size_t)nb * sizeof(panel_block));
+        if (!more) return 0;
+        free(panel_memory);
+        panel_memory = more, panel_blocks = nb;
+    }
+    for (int64_t r = 0; r < nrows; r += PANEL_ROWS) {
+        int64_t rows = nrows - r < PANEL_ROWS ? nrows - r : PANEL_ROWS;
+        decode_panel(type, w + r * stride, stride, rows, nb, panel_memory);
+        for (int64_t m = 0; m < M; m += GEMM_TILE) {
+            float *out[GEMM_TILE];
+            int count = M - m < GEMM_TILE ? (int)(M - m) : GEMM_TILE;
+            for (int i = 0; i < count; i++) out[i] = y[m + i] + r;
+            int q6 = type == TYPE_Q6_K;
+#define TILE(rows_at_once)                                                                                     \
+    case rows_at_once:                                                                                         \
+        if (q6) gemm_tile(1, panel_memory, nb, a + m, rows_at_once, out, rows);                                \
+        else gemm_tile(0, panel_memory, nb, a + m, rows_at_once, out, rows);                                   \
+        break;
+            switch (count) {
+                TILE(1) TILE(2) TILE(3) TILE(4)
+            }
+#undef TILE
+        }
+    }
+    return 1;
+}
+
+/* From `from` activation rows on, the k-quants' products take gemm_k (measured: tools/bench_matmul.py) */
+#define GEMM(fmt, type, from)                                                                                  \
+    static ALWAYS_INLINE int gemm_##fmt(const uint8_t *w, int64_t s, int64_t n, int64_t nb, const int8_row *a, \
+                                        int64_t M, float *const *y) {                                          \
+        return M >= (from) && gemm_k(type, w, s, n, nb, a, M, y);                                              \
+    }
+GEMM(q4_k, TYPE_Q4_K, 8)
+GEMM(q5_k, TYPE_Q5_K, 8)
+GEMM(q6_k, TYPE_Q6_K, 8)
+#endif
+/* the other formats' products (and without AVX-512 the k-quants') stay with the row kernels */
+#define NO_GEMM(fmt)                                                                                           \
+    static ALWAYS_INLINE int gemm_##fmt(const uint8_t *w, int64_t s, int64_t n, int64_t nb, const int8_row *a, \
+                                        int64_t M, float *const *y) {                                          \
+        (void)w, (void)s, (void)n, (void)nb, (void)a, (void)M, (void)y;                                        \
+        return 0;                                                                                              \
+    }
+#if !defined(__AVX512F__)
+NO_GEMM(q4_k)
+NO_GEMM(q5_k)
+NO_GEMM(q6_k)
+#endif
+NO_GEMM(q8_0)
+NO_GEMM(q4_0)
+NO_GEMM(q4_1)
+NO_GEMM(q5_0)
+NO_GEMM(q5_1)
+
 /* The exported forms: rows_<fmt> (one activation row) and multi_<fmt> (any number, MULTI_GROUP at a time),
  * both the same inlined kernel with M fixed at compile time. */
 #define DEFINE_INT8_KERNELS(fmt)                                                                               \
@@ -392,6 +741,7 @@ MULTI_M(q5_k, multi_k4(w, s, n, nb, a, M, y, 176, 1))
     }                                                                                                           \
     static void multi_##fmt(const uint8_t *w, int64_t stride, int64_t nrows, int64_t nb, const int8_row *a,    \
                             int64_t M, float *const *y) {                                                       \
+        if (gemm_##fmt(w, stride, nrows, nb, a, M, y)) return;                                                  \
         for (int64_t m = 0; m < M; m += MULTI_GROUP) {                                                          \
             switch (M - m < MULTI_GROUP ? M - m : MULTI_GROUP) {                                                \
             case 1: multi_##fmt##_m(w, stride, nrows, nb, a + m, 1, y + m); break;                              \
@@ -625,10 +975,13 @@ DEFINE_INT8_KERNELS(q6_k)
 /* Up to how many activation rows each multi-row kernel beats the float32 dequantize-and-tile products, and so
  * takes them (runtime.c): measured on one thread, [3072 x 1024] weights, by CPU time (tools/bench_matmul.py
  * --sweep TYPE --int8 --cpu-time; docs/benchmarks.md). The k-quants' scales come once per 256 weights, and
- * their 8-bit products stay ahead to long prompts with VNNI; the 32-weight formats pay a float32 scale, and
+ * their 8-bit products stay ahead to long prompts on the AVX-512 passes (gemm_k: Q4_K [3072 x 1024], 256 rows,
+ * 4.7 ms with VNNI, 7.8 without, against the float32 products' 14.5); the 32-weight formats pay a float32 scale, and
  * conversion, per 32 weights and row, as much float work as the float32 products do past a few rows. */
 #if defined(__AVX512VNNI__)
 enum { MULTI_Q8_0 = 8, MULTI_Q4_0 = 8, MULTI_Q4_1 = 4, MULTI_Q5_0 = 8, MULTI_Q5_1 = 8, MULTI_K = 2048 };
+#elif defined(__AVX512F__)
+enum { MULTI_Q8_0 = 2, MULTI_Q4_0 = 2, MULTI_Q4_1 = 2, MULTI_Q5_0 = 4, MULTI_Q5_1 = 2, MULTI_K = 2048 };
 #elif defined(__AVX2__)
 enum { MULTI_Q8_0 = 2, MULTI_Q4_0 = 2, MULTI_Q4_1 = 2, MULTI_Q5_0 = 4, MULTI_Q5_1 = 2, MULTI_K = 16 };
 #else /* one row at a time: as the single-row products, up to two rows */

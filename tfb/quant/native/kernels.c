@@ -825,9 +825,10 @@ static void dequant_iq1_m(const uint8_t *blk, int64_t nb, float *out) {
 
 /* y[m, r] = w[r] . x[m] for a few dequantized rows w (rows x K) and all activation rows x (M x K).
  * Register blocking: 4 weight rows x TILE_M activation rows per step, so that each loaded vector feeds
- * several multiply-adds (TILE_M = 4 where there are 32 vector registers, else 2). Activation rows go in
+ * several multiply-adds (TILE_M = 6 where there are 32 vector registers, else 2; 6 rather than 4: Q4_K
+ * [3072 x 1024], 256 rows, one thread, 14.5 -> 12.9 ms). Activation rows go in
  * blocks of M_BLOCK, which stay in L2 while every weight row of the tile passes over them. */
-#define TILE_M (LANES == 16 ? 4 : 2)
+#define TILE_M (LANES == 16 ? 6 : 2)
 #define M_BLOCK 64
 
 static inline float dot_tail(const float *a, const float *b, int64_t from, int64_t K) {
@@ -854,6 +855,7 @@ static inline float dot_tail(const float *a, const float *b, int64_t from, int64
             for (int j = 0; j < NM; j++)                                                                     \
                 y[j * ldy + i] = vf_sum(acc[i][j]) + dot_tail(w + i * K, x + j * K, body, K);                \
     }
+DEFINE_MICRO(6)
 DEFINE_MICRO(4)
 DEFINE_MICRO(2)
 DEFINE_MICRO(1)
@@ -872,13 +874,14 @@ static void tile(const float *w, int64_t rows, int64_t K, const float *x, int64_
         for (; r + 4 <= rows; r += 4) {
             int64_t m = m0;
             for (; m + TILE_M <= m_end; m += TILE_M) {
-#if TILE_M == 4
-                micro_4x4(w + r * K, K, x + m * K, y + m * ldy + r, ldy);
+#if TILE_M == 6
+                micro_4x6(w + r * K, K, x + m * K, y + m * ldy + r, ldy);
 #else
                 micro_4x2(w + r * K, K, x + m * K, y + m * ldy + r, ldy);
 #endif
             }
-            if (TILE_M == 4 && m + 2 <= m_end) micro_4x2(w + r * K, K, x + m * K, y + m * ldy + r, ldy), m += 2;
+            if (TILE_M == 6 && m + 4 <= m_end) micro_4x4(w + r * K, K, x + m * K, y + m * ldy + r, ldy), m += 4;
+            if (TILE_M == 6 && m + 2 <= m_end) micro_4x2(w + r * K, K, x + m * K, y + m * ldy + r, ldy), m += 2;
             if (m < m_end) micro_4x1(w + r * K, K, x + m * K, y + m * ldy + r, ldy);
         }
         for (; r < rows; r++)

@@ -15,7 +15,6 @@
  * Jobs too small to pay for the hand-off run on the calling thread alone, as does a job that arrives
  * while another thread's job holds the threads.
  */
-#include <float.h>
 #include <math.h>
 #include <pthread.h>
 #include <stdatomic.h>
@@ -379,8 +378,9 @@ static float *scratch_for(size_t floats) {
 
 /* Several activation rows: dequantize TILE_ROWS weight rows at a time, then dense float dots. The
  * activations go in panels of about PANEL_BYTES, which stay in L2 while every weight row passes over them;
- * the weights are dequantized again for each panel, which costs little next to the multiply-adds. */
-#define PANEL_BYTES (256 * 1024)
+ * the weights are dequantized again for each panel, which costs little next to the multiply-adds. Half of a
+ * 2 MiB L2: Q4_K [1024 x 3072], 256 rows, one thread, 19 -> 15 ms against 256 KiB (21 rows a panel). */
+#define PANEL_BYTES (1024 * 1024)
 
 /* A later tile's weight rows (from row n), asked for into L2 while this tile multiplies: weights streamed from
  * memory (an output layer) otherwise arrive only when the dequantizer stalls on them, a short tile's worth
@@ -454,17 +454,26 @@ EXPORT int tfb_matmul(int type, const uint8_t *w, int64_t stride, int64_t N, int
  * scale kept in float32): d = max|x| / 127, q = rint(x * (127 / max|x|)) (0 where the block is all zero),
  * and the sums of q over each run of 16. Returns 0 where x holds a NaN or an infinity, which 8 bits cannot
  * carry: the caller then multiplies in float32 and the NaN or infinity shows in the result as it should. */
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && defined(__GLIBC__) /* ifunc */
+/* compiled for AVX-512 and AVX2 as well, picked at load time: the loops below vectorise (a prompt's rows are
+ * rounded at ~1.3 ns a value otherwise, 1/8 of the products' time) */
+__attribute__((target_clones("avx512f", "avx2", "default")))
+#endif
 static int quantize_activations(const float *x, int64_t K, int block, int8_t *q, float *d, int16_t *sums) {
     for (int64_t b = 0; b < K / block; b++) {
         const float *xb = x + b * block;
-        float top = 0.0f;
-        int finite = 1;
+        /* max |x| as the largest bit pattern of |x|: the same order for finite floats, above FLT_MAX's for
+         * infinities and NaNs; an integer maximum, which vectorises */
+        uint32_t top_bits = 0;
         for (int i = 0; i < block; i++) {
-            float v = fabsf(xb[i]);
-            finite &= v <= FLT_MAX;
-            top = v > top ? v : top;
+            uint32_t u;
+            memcpy(&u, xb + i, 4);
+            u &= 0x7FFFFFFFu;
+            top_bits = u > top_bits ? u : top_bits;
         }
-        if (!finite) return 0;
+        if (top_bits > 0x7F7FFFFFu) return 0;
+        float top;
+        memcpy(&top, &top_bits, 4);
         float inverse = top > 0.0f ? 127.0f / top : 0.0f;
         d[b] = top / 127.0f;
         /* rint for |v| <= 127 without a libm call per value (and so vectorised): adding and subtracting
@@ -518,22 +527,24 @@ typedef struct {
 
 /* Weight rows a thread takes at a time when more activation rows than one pass of a multi-row kernel keeps
  * in registers (8) meet them: the kernel goes over the tile once per 8 rows, so it stays in L1 / L2. (The
- * kernels prefetch the weights ahead themselves: int8.c, prefetch_ahead.) */
+ * kernels prefetch the weights ahead themselves: int8.c, prefetch_ahead.) Such tiles, and the threads'
+ * parts, are whole multiples of PANEL_ALIGN rows: the k-quants' many-row products (int8.c, gemm_k) decode
+ * panels of 32 weight rows, once per call. */
 #define INT8_TILE_BYTES (32 * 1024)
-#define INT8_PASS 64 /* activation rows handed to a multi-row kernel per call */
+#define PANEL_ALIGN 32
+#define INT8_PASS 256 /* activation rows handed to a multi-row kernel per call: a prompt's, or a good part */
 
 static void int8_part(void *arg, int part, int parts) {
     const int8_job *j = arg;
     int64_t begin, end;
-    range(j->N, 8, part, parts, &begin, &end);
+    range(j->N, j->M <= 8 ? 8 : PANEL_ALIGN, part, parts, &begin, &end);
     if (end <= begin) return;
     if (!j->f->multi) {
         for (int64_t m = 0; m < j->M; m++)
             j->f->rows(j->w + begin * j->stride, j->stride, end - begin, j->nb, j->a + m, j->y[m] + begin);
         return;
     }
-    int64_t tile = j->M <= 8 ? end - begin : INT8_TILE_BYTES / j->stride;
-    tile = tile < 1 ? 1 : tile;
+    int64_t tile = j->M <= 8 ? end - begin : (INT8_TILE_BYTES / j->stride + PANEL_ALIGN - 1) / PANEL_ALIGN * PANEL_ALIGN;
     float *out[INT8_PASS];
     for (int64_t n = begin; n < end; n += tile) {
         int64_t rows = end - n < tile ? end - n : tile;
@@ -543,6 +554,25 @@ static void int8_part(void *arg, int part, int parts) {
             j->f->multi(j->w + n * j->stride, j->stride, rows, j->nb, j->a + m, count, out);
         }
     }
+}
+
+/* The M activation rows rounded (quantize_row) by the threads, row m into a[m]; a[m].q NULL where row m holds a
+ * NaN or an infinity. A prompt's rows: 256 x 1024 values take ~0.1 ms on one thread. */
+typedef struct {
+    const float *x;
+    int64_t K, M;
+    int block;
+    size_t row8;
+    char *rounded;
+    int8_row *a;
+} quantize_job;
+
+static void quantize_part(void *arg, int part, int parts) {
+    const quantize_job *j = arg;
+    int64_t begin, end;
+    range(j->M, 1, part, parts, &begin, &end);
+    for (int64_t m = begin; m < end; m++)
+        if (!quantize_row(j->x + m * j->K, j->K, j->block, j->rounded + (size_t)m * j->row8, j->a + m)) j->a[m].q = NULL;
 }
 
 /* Formats without a multi-row kernel take up to INT8_ROWS activation rows as one fused product each, as
@@ -572,10 +602,13 @@ EXPORT int tfb_matmul_int8(int type, const uint8_t *w, int64_t stride, int64_t N
     int8_row *a = (int8_row *)buffer;
     float **out = (float **)(a + M);
     char *rounded = (char *)(out + M);
+    quantize_job rounding = {x, K, M, f->block, row8, rounded, a};
+    run(quantize_part, &rounding, M * K * (int64_t)sizeof(float));
     int64_t good = 0;
     int status = OK;
     for (int64_t m = 0; m < M && status == OK; m++) {
-        if (quantize_row(x + m * K, K, f->block, rounded + (size_t)m * row8, a + good)) {
+        if (a[m].q) {
+            a[good] = a[m];
             out[good++] = y + m * N;
         } else {
             status = tfb_matmul(type, w, stride, N, K, x + m * K, 1, y + m * N);
