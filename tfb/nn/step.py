@@ -1,4 +1,4 @@
-"""A decoding step of one sequence run by one native call (tfb/quant/native/step.c).
+"""A decoding step run by one native call (tfb/quant/native/step.c).
 
 A step of a thin, deep model makes a few hundred small products, and between them as many torch and
 module calls again: from Python those calls cost as much as the products. So the first decoding step plans
@@ -33,7 +33,7 @@ if TYPE_CHECKING:
     from tfb.nn.rotary import Rotary
 
 # operation codes and activation codes of step.c
-MATMUL, RMS_NORM, ADD, GLU, ROPE, STORE, ATTEND, LOGITS, COPY, MUL, GATHER, CONV, L2_NORM, DELTA = range(14)
+MATMUL, RMS_NORM, ADD, GLU, ROPE, STORE, ATTEND, LOGITS, MUL, GATHER, CONV, L2_NORM, DELTA = range(13)
 ACTIVATIONS = {"silu": 0, "gelu_tanh": 1, "gelu_erf": 2, "relu": 3, "relu_squared": 4, "sigmoid": 5}
 
 
@@ -96,7 +96,7 @@ class StepPlan:
         parts, first = [], 0
         for i, size in enumerate(sizes):
             part = self.scratch(f"{name}.{i}", size)
-            self._add(COPY, (size, x.shape[-1], first), (), (_ptr(x), _ptr(part)))
+            self.gather(x, part, 1, size, size, first)
             parts.append(part)
             first += size
         return parts

@@ -46,7 +46,6 @@ enum {
                     * `chunk`, where not 0). i: kv_heads, group, d, dv, slot (k base, k head stride, v base, v head
                     * stride), window, chunk. f: scale, softcap. p: q, sinks (or NULL), out */
     STEP_LOGITS,   /* the logits (at slots[0] of row 0: [rows, N]) = x W^T, as STEP_MATMUL */
-    STEP_COPY,     /* y[rows, n] = columns from `first` on of x[rows, width]. i: n, width, first. p: x, y */
     STEP_MUL,      /* out[rows, n] = a * b (a gate applied). i: n. p: a, b, out */
     STEP_GATHER,   /* y[rows, count * n] = per row `count` pieces of n columns of x (its rows `width` floats apart),
                     * `stride` apart from column `first` (one part of interleaved heads). i: count, n, stride,
@@ -237,11 +236,6 @@ EXPORT int tfb_step(const step_op *ops, int64_t count, int64_t rows, const int64
                                 (float *)o->p[2] + r * heads * o->i[3]);
             break;
         }
-        case STEP_COPY:
-            for (int64_t r = 0; r < rows; r++)
-                memcpy((float *)o->p[1] + r * o->i[0], (const float *)o->p[0] + r * o->i[1] + o->i[2],
-                       (size_t)o->i[0] * sizeof(float));
-            break;
         case STEP_MUL: {
             const float *a = o->p[0], *b = o->p[1];
             float *out = o->p[2];
